@@ -1,0 +1,270 @@
+//! LuminaGuard's configuration: TOML files, environment and flags, merged in that order.
+//!
+//! Precedence, lowest first: built-in defaults, the system file (`/etc/luminaguard/config.toml`),
+//! the user file (`$XDG_CONFIG_HOME/luminaguard/config.toml`, else
+//! `~/.config/luminaguard/config.toml`), `LUMINAGUARD_*` environment variables, command-line flags.
+//! Each source is parsed into a [`ConfigLayer`] whose fields are all optional; later layers
+//! override earlier ones field by field.
+//!
+//! Networking cannot be switched on from configuration: a sandbox's network policy is given per
+//! sandbox, so no file on the machine can silently open every sandbox to the network.
+//!
+//! Loading reads files synchronously; call it before starting an async runtime or from
+//! `spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::{RuntimeDir, RuntimeDirError};
+use crate::size::ByteSize;
+use crate::spec::{BackendChoice, SandboxSpec, SpecError, duration_text};
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file exists but could not be read.
+    #[error("cannot read config file {path:?}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// A file is not valid TOML for this schema (the message carries line and column).
+    #[error("invalid config file {path:?}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// An environment variable has a value we cannot use.
+    #[error("environment variable {var}={value:?}: {reason}")]
+    Env { var: &'static str, value: String, reason: String },
+    /// The merged sandbox defaults are not a valid spec.
+    #[error("configured sandbox defaults are invalid: {0}")]
+    Defaults(#[from] SpecError),
+    #[error(transparent)]
+    RuntimeDir(#[from] RuntimeDirError),
+}
+
+/// One source of configuration. Every field is optional; absent means "not set here".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLayer {
+    /// Root of per-sandbox runtime state.
+    pub runtime_dir: Option<PathBuf>,
+    /// Default `tracing` filter (`info`, `luminaguard=debug`, …).
+    pub log: Option<String>,
+    #[serde(default)]
+    pub defaults: DefaultsLayer,
+}
+
+/// Sandbox defaults a layer may set. Network policy is deliberately absent (see module docs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultsLayer {
+    pub backend: Option<BackendChoice>,
+    pub vcpus: Option<u32>,
+    pub memory: Option<ByteSize>,
+    pub scratch: Option<ByteSize>,
+    #[serde(default, with = "duration_text::option")]
+    pub lifetime: Option<Duration>,
+    #[serde(default, with = "duration_text::option")]
+    pub exec_timeout: Option<Duration>,
+    pub pids: Option<u32>,
+}
+
+impl ConfigLayer {
+    /// Parses a TOML document; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_owned(), message: e.to_string() })
+    }
+
+    /// Reads a file; a missing file is an empty layer, any other failure an error.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        #[allow(clippy::disallowed_methods)] // documented as sync: runs before the runtime starts
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_toml(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read { path: path.to_owned(), source }),
+        }
+    }
+
+    /// The layer described by `LUMINAGUARD_*` variables among `vars`.
+    pub fn from_env<I, K, V>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Into<String>,
+    {
+        fn parse<T: std::str::FromStr>(var: &'static str, value: String) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value.parse::<T>().map_err(|e| ConfigError::Env { var, reason: e.to_string(), value })
+        }
+        let mut layer = Self::default();
+        for (k, v) in vars {
+            let v: String = v.into();
+            match k.as_ref() {
+                "LUMINAGUARD_RUNTIME_DIR" => layer.runtime_dir = Some(PathBuf::from(v)),
+                "LUMINAGUARD_LOG" => layer.log = Some(v),
+                "LUMINAGUARD_BACKEND" => layer.defaults.backend = Some(parse("LUMINAGUARD_BACKEND", v)?),
+                "LUMINAGUARD_VCPUS" => layer.defaults.vcpus = Some(parse("LUMINAGUARD_VCPUS", v)?),
+                "LUMINAGUARD_MEMORY" => layer.defaults.memory = Some(parse("LUMINAGUARD_MEMORY", v)?),
+                "LUMINAGUARD_EXEC_TIMEOUT" => {
+                    let d = humantime::parse_duration(&v).map_err(|e| ConfigError::Env {
+                        var: "LUMINAGUARD_EXEC_TIMEOUT",
+                        reason: e.to_string(),
+                        value: v.clone(),
+                    })?;
+                    layer.defaults.exec_timeout = Some(d);
+                }
+                _ => {}
+            }
+        }
+        Ok(layer)
+    }
+
+    /// `over` wins wherever it sets a field.
+    pub fn merge(self, over: ConfigLayer) -> ConfigLayer {
+        let (a, b) = (self.defaults, over.defaults);
+        ConfigLayer {
+            runtime_dir: over.runtime_dir.or(self.runtime_dir),
+            log: over.log.or(self.log),
+            defaults: DefaultsLayer {
+                backend: b.backend.or(a.backend),
+                vcpus: b.vcpus.or(a.vcpus),
+                memory: b.memory.or(a.memory),
+                scratch: b.scratch.or(a.scratch),
+                lifetime: b.lifetime.or(a.lifetime),
+                exec_timeout: b.exec_timeout.or(a.exec_timeout),
+                pids: b.pids.or(a.pids),
+            },
+        }
+    }
+}
+
+/// Where configuration files are looked for.
+#[derive(Debug, Clone)]
+pub struct ConfigPaths {
+    pub system: PathBuf,
+    pub user: Option<PathBuf>,
+}
+
+impl ConfigPaths {
+    pub const SYSTEM: &'static str = "/etc/luminaguard/config.toml";
+
+    /// Standard locations, from `XDG_CONFIG_HOME` / `HOME` as given.
+    pub fn standard(xdg_config_home: Option<&Path>, home: Option<&Path>) -> Self {
+        let user = match (xdg_config_home, home) {
+            (Some(x), _) if x.is_absolute() => Some(x.join("luminaguard/config.toml")),
+            (_, Some(h)) if h.is_absolute() => Some(h.join(".config/luminaguard/config.toml")),
+            _ => None,
+        };
+        Self { system: PathBuf::from(Self::SYSTEM), user }
+    }
+}
+
+/// The effective configuration after merging every layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Config {
+    pub runtime_dir: PathBuf,
+    pub log: String,
+    /// Defaults for new sandboxes (always a valid spec with no network).
+    pub defaults: SandboxSpec,
+}
+
+impl Config {
+    /// Merges `layers` (lowest precedence first) over built-in defaults and validates the result.
+    pub fn resolve(uid: u32, xdg_runtime_dir: Option<&Path>, layers: impl IntoIterator<Item = ConfigLayer>) -> Result<Self, ConfigError> {
+        let merged = layers.into_iter().fold(ConfigLayer::default(), ConfigLayer::merge);
+        let runtime_dir = merged.runtime_dir.unwrap_or_else(|| RuntimeDir::default_root(uid, xdg_runtime_dir));
+        RuntimeDir::new(&runtime_dir)?;
+        let mut spec = SandboxSpec::default();
+        let d = merged.defaults;
+        spec.backend = d.backend.unwrap_or(spec.backend);
+        spec.vcpus = d.vcpus.unwrap_or(spec.vcpus);
+        spec.memory = d.memory.unwrap_or(spec.memory);
+        spec.scratch = d.scratch.unwrap_or(spec.scratch);
+        spec.lifetime = d.lifetime.unwrap_or(spec.lifetime);
+        spec.limits.exec_timeout = d.exec_timeout.unwrap_or(spec.limits.exec_timeout);
+        spec.limits.pids = d.pids.unwrap_or(spec.limits.pids);
+        spec.validate()?;
+        Ok(Self { runtime_dir, log: merged.log.unwrap_or_else(|| "info".to_owned()), defaults: spec })
+    }
+
+    /// Loads system file, user file and environment, then applies `flags` on top.
+    pub fn load<I, K, V>(paths: &ConfigPaths, env: I, uid: u32, xdg_runtime_dir: Option<&Path>, flags: ConfigLayer) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Into<String>,
+    {
+        let system = ConfigLayer::from_file(&paths.system)?;
+        let user = match &paths.user {
+            Some(p) => ConfigLayer::from_file(p)?,
+            None => ConfigLayer::default(),
+        };
+        let env = ConfigLayer::from_env(env)?;
+        Self::resolve(uid, xdg_runtime_dir, [system, user, env, flags])
+    }
+
+    /// The runtime directory as a validated [`RuntimeDir`].
+    pub fn runtime(&self) -> Result<RuntimeDir, RuntimeDirError> {
+        RuntimeDir::new(&self.runtime_dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(text: &str) -> ConfigLayer {
+        ConfigLayer::from_toml(text, Path::new("test.toml")).unwrap()
+    }
+
+    #[test]
+    fn flags_beat_env_beat_user_beat_system() {
+        let system = layer("runtime_dir = \"/sys-rt\"\nlog = \"warn\"\n[defaults]\nmemory = \"256M\"\nvcpus = 2\npids = 100");
+        let user = layer("[defaults]\nmemory = \"1G\"\nvcpus = 3");
+        let env = ConfigLayer::from_env([("LUMINAGUARD_VCPUS", "4"), ("PATH", "/bin")]).unwrap();
+        let flags = ConfigLayer { runtime_dir: Some("/flag-rt".into()), ..Default::default() };
+        let c = Config::resolve(0, None, [system, user, env, flags]).unwrap();
+        assert_eq!(c.runtime_dir, PathBuf::from("/flag-rt"));
+        assert_eq!(c.log, "warn");
+        assert_eq!(c.defaults.memory, ByteSize::mib(1024));
+        assert_eq!(c.defaults.vcpus, 4);
+        assert_eq!(c.defaults.limits.pids, 100);
+    }
+
+    #[test]
+    fn files_load_from_disk_and_missing_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = dir.path().join("config.toml");
+        #[allow(clippy::disallowed_methods)]
+        std::fs::write(&user, "[defaults]\nbackend = \"process\"\nexec_timeout = \"45s\"\n").unwrap();
+        let paths = ConfigPaths { system: dir.path().join("absent.toml"), user: Some(user) };
+        let c = Config::load(&paths, [("LUMINAGUARD_MEMORY", "128M")], 1000, None, ConfigLayer::default()).unwrap();
+        assert_eq!(c.defaults.backend, BackendChoice::Process);
+        assert_eq!(c.defaults.limits.exec_timeout, Duration::from_secs(45));
+        assert_eq!(c.defaults.memory, ByteSize::mib(128));
+        assert_eq!(c.runtime_dir, PathBuf::from("/tmp/luminaguard-1000"));
+    }
+
+    #[test]
+    fn errors_name_their_source() {
+        let err = ConfigLayer::from_toml("[defaults]\nmemory = \"lots\"", Path::new("/etc/lg.toml")).unwrap_err().to_string();
+        assert!(err.contains("/etc/lg.toml") && err.contains("lots"), "{err}");
+        let err = ConfigLayer::from_toml("network = \"egress\"", Path::new("u.toml")).unwrap_err().to_string();
+        assert!(err.contains("network"), "network may not be configured globally: {err}");
+        let err = ConfigLayer::from_env([("LUMINAGUARD_BACKEND", "docker")]).unwrap_err().to_string();
+        assert!(err.contains("LUMINAGUARD_BACKEND") && err.contains("docker"), "{err}");
+        let err = Config::resolve(0, None, [layer("[defaults]\nvcpus = 0")]).unwrap_err().to_string();
+        assert!(err.contains("vcpus"), "{err}");
+        let err = Config::resolve(0, None, [layer("runtime_dir = \"rel/dir\"")]).unwrap_err().to_string();
+        assert!(err.contains("absolute"), "{err}");
+    }
+
+    #[test]
+    fn standard_paths() {
+        let p = ConfigPaths::standard(Some(Path::new("/x")), Some(Path::new("/home/u")));
+        assert_eq!(p.user, Some(PathBuf::from("/x/luminaguard/config.toml")));
+        let p = ConfigPaths::standard(None, Some(Path::new("/home/u")));
+        assert_eq!(p.user, Some(PathBuf::from("/home/u/.config/luminaguard/config.toml")));
+        assert_eq!(p.system, PathBuf::from("/etc/luminaguard/config.toml"));
+    }
+}
