@@ -26,13 +26,20 @@ use crate::spec::{BackendChoice, SandboxSpec, SpecError, duration_text};
 pub enum ConfigError {
     /// A file exists but could not be read.
     #[error("cannot read config file {path:?}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A file is not valid TOML for this schema (the message carries line and column).
     #[error("invalid config file {path:?}: {message}")]
     Parse { path: PathBuf, message: String },
     /// An environment variable has a value we cannot use.
     #[error("environment variable {var}={value:?}: {reason}")]
-    Env { var: &'static str, value: String, reason: String },
+    Env {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
     /// The merged sandbox defaults are not a valid spec.
     #[error("configured sandbox defaults are invalid: {0}")]
     Defaults(#[from] SpecError),
@@ -70,7 +77,10 @@ pub struct DefaultsLayer {
 impl ConfigLayer {
     /// Parses a TOML document; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_owned(), message: e.to_string() })
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })
     }
 
     /// Reads a file; a missing file is an empty layer, any other failure an error.
@@ -79,7 +89,10 @@ impl ConfigLayer {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::from_toml(&text, path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(ConfigError::Read { path: path.to_owned(), source }),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
         }
     }
 
@@ -94,7 +107,11 @@ impl ConfigLayer {
         where
             T::Err: std::fmt::Display,
         {
-            value.parse::<T>().map_err(|e| ConfigError::Env { var, reason: e.to_string(), value })
+            value.parse::<T>().map_err(|e| ConfigError::Env {
+                var,
+                reason: e.to_string(),
+                value,
+            })
         }
         let mut layer = Self::default();
         for (k, v) in vars {
@@ -102,9 +119,13 @@ impl ConfigLayer {
             match k.as_ref() {
                 "LUMINAGUARD_RUNTIME_DIR" => layer.runtime_dir = Some(PathBuf::from(v)),
                 "LUMINAGUARD_LOG" => layer.log = Some(v),
-                "LUMINAGUARD_BACKEND" => layer.defaults.backend = Some(parse("LUMINAGUARD_BACKEND", v)?),
+                "LUMINAGUARD_BACKEND" => {
+                    layer.defaults.backend = Some(parse("LUMINAGUARD_BACKEND", v)?)
+                }
                 "LUMINAGUARD_VCPUS" => layer.defaults.vcpus = Some(parse("LUMINAGUARD_VCPUS", v)?),
-                "LUMINAGUARD_MEMORY" => layer.defaults.memory = Some(parse("LUMINAGUARD_MEMORY", v)?),
+                "LUMINAGUARD_MEMORY" => {
+                    layer.defaults.memory = Some(parse("LUMINAGUARD_MEMORY", v)?)
+                }
                 "LUMINAGUARD_EXEC_TIMEOUT" => {
                     let d = humantime::parse_duration(&v).map_err(|e| ConfigError::Env {
                         var: "LUMINAGUARD_EXEC_TIMEOUT",
@@ -155,7 +176,10 @@ impl ConfigPaths {
             (_, Some(h)) if h.is_absolute() => Some(h.join(".config/luminaguard/config.toml")),
             _ => None,
         };
-        Self { system: PathBuf::from(Self::SYSTEM), user }
+        Self {
+            system: PathBuf::from(Self::SYSTEM),
+            user,
+        }
     }
 }
 
@@ -170,9 +194,17 @@ pub struct Config {
 
 impl Config {
     /// Merges `layers` (lowest precedence first) over built-in defaults and validates the result.
-    pub fn resolve(uid: u32, xdg_runtime_dir: Option<&Path>, layers: impl IntoIterator<Item = ConfigLayer>) -> Result<Self, ConfigError> {
-        let merged = layers.into_iter().fold(ConfigLayer::default(), ConfigLayer::merge);
-        let runtime_dir = merged.runtime_dir.unwrap_or_else(|| RuntimeDir::default_root(uid, xdg_runtime_dir));
+    pub fn resolve(
+        uid: u32,
+        xdg_runtime_dir: Option<&Path>,
+        layers: impl IntoIterator<Item = ConfigLayer>,
+    ) -> Result<Self, ConfigError> {
+        let merged = layers
+            .into_iter()
+            .fold(ConfigLayer::default(), ConfigLayer::merge);
+        let runtime_dir = merged
+            .runtime_dir
+            .unwrap_or_else(|| RuntimeDir::default_root(uid, xdg_runtime_dir));
         RuntimeDir::new(&runtime_dir)?;
         let mut spec = SandboxSpec::default();
         let d = merged.defaults;
@@ -184,11 +216,21 @@ impl Config {
         spec.limits.exec_timeout = d.exec_timeout.unwrap_or(spec.limits.exec_timeout);
         spec.limits.pids = d.pids.unwrap_or(spec.limits.pids);
         spec.validate()?;
-        Ok(Self { runtime_dir, log: merged.log.unwrap_or_else(|| "info".to_owned()), defaults: spec })
+        Ok(Self {
+            runtime_dir,
+            log: merged.log.unwrap_or_else(|| "info".to_owned()),
+            defaults: spec,
+        })
     }
 
     /// Loads system file, user file and environment, then applies `flags` on top.
-    pub fn load<I, K, V>(paths: &ConfigPaths, env: I, uid: u32, xdg_runtime_dir: Option<&Path>, flags: ConfigLayer) -> Result<Self, ConfigError>
+    pub fn load<I, K, V>(
+        paths: &ConfigPaths,
+        env: I,
+        uid: u32,
+        xdg_runtime_dir: Option<&Path>,
+        flags: ConfigLayer,
+    ) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = (K, V)>,
         K: AsRef<str>,
@@ -219,10 +261,15 @@ mod tests {
 
     #[test]
     fn flags_beat_env_beat_user_beat_system() {
-        let system = layer("runtime_dir = \"/sys-rt\"\nlog = \"warn\"\n[defaults]\nmemory = \"256M\"\nvcpus = 2\npids = 100");
+        let system = layer(
+            "runtime_dir = \"/sys-rt\"\nlog = \"warn\"\n[defaults]\nmemory = \"256M\"\nvcpus = 2\npids = 100",
+        );
         let user = layer("[defaults]\nmemory = \"1G\"\nvcpus = 3");
         let env = ConfigLayer::from_env([("LUMINAGUARD_VCPUS", "4"), ("PATH", "/bin")]).unwrap();
-        let flags = ConfigLayer { runtime_dir: Some("/flag-rt".into()), ..Default::default() };
+        let flags = ConfigLayer {
+            runtime_dir: Some("/flag-rt".into()),
+            ..Default::default()
+        };
         let c = Config::resolve(0, None, [system, user, env, flags]).unwrap();
         assert_eq!(c.runtime_dir, PathBuf::from("/flag-rt"));
         assert_eq!(c.log, "warn");
@@ -236,9 +283,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let user = dir.path().join("config.toml");
         #[allow(clippy::disallowed_methods)]
-        std::fs::write(&user, "[defaults]\nbackend = \"process\"\nexec_timeout = \"45s\"\n").unwrap();
-        let paths = ConfigPaths { system: dir.path().join("absent.toml"), user: Some(user) };
-        let c = Config::load(&paths, [("LUMINAGUARD_MEMORY", "128M")], 1000, None, ConfigLayer::default()).unwrap();
+        std::fs::write(
+            &user,
+            "[defaults]\nbackend = \"process\"\nexec_timeout = \"45s\"\n",
+        )
+        .unwrap();
+        let paths = ConfigPaths {
+            system: dir.path().join("absent.toml"),
+            user: Some(user),
+        };
+        let c = Config::load(
+            &paths,
+            [("LUMINAGUARD_MEMORY", "128M")],
+            1000,
+            None,
+            ConfigLayer::default(),
+        )
+        .unwrap();
         assert_eq!(c.defaults.backend, BackendChoice::Process);
         assert_eq!(c.defaults.limits.exec_timeout, Duration::from_secs(45));
         assert_eq!(c.defaults.memory, ByteSize::mib(128));
@@ -247,15 +308,35 @@ mod tests {
 
     #[test]
     fn errors_name_their_source() {
-        let err = ConfigLayer::from_toml("[defaults]\nmemory = \"lots\"", Path::new("/etc/lg.toml")).unwrap_err().to_string();
-        assert!(err.contains("/etc/lg.toml") && err.contains("lots"), "{err}");
-        let err = ConfigLayer::from_toml("network = \"egress\"", Path::new("u.toml")).unwrap_err().to_string();
-        assert!(err.contains("network"), "network may not be configured globally: {err}");
-        let err = ConfigLayer::from_env([("LUMINAGUARD_BACKEND", "docker")]).unwrap_err().to_string();
-        assert!(err.contains("LUMINAGUARD_BACKEND") && err.contains("docker"), "{err}");
-        let err = Config::resolve(0, None, [layer("[defaults]\nvcpus = 0")]).unwrap_err().to_string();
+        let err =
+            ConfigLayer::from_toml("[defaults]\nmemory = \"lots\"", Path::new("/etc/lg.toml"))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("/etc/lg.toml") && err.contains("lots"),
+            "{err}"
+        );
+        let err = ConfigLayer::from_toml("network = \"egress\"", Path::new("u.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("network"),
+            "network may not be configured globally: {err}"
+        );
+        let err = ConfigLayer::from_env([("LUMINAGUARD_BACKEND", "docker")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("LUMINAGUARD_BACKEND") && err.contains("docker"),
+            "{err}"
+        );
+        let err = Config::resolve(0, None, [layer("[defaults]\nvcpus = 0")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("vcpus"), "{err}");
-        let err = Config::resolve(0, None, [layer("runtime_dir = \"rel/dir\"")]).unwrap_err().to_string();
+        let err = Config::resolve(0, None, [layer("runtime_dir = \"rel/dir\"")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("absolute"), "{err}");
     }
 
@@ -264,7 +345,10 @@ mod tests {
         let p = ConfigPaths::standard(Some(Path::new("/x")), Some(Path::new("/home/u")));
         assert_eq!(p.user, Some(PathBuf::from("/x/luminaguard/config.toml")));
         let p = ConfigPaths::standard(None, Some(Path::new("/home/u")));
-        assert_eq!(p.user, Some(PathBuf::from("/home/u/.config/luminaguard/config.toml")));
+        assert_eq!(
+            p.user,
+            Some(PathBuf::from("/home/u/.config/luminaguard/config.toml"))
+        );
         assert_eq!(p.system, PathBuf::from("/etc/luminaguard/config.toml"));
     }
 }

@@ -26,7 +26,9 @@ pub enum IdError {
     #[error("sandbox id {0:?} starts with '-'")]
     LeadingDash(String),
     /// The id holds a character outside `[A-Za-z0-9_-]`.
-    #[error("sandbox id {id:?} contains {ch:?}; only ASCII letters, digits, '-' and '_' are allowed")]
+    #[error(
+        "sandbox id {id:?} contains {ch:?}; only ASCII letters, digits, '-' and '_' are allowed"
+    )]
     BadChar { id: String, ch: char },
 }
 
@@ -49,10 +51,19 @@ impl SandboxId {
         // Count characters, not bytes, so a multi-byte id gets an honest length in the message.
         let len = id.chars().count();
         if len > Self::MAX_LEN {
-            return Err(IdError::TooLong { len, max: Self::MAX_LEN });
+            return Err(IdError::TooLong {
+                len,
+                max: Self::MAX_LEN,
+            });
         }
-        if let Some(ch) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
-            return Err(IdError::BadChar { id: id.to_owned(), ch });
+        if let Some(ch) = id
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(IdError::BadChar {
+                id: id.to_owned(),
+                ch,
+            });
         }
         if id.starts_with('-') {
             return Err(IdError::LeadingDash(id.to_owned()));
@@ -66,7 +77,10 @@ impl SandboxId {
         // Not a secret, only unique: time, pid and a process-local counter, hashed.
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let mut h = Sha256::new();
         h.update(nanos.to_le_bytes());
         h.update(std::process::id().to_le_bytes());
@@ -96,10 +110,12 @@ impl SandboxId {
 
 fn hex(bytes: &[u8]) -> String {
     use fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 impl fmt::Display for SandboxId {
@@ -149,17 +165,41 @@ mod tests {
     #[test]
     fn rejects_hostile_ids_with_clear_errors() {
         assert_eq!(SandboxId::new(""), Err(IdError::Empty));
-        assert!(matches!(SandboxId::new("../../etc/passwd"), Err(IdError::BadChar { ch: '.', .. })));
-        assert!(matches!(SandboxId::new("a/b"), Err(IdError::BadChar { ch: '/', .. })));
-        assert!(matches!(SandboxId::new("."), Err(IdError::BadChar { ch: '.', .. })));
+        assert!(matches!(
+            SandboxId::new("../../etc/passwd"),
+            Err(IdError::BadChar { ch: '.', .. })
+        ));
+        assert!(matches!(
+            SandboxId::new("a/b"),
+            Err(IdError::BadChar { ch: '/', .. })
+        ));
+        assert!(matches!(
+            SandboxId::new("."),
+            Err(IdError::BadChar { ch: '.', .. })
+        ));
         assert!(matches!(SandboxId::new(".."), Err(IdError::BadChar { .. })));
-        assert!(matches!(SandboxId::new("a\0b"), Err(IdError::BadChar { ch: '\0', .. })));
-        assert!(matches!(SandboxId::new("a b"), Err(IdError::BadChar { ch: ' ', .. })));
+        assert!(matches!(
+            SandboxId::new("a\0b"),
+            Err(IdError::BadChar { ch: '\0', .. })
+        ));
+        assert!(matches!(
+            SandboxId::new("a b"),
+            Err(IdError::BadChar { ch: ' ', .. })
+        ));
         assert!(matches!(SandboxId::new("é"), Err(IdError::BadChar { .. })));
-        assert!(matches!(SandboxId::new("-rf"), Err(IdError::LeadingDash(_))));
-        assert_eq!(SandboxId::new(&"a".repeat(65)), Err(IdError::TooLong { len: 65, max: 64 }));
+        assert!(matches!(
+            SandboxId::new("-rf"),
+            Err(IdError::LeadingDash(_))
+        ));
+        assert_eq!(
+            SandboxId::new(&"a".repeat(65)),
+            Err(IdError::TooLong { len: 65, max: 64 })
+        );
         let msg = SandboxId::new("../../etc/passwd").unwrap_err().to_string();
-        assert!(msg.contains("../../etc/passwd") && msg.contains("'.'"), "{msg}");
+        assert!(
+            msg.contains("../../etc/passwd") && msg.contains("'.'"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -176,7 +216,10 @@ mod tests {
         assert_ne!(a, b);
         let long = SandboxId::new(&"x".repeat(64)).unwrap().short_name();
         assert_eq!(long.len(), SandboxId::SHORT_NAME_LEN);
-        assert!(long.len() <= 28, "iptables chain names are limited to 28 characters");
+        assert!(
+            long.len() <= 28,
+            "iptables chain names are limited to 28 characters"
+        );
     }
 
     #[test]

@@ -88,7 +88,10 @@ impl FromStr for EgressRule {
                 .parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| RuleError::BadPort { rule: raw.to_owned(), port: port.to_owned() })?;
+                .ok_or_else(|| RuleError::BadPort {
+                    rule: raw.to_owned(),
+                    port: port.to_owned(),
+                })?;
             let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
             let host = match bracketed.unwrap_or(host).parse::<IpAddr>() {
                 Ok(ip) => Host::Ip(ip),
@@ -102,7 +105,10 @@ impl FromStr for EgressRule {
 
 impl DomainPattern {
     fn parse(s: &str, rule: &str) -> Result<Self, RuleError> {
-        let bad = |reason| RuleError::BadDomain { rule: rule.to_owned(), reason };
+        let bad = |reason| RuleError::BadDomain {
+            rule: rule.to_owned(),
+            reason,
+        };
         let (wildcard, name) = match s.strip_prefix("*.") {
             Some(rest) => (true, rest),
             None => (false, s),
@@ -116,9 +122,13 @@ impl DomainPattern {
         }
         for label in name.split('.') {
             if label.is_empty() || label.len() > 63 {
-                return Err(bad("each label of a domain name must be 1 to 63 characters"));
+                return Err(bad(
+                    "each label of a domain name must be 1 to 63 characters",
+                ));
             }
-            if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 || label.starts_with('-')
                 || label.ends_with('-')
             {
@@ -142,9 +152,18 @@ impl fmt::Display for EgressRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Cidr(net) => write!(f, "{net}"),
-            Self::HostPort { host: Host::Ip(IpAddr::V6(ip)), port } => write!(f, "[{ip}]:{port}"),
-            Self::HostPort { host: Host::Ip(ip), port } => write!(f, "{ip}:{port}"),
-            Self::HostPort { host: Host::Domain(d), port } => write!(f, "{d}:{port}"),
+            Self::HostPort {
+                host: Host::Ip(IpAddr::V6(ip)),
+                port,
+            } => write!(f, "[{ip}]:{port}"),
+            Self::HostPort {
+                host: Host::Ip(ip),
+                port,
+            } => write!(f, "{ip}:{port}"),
+            Self::HostPort {
+                host: Host::Domain(d),
+                port,
+            } => write!(f, "{d}:{port}"),
             Self::Domain(d) => write!(f, "{d}"),
         }
     }
@@ -169,22 +188,58 @@ mod tests {
 
     #[test]
     fn parses_rule_forms() {
-        assert_eq!("10.0.0.0/8".parse::<EgressRule>().unwrap().to_string(), "10.0.0.0/8");
-        assert_eq!("1.2.3.4".parse::<EgressRule>().unwrap().to_string(), "1.2.3.4/32");
-        assert_eq!("1.2.3.4:443".parse::<EgressRule>().unwrap().to_string(), "1.2.3.4:443");
-        assert_eq!("[::1]:53".parse::<EgressRule>().unwrap().to_string(), "[::1]:53");
-        assert_eq!("API.Example.com:443".parse::<EgressRule>().unwrap().to_string(), "api.example.com:443");
-        assert_eq!("*.github.com".parse::<EgressRule>().unwrap().to_string(), "*.github.com");
+        assert_eq!(
+            "10.0.0.0/8".parse::<EgressRule>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            "1.2.3.4".parse::<EgressRule>().unwrap().to_string(),
+            "1.2.3.4/32"
+        );
+        assert_eq!(
+            "1.2.3.4:443".parse::<EgressRule>().unwrap().to_string(),
+            "1.2.3.4:443"
+        );
+        assert_eq!(
+            "[::1]:53".parse::<EgressRule>().unwrap().to_string(),
+            "[::1]:53"
+        );
+        assert_eq!(
+            "API.Example.com:443"
+                .parse::<EgressRule>()
+                .unwrap()
+                .to_string(),
+            "api.example.com:443"
+        );
+        assert_eq!(
+            "*.github.com".parse::<EgressRule>().unwrap().to_string(),
+            "*.github.com"
+        );
     }
 
     #[test]
     fn rejects_bad_rules() {
         assert!(matches!("".parse::<EgressRule>(), Err(RuleError::Empty(_))));
-        assert!(matches!("a.com:0".parse::<EgressRule>(), Err(RuleError::BadPort { .. })));
-        assert!(matches!("a.com:99999".parse::<EgressRule>(), Err(RuleError::BadPort { .. })));
-        assert!(matches!("a.*.com".parse::<EgressRule>(), Err(RuleError::BadDomain { .. })));
-        assert!(matches!("-a.com".parse::<EgressRule>(), Err(RuleError::BadDomain { .. })));
-        assert!(matches!("a..com".parse::<EgressRule>(), Err(RuleError::BadDomain { .. })));
+        assert!(matches!(
+            "a.com:0".parse::<EgressRule>(),
+            Err(RuleError::BadPort { .. })
+        ));
+        assert!(matches!(
+            "a.com:99999".parse::<EgressRule>(),
+            Err(RuleError::BadPort { .. })
+        ));
+        assert!(matches!(
+            "a.*.com".parse::<EgressRule>(),
+            Err(RuleError::BadDomain { .. })
+        ));
+        assert!(matches!(
+            "-a.com".parse::<EgressRule>(),
+            Err(RuleError::BadDomain { .. })
+        ));
+        assert!(matches!(
+            "a..com".parse::<EgressRule>(),
+            Err(RuleError::BadDomain { .. })
+        ));
     }
 
     #[test]

@@ -19,7 +19,11 @@ pub enum RuntimeDirError {
     NotNormal(PathBuf),
     /// A derived path would leave the root (a bug: ids cannot produce this).
     #[error("path {path:?} derived for sandbox {id} is not inside runtime directory {root:?}")]
-    Escapes { id: String, path: PathBuf, root: PathBuf },
+    Escapes {
+        id: String,
+        path: PathBuf,
+        root: PathBuf,
+    },
 }
 
 /// The root under which each sandbox gets `<root>/sandboxes/<id>/`.
@@ -38,7 +42,10 @@ impl RuntimeDir {
         if !root.is_absolute() {
             return Err(RuntimeDirError::NotAbsolute(root));
         }
-        if root.components().any(|c| matches!(c, Component::CurDir | Component::ParentDir)) {
+        if root
+            .components()
+            .any(|c| matches!(c, Component::CurDir | Component::ParentDir))
+        {
             return Err(RuntimeDirError::NotNormal(root));
         }
         Ok(Self { root })
@@ -67,7 +74,11 @@ impl RuntimeDir {
     pub fn sandbox_dir(&self, id: &SandboxId) -> Result<PathBuf, RuntimeDirError> {
         let parent = self.sandboxes_dir();
         let path = parent.join(id.as_str());
-        let mut rest = path.strip_prefix(&parent).map(Path::components).into_iter().flatten();
+        let mut rest = path
+            .strip_prefix(&parent)
+            .map(Path::components)
+            .into_iter()
+            .flatten();
         match (rest.next(), rest.next()) {
             (Some(Component::Normal(_)), None) => Ok(path),
             _ => Err(RuntimeDirError::Escapes {
@@ -79,7 +90,11 @@ impl RuntimeDir {
     }
 
     /// A fixed-name file inside a sandbox's directory (`agent.sock`, `pid`, `meta.json`, …).
-    pub fn sandbox_file(&self, id: &SandboxId, name: SandboxFile) -> Result<PathBuf, RuntimeDirError> {
+    pub fn sandbox_file(
+        &self,
+        id: &SandboxId,
+        name: SandboxFile,
+    ) -> Result<PathBuf, RuntimeDirError> {
         Ok(self.sandbox_dir(id)?.join(name.file_name()))
     }
 }
@@ -111,26 +126,41 @@ mod tests {
 
     #[test]
     fn root_must_be_absolute_and_normal() {
-        assert!(matches!(RuntimeDir::new("run/lg"), Err(RuntimeDirError::NotAbsolute(_))));
-        assert!(matches!(RuntimeDir::new("/run/../etc"), Err(RuntimeDirError::NotNormal(_))));
+        assert!(matches!(
+            RuntimeDir::new("run/lg"),
+            Err(RuntimeDirError::NotAbsolute(_))
+        ));
+        assert!(matches!(
+            RuntimeDir::new("/run/../etc"),
+            Err(RuntimeDirError::NotNormal(_))
+        ));
         assert!(RuntimeDir::new("/run/luminaguard").is_ok());
     }
 
     #[test]
     fn default_root_depends_on_user() {
-        assert_eq!(RuntimeDir::default_root(0, None), PathBuf::from("/run/luminaguard"));
+        assert_eq!(
+            RuntimeDir::default_root(0, None),
+            PathBuf::from("/run/luminaguard")
+        );
         assert_eq!(
             RuntimeDir::default_root(1000, Some(Path::new("/run/user/1000"))),
             PathBuf::from("/run/user/1000/luminaguard")
         );
-        assert_eq!(RuntimeDir::default_root(1000, None), PathBuf::from("/tmp/luminaguard-1000"));
+        assert_eq!(
+            RuntimeDir::default_root(1000, None),
+            PathBuf::from("/tmp/luminaguard-1000")
+        );
     }
 
     #[test]
     fn sandbox_paths() {
         let rt = RuntimeDir::new("/run/lg").unwrap();
         let id = SandboxId::new("task-1").unwrap();
-        assert_eq!(rt.sandbox_dir(&id).unwrap(), PathBuf::from("/run/lg/sandboxes/task-1"));
+        assert_eq!(
+            rt.sandbox_dir(&id).unwrap(),
+            PathBuf::from("/run/lg/sandboxes/task-1")
+        );
         assert_eq!(
             rt.sandbox_file(&id, SandboxFile::AgentSocket).unwrap(),
             PathBuf::from("/run/lg/sandboxes/task-1/agent.sock")

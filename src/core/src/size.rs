@@ -50,7 +50,9 @@ impl FromStr for ByteSize {
         if num.is_empty() {
             return Err(SizeError::NoNumber(input.to_owned()));
         }
-        let n: u64 = num.parse().map_err(|_| SizeError::Overflow(input.to_owned()))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| SizeError::Overflow(input.to_owned()))?;
         let shift = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 0,
             "k" | "kb" | "kib" => 10,
@@ -58,10 +60,15 @@ impl FromStr for ByteSize {
             "g" | "gb" | "gib" => 30,
             "t" | "tb" | "tib" => 40,
             other => {
-                return Err(SizeError::BadUnit { input: input.to_owned(), unit: other.to_owned() });
+                return Err(SizeError::BadUnit {
+                    input: input.to_owned(),
+                    unit: other.to_owned(),
+                });
             }
         };
-        n.checked_mul(1u64 << shift).map(ByteSize).ok_or_else(|| SizeError::Overflow(input.to_owned()))
+        n.checked_mul(1u64 << shift)
+            .map(ByteSize)
+            .ok_or_else(|| SizeError::Overflow(input.to_owned()))
     }
 }
 
@@ -117,10 +124,22 @@ mod tests {
 
     #[test]
     fn rejects_nonsense() {
-        assert!(matches!("M".parse::<ByteSize>(), Err(SizeError::NoNumber(_))));
-        assert!(matches!("12X".parse::<ByteSize>(), Err(SizeError::BadUnit { .. })));
-        assert!(matches!("-5M".parse::<ByteSize>(), Err(SizeError::NoNumber(_))));
-        assert!(matches!("99999999999T".parse::<ByteSize>(), Err(SizeError::Overflow(_))));
+        assert!(matches!(
+            "M".parse::<ByteSize>(),
+            Err(SizeError::NoNumber(_))
+        ));
+        assert!(matches!(
+            "12X".parse::<ByteSize>(),
+            Err(SizeError::BadUnit { .. })
+        ));
+        assert!(matches!(
+            "-5M".parse::<ByteSize>(),
+            Err(SizeError::NoNumber(_))
+        ));
+        assert!(matches!(
+            "99999999999T".parse::<ByteSize>(),
+            Err(SizeError::Overflow(_))
+        ));
     }
 
     proptest! {

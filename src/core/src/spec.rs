@@ -140,7 +140,11 @@ pub enum SpecError {
     #[error("scratch = {0}: must be at least {min}", min = SandboxSpec::MIN_SCRATCH)]
     Scratch(ByteSize),
     #[error("{field} = {value:?}: must be more than zero and at most {max:?}")]
-    Duration { field: &'static str, value: Duration, max: Duration },
+    Duration {
+        field: &'static str,
+        value: Duration,
+        max: Duration,
+    },
     #[error("limits.pids = {0}: must be between 1 and 4194304")]
     Pids(u32),
     #[error("limits.open_files = {0}: must be between 16 and 1048576")]
@@ -183,7 +187,11 @@ impl SandboxSpec {
             return Err(SpecError::Scratch(self.scratch));
         }
         check_duration("lifetime", self.lifetime, Self::MAX_LIFETIME)?;
-        check_duration("limits.exec_timeout", self.limits.exec_timeout, Self::MAX_LIFETIME)?;
+        check_duration(
+            "limits.exec_timeout",
+            self.limits.exec_timeout,
+            Self::MAX_LIFETIME,
+        )?;
         if !(1..=4_194_304).contains(&self.limits.pids) {
             return Err(SpecError::Pids(self.limits.pids));
         }
@@ -213,18 +221,33 @@ impl SandboxSpec {
     fn validate_mounts(&self) -> Result<(), SpecError> {
         let mut seen = std::collections::BTreeSet::new();
         for m in &self.mounts {
-            let err = |path: &Path, reason| SpecError::Mount { path: path.to_owned(), reason };
+            let err = |path: &Path, reason| SpecError::Mount {
+                path: path.to_owned(),
+                reason,
+            };
             if !is_absolute_normal(&m.host) {
-                return Err(err(&m.host, "host path must be absolute, without '.' or '..'"));
+                return Err(err(
+                    &m.host,
+                    "host path must be absolute, without '.' or '..'",
+                ));
             }
             if !is_absolute_normal(&m.guest) {
-                return Err(err(&m.guest, "sandbox path must be absolute, without '.' or '..'"));
+                return Err(err(
+                    &m.guest,
+                    "sandbox path must be absolute, without '.' or '..'",
+                ));
             }
             if m.guest == Path::new("/") {
                 return Err(err(&m.guest, "a mount cannot replace the sandbox's root"));
             }
-            if Self::RESERVED.iter().any(|r| m.guest.starts_with(r) || Path::new(r).starts_with(&m.guest)) {
-                return Err(err(&m.guest, "covers or lies inside a path the sandbox needs (/proc, /sys, /dev, /run/luminaguard)"));
+            if Self::RESERVED
+                .iter()
+                .any(|r| m.guest.starts_with(r) || Path::new(r).starts_with(&m.guest))
+            {
+                return Err(err(
+                    &m.guest,
+                    "covers or lies inside a path the sandbox needs (/proc, /sys, /dev, /run/luminaguard)",
+                ));
             }
             if !seen.insert(m.guest.clone()) {
                 return Err(SpecError::DuplicateMount(m.guest.clone()));
@@ -243,7 +266,8 @@ fn check_duration(field: &'static str, value: Duration, max: Duration) -> Result
 
 fn is_absolute_normal(p: &Path) -> bool {
     p.is_absolute()
-        && p.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && p.components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
         && !p.as_os_str().as_encoded_bytes().contains(&0)
 }
 
@@ -259,8 +283,9 @@ pub(crate) mod duration_text {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map_err(|e| serde::de::Error::custom(format!("duration {text:?}: {e} (examples: 30s, 5m, 1h)")))
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("duration {text:?}: {e} (examples: 30s, 5m, 1h)"))
+        })
     }
 
     pub mod option {
@@ -279,7 +304,9 @@ pub(crate) mod duration_text {
             Option::<String>::deserialize(d)?
                 .map(|text| {
                     humantime::parse_duration(&text).map_err(|e| {
-                        serde::de::Error::custom(format!("duration {text:?}: {e} (examples: 30s, 5m, 1h)"))
+                        serde::de::Error::custom(format!(
+                            "duration {text:?}: {e} (examples: 30s, 5m, 1h)"
+                        ))
                     })
                 })
                 .transpose()
@@ -307,17 +334,37 @@ mod tests {
             s.validate().unwrap_err()
         };
         assert_eq!(bad(|s| s.vcpus = 0), SpecError::Vcpus(0));
-        assert_eq!(bad(|s| s.memory = ByteSize::mib(1)), SpecError::Memory(ByteSize::mib(1)));
-        assert!(matches!(bad(|s| s.lifetime = Duration::ZERO), SpecError::Duration { field: "lifetime", .. }));
+        assert_eq!(
+            bad(|s| s.memory = ByteSize::mib(1)),
+            SpecError::Memory(ByteSize::mib(1))
+        );
+        assert!(matches!(
+            bad(|s| s.lifetime = Duration::ZERO),
+            SpecError::Duration {
+                field: "lifetime",
+                ..
+            }
+        ));
         assert_eq!(bad(|s| s.limits.pids = 0), SpecError::Pids(0));
-        assert!(matches!(bad(|s| s.env.insert("A=B".into(), "x".into()).map(drop).unwrap_or(())), SpecError::EnvName(_)));
+        assert!(matches!(
+            bad(|s| s
+                .env
+                .insert("A=B".into(), "x".into())
+                .map(drop)
+                .unwrap_or(())),
+            SpecError::EnvName(_)
+        ));
     }
 
     #[test]
     fn refuses_mounts_that_escape_or_shadow() {
         let with_mount = |host: &str, guest: &str| {
             let mut s = SandboxSpec::default();
-            s.mounts.push(Mount { host: host.into(), guest: guest.into(), read_only: false });
+            s.mounts.push(Mount {
+                host: host.into(),
+                guest: guest.into(),
+                read_only: false,
+            });
             s.validate()
         };
         assert!(with_mount("/home/me/proj", "/workspace").is_ok());
@@ -331,21 +378,36 @@ mod tests {
             ("/home/me", "/dev/shm"),
             ("/home/me", "/run"),
         ] {
-            assert!(matches!(with_mount(host, guest), Err(SpecError::Mount { .. })), "{host} -> {guest}");
+            assert!(
+                matches!(with_mount(host, guest), Err(SpecError::Mount { .. })),
+                "{host} -> {guest}"
+            );
         }
         let mut s = SandboxSpec::default();
         for _ in 0..2 {
-            s.mounts.push(Mount { host: "/a".into(), guest: "/w".into(), read_only: true });
+            s.mounts.push(Mount {
+                host: "/a".into(),
+                guest: "/w".into(),
+                read_only: true,
+            });
         }
         assert_eq!(s.validate(), Err(SpecError::DuplicateMount("/w".into())));
     }
 
     #[test]
     fn networking_without_a_policy_is_refused() {
-        let mut s = SandboxSpec::default();
-        s.network = NetworkPolicy::Egress { allow: vec![], deny: vec!["10.0.0.0/8".parse().unwrap()] };
+        let mut s = SandboxSpec {
+            network: NetworkPolicy::Egress {
+                allow: vec![],
+                deny: vec!["10.0.0.0/8".parse().unwrap()],
+            },
+            ..SandboxSpec::default()
+        };
         assert_eq!(s.validate(), Err(SpecError::NetworkWithoutPolicy));
-        s.network = NetworkPolicy::Egress { allow: vec!["api.example.com:443".parse::<EgressRule>().unwrap()], deny: vec![] };
+        s.network = NetworkPolicy::Egress {
+            allow: vec!["api.example.com:443".parse::<EgressRule>().unwrap()],
+            deny: vec![],
+        };
         s.validate().unwrap();
     }
 
@@ -370,9 +432,13 @@ mod tests {
         let again: SandboxSpec = toml::from_str(&toml::to_string(&spec).unwrap()).unwrap();
         assert_eq!(again, spec);
 
-        let err = toml::from_str::<SandboxSpec>("memroy = \"1G\"").unwrap_err().to_string();
+        let err = toml::from_str::<SandboxSpec>("memroy = \"1G\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("memroy"), "{err}");
-        let err = toml::from_str::<SandboxSpec>("[network]\nmode = \"open\"").unwrap_err().to_string();
+        let err = toml::from_str::<SandboxSpec>("[network]\nmode = \"open\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("open"), "{err}");
     }
 }

@@ -1,0 +1,27 @@
+//! The LuminaGuard host↔guest protocol.
+//!
+//! - [`frame`]: length-prefixed frames with a hard size limit, and their codec.
+//! - [`message`]: what the frames carry (serde types; postcard on the wire).
+//! - [`handshake`]: version and capability negotiation.
+//! - [`writer`]: the single writer task that owns a connection's write half.
+//! - [`client`]: the multiplexing host client (one reader task, replies routed by id).
+//! - [`ops`]: typed operations (exec, files, info) on the client.
+//!
+//! Transport-agnostic: anything `AsyncRead + AsyncWrite` — a Unix socket, a vsock stream.
+//! See `docs/protocol.md`.
+
+pub mod client;
+pub mod frame;
+pub mod handshake;
+pub mod message;
+pub mod ops;
+pub mod writer;
+
+pub use client::{Client, ClientError, ClientOptions, PeerInfo, ReplyStream};
+pub use frame::{Frame, FrameCodec, FrameError, Incoming, MAX_CHUNK, MAX_FRAME_LEN};
+pub use message::{
+    DirEntry, ErrorCode, ErrorReply, ExecRequest, ExitStatus, FileKind, FileStat, GuestInfo,
+    ReadFileRequest, Reply, Request, WriteFileRequest,
+};
+pub use ops::{ExecEvent, ExecOutput, ExecStream};
+pub use writer::{FrameSender, SendError, frame_writer};

@@ -1,0 +1,293 @@
+//! The messages carried in frames. Host → guest: [`Request`]; guest → host: [`Reply`].
+//!
+//! Every request opens a *stream* identified by the frame id the host chose. The guest answers on
+//! the same id with zero or more non-terminal replies (exec output, file data) and exactly one
+//! terminal reply ([`Reply::is_terminal`]). While a stream is open the host may send
+//! [`Request::Input`], [`Request::InputEnd`] and [`Request::Cancel`] on its id.
+//!
+//! Encoding is postcard (compact, non-self-describing); compatibility is handled by the handshake
+//! (see `handshake`), not by tolerant decoding. Variant order is part of the wire format: append,
+//! never reorder.
+
+use serde::{Deserialize, Serialize};
+
+use crate::handshake::{Hello, HelloReply};
+
+/// Host → guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Must be the first frame of a connection, on id 0.
+    Hello(Hello),
+    /// Liveness check; answered with [`Reply::Pong`].
+    Ping,
+    /// Run a process.
+    Exec(ExecRequest),
+    /// Bytes for an open stream: stdin of an exec, contents of a file write.
+    Input(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// No more input for an open stream (closes stdin; commits a file write).
+    InputEnd,
+    /// Abandon an open stream: kills an exec's process tree, discards a partial file write.
+    Cancel,
+    ReadFile(ReadFileRequest),
+    WriteFile(WriteFileRequest),
+    ListDir {
+        path: String,
+    },
+    Stat {
+        path: String,
+        follow_symlinks: bool,
+    },
+    Mkdir {
+        path: String,
+        mode: u32,
+        parents: bool,
+    },
+    Remove {
+        path: String,
+        recursive: bool,
+    },
+    /// Facts about the guest: kernel, uptime, memory.
+    Info,
+    /// Stop the agent; as PID 1 of a VM, power the VM off.
+    Shutdown,
+}
+
+impl Request {
+    /// Short name for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "hello",
+            Self::Ping => "ping",
+            Self::Exec(_) => "exec",
+            Self::Input(_) => "input",
+            Self::InputEnd => "input-end",
+            Self::Cancel => "cancel",
+            Self::ReadFile(_) => "read-file",
+            Self::WriteFile(_) => "write-file",
+            Self::ListDir { .. } => "list-dir",
+            Self::Stat { .. } => "stat",
+            Self::Mkdir { .. } => "mkdir",
+            Self::Remove { .. } => "remove",
+            Self::Info => "info",
+            Self::Shutdown => "shutdown",
+        }
+    }
+
+    /// Messages that belong to a stream opened earlier rather than opening one.
+    pub fn is_stream_control(&self) -> bool {
+        matches!(self, Self::Input(_) | Self::InputEnd | Self::Cancel)
+    }
+}
+
+/// What [`Request::Exec`] runs, and how.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// Program and arguments; `argv[0]` is looked up in `PATH` when it has no `/`.
+    pub argv: Vec<String>,
+    /// Variables added to (or, with `clear_env`, forming) the environment.
+    pub env: Vec<(String, String)>,
+    pub clear_env: bool,
+    pub cwd: Option<String>,
+    /// Whether the host will stream stdin ([`Request::Input`]); otherwise stdin is `/dev/null`.
+    pub stdin: bool,
+    /// Kill the whole process tree after this long.
+    pub timeout_ms: Option<u64>,
+    /// Forward at most this many bytes of stdout+stderr together; the rest is counted and dropped.
+    pub output_limit: Option<u64>,
+}
+
+/// How an exec ended. Exactly one of `code` / `signal` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub cancelled: bool,
+    /// Output beyond `output_limit` was dropped.
+    pub output_truncated: bool,
+    /// Bytes of stdout+stderr the process produced (including any dropped).
+    pub output_bytes: u64,
+    pub duration_ms: u64,
+}
+
+impl ExitStatus {
+    /// Shell convention: the code, or 128 + signal.
+    pub fn shell_code(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            (None, None) => 255,
+        }
+    }
+
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadFileRequest {
+    pub path: String,
+    pub offset: u64,
+    /// Read at most this many bytes; `None` reads to the end.
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteFileRequest {
+    pub path: String,
+    /// Permission bits of the new file.
+    pub mode: u32,
+    /// Create missing parent directories.
+    pub parents: bool,
+}
+
+/// Guest → host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Hello(HelloReply),
+    Pong,
+    /// The exec's process started (non-terminal).
+    Started {
+        pid: u32,
+    },
+    Stdout(#[serde(with = "serde_bytes")] Vec<u8>),
+    Stderr(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The exec ended (terminal).
+    Exited(ExitStatus),
+    /// A chunk of a file being read (non-terminal).
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A read finished after this many bytes (terminal).
+    ReadDone {
+        bytes: u64,
+    },
+    /// A write was committed atomically (terminal).
+    Written {
+        bytes: u64,
+    },
+    DirListing {
+        entries: Vec<DirEntry>,
+        truncated: bool,
+    },
+    Stat(FileStat),
+    Info(GuestInfo),
+    /// Success with nothing to say (mkdir, remove, shutdown).
+    Done,
+    /// The request failed (terminal), or — on id 0 — the connection has a problem.
+    Error(ErrorReply),
+}
+
+impl Reply {
+    /// Whether this reply closes its stream.
+    pub fn is_terminal(&self) -> bool {
+        !matches!(
+            self,
+            Self::Started { .. } | Self::Stdout(_) | Self::Stderr(_) | Self::Data(_)
+        )
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "hello",
+            Self::Pong => "pong",
+            Self::Started { .. } => "started",
+            Self::Stdout(_) => "stdout",
+            Self::Stderr(_) => "stderr",
+            Self::Exited(_) => "exited",
+            Self::Data(_) => "data",
+            Self::ReadDone { .. } => "read-done",
+            Self::Written { .. } => "written",
+            Self::DirListing { .. } => "dir-listing",
+            Self::Stat(_) => "stat",
+            Self::Info(_) => "info",
+            Self::Done => "done",
+            Self::Error(_) => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: String,
+    pub kind: FileKind,
+    pub size: u64,
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStat {
+    pub kind: FileKind,
+    pub size: u64,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_unix_ms: i64,
+    pub symlink_target: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestInfo {
+    pub agent_version: String,
+    pub kernel_release: String,
+    pub hostname: String,
+    pub pid: u32,
+    /// The agent is the init process of its PID namespace or VM.
+    pub is_pid1: bool,
+    pub uptime_ms: u64,
+    pub mem_total_bytes: u64,
+    pub mem_available_bytes: u64,
+    pub cpus: u32,
+}
+
+/// A failure, with a machine-readable code and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorReply {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// A frame's payload did not decode as any known request (malformed or an unknown type).
+    Malformed,
+    /// A frame was larger than the limit; the connection is closed after this error.
+    FrameTooLarge,
+    /// A request arrived before the handshake.
+    HandshakeRequired,
+    /// The peers share no protocol version.
+    IncompatibleVersion,
+    /// The request is well-formed but its contents are not acceptable (empty argv, relative path).
+    InvalidRequest,
+    /// A new request reused the id of a stream that is still open, or used id 0.
+    BadStreamId,
+    NotFound,
+    PermissionDenied,
+    AlreadyExists,
+    /// Any other I/O failure; the message has the OS error.
+    Io,
+    /// The process could not be started.
+    SpawnFailed,
+    /// The agent is shutting down.
+    ShuttingDown,
+    Internal,
+}
