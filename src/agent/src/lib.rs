@@ -1,0 +1,178 @@
+//! The LuminaGuard guest agent.
+//!
+//! One static binary that runs inside every sandbox — as PID 1 of a microVM, as PID 1 of a
+//! process sandbox's namespaces, or as an ordinary process — and serves the host protocol
+//! (`luminaguard-protocol`) on a Unix socket, an inherited descriptor or an AF_VSOCK port.
+
+pub mod exec;
+pub mod files;
+pub mod info;
+pub mod init;
+pub mod listen;
+pub mod proctree;
+pub mod reaper;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use listen::ListenAddr;
+use reaper::Reaper;
+use server::AgentContext;
+
+/// What to do when the agent stops as PID 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnExit {
+    /// Power off when PID 1, exit otherwise.
+    Auto,
+    /// Power the machine (or PID namespace) off.
+    Poweroff,
+    /// Just exit.
+    Exit,
+}
+
+/// Command line of the agent (also `luminaguard agent`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Where to listen: unix:PATH, fd:N (an inherited socket) or vsock:PORT. Repeatable.
+    #[arg(long = "listen", value_name = "ADDR", required = true)]
+    pub listen: Vec<ListenAddr>,
+    /// What to do on exit when running as PID 1.
+    #[arg(long, value_enum, default_value_t = OnExit::Auto)]
+    pub on_exit: OnExit,
+    /// Worker threads for the async runtime.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}
+
+/// Errors that stop the agent from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Init(#[from] init::InitError),
+    #[error(transparent)]
+    Reaper(#[from] reaper::ReaperError),
+    #[error(transparent)]
+    Listen(#[from] listen::ListenError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// How long the agent waits for its connections to finish when stopping.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Runs the agent until a signal or the host stops it. Returns whether to power off.
+pub fn run(args: AgentArgs) -> Result<bool, AgentError> {
+    let pid1 = std::process::id() == 1;
+    if pid1 {
+        // A missing mount makes some commands fail, but the host can still be told about it;
+        // refusing to serve would leave it with nothing but a timeout.
+        if let Err(e) = init::mount_essentials() {
+            tracing::error!(error = %e, "init: mounting essential filesystems failed");
+        }
+    } else {
+        init::become_subreaper()?;
+    }
+    let reaper = Reaper::start()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .thread_name("lg-agent")
+        .enable_all()
+        .build()
+        .map_err(AgentError::Runtime)?;
+    let ctx = Arc::new(AgentContext {
+        reaper,
+        shutdown: CancellationToken::new(),
+    });
+    runtime.block_on(serve(args.listen, ctx))?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(pid1 && args.on_exit != OnExit::Exit || args.on_exit == OnExit::Poweroff)
+}
+
+async fn serve(addrs: Vec<ListenAddr>, ctx: Arc<AgentContext>) -> Result<(), AgentError> {
+    // Bind everything first: a bad address fails startup instead of half-starting.
+    let mut bound = Vec::with_capacity(addrs.len());
+    for addr in &addrs {
+        bound.push((addr.to_string(), addr.bind()?));
+        tracing::info!(%addr, "listening");
+    }
+    let stop = ctx.shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install SIGTERM/SIGINT handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+            _ = stop.cancelled() => {}
+        }
+        stop.cancel();
+    });
+    let mut listeners = tokio::task::JoinSet::new();
+    for (addr, b) in bound {
+        listeners.spawn(b.serve(addr, ctx.clone()));
+    }
+    // The agent runs until it is told to stop or every listener has ended (an inherited
+    // single connection closing ends the agent).
+    let mut first_error = None;
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            next = listeners.join_next() => match next {
+                None => break,
+                Some(Ok(Err(e))) => {
+                    tracing::error!(error = %e, "listener failed");
+                    first_error.get_or_insert(e);
+                }
+                Some(_) => {}
+            },
+        }
+    }
+    ctx.shutdown.cancel();
+    if tokio::time::timeout(STOP_TIMEOUT, async {
+        while listeners.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("connections did not finish within {STOP_TIMEOUT:?}");
+    }
+    first_error.map_or(Ok(()), |e| Err(e.into()))
+}
+
+/// Sends `tracing` output to stderr, filtered by `RUST_LOG` or `default`.
+pub fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Entry point shared by `luminaguard-agent` and `luminaguard agent`: runs, then exits or powers
+/// off. Never returns as PID 1 (PID 1 returning would panic the kernel).
+pub fn main_with(args: AgentArgs) -> std::process::ExitCode {
+    let on_exit = args.on_exit;
+    let result = run(args);
+    let (code, poweroff) = match result {
+        Ok(poweroff) => (0, poweroff),
+        Err(e) => {
+            tracing::error!(error = %e, "agent failed");
+            eprintln!("luminaguard-agent: {e}");
+            (1, std::process::id() == 1 && on_exit != OnExit::Exit)
+        }
+    };
+    if poweroff {
+        init::power_off();
+    }
+    std::process::ExitCode::from(code)
+}

@@ -1,0 +1,323 @@
+//! `Exec`: run a process with streamed output, optional streamed stdin, a timeout, an output
+//! cap, and cancellation — and when it ends, by itself or not, kill what is left of its tree.
+//!
+//! An exec owns its process tree: when the main process exits, stragglers it left in its session
+//! are killed too, so no exec outlives its reply and every pipe reaches end-of-file.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use luminaguard_protocol::message::{ErrorCode, ErrorReply, ExecRequest, ExitStatus, Reply};
+use luminaguard_protocol::{FrameSender, MAX_CHUNK};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio_util::sync::CancellationToken;
+
+use crate::reaper::{ExitReason, Reaper};
+use crate::server::{StreamInput, StreamInputRx};
+
+/// Read size for stdout/stderr.
+const PIPE_CHUNK: usize = 64 << 10;
+/// After the tree is dead, at most this much already-buffered output is drained per pipe.
+const DRAIN_LIMIT: usize = 4 << 20;
+
+/// Runs one exec to its end and returns the terminal reply. Output goes out through `out` as it
+/// arrives.
+pub async fn run(
+    reaper: &Reaper,
+    id: u64,
+    req: ExecRequest,
+    out: &FrameSender,
+    input: StreamInputRx,
+) -> Result<Reply, ErrorReply> {
+    validate(&req)?;
+    let started_at = Instant::now();
+    let cmd = build_command(&req);
+    let (mut child, exit_rx) = reaper
+        .spawn(cmd)
+        .await
+        .map_err(|e| ErrorReply::new(ErrorCode::SpawnFailed, e.to_string()))?;
+    let pid = child.id() as i32;
+    // The child is a session leader, so its session id is its pid.
+    let sid = pid;
+    let pipe_err =
+        |e: std::io::Error| ErrorReply::new(ErrorCode::Internal, format!("exec pipes: {e}"));
+    let stdout = child
+        .stdout
+        .take()
+        .map(|p| pipe::Receiver::from_owned_fd(OwnedFd::from(p)))
+        .transpose()
+        .map_err(pipe_err)?;
+    let stderr = child
+        .stderr
+        .take()
+        .map(|p| pipe::Receiver::from_owned_fd(OwnedFd::from(p)))
+        .transpose()
+        .map_err(pipe_err)?;
+    let stdin = child
+        .stdin
+        .take()
+        .map(|p| pipe::Sender::from_owned_fd(OwnedFd::from(p)))
+        .transpose()
+        .map_err(pipe_err)?;
+    drop(child); // never waited on directly: the reaper owns its exit
+
+    let _ = out.send(id, &Reply::Started { pid: pid as u32 }).await;
+
+    let budget = Arc::new(OutputBudget::new(req.output_limit));
+    let finish = CancellationToken::new();
+    let StreamInputRx { rx: input, cancel } = input;
+    let pumps = [
+        stdout.map(|p| {
+            tokio::spawn(pump(
+                p,
+                Stream::Stdout,
+                out.clone(),
+                id,
+                budget.clone(),
+                finish.clone(),
+            ))
+        }),
+        stderr.map(|p| {
+            tokio::spawn(pump(
+                p,
+                Stream::Stderr,
+                out.clone(),
+                id,
+                budget.clone(),
+                finish.clone(),
+            ))
+        }),
+    ];
+    let stdin_task = tokio::spawn(feed_stdin(stdin, input));
+
+    let timeout =
+        Duration::from_millis(req.timeout_ms.unwrap_or(u64::MAX).min(u64::from(u32::MAX)));
+    let mut exit_rx = exit_rx;
+    let (mut timed_out, mut cancelled) = (false, false);
+    let reason = tokio::select! {
+        r = &mut exit_rx => r.ok(),
+        _ = tokio::time::sleep(timeout) => { timed_out = true; None }
+        _ = cancel.cancelled() => { cancelled = true; None }
+    };
+    // Whatever happened, nothing of this exec's tree may survive it.
+    kill_tree(pid, sid).await;
+    let reason = match reason {
+        Some(r) => Some(r),
+        None => exit_rx.await.ok(),
+    };
+    finish.cancel();
+    for p in pumps.into_iter().flatten() {
+        let _ = p.await;
+    }
+    stdin_task.abort();
+
+    let (code, signal) = match reason {
+        Some(ExitReason::Code(c)) => (Some(c), None),
+        Some(ExitReason::Signal(s)) => (None, Some(s)),
+        None => {
+            return Err(ErrorReply::new(
+                ErrorCode::Internal,
+                format!("exit status of pid {pid} was lost"),
+            ));
+        }
+    };
+    Ok(Reply::Exited(ExitStatus {
+        code,
+        signal,
+        timed_out,
+        cancelled,
+        output_truncated: budget.truncated(),
+        output_bytes: budget.total(),
+        duration_ms: u64::try_from(started_at.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }))
+}
+
+fn validate(req: &ExecRequest) -> Result<(), ErrorReply> {
+    let bad = |m: String| Err(ErrorReply::new(ErrorCode::InvalidRequest, m));
+    if req.argv.is_empty() || req.argv[0].is_empty() {
+        return bad("exec needs a program to run (argv is empty)".into());
+    }
+    if let Some(a) = req.argv.iter().find(|a| a.contains('\0')) {
+        return bad(format!("argument {a:?} contains a NUL byte"));
+    }
+    if let Some((k, _)) = req
+        .env
+        .iter()
+        .find(|(k, v)| k.is_empty() || k.contains(['=', '\0']) || v.contains('\0'))
+    {
+        return bad(format!(
+            "environment variable {k:?} has an invalid name or value"
+        ));
+    }
+    if let Some(cwd) = &req.cwd {
+        if !cwd.starts_with('/') || cwd.contains('\0') {
+            return bad(format!(
+                "working directory {cwd:?} must be an absolute path"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn build_command(req: &ExecRequest) -> Command {
+    let mut cmd = Command::new(&req.argv[0]);
+    cmd.args(&req.argv[1..]);
+    if req.clear_env {
+        cmd.env_clear();
+    }
+    cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
+    if let Some(cwd) = &req.cwd {
+        cmd.current_dir(cwd);
+    }
+    cmd.stdin(if req.stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::piped());
+    cmd.stderr(Stdio::piped());
+    // SAFETY: runs in the forked child before exec and only makes async-signal-safe calls
+    // (setsid, prctl, signal), touching no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Dies with the agent (the spawner thread lives as long as the agent does).
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Rust ignores SIGPIPE in its own processes; children expect the default.
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    cmd
+}
+
+async fn kill_tree(root: i32, sid: i32) {
+    match tokio::task::spawn_blocking(move || crate::proctree::kill_tree(root, sid)).await {
+        Ok(n) if n > 0 => tracing::debug!(root, killed = n, "killed exec process tree"),
+        Ok(_) => {}
+        Err(e) => tracing::error!(root, error = %e, "process tree kill task failed"),
+    }
+}
+
+/// Shared cap on stdout+stderr bytes forwarded.
+#[derive(Debug)]
+struct OutputBudget {
+    limit: u64,
+    total: AtomicU64,
+}
+
+impl OutputBudget {
+    fn new(limit: Option<u64>) -> Self {
+        Self {
+            limit: limit.unwrap_or(u64::MAX),
+            total: AtomicU64::new(0),
+        }
+    }
+    /// Records `n` produced bytes; returns how many of them may be forwarded.
+    fn take(&self, n: usize) -> usize {
+        let before = self.total.fetch_add(n as u64, Ordering::Relaxed);
+        let room = self.limit.saturating_sub(before);
+        usize::try_from(room.min(n as u64)).unwrap_or(n)
+    }
+    fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+    fn truncated(&self) -> bool {
+        self.total() > self.limit
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+async fn pump(
+    mut pipe: pipe::Receiver,
+    which: Stream,
+    out: FrameSender,
+    id: u64,
+    budget: Arc<OutputBudget>,
+    finish: CancellationToken,
+) {
+    let mut buf = vec![0u8; PIPE_CHUNK];
+    let forward = |n: usize, buf: &[u8]| {
+        let allowed = budget.take(n);
+        (allowed > 0).then(|| {
+            let chunk = buf[..allowed].to_vec();
+            match which {
+                Stream::Stdout => Reply::Stdout(chunk),
+                Stream::Stderr => Reply::Stderr(chunk),
+            }
+        })
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = finish.cancelled() => break,
+            r = pipe.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if let Some(reply) = forward(n, &buf) {
+                        if out.send(id, &reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            },
+        }
+    }
+    // The tree is dead: take what it already wrote, without waiting for writers that escaped.
+    let mut drained = 0;
+    while drained < DRAIN_LIMIT {
+        match pipe.try_read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                drained += n;
+                if let Some(reply) = forward(n, &buf) {
+                    if out.send(id, &reply).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn feed_stdin(
+    mut stdin: Option<pipe::Sender>,
+    mut input: tokio::sync::mpsc::Receiver<StreamInput>,
+) {
+    while let Some(msg) = input.recv().await {
+        match msg {
+            StreamInput::Data(data) => {
+                if let Some(p) = stdin.as_mut() {
+                    // A child that closed stdin is not an error; keep consuming input.
+                    if p.write_all(&data).await.is_err() {
+                        stdin = None;
+                    }
+                }
+            }
+            StreamInput::End => stdin = None,
+        }
+    }
+}
+
+const _: () = assert!(PIPE_CHUNK <= MAX_CHUNK);
