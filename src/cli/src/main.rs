@@ -1,0 +1,150 @@
+//! `luminaguard`: the command-line face of LuminaGuard.
+
+mod debug;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use luminaguard_core::Config;
+use luminaguard_core::config::{ConfigLayer, ConfigPaths};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "luminaguard",
+    version,
+    about = "A secure runtime for AI agents"
+)]
+struct Cli {
+    /// Configuration file to use instead of the user file.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Runtime directory (overrides config and LUMINAGUARD_RUNTIME_DIR).
+    #[arg(long, global = true, value_name = "DIR")]
+    runtime_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print version information.
+    Version {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the guest agent (what runs inside every sandbox).
+    Agent(luminaguard_agent::AgentArgs),
+    /// Drive a guest agent over its Unix socket (for debugging).
+    Debug(debug::DebugArgs),
+    /// Inspect configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (files, environment and flags merged).
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(serde::Serialize)]
+struct VersionInfo {
+    luminaguard: &'static str,
+    protocol_min: u16,
+    protocol_max: u16,
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let env_path = |k: &str| std::env::var_os(k).map(PathBuf::from);
+    let mut paths = ConfigPaths::standard(
+        env_path("XDG_CONFIG_HOME").as_deref(),
+        env_path("HOME").as_deref(),
+    );
+    if let Some(file) = &cli.config {
+        anyhow::ensure!(
+            file.exists(),
+            "config file {} does not exist",
+            file.display()
+        );
+        paths.user = Some(file.clone());
+    }
+    let flags = ConfigLayer {
+        runtime_dir: cli.runtime_dir.clone(),
+        ..Default::default()
+    };
+    let uid = nix::unistd::getuid().as_raw();
+    Config::load(
+        &paths,
+        std::env::vars(),
+        uid,
+        env_path("XDG_RUNTIME_DIR").as_deref(),
+        flags,
+    )
+    .context("loading configuration")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Agent(args) = cli.command {
+        luminaguard_agent::init_tracing("info");
+        return luminaguard_agent::main_with(args);
+    }
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("luminaguard: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = load_config(&cli)?;
+    luminaguard_agent::init_tracing(&config.log);
+    match cli.command {
+        Command::Version { json } => {
+            let v = VersionInfo {
+                luminaguard: env!("CARGO_PKG_VERSION"),
+                protocol_min: luminaguard_protocol::handshake::MIN_VERSION,
+                protocol_max: luminaguard_protocol::handshake::MAX_VERSION,
+            };
+            if json {
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                println!(
+                    "luminaguard {} (protocol {}..={})",
+                    v.luminaguard, v.protocol_min, v.protocol_max
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Show { json }) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&config)?);
+            } else {
+                print!("{}", toml::to_string_pretty(&config)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Debug(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(debug::run(args, &config))
+        }
+        Command::Agent(_) => unreachable_agent(),
+    }
+}
+
+/// `agent` is dispatched before configuration is loaded (it runs inside sandboxes, where host
+/// configuration does not apply).
+fn unreachable_agent() -> anyhow::Result<ExitCode> {
+    anyhow::bail!("internal error: agent command reached the host dispatcher")
+}

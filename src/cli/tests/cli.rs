@@ -1,0 +1,184 @@
+//! The `luminaguard` binary end to end: version, config layering, and `debug` against a real agent
+//! started as `luminaguard agent`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)] // test code
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_luminaguard");
+
+fn lg(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+struct AgentProc(Child);
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_agent(sock: &Path) -> AgentProc {
+    let child = Command::new(BIN)
+        .args(["agent", "--on-exit=exit", "--listen"])
+        .arg(format!("unix:{}", sock.display()))
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(sock).is_err() {
+        assert!(Instant::now() < deadline, "agent never listened");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    AgentProc(child)
+}
+
+#[test]
+fn version_prints_text_and_json() {
+    let out = lg(&["version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("luminaguard 0."));
+    let v: serde_json::Value = serde_json::from_slice(&lg(&["version", "--json"]).stdout).unwrap();
+    assert_eq!(v["protocol_min"], 1);
+}
+
+#[test]
+fn config_show_merges_file_env_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "[defaults]\nmemory = \"2G\"\nvcpus = 3\n").unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            file.to_str().unwrap(),
+            "--runtime-dir",
+            "/run/lg-test",
+            "config",
+            "show",
+            "--json",
+        ])
+        .env("LUMINAGUARD_VCPUS", "4")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["runtime_dir"], "/run/lg-test");
+    assert_eq!(v["defaults"]["memory"], "2G");
+    assert_eq!(v["defaults"]["vcpus"], 4, "env beats file");
+    assert_eq!(v["defaults"]["network"]["mode"], "none");
+
+    std::fs::write(&file, "[defaults]\nmemory = \"lots\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", file.to_str().unwrap(), "config", "show"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("c.toml") && err.contains("lots"), "{err}");
+}
+
+#[test]
+fn debug_drives_an_agent_and_propagates_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("a.sock");
+    let _agent = start_agent(&sock);
+    let s = sock.to_str().unwrap();
+
+    let out = lg(&[
+        "debug",
+        "-s",
+        s,
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 42",
+    ]);
+    assert_eq!(out.status.code(), Some(42));
+    assert_eq!(out.stdout, b"out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
+
+    let out = lg(&["debug", "-s", s, "exec", "--", "sh", "-c", "kill -KILL $$"]);
+    assert_eq!(out.status.code(), Some(128 + 9));
+
+    let out = lg(&[
+        "debug",
+        "-s",
+        s,
+        "exec",
+        "--exec-timeout",
+        "300ms",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(out.status.code(), Some(128 + 9));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timed out"));
+
+    let mut child = Command::new(BIN)
+        .args(["debug", "-s", s, "exec", "-i", "--", "tr", "a-z", "A-Z"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"shout\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.stdout, b"SHOUT\n");
+
+    let target = dir.path().join("w.txt");
+    let mut child = Command::new(BIN)
+        .args([
+            "debug",
+            "-s",
+            s,
+            "write",
+            "--mode",
+            "600",
+            target.to_str().unwrap(),
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"file body").unwrap();
+    assert!(child.wait().unwrap().success());
+    let out = lg(&["debug", "-s", s, "read", target.to_str().unwrap()]);
+    assert_eq!(out.stdout, b"file body");
+    let v: serde_json::Value = serde_json::from_slice(
+        &lg(&["debug", "-s", s, "--json", "stat", target.to_str().unwrap()]).stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        (v["size"].as_u64(), v["mode"].as_str()),
+        (Some(9), Some("600"))
+    );
+
+    let out = lg(&["debug", "-s", s, "read", "/definitely/missing"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
+
+    assert!(lg(&["debug", "-s", s, "shutdown"]).status.success());
+}
+
+#[test]
+fn debug_reports_a_missing_agent_clearly() {
+    let out = lg(&["debug", "-s", "/nonexistent/agent.sock", "ping"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connecting to /nonexistent/agent.sock"));
+}
