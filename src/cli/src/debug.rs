@@ -17,7 +17,7 @@ pub struct DebugArgs {
     /// The agent's socket.
     #[arg(long, short = 's', value_name = "PATH")]
     socket: PathBuf,
-    /// Deadline for each reply.
+    /// Deadline for connecting (an agent that is starting is waited for) and for each reply.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     /// Machine-readable output (JSON on stdout).
@@ -104,9 +104,7 @@ struct Listed<'a> {
 }
 
 pub async fn run(args: DebugArgs, config: &Config) -> anyhow::Result<ExitCode> {
-    let stream = UnixStream::connect(&args.socket)
-        .await
-        .with_context(|| format!("connecting to {}", args.socket.display()))?;
+    let stream = connect(&args.socket, args.timeout).await?;
     let opts = ClientOptions {
         request_timeout: args.timeout,
         handshake_timeout: args.timeout,
@@ -283,6 +281,33 @@ pub async fn run(args: DebugArgs, config: &Config) -> anyhow::Result<ExitCode> {
         Op::Shutdown => {
             client.shutdown().await?;
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Connects, waiting up to `timeout` for an agent that is still starting (socket not created or
+/// not accepting yet). Any other error is immediate.
+async fn connect(path: &std::path::Path, timeout: Duration) -> anyhow::Result<UnixStream> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match UnixStream::connect(path).await {
+            Ok(s) => return Ok(s),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "connecting to {} (waited up to {timeout:?})",
+                        path.display()
+                    )
+                });
+            }
         }
     }
 }
