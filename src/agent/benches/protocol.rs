@@ -4,8 +4,8 @@
 //!
 //! - small request/response pairs per second on one connection, sequential and pipelined, against
 //!   a raw echo of same-sized messages over the same kind of socket;
-//! - bulk file transfer (agent `ReadFile` of a file in page cache / tmpfs, and `WriteFile`)
-//!   against raw socket streaming of the same number of bytes.
+//! - bulk file transfer (agent `ReadFile` of a file on tmpfs, and `WriteFile` to tmpfs) against
+//!   the same file I/O plus a raw socket stream, and against a raw socket stream alone.
 //!
 //! The agent side is the real connection handler (`serve_connection`) in this process, behind a
 //! real Unix socket pair; the client is the real host client.
@@ -139,22 +139,88 @@ async fn lg_pipelined(c: &Client, n: usize, window: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Raw floor for bulk: two blocking threads streaming `bytes` through a Unix socket pair in
+/// 1 MiB writes — the kernel's socket throughput with no runtime in the way.
 async fn raw_bulk(bytes: usize) -> f64 {
-    let (mut a, mut b) = UnixStream::pair().unwrap();
-    let chunk = vec![1u8; 1 << 20];
-    let start = Instant::now();
-    let writer = tokio::spawn(async move {
-        for _ in 0..bytes / chunk.len() {
-            a.write_all(&chunk).await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let start = Instant::now();
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![1u8; 1 << 20];
+            for _ in 0..bytes / chunk.len() {
+                a.write_all(&chunk).unwrap();
+            }
+        });
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0;
+        while got < bytes {
+            got += b.read(&mut buf).unwrap();
         }
-    });
-    let mut buf = vec![0u8; 1 << 20];
-    let mut got = 0;
-    while got < bytes {
-        got += b.read(&mut buf).await.unwrap();
-    }
-    writer.await.unwrap();
-    mib_per_s(bytes, start.elapsed())
+        writer.join().unwrap();
+        mib_per_s(bytes, start.elapsed())
+    })
+    .await
+    .unwrap()
+}
+
+/// Raw floor for a file read: one thread reads the file and writes it to a socket, another
+/// drains the socket — the same file I/O as the agent does, with nothing else.
+async fn raw_file_read(path: String, bytes: usize) -> f64 {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let start = Instant::now();
+        let sender = std::thread::spawn(move || {
+            let mut f = std::fs::File::open(path).unwrap();
+            let mut chunk = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut chunk).unwrap();
+                if n == 0 {
+                    break;
+                }
+                a.write_all(&chunk[..n]).unwrap();
+            }
+        });
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0;
+        while got < bytes {
+            got += b.read(&mut buf).unwrap();
+        }
+        sender.join().unwrap();
+        mib_per_s(bytes, start.elapsed())
+    })
+    .await
+    .unwrap()
+}
+
+/// Raw floor for a file write: socket to file, plus the fsync the agent does.
+async fn raw_file_write(path: String, bytes: usize) -> f64 {
+    let _ = tokio::fs::remove_file(&path).await;
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let start = Instant::now();
+        let sender = std::thread::spawn(move || {
+            let chunk = vec![1u8; 1 << 20];
+            for _ in 0..bytes / chunk.len() {
+                a.write_all(&chunk).unwrap();
+            }
+        });
+        let mut f = std::fs::File::create(&path).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0;
+        while got < bytes {
+            let n = b.read(&mut buf).unwrap();
+            f.write_all(&buf[..n]).unwrap();
+            got += n;
+        }
+        f.sync_all().unwrap();
+        sender.join().unwrap();
+        mib_per_s(bytes, start.elapsed())
+    })
+    .await
+    .unwrap()
 }
 
 fn mib_per_s(bytes: usize, d: Duration) -> f64 {
@@ -188,6 +254,8 @@ async fn lg_read_bulk(c: &Client, path: &str, bytes: usize) -> f64 {
 }
 
 async fn lg_write_bulk(c: &Client, path: &str, data: &[u8]) -> f64 {
+    // Measure the transfer, not tmpfs freeing the previous round's file on rename.
+    let _ = tokio::fs::remove_file(path).await;
     let start = Instant::now();
     let req = WriteFileRequest {
         path: path.to_owned(),
@@ -280,16 +348,22 @@ fn main() {
             raw_pipelined(pip, w)
         );
         measure!(
-            "bulk read file (guest->host)",
+            "bulk read, vs raw socket alone",
             "MiB/s",
             lg_read_bulk(&c, &file, b),
             raw_bulk(b)
         );
         measure!(
+            "bulk read file (guest->host)",
+            "MiB/s",
+            lg_read_bulk(&c, &file, b),
+            raw_file_read(file.clone(), b)
+        );
+        measure!(
             "bulk write file (host->guest)",
             "MiB/s",
             lg_write_bulk(&c, &out, &data),
-            raw_bulk(b)
+            raw_file_write(out.clone(), b)
         );
         rows
     });

@@ -127,6 +127,9 @@ impl Drop for PendingFile {
 
 /// Receives `Input` chunks until `InputEnd`, then atomically replaces the target (write to a
 /// temporary file beside it, fsync, rename). Cancel or a closed connection leaves nothing behind.
+///
+/// The whole write runs on one blocking-pool thread that takes chunks straight off the stream's
+/// input channel; the channel closes when the stream is cancelled or its connection ends.
 pub async fn write(req: WriteFileRequest, input: StreamInputRx) -> Result<Reply, ErrorReply> {
     let target = check_path(&req.path)?;
     let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
@@ -144,9 +147,10 @@ pub async fn write(req: WriteFileRequest, input: StreamInputRx) -> Result<Reply,
         std::process::id(),
         rand_suffix()
     ));
-    let (mode, parents, path) = (req.mode & 0o7777, req.parents, req.path.clone());
-    let mut pending = blocking(move || {
-        if parents {
+    let (mode, path) = (req.mode & 0o7777, req.path);
+    let StreamInputRx { mut rx, cancel } = input;
+    blocking(move || {
+        if req.parents {
             fs::create_dir_all(&dir).map_err(|e| io_error(&path, "create parents of", &e))?;
         }
         let file = fs::OpenOptions::new()
@@ -155,48 +159,28 @@ pub async fn write(req: WriteFileRequest, input: StreamInputRx) -> Result<Reply,
             .mode(mode)
             .open(&tmp)
             .map_err(|e| io_error(&path, "create", &e))?;
-        Ok(PendingFile {
+        let mut pending = PendingFile {
             tmp,
             file: Some(file),
-        })
-    })
-    .await?;
-
-    let StreamInputRx { mut rx, cancel } = input;
-    let mut written = 0u64;
-    loop {
-        let msg = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => None,
-            m = rx.recv() => m,
         };
-        match msg {
-            Some(StreamInput::Data(data)) => {
-                let mut file = pending.file.take();
-                let path = req.path.clone();
-                let (file_back, result) = tokio::task::spawn_blocking(move || {
-                    let r = file.as_mut().map(|f| f.write_all(&data)).unwrap_or(Ok(()));
-                    (file, r.map(|()| data.len()))
-                })
-                .await
-                .map_err(|e| {
-                    ErrorReply::new(ErrorCode::Internal, format!("write task failed: {e}"))
-                })?;
-                pending.file = file_back;
-                written += result.map_err(|e| io_error(&path, "write", &e))? as u64;
-            }
-            Some(StreamInput::End) => break,
-            // Cancelled, or the connection went away: `pending` drops and removes the file.
-            None => {
-                return Err(ErrorReply::new(
-                    ErrorCode::Io,
-                    format!("write {}: cancelled before the end of input", req.path),
-                ));
+        let mut written = 0u64;
+        loop {
+            match rx.blocking_recv() {
+                _ if cancel.is_cancelled() => return Err(cancelled(&path)),
+                Some(StreamInput::Data(data)) => {
+                    let f = pending
+                        .file
+                        .as_mut()
+                        .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "write: file lost"))?;
+                    f.write_all(&data)
+                        .map_err(|e| io_error(&path, "write", &e))?;
+                    written += data.len() as u64;
+                }
+                Some(StreamInput::End) => break,
+                // Cancelled, or the connection went away: `pending` drops and removes the file.
+                None => return Err(cancelled(&path)),
             }
         }
-    }
-    let path = req.path.clone();
-    blocking(move || {
         let file = pending
             .file
             .as_ref()
@@ -210,6 +194,13 @@ pub async fn write(req: WriteFileRequest, input: StreamInputRx) -> Result<Reply,
         Ok(Reply::Written { bytes: written })
     })
     .await
+}
+
+fn cancelled(path: &str) -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::Io,
+        format!("write {path}: cancelled before the end of input"),
+    )
 }
 
 fn rand_suffix() -> u64 {

@@ -186,7 +186,9 @@ where
             Request::Input(data) => route_input(&streams, id, StreamInput::Data(data)).await,
             Request::InputEnd => route_input(&streams, id, StreamInput::End).await,
             Request::Cancel => {
-                if let Some(s) = lock(&streams).get(&id) {
+                // Fire the token and close the stream's input, so a request blocked waiting for
+                // input wakes up too.
+                if let Some(s) = lock(&streams).remove(&id) {
                     s.cancel.cancel();
                 }
             }
@@ -233,8 +235,10 @@ where
         }
     }
 
-    // Host gone, framing broken, or agent stopping: cancel what runs, let it report, close.
+    // Host gone, framing broken, or agent stopping: cancel what runs (closing every stream's
+    // input), let it report, close.
     conn_cancel.cancel();
+    lock(&streams).clear();
     tasks.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait())
         .await

@@ -464,6 +464,19 @@ impl ReplyStream {
         Ok(())
     }
 
+    /// Sends one owned chunk of at most [`MAX_CHUNK`] bytes without copying it first.
+    pub async fn send_input_chunk(&self, chunk: Vec<u8>) -> Result<(), ClientError> {
+        if chunk.len() > MAX_CHUNK {
+            return Err(ClientError::Limit(format!(
+                "input chunk of {} bytes exceeds {MAX_CHUNK}",
+                chunk.len()
+            )));
+        }
+        self.client
+            .send_control(self.id, &Request::Input(chunk))
+            .await
+    }
+
     /// Ends the stream's input.
     pub async fn end_input(&self) -> Result<(), ClientError> {
         self.client.send_control(self.id, &Request::InputEnd).await
