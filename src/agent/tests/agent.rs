@@ -130,6 +130,13 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The agent still answers and still runs commands.
+async fn assert_serving(c: &Client) {
+    c.ping().await.unwrap();
+    let out = c.exec_output(exec(&["true"]), None).await.unwrap();
+    assert_eq!(out.status.code, Some(0));
+}
+
 fn marker() -> String {
     // A sleep duration nobody else uses identifies our processes in /proc.
     format!(
@@ -268,14 +275,7 @@ async fn timeout_kills_the_whole_tree_leaving_no_orphan() {
         "orphans survived the timeout"
     );
     // The agent is fine afterwards.
-    assert_eq!(
-        c.exec_output(exec(&["true"]), None)
-            .await
-            .unwrap()
-            .status
-            .code,
-        Some(0)
-    );
+    assert_serving(&c).await;
 }
 
 #[tokio::test]
@@ -579,15 +579,7 @@ async fn hostile_input_gets_errors_and_the_agent_keeps_serving() {
     assert!(next_reply(&mut r4).await.is_none());
 
     // The first client never noticed.
-    good.ping().await.unwrap();
-    assert_eq!(
-        good.exec_output(exec(&["true"]), None)
-            .await
-            .unwrap()
-            .status
-            .code,
-        Some(0)
-    );
+    assert_serving(&good).await;
 }
 
 #[tokio::test]
