@@ -7,6 +7,7 @@
 )] // test code
 
 use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -748,4 +749,128 @@ fn has_interpreter(elf: &[u8]) -> bool {
     let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
     (0..phnum)
         .any(|i| u32::from_le_bytes(elf[phoff + i * phentsize..][..4].try_into().unwrap()) == 3)
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_agent_cleanly() {
+    let mut agent = Agent::start();
+    let c = agent.client().await;
+    c.ping().await.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (status, agent) = tokio::task::spawn_blocking(move || (agent.child.wait().unwrap(), agent))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!agent.sock.exists(), "socket left behind");
+    assert!(matches!(c.ping().await, Err(ClientError::Closed(_))));
+}
+
+/// As PID 1 of a fresh PID namespace (`unshare --pid --fork --mount-proc`, root only): the agent
+/// knows it is init, reaps orphans, and `Shutdown` powers the namespace off.
+#[tokio::test]
+async fn as_pid1_it_reaps_orphans_and_powers_off() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must run this test"
+        );
+        eprintln!("skipped: needs root for a PID namespace");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pid1.sock");
+    // Handed down as fd 3: the agent mounts a fresh /tmp as init, which would hide a path there.
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let lfd = listener.as_raw_fd();
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount",
+        "--mount-proc",
+        "--kill-child",
+        AGENT,
+        "--listen",
+        "fd:3",
+    ])
+    .env("RUST_LOG", "warn");
+    // SAFETY: dup2 is async-signal-safe and lfd is valid in the child.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            if libc::dup2(lfd, 3) < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let c = Client::connect(
+        UnixStream::connect(&path).await.unwrap(),
+        ClientOptions::default(),
+    )
+    .await
+    .unwrap();
+    let info = c.info().await.unwrap();
+    assert!(info.is_pid1 && info.pid == 1, "{info:?}");
+
+    // An orphan: the shell exits at once, its background child is reparented to the agent and
+    // must be reaped when it exits — no zombie may remain in the namespace.
+    let out = c
+        .exec_output(sh("(sleep 0.2; true) & exit 0"), None)
+        .await
+        .unwrap();
+    assert_eq!(out.status.code, Some(0));
+    let zombies = || async {
+        let out = c
+            .exec_output(sh("cat /proc/[0-9]*/stat 2>/dev/null"), None)
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| {
+                l.rsplit_once(')')
+                    .is_some_and(|(_, t)| t.trim_start().starts_with('Z'))
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Zombies of the exec's own shell pipeline come and go; wait for a quiet namespace.
+        if zombies().await == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "zombies left in the namespace");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // /tmp is a fresh tmpfs the agent mounted as init.
+    let out = c
+        .exec_output(sh("grep ' /tmp ' /proc/self/mounts"), None)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("tmpfs"),
+        "{out:?}"
+    );
+
+    c.shutdown().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "namespace init did not stop after Shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // reboot(RB_POWER_OFF) in a child PID namespace kills its init with SIGINT, which unshare
+    // passes on: proof the agent powered off rather than just exiting.
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
 }
