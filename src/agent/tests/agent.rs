@@ -874,3 +874,75 @@ async fn as_pid1_it_reaps_orphans_and_powers_off() {
     // passes on: proof the agent powered off rather than just exiting.
     assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
 }
+
+/// 10,000 requests written to the real agent as one burst; the replies, read back through reads of
+/// random size, each arrive once and answer their own request.
+#[tokio::test]
+async fn real_agent_answers_a_burst_of_ten_thousand_pipelined_requests() {
+    use rand::{Rng, SeedableRng};
+    const N: u64 = 10_000;
+    let agent = Agent::start();
+    let (r, mut w) = agent.raw().await.into_split();
+    let mut burst = BytesMut::new();
+    encode_frame(
+        0,
+        &Request::Hello(Hello::ours("burst")),
+        &mut burst,
+        MAX_FRAME_LEN,
+    )
+    .unwrap();
+    for id in 1..=N {
+        let req = Request::Stat {
+            path: format!("/nonexistent-lg/{id}"),
+            follow_symlinks: false,
+        };
+        encode_frame(id, &req, &mut burst, MAX_FRAME_LEN).unwrap();
+    }
+    let writer = tokio::spawn(async move {
+        w.write_all(&burst).await.unwrap();
+        w
+    });
+    // Read the raw byte stream in random-sized pieces and decode it ourselves.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut codec = FrameCodec::<Reply, ()>::default();
+    let mut buf = BytesMut::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut r = r;
+    let mut got_hello = false;
+    while seen.len() < N as usize {
+        let mut piece = vec![0u8; rng.random_range(1..=3000)];
+        let n = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::io::AsyncReadExt::read(&mut r, &mut piece),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(n > 0, "agent closed after {} replies", seen.len());
+        buf.extend_from_slice(&piece[..n]);
+        while let Some(item) = tokio_util::codec::Decoder::decode(&mut codec, &mut buf).unwrap() {
+            let Incoming::Frame(f) = item else {
+                panic!("malformed reply {item:?}")
+            };
+            match f.body {
+                Reply::Hello(HelloReply::Accepted { .. }) if f.id == 0 => got_hello = true,
+                Reply::Error(ErrorReply {
+                    code: ErrorCode::NotFound,
+                    message,
+                }) => {
+                    // The error names the path its own request asked about.
+                    assert!(
+                        message.contains(&format!("/nonexistent-lg/{}:", f.id)),
+                        "reply {} carries {message:?}",
+                        f.id
+                    );
+                    assert!(seen.insert(f.id), "reply {} arrived twice", f.id);
+                }
+                other => panic!("unexpected reply {other:?}"),
+            }
+        }
+    }
+    assert!(got_hello);
+    assert_eq!(seen.len(), N as usize);
+    writer.await.unwrap();
+}

@@ -329,7 +329,7 @@ impl Client {
 
 fn send_error(e: SendError) -> ClientError {
     match e {
-        SendError::Closed => ClientError::Closed("connection writer has stopped".into()),
+        SendError::Closed | SendError::Full => ClientError::Closed(e.to_string()),
         SendError::Encode(e) => ClientError::Limit(e.to_string()),
     }
 }

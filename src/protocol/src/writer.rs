@@ -22,6 +22,9 @@ pub enum SendError {
     /// The writer task has stopped: the connection is gone.
     #[error("connection writer has stopped")]
     Closed,
+    /// `try_send` found the queue full.
+    #[error("connection write queue is full")]
+    Full,
 }
 
 /// A cloneable handle that encodes frames and queues them for the writer task.
@@ -45,7 +48,10 @@ impl FrameSender {
     /// Queues one frame without waiting; fails if the queue is full or closed.
     pub fn try_send<T: Serialize + MessageKind>(&self, id: u64, body: &T) -> Result<(), SendError> {
         let frame = self.encode(id, body)?;
-        self.tx.try_send(frame).map_err(|_| SendError::Closed)
+        self.tx.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+        })
     }
 
     /// Like [`FrameSender::send`] from a thread that is not an async task.
