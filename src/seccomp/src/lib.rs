@@ -1,0 +1,125 @@
+//! Seccomp profiles for LuminaGuard sandboxes.
+//!
+//! A profile is data: a JSON file in seccompiler's format (`profiles/<name>.json`, one file per
+//! profile), mapping filter names to filters. Every filter of a profile is installed, in name
+//! order; the kernel runs them all and the strictest answer wins, which lets one profile give
+//! different errnos to different syscalls (EPERM for what is forbidden, ENOSYS for `clone3` so
+//! libc falls back to the filterable `clone`).
+//!
+//! Profiles are compiled once, in the parent, with [`Profile::load`]; [`Profile::apply`] only
+//! makes the `prctl`/`seccomp` system calls, so it is safe to call in a forked child before
+//! `exec` (e.g. from `CommandExt::pre_exec`).
+
+use std::collections::BTreeMap;
+
+use seccompiler::{BpfProgram, TargetArch};
+
+/// Built-in profiles, compiled into the binary from `profiles/`.
+const BUILTIN: &[(&str, &str)] = &[("default", include_str!("../profiles/default.json"))];
+
+/// Errors loading or installing a profile.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// No built-in profile has that name.
+    #[error("unknown seccomp profile {0:?} (built in: default)")]
+    Unknown(String),
+    /// The profile does not compile (bad JSON, unknown syscall name, bad condition).
+    #[error("seccomp profile {profile:?} does not compile: {reason}")]
+    Compile { profile: String, reason: String },
+    /// The profile has no filters.
+    #[error("seccomp profile {0:?} has no filters")]
+    Empty(String),
+    /// This architecture has no seccompiler support.
+    #[error("seccomp is not supported on this architecture: {0}")]
+    Arch(String),
+    /// The kernel refused a filter.
+    #[error("installing seccomp filter {filter:?} failed: {reason}")]
+    Apply { filter: String, reason: String },
+}
+
+/// A compiled profile, ready to install.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    name: String,
+    /// Filter name → BPF, installed in this (name) order.
+    filters: BTreeMap<String, BpfProgram>,
+}
+
+impl Profile {
+    /// Compiles a built-in profile.
+    pub fn load(name: &str) -> Result<Self, SeccompError> {
+        let (_, json) = BUILTIN
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| SeccompError::Unknown(name.to_owned()))?;
+        Self::from_json(name, json.as_bytes())
+    }
+
+    /// Compiles a profile from seccompiler JSON.
+    pub fn from_json(name: &str, json: &[u8]) -> Result<Self, SeccompError> {
+        let arch = TargetArch::try_from(std::env::consts::ARCH)
+            .map_err(|e| SeccompError::Arch(format!("{e:?}")))?;
+        let map =
+            seccompiler::compile_from_json(json, arch).map_err(|e| SeccompError::Compile {
+                profile: name.to_owned(),
+                reason: e.to_string(),
+            })?;
+        if map.is_empty() || map.values().any(Vec::is_empty) {
+            return Err(SeccompError::Empty(name.to_owned()));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            filters: map.into_iter().collect(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Names of the built-in profiles.
+    pub fn builtin_names() -> impl Iterator<Item = &'static str> {
+        BUILTIN.iter().map(|(n, _)| *n)
+    }
+
+    /// Sets `no_new_privs` and installs every filter on the calling thread. Allocates nothing on
+    /// success, so it may run between `fork` and `exec`.
+    pub fn apply(&self) -> Result<(), SeccompError> {
+        for (filter, bpf) in &self.filters {
+            seccompiler::apply_filter(bpf).map_err(|e| SeccompError::Apply {
+                filter: filter.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_profiles_compile() {
+        for name in Profile::builtin_names() {
+            let p = Profile::load(name).unwrap();
+            assert_eq!(p.filters.keys().collect::<Vec<_>>(), ["deny", "enosys"]);
+        }
+    }
+
+    #[test]
+    fn bad_profiles_are_refused_with_the_reason() {
+        assert!(matches!(
+            Profile::load("nope"),
+            Err(SeccompError::Unknown(_))
+        ));
+        let err = Profile::from_json("typo", br#"{"f":{"mismatch_action":"allow","match_action":{"errno":1},"filter":[{"syscall":"ptrace_typo"}]}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("typo"), "{err}");
+        assert!(matches!(
+            Profile::from_json("empty", b"{}"),
+            Err(SeccompError::Empty(_))
+        ));
+    }
+}
