@@ -1,7 +1,9 @@
 //! The process sandbox: isolation layers applied around the guest agent on hosts where no microVM
 //! can run. Each layer is its own module and fails closed; see `docs/process-sandbox.md`.
 //!
-//! Built so far: [`landlock`] (filesystem access control). Seccomp lives in
+//! Built so far: [`landlock`] (filesystem access control), [`privileges`] (capabilities,
+//! `no_new_privs`, rlimits). Seccomp lives in
 //! `luminaguard-seccomp`, shared with the microVM backends.
 
 pub mod landlock;
+pub mod privileges;
