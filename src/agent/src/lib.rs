@@ -45,6 +45,9 @@ pub struct AgentArgs {
     /// Worker threads for the async runtime.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// As PID 1, do not mount /proc, /sys, /dev, /tmp (a sandbox init already built the root).
+    #[arg(long)]
+    pub no_init_mounts: bool,
 }
 
 /// Errors that stop the agent from starting.
@@ -66,7 +69,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Runs the agent until a signal or the host stops it. Returns whether to power off.
 pub fn run(args: AgentArgs) -> Result<bool, AgentError> {
     let pid1 = std::process::id() == 1;
-    if pid1 {
+    if pid1 && !args.no_init_mounts {
         // A missing mount makes some commands fail, but the host can still be told about it;
         // refusing to serve would leave it with nothing but a timeout.
         if let Err(e) = init::mount_essentials() {
@@ -145,6 +148,30 @@ async fn serve(addrs: Vec<ListenAddr>, ctx: Arc<AgentContext>) -> Result<(), Age
         tracing::warn!("connections did not finish within {STOP_TIMEOUT:?}");
     }
     first_error.map_or(Ok(()), |e| Err(e.into()))
+}
+
+/// `luminaguard-agent sandbox-init CONFIG_JSON`: PID 1 of a process sandbox's new namespaces.
+/// Builds and enters the sandbox (root, Landlock, privileges, seccomp), then serves the host on
+/// fd 3. Any failure exits non-zero before anything is served.
+pub fn sandbox_init_main(config_json: &str) -> std::process::ExitCode {
+    let cfg: luminaguard_process_sandbox::init::InitConfig = match serde_json::from_str(config_json)
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("luminaguard-agent: sandbox-init: invalid config: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Err(e) = luminaguard_process_sandbox::init::enter(&cfg) {
+        eprintln!("luminaguard-agent: {e}");
+        return std::process::ExitCode::from(3);
+    }
+    main_with(AgentArgs {
+        listen: vec![ListenAddr::Fd(3)],
+        on_exit: OnExit::Exit,
+        threads: 2,
+        no_init_mounts: true,
+    })
 }
 
 /// Sends `tracing` output to stderr, filtered by `RUST_LOG` or `default`.

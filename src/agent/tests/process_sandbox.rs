@@ -1,0 +1,159 @@
+//! A real process sandbox: the agent as PID 1 of new namespaces in a pivot_root'ed root, driven
+//! over its socket. Root only; required in CI.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)] // test code
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use luminaguard_process_sandbox::init::InitConfig;
+use luminaguard_process_sandbox::launch::launch;
+use luminaguard_protocol::message::ExecRequest;
+use luminaguard_protocol::{Client, ClientOptions, ExecOutput};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_luminaguard-agent");
+
+fn config(staging: &Path, workspace: Option<&Path>) -> InitConfig {
+    InitConfig {
+        staging_root: staging.to_owned(),
+        workspace: workspace.map(Path::to_owned),
+        workspace_size: 64 << 20,
+        tmp_size: 16 << 20,
+        hostname: "lg-test".into(),
+        open_files: 1024,
+        file_size: 1 << 30,
+        landlock_required: true,
+        seccomp_profile: "default".into(),
+    }
+}
+
+async fn sh(c: &Client, script: &str) -> ExecOutput {
+    let req = ExecRequest {
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        timeout_ms: Some(20_000),
+        ..Default::default()
+    };
+    c.exec_output(req, None).await.unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test]
+async fn process_sandbox_isolates_and_serves() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must run this test"
+        );
+        eprintln!("skipped: the process sandbox needs root for now");
+        return;
+    }
+    let staging = tempfile::tempdir().unwrap();
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::write(ws.path().join("hello"), "from the host\n").unwrap();
+    let launched = launch(Path::new(AGENT), &config(staging.path(), Some(ws.path()))).unwrap();
+    launched.socket.set_nonblocking(true).unwrap();
+    let stream = tokio::net::UnixStream::from_std(launched.socket).unwrap();
+    let c = Client::connect(stream, ClientOptions::default())
+        .await
+        .unwrap();
+
+    let info = c.info().await.unwrap();
+    assert!(info.is_pid1 && info.pid == 1, "{info:?}");
+    assert_eq!(info.hostname, "lg-test");
+
+    // The workspace is shared both ways.
+    assert_eq!(
+        text(&sh(&c, "cat /workspace/hello").await.stdout),
+        "from the host\n"
+    );
+    assert_eq!(
+        sh(&c, "echo from the sandbox > /workspace/out")
+            .await
+            .status
+            .code,
+        Some(0)
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("out")).unwrap(),
+        "from the sandbox\n"
+    );
+
+    // Everything else is read-only, and host secrets are not there.
+    let out = sh(&c, "touch /usr/x 2>&1 || echo usr-ro; touch /x 2>&1 || echo root-ro; touch /etc/x 2>&1 || echo etc-ro; \
+                     cat /etc/shadow 2>/dev/null | wc -c; ls -A /root | wc -l; ls -A /home | wc -l; cat /proc/kcore 2>/dev/null | wc -c").await;
+    let t = text(&out.stdout);
+    for want in ["usr-ro", "root-ro", "etc-ro"] {
+        assert!(t.lines().any(|l| l == want), "{want} missing:\n{t}");
+    }
+    let numbers: Vec<&str> = t
+        .lines()
+        .filter(|l| l.trim().chars().all(|c| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(
+        numbers,
+        vec!["0", "0", "0", "0"],
+        "shadow, /root, /home and /proc/kcore must be unreadable or empty:\n{t}\n{}",
+        text(&out.stderr)
+    );
+
+    // Confinement of the agent and of what it runs.
+    let status = text(
+        &sh(
+            &c,
+            "grep -E '^(NoNewPrivs|CapEff|CapBnd|Seccomp):' /proc/self/status",
+        )
+        .await
+        .stdout,
+    );
+    for want in [
+        "NoNewPrivs:\t1",
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "Seccomp:\t2",
+    ] {
+        assert!(status.contains(want), "{want} missing:\n{status}");
+    }
+    // Own PID namespace (only the sandbox's processes), only a loopback interface, no mounting.
+    let out = sh(&c, "ls /proc | grep -c '^[0-9]'; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; mount -t tmpfs none /tmp 2>&1 || echo mount-denied").await;
+    let t = text(&out.stdout);
+    let lines: Vec<&str> = t.lines().collect();
+    assert!(
+        lines[0].parse::<u32>().unwrap() < 10,
+        "too many processes visible:\n{t}"
+    );
+    assert_eq!(lines[1], "lo", "interfaces:\n{t}");
+    assert!(t.contains("mount-denied"), "{t}");
+
+    c.shutdown().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match waitpid(launched.pid, Some(WaitPidFlag::WNOHANG)).unwrap() {
+            WaitStatus::StillAlive => {
+                assert!(
+                    Instant::now() < deadline,
+                    "sandbox init did not exit after shutdown"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => {
+                assert!(matches!(other, WaitStatus::Exited(_, 0)), "{other:?}");
+                break;
+            }
+        }
+    }
+    // Nothing was mounted in the host's namespace.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(staging.path().to_str().unwrap()),
+        "sandbox mounts leaked to the host"
+    );
+    assert_eq!(std::fs::read_dir(staging.path()).unwrap().count(), 0);
+}

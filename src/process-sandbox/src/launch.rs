@@ -1,0 +1,76 @@
+//! On the host: start a sandbox — clone into fresh namespaces and exec the agent's sandbox init,
+//! handing it one end of a socket pair as fd 3.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+
+use crate::init::{InitConfig, init_argv};
+
+/// Why a sandbox could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(
+        "the process sandbox needs root for now (rootless user namespaces are not implemented yet)"
+    )]
+    NotRoot,
+    #[error("cannot create the agent socket pair: {0}")]
+    Socket(std::io::Error),
+    #[error(transparent)]
+    Init(#[from] crate::init::InitError),
+    #[error("cannot clone into new namespaces: {0}")]
+    Clone(nix::Error),
+}
+
+/// A started sandbox: its init's pid (in the host's PID namespace) and the host end of its socket.
+#[derive(Debug)]
+pub struct Launched {
+    pub pid: Pid,
+    pub socket: UnixStream,
+}
+
+/// Namespaces every process sandbox gets.
+pub const NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
+    .union(CloneFlags::CLONE_NEWPID)
+    .union(CloneFlags::CLONE_NEWNET)
+    .union(CloneFlags::CLONE_NEWIPC)
+    .union(CloneFlags::CLONE_NEWUTS)
+    .union(CloneFlags::CLONE_NEWCGROUP);
+
+const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Starts the sandbox described by `cfg`, running `agent` (a static agent binary) as its init.
+pub fn launch(agent: &Path, cfg: &InitConfig) -> Result<Launched, LaunchError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(LaunchError::NotRoot);
+    }
+    let (host, guest) = UnixStream::pair().map_err(LaunchError::Socket)?;
+    let guest: OwnedFd = guest.into();
+    // Everything the child needs is built here: after clone it only makes system calls.
+    let argv = init_argv(agent, cfg)?;
+    let envp = [
+        CString::new(PATH_ENV).map_err(|e| LaunchError::Socket(std::io::Error::other(e)))?,
+        c"RUST_LOG=warn".to_owned(),
+    ];
+    let guest_fd = guest.as_raw_fd();
+    let mut stack = vec![0u8; 256 << 10];
+    let child = Box::new(|| -> isize {
+        // SAFETY: dup2 and execve are async-signal-safe; argv/envp were built before the clone.
+        unsafe {
+            if libc::dup2(guest_fd, 3) < 0 {
+                return 126;
+            }
+            let _ = nix::unistd::execve(&argv[0], &argv, &envp);
+        }
+        127
+    });
+    // SAFETY: the child runs only the closure above (dup2 + execve) on its own stack.
+    let pid = unsafe { nix::sched::clone(child, &mut stack, NAMESPACES, Some(libc::SIGCHLD)) }
+        .map_err(LaunchError::Clone)?;
+    drop(guest);
+    Ok(Launched { pid, socket: host })
+}
