@@ -58,7 +58,12 @@ async fn process_sandbox_isolates_and_serves() {
     let staging = tempfile::tempdir().unwrap();
     let ws = tempfile::tempdir().unwrap();
     std::fs::write(ws.path().join("hello"), "from the host\n").unwrap();
-    let launched = launch(Path::new(AGENT), &config(staging.path(), Some(ws.path()))).unwrap();
+    let launched = launch(
+        Path::new(AGENT),
+        &config(staging.path(), Some(ws.path())),
+        None,
+    )
+    .unwrap();
     launched.socket.set_nonblocking(true).unwrap();
     let stream = tokio::net::UnixStream::from_std(launched.socket).unwrap();
     let c = Client::connect(stream, ClientOptions::default())

@@ -4,12 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use luminaguard_core::Config;
 use luminaguard_protocol::message::{ExecRequest, ReadFileRequest, WriteFileRequest};
-use luminaguard_protocol::{Client, ClientOptions, ExecEvent};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use luminaguard_protocol::{Client, ClientOptions};
 use tokio::net::UnixStream;
 
 #[derive(Debug, Args)]
@@ -139,7 +138,8 @@ pub async fn run(args: DebugArgs, config: &Config) -> anyhow::Result<ExitCode> {
                 timeout_ms,
                 ..Default::default()
             };
-            exec(&client, req, args.json).await
+            let status = crate::stream::exec_streamed(&client, req, args.json).await?;
+            Ok(crate::stream::exit_code(&status))
         }
         Op::Read { path, output } => {
             let req = ReadFileRequest {
@@ -307,46 +307,6 @@ async fn connect(path: &std::path::Path, timeout: Duration) -> anyhow::Result<Un
                         path.display()
                     )
                 });
-            }
-        }
-    }
-}
-
-async fn exec(client: &Client, req: ExecRequest, json: bool) -> anyhow::Result<ExitCode> {
-    let forward_stdin = req.stdin;
-    let mut e = client.exec(req).await?;
-    let mut stdin_open = forward_stdin;
-    let mut stdin = tokio::io::stdin();
-    let mut buf = vec![0u8; 64 << 10];
-    let (mut out, mut err) = (tokio::io::stdout(), tokio::io::stderr());
-    loop {
-        tokio::select! {
-            ev = e.next() => match ev? {
-                Some(ExecEvent::Started { pid }) => tracing::debug!(pid, "started"),
-                Some(ExecEvent::Stdout(b)) => { out.write_all(&b).await?; out.flush().await?; }
-                Some(ExecEvent::Stderr(b)) => { err.write_all(&b).await?; err.flush().await?; }
-                Some(ExecEvent::Exited(status)) => {
-                    if json {
-                        eprintln!("{}", serde_json::to_string(&serde_json::json!({
-                            "code": status.code, "signal": status.signal, "timed_out": status.timed_out,
-                            "output_truncated": status.output_truncated, "duration_ms": status.duration_ms,
-                        }))?);
-                    }
-                    if status.timed_out {
-                        eprintln!("luminaguard: command timed out and was killed");
-                    }
-                    return Ok(ExitCode::from(u8::try_from(status.shell_code()).unwrap_or(255)));
-                }
-                None => bail!("exec stream ended without an exit status"),
-            },
-            n = stdin.read(&mut buf), if stdin_open => {
-                let n = n?;
-                if n == 0 {
-                    stdin_open = false;
-                    e.close_stdin().await?;
-                } else {
-                    e.write_stdin(&buf[..n]).await?;
-                }
             }
         }
     }

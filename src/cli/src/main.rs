@@ -1,6 +1,8 @@
 //! `luminaguard`: the command-line face of LuminaGuard.
 
 mod debug;
+mod run;
+mod stream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,8 +37,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a command in a disposable sandbox; exits with the command's status.
+    Run(run::RunArgs),
     /// Run the guest agent (what runs inside every sandbox).
     Agent(luminaguard_agent::AgentArgs),
+    /// First process of a process sandbox (started by `run`, not by hand).
+    #[command(hide = true)]
+    SandboxInit { config_json: String },
     /// Drive a guest agent over its Unix socket (for debugging).
     Debug(debug::DebugArgs),
     /// Inspect configuration.
@@ -91,9 +98,16 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Agent(args) = cli.command {
-        luminaguard_agent::init_tracing("info");
-        return luminaguard_agent::main_with(args);
+    match cli.command {
+        Command::Agent(args) => {
+            luminaguard_agent::init_tracing("info");
+            return luminaguard_agent::main_with(args);
+        }
+        Command::SandboxInit { config_json } => {
+            luminaguard_agent::init_tracing("warn");
+            return luminaguard_agent::sandbox_init_main(&config_json);
+        }
+        _ => {}
     }
     match run(cli) {
         Ok(code) => code,
@@ -132,15 +146,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Debug(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            rt.block_on(debug::run(args, &config))
-        }
-        Command::Agent(_) => unreachable_agent(),
+        Command::Debug(args) => with_runtime(debug::run(args, &config)),
+        Command::Run(args) => with_runtime(run::run(args, &config)),
+        Command::Agent(_) | Command::SandboxInit { .. } => unreachable_agent(),
     }
+}
+
+fn with_runtime(job: impl Future<Output = anyhow::Result<ExitCode>>) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let code = rt.block_on(job);
+    // A read of our stdin may still be parked on a blocking thread; do not wait for it.
+    rt.shutdown_background();
+    code
 }
 
 /// `agent` is dispatched before configuration is loaded (it runs inside sandboxes, where host

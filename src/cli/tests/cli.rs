@@ -184,3 +184,122 @@ fn debug_reports_a_missing_agent_clearly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("connecting to /nonexistent/agent.sock"));
 }
+
+fn root_or_skip() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI runs as root and must run the sandbox tests"
+    );
+    eprintln!("skipped: the process sandbox needs root for now");
+    false
+}
+
+fn run_in(rt: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("--runtime-dir")
+        .arg(rt)
+        .arg("run")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn run_executes_in_a_disposable_sandbox_and_returns_the_status() {
+    if !root_or_skip() {
+        return;
+    }
+    let rt = tempfile::tempdir().unwrap();
+    let out = run_in(
+        rt.path(),
+        &["--", "sh", "-c", "echo in $(hostname) as pid $$; exit 3"],
+        b"",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("in luminaguard as pid "), "{text}");
+
+    let out = run_in(rt.path(), &["--", "tr", "a-z", "A-Z"], b"streamed in\n");
+    assert_eq!(out.stdout, b"STREAMED IN\n");
+
+    // The workspace is the host directory; nothing else is writable; secrets are not readable.
+    let ws = tempfile::tempdir().unwrap();
+    let script = "echo made > /workspace/f; cat /etc/shadow 2>/dev/null | wc -c; touch /etc/x 2>/dev/null || echo ro";
+    let out = run_in(
+        rt.path(),
+        &[
+            "--workspace",
+            ws.path().to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        b"",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\nro\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("f")).unwrap(),
+        "made\n"
+    );
+
+    // Timeout and out-of-memory are 128+9, each said in words.
+    let out = run_in(rt.path(), &["--timeout", "500ms", "--", "sleep", "30"], b"");
+    assert_eq!(out.status.code(), Some(137));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timed out"));
+    let out = run_in(
+        rt.path(),
+        &[
+            "--memory",
+            "32M",
+            "--",
+            "sh",
+            "-c",
+            "x=$(head -c 200000000 /dev/zero | tr '\\0' a)",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(137));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("out of memory"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Nothing is left behind: no sandbox directory, no cgroup.
+    assert_eq!(
+        std::fs::read_dir(rt.path().join("sandboxes"))
+            .unwrap()
+            .count(),
+        0
+    );
+    let leftover = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!leftover.contains(rt.path().to_str().unwrap()));
+}
+
+#[test]
+fn run_refuses_bad_settings_before_starting_anything() {
+    let rt = tempfile::tempdir().unwrap();
+    let out = run_in(rt.path(), &["--memory", "1M", "--", "true"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("memory"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!rt.path().join("sandboxes").exists());
+}

@@ -9,6 +9,7 @@ use std::path::Path;
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
+use crate::cgroup::{Cgroup, CgroupError};
 use crate::init::{InitConfig, init_argv};
 
 /// Why a sandbox could not be started.
@@ -24,6 +25,10 @@ pub enum LaunchError {
     Init(#[from] crate::init::InitError),
     #[error("cannot clone into new namespaces: {0}")]
     Clone(nix::Error),
+    #[error("cannot create the start-up pipe: {0}")]
+    Pipe(nix::Error),
+    #[error("cannot put the sandbox into its cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
 }
 
 /// A started sandbox: its init's pid (in the host's PID namespace) and the host end of its socket.
@@ -43,8 +48,14 @@ pub const NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
 
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Starts the sandbox described by `cfg`, running `agent` (a static agent binary) as its init.
-pub fn launch(agent: &Path, cfg: &InitConfig) -> Result<Launched, LaunchError> {
+/// Starts the sandbox described by `cfg`, running `agent` (a binary with the `sandbox-init`
+/// subcommand) as its init. With a `cgroup`, the init is in it before it runs a single instruction
+/// of its own: the cloned child waits on a pipe until the parent has moved it.
+pub fn launch(
+    agent: &Path,
+    cfg: &InitConfig,
+    cgroup: Option<&Cgroup>,
+) -> Result<Launched, LaunchError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(LaunchError::NotRoot);
     }
@@ -57,10 +68,17 @@ pub fn launch(agent: &Path, cfg: &InitConfig) -> Result<Launched, LaunchError> {
         c"RUST_LOG=warn".to_owned(),
     ];
     let guest_fd = guest.as_raw_fd();
+    let (go_r, go_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(LaunchError::Pipe)?;
+    let go_fd = go_r.as_raw_fd();
     let mut stack = vec![0u8; 256 << 10];
     let child = Box::new(|| -> isize {
-        // SAFETY: dup2 and execve are async-signal-safe; argv/envp were built before the clone.
+        // SAFETY: read, dup2 and execve are async-signal-safe; argv/envp were built before the clone.
         unsafe {
+            let mut go = 0u8;
+            if libc::read(go_fd, (&raw mut go).cast(), 1) != 1 {
+                return 125; // the parent gave up before releasing us
+            }
             if libc::dup2(guest_fd, 3) < 0 {
                 return 126;
             }
@@ -72,5 +90,15 @@ pub fn launch(agent: &Path, cfg: &InitConfig) -> Result<Launched, LaunchError> {
     let pid = unsafe { nix::sched::clone(child, &mut stack, NAMESPACES, Some(libc::SIGCHLD)) }
         .map_err(LaunchError::Clone)?;
     drop(guest);
+    drop(go_r);
+    if let Some(cg) = cgroup {
+        if let Err(e) = cg.add(pid.as_raw()) {
+            // Closing the pipe unblocks the child, which exits without running anything.
+            drop(go_w);
+            let _ = nix::sys::wait::waitpid(pid, None);
+            return Err(e.into());
+        }
+    }
+    nix::unistd::write(&go_w, b"1").map_err(LaunchError::Pipe)?;
     Ok(Launched { pid, socket: host })
 }

@@ -1,0 +1,59 @@
+//! Running a command through an agent with our stdio: output streamed to ours as it comes, our
+//! stdin forwarded when asked.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use luminaguard_protocol::message::{ExecRequest, ExitStatus};
+use luminaguard_protocol::{Client, ExecEvent};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Runs `req`, streaming its output; returns how it ended. With `json`, the status is also
+/// printed as one JSON line on stderr (stdout belongs to the command).
+pub async fn exec_streamed(
+    client: &Client,
+    req: ExecRequest,
+    json: bool,
+) -> anyhow::Result<ExitStatus> {
+    let mut stdin_open = req.stdin;
+    let mut e = client.exec(req).await?;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; 64 << 10];
+    let (mut out, mut err) = (tokio::io::stdout(), tokio::io::stderr());
+    loop {
+        tokio::select! {
+            ev = e.next() => match ev? {
+                Some(ExecEvent::Started { pid }) => tracing::debug!(pid, "started"),
+                Some(ExecEvent::Stdout(b)) => { out.write_all(&b).await?; out.flush().await?; }
+                Some(ExecEvent::Stderr(b)) => { err.write_all(&b).await?; err.flush().await?; }
+                Some(ExecEvent::Exited(status)) => {
+                    if json {
+                        eprintln!("{}", serde_json::to_string(&serde_json::json!({
+                            "code": status.code, "signal": status.signal, "timed_out": status.timed_out,
+                            "output_truncated": status.output_truncated, "duration_ms": status.duration_ms,
+                        }))?);
+                    }
+                    if status.timed_out {
+                        eprintln!("luminaguard: command timed out and was killed");
+                    }
+                    return Ok(status);
+                }
+                None => bail!("exec stream ended without an exit status"),
+            },
+            n = stdin.read(&mut buf), if stdin_open => {
+                let n = n?;
+                if n == 0 {
+                    stdin_open = false;
+                    e.close_stdin().await?;
+                } else {
+                    e.write_stdin(&buf[..n]).await?;
+                }
+            }
+        }
+    }
+}
+
+/// The shell convention: the command's code, or 128 + signal.
+pub fn exit_code(status: &ExitStatus) -> ExitCode {
+    ExitCode::from(u8::try_from(status.shell_code()).unwrap_or(255))
+}
