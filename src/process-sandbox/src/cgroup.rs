@@ -13,6 +13,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// CPU period for quotas, in microseconds.
 const CPU_PERIOD_US: u64 = 100_000;
@@ -301,7 +302,8 @@ impl Cgroup {
                 write(&kill, "1")?;
             }
         }
-        for _ in 0..1000 {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        loop {
             let pids: Vec<i32> = self
                 .pids()?
                 .into_iter()
@@ -310,50 +312,54 @@ impl Cgroup {
             if pids.is_empty() {
                 return Ok(());
             }
+            if Instant::now() > deadline {
+                return Err(CgroupError::Busy {
+                    path: self.dirs[0].clone(),
+                });
+            }
             for pid in pids {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
-            std::thread::yield_now();
+            pause();
         }
-        Err(CgroupError::Busy {
-            path: self.dirs[0].clone(),
-        })
     }
 
     /// Kills what is left and removes the group's directories.
     pub fn remove(&self) -> Result<(), CgroupError> {
         self.kill_all()?;
         for d in &self.dirs {
-            // A killed process leaves the group only once it has been reaped by its parent, so
-            // rmdir can see EBUSY briefly; retry (bounded) while the group drains.
-            let mut last = None;
-            for _ in 0..10_000 {
+            // A killed process can hold the group for a moment after it is gone from
+            // cgroup.procs, so rmdir may see EBUSY briefly; retry until the deadline.
+            let deadline = Instant::now() + DRAIN_TIMEOUT;
+            loop {
                 match fs::remove_dir(d) {
-                    Ok(()) => {
-                        last = None;
-                        break;
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) if Instant::now() > deadline => {
+                        return Err(CgroupError::Io {
+                            action: "remove",
+                            path: d.clone(),
+                            source: e,
+                        });
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        last = None;
-                        break;
-                    }
-                    Err(e) => last = Some(e),
+                    Err(_) => pause(),
                 }
-                std::thread::yield_now();
-            }
-            if let Some(e) = last {
-                return Err(CgroupError::Io {
-                    action: "remove",
-                    path: d.clone(),
-                    source: e,
-                });
             }
         }
         Ok(())
     }
+}
+
+/// How long killed processes get to leave a group before it is reported busy.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Between polls of a group that is emptying. Neither v1 nor (portably) v2 offers a blocking
+/// "group is empty" wait, so this is a bounded poll of the condition itself.
+fn pause() {
+    std::thread::sleep(Duration::from_millis(1));
 }
 
 /// Whether `pid` has exited and awaits reaping (or is gone).
