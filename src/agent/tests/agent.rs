@@ -773,12 +773,7 @@ async fn sigterm_stops_the_agent_cleanly() {
 /// knows it is init, reaps orphans, and `Shutdown` powers the namespace off.
 #[tokio::test]
 async fn as_pid1_it_reaps_orphans_and_powers_off() {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs as root and must run this test"
-        );
-        eprintln!("skipped: needs root for a PID namespace");
+    if !luminaguard_testkit::privileged("a PID namespace") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -185,18 +185,6 @@ fn debug_reports_a_missing_agent_clearly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("connecting to /nonexistent/agent.sock"));
 }
 
-fn root_or_skip() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI runs as root and must run the sandbox tests"
-    );
-    eprintln!("skipped: the process sandbox needs root for now");
-    false
-}
-
 fn run_in(rt: &Path, args: &[&str], stdin: &[u8]) -> Output {
     let mut child = Command::new(BIN)
         .arg("--runtime-dir")
@@ -215,7 +203,7 @@ fn run_in(rt: &Path, args: &[&str], stdin: &[u8]) -> Output {
 
 #[test]
 fn run_executes_in_a_disposable_sandbox_and_returns_the_status() {
-    if !root_or_skip() {
+    if !luminaguard_testkit::privileged("the process sandbox") {
         return;
     }
     let rt = tempfile::tempdir().unwrap();

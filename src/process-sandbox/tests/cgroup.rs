@@ -13,18 +13,6 @@ use std::process::{Child, Command, Stdio};
 
 use luminaguard_process_sandbox::cgroup::{Cgroup, Hierarchy, Limits};
 
-fn root_or_skip() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI runs as root and must run this test"
-    );
-    eprintln!("skipped: needs root");
-    false
-}
-
 /// Starts `script` held at a `read`, moves it into `cg`, then lets it go.
 fn run_in(cg: &Cgroup, script: &str) -> Child {
     let mut child = Command::new("/bin/sh")
@@ -41,7 +29,7 @@ fn run_in(cg: &Cgroup, script: &str) -> Child {
 
 #[test]
 fn pid_limit_stops_a_fork_bomb_and_remove_leaves_nothing() {
-    if !root_or_skip() {
+    if !luminaguard_testkit::privileged("cgroup limits") {
         return;
     }
     let h = Hierarchy::detect().unwrap();
@@ -87,7 +75,7 @@ fn pid_limit_stops_a_fork_bomb_and_remove_leaves_nothing() {
 
 #[test]
 fn memory_hog_is_oom_killed_and_reported() {
-    if !root_or_skip() {
+    if !luminaguard_testkit::privileged("cgroup limits") {
         return;
     }
     let h = Hierarchy::detect().unwrap();
