@@ -12,7 +12,7 @@ use luminaguard_process_sandbox::init::InitConfig;
 use luminaguard_process_sandbox::launch::launch;
 use luminaguard_protocol::message::ExecRequest;
 use luminaguard_protocol::{Client, ClientOptions};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
 #[derive(Debug, Args)]
@@ -49,26 +49,12 @@ struct Sandbox {
 }
 
 impl Sandbox {
-    async fn teardown(mut self, client: Option<&Client>) {
-        if let (Some(c), Some(_)) = (client, self.init) {
-            let _ = tokio::time::timeout(Duration::from_secs(2), c.shutdown()).await;
-        }
+    async fn teardown(mut self) {
         if let Some(pid) = self.init.take() {
-            // The init's exit ends its PID namespace; give it a moment, then make sure.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            loop {
-                match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::StillAlive) if tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Ok(WaitStatus::StillAlive) => {
-                        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                        let _ = tokio::task::spawn_blocking(move || waitpid(pid, None)).await;
-                        break;
-                    }
-                    _ => break,
-                }
-            }
+            // A disposable sandbox has nothing to flush: killing its init ends the PID namespace,
+            // and the kernel kills every process in it. Reap the init, then the group drains.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = tokio::task::spawn_blocking(move || waitpid(pid, None)).await;
         }
         if let Some(cg) = self.cgroup.take() {
             if let Ok(Err(e)) = tokio::task::spawn_blocking(move || cg.remove()).await {
@@ -110,12 +96,8 @@ pub async fn run(args: RunArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let id = SandboxId::generate();
     let mut sb = Sandbox::default();
     let result = start_and_run(&args, &spec, workspace, &id, config, &mut sb).await;
-    let (client, outcome) = match result {
-        Ok((client, outcome)) => (Some(client), Ok(outcome)),
-        Err(e) => (None, Err(e)),
-    };
-    sb.teardown(client.as_ref()).await;
-    outcome
+    sb.teardown().await;
+    result
 }
 
 async fn start_and_run(
@@ -125,7 +107,7 @@ async fn start_and_run(
     id: &SandboxId,
     config: &Config,
     sb: &mut Sandbox,
-) -> anyhow::Result<(Client, ExitCode)> {
+) -> anyhow::Result<ExitCode> {
     let runtime = config.runtime()?;
     let dir = runtime.sandbox_dir(id)?;
     create_private_dir(runtime.root()).await?;
@@ -198,7 +180,7 @@ async fn start_and_run(
             );
         }
     }
-    Ok((client, crate::stream::exit_code(&status)))
+    Ok(crate::stream::exit_code(&status))
 }
 
 async fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
