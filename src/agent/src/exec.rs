@@ -285,9 +285,12 @@ async fn pump(
         }
     }
     // The tree is dead: take what it already wrote, without waiting for writers that escaped.
+    // A direct non-blocking read(2), not `try_read`: tokio's `try_read` answers WouldBlock from
+    // its cached readiness when the reactor has not yet seen the pipe become readable — and
+    // output written just before the exit would be lost.
     let mut drained = 0;
     while drained < DRAIN_LIMIT {
-        match pipe.try_read(&mut buf) {
+        match nix::unistd::read(&pipe, &mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 drained += n;

@@ -941,3 +941,26 @@ async fn real_agent_answers_a_burst_of_ten_thousand_pipelined_requests() {
     assert_eq!(seen.len(), N as usize);
     writer.await.unwrap();
 }
+
+/// Output written just before a process exits must arrive. (Regression: the post-exit drain used
+/// tokio's `try_read`, which trusts cached readiness and dropped such output now and then.)
+#[tokio::test]
+async fn output_of_short_lived_processes_is_never_lost() {
+    let agent = Agent::start();
+    let c = agent.client().await;
+    // Several loops at once, so exits and output race each other across the runtime's threads.
+    let loops = (0..6).map(|l| {
+        let c = c.clone();
+        async move {
+            for i in 0..100 {
+                let word = format!("{l}-{i}");
+                let out = c
+                    .exec_output(exec(&["printf", "%s", &word]), None)
+                    .await
+                    .unwrap();
+                assert_eq!(String::from_utf8_lossy(&out.stdout), word);
+            }
+        }
+    });
+    futures_util::future::join_all(loops).await;
+}
