@@ -2,6 +2,7 @@
 
 mod debug;
 mod run;
+mod state;
 mod stream;
 
 use std::path::PathBuf;
@@ -39,6 +40,11 @@ enum Command {
     },
     /// Run a command in a disposable sandbox; exits with the command's status.
     Run(run::RunArgs),
+    /// Remove what sandboxes whose owner died left behind (processes, cgroups, files).
+    Gc {
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the guest agent (what runs inside every sandbox).
     Agent(luminaguard_agent::AgentArgs),
     /// First process of a process sandbox (started by `run`, not by hand).
@@ -148,6 +154,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Debug(args) => with_runtime(debug::run(args, &config)),
         Command::Run(args) => with_runtime(run::run(args, &config)),
+        Command::Gc { json } => {
+            let report = state::collect(&config.runtime()?);
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                for id in &report.removed {
+                    println!("removed {id}");
+                }
+                for e in &report.errors {
+                    eprintln!("luminaguard: gc: {e}");
+                }
+            }
+            Ok(if report.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Agent(_) | Command::SandboxInit { .. } => unreachable_agent(),
     }
 }

@@ -12,6 +12,8 @@ use luminaguard_process_sandbox::init::InitConfig;
 use luminaguard_process_sandbox::launch::launch;
 use luminaguard_protocol::message::ExecRequest;
 use luminaguard_protocol::{Client, ClientOptions};
+
+use crate::state::{ProcessRef, SandboxMeta};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
@@ -93,6 +95,13 @@ pub async fn run(args: RunArgs, config: &Config) -> anyhow::Result<ExitCode> {
         None => None,
     };
 
+    // Leftovers of sandboxes whose owner died go first (cheap when there are none).
+    if let Ok(runtime) = config.runtime() {
+        let report = tokio::task::spawn_blocking(move || crate::state::collect(&runtime)).await?;
+        for e in &report.errors {
+            tracing::warn!("gc: {e}");
+        }
+    }
     let id = SandboxId::generate();
     let mut sb = Sandbox::default();
     let result = start_and_run(&args, &spec, workspace, &id, config, &mut sb).await;
@@ -124,11 +133,28 @@ async fn start_and_run(
         pids: u64::from(spec.limits.pids),
         cpus: Some(spec.vcpus),
     };
+    // Record what is about to exist before it exists, so `gc` can always find it.
     let name = id.to_string();
-    let cg = tokio::task::spawn_blocking(move || {
-        Hierarchy::detect().and_then(|h| h.create(&name, limits))
+    let planned = tokio::task::spawn_blocking({
+        let name = name.clone();
+        move || Hierarchy::detect().and_then(|h| h.planned(&name).map(|p| (h, p)))
     })
     .await??;
+    let (hierarchy, planned) = planned;
+    let mut meta = SandboxMeta {
+        id: name.clone(),
+        backend: "process".into(),
+        owner: ProcessRef::of(std::process::id() as i32).context("reading our own start time")?,
+        init: None,
+        cgroup_version: Some(planned.version()),
+        cgroup_dirs: planned.dirs().to_vec(),
+        created_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0),
+    };
+    meta.save(&dir).await?;
+    let cg = tokio::task::spawn_blocking(move || hierarchy.create(&name, limits)).await??;
     let cg = sb.cgroup.insert(cg).clone();
 
     let init = InitConfig {
@@ -146,6 +172,8 @@ async fn start_and_run(
         std::env::current_exe().context("finding our own binary to run as the sandbox init")?;
     let launched = launch(&exe, &init, Some(&cg)).context("starting the process sandbox")?;
     sb.init = Some(launched.pid);
+    meta.init = ProcessRef::of(launched.pid.as_raw());
+    meta.save(&dir).await?;
     launched.socket.set_nonblocking(true)?;
     let stream = tokio::net::UnixStream::from_std(launched.socket)?;
     let opts = ClientOptions {

@@ -160,8 +160,9 @@ impl Hierarchy {
         }
     }
 
-    /// Creates the group `name` with `limits`. On any error, what was created is removed.
-    pub fn create(&self, name: &str, limits: Limits) -> Result<Cgroup, CgroupError> {
+    /// The group `name` would have, without creating anything — so its directories can be
+    /// recorded before they exist, and a crash in between leaves nothing untracked.
+    pub fn planned(&self, name: &str) -> Result<Cgroup, CgroupError> {
         if name.is_empty()
             || !name
                 .bytes()
@@ -169,17 +170,11 @@ impl Hierarchy {
         {
             return Err(CgroupError::BadName(name.to_owned()));
         }
-        let cg = match self {
-            Self::V2 { mount } => {
-                let parent = mount.join(PARENT);
-                write(&mount.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
-                fs::create_dir_all(&parent).map_err(io("create", &parent))?;
-                write(&parent.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
-                Cgroup {
-                    version: 2,
-                    dirs: vec![parent.join(name)],
-                }
-            }
+        Ok(match self {
+            Self::V2 { mount } => Cgroup {
+                version: 2,
+                dirs: vec![mount.join(PARENT).join(name)],
+            },
             Self::V1 { memory, pids, cpu } => Cgroup {
                 version: 1,
                 dirs: [memory, pids, cpu]
@@ -187,7 +182,19 @@ impl Hierarchy {
                     .map(|d| d.join(PARENT).join(name))
                     .collect(),
             },
-        };
+        })
+    }
+
+    /// Creates the group `name` with `limits`. On any error, what was created is removed.
+    pub fn create(&self, name: &str, limits: Limits) -> Result<Cgroup, CgroupError> {
+        let planned = self.planned(name)?;
+        if let Self::V2 { mount } = self {
+            let parent = mount.join(PARENT);
+            write(&mount.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
+            fs::create_dir_all(&parent).map_err(io("create", &parent))?;
+            write(&parent.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
+        }
+        let cg = planned;
         for d in &cg.dirs {
             fs::create_dir_all(d).map_err(io("create", d))?;
         }
@@ -214,6 +221,10 @@ impl Cgroup {
 
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
+    }
+
+    pub fn version(&self) -> u8 {
+        self.version
     }
 
     fn memory_dir(&self) -> &Path {
@@ -265,12 +276,17 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Processes in the group.
+    /// Processes in the group. A directory that does not exist (never created, or already
+    /// removed) holds none.
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         let mut all = Vec::new();
         for d in &self.dirs {
             let p = d.join("cgroup.procs");
-            let text = fs::read_to_string(&p).map_err(io("read", &p))?;
+            let text = match fs::read_to_string(&p) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("read", &p)(e)),
+            };
             all.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
         }
         all.sort_unstable();
