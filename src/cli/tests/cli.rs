@@ -291,3 +291,28 @@ fn run_refuses_bad_settings_before_starting_anything() {
     );
     assert!(!rt.path().join("sandboxes").exists());
 }
+
+#[test]
+fn sandbox_init_refuses_to_run_outside_a_fresh_pid_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = serde_json::json!({
+        "staging_root": dir.path(), "workspace": null, "workspace_size": 1048576, "tmp_size": 1048576,
+        "hostname": "x", "open_files": 64, "file_size": 1048576, "landlock_required": true, "seccomp_profile": "default"
+    });
+    let out = Command::new(BIN)
+        .args(["sandbox-init", &cfg.to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing was mounted on the host.
+    assert!(
+        !std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(dir.path().to_str().unwrap())
+    );
+}

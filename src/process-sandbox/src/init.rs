@@ -302,7 +302,19 @@ fn switch_root(root: &Path) -> Result<(), InitError> {
 }
 
 /// Builds and enters the sandbox. On success the calling process is confined; run the agent next.
+///
+/// Refuses to run unless it is PID 1 (of the fresh namespaces `launch` creates): run by hand in the
+/// host's namespaces, its first step would change the host's mount propagation.
 pub fn enter(cfg: &InitConfig) -> Result<(), InitError> {
+    if std::process::id() != 1 {
+        return Err(InitError::Step {
+            step: "check the process is a sandbox's first process".into(),
+            reason: format!(
+                "running as pid {}, not 1: sandbox-init is started by `luminaguard run`, never by hand",
+                std::process::id()
+            ),
+        });
+    }
     build_root(cfg)?;
     switch_root(&cfg.staging_root)?;
     step("sethostname", nix::unistd::sethostname(&cfg.hostname))?;
