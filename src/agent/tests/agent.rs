@@ -104,22 +104,10 @@ fn sh(script: &str) -> ExecRequest {
 
 /// Live (non-zombie) processes whose command line contains `marker`.
 fn processes_with(marker: &str) -> Vec<i32> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(')')
-            .map(|(_, t)| t.trim_start().starts_with('Z'))
-            .unwrap_or(true);
-        if !zombie && String::from_utf8_lossy(&cmdline).contains(marker) {
-            found.push(pid);
-        }
-    }
-    found
+    luminaguard_testkit::live_processes_matching(&[marker])
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 /// Polls a condition that another process makes true asynchronously (signal delivery), bounded.
@@ -129,6 +117,16 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A `sleep <marker>` exec that has reported `Started`.
+async fn started_sleep(c: &Client, marker: &str) -> luminaguard_protocol::ExecStream {
+    let mut e = c.exec(exec(&["sleep", marker])).await.unwrap();
+    assert!(matches!(
+        e.next().await.unwrap(),
+        Some(ExecEvent::Started { .. })
+    ));
+    e
 }
 
 /// The agent still answers and still runs commands.
@@ -300,11 +298,7 @@ async fn cancel_kills_and_reports() {
     let agent = Agent::start();
     let c = agent.client().await;
     let m = marker();
-    let mut e = c.exec(exec(&["sleep", &m])).await.unwrap();
-    assert!(matches!(
-        e.next().await.unwrap(),
-        Some(ExecEvent::Started { .. })
-    ));
+    let mut e = started_sleep(&c, &m).await;
     e.cancel().await.unwrap();
     let Some(ExecEvent::Exited(s)) = e.next().await.unwrap() else {
         panic!("no exit")
@@ -588,11 +582,7 @@ async fn agent_killed_mid_request_fails_pending_calls_promptly() {
     let agent = Agent::start();
     let c = agent.client().await;
     let m = marker();
-    let mut e = c.exec(exec(&["sleep", &m])).await.unwrap();
-    assert!(matches!(
-        e.next().await.unwrap(),
-        Some(ExecEvent::Started { .. })
-    ));
+    let mut e = started_sleep(&c, &m).await;
     let pending_ping = tokio::spawn({
         let c = c.clone();
         async move { c.read_file("/dev/zero", 1 << 40).await }

@@ -49,15 +49,8 @@ fn metas(rt: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn sandbox_processes(rt: &Path) -> Vec<String> {
-    let needle = rt.to_str().unwrap();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains("sandbox-init") && c.contains(needle))
-        .collect()
+fn sandbox_processes(rt: &Path) -> Vec<(i32, String)> {
+    luminaguard_testkit::live_processes_matching(&["sandbox-init", rt.to_str().unwrap()])
 }
 
 /// Every sandbox cgroup on the host (`sb-*` under LuminaGuard's parent groups).

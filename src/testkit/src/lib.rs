@@ -1,3 +1,4 @@
+#![allow(clippy::disallowed_methods)] // test helpers read procfs synchronously
 //! Helpers shared by LuminaGuard's integration tests.
 
 /// Whether a test that needs root may run. Outside CI a non-root run skips it with a message;
@@ -12,4 +13,28 @@ pub fn privileged(what: &str) -> bool {
     }
     eprintln!("skipped: {what} needs root");
     false
+}
+
+/// Live (not zombie) processes whose command line, arguments joined by spaces, contains every one
+/// of `needles`: `(pid, command line)`.
+pub fn live_processes_matching(needles: &[&str]) -> Vec<(i32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (_, rest) = stat.rsplit_once(')')?;
+            if rest.trim_start().starts_with(['Z', 'X']) {
+                return None;
+            }
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            needles
+                .iter()
+                .all(|n| cmdline.contains(n))
+                .then_some((pid, cmdline))
+        })
+        .collect()
 }
