@@ -10,6 +10,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -109,10 +111,63 @@ pub fn kill_tree(root: i32, sid: i32) -> usize {
             }
         }
     }
+    // A pidfd taken while the process is stopped (so its pid cannot have been reused) lets us
+    // wait for the kill to take effect: SIGKILL is only queued when kill() returns, and the
+    // caller reports the exec finished, so the tree must really be dead by then.
+    let pidfds: Vec<OwnedFd> = stopped.iter().filter_map(|&pid| pidfd_open(pid)).collect();
     for &pid in &stopped {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
+    wait_exited(pidfds, DEATH_DEADLINE);
     stopped.len()
+}
+
+/// How long a SIGKILLed process may take to die before we give up waiting (it is still killed;
+/// only the wait is bounded: a process stuck in uninterruptible sleep must not hang the agent).
+const DEATH_DEADLINE: Duration = Duration::from_secs(5);
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is shared.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits until every pidfd reports its process exited (a pidfd polls readable on exit), or the
+/// deadline passes.
+fn wait_exited(mut pidfds: Vec<OwnedFd>, deadline: Duration) {
+    let end = Instant::now() + deadline;
+    while !pidfds.is_empty() {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            tracing::warn!(
+                remaining = pidfds.len(),
+                "killed processes did not exit within {deadline:?}"
+            );
+            return;
+        }
+        let mut polls: Vec<libc::pollfd> = pidfds
+            .iter()
+            .map(|fd| libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs for the whole call.
+        let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
+        if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return;
+        }
+        let done: HashSet<i32> = polls
+            .iter()
+            .filter(|p| p.revents != 0)
+            .map(|p| p.fd)
+            .collect();
+        pidfds.retain(|fd| !done.contains(&fd.as_raw_fd()));
+    }
 }
 
 #[cfg(test)]
