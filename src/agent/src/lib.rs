@@ -48,6 +48,9 @@ pub struct AgentArgs {
     /// As PID 1, do not mount /proc, /sys, /dev, /tmp (a sandbox init already built the root).
     #[arg(long)]
     pub no_init_mounts: bool,
+    /// Stop (and, as PID 1, end the sandbox) this long after starting, whatever is running.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub lifetime: Option<Duration>,
 }
 
 /// Errors that stop the agent from starting.
@@ -89,6 +92,14 @@ pub fn run(args: AgentArgs) -> Result<bool, AgentError> {
         reaper,
         shutdown: CancellationToken::new(),
     });
+    if let Some(lifetime) = args.lifetime {
+        let stop = ctx.shutdown.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(lifetime).await;
+            tracing::warn!("lifetime of {lifetime:?} is over: stopping");
+            stop.cancel();
+        });
+    }
     runtime.block_on(serve(args.listen, ctx))?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(pid1 && args.on_exit != OnExit::Exit || args.on_exit == OnExit::Poweroff)
@@ -171,6 +182,7 @@ pub fn sandbox_init_main(config_json: &str) -> std::process::ExitCode {
         on_exit: OnExit::Exit,
         threads: 2,
         no_init_mounts: true,
+        lifetime: cfg.lifetime_ms.map(Duration::from_millis),
     })
 }
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use luminaguard_process_sandbox::init::InitConfig;
-use luminaguard_process_sandbox::launch::launch;
+use luminaguard_process_sandbox::launch::{AgentChannel, launch};
 use luminaguard_protocol::message::ExecRequest;
 use luminaguard_protocol::{Client, ClientOptions, ExecOutput};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -29,6 +29,7 @@ fn config(staging: &Path, workspace: Option<&Path>) -> InitConfig {
         file_size: 1 << 30,
         landlock_required: true,
         seccomp_profile: "default".into(),
+        lifetime_ms: None,
     }
 }
 
@@ -57,10 +58,12 @@ async fn process_sandbox_isolates_and_serves() {
         Path::new(AGENT),
         &config(staging.path(), Some(ws.path())),
         None,
+        AgentChannel::Pair,
     )
     .unwrap();
-    launched.socket.set_nonblocking(true).unwrap();
-    let stream = tokio::net::UnixStream::from_std(launched.socket).unwrap();
+    let socket = launched.socket.unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let stream = tokio::net::UnixStream::from_std(socket).unwrap();
     let c = Client::connect(stream, ClientOptions::default())
         .await
         .unwrap();

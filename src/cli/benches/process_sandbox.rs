@@ -19,9 +19,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use luminaguard_process_sandbox::cgroup::{Hierarchy, Limits};
+use luminaguard_cgroup::{Hierarchy, Limits};
 use luminaguard_process_sandbox::init::InitConfig;
-use luminaguard_process_sandbox::launch::launch;
+use luminaguard_process_sandbox::launch::{AgentChannel, launch};
 use luminaguard_protocol::message::ExecRequest;
 use luminaguard_protocol::{Client, ClientOptions};
 
@@ -99,6 +99,7 @@ fn main() {
             file_size: 1 << 30,
             landlock_required: true,
             seccomp_profile: "default".into(),
+            lifetime_ms: None,
         };
         let cg = Hierarchy::detect()
             .unwrap()
@@ -111,10 +112,11 @@ fn main() {
                 },
             )
             .unwrap();
-        let launched = launch(Path::new(LG), &cfg, Some(&cg)).unwrap();
-        launched.socket.set_nonblocking(true).unwrap();
+        let launched = launch(Path::new(LG), &cfg, Some(&cg), AgentChannel::Pair).unwrap();
+        let socket = launched.socket.unwrap();
+        socket.set_nonblocking(true).unwrap();
         let c = Client::connect(
-            tokio::net::UnixStream::from_std(launched.socket).unwrap(),
+            tokio::net::UnixStream::from_std(socket).unwrap(),
             ClientOptions::default(),
         )
         .await

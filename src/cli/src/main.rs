@@ -2,7 +2,7 @@
 
 mod debug;
 mod run;
-mod state;
+mod sandbox;
 mod stream;
 
 use std::path::PathBuf;
@@ -40,7 +40,10 @@ enum Command {
     },
     /// Run a command in a disposable sandbox; exits with the command's status.
     Run(run::RunArgs),
-    /// Remove what sandboxes whose owner died left behind (processes, cgroups, files).
+    /// Sandboxes that live across several commands.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
+    /// Remove what sandboxes whose owner died, or whose lifetime ended, left behind.
     Gc {
         #[arg(long)]
         json: bool,
@@ -154,8 +157,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Debug(args) => with_runtime(debug::run(args, &config)),
         Command::Run(args) => with_runtime(run::run(args, &config)),
+        Command::Sandbox(cmd) => with_runtime(sandbox::run(cmd, &config)),
         Command::Gc { json } => {
-            let report = state::collect(&config.runtime()?);
+            let report = luminaguard_backend::gc::collect(&config.runtime()?);
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

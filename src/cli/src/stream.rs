@@ -57,3 +57,21 @@ pub async fn exec_streamed(
 pub fn exit_code(status: &ExitStatus) -> ExitCode {
     ExitCode::from(u8::try_from(status.shell_code()).unwrap_or(255))
 }
+
+/// Says so on stderr when a SIGKILL came from the kernel's OOM killer rather than a timeout or a
+/// cancel.
+pub async fn report_oom(
+    sandbox: &luminaguard_backend::Sandbox,
+    status: &ExitStatus,
+    limit: luminaguard_core::ByteSize,
+) {
+    if status.signal == Some(9) && !status.timed_out && !status.cancelled {
+        match sandbox.oom_kills().await {
+            Ok(n) if n > 0 => {
+                eprintln!("luminaguard: the command was killed: out of memory (limit {limit})");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot read the sandbox's OOM count: {e}"),
+        }
+    }
+}

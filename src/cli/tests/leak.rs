@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use luminaguard_process_sandbox::cgroup::Hierarchy;
+use luminaguard_cgroup::Hierarchy;
 
 const BIN: &str = env!("CARGO_BIN_EXE_luminaguard");
 

@@ -40,6 +40,10 @@ pub struct InitConfig {
     pub landlock_required: bool,
     /// Built-in seccomp profile name.
     pub seccomp_profile: String,
+    /// The sandbox ends (its init exits, taking every process with it) this many milliseconds
+    /// after it starts serving; `None`: when the host destroys it.
+    #[serde(default)]
+    pub lifetime_ms: Option<u64>,
 }
 
 /// Which step failed, and why.

@@ -9,8 +9,8 @@ use std::path::Path;
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
-use crate::cgroup::{Cgroup, CgroupError};
 use crate::init::{InitConfig, init_argv};
+use luminaguard_cgroup::{Cgroup, CgroupError};
 
 /// Why a sandbox could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -31,11 +31,23 @@ pub enum LaunchError {
     Cgroup(#[from] CgroupError),
 }
 
-/// A started sandbox: its init's pid (in the host's PID namespace) and the host end of its socket.
+/// How the host reaches the sandbox's agent, which always finds it as fd 3.
+#[derive(Debug)]
+pub enum AgentChannel {
+    /// A socket pair: one connection for the life of the sandbox, returned in [`Launched`].
+    Pair,
+    /// A bound, listening Unix socket the agent accepts connections on, one per client, so that
+    /// the sandbox outlives the process that started it. Its stdin is `/dev/null` and its
+    /// stdout/stderr go to `log`: the caller's stdio may be a pipe whose reader waits for EOF.
+    Detached { listener: OwnedFd, log: OwnedFd },
+}
+
+/// A started sandbox: its init's pid (in the host's PID namespace) and, for
+/// [`AgentChannel::Pair`], the host end of its socket.
 #[derive(Debug)]
 pub struct Launched {
     pub pid: Pid,
-    pub socket: UnixStream,
+    pub socket: Option<UnixStream>,
 }
 
 /// Namespaces every process sandbox gets.
@@ -55,12 +67,28 @@ pub fn launch(
     agent: &Path,
     cfg: &InitConfig,
     cgroup: Option<&Cgroup>,
+    channel: AgentChannel,
 ) -> Result<Launched, LaunchError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(LaunchError::NotRoot);
     }
-    let (host, guest) = UnixStream::pair().map_err(LaunchError::Socket)?;
-    let guest: OwnedFd = guest.into();
+    let (host, guest, stdio) = match channel {
+        AgentChannel::Pair => {
+            let (host, guest) = UnixStream::pair().map_err(LaunchError::Socket)?;
+            (Some(host), OwnedFd::from(guest), None)
+        }
+        AgentChannel::Detached { listener, log } => {
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map_err(LaunchError::Socket)?;
+            (None, listener, Some((OwnedFd::from(null), log)))
+        }
+    };
+    let stdio_fds = stdio
+        .as_ref()
+        .map(|(null, log)| (null.as_raw_fd(), log.as_raw_fd()));
     // Everything the child needs is built here: after clone it only makes system calls.
     let argv = init_argv(agent, cfg)?;
     let envp = [
@@ -79,7 +107,19 @@ pub fn launch(
             if libc::read(go_fd, (&raw mut go).cast(), 1) != 1 {
                 return 125; // the parent gave up before releasing us
             }
-            if libc::dup2(guest_fd, 3) < 0 {
+            // Standard fds first: their targets (0-2) cannot clobber the fds still to be placed.
+            if let Some((null, log)) = stdio_fds {
+                if libc::dup2(null, 0) < 0 || libc::dup2(log, 1) < 0 || libc::dup2(log, 2) < 0 {
+                    return 124;
+                }
+            }
+            // dup2 onto itself is a no-op that would keep O_CLOEXEC: clear the flag instead.
+            let placed = if guest_fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(guest_fd, 3)
+            };
+            if placed < 0 {
                 return 126;
             }
             let _ = nix::unistd::execve(&argv[0], &argv, &envp);
@@ -90,6 +130,7 @@ pub fn launch(
     let pid = unsafe { nix::sched::clone(child, &mut stack, NAMESPACES, Some(libc::SIGCHLD)) }
         .map_err(LaunchError::Clone)?;
     drop(guest);
+    drop(stdio);
     drop(go_r);
     if let Some(cg) = cgroup {
         if let Err(e) = cg.add(pid.as_raw()) {

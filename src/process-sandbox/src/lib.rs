@@ -5,7 +5,7 @@
 //! `no_new_privs`, rlimits). Seccomp lives in
 //! `luminaguard-seccomp`, shared with the microVM backends.
 
-pub mod cgroup;
+pub mod backend;
 pub mod init;
 pub mod landlock;
 pub mod launch;

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
 
-use luminaguard_process_sandbox::cgroup::{Cgroup, Hierarchy, Limits};
+use luminaguard_cgroup::{Cgroup, Hierarchy, Limits};
 
 /// Starts `script` held at a `read`, moves it into `cg`, then lets it go.
 fn run_in(cg: &Cgroup, script: &str) -> Child {

@@ -1,0 +1,142 @@
+//! Removing sandboxes: one code path for `destroy` (on purpose) and `gc` (leftovers of sandboxes
+//! whose owner died or whose lifetime ended). Both work from the on-disk record alone, so they
+//! serve every backend and need no live connection to the sandbox.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use luminaguard_cgroup::Cgroup;
+use luminaguard_core::RuntimeDir;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::Serialize;
+
+use crate::state::{ProcessRef, SandboxMeta, now_unix_ms};
+
+/// Why removing a sandbox's leftovers failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    #[error("cannot remove the cgroup of sandbox {id}: {source}")]
+    Cgroup {
+        id: String,
+        source: luminaguard_cgroup::CgroupError,
+    },
+    #[error("process {pid} of sandbox {id} is still alive {after:?} after SIGKILL")]
+    Unkillable {
+        id: String,
+        pid: i32,
+        after: Duration,
+    },
+    #[error("cannot remove {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What `gc` did.
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    pub removed: Vec<String>,
+    pub kept: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// A directory without a record is left alone this long: its creator may be writing the record.
+const UNRECORDED_GRACE: Duration = Duration::from_secs(60);
+/// How long a SIGKILLed sandbox process may take to disappear.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Removes every sandbox under `runtime` that is garbage (see [`SandboxMeta::is_garbage`]).
+/// Blocking; run it off the async executor.
+pub fn collect(runtime: &RuntimeDir) -> GcReport {
+    let mut report = GcReport::default();
+    #[allow(clippy::disallowed_methods)] // blocking by contract
+    let Ok(entries) = std::fs::read_dir(runtime.sandboxes_dir()) else {
+        return report;
+    };
+    let now = now_unix_ms();
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let meta = SandboxMeta::load_blocking(&dir).ok();
+        let garbage = match &meta {
+            Some(m) => m.is_garbage(now),
+            // No readable record: the owner died before writing it, so it created nothing else
+            // either — unless it is being written right now, which the age check rules out.
+            None => older_than(&dir, UNRECORDED_GRACE),
+        };
+        if !garbage {
+            report.kept.push(name);
+            continue;
+        }
+        match remove(&dir, meta.as_ref()) {
+            Ok(()) => report.removed.push(name),
+            Err(e) => report.errors.push(e.to_string()),
+        }
+    }
+    report
+}
+
+fn older_than(dir: &Path, age: Duration) -> bool {
+    #[allow(clippy::disallowed_methods)]
+    std::fs::metadata(dir)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|a| a >= age)
+}
+
+/// Kills every process the record names, removes its cgroup, then the directory. Blocking.
+///
+/// Processes go first (the init of a process sandbox is PID 1 of its namespace: killing it kills
+/// everything in it; a VMM takes its guest with it), and are waited for, so that the cgroup is
+/// empty when it is removed.
+pub fn remove(dir: &Path, meta: Option<&SandboxMeta>) -> Result<(), RemoveError> {
+    if let Some(m) = meta {
+        let procs: Vec<ProcessRef> = m.init.iter().chain(&m.helpers).copied().collect();
+        for p in procs.iter().filter(|p| p.alive()) {
+            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+        }
+        for p in &procs {
+            wait_gone(p, KILL_WAIT).map_err(|after| RemoveError::Unkillable {
+                id: m.id.clone(),
+                pid: p.pid,
+                after,
+            })?;
+        }
+        if let Some(version) = m.cgroup_version {
+            Cgroup::from_dirs(version, m.cgroup_dirs.clone())
+                .remove()
+                .map_err(|source| RemoveError::Cgroup {
+                    id: m.id.clone(),
+                    source,
+                })?;
+        }
+    }
+    #[allow(clippy::disallowed_methods)] // blocking by contract
+    std::fs::remove_dir_all(dir).or_else(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Ok(()),
+        _ => Err(RemoveError::Dir {
+            path: dir.to_owned(),
+            source: e,
+        }),
+    })
+}
+
+/// Waits until `p` is no longer alive (a zombie counts as gone: it holds no resources but its
+/// pid, and its parent reaps it). Polls procfs: a process we are not the parent of offers no
+/// exit notification except a pidfd, and the pidfd of a zombie is readable at once anyway.
+fn wait_gone(p: &ProcessRef, limit: Duration) -> Result<(), Duration> {
+    let start = std::time::Instant::now();
+    let mut pause = Duration::from_micros(200);
+    while p.alive() {
+        if start.elapsed() >= limit {
+            return Err(limit);
+        }
+        #[allow(clippy::disallowed_methods)] // blocking by contract; waiting on the kernel
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! Sandbox lifecycle, independent of the backend that runs the sandbox.
+//!
+//! Every backend (process sandbox, QEMU, Firecracker) implements [`Backend::create`]: it sets up
+//! its isolation, starts the guest agent and hands back a [`Sandbox`] once the agent has answered
+//! the protocol handshake. Everything after that is the same for every backend, so it lives here
+//! once: exec and file operations go through the agent ([`Sandbox::client`]); attach, status,
+//! listing, destroy and garbage collection work from the on-disk record ([`state`]), which lists
+//! every process, cgroup and file a backend created.
+
+pub mod gc;
+pub mod state;
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use luminaguard_core::runtime::SandboxFile;
+use luminaguard_core::{RuntimeDir, SandboxId, SandboxSpec};
+use luminaguard_protocol::{Client, ClientError, ClientOptions};
+
+pub use gc::{GcReport, RemoveError};
+pub use state::{ProcessRef, SandboxMeta, SandboxState, StateError};
+
+/// Why a sandbox operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("sandbox {0} does not exist")]
+    NotFound(String),
+    #[error("sandbox {0} already exists")]
+    Exists(String),
+    #[error("sandbox {id} is not running ({state})")]
+    NotRunning { id: String, state: SandboxState },
+    #[error("invalid runtime directory: {0}")]
+    Runtime(#[from] luminaguard_core::runtime::RuntimeDirError),
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Remove(#[from] RemoveError),
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] luminaguard_cgroup::CgroupError),
+    /// A backend-specific set-up step failed; `step` names it.
+    #[error("{backend} sandbox: {step}: {reason}")]
+    Setup {
+        backend: &'static str,
+        step: &'static str,
+        reason: String,
+    },
+    /// The agent did not answer; `log` holds the tail of the sandbox's console/log, if any.
+    #[error("sandbox {id}: the agent did not come up: {source}{}", log_section(.log))]
+    Agent {
+        id: String,
+        source: ClientError,
+        log: String,
+    },
+    #[error("a blocking task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+fn log_section(log: &str) -> String {
+    if log.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\n--- last lines of the sandbox log ---\n{}",
+            log.trim_end()
+        )
+    }
+}
+
+/// The last `max` bytes of the file at `path` (lossy UTF-8, starting at a line boundary), or
+/// nothing when it cannot be read: for error messages.
+pub async fn log_tail(path: &Path, max: usize) -> String {
+    let Ok(bytes) = tokio::fs::read(path).await else {
+        return String::new();
+    };
+    let tail = &bytes[bytes.len().saturating_sub(max)..];
+    let text = String::from_utf8_lossy(tail);
+    match (bytes.len() > max, text.find('\n')) {
+        (true, Some(i)) => text[i + 1..].to_owned(),
+        _ => text.into_owned(),
+    }
+}
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub id: SandboxId,
+    pub spec: SandboxSpec,
+    /// Host directory shared read-write at `/workspace` (`None`: a private scratch workspace).
+    pub workspace: Option<PathBuf>,
+    /// Outlives the calling process (`sandbox create`), reachable again through [`attach`].
+    pub persistent: bool,
+    pub runtime: RuntimeDir,
+}
+
+/// A running sandbox and a connection to its agent.
+#[derive(Debug)]
+pub struct Sandbox {
+    pub id: SandboxId,
+    pub dir: PathBuf,
+    pub meta: SandboxMeta,
+    client: Client,
+}
+
+impl Sandbox {
+    pub fn new(id: SandboxId, dir: PathBuf, meta: SandboxMeta, client: Client) -> Self {
+        Self {
+            id,
+            dir,
+            meta,
+            client,
+        }
+    }
+
+    /// The connection to the sandbox's agent: exec, files, info.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// How many times the kernel OOM-killed something in the sandbox's cgroup.
+    pub async fn oom_kills(&self) -> Result<u64, BackendError> {
+        let Some(version) = self.meta.cgroup_version else {
+            return Ok(0);
+        };
+        let cg = luminaguard_cgroup::Cgroup::from_dirs(version, self.meta.cgroup_dirs.clone());
+        Ok(tokio::task::spawn_blocking(move || cg.oom_kills()).await??)
+    }
+
+    /// Removes the sandbox: every process, cgroup and file it has.
+    pub async fn destroy(self) -> Result<(), BackendError> {
+        drop(self.client);
+        remove_dir_blocking(self.dir, Some(self.meta)).await
+    }
+}
+
+/// A way to run sandboxes. Implementations set up isolation and start the agent; the rest of a
+/// sandbox's life is handled by [`Sandbox`] and the functions of this crate.
+pub trait Backend: Send + Sync {
+    /// `process`, `qemu`, `firecracker`: what records and listings show.
+    fn name(&self) -> &'static str;
+
+    /// Creates the sandbox and returns once its agent has completed the handshake. On failure,
+    /// everything created so far is removed before the error is returned.
+    fn create(
+        &self,
+        request: CreateRequest,
+    ) -> impl Future<Output = Result<Sandbox, BackendError>> + Send;
+}
+
+/// Creates `path` as a directory only the owner can enter (or checks the one that exists).
+pub async fn create_private_dir(path: &Path) -> Result<(), BackendError> {
+    let io = |what| {
+        move |source| BackendError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    match tokio::fs::create_dir(path).await {
+        Ok(()) => tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .await
+            .map_err(io("restrict permissions of")),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io("create")(e)),
+    }
+}
+
+/// Creates the runtime root, its `sandboxes/` directory and `sandboxes/<id>/`, each private.
+/// Fails when the sandbox directory already exists.
+pub async fn create_sandbox_dir(
+    runtime: &RuntimeDir,
+    id: &SandboxId,
+) -> Result<PathBuf, BackendError> {
+    let dir = runtime.sandbox_dir(id)?;
+    create_private_dir(runtime.root()).await?;
+    create_private_dir(&runtime.sandboxes_dir()).await?;
+    match tokio::fs::create_dir(&dir).await {
+        Ok(()) => Ok(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(BackendError::Exists(id.to_string()))
+        }
+        Err(source) => Err(BackendError::Io {
+            what: "create",
+            path: dir,
+            source,
+        }),
+    }
+}
+
+/// One line of `sandbox ls`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listing {
+    pub id: String,
+    pub backend: String,
+    pub state: SandboxState,
+    pub persistent: bool,
+    pub age_ms: u64,
+    pub expires_in_ms: Option<u64>,
+}
+
+/// Every sandbox with a readable record under `runtime`, sorted by id. Blocking.
+pub fn list_blocking(runtime: &RuntimeDir) -> Vec<Listing> {
+    #[allow(clippy::disallowed_methods)] // blocking by contract
+    let Ok(entries) = std::fs::read_dir(runtime.sandboxes_dir()) else {
+        return Vec::new();
+    };
+    let now = state::now_unix_ms();
+    let mut out: Vec<Listing> = entries
+        .flatten()
+        .filter_map(|e| SandboxMeta::load_blocking(&e.path()).ok())
+        .map(|m| Listing {
+            state: m.state(now),
+            age_ms: now.saturating_sub(m.created_unix_ms),
+            expires_in_ms: m.expires_unix_ms.map(|e| e.saturating_sub(now)),
+            id: m.id,
+            backend: m.backend,
+            persistent: m.persistent,
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+async fn load(
+    runtime: &RuntimeDir,
+    id: &SandboxId,
+) -> Result<(PathBuf, SandboxMeta), BackendError> {
+    let dir = runtime.sandbox_dir(id)?;
+    let d = dir.clone();
+    match tokio::task::spawn_blocking(move || SandboxMeta::load_blocking(&d)).await? {
+        Ok(m) => Ok((dir, m)),
+        Err(StateError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(BackendError::NotFound(id.to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// How long attaching waits for the agent's handshake.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to the agent of a running long-lived sandbox.
+pub async fn attach(
+    runtime: &RuntimeDir,
+    id: &SandboxId,
+    opts: ClientOptions,
+) -> Result<Sandbox, BackendError> {
+    let (dir, meta) = load(runtime, id).await?;
+    let state = meta.state(state::now_unix_ms());
+    if state != SandboxState::Running {
+        return Err(BackendError::NotRunning {
+            id: id.to_string(),
+            state,
+        });
+    }
+    let sock = dir.join(SandboxFile::AgentSocket.file_name());
+    let agent = |source| BackendError::Agent {
+        id: id.to_string(),
+        source,
+        log: String::new(),
+    };
+    let stream = tokio::net::UnixStream::connect(&sock)
+        .await
+        .map_err(|source| BackendError::Io {
+            what: "connect to",
+            path: sock.clone(),
+            source,
+        })?;
+    let client = tokio::time::timeout(ATTACH_TIMEOUT, Client::connect(stream, opts))
+        .await
+        .map_err(|_| {
+            agent(ClientError::Timeout {
+                what: "handshake",
+                after: ATTACH_TIMEOUT,
+            })
+        })?
+        .map_err(agent)?;
+    Ok(Sandbox::new(id.clone(), dir, meta, client))
+}
+
+/// Destroys sandbox `id` from its record: kills its processes, removes its cgroup and files.
+pub async fn destroy(runtime: &RuntimeDir, id: &SandboxId) -> Result<(), BackendError> {
+    let (dir, meta) = load(runtime, id).await?;
+    remove_dir_blocking(dir, Some(meta)).await
+}
+
+async fn remove_dir_blocking(dir: PathBuf, meta: Option<SandboxMeta>) -> Result<(), BackendError> {
+    Ok(tokio::task::spawn_blocking(move || gc::remove(&dir, meta.as_ref())).await??)
+}
+
+/// Removes every garbage sandbox (see [`gc::collect`]).
+pub async fn collect_garbage(runtime: &RuntimeDir) -> Result<GcReport, BackendError> {
+    let runtime = runtime.clone();
+    Ok(tokio::task::spawn_blocking(move || gc::collect(&runtime)).await?)
+}

@@ -1,0 +1,317 @@
+//! `luminaguard sandbox create|exec|cp|ls|rm`: sandboxes that live across several commands.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use luminaguard_backend::{Backend, Sandbox};
+use luminaguard_core::{Config, SandboxId};
+use luminaguard_protocol::ClientOptions;
+use luminaguard_protocol::message::{ExecRequest, ReadFileRequest, WriteFileRequest};
+
+use crate::run::SandboxArgs;
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Create a sandbox that lives until `rm` or the end of its lifetime; prints its id.
+    Create(CreateArgs),
+    /// Run a command in a sandbox, streaming stdio; exits with the command's status.
+    Exec(ExecArgs),
+    /// Copy a file in or out: `cp FILE ID:/path` or `cp ID:/path FILE`.
+    Cp(CpArgs),
+    /// List sandboxes: id, backend, age, state.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Destroy sandboxes: every process, cgroup and file they have.
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<SandboxId>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+    /// The sandbox's id (letters, digits, '-', '_'; default: generated).
+    #[arg(long)]
+    name: Option<SandboxId>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    id: SandboxId,
+    /// Kill the command's whole process tree after this long (default: the sandbox's setting).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Working directory inside the sandbox.
+    #[arg(long, default_value = "/workspace")]
+    cwd: String,
+    /// Environment variable for the command (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Print the exit status as one JSON line on stderr.
+    #[arg(long)]
+    json: bool,
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    argv: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    src: String,
+    dst: String,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))?;
+    if k.is_empty() || k.contains('\0') || v.contains('\0') {
+        return Err(format!("{s:?} is not a valid environment variable"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// Default exec timeout when attaching: the sandbox's own default is not recorded on the host.
+const ATTACH_EXEC_TIMEOUT: Duration = Duration::from_secs(600);
+
+async fn attach(
+    config: &Config,
+    id: &SandboxId,
+    timeout: Option<Duration>,
+) -> anyhow::Result<Sandbox> {
+    let opts = ClientOptions {
+        default_exec_timeout: timeout.unwrap_or(ATTACH_EXEC_TIMEOUT),
+        ..Default::default()
+    };
+    Ok(luminaguard_backend::attach(&config.runtime()?, id, opts).await?)
+}
+
+pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SandboxCommand::Create(args) => create(args, config).await,
+        SandboxCommand::Exec(args) => exec(args, config).await,
+        SandboxCommand::Cp(args) => copy(args, config).await,
+        SandboxCommand::Ls { json } => {
+            let runtime = config.runtime()?;
+            let list =
+                tokio::task::spawn_blocking(move || luminaguard_backend::list_blocking(&runtime))
+                    .await?;
+            if json {
+                println!("{}", serde_json::to_string(&list)?);
+            } else {
+                println!(
+                    "{:<24} {:<8} {:>10} {:<9} EXPIRES IN",
+                    "ID", "BACKEND", "AGE", "STATE"
+                );
+                for s in list {
+                    let expires = s.expires_in_ms.map_or_else(|| "-".into(), short_duration);
+                    println!(
+                        "{:<24} {:<8} {:>10} {:<9} {expires}",
+                        s.id,
+                        s.backend,
+                        short_duration(s.age_ms),
+                        s.state.to_string()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SandboxCommand::Rm { ids, json } => {
+            let runtime = config.runtime()?;
+            let mut failed = false;
+            let mut removed = Vec::new();
+            for id in ids {
+                match luminaguard_backend::destroy(&runtime, &id).await {
+                    Ok(()) => removed.push(id.to_string()),
+                    Err(e) => {
+                        failed = true;
+                        eprintln!("luminaguard: {e}");
+                    }
+                }
+            }
+            if json {
+                println!("{}", serde_json::json!({ "removed": removed }));
+            }
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+async fn create(args: CreateArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    let id = args.name.unwrap_or_else(SandboxId::generate);
+    let req = args.sandbox.request(config, id, true).await?;
+    let backend = crate::run::backend(&req.spec)?;
+    let sandbox = backend.create(req).await.context("creating the sandbox")?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "id": sandbox.id.as_str(),
+                "backend": backend.name(),
+                "expires_unix_ms": sandbox.meta.expires_unix_ms,
+            })
+        );
+    } else {
+        println!("{}", sandbox.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn exec(args: ExecArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    let sandbox = attach(config, &args.id, args.timeout).await?;
+    let req = ExecRequest {
+        argv: args.argv,
+        env: args.env,
+        cwd: Some(args.cwd),
+        stdin: true,
+        timeout_ms: args
+            .timeout
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        ..Default::default()
+    };
+    let status = crate::stream::exec_streamed(sandbox.client(), req, args.json).await?;
+    Ok(crate::stream::exit_code(&status))
+}
+
+/// One side of `cp`: a host path, or `ID:/absolute/path` inside a sandbox.
+#[derive(Debug, PartialEq, Eq)]
+enum Location {
+    Host(PathBuf),
+    Sandbox(SandboxId, String),
+}
+
+fn location(arg: &str) -> Location {
+    if let Some((id, path)) = arg.split_once(':') {
+        if let (Ok(id), true) = (id.parse::<SandboxId>(), path.starts_with('/')) {
+            return Location::Sandbox(id, path.to_owned());
+        }
+    }
+    Location::Host(PathBuf::from(arg))
+}
+
+async fn copy(args: CpArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    match (location(&args.src), location(&args.dst)) {
+        (Location::Host(src), Location::Sandbox(id, dst)) => {
+            let sandbox = attach(config, &id, None).await?;
+            copy_in(&sandbox, &src, &dst).await?;
+        }
+        (Location::Sandbox(id, src), Location::Host(dst)) => {
+            let sandbox = attach(config, &id, None).await?;
+            copy_out(&sandbox, &src, &dst).await?;
+        }
+        _ => bail!("one side of cp must be a host path and the other ID:/path in a sandbox"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn copy_in(sandbox: &Sandbox, src: &Path, dst: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut file = tokio::fs::File::open(src)
+        .await
+        .with_context(|| format!("opening {}", src.display()))?;
+    let meta = file.metadata().await?;
+    if !meta.is_file() {
+        bail!(
+            "{} is not a regular file (only files are copied)",
+            src.display()
+        );
+    }
+    let req = WriteFileRequest {
+        path: dst.to_owned(),
+        mode: meta.permissions().mode() & 0o777,
+        parents: false,
+    };
+    sandbox
+        .client()
+        .write_file_from(req, &mut file)
+        .await
+        .with_context(|| format!("writing {}:{dst}", sandbox.id))?;
+    Ok(())
+}
+
+/// Writes to a temporary file next to `dst` and renames it into place: a failed copy leaves no
+/// half-written file and does not clobber an existing one.
+async fn copy_out(sandbox: &Sandbox, src: &str, dst: &Path) -> anyhow::Result<()> {
+    let parent = match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = dst
+        .file_name()
+        .with_context(|| format!("{} does not name a file", dst.display()))?;
+    let tmp = parent.join(format!(
+        ".{}.lg-cp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let mut file = tokio::fs::File::create(&tmp)
+        .await
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    let req = ReadFileRequest {
+        path: src.to_owned(),
+        offset: 0,
+        limit: None,
+    };
+    let copied = match sandbox.client().read_file_to(req, &mut file).await {
+        Ok(_) => file.sync_all().await.map_err(anyhow::Error::from),
+        Err(e) => Err(anyhow::Error::from(e).context(format!("reading {}:{src}", sandbox.id))),
+    };
+    drop(file);
+    match copied {
+        Ok(()) => tokio::fs::rename(&tmp, dst)
+            .await
+            .with_context(|| format!("moving the copy into place at {}", dst.display())),
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            Err(e)
+        }
+    }
+}
+
+fn short_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn cp_locations() {
+        assert_eq!(
+            location("sb-1:/workspace/x"),
+            Location::Sandbox("sb-1".parse().unwrap(), "/workspace/x".into())
+        );
+        // Not an id, or not an absolute path inside: a host path with a colon.
+        assert_eq!(location("a/b:/c"), Location::Host("a/b:/c".into()));
+        assert_eq!(location("sb-1:rel"), Location::Host("sb-1:rel".into()));
+        assert_eq!(location("./x"), Location::Host("./x".into()));
+    }
+
+    #[test]
+    fn env_pairs() {
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert!(parse_env("novalue").is_err());
+        assert!(parse_env("=x").is_err());
+    }
+}

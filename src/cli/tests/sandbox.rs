@@ -1,0 +1,276 @@
+//! `luminaguard sandbox create|exec|cp|ls|rm`: long-lived sandboxes driven by separate commands,
+//! each its own process, as a user would. Root only; required in CI.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)] // test code
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_luminaguard");
+
+/// Runs `luminaguard --runtime-dir RT args…`, feeding `stdin`.
+fn lg_in(rt: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("--runtime-dir")
+        .arg(rt)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    // `output()` returns only when every holder of the pipes closed them: a sandbox that kept
+    // the creating command's stdout or stderr would hang here.
+    child.wait_with_output().unwrap()
+}
+
+fn lg(rt: &Path, args: &[&str]) -> Output {
+    lg_in(rt, args, b"")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn listing(rt: &Path) -> Vec<Value> {
+    let v: Value = serde_json::from_str(&ok(&lg(rt, &["sandbox", "ls", "--json"]))).unwrap();
+    v.as_array().unwrap().clone()
+}
+
+fn entry(rt: &Path, id: &str) -> Option<Value> {
+    listing(rt).into_iter().find(|e| e["id"] == id)
+}
+
+/// The init's pid and cgroup directories, from the sandbox record.
+fn record(rt: &Path, id: &str) -> (i32, Vec<String>) {
+    let meta: Value = serde_json::from_slice(
+        &std::fs::read(rt.join("sandboxes").join(id).join("meta.json")).unwrap(),
+    )
+    .unwrap();
+    let pid = meta["init"]["pid"].as_i64().unwrap() as i32;
+    let dirs = meta["cgroup_dirs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_owned())
+        .collect();
+    (pid, dirs)
+}
+
+fn gone(rt: &Path, id: &str, pid: i32, cgroups: &[String]) {
+    assert!(entry(rt, id).is_none(), "{id} still listed");
+    assert!(
+        !rt.join("sandboxes").join(id).exists(),
+        "{id}: runtime dir left"
+    );
+    let start = Instant::now();
+    // The init is reaped by whoever is its parent now; a zombie holds nothing.
+    while Path::new(&format!("/proc/{pid}/stat")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{id}: init {pid} survived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for d in cgroups {
+        assert!(!Path::new(d).exists(), "{id}: cgroup {d} left");
+    }
+}
+
+#[test]
+fn long_lived_sandbox_across_commands() {
+    if !luminaguard_testkit::privileged("process sandboxes") {
+        return;
+    }
+    let rt = tempfile::tempdir().unwrap();
+    let rt = rt.path();
+    let id = format!("t-{}", std::process::id());
+    let created: Value = serde_json::from_str(&ok(&lg(
+        rt,
+        &[
+            "sandbox", "create", "--name", &id, "--memory", "128M", "--json",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(
+        (created["id"].as_str(), created["backend"].as_str()),
+        (Some(&*id), Some("process"))
+    );
+    let e = entry(rt, &id).expect("listed");
+    assert_eq!(
+        (e["state"].as_str(), e["persistent"].as_bool()),
+        (Some("running"), Some(true))
+    );
+
+    // The creating command has exited; the sandbox has not, and gc leaves it alone.
+    ok(&lg(rt, &["gc"]));
+    assert!(entry(rt, &id).is_some(), "gc removed a live sandbox");
+
+    // State persists from one exec to the next; stdin streams in; the exit status comes back.
+    ok(&lg_in(
+        rt,
+        &["sandbox", "exec", &id, "--", "sh", "-c", "cat > note"],
+        b"kept\n",
+    ));
+    assert_eq!(
+        ok(&lg(
+            rt,
+            &["sandbox", "exec", &id, "--", "cat", "/workspace/note"]
+        )),
+        "kept\n"
+    );
+    let out = lg(
+        rt,
+        &[
+            "sandbox", "exec", &id, "-e", "X=7", "--", "sh", "-c", "exit $X",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(7));
+    let out = lg(
+        rt,
+        &[
+            "sandbox",
+            "exec",
+            &id,
+            "--timeout",
+            "300ms",
+            "--",
+            "sleep",
+            "30",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+
+    // Files in and out.
+    let host = tempfile::tempdir().unwrap();
+    let src = host.path().join("in.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    ok(&lg(
+        rt,
+        &[
+            "sandbox",
+            "cp",
+            src.to_str().unwrap(),
+            &format!("{id}:/workspace/in.bin"),
+        ],
+    ));
+    assert_eq!(
+        ok(&lg(
+            rt,
+            &["sandbox", "exec", &id, "--", "wc", "-c", "in.bin"]
+        ))
+        .trim(),
+        "300000 in.bin"
+    );
+    let dst = host.path().join("out.bin");
+    ok(&lg(
+        rt,
+        &[
+            "sandbox",
+            "cp",
+            &format!("{id}:/workspace/in.bin"),
+            dst.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+    // A failed copy out leaves nothing behind and reports the sandbox path.
+    let missing = host.path().join("missing");
+    let out = lg(
+        rt,
+        &[
+            "sandbox",
+            "cp",
+            &format!("{id}:/workspace/nope"),
+            missing.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success() && text(&out.stderr).contains("/workspace/nope"));
+    assert_eq!(
+        std::fs::read_dir(host.path()).unwrap().count(),
+        2,
+        "temp file left behind"
+    );
+
+    // Destroy removes every trace.
+    let (pid, cgroups) = record(rt, &id);
+    assert!(!cgroups.is_empty());
+    ok(&lg(rt, &["sandbox", "rm", &id]));
+    gone(rt, &id, pid, &cgroups);
+    let out = lg(rt, &["sandbox", "exec", &id, "--", "true"]);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn lifetime_ends_the_sandbox_and_gc_removes_it() {
+    if !luminaguard_testkit::privileged("process sandboxes") {
+        return;
+    }
+    let rt = tempfile::tempdir().unwrap();
+    let rt = rt.path();
+    let id = ok(&lg(rt, &["sandbox", "create", "--lifetime", "2s"]))
+        .trim()
+        .to_owned();
+    let (pid, cgroups) = record(rt, &id);
+    // A command still running when the lifetime ends is killed with the sandbox.
+    let start = Instant::now();
+    let out = lg(rt, &["sandbox", "exec", &id, "--", "sleep", "60"]);
+    assert!(!out.status.success());
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "the lifetime did not end the exec"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while entry(rt, &id).is_some_and(|e| e["state"] == "running") {
+        assert!(
+            Instant::now() < deadline,
+            "still running after its lifetime"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok(&lg(rt, &["gc"]));
+    gone(rt, &id, pid, &cgroups);
+}
+
+#[test]
+fn bad_ids_and_missing_sandboxes_get_clear_errors() {
+    let rt = tempfile::tempdir().unwrap();
+    let rt = rt.path();
+    for bad in ["../etc", "a/b", ".", "-x"] {
+        let out = lg(rt, &["sandbox", "exec", bad, "--", "true"]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out.stderr));
+    }
+    let out = lg(rt, &["sandbox", "rm", "nosuch"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("sandbox nosuch does not exist"));
+    assert!(listing(rt).is_empty());
+}

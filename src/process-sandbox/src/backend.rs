@@ -1,0 +1,192 @@
+//! The process sandbox as a [`Backend`]: a runtime directory and record, cgroup limits, the init
+//! launched into fresh namespaces, and the agent's handshake.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use luminaguard_backend::{
+    Backend, BackendError, CreateRequest, ProcessRef, Sandbox, SandboxMeta, create_sandbox_dir,
+};
+use luminaguard_cgroup::{Hierarchy, Limits};
+use luminaguard_core::ByteSize;
+use luminaguard_core::runtime::SandboxFile;
+use luminaguard_protocol::{Client, ClientError, ClientOptions};
+
+use crate::init::InitConfig;
+use crate::launch::{AgentChannel, launch};
+
+const NAME: &str = "process";
+/// How long the sandbox's agent may take to answer the handshake.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs sandboxes as processes in fresh namespaces. `agent` is a binary with the `sandbox-init`
+/// subcommand (the `luminaguard` binary itself, or `luminaguard-agent`).
+#[derive(Debug, Clone)]
+pub struct ProcessBackend {
+    agent: PathBuf,
+    client: ClientOptions,
+}
+
+impl ProcessBackend {
+    pub fn new(agent: PathBuf, client: ClientOptions) -> Self {
+        Self { agent, client }
+    }
+}
+
+fn setup(step: &'static str, reason: impl std::fmt::Display) -> BackendError {
+    BackendError::Setup {
+        backend: NAME,
+        step,
+        reason: reason.to_string(),
+    }
+}
+
+impl Backend for ProcessBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn create(&self, req: CreateRequest) -> Result<Sandbox, BackendError> {
+        let dir = create_sandbox_dir(&req.runtime, &req.id).await?;
+        let Some(mut meta) = SandboxMeta::new(req.id.as_str(), NAME, Some(req.spec.lifetime))
+        else {
+            let _ = tokio::fs::remove_dir(&dir).await;
+            return Err(setup(
+                "identify the creating process",
+                "cannot read /proc/self/stat",
+            ));
+        };
+        meta.persistent = req.persistent;
+        let started = match meta.save(&dir).await {
+            Ok(()) => self.start(&req, &dir, &mut meta).await,
+            Err(e) => Err(e.into()),
+        };
+        match started {
+            Ok(client) => Ok(Sandbox::new(req.id, dir, meta, client)),
+            Err(e) => {
+                let d = dir.clone();
+                let cleanup = tokio::task::spawn_blocking(move || {
+                    luminaguard_backend::gc::remove(&d, Some(&meta))
+                })
+                .await;
+                if let Ok(Err(c)) = cleanup {
+                    tracing::error!(dir = %dir.display(), error = %c, "cleanup after a failed create");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+impl ProcessBackend {
+    /// Everything after the record exists; on error the caller removes what the record names.
+    async fn start(
+        &self,
+        req: &CreateRequest,
+        dir: &Path,
+        meta: &mut SandboxMeta,
+    ) -> Result<Client, BackendError> {
+        let spec = &req.spec;
+        let staging = dir.join("root");
+        tokio::fs::create_dir(&staging)
+            .await
+            .map_err(|e| setup("create the staging root", e))?;
+
+        // Record the cgroup before it exists, so that gc can always find it.
+        let name = req.id.to_string();
+        let (hierarchy, planned) = tokio::task::spawn_blocking({
+            let name = name.clone();
+            move || Hierarchy::detect().and_then(|h| h.planned(&name).map(|p| (h, p)))
+        })
+        .await??;
+        meta.cgroup_version = Some(planned.version());
+        meta.cgroup_dirs = planned.dirs().to_vec();
+        meta.save(dir).await?;
+        let limits = Limits {
+            memory_bytes: spec.memory.bytes(),
+            pids: u64::from(spec.limits.pids),
+            cpus: Some(spec.vcpus),
+        };
+        let cgroup = tokio::task::spawn_blocking(move || hierarchy.create(&name, limits)).await??;
+
+        let init = InitConfig {
+            staging_root: staging,
+            workspace: req.workspace.clone(),
+            workspace_size: spec.scratch.bytes(),
+            tmp_size: (spec.scratch.bytes() / 4).max(ByteSize::MIB),
+            hostname: "luminaguard".into(),
+            open_files: spec.limits.open_files,
+            file_size: spec.limits.file_size.bytes(),
+            landlock_required: true,
+            seccomp_profile: "default".into(),
+            lifetime_ms: u64::try_from(spec.lifetime.as_millis()).ok(),
+        };
+        let sock = dir.join(SandboxFile::AgentSocket.file_name());
+        let channel = if req.persistent {
+            let listener = tokio::net::UnixListener::bind(&sock)
+                .and_then(|l| l.into_std())
+                .map_err(|e| setup("bind the agent socket", e))?;
+            let log = tokio::fs::File::create(dir.join(SandboxFile::ConsoleLog.file_name()))
+                .await
+                .map_err(|e| setup("create the sandbox log", e))?
+                .into_std()
+                .await;
+            AgentChannel::Detached {
+                listener: OwnedFd::from(listener),
+                log: OwnedFd::from(log),
+            }
+        } else {
+            AgentChannel::Pair
+        };
+        let agent = self.agent.clone();
+        let launched =
+            tokio::task::spawn_blocking(move || launch(&agent, &init, Some(&cgroup), channel))
+                .await?
+                .map_err(|e| setup("launch the sandbox init", e))?;
+        let pid = launched.pid;
+        // Reap the init whenever it ends, on a plain thread: a runtime's blocking pool would keep
+        // a short-lived caller (`sandbox create`) from exiting while the sandbox lives on.
+        std::thread::Builder::new()
+            .name(format!("lg-reap-{pid}"))
+            .spawn(move || nix::sys::wait::waitpid(pid, None))
+            .map_err(|e| setup("start the init's reaper thread", e))?;
+        meta.init = ProcessRef::of(pid.as_raw());
+        if meta.init.is_none() {
+            return Err(setup("start the sandbox init", "it exited at once"));
+        }
+        if req.persistent {
+            // From now on the sandbox lives as long as its init, not as long as its creator.
+            meta.owner = meta.init.unwrap_or(meta.owner);
+        }
+        meta.save(dir).await?;
+
+        let stream = match launched.socket {
+            Some(s) => s
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::UnixStream::from_std(s)),
+            None => tokio::net::UnixStream::connect(&sock).await,
+        }
+        .map_err(|e| setup("connect to the agent", e))?;
+        let ready =
+            tokio::time::timeout(READY_TIMEOUT, Client::connect(stream, self.client.clone()))
+                .await
+                .unwrap_or(Err(ClientError::Timeout {
+                    what: "handshake",
+                    after: READY_TIMEOUT,
+                }));
+        match ready {
+            Ok(client) => Ok(client),
+            Err(source) => Err(BackendError::Agent {
+                id: req.id.to_string(),
+                source,
+                // A detached init writes its errors to the log; an attached one to our stderr.
+                log: luminaguard_backend::log_tail(
+                    &dir.join(SandboxFile::ConsoleLog.file_name()),
+                    4096,
+                )
+                .await,
+            }),
+        }
+    }
+}
