@@ -4,6 +4,7 @@
 //! process sandbox's namespaces, or as an ordinary process — and serves the host protocol
 //! (`luminaguard-protocol`) on a Unix socket, an inherited descriptor or an AF_VSOCK port.
 
+pub mod audit;
 pub mod exec;
 pub mod files;
 pub mod info;
@@ -71,6 +72,11 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Runs the agent until a signal or the host stops it. Returns whether to power off.
 pub fn run(args: AgentArgs) -> Result<bool, AgentError> {
+    run_with(args, None)
+}
+
+/// [`run`], recording seccomp denials from `audit` (a process sandbox's listener).
+fn run_with(args: AgentArgs, audit: Option<audit::SharedLog>) -> Result<bool, AgentError> {
     let pid1 = std::process::id() == 1;
     if pid1 && !args.no_init_mounts {
         // A missing mount makes some commands fail, but the host can still be told about it;
@@ -90,6 +96,7 @@ pub fn run(args: AgentArgs) -> Result<bool, AgentError> {
         .map_err(AgentError::Runtime)?;
     let ctx = Arc::new(AgentContext {
         reaper,
+        audit,
         shutdown: CancellationToken::new(),
     });
     if let Some(lifetime) = args.lifetime {
@@ -173,17 +180,31 @@ pub fn sandbox_init_main(config_json: &str) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    if let Err(e) = luminaguard_process_sandbox::init::enter(&cfg) {
-        eprintln!("luminaguard-agent: {e}");
-        return std::process::ExitCode::from(3);
-    }
-    main_with(AgentArgs {
-        listen: vec![ListenAddr::Fd(3)],
-        on_exit: OnExit::Exit,
-        threads: 2,
-        no_init_mounts: true,
-        lifetime: cfg.lifetime_ms.map(Duration::from_millis),
-    })
+    let listener = match luminaguard_process_sandbox::init::enter(&cfg) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("luminaguard-agent: {e}");
+            return std::process::ExitCode::from(3);
+        }
+    };
+    let audit = match listener.map(audit::start).transpose() {
+        Ok(a) => a,
+        Err(e) => {
+            // Without its supervisor every denied call would block: refuse to serve.
+            eprintln!("luminaguard-agent: cannot start the seccomp supervisor: {e}");
+            return std::process::ExitCode::from(3);
+        }
+    };
+    main_inner(
+        AgentArgs {
+            listen: vec![ListenAddr::Fd(3)],
+            on_exit: OnExit::Exit,
+            threads: 2,
+            no_init_mounts: true,
+            lifetime: cfg.lifetime_ms.map(Duration::from_millis),
+        },
+        audit,
+    )
 }
 
 /// Sends `tracing` output to stderr, filtered by `RUST_LOG` or `default`.
@@ -200,8 +221,12 @@ pub fn init_tracing(default: &str) {
 /// Entry point shared by `luminaguard-agent` and `luminaguard agent`: runs, then exits or powers
 /// off. Never returns as PID 1 (PID 1 returning would panic the kernel).
 pub fn main_with(args: AgentArgs) -> std::process::ExitCode {
+    main_inner(args, None)
+}
+
+fn main_inner(args: AgentArgs, audit: Option<audit::SharedLog>) -> std::process::ExitCode {
     let on_exit = args.on_exit;
-    let result = run(args);
+    let result = run_with(args, audit);
     let (code, poweroff) = match result {
         Ok(poweroff) => (0, poweroff),
         Err(e) => {

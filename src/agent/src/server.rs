@@ -59,6 +59,8 @@ struct OpenStream {
 #[derive(Debug)]
 pub struct AgentContext {
     pub reaper: Arc<Reaper>,
+    /// Denied system calls, when a seccomp supervisor records them (process sandbox).
+    pub audit: Option<Arc<std::sync::Mutex<luminaguard_seccomp::audit::AuditLog>>>,
     /// Fired to stop the agent (SIGTERM, `Shutdown`).
     pub shutdown: CancellationToken,
 }
@@ -76,6 +78,7 @@ fn capabilities() -> Vec<String> {
         capability::FILES,
         capability::INFO,
         capability::SHUTDOWN,
+        capability::SECCOMP_AUDIT,
     ]
     .map(String::from)
     .to_vec()
@@ -290,6 +293,7 @@ async fn dispatch(
         Request::Remove { path, recursive } => crate::files::remove(path, recursive).await,
         Request::Info => crate::info::info().await,
         Request::Shutdown => Ok(Reply::Done),
+        Request::SeccompAudit => Ok(Reply::SeccompAudit(crate::audit::report(ctx))),
         Request::Hello(_) | Request::Input(_) | Request::InputEnd | Request::Cancel => {
             Err(ErrorReply::new(
                 ErrorCode::InvalidRequest,

@@ -152,5 +152,6 @@ async fn run_in(sandbox: &Sandbox, spec: &SandboxSpec, args: &RunArgs) -> anyhow
     };
     let status = crate::stream::exec_streamed(sandbox.client(), req, args.json).await?;
     crate::stream::report_oom(sandbox, &status, spec.memory).await;
+    crate::stream::report_denials(sandbox).await;
     Ok(crate::stream::exit_code(&status))
 }

@@ -21,6 +21,12 @@ pub enum SandboxCommand {
     Exec(ExecArgs),
     /// Copy a file in or out: `cp FILE ID:/path` or `cp ID:/path FILE`.
     Cp(CpArgs),
+    /// Show the system calls the sandbox's seccomp policy denied (bounded record).
+    Audit {
+        id: SandboxId,
+        #[arg(long)]
+        json: bool,
+    },
     /// List sandboxes: id, backend, age, state.
     Ls {
         #[arg(long)]
@@ -101,6 +107,27 @@ pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCod
         SandboxCommand::Create(args) => create(args, config).await,
         SandboxCommand::Exec(args) => exec(args, config).await,
         SandboxCommand::Cp(args) => copy(args, config).await,
+        SandboxCommand::Audit { id, json } => {
+            let sandbox = attach(config, &id, None).await?;
+            let audit = sandbox.client().seccomp_audit().await?;
+            if json {
+                println!("{}", serde_json::to_string(&audit)?);
+            } else {
+                if !audit.enabled {
+                    println!("no seccomp audit in this sandbox");
+                }
+                for d in &audit.recent {
+                    println!(
+                        "{} pid {} ({}) {} arg0={:#x}",
+                        d.unix_ms, d.pid, d.comm, d.syscall, d.arg0
+                    );
+                }
+                if audit.dropped > 0 {
+                    println!("({} older denials not kept in detail)", audit.dropped);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         SandboxCommand::Ls { json } => {
             let runtime = config.runtime()?;
             let list =

@@ -58,6 +58,22 @@ pub fn exit_code(status: &ExitStatus) -> ExitCode {
     ExitCode::from(u8::try_from(status.shell_code()).unwrap_or(255))
 }
 
+/// One line on stderr when the sandbox's seccomp policy denied anything: a denied call is the
+/// likeliest reason a command failed with EPERM, and otherwise invisible.
+pub async fn report_denials(sandbox: &luminaguard_backend::Sandbox) {
+    match sandbox.client().seccomp_audit().await {
+        Ok(a) if !a.counts.is_empty() => {
+            let list: Vec<String> = a.counts.iter().map(|(s, n)| format!("{s} x{n}")).collect();
+            eprintln!(
+                "luminaguard: the sandbox's seccomp policy denied: {}",
+                list.join(", ")
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the sandbox's seccomp audit: {e}"),
+    }
+}
+
 /// Says so on stderr when a SIGKILL came from the kernel's OOM killer rather than a timeout or a
 /// cancel.
 pub async fn report_oom(

@@ -28,9 +28,20 @@ fn run(rt: &Path, flags: &[&str], script: &str) -> Output {
 
 /// Runs a Perl probe in a sandbox; it prints `ok` if the operation succeeded, else the errno name.
 fn probe(rt: &Path, perl: &str) -> String {
+    probe_audited(rt, perl).0
+}
+
+const AUDIT_LINE: &str = "luminaguard: the sandbox's seccomp policy denied: ";
+
+/// The probe's stdout and unexpected stderr, and the seccomp audit line `run` printed, if any.
+fn probe_audited(rt: &Path, perl: &str) -> (String, Option<String>) {
     let script = format!("exec perl -e 'use POSIX; use Errno; {perl}'");
     let out = run(rt, &[], &script);
-    String::from_utf8_lossy(&out.stdout).trim().to_owned() + &String::from_utf8_lossy(&out.stderr)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (audit, rest): (Vec<&str>, Vec<&str>) =
+        stderr.lines().partition(|l| l.starts_with(AUDIT_LINE));
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned() + &rest.join("\n");
+    (text, audit.first().map(|l| l[AUDIT_LINE.len()..].to_owned()))
 }
 
 /// After an attempt: the host is as it was and a fresh sandbox works.
@@ -136,13 +147,19 @@ fn every_escape_attempt_is_blocked() {
         ("perf_event_open", "298, 0, 0, -1, -1, 0".to_owned()),
     ];
     for (name, args) in &syscalls {
-        let got = probe(
+        let (got, audit) = probe_audited(
             rt,
             &format!(
                 "my $r = syscall({args}); print $r == -1 ? ($!{{EPERM}} ? qq(EPERM\\n) : qq(errno $!\\n)) : qq(ok\\n);"
             ),
         );
         assert_eq!(got, "EPERM", "{name}: expected EPERM, got {got:?}");
+        // The denial is on record, under its name.
+        let syscall = match *name {
+            "ptrace attach to a host process" => "ptrace",
+            other => other.split('(').next().unwrap(),
+        };
+        assert_eq!(audit.as_deref(), Some(&*format!("{syscall} x1")), "{name}");
         still_fine(rt);
     }
     let out = run(

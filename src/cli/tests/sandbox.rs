@@ -167,6 +167,28 @@ fn long_lived_sandbox_across_commands() {
     );
     assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
 
+    // Denied system calls are refused with EPERM and recorded: which process tried which call.
+    let out = lg(
+        rt,
+        &[
+            "sandbox", "exec", &id, "--", "mount", "-t", "tmpfs", "none", "/mnt",
+        ],
+    );
+    assert!(!out.status.success());
+    let audit: Value =
+        serde_json::from_str(&ok(&lg(rt, &["sandbox", "audit", &id, "--json"]))).unwrap();
+    assert_eq!(audit["enabled"], true);
+    let mounts: Vec<&Value> = audit["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["syscall"] == "mount")
+        .collect();
+    assert!(
+        !mounts.is_empty() && mounts.iter().all(|d| d["comm"] == "mount"),
+        "{audit}"
+    );
+
     // Files in and out.
     let host = tempfile::tempdir().unwrap();
     let src = host.path().join("in.bin");

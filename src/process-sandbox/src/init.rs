@@ -309,7 +309,7 @@ fn switch_root(root: &Path) -> Result<(), InitError> {
 ///
 /// Refuses to run unless it is PID 1 (of the fresh namespaces `launch` creates): run by hand in the
 /// host's namespaces, its first step would change the host's mount propagation.
-pub fn enter(cfg: &InitConfig) -> Result<(), InitError> {
+pub fn enter(cfg: &InitConfig) -> Result<Option<std::os::fd::OwnedFd>, InitError> {
     if std::process::id() != 1 {
         return Err(InitError::Step {
             step: "check the process is a sandbox's first process".into(),
@@ -339,8 +339,8 @@ pub fn enter(cfg: &InitConfig) -> Result<(), InitError> {
         open_files: cfg.open_files,
         file_size: cfg.file_size,
     })?;
-    seccomp.apply()?;
-    Ok(())
+    // Denials are reported to a listener the caller must serve (see luminaguard_seccomp::audit).
+    Ok(seccomp.apply_audited()?)
 }
 
 /// `argv` for the init: the agent binary, its `sandbox-init` subcommand and the config as JSON.

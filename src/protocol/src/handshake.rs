@@ -21,6 +21,7 @@ pub mod capability {
     pub const FILES: &str = "files";
     pub const INFO: &str = "info";
     pub const SHUTDOWN: &str = "shutdown";
+    pub const SECCOMP_AUDIT: &str = "seccomp-audit";
 }
 
 /// Host → guest, first frame.

@@ -50,6 +50,9 @@ pub enum Request {
     Info,
     /// Stop the agent; as PID 1 of a VM, power the VM off.
     Shutdown,
+    /// The system calls the sandbox's seccomp policy denied; answered with
+    /// [`Reply::SeccompAudit`].
+    SeccompAudit,
 }
 
 impl Request {
@@ -70,6 +73,7 @@ impl Request {
             Self::Remove { .. } => "remove",
             Self::Info => "info",
             Self::Shutdown => "shutdown",
+            Self::SeccompAudit => "seccomp-audit",
         }
     }
 
@@ -175,6 +179,7 @@ pub enum Reply {
     Done,
     /// The request failed (terminal), or — on id 0 — the connection has a problem.
     Error(ErrorReply),
+    SeccompAudit(SeccompAudit),
 }
 
 impl Reply {
@@ -202,6 +207,7 @@ impl Reply {
             Self::Info(_) => "info",
             Self::Done => "done",
             Self::Error(_) => "error",
+            Self::SeccompAudit(_) => "seccomp-audit",
         }
     }
 }
@@ -232,6 +238,31 @@ pub struct FileStat {
     pub gid: u32,
     pub mtime_unix_ms: i64,
     pub symlink_target: Option<String>,
+}
+
+/// A bounded record of the system calls a sandbox's seccomp policy denied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompAudit {
+    /// Whether denials are recorded at all (no supervisor runs where no policy is installed,
+    /// e.g. inside a microVM guest, whose boundary is the VM).
+    pub enabled: bool,
+    /// The most recent denials, oldest first.
+    pub recent: Vec<SeccompDenial>,
+    /// Every denial since the sandbox started, by system call name.
+    pub counts: Vec<(String, u64)>,
+    /// Denials older than those in `recent`, no longer kept in detail.
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompDenial {
+    pub unix_ms: u64,
+    /// Pid inside the sandbox.
+    pub pid: u32,
+    pub comm: String,
+    pub syscall: String,
+    /// First argument (e.g. the address family of a denied `socket`).
+    pub arg0: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use crate::client::{Client, ClientError, ReplyStream};
 use crate::frame::MAX_CHUNK;
 use crate::message::{
     DirEntry, ExecRequest, ExitStatus, FileStat, GuestInfo, ReadFileRequest, Reply, Request,
-    WriteFileRequest,
+    SeccompAudit, WriteFileRequest,
 };
 
 /// Extra time the host waits beyond an exec's own timeout for the agent to report the kill.
@@ -293,6 +293,18 @@ impl Client {
             Reply::Info(i) => Some(i),
             _ => None,
         })
+    }
+
+    /// The denials the sandbox's seccomp policy recorded.
+    pub async fn seccomp_audit(&self) -> Result<SeccompAudit, ClientError> {
+        expect(
+            self.call(Request::SeccompAudit).await?,
+            "seccomp audit",
+            |r| match r {
+                Reply::SeccompAudit(a) => Some(a),
+                _ => None,
+            },
+        )
     }
 
     /// Asks the agent to stop (a VM powers off). Returns once the agent has acknowledged.

@@ -10,7 +10,11 @@
 //! makes the `prctl`/`seccomp` system calls, so it is safe to call in a forked child before
 //! `exec` (e.g. from `CommandExt::pre_exec`).
 
+pub mod audit;
+mod names;
+
 use std::collections::BTreeMap;
+use std::os::fd::{FromRawFd, OwnedFd};
 
 use seccompiler::{BpfProgram, TargetArch};
 
@@ -43,6 +47,32 @@ pub struct Profile {
     name: String,
     /// Filter name → BPF, installed in this (name) order.
     filters: BTreeMap<String, BpfProgram>,
+    /// The first filter that answers EPERM, rewritten to notify a supervisor instead (see
+    /// [`audit`]); installed in place of the original by [`Profile::apply_audited`].
+    audited: Option<(String, Vec<libc::sock_filter>)>,
+}
+
+/// `BPF_RET | BPF_K`: return the constant `k`.
+const BPF_RET_K: u16 = 0x06;
+const RET_EPERM: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+
+/// `bpf` with every "return EPERM" turned into "notify the listener", if it has any.
+fn notifying(bpf: &BpfProgram) -> Option<Vec<libc::sock_filter>> {
+    let is_eperm = |i: &seccompiler::sock_filter| i.code == BPF_RET_K && i.k == RET_EPERM;
+    bpf.iter().any(is_eperm).then(|| {
+        bpf.iter()
+            .map(|i| libc::sock_filter {
+                code: i.code,
+                jt: i.jt,
+                jf: i.jf,
+                k: if is_eperm(i) {
+                    libc::SECCOMP_RET_USER_NOTIF
+                } else {
+                    i.k
+                },
+            })
+            .collect()
+    })
 }
 
 impl Profile {
@@ -67,9 +97,14 @@ impl Profile {
         if map.is_empty() || map.values().any(Vec::is_empty) {
             return Err(SeccompError::Empty(name.to_owned()));
         }
+        let filters: BTreeMap<String, BpfProgram> = map.into_iter().collect();
+        let audited = filters
+            .iter()
+            .find_map(|(f, bpf)| notifying(bpf).map(|n| (f.clone(), n)));
         Ok(Self {
             name: name.to_owned(),
-            filters: map.into_iter().collect(),
+            filters,
+            audited,
         })
     }
 
@@ -93,6 +128,56 @@ impl Profile {
         }
         Ok(())
     }
+}
+
+impl Profile {
+    /// Like [`Profile::apply`], but the calls the profile denies with EPERM are reported to the
+    /// returned listener, which a supervisor must serve ([`audit::supervise`]) — until it does,
+    /// a denied call blocks. `None` when the profile denies nothing with EPERM.
+    pub fn apply_audited(&self) -> Result<Option<OwnedFd>, SeccompError> {
+        let mut listener = None;
+        for (filter, bpf) in &self.filters {
+            let apply_err = |reason: String| SeccompError::Apply {
+                filter: filter.clone(),
+                reason,
+            };
+            match &self.audited {
+                Some((name, notify)) if name == filter => {
+                    listener =
+                        Some(install_with_listener(notify).map_err(|e| apply_err(e.to_string()))?);
+                }
+                _ => seccompiler::apply_filter(bpf).map_err(|e| apply_err(e.to_string()))?,
+            }
+        }
+        Ok(listener)
+    }
+}
+
+fn install_with_listener(bpf: &[libc::sock_filter]) -> std::io::Result<OwnedFd> {
+    let len = u16::try_from(bpf.len()).map_err(|_| std::io::Error::other("filter too long"))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: bpf.as_ptr().cast_mut(),
+    };
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `prog` points at `bpf`, valid for the call; the kernel copies the program.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &raw const prog,
+        )
+    };
+    let fd = i32::try_from(fd).unwrap_or(-1);
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

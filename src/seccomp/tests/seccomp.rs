@@ -124,16 +124,24 @@ unsafe fn run_probes() -> Vec<i32> {
     }
 }
 
-/// Forks, installs `profile` in the child, runs the probes there, and returns their results.
-fn probe_under(profile: &Profile) -> Vec<i32> {
+/// A pipe as (read, write) ends.
+fn pipe() -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: the child only makes raw system calls (no allocation after install beyond the
-    // result vector, which is preallocated by run_probes' vec! before any probe can matter) and
-    // leaves with _exit.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// Forks, installs `profile` in the child, runs the probes there, and returns their results.
+/// With `audited`, the profile's denials go to a supervisor process (forked by the child after
+/// installing), which writes the name of each denied call to a pipe: those names come back too.
+fn probe_under(profile: &Profile, audited: bool) -> (Vec<i32>, Vec<String>) {
+    let (r, w) = pipe();
+    let (audit_r, audit_w) = pipe();
+    // SAFETY: the child makes raw system calls and leaves with _exit; glibc keeps malloc usable
+    // after fork, which the result vectors rely on.
     match unsafe { libc::fork() } {
         0 => unsafe {
+            drop(audit_r);
             // If the filter let something through, it must not touch the host: probe from
             // private mount and network namespaces (entered before the filter forbids it).
             let private = libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWNET) == 0
@@ -147,17 +155,36 @@ fn probe_under(profile: &Profile) -> Vec<i32> {
             if !private {
                 libc::_exit(98);
             }
-            if profile.apply().is_err() {
+            let mut supervisor = 0;
+            if audited {
+                let Ok(Some(listener)) = profile.apply_audited() else {
+                    libc::_exit(97);
+                };
+                supervisor = libc::fork();
+                if supervisor == 0 {
+                    let _ = luminaguard_seccomp::audit::supervise(&listener, |d| {
+                        let line = format!("{}\n", d.syscall);
+                        libc::write(audit_w.as_raw_fd(), line.as_ptr().cast(), line.len());
+                    });
+                    libc::_exit(0);
+                }
+            } else if profile.apply().is_err() {
                 libc::_exit(99);
             }
+            drop(audit_w);
             let results = run_probes();
             let bytes: Vec<u8> = results.iter().flat_map(|v| v.to_le_bytes()).collect();
             libc::write(w.as_raw_fd(), bytes.as_ptr().cast(), bytes.len());
+            if supervisor > 0 {
+                libc::kill(supervisor, libc::SIGKILL);
+                libc::waitpid(supervisor, std::ptr::null_mut(), 0);
+            }
             libc::_exit(0);
         },
         pid if pid > 0 => {
             // (98: needs root for private namespaces; CI runs as root.)
             drop(w);
+            drop(audit_w);
             let mut buf = Vec::new();
             std::fs::File::from(r).read_to_end(&mut buf).unwrap();
             let mut status = 0;
@@ -166,11 +193,26 @@ fn probe_under(profile: &Profile) -> Vec<i32> {
                 libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
                 "probe child failed: status {status:#x}"
             );
-            buf.chunks(4)
+            let mut denied = String::new();
+            std::fs::File::from(audit_r)
+                .read_to_string(&mut denied)
+                .unwrap();
+            let results = buf
+                .chunks(4)
                 .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
-                .collect()
+                .collect();
+            (results, denied.lines().map(str::to_owned).collect())
         }
         _ => panic!("fork failed"),
+    }
+}
+
+fn expected_errno(probe: &str) -> i32 {
+    match probe {
+        "clone3" => libc::ENOSYS,
+        "socket(AF_UNIX)" | "getpid" | "fork" => 0,
+        "no_new_privs" => 1,
+        _ => libc::EPERM,
     }
 }
 
@@ -180,21 +222,37 @@ fn default_profile_denies_what_it_must_and_allows_the_rest() {
         return;
     }
     let profile = Profile::load("default").unwrap();
-    let got = probe_under(&profile);
+    let (got, denied) = probe_under(&profile, false);
     assert_eq!(got.len(), PROBES.len());
+    assert!(denied.is_empty());
     let result: std::collections::BTreeMap<&str, i32> = PROBES.iter().copied().zip(got).collect();
     for (probe, errno) in &result {
-        let expected = match *probe {
-            "clone3" => libc::ENOSYS,
-            "socket(AF_UNIX)" | "getpid" | "fork" => 0,
-            "no_new_privs" => 1,
-            _ => libc::EPERM,
-        };
+        let expected = expected_errno(probe);
         assert_eq!(
             *errno, expected,
             "{probe}: got {errno}, expected {expected} (all: {result:?})"
         );
     }
+}
+
+#[test]
+fn audited_profile_denies_the_same_and_records_every_denial() {
+    if !luminaguard_testkit::privileged("probing seccomp in private namespaces") {
+        return;
+    }
+    let profile = Profile::load("default").unwrap();
+    let (got, denied) = probe_under(&profile, true);
+    let result: Vec<(&str, i32)> = PROBES.iter().copied().zip(got).collect();
+    for (probe, errno) in &result {
+        assert_eq!(*errno, expected_errno(probe), "{probe} (all: {result:?})");
+    }
+    // One record per EPERM probe, named by its system call, in order.
+    let expected: Vec<&str> = PROBES
+        .iter()
+        .filter(|p| **p != "no_new_privs" && expected_errno(p) == libc::EPERM)
+        .map(|p| p.split('(').next().unwrap())
+        .collect();
+    assert_eq!(denied, expected);
 }
 
 #[test]
