@@ -41,7 +41,10 @@ fn probe_audited(rt: &Path, perl: &str) -> (String, Option<String>) {
     let (audit, rest): (Vec<&str>, Vec<&str>) =
         stderr.lines().partition(|l| l.starts_with(AUDIT_LINE));
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned() + &rest.join("\n");
-    (text, audit.first().map(|l| l[AUDIT_LINE.len()..].to_owned()))
+    (
+        text,
+        audit.first().map(|l| l[AUDIT_LINE.len()..].to_owned()),
+    )
 }
 
 /// After an attempt: the host is as it was and a fresh sandbox works.

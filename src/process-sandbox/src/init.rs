@@ -340,7 +340,32 @@ pub fn enter(cfg: &InitConfig) -> Result<Option<std::os::fd::OwnedFd>, InitError
         file_size: cfg.file_size,
     })?;
     // Denials are reported to a listener the caller must serve (see luminaguard_seccomp::audit).
-    Ok(seccomp.apply_audited()?)
+    let listener = seccomp.apply_audited()?;
+    pass_start_gate()?;
+    Ok(listener)
+}
+
+/// Waits until the launcher has put this process into its cgroup (it writes one byte on
+/// [`crate::launch::START_GATE_FD`]); nothing is served or run before. EOF means the launcher
+/// gave up: the sandbox must not start.
+pub fn pass_start_gate() -> Result<(), InitError> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the launcher placed the gate's read end at this fd for us alone; we take it over.
+    let gate = unsafe { std::os::fd::OwnedFd::from_raw_fd(crate::launch::START_GATE_FD) };
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(&gate, &mut byte) {
+            Ok(1) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {
+                return Err(InitError::Step {
+                    step: "wait for the cgroup".into(),
+                    reason: "the launcher closed the start gate".into(),
+                });
+            }
+            Err(e) => return step("wait for the cgroup", Err(e)),
+        }
+    }
 }
 
 /// `argv` for the init: the agent binary, its `sandbox-init` subcommand and the config as JSON.

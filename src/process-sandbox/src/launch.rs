@@ -2,7 +2,7 @@
 //! handing it one end of a socket pair as fd 3.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -60,9 +60,18 @@ pub const NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
 
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The init finds the start gate here: a pipe on which the launcher writes one byte once the init
+/// is in its cgroup (see [`crate::init::pass_start_gate`]).
+pub const START_GATE_FD: i32 = 4;
+
 /// Starts the sandbox described by `cfg`, running `agent` (a binary with the `sandbox-init`
-/// subcommand) as its init. With a `cgroup`, the init is in it before it runs a single instruction
-/// of its own: the cloned child waits on a pipe until the parent has moved it.
+/// subcommand) as its init.
+///
+/// With a `cgroup`, the init runs its set-up (building its root, locking itself down) *while* the
+/// parent moves it into the group — on cgroup v1 an attach costs an RCU grace period, often
+/// longer than the whole set-up — and waits at the start gate until the move is done, before it
+/// runs a single command or serves a request. Only the init's own set-up allocations can land
+/// outside the group's accounting; if the move fails, the init is killed without ever serving.
 pub fn launch(
     agent: &Path,
     cfg: &InitConfig,
@@ -95,31 +104,25 @@ pub fn launch(
         CString::new(PATH_ENV).map_err(|e| LaunchError::Socket(std::io::Error::other(e)))?,
         c"RUST_LOG=warn".to_owned(),
     ];
-    let guest_fd = guest.as_raw_fd();
     let (go_r, go_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(LaunchError::Pipe)?;
-    let go_fd = go_r.as_raw_fd();
+    // Above every fd the child places (0-4), so that no dup2 below can clobber another source.
+    let high = |fd: &OwnedFd| {
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(START_GATE_FD + 1))
+            .map_err(LaunchError::Pipe)
+    };
+    let guest_fd = high(&guest)?;
+    let go_fd = high(&go_r)?;
     let mut stack = vec![0u8; 256 << 10];
     let child = Box::new(|| -> isize {
-        // SAFETY: read, dup2 and execve are async-signal-safe; argv/envp were built before the clone.
+        // SAFETY: dup2 and execve are async-signal-safe; argv/envp were built before the clone.
         unsafe {
-            let mut go = 0u8;
-            if libc::read(go_fd, (&raw mut go).cast(), 1) != 1 {
-                return 125; // the parent gave up before releasing us
-            }
-            // Standard fds first: their targets (0-2) cannot clobber the fds still to be placed.
             if let Some((null, log)) = stdio_fds {
                 if libc::dup2(null, 0) < 0 || libc::dup2(log, 1) < 0 || libc::dup2(log, 2) < 0 {
                     return 124;
                 }
             }
-            // dup2 onto itself is a no-op that would keep O_CLOEXEC: clear the flag instead.
-            let placed = if guest_fd == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(guest_fd, 3)
-            };
-            if placed < 0 {
+            if libc::dup2(guest_fd, 3) < 0 || libc::dup2(go_fd, START_GATE_FD) < 0 {
                 return 126;
             }
             let _ = nix::unistd::execve(&argv[0], &argv, &envp);
@@ -127,19 +130,29 @@ pub fn launch(
         127
     });
     // SAFETY: the child runs only the closure above (dup2 + execve) on its own stack.
-    let pid = unsafe { nix::sched::clone(child, &mut stack, NAMESPACES, Some(libc::SIGCHLD)) }
-        .map_err(LaunchError::Clone)?;
+    let cloned = unsafe { nix::sched::clone(child, &mut stack, NAMESPACES, Some(libc::SIGCHLD)) };
+    // SAFETY: both were returned by fcntl above and are owned by nobody else; the child has its
+    // own copies.
+    unsafe {
+        drop(OwnedFd::from_raw_fd(guest_fd));
+        drop(OwnedFd::from_raw_fd(go_fd));
+    }
+    let pid = cloned.map_err(LaunchError::Clone)?;
     drop(guest);
     drop(stdio);
     drop(go_r);
     if let Some(cg) = cgroup {
         if let Err(e) = cg.add(pid.as_raw()) {
-            // Closing the pipe unblocks the child, which exits without running anything.
-            drop(go_w);
+            // Never opened, the gate keeps the init from serving; kill it and reap it.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(pid, None);
             return Err(e.into());
         }
     }
-    nix::unistd::write(&go_w, b"1").map_err(LaunchError::Pipe)?;
+    if let Err(e) = nix::unistd::write(&go_w, b"1") {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+        return Err(LaunchError::Pipe(e));
+    }
     Ok(Launched { pid, socket: host })
 }
