@@ -97,6 +97,9 @@ pub struct CreateRequest {
     pub workspace: Option<PathBuf>,
     /// Outlives the calling process (`sandbox create`), reachable again through [`attach`].
     pub persistent: bool,
+    /// Run without cgroup limits (memory, PIDs, CPU). A weaker mode, only ever on explicit
+    /// request — e.g. rootless on a host that delegates no cgroup to the user.
+    pub without_cgroup: bool,
     pub runtime: RuntimeDir,
 }
 

@@ -33,6 +33,9 @@ pub struct SandboxArgs {
     /// The sandbox is destroyed this long after it starts, whatever it is doing.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub lifetime: Option<Duration>,
+    /// Run WITHOUT memory, PID and CPU limits (e.g. rootless where no cgroup is delegated).
+    #[arg(long)]
+    pub no_cgroup: bool,
 }
 
 impl SandboxArgs {
@@ -80,11 +83,17 @@ impl SandboxArgs {
         for e in &report.errors {
             tracing::warn!("gc: {e}");
         }
+        if self.no_cgroup {
+            eprintln!(
+                "luminaguard: WARNING: --no-cgroup: this sandbox has no memory, PID or CPU limits"
+            );
+        }
         Ok(CreateRequest {
             id,
             spec,
             workspace,
             persistent,
+            without_cgroup: self.no_cgroup,
             runtime,
         })
     }

@@ -80,20 +80,15 @@ impl Backend for ProcessBackend {
 }
 
 impl ProcessBackend {
-    /// Everything after the record exists; on error the caller removes what the record names.
-    async fn start(
+    /// Records the sandbox's cgroup (before it exists, so that gc can always find it), then
+    /// creates it with the spec's limits.
+    async fn create_cgroup(
         &self,
         req: &CreateRequest,
         dir: &Path,
         meta: &mut SandboxMeta,
-    ) -> Result<Client, BackendError> {
+    ) -> Result<luminaguard_cgroup::Cgroup, BackendError> {
         let spec = &req.spec;
-        let staging = dir.join("root");
-        tokio::fs::create_dir(&staging)
-            .await
-            .map_err(|e| setup("create the staging root", e))?;
-
-        // Record the cgroup before it exists, so that gc can always find it.
         let name = req.id.to_string();
         let (hierarchy, planned) = tokio::task::spawn_blocking({
             let name = name.clone();
@@ -108,8 +103,38 @@ impl ProcessBackend {
             pids: u64::from(spec.limits.pids),
             cpus: Some(spec.vcpus),
         };
-        let cgroup = tokio::task::spawn_blocking(move || hierarchy.create(&name, limits)).await??;
+        match tokio::task::spawn_blocking(move || hierarchy.create(&name, limits)).await? {
+            Ok(cg) => Ok(cg),
+            Err(e) if !nix::unistd::geteuid().is_root() => Err(setup(
+                "create the cgroup",
+                format!(
+                    "{e} — a rootless sandbox needs a cgroup v2 subtree delegated to this user; \
+                     without one, --no-cgroup runs it with no memory, PID or CPU limits"
+                ),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
 
+    /// Everything after the record exists; on error the caller removes what the record names.
+    async fn start(
+        &self,
+        req: &CreateRequest,
+        dir: &Path,
+        meta: &mut SandboxMeta,
+    ) -> Result<Client, BackendError> {
+        let spec = &req.spec;
+        let staging = dir.join("root");
+        tokio::fs::create_dir(&staging)
+            .await
+            .map_err(|e| setup("create the staging root", e))?;
+
+        let cgroup = if req.without_cgroup {
+            tracing::warn!(id = %req.id, "no cgroup limits: memory, PIDs and CPU are not capped");
+            None
+        } else {
+            Some(self.create_cgroup(req, dir, meta).await?)
+        };
         let init = InitConfig {
             staging_root: staging,
             workspace: req.workspace.clone(),
@@ -141,7 +166,7 @@ impl ProcessBackend {
         };
         let agent = self.agent.clone();
         let launched =
-            tokio::task::spawn_blocking(move || launch(&agent, &init, Some(&cgroup), channel))
+            tokio::task::spawn_blocking(move || launch(&agent, &init, cgroup.as_ref(), channel))
                 .await?
                 .map_err(|e| setup("launch the sandbox init", e))?;
         let pid = launched.pid;

@@ -16,9 +16,14 @@ use luminaguard_cgroup::{Cgroup, CgroupError};
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     #[error(
-        "the process sandbox needs root for now (rootless user namespaces are not implemented yet)"
+        "cannot create a user namespace for a rootless sandbox ({0}): this host does not allow \
+         unprivileged user namespaces (see sysctls user.max_user_namespaces, \
+         kernel.unprivileged_userns_clone, kernel.apparmor_restrict_unprivileged_userns) — run \
+         as root or allow them"
     )]
-    NotRoot,
+    NoUserNamespace(nix::Error),
+    #[error("cannot map the caller's uid/gid into the sandbox's user namespace: {0}")]
+    IdMap(std::io::Error),
     #[error("cannot create the agent socket pair: {0}")]
     Socket(std::io::Error),
     #[error(transparent)]
@@ -78,9 +83,7 @@ pub fn launch(
     cgroup: Option<&Cgroup>,
     channel: AgentChannel,
 ) -> Result<Launched, LaunchError> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(LaunchError::NotRoot);
-    }
+    let rootless = !nix::unistd::geteuid().is_root();
     let (host, guest, stdio) = match channel {
         AgentChannel::Pair => {
             let (host, guest) = UnixStream::pair().map_err(LaunchError::Socket)?;
@@ -113,10 +116,20 @@ pub fn launch(
     };
     let guest_fd = high(&guest)?;
     let go_fd = high(&go_r)?;
+    // Rootless: the child must be uid 0 of its user namespace when it execs, or exec drops the
+    // capabilities it needs to build its root; it waits here until the parent wrote its id maps.
+    let (maps_r, maps_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(LaunchError::Pipe)?;
+    let maps_fd = maps_r.as_raw_fd();
     let mut stack = vec![0u8; 256 << 10];
     let child = Box::new(|| -> isize {
-        // SAFETY: dup2 and execve are async-signal-safe; argv/envp were built before the clone.
+        // SAFETY: read, dup2 and execve are async-signal-safe; argv/envp were built before the
+        // clone.
         unsafe {
+            let mut ready = 0u8;
+            if rootless && libc::read(maps_fd, (&raw mut ready).cast(), 1) != 1 {
+                return 123; // the parent could not map our ids
+            }
             if let Some((null, log)) = stdio_fds {
                 if libc::dup2(null, 0) < 0 || libc::dup2(log, 1) < 0 || libc::dup2(log, 2) < 0 {
                     return 124;
@@ -130,29 +143,67 @@ pub fn launch(
         127
     });
     // SAFETY: the child runs only the closure above (dup2 + execve) on its own stack.
-    let cloned = unsafe { nix::sched::clone(child, &mut stack, NAMESPACES, Some(libc::SIGCHLD)) };
+    let flags = if rootless {
+        NAMESPACES | CloneFlags::CLONE_NEWUSER
+    } else {
+        NAMESPACES
+    };
+    let cloned = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) };
     // SAFETY: both were returned by fcntl above and are owned by nobody else; the child has its
     // own copies.
     unsafe {
         drop(OwnedFd::from_raw_fd(guest_fd));
         drop(OwnedFd::from_raw_fd(go_fd));
     }
-    let pid = cloned.map_err(LaunchError::Clone)?;
+    let pid = cloned.map_err(|e| match e {
+        nix::Error::EPERM | nix::Error::ENOSPC | nix::Error::EINVAL if rootless => {
+            LaunchError::NoUserNamespace(e)
+        }
+        e => LaunchError::Clone(e),
+    })?;
     drop(guest);
     drop(stdio);
     drop(go_r);
+    drop(maps_r);
+    let kill = |pid| {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+    };
+    if rootless {
+        let mapped = write_id_maps(pid).and_then(|()| {
+            nix::unistd::write(&maps_w, b"1")
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+        if let Err(e) = mapped {
+            kill(pid);
+            return Err(LaunchError::IdMap(e));
+        }
+    }
     if let Some(cg) = cgroup {
         if let Err(e) = cg.add(pid.as_raw()) {
             // Never opened, the gate keeps the init from serving; kill it and reap it.
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(pid, None);
+            kill(pid);
             return Err(e.into());
         }
     }
     if let Err(e) = nix::unistd::write(&go_w, b"1") {
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(pid, None);
+        kill(pid);
         return Err(LaunchError::Pipe(e));
     }
     Ok(Launched { pid, socket: host })
+}
+
+/// Maps uid and gid 0 of the child's new user namespace to the caller's — the one mapping an
+/// unprivileged process may write (after denying `setgroups`, for the gid map).
+fn write_id_maps(pid: Pid) -> std::io::Result<()> {
+    let proc = format!("/proc/{pid}");
+    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    #[allow(clippy::disallowed_methods)] // called from a blocking context (see launch)
+    {
+        std::fs::write(format!("{proc}/setgroups"), "deny")?;
+        std::fs::write(format!("{proc}/uid_map"), format!("0 {uid} 1\n"))?;
+        std::fs::write(format!("{proc}/gid_map"), format!("0 {gid} 1\n"))?;
+    }
+    Ok(())
 }
