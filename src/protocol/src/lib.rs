@@ -25,3 +25,6 @@ pub use message::{
 };
 pub use ops::{ExecEvent, ExecOutput, ExecStream};
 pub use writer::{FrameSender, SendError, frame_writer};
+
+/// The AF_VSOCK port the guest agent of a microVM listens on (every VMM, every image).
+pub const AGENT_VSOCK_PORT: u32 = 1024;
