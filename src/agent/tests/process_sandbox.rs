@@ -160,3 +160,61 @@ async fn process_sandbox_isolates_and_serves() {
     );
     assert_eq!(std::fs::read_dir(staging.path()).unwrap().count(), 0);
 }
+
+/// The cgroup2 mount point, from mountinfo (field 5 is the mount point; the fs type follows " - ").
+fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()?
+        .lines()
+        .find(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|t| t.starts_with("cgroup2 "))
+        })
+        .and_then(|l| l.split_whitespace().nth(4).map(Into::into))
+}
+
+#[tokio::test]
+async fn on_cgroup_v2_the_init_is_born_in_its_group() {
+    if !luminaguard_testkit::privileged("cgroup v2 groups") {
+        return;
+    }
+    // Every host these tests run on has a cgroup2 mount (here: /sys/fs/cgroup/unified, with no
+    // controllers — enough for membership, which is what clone3(CLONE_INTO_CGROUP) decides).
+    let mount = cgroup2_mount().expect("no cgroup2 mount");
+    let dir = mount.join(format!("luminaguard-test-{}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap();
+    let cg = luminaguard_cgroup::Cgroup::from_dirs(2, vec![dir.clone()]);
+    let staging = tempfile::tempdir().unwrap();
+    let launched = launch(
+        Path::new(AGENT),
+        &config(staging.path(), None),
+        Some(&cg),
+        AgentChannel::Pair,
+    )
+    .unwrap();
+    let pid = launched.pid;
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let name = dir.file_name().unwrap().to_str().unwrap();
+    assert!(
+        membership.contains(&format!("0::/{name}\n")),
+        "not in {name}: {membership}"
+    );
+    assert_eq!(cg.pids().unwrap(), vec![pid.as_raw()]);
+    // And it serves as usual.
+    let socket = launched.socket.unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let c = Client::connect(
+        tokio::net::UnixStream::from_std(socket).unwrap(),
+        ClientOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sh(&c, "echo up").await.stdout, b"up\n");
+    c.shutdown().await.unwrap();
+    tokio::task::spawn_blocking(move || waitpid(pid, None))
+        .await
+        .unwrap()
+        .unwrap();
+    std::fs::remove_dir(&dir).unwrap();
+}

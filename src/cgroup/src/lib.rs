@@ -269,6 +269,22 @@ impl Cgroup {
     }
 
     /// Moves `pid` into the group (every hierarchy on v1).
+    /// The group's (first) directory, opened as an `O_PATH` fd: what `clone3` with
+    /// `CLONE_INTO_CGROUP` takes on cgroup v2.
+    pub fn open_dir(&self) -> Result<std::os::fd::OwnedFd, CgroupError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = self
+            .dirs
+            .first()
+            .ok_or_else(|| CgroupError::Unavailable("a cgroup with no directory".into()))?;
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(dir)
+            .map(Into::into)
+            .map_err(io("open", dir))
+    }
+
     pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
         for d in &self.dirs {
             write(&d.join("cgroup.procs"), &pid.to_string())?;

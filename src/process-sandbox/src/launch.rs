@@ -121,8 +121,7 @@ pub fn launch(
     let (maps_r, maps_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(LaunchError::Pipe)?;
     let maps_fd = maps_r.as_raw_fd();
-    let mut stack = vec![0u8; 256 << 10];
-    let child = Box::new(|| -> isize {
+    let child = || -> isize {
         // SAFETY: read, dup2 and execve are async-signal-safe; argv/envp were built before the
         // clone.
         unsafe {
@@ -141,14 +140,26 @@ pub fn launch(
             let _ = nix::unistd::execve(&argv[0], &argv, &envp);
         }
         127
-    });
-    // SAFETY: the child runs only the closure above (dup2 + execve) on its own stack.
+    };
     let flags = if rootless {
         NAMESPACES | CloneFlags::CLONE_NEWUSER
     } else {
         NAMESPACES
     };
-    let cloned = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) };
+    // cgroup v2: born in the group (clone3 + CLONE_INTO_CGROUP), so no migration — which would
+    // wait for an RCU grace period — is needed. v1 has no such thing: the parent moves the child.
+    let into = match cgroup.filter(|cg| cg.version() == 2) {
+        Some(cg) => Some(cg.open_dir().map_err(LaunchError::Cgroup)?),
+        None => None,
+    };
+    let cloned = match &into {
+        Some(dir) => clone_into_cgroup(flags, dir, child),
+        None => {
+            let mut stack = vec![0u8; 256 << 10];
+            // SAFETY: the child runs only `child` (read, dup2, execve) on its own stack.
+            unsafe { nix::sched::clone(Box::new(child), &mut stack, flags, Some(libc::SIGCHLD)) }
+        }
+    };
     // SAFETY: both were returned by fcntl above and are owned by nobody else; the child has its
     // own copies.
     unsafe {
@@ -180,7 +191,7 @@ pub fn launch(
             return Err(LaunchError::IdMap(e));
         }
     }
-    if let Some(cg) = cgroup {
+    if let Some(cg) = cgroup.filter(|_| into.is_none()) {
         if let Err(e) = cg.add(pid.as_raw()) {
             // Never opened, the gate keeps the init from serving; kill it and reap it.
             kill(pid);
@@ -206,4 +217,60 @@ fn write_id_maps(pid: Pid) -> std::io::Result<()> {
         std::fs::write(format!("{proc}/gid_map"), format!("0 {gid} 1\n"))?;
     }
     Ok(())
+}
+
+/// `clone3(CLONE_INTO_CGROUP | flags)`: like fork (no shared memory), the child starting life in
+/// the cgroup whose directory `dir` is. The child runs `child` and exits with its result.
+fn clone_into_cgroup(
+    flags: CloneFlags,
+    dir: &OwnedFd,
+    child: impl FnOnce() -> isize,
+) -> nix::Result<Pid> {
+    /// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+    #[repr(C)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let args = CloneArgs {
+        flags: u64::from(flags.bits() as u32) | CLONE_INTO_CGROUP,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: u64::from(dir.as_raw_fd() as u32),
+    };
+    // SAFETY: fork-like clone3 (no CLONE_VM, no new stack): the child continues on a copy of
+    // this stack and runs only `child`, which makes async-signal-safe calls, then _exit.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw const args,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match rc {
+        0 => {
+            let code = child();
+            // SAFETY: leaving the child without running the parent's atexit handlers.
+            unsafe { libc::_exit(i32::try_from(code).unwrap_or(127)) }
+        }
+        pid if pid > 0 => Ok(Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX))),
+        _ => Err(nix::Error::last()),
+    }
 }
