@@ -30,11 +30,16 @@ pub async fn exec_streamed(
                     if json {
                         eprintln!("{}", serde_json::to_string(&serde_json::json!({
                             "code": status.code, "signal": status.signal, "timed_out": status.timed_out,
+                            "cancelled": status.cancelled,
                             "output_truncated": status.output_truncated, "duration_ms": status.duration_ms,
                         }))?);
                     }
                     if status.timed_out {
                         eprintln!("luminaguard: command timed out and was killed");
+                    } else if status.cancelled {
+                        eprintln!(
+                            "luminaguard: command was killed: the sandbox is stopping (lifetime over, or destroyed)"
+                        );
                     }
                     return Ok(status);
                 }

@@ -267,7 +267,12 @@ fn lifetime_ends_the_sandbox_and_gc_removes_it() {
     // A command still running when the lifetime ends is killed with the sandbox.
     let start = Instant::now();
     let out = lg(rt, &["sandbox", "exec", &id, "--", "sleep", "60"]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(137));
+    assert!(
+        text(&out.stderr).contains("the sandbox is stopping"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(
         start.elapsed() < Duration::from_secs(30),
         "the lifetime did not end the exec"
