@@ -134,6 +134,24 @@ async fn process_sandbox_isolates_and_serves() {
     );
     assert_eq!(lines[1], "lo", "interfaces:\n{t}");
     assert!(t.contains("mount-denied"), "{t}");
+    // Loopback is up (IFF_UP), so programs that talk to themselves over 127.0.0.1 work once a
+    // network profile allows AF_INET; it reaches nothing outside the sandbox's namespace.
+    // (Seen from the host: inside, netlink sockets are refused and there is no /sys.)
+    let link = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &launched.pid.to_string(),
+            "-n",
+            "ip",
+            "-o",
+            "link",
+            "show",
+            "lo",
+        ])
+        .output()
+        .unwrap();
+    let link = text(&link.stdout);
+    assert!(link.contains("<LOOPBACK,UP"), "lo is not up: {link}");
 
     c.shutdown().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

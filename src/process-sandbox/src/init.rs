@@ -322,6 +322,7 @@ pub fn enter(cfg: &InitConfig) -> Result<Option<std::os::fd::OwnedFd>, InitError
     build_root(cfg)?;
     switch_root(&cfg.staging_root)?;
     step("sethostname", nix::unistd::sethostname(&cfg.hostname))?;
+    step("bring lo up", loopback_up())?;
     let landlock = FsPolicy {
         read_only: vec![PathBuf::from("/")],
         read_write: ["/workspace", "/tmp", "/dev"].map(PathBuf::from).to_vec(),
@@ -379,4 +380,32 @@ pub fn init_argv(agent: &Path, cfg: &InitConfig) -> Result<Vec<CString>, InitErr
     .into_iter()
     .map(|a| step("build init argv", CString::new(a)))
     .collect()
+}
+
+/// Sets `IFF_UP` on the namespace's `lo` (a new network namespace starts with it down).
+fn loopback_up() -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket() returns a new fd or -1.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the valid, exclusively borrowed `req`.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &raw mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &raw const req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

@@ -1,10 +1,19 @@
 //! Seccomp profiles for LuminaGuard sandboxes.
 //!
-//! A profile is data: a JSON file in seccompiler's format (`profiles/<name>.json`, one file per
-//! profile), mapping filter names to filters. Every filter of a profile is installed, in name
-//! order; the kernel runs them all and the strictest answer wins, which lets one profile give
-//! different errnos to different syscalls (EPERM for what is forbidden, ENOSYS for `clone3` so
-//! libc falls back to the filterable `clone`).
+//! A profile is data: fragments in seccompiler's JSON format (`profiles/<fragment>.json`), each
+//! mapping filter names to filters. A profile lists its fragments; rules of filters with the same
+//! name are concatenated (their actions must agree), so the network rules are one fragment per
+//! network mode instead of a copy of everything else:
+//!
+//! | profile | fragments |
+//! | --- | --- |
+//! | `default` | `base` (everything but sockets), `net-none` (only `AF_UNIX` sockets) |
+//! | `network` | `base`, `net-egress` (`AF_UNIX`/`AF_INET`/`AF_INET6`; never raw or packet) |
+//!
+//! Every filter of a profile is installed, in name order; the kernel runs them all and the
+//! strictest answer wins, which lets one profile give different errnos to different syscalls
+//! (EPERM for what is forbidden, ENOSYS for `clone3` so libc falls back to the filterable
+//! `clone`).
 //!
 //! Profiles are compiled once, in the parent, with [`Profile::load`]; [`Profile::apply`] only
 //! makes the `prctl`/`seccomp` system calls, so it is safe to call in a forked child before
@@ -18,14 +27,74 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 use seccompiler::{BpfProgram, TargetArch};
 
-/// Built-in profiles, compiled into the binary from `profiles/`.
-const BUILTIN: &[(&str, &str)] = &[("default", include_str!("../profiles/default.json"))];
+/// Profile fragments, compiled into the binary from `profiles/`.
+const FRAGMENTS: &[(&str, &str)] = &[
+    ("base", include_str!("../profiles/base.json")),
+    ("net-none", include_str!("../profiles/net-none.json")),
+    ("net-egress", include_str!("../profiles/net-egress.json")),
+];
+
+/// Built-in profiles and their fragments.
+const PROFILES: &[(&str, &[&str])] = &[
+    ("default", &["base", "net-none"]),
+    ("network", &["base", "net-egress"]),
+];
+
+/// Merges fragments into one seccompiler JSON document: filters with the same name have their
+/// rules concatenated, which is only allowed when their actions agree.
+fn merge(profile: &str, fragments: &[&str]) -> Result<Vec<u8>, SeccompError> {
+    let compile = |reason: String| SeccompError::Compile {
+        profile: profile.to_owned(),
+        reason,
+    };
+    let mut merged = serde_json::Map::new();
+    for name in fragments {
+        let (_, text) = FRAGMENTS
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| compile(format!("no fragment {name:?}")))?;
+        let serde_json::Value::Object(filters) =
+            serde_json::from_str(text).map_err(|e| compile(format!("fragment {name}: {e}")))?
+        else {
+            return Err(compile(format!("fragment {name} is not a JSON object")));
+        };
+        for (filter, body) in filters {
+            match merged.get_mut(&filter) {
+                None => {
+                    merged.insert(filter, body);
+                }
+                Some(existing) => {
+                    for key in ["mismatch_action", "match_action"] {
+                        if existing.get(key) != body.get(key) {
+                            return Err(compile(format!(
+                                "fragment {name}: filter {filter:?} has a different {key}"
+                            )));
+                        }
+                    }
+                    let rules = body.get("filter").and_then(|f| f.as_array()).cloned();
+                    match (
+                        existing.get_mut("filter").and_then(|f| f.as_array_mut()),
+                        rules,
+                    ) {
+                        (Some(into), Some(rules)) => into.extend(rules),
+                        _ => {
+                            return Err(compile(format!(
+                                "fragment {name}: filter {filter:?} has no rule list"
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    serde_json::to_vec(&merged).map_err(|e| compile(e.to_string()))
+}
 
 /// Errors loading or installing a profile.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
     /// No built-in profile has that name.
-    #[error("unknown seccomp profile {0:?} (built in: default)")]
+    #[error("unknown seccomp profile {0:?} (built in: default, network)")]
     Unknown(String),
     /// The profile does not compile (bad JSON, unknown syscall name, bad condition).
     #[error("seccomp profile {profile:?} does not compile: {reason}")]
@@ -78,11 +147,11 @@ fn notifying(bpf: &BpfProgram) -> Option<Vec<libc::sock_filter>> {
 impl Profile {
     /// Compiles a built-in profile.
     pub fn load(name: &str) -> Result<Self, SeccompError> {
-        let (_, json) = BUILTIN
+        let (_, fragments) = PROFILES
             .iter()
             .find(|(n, _)| *n == name)
             .ok_or_else(|| SeccompError::Unknown(name.to_owned()))?;
-        Self::from_json(name, json.as_bytes())
+        Self::from_json(name, &merge(name, fragments)?)
     }
 
     /// Compiles a profile from seccompiler JSON.
@@ -114,7 +183,7 @@ impl Profile {
 
     /// Names of the built-in profiles.
     pub fn builtin_names() -> impl Iterator<Item = &'static str> {
-        BUILTIN.iter().map(|(n, _)| *n)
+        PROFILES.iter().map(|(n, _)| *n)
     }
 
     /// Sets `no_new_privs` and installs every filter on the calling thread. Allocates nothing on

@@ -78,7 +78,7 @@ mod tests {
 
     #[test]
     fn every_syscall_a_profile_names_has_a_name() {
-        for (profile, json) in crate::BUILTIN {
+        for (profile, json) in crate::FRAGMENTS {
             let v: serde_json::Value = serde_json::from_str(json).unwrap();
             for filter in v.as_object().unwrap().values() {
                 for rule in filter["filter"].as_array().unwrap() {

@@ -35,6 +35,7 @@ const PROBES: &[&str] = &[
     "socket(AF_INET6)",
     "socket(AF_PACKET)",
     "socket(AF_NETLINK)",
+    "socket(AF_INET, SOCK_RAW)",
     "clone(NEWNET)",
     "clone(NEWUSER)",
     "clone3",
@@ -102,6 +103,7 @@ unsafe fn run_probes() -> Vec<i32> {
             r(libc::socket(libc::AF_INET6, libc::SOCK_DGRAM, 0) as _),
             r(libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) as _),
             r(libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, 0) as _),
+            r(libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 1) as _),
             clone_probe(libc::CLONE_NEWNET),
             clone_probe(libc::CLONE_NEWUSER),
             r(libc::syscall(libc::SYS_clone3, 0, 0)),
@@ -278,4 +280,23 @@ fn ordinary_programs_run_under_the_profile() {
         text.contains("NoNewPrivs:\t1") && text.contains("Seccomp:\t2"),
         "{text}"
     );
+}
+
+#[test]
+fn network_profile_opens_inet_sockets_and_nothing_else() {
+    if !luminaguard_testkit::privileged("probing seccomp in private namespaces") {
+        return;
+    }
+    let profile = Profile::load("network").unwrap();
+    let (got, _) = probe_under(&profile, false);
+    let result: Vec<(&str, i32)> = PROBES.iter().copied().zip(got).collect();
+    for (probe, errno) in &result {
+        let expected = match *probe {
+            // What an egress policy needs (the firewall decides where they may go)…
+            "socket(AF_INET)" | "socket(AF_INET6)" => 0,
+            // …and still nothing that reaches below IP, whatever the family.
+            other => expected_errno(other),
+        };
+        assert_eq!(*errno, expected, "{probe} (all: {result:?})");
+    }
 }
