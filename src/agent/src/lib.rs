@@ -13,6 +13,7 @@ pub mod listen;
 pub mod proctree;
 pub mod reaper;
 pub mod server;
+pub mod vm_init;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -26,6 +26,11 @@ enum Mode {
 }
 
 fn main() -> std::process::ExitCode {
+    // The kernel's /init in a guest image: no arguments of ours (docs/images.md).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if luminaguard_agent::vm_init::is_vm_init(std::process::id(), &args) {
+        return luminaguard_agent::vm_init::main();
+    }
     luminaguard_agent::init_tracing("info");
     let cli = Cli::parse();
     match cli.mode {

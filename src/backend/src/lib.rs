@@ -110,6 +110,8 @@ pub struct Sandbox {
     pub dir: PathBuf,
     pub meta: SandboxMeta,
     client: Client,
+    /// See [`Sandbox::with_graceful_shutdown`].
+    shutdown_grace: Option<Duration>,
 }
 
 impl Sandbox {
@@ -119,7 +121,15 @@ impl Sandbox {
             dir,
             meta,
             client,
+            shutdown_grace: None,
         }
+    }
+
+    /// [`Sandbox::destroy`] first asks the agent to shut down (a VM's guest powers off) and
+    /// gives its init (or VMM) up to `grace` to exit, then kills whatever is left as usual.
+    pub fn with_graceful_shutdown(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = Some(grace);
+        self
     }
 
     /// The connection to the sandbox's agent: exec, files, info.
@@ -138,9 +148,45 @@ impl Sandbox {
 
     /// Removes the sandbox: every process, cgroup and file it has.
     pub async fn destroy(self) -> Result<(), BackendError> {
+        if let Some(grace) = self.shutdown_grace {
+            shut_down_gracefully(&self.client, self.meta.init, grace).await;
+        }
         drop(self.client);
         remove_dir_blocking(self.dir, Some(self.meta)).await
     }
+}
+
+/// Asks the agent to stop and waits, within `grace` in all, for `init` to exit. Best effort:
+/// whatever still runs afterwards is killed by the caller.
+async fn shut_down_gracefully(client: &Client, init: Option<ProcessRef>, grace: Duration) {
+    let start = tokio::time::Instant::now();
+    match tokio::time::timeout(grace, client.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "graceful shutdown refused; killing");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(?grace, "no answer to shutdown; killing");
+            return;
+        }
+    }
+    let Some(init) = init else { return };
+    // Not our child in general (a detached init), so no exit notification but polling.
+    let mut pause = Duration::from_millis(1);
+    while init.alive() {
+        if start.elapsed() >= grace {
+            tracing::debug!(
+                pid = init.pid,
+                ?grace,
+                "init still running after shutdown; killing"
+            );
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+    tracing::debug!(elapsed = ?start.elapsed(), "sandbox shut down gracefully");
 }
 
 /// A way to run sandboxes. Implementations set up isolation and start the agent; the rest of a
@@ -155,6 +201,60 @@ pub trait Backend: Send + Sync {
         &self,
         request: CreateRequest,
     ) -> impl Future<Output = Result<Sandbox, BackendError>> + Send;
+}
+
+/// What every backend's `create` starts with: the sandbox's private directory and its record,
+/// saved before anything else exists. `prepare` fills in backend-specific fields first.
+pub async fn begin_create(
+    req: &CreateRequest,
+    backend: &'static str,
+    prepare: impl FnOnce(&mut SandboxMeta),
+) -> Result<(PathBuf, SandboxMeta), BackendError> {
+    let dir = create_sandbox_dir(&req.runtime, &req.id).await?;
+    let Some(mut meta) = SandboxMeta::new(req.id.as_str(), backend, Some(req.spec.lifetime)) else {
+        let _ = tokio::fs::remove_dir(&dir).await;
+        return Err(BackendError::Setup {
+            backend,
+            step: "identify the creating process",
+            reason: "cannot read /proc/self/stat".into(),
+        });
+    };
+    meta.persistent = req.persistent;
+    prepare(&mut meta);
+    if let Err(e) = meta.save(&dir).await {
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        return Err(e.into());
+    }
+    Ok((dir, meta))
+}
+
+/// After a failed create: removes everything the record names. A cleanup failure is logged;
+/// the create's own error is what the caller reports.
+pub async fn abandon_create(dir: PathBuf, meta: SandboxMeta) {
+    if let Err(e) = remove_dir_blocking(dir.clone(), Some(meta)).await {
+        tracing::error!(dir = %dir.display(), error = %e, "cleanup after a failed create");
+    }
+}
+
+/// Records the cgroup sandbox `id` will have (so that gc finds it even if creation is cut short
+/// right after), then creates it with `limits`.
+pub async fn create_cgroup(
+    id: &SandboxId,
+    dir: &Path,
+    meta: &mut SandboxMeta,
+    limits: luminaguard_cgroup::Limits,
+) -> Result<luminaguard_cgroup::Cgroup, BackendError> {
+    use luminaguard_cgroup::Hierarchy;
+    let name = id.to_string();
+    let (hierarchy, planned) = tokio::task::spawn_blocking({
+        let name = name.clone();
+        move || Hierarchy::detect().and_then(|h| h.planned(&name).map(|p| (h, p)))
+    })
+    .await??;
+    meta.cgroup_version = Some(planned.version());
+    meta.cgroup_dirs = planned.dirs().to_vec();
+    meta.save(dir).await?;
+    Ok(tokio::task::spawn_blocking(move || hierarchy.create(&name, limits)).await??)
 }
 
 /// Creates `path` as a directory only the owner can enter (or checks the one that exists).
@@ -202,6 +302,9 @@ pub async fn create_sandbox_dir(
 pub struct Listing {
     pub id: String,
     pub backend: String,
+    /// How a microVM's guest code runs (`kvm`, `tcg`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
     pub state: SandboxState,
     pub persistent: bool,
     pub age_ms: u64,
@@ -224,6 +327,7 @@ pub fn list_blocking(runtime: &RuntimeDir) -> Vec<Listing> {
             expires_in_ms: m.expires_unix_ms.map(|e| e.saturating_sub(now)),
             id: m.id,
             backend: m.backend,
+            accel: m.accel,
             persistent: m.persistent,
         })
         .collect();
@@ -269,13 +373,23 @@ pub async fn attach(
         source,
         log: String::new(),
     };
-    let stream = tokio::net::UnixStream::connect(&sock)
-        .await
-        .map_err(|source| BackendError::Io {
-            what: "connect to",
-            path: sock.clone(),
-            source,
-        })?;
+    let stream = match meta.agent_vsock_port {
+        None => tokio::net::UnixStream::connect(&sock)
+            .await
+            .map_err(|source| BackendError::Io {
+                what: "connect to",
+                path: sock.clone(),
+                source,
+            })?,
+        Some(port) => luminaguard_vsock::connect(&sock, port, ATTACH_TIMEOUT)
+            .await
+            .map_err(|e| BackendError::Setup {
+                backend: "vm",
+                step: "reach the agent over vsock",
+                reason: e.to_string(),
+            })?
+            .into_stream(),
+    };
     let client = tokio::time::timeout(ATTACH_TIMEOUT, Client::connect(stream, opts))
         .await
         .map_err(|_| {

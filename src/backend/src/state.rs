@@ -85,6 +85,13 @@ pub struct SandboxMeta {
     pub created_unix_ms: u64,
     /// When the sandbox's lifetime ends, whatever it is doing.
     pub expires_unix_ms: Option<u64>,
+    /// `Some(port)`: the sandbox's agent socket is a hybrid-vsock socket (a VMM's), on which
+    /// `CONNECT <port>` reaches the agent; `None`: the agent itself listens on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_vsock_port: Option<u32>,
+    /// How a microVM's guest code runs (`kvm`, `tcg`), for status listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -111,6 +118,8 @@ impl SandboxMeta {
             created_unix_ms: now,
             expires_unix_ms: lifetime
                 .map(|l| now.saturating_add(u64::try_from(l.as_millis()).unwrap_or(u64::MAX))),
+            agent_vsock_port: None,
+            accel: None,
         })
     }
 

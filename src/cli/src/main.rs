@@ -1,6 +1,8 @@
 //! `luminaguard`: the command-line face of LuminaGuard.
 
 mod debug;
+mod doctor;
+mod image;
 mod run;
 mod sandbox;
 mod stream;
@@ -58,6 +60,11 @@ enum Command {
     /// Inspect configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Which backends this host can run, and why not.
+    Doctor(doctor::DoctorArgs),
+    /// Guest images for the microVM backends: build, ls, rm.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,7 +162,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Image(cmd) => image::run(cmd),
         Command::Debug(args) => with_runtime(debug::run(args, &config)),
+        Command::Doctor(args) => with_runtime(doctor::run(args, &config)),
         Command::Run(args) => with_runtime(run::run(args, &config)),
         Command::Sandbox(cmd) => with_runtime(sandbox::run(cmd, &config)),
         Command::Gc { json } => {

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use luminaguard_backend::{Backend, CreateRequest, Sandbox};
-use luminaguard_core::{ByteSize, Config, SandboxId, SandboxSpec};
+use luminaguard_backend::{Backend, BackendError, CreateRequest, Sandbox};
+use luminaguard_core::{BackendChoice, ByteSize, Config, SandboxId, SandboxSpec};
 use luminaguard_process_sandbox::backend::ProcessBackend;
 use luminaguard_protocol::ClientOptions;
 use luminaguard_protocol::message::ExecRequest;
+use luminaguard_qemu::{Accel, GuestImage, QemuBackend};
 
 /// Settings shared by every command that creates a sandbox.
 #[derive(Debug, Args)]
@@ -36,6 +37,13 @@ pub struct SandboxArgs {
     /// Run WITHOUT memory, PID and CPU limits (e.g. rootless where no cgroup is delegated).
     #[arg(long)]
     pub no_cgroup: bool,
+    /// Which backend runs the sandbox: auto, process, qemu (overrides the configuration).
+    #[arg(long, value_name = "BACKEND")]
+    pub backend: Option<BackendChoice>,
+    /// Guest image for a microVM backend: a digest or a unique prefix of at least 8 hex digits
+    /// (default: the newest image in the store).
+    #[arg(long, value_name = "DIGEST")]
+    pub image: Option<String>,
 }
 
 impl SandboxArgs {
@@ -56,6 +64,9 @@ impl SandboxArgs {
         }
         if let Some(l) = self.lifetime {
             spec.lifetime = l;
+        }
+        if let Some(b) = self.backend {
+            spec.backend = b;
         }
         spec.validate().context("invalid sandbox settings")?;
         Ok(spec)
@@ -99,21 +110,133 @@ impl SandboxArgs {
     }
 }
 
-/// The backend for a request. Only the process sandbox exists so far.
-pub fn backend(spec: &SandboxSpec) -> anyhow::Result<ProcessBackend> {
-    use luminaguard_core::BackendChoice;
-    match spec.backend {
-        BackendChoice::Auto | BackendChoice::Process => {}
-        other => anyhow::bail!("backend {} is not available yet", other.as_str()),
+/// One of the backends this binary can run.
+#[derive(Debug)]
+pub enum AnyBackend {
+    Process(ProcessBackend),
+    Qemu(Box<QemuBackend>),
+}
+
+impl Backend for AnyBackend {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Process(b) => b.name(),
+            Self::Qemu(b) => b.name(),
+        }
     }
-    let exe =
-        std::env::current_exe().context("finding our own binary to run as the sandbox init")?;
-    Ok(ProcessBackend::new(
-        exe,
-        ClientOptions {
-            default_exec_timeout: spec.limits.exec_timeout,
-            ..Default::default()
-        },
+
+    async fn create(&self, request: CreateRequest) -> Result<Sandbox, BackendError> {
+        match self {
+            Self::Process(b) => b.create(request).await,
+            Self::Qemu(b) => b.create(request).await,
+        }
+    }
+}
+
+/// The image store: `LUMINAGUARD_IMAGE_STORE`, else the default for this user.
+pub fn image_store_root() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("LUMINAGUARD_IMAGE_STORE") {
+        return Ok(PathBuf::from(dir));
+    }
+    let env_path = |k: &str| std::env::var_os(k).map(PathBuf::from);
+    luminaguard_image::store::default_root(
+        nix::unistd::getuid().as_raw(),
+        env_path("XDG_DATA_HOME").as_deref(),
+        env_path("HOME").as_deref(),
+    )
+    .context("no image store: set LUMINAGUARD_IMAGE_STORE or HOME")
+}
+
+/// The image `reference` names, or the newest one; `None` when the store has none. Blocking.
+pub fn find_image(
+    reference: Option<&str>,
+) -> anyhow::Result<Option<luminaguard_image::store::Image>> {
+    let root = image_store_root()?;
+    if reference.is_none() && !root.exists() {
+        return Ok(None);
+    }
+    let store = luminaguard_image::Store::open(&root)
+        .with_context(|| format!("opening image store {}", root.display()))?;
+    match reference {
+        Some(r) => Ok(Some(store.get(r)?)),
+        None => Ok(luminaguard_qemu::newest_image(&store)?),
+    }
+}
+
+/// The backend for a request: `spec.backend` (after `--backend`), with `image` for a microVM.
+///
+/// `auto` is the process sandbox unless KVM can really run a guest and an image exists, then
+/// QEMU with KVM. (Firecracker, which `auto` will prefer, is not there yet; QEMU under TCG is
+/// real isolation but seconds per boot, so it runs only when asked for by name.)
+pub async fn backend(spec: &SandboxSpec, image: Option<&str>) -> anyhow::Result<AnyBackend> {
+    let client = ClientOptions {
+        default_exec_timeout: spec.limits.exec_timeout,
+        ..Default::default()
+    };
+    let choice = match spec.backend {
+        BackendChoice::Auto => {
+            let kvm = tokio::task::spawn_blocking(luminaguard_qemu::kvm::probe).await?;
+            let has_image = match kvm.is_usable() {
+                true => {
+                    let image = image.map(str::to_owned);
+                    tokio::task::spawn_blocking(move || find_image(image.as_deref()))
+                        .await??
+                        .is_some()
+                }
+                false => false,
+            };
+            let pick = if kvm.is_usable() && has_image {
+                BackendChoice::Qemu
+            } else {
+                BackendChoice::Process
+            };
+            tracing::debug!(%kvm, has_image, backend = %pick, "auto backend");
+            pick
+        }
+        other => other,
+    };
+    match choice {
+        BackendChoice::Process | BackendChoice::Auto => {
+            let exe = std::env::current_exe()
+                .context("finding our own binary to run as the sandbox init")?;
+            Ok(AnyBackend::Process(ProcessBackend::new(exe, client)))
+        }
+        BackendChoice::Qemu => Ok(AnyBackend::Qemu(Box::new(
+            qemu_backend(image, client).await?,
+        ))),
+        BackendChoice::Firecracker => anyhow::bail!("backend firecracker is not available yet"),
+    }
+}
+
+async fn qemu_backend(image: Option<&str>, client: ClientOptions) -> anyhow::Result<QemuBackend> {
+    let reference = image.map(str::to_owned);
+    let (qemu, vhost, image, kvm) = tokio::task::spawn_blocking(move || {
+        let find = |name: &str| {
+            luminaguard_qemu::find_program(name).with_context(|| {
+                format!(
+                    "{name} not found (on PATH or in ~/.cargo/bin; scripts/setup-vm installs it)"
+                )
+            })
+        };
+        let qemu = find(luminaguard_qemu::host::QEMU_PROGRAM)?;
+        let vhost = find(luminaguard_qemu::host::VHOST_PROGRAM)?;
+        let image =
+            find_image(reference.as_deref())?.context("no image: run `luminaguard image build`")?;
+        anyhow::Ok((qemu, vhost, image, luminaguard_qemu::kvm::probe()))
+    })
+    .await??;
+    let accel = if kvm.is_usable() {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    };
+    tracing::debug!(%kvm, %accel, image = %image.digest, "qemu backend");
+    Ok(QemuBackend::new(
+        qemu,
+        vhost,
+        GuestImage::from_store(&image)?,
+        accel,
+        client,
     ))
 }
 
@@ -135,15 +258,64 @@ pub async fn run(args: RunArgs, config: &Config) -> anyhow::Result<ExitCode> {
         .request(config, SandboxId::generate(), false)
         .await?;
     let spec = req.spec.clone();
-    let sandbox = backend(&spec)?
+    let sandbox = backend(&spec, args.sandbox.image.as_deref())
+        .await?
         .create(req)
         .await
         .context("starting the sandbox")?;
     let result = run_in(&sandbox, &spec, &args).await;
+    let result = match result {
+        Err(e) => Err(explain_dead_sandbox(e, &sandbox).await),
+        ok => ok,
+    };
     if let Err(e) = sandbox.destroy().await {
         eprintln!("luminaguard: cleanup: {e}");
     }
     result
+}
+
+/// How long a failed exec waits to see whether the sandbox's init or VMM is exiting too.
+const DEATH_WAIT: Duration = Duration::from_secs(2);
+
+/// An exec that failed because the sandbox itself died (its VMM was killed, its guest crashed)
+/// says so, with the end of the sandbox's console.
+async fn explain_dead_sandbox(e: anyhow::Error, sandbox: &Sandbox) -> anyhow::Error {
+    let Some(init) = sandbox.meta.init else {
+        return e;
+    };
+    // A refused command (not found, …) leaves the connection open: nothing died.
+    if !sandbox.client().is_closed() {
+        return e;
+    }
+    // The connection can drop a moment before the process is gone.
+    let start = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
+    while init.alive() {
+        if start.elapsed() >= DEATH_WAIT {
+            return e;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+    let what = match sandbox.meta.backend.as_str() {
+        "process" => "init",
+        _ => "VMM",
+    };
+    let console = luminaguard_backend::log_tail(
+        &sandbox
+            .dir
+            .join(luminaguard_core::runtime::SandboxFile::ConsoleLog.file_name()),
+        2048,
+    )
+    .await;
+    let console = match console.trim() {
+        "" => String::new(),
+        c => format!("\n--- last lines of the sandbox console ---\n{c}"),
+    };
+    e.context(format!(
+        "the sandbox's {what} (pid {}) has exited{console}",
+        init.pid
+    ))
 }
 
 async fn run_in(sandbox: &Sandbox, spec: &SandboxSpec, args: &RunArgs) -> anyhow::Result<ExitCode> {

@@ -142,10 +142,14 @@ pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCod
                 );
                 for s in list {
                     let expires = s.expires_in_ms.map_or_else(|| "-".into(), short_duration);
+                    let backend = match &s.accel {
+                        Some(accel) => format!("{}/{accel}", s.backend),
+                        None => s.backend.clone(),
+                    };
                     println!(
                         "{:<24} {:<8} {:>10} {:<9} {expires}",
                         s.id,
-                        s.backend,
+                        backend,
                         short_duration(s.age_ms),
                         s.state.to_string()
                     );
@@ -155,10 +159,18 @@ pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCod
         }
         SandboxCommand::Rm { ids, json } => {
             let runtime = config.runtime()?;
+            let listing = {
+                let runtime = runtime.clone();
+                tokio::task::spawn_blocking(move || luminaguard_backend::list_blocking(&runtime))
+                    .await?
+            };
             let mut failed = false;
             let mut removed = Vec::new();
             for id in ids {
-                match luminaguard_backend::destroy(&runtime, &id).await {
+                let vm = listing
+                    .iter()
+                    .any(|l| l.id == id.as_str() && l.accel.is_some());
+                match remove(&runtime, &id, vm).await {
                     Ok(()) => removed.push(id.to_string()),
                     Err(e) => {
                         failed = true;
@@ -178,10 +190,41 @@ pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCod
     }
 }
 
+/// How long `rm` tries to reach a microVM's agent to power it off before killing it.
+const RM_ATTACH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Removes sandbox `id`. A microVM (`vm`) is first asked to power off through its agent (within
+/// [`luminaguard_qemu::backend::SHUTDOWN_GRACE`]); then, and for every other sandbox, whatever
+/// the record names is killed and removed.
+async fn remove(
+    runtime: &luminaguard_core::RuntimeDir,
+    id: &SandboxId,
+    vm: bool,
+) -> Result<(), luminaguard_backend::BackendError> {
+    if vm {
+        let attached = tokio::time::timeout(
+            RM_ATTACH_TIMEOUT,
+            luminaguard_backend::attach(runtime, id, ClientOptions::default()),
+        )
+        .await;
+        match attached {
+            Ok(Ok(sandbox)) => {
+                return sandbox
+                    .with_graceful_shutdown(luminaguard_qemu::backend::SHUTDOWN_GRACE)
+                    .destroy()
+                    .await;
+            }
+            Ok(Err(e)) => tracing::debug!(%id, error = %e, "no agent to power off; killing"),
+            Err(_) => tracing::debug!(%id, "agent did not answer in time; killing"),
+        }
+    }
+    luminaguard_backend::destroy(runtime, id).await
+}
+
 async fn create(args: CreateArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let id = args.name.unwrap_or_else(SandboxId::generate);
     let req = args.sandbox.request(config, id, true).await?;
-    let backend = crate::run::backend(&req.spec)?;
+    let backend = crate::run::backend(&req.spec, args.sandbox.image.as_deref()).await?;
     let sandbox = backend.create(req).await.context("creating the sandbox")?;
     if args.json {
         println!(

@@ -49,7 +49,7 @@ impl Digest {
         Ok(writer.finish())
     }
 
-    fn from_hasher(hasher: Sha256) -> Digest {
+    pub(crate) fn from_hasher(hasher: Sha256) -> Digest {
         let hash = hasher.finalize();
         let mut hex = String::with_capacity(Self::LEN);
         for byte in hash {

@@ -5,10 +5,8 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use luminaguard_backend::{
-    Backend, BackendError, CreateRequest, ProcessRef, Sandbox, SandboxMeta, create_sandbox_dir,
-};
-use luminaguard_cgroup::{Hierarchy, Limits};
+use luminaguard_backend::{Backend, BackendError, CreateRequest, ProcessRef, Sandbox, SandboxMeta};
+use luminaguard_cgroup::Limits;
 use luminaguard_core::ByteSize;
 use luminaguard_core::runtime::SandboxFile;
 use luminaguard_protocol::{Client, ClientError, ClientOptions};
@@ -48,31 +46,11 @@ impl Backend for ProcessBackend {
     }
 
     async fn create(&self, req: CreateRequest) -> Result<Sandbox, BackendError> {
-        let dir = create_sandbox_dir(&req.runtime, &req.id).await?;
-        let Some(mut meta) = SandboxMeta::new(req.id.as_str(), NAME, Some(req.spec.lifetime))
-        else {
-            let _ = tokio::fs::remove_dir(&dir).await;
-            return Err(setup(
-                "identify the creating process",
-                "cannot read /proc/self/stat",
-            ));
-        };
-        meta.persistent = req.persistent;
-        let started = match meta.save(&dir).await {
-            Ok(()) => self.start(&req, &dir, &mut meta).await,
-            Err(e) => Err(e.into()),
-        };
-        match started {
+        let (dir, mut meta) = luminaguard_backend::begin_create(&req, NAME, |_| {}).await?;
+        match self.start(&req, &dir, &mut meta).await {
             Ok(client) => Ok(Sandbox::new(req.id, dir, meta, client)),
             Err(e) => {
-                let d = dir.clone();
-                let cleanup = tokio::task::spawn_blocking(move || {
-                    luminaguard_backend::gc::remove(&d, Some(&meta))
-                })
-                .await;
-                if let Ok(Err(c)) = cleanup {
-                    tracing::error!(dir = %dir.display(), error = %c, "cleanup after a failed create");
-                }
+                luminaguard_backend::abandon_create(dir, meta).await;
                 Err(e)
             }
         }
@@ -80,8 +58,8 @@ impl Backend for ProcessBackend {
 }
 
 impl ProcessBackend {
-    /// Records the sandbox's cgroup (before it exists, so that gc can always find it), then
-    /// creates it with the spec's limits.
+    /// The sandbox's cgroup with the spec's limits (see [`luminaguard_backend::create_cgroup`]),
+    /// with what to do about it when rootless.
     async fn create_cgroup(
         &self,
         req: &CreateRequest,
@@ -89,30 +67,20 @@ impl ProcessBackend {
         meta: &mut SandboxMeta,
     ) -> Result<luminaguard_cgroup::Cgroup, BackendError> {
         let spec = &req.spec;
-        let name = req.id.to_string();
-        let (hierarchy, planned) = tokio::task::spawn_blocking({
-            let name = name.clone();
-            move || Hierarchy::detect().and_then(|h| h.planned(&name).map(|p| (h, p)))
-        })
-        .await??;
-        meta.cgroup_version = Some(planned.version());
-        meta.cgroup_dirs = planned.dirs().to_vec();
-        meta.save(dir).await?;
         let limits = Limits {
             memory_bytes: spec.memory.bytes(),
             pids: u64::from(spec.limits.pids),
             cpus: Some(spec.vcpus),
         };
-        match tokio::task::spawn_blocking(move || hierarchy.create(&name, limits)).await? {
-            Ok(cg) => Ok(cg),
-            Err(e) if !nix::unistd::geteuid().is_root() => Err(setup(
+        match luminaguard_backend::create_cgroup(&req.id, dir, meta, limits).await {
+            Err(BackendError::Cgroup(e)) if !nix::unistd::geteuid().is_root() => Err(setup(
                 "create the cgroup",
                 format!(
                     "{e} — a rootless sandbox needs a cgroup v2 subtree delegated to this user; \
                      without one, --no-cgroup runs it with no memory, PID or CPU limits"
                 ),
             )),
-            Err(e) => Err(e.into()),
+            other => other,
         }
     }
 

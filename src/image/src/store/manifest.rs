@@ -36,7 +36,7 @@ impl ArtifactKind {
             ArtifactKind::Kernel => "vmlinuz",
             ArtifactKind::Vmlinux => "vmlinux",
             ArtifactKind::Initramfs => "initramfs.cpio",
-            ArtifactKind::Rootfs => "rootfs.img",
+            ArtifactKind::Rootfs => "rootfs.ext4",
         }
     }
 }

@@ -126,6 +126,22 @@ impl Image {
     }
 }
 
+/// The default store root: `/var/lib/luminaguard/images` for root, else
+/// `$XDG_DATA_HOME/luminaguard/images` (or `~/.local/share/luminaguard/images`); `None` when
+/// neither variable gives an absolute path. `LUMINAGUARD_IMAGE_STORE` overrides it in the CLI.
+pub fn default_root(
+    uid: u32,
+    xdg_data_home: Option<&Path>,
+    home: Option<&Path>,
+) -> Option<PathBuf> {
+    match (uid, xdg_data_home, home) {
+        (0, _, _) => Some(PathBuf::from("/var/lib/luminaguard/images")),
+        (_, Some(x), _) if x.is_absolute() => Some(x.join("luminaguard/images")),
+        (_, _, Some(h)) if h.is_absolute() => Some(h.join(".local/share/luminaguard/images")),
+        _ => None,
+    }
+}
+
 /// A content-addressed image store rooted at a directory.
 #[derive(Debug, Clone)]
 pub struct Store {

@@ -176,7 +176,7 @@ fn verify_names_the_corrupted_artifact() {
         ("initramfs.cpio", |p| {
             std::fs::write(p, b"070701 fake initramfX").unwrap()
         }),
-        ("rootfs.img", |p| {
+        ("rootfs.ext4", |p| {
             std::fs::OpenOptions::new()
                 .write(true)
                 .open(p)
@@ -336,4 +336,25 @@ fn open_removes_what_crashed_inserts_left_behind() {
     assert!(!stale.exists());
     assert!(ours.exists(), "a live process's staging directory stays");
     assert!(alien.exists(), "names the store did not make stay");
+}
+
+#[test]
+fn default_root_per_user() {
+    use std::path::PathBuf;
+    assert_eq!(
+        super::default_root(0, Some(Path::new("/x")), None),
+        Some(PathBuf::from("/var/lib/luminaguard/images"))
+    );
+    assert_eq!(
+        super::default_root(1000, Some(Path::new("/x")), Some(Path::new("/home/u"))),
+        Some(PathBuf::from("/x/luminaguard/images"))
+    );
+    assert_eq!(
+        super::default_root(1000, Some(Path::new("rel")), Some(Path::new("/home/u"))),
+        Some(PathBuf::from("/home/u/.local/share/luminaguard/images"))
+    );
+    assert_eq!(
+        super::default_root(1000, None, Some(Path::new("rel"))),
+        None
+    );
 }

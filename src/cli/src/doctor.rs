@@ -1,0 +1,353 @@
+//! `luminaguard doctor`: which backends this host can run, and why not.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+use luminaguard_core::{BackendChoice, Config};
+use luminaguard_qemu::kvm::KvmProbe;
+use luminaguard_qemu::tsc::TscSource;
+use serde::Serialize;
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    /// The configured default backend.
+    default_backend: BackendChoice,
+    /// Whether the default backend can run here (the exit status says the same).
+    default_usable: bool,
+    /// What `auto` picks on this host, and why.
+    auto: Pick,
+    process: ProcessReport,
+    qemu: QemuReport,
+    firecracker: Verdict,
+}
+
+#[derive(Debug, Serialize)]
+struct Pick {
+    backend: BackendChoice,
+    why: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Verdict {
+    usable: bool,
+    /// Why not, or how it will run.
+    notes: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ProcessReport {
+    #[serde(flatten)]
+    verdict: Verdict,
+    root: bool,
+    /// Why unprivileged user namespaces (what a rootless sandbox needs) are off, if they are.
+    user_namespaces_off: Option<String>,
+    /// `cgroup v1` / `cgroup v2`, or why neither can be used.
+    cgroup: String,
+}
+
+#[derive(Debug, Serialize)]
+struct QemuReport {
+    #[serde(flatten)]
+    verdict: Verdict,
+    qemu: Program,
+    vhost_device_vsock: Program,
+    kvm: KvmProbe,
+    /// What guests would run with: kvm, or tcg when the KVM probe failed.
+    accel: luminaguard_qemu::Accel,
+    tsc_khz: Option<u64>,
+    tsc_source: Option<TscSource>,
+    image_store: Option<PathBuf>,
+    /// The image `run --backend qemu` boots by default (the newest).
+    image: Option<ImageSummary>,
+}
+
+#[derive(Debug, Serialize)]
+struct Program {
+    path: Option<PathBuf>,
+    version: Option<String>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ImageSummary {
+    digest: String,
+    kernel_release: String,
+    rootfs: bool,
+}
+
+async fn program(name: &str) -> Program {
+    let path = {
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || luminaguard_qemu::find_program(&name))
+            .await
+            .ok()
+            .flatten()
+    };
+    let Some(path) = path else {
+        return Program {
+            path: None,
+            version: None,
+            error: Some(format!(
+                "{name} not found on PATH or in ~/.cargo/bin (scripts/setup-vm installs it)"
+            )),
+        };
+    };
+    match luminaguard_qemu::host::version(&path).await {
+        Ok(v) => Program {
+            path: Some(path),
+            version: Some(v),
+            error: None,
+        },
+        Err(e) => Program {
+            path: Some(path),
+            version: None,
+            error: Some(format!("does not run: {e}")),
+        },
+    }
+}
+
+/// Unprivileged user namespaces, from the sysctls that can forbid them.
+fn user_namespaces() -> Result<(), String> {
+    #[allow(clippy::disallowed_methods)] // a few bytes of procfs, on a blocking thread
+    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned());
+    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return Err("user.max_user_namespaces is 0".into());
+    }
+    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        return Err("kernel.unprivileged_userns_clone is 0".into());
+    }
+    if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
+        return Err("kernel.apparmor_restrict_unprivileged_userns is 1".into());
+    }
+    Ok(())
+}
+
+fn process_report() -> ProcessReport {
+    let root = nix::unistd::geteuid().is_root();
+    let userns = user_namespaces();
+    let cgroup = luminaguard_cgroup::Hierarchy::detect()
+        .map(|h| format!("cgroup v{}", h.version()))
+        .map_err(|e| e.to_string());
+    let mut notes = Vec::new();
+    let usable = match (root, &userns) {
+        (true, _) => {
+            notes.push("runs as root".to_owned());
+            true
+        }
+        (false, Ok(())) => {
+            notes.push("rootless, in a user namespace".to_owned());
+            true
+        }
+        (false, Err(e)) => {
+            notes.push(format!(
+                "not root and unprivileged user namespaces are off ({e})"
+            ));
+            false
+        }
+    };
+    if let Err(e) = &cgroup {
+        notes.push(format!(
+            "no cgroup limits available ({e}): only --no-cgroup runs"
+        ));
+    }
+    ProcessReport {
+        verdict: Verdict { usable, notes },
+        root,
+        user_namespaces_off: userns.err(),
+        cgroup: cgroup.unwrap_or_else(|e| format!("unusable: {e}")),
+    }
+}
+
+async fn qemu_report() -> QemuReport {
+    let qemu = program(luminaguard_qemu::host::QEMU_PROGRAM).await;
+    let vhost = program(luminaguard_qemu::host::VHOST_PROGRAM).await;
+    let (kvm, tsc, store, image) = tokio::task::spawn_blocking(|| {
+        let kvm = luminaguard_qemu::kvm::probe();
+        let tsc = luminaguard_qemu::tsc::host_tsc_khz();
+        let store = crate::run::image_store_root().ok();
+        let image = crate::run::find_image(None).map_err(|e| format!("{e:#}"));
+        (kvm, tsc, store, image)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        (
+            KvmProbe::Unusable(format!("probe failed: {e}")),
+            None,
+            None,
+            Err(e.to_string()),
+        )
+    });
+    let accel = if kvm.is_usable() {
+        luminaguard_qemu::Accel::Kvm
+    } else {
+        luminaguard_qemu::Accel::Tcg
+    };
+    let mut notes = Vec::new();
+    for p in [&qemu, &vhost] {
+        if let Some(e) = &p.error {
+            notes.push(e.clone());
+        }
+    }
+    let image = match image {
+        Ok(Some(i)) => Some(ImageSummary {
+            digest: i.digest.to_string(),
+            kernel_release: i.manifest.kernel_release.clone(),
+            rootfs: i.manifest.rootfs.is_some(),
+        }),
+        Ok(None) => {
+            notes.push("no image: run `luminaguard image build`".into());
+            None
+        }
+        Err(e) => {
+            notes.push(format!("image store: {e}"));
+            None
+        }
+    };
+    let usable = qemu.error.is_none() && vhost.error.is_none() && image.is_some();
+    match &kvm {
+        KvmProbe::Usable => notes.push("guests run with KVM".into()),
+        KvmProbe::Unusable(why) => notes.push(format!(
+            "KVM cannot run guests here ({why}): guests run under TCG, seconds per boot; \
+             `auto` does not pick it, `--backend qemu` does"
+        )),
+    }
+    if !nix::unistd::geteuid().is_root() {
+        notes.push("not root: needs a delegated cgroup, or --no-cgroup".into());
+    }
+    QemuReport {
+        verdict: Verdict { usable, notes },
+        qemu,
+        vhost_device_vsock: vhost,
+        kvm,
+        accel,
+        tsc_khz: tsc.map(|(k, _)| k),
+        tsc_source: tsc.map(|(_, s)| s),
+        image_store: store,
+        image,
+    }
+}
+
+fn auto_pick(process: &ProcessReport, qemu: &QemuReport) -> Pick {
+    if qemu.verdict.usable && qemu.kvm.is_usable() {
+        return Pick {
+            backend: BackendChoice::Qemu,
+            why: "KVM runs guests and an image exists (Firecracker is not available yet)".into(),
+        };
+    }
+    let why = match (&qemu.kvm, qemu.image.is_some()) {
+        (KvmProbe::Unusable(_), _) => "KVM cannot run guests here",
+        (KvmProbe::Usable, false) => "no image for a microVM",
+        (KvmProbe::Usable, true) => "QEMU or vhost-device-vsock is missing",
+    };
+    Pick {
+        backend: BackendChoice::Process,
+        why: if process.verdict.usable {
+            why.to_owned()
+        } else {
+            format!("{why}; and the process sandbox cannot run either")
+        },
+    }
+}
+
+fn show_path(p: &Option<PathBuf>) -> String {
+    p.as_deref()
+        .map_or_else(|| "-".to_owned(), |p: &Path| p.display().to_string())
+}
+
+pub async fn run(args: DoctorArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    let process = tokio::task::spawn_blocking(process_report).await?;
+    let qemu = qemu_report().await;
+    let firecracker = Verdict {
+        usable: false,
+        notes: vec!["not implemented yet".into()],
+    };
+    let auto = auto_pick(&process, &qemu);
+    let default_backend = config.defaults.backend;
+    let default_usable = match default_backend {
+        BackendChoice::Auto => process.verdict.usable || qemu.verdict.usable,
+        BackendChoice::Process => process.verdict.usable,
+        BackendChoice::Qemu => qemu.verdict.usable,
+        BackendChoice::Firecracker => firecracker.usable,
+    };
+    let report = Report {
+        default_backend,
+        default_usable,
+        auto,
+        process,
+        qemu,
+        firecracker,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let mark = |ok: bool| if ok { "yes" } else { "no " };
+        println!(
+            "process      {}  {}",
+            mark(report.process.verdict.usable),
+            report.process.verdict.notes.join("; ")
+        );
+        println!(
+            "qemu         {}  {}",
+            mark(report.qemu.verdict.usable),
+            report.qemu.verdict.notes.join("; ")
+        );
+        let q = &report.qemu;
+        println!(
+            "               qemu: {} ({})",
+            show_path(&q.qemu.path),
+            q.qemu.version.as_deref().unwrap_or("-")
+        );
+        println!(
+            "               vhost-device-vsock: {} ({})",
+            show_path(&q.vhost_device_vsock.path),
+            q.vhost_device_vsock.version.as_deref().unwrap_or("-")
+        );
+        println!("               KVM: {} -> accel {}", q.kvm, q.accel);
+        if let Some(khz) = q.tsc_khz {
+            println!("               host TSC: {khz} kHz");
+        }
+        match &q.image {
+            Some(i) => println!(
+                "               image: {} ({}) in {}",
+                i.digest,
+                i.kernel_release,
+                show_path(&q.image_store)
+            ),
+            None => println!(
+                "               image: none in {}",
+                show_path(&q.image_store)
+            ),
+        }
+        println!(
+            "firecracker  {}  {}",
+            mark(report.firecracker.usable),
+            report.firecracker.notes.join("; ")
+        );
+        println!(
+            "auto         -> {} ({})",
+            report.auto.backend, report.auto.why
+        );
+        println!(
+            "default      {} ({})",
+            report.default_backend,
+            if report.default_usable {
+                "can run here"
+            } else {
+                "CANNOT run here"
+            }
+        );
+    }
+    Ok(if report.default_usable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,313 @@
+//! `luminaguard image build|ls|rm`: guest images for the microVM backends (docs/images.md).
+//!
+//! Images live in a content-addressed store (`luminaguard_image::store`): `--store DIR`, else
+//! `LUMINAGUARD_IMAGE_STORE`, else `/var/lib/luminaguard/images` for root and
+//! `$XDG_DATA_HOME/luminaguard/images` (or `~/.local/share/…`) for other users. Everything here
+//! is blocking file work and runs before (and without) an async runtime.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use luminaguard_image::build::{BuildInputs, KernelSource};
+use luminaguard_image::hostroot;
+use luminaguard_image::store::{ArtifactKind, Image, Store};
+use serde::Serialize;
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build an image (kernel, initramfs with the guest agent, read-only root file system)
+    /// into the store; prints its digest. Nothing is rebuilt when the same inputs were built.
+    Build(BuildArgs),
+    /// List the images in the store.
+    Ls {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove images (by digest or a unique prefix of at least 8 hex digits).
+    Rm {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(required = true, value_name = "DIGEST")]
+        digests: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StoreArg {
+    /// Image store directory.
+    #[arg(long, value_name = "DIR", env = "LUMINAGUARD_IMAGE_STORE")]
+    store: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// An unpacked kernel package: boot/vmlinuz-<release> and lib/modules/<release>/ (what
+    /// scripts/fetch-guest-kernel prints).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "LUMINAGUARD_GUEST_KERNEL_DIR",
+        required_unless_present = "kernel"
+    )]
+    kernel_dir: Option<PathBuf>,
+    /// A bzImage, instead of --kernel-dir (with --modules).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "modules",
+        conflicts_with = "kernel_dir"
+    )]
+    kernel: Option<PathBuf>,
+    /// The kernel's module directory (lib/modules/<release>), with --kernel.
+    #[arg(long, value_name = "DIR", requires = "kernel")]
+    modules: Option<PathBuf>,
+    /// Directory that becomes the read-only root file system (e.g. made with `debootstrap
+    /// --variant=minbase bookworm DIR`). Default: a minimal root of host programs (sh and a
+    /// few basics, with their libraries).
+    #[arg(long, value_name = "DIR")]
+    rootfs: Option<PathBuf>,
+    /// The static guest agent (scripts/build-static-agent prints its path).
+    #[arg(long, value_name = "PATH", env = "LUMINAGUARD_STATIC_AGENT")]
+    agent: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+fn open_store(arg: &StoreArg) -> anyhow::Result<Store> {
+    let root = match &arg.store {
+        Some(dir) => dir.clone(),
+        None => {
+            let env_path = |k: &str| std::env::var_os(k).map(PathBuf::from);
+            luminaguard_image::store::default_root(
+                nix::unistd::getuid().as_raw(),
+                env_path("XDG_DATA_HOME").as_deref(),
+                env_path("HOME").as_deref(),
+            )
+            .context("no image store: set --store, LUMINAGUARD_IMAGE_STORE or HOME")?
+        }
+    };
+    anyhow::ensure!(
+        root.is_absolute(),
+        "image store {} is not an absolute path",
+        root.display()
+    );
+    Store::open(&root).with_context(|| format!("opening image store {}", root.display()))
+}
+
+#[derive(Debug, Serialize)]
+struct ImageJson {
+    digest: String,
+    kernel_release: String,
+    dir: PathBuf,
+    modules: Vec<String>,
+    created_by: String,
+    /// File name → (sha256, size).
+    artifacts: Vec<ArtifactJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct ArtifactJson {
+    file: &'static str,
+    path: PathBuf,
+    sha256: String,
+    size: u64,
+}
+
+impl From<&Image> for ImageJson {
+    fn from(image: &Image) -> Self {
+        let m = &image.manifest;
+        Self {
+            digest: image.digest.to_string(),
+            kernel_release: m.kernel_release.clone(),
+            dir: image.dir.clone(),
+            modules: m.modules.clone(),
+            created_by: m.created_by.clone(),
+            artifacts: m
+                .artifacts()
+                .into_iter()
+                .map(|(kind, a)| ArtifactJson {
+                    file: kind.file_name(),
+                    path: image.dir.join(kind.file_name()),
+                    sha256: a.sha256.to_string(),
+                    size: a.size,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct BuildJson {
+    #[serde(flatten)]
+    image: ImageJson,
+    /// An image built from the same inputs was already in the store.
+    reused: bool,
+    /// Milliseconds per step.
+    steps_ms: Vec<(&'static str, u128)>,
+}
+
+/// A scratch root of host programs, removed on drop.
+struct TempRoot(PathBuf);
+
+impl Drop for TempRoot {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(path = %self.0.display(), error = %e, "removing temporary root tree");
+        }
+    }
+}
+
+fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let store = open_store(&args.store)?;
+    let kernel = match (&args.kernel_dir, &args.kernel, &args.modules) {
+        (_, Some(bzimage), Some(modules)) => KernelSource {
+            bzimage: bzimage.clone(),
+            modules_dir: modules.clone(),
+        },
+        (Some(dir), _, _) => KernelSource::from_tree(dir)?,
+        _ => anyhow::bail!("give --kernel-dir DIR, or --kernel FILE with --modules DIR"),
+    };
+    // Default root: host programs, assembled in the store's scratch space (same every time,
+    // so the image is found again rather than rebuilt).
+    let mut _temp = None;
+    let rootfs = match &args.rootfs {
+        Some(dir) => dir.clone(),
+        None => {
+            let dir = store
+                .root()
+                .join("tmp")
+                .join(format!("hostroot-{}-0", std::process::id()));
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing stale {}", dir.display()))?;
+            }
+            let temp = TempRoot(dir.clone());
+            let made = hostroot::assemble(&dir, hostroot::HOST_TOOLS)
+                .context("assembling the default root of host programs")?;
+            tracing::info!(
+                programs = made.programs.len(),
+                libraries = made.libraries.len(),
+                "image build: root of host programs ({})",
+                hostroot::HOST_TOOLS.join(" ")
+            );
+            _temp = Some(temp);
+            dir
+        }
+    };
+    let inputs = BuildInputs {
+        kernel,
+        agent: args.agent.clone(),
+        rootfs,
+        created_by: format!("luminaguard {}", env!("CARGO_PKG_VERSION")),
+    };
+    let built = luminaguard_image::build::build(&store, &inputs)?;
+    if args.json {
+        let out = BuildJson {
+            image: ImageJson::from(&built.image),
+            reused: built.reused,
+            steps_ms: built
+                .steps
+                .iter()
+                .map(|(s, d)| (*s, d.as_millis()))
+                .collect(),
+        };
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        if built.reused {
+            eprintln!("image already built from these inputs");
+        }
+        println!("{}", built.image.digest);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ls(store: &Store, json: bool) -> anyhow::Result<ExitCode> {
+    let mut images = Vec::new();
+    let mut broken = 0;
+    for entry in store.list()? {
+        match entry {
+            Ok(image) => images.push(image),
+            Err(e) => {
+                broken += 1;
+                eprintln!("luminaguard: image store: {e}");
+            }
+        }
+    }
+    if json {
+        let list: Vec<ImageJson> = images.iter().map(ImageJson::from).collect();
+        println!("{}", serde_json::to_string(&list)?);
+    } else {
+        println!(
+            "{:<14} {:<24} {:>12}  CREATED BY",
+            "IMAGE", "KERNEL", "ROOTFS"
+        );
+        for image in &images {
+            let rootfs = image
+                .manifest
+                .artifact(ArtifactKind::Rootfs)
+                .map_or("-".to_owned(), |a| format!("{} MiB", a.size >> 20));
+            println!(
+                "{:<14} {:<24} {:>12}  {}",
+                image.digest.short(),
+                image.manifest.kernel_release,
+                rootfs,
+                image.manifest.created_by
+            );
+        }
+    }
+    Ok(if broken == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn rm(store: &Store, digests: &[String], json: bool) -> anyhow::Result<ExitCode> {
+    let mut removed = Vec::new();
+    let mut failed = false;
+    for reference in digests {
+        match store.remove(reference) {
+            Ok(digest) => removed.push(digest.to_string()),
+            Err(e) => {
+                failed = true;
+                eprintln!("luminaguard: image rm {reference}: {e}");
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::json!({ "removed": removed }));
+    } else {
+        for digest in &removed {
+            println!("removed {digest}");
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Runs an `image` subcommand.
+pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ImageCommand::Build(args) => build(args),
+        ImageCommand::Ls { store, json } => ls(&open_store(&store)?, json),
+        ImageCommand::Rm {
+            store,
+            digests,
+            json,
+        } => rm(&open_store(&store)?, &digests, json),
+    }
+}

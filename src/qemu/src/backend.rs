@@ -1,0 +1,694 @@
+//! The QEMU `microvm` backend: one VM per sandbox, its agent reached over hybrid vsock.
+//!
+//! Order of creation, each step recorded in the sandbox's `meta.json` before the resource it
+//! names exists (so `destroy` and `gc` can always find it), and everything removed again when a
+//! later step fails:
+//!
+//! 1. the sandbox directory and record;
+//! 2. the cgroup (guest RAM + VMM overhead, PIDs, CPU);
+//! 3. `vhost-device-vsock` (recorded in `meta.helpers` as soon as it runs), started inside the
+//!    cgroup; wait for its vhost-user socket;
+//! 4. QEMU (recorded as `meta.init`), inside the cgroup, under its own seccomp sandbox;
+//! 5. readiness: `CONNECT 1024` through the hybrid-vsock socket until the guest agent listens,
+//!    then the protocol handshake — raced against either process exiting, so a VM that dies is
+//!    reported at once with the tail of its serial console, not after the boot timeout.
+//!
+//! Files in the sandbox directory: `agent.sock` (hybrid vsock: what attach dials), `vhost.sock`
+//! (vhost-user, QEMU ↔ vhost-device-vsock), `console.log` (the guest's serial console),
+//! `qemu.log` and `vhost.log` (the two processes' stdout and stderr).
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use luminaguard_backend::{Backend, BackendError, CreateRequest, ProcessRef, Sandbox, SandboxMeta};
+use luminaguard_cgroup::{Cgroup, Limits};
+use luminaguard_core::ByteSize;
+use luminaguard_core::runtime::SandboxFile;
+use luminaguard_image::store::{ArtifactKind, Image};
+use luminaguard_protocol::{AGENT_VSOCK_PORT, Client, ClientError, ClientOptions};
+use tokio::process::{Child, Command};
+
+use crate::cmdline::{Accel, Drive, KernelCmdline, QemuCommand, SeccompSandbox, VhostVsock};
+
+const NAME: &str = "qemu";
+
+/// The vhost-user socket between QEMU and vhost-device-vsock.
+pub const VHOST_SOCKET: &str = "vhost.sock";
+/// QEMU's stdout and stderr.
+pub const QEMU_LOG: &str = "qemu.log";
+/// vhost-device-vsock's stdout and stderr.
+pub const VHOST_LOG: &str = "vhost.log";
+
+/// How long the guest may take from QEMU's start to the agent's handshake, by accelerator.
+/// TCG boots in about 2 s on an idle machine; several VMs booting at once on 2 cores take longer.
+pub const BOOT_TIMEOUT_TCG: Duration = Duration::from_secs(30);
+pub const BOOT_TIMEOUT_KVM: Duration = Duration::from_secs(10);
+/// How long vhost-device-vsock may take to create its socket.
+const VHOST_SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `destroy` waits for the guest to power off after the agent acknowledged `Shutdown`.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// The guest's CID. Every VM has its own vhost-device-vsock, so they can all be 3.
+const GUEST_CID: u32 = 3;
+/// TCG's translation-block cache (QEMU's default is up to 1 GiB, all of it chargeable to the
+/// sandbox's cgroup once touched).
+pub const TCG_TB_MIB: u64 = 64;
+/// Memory the VMM and vhost-device-vsock may use beyond guest RAM: QEMU's own heap and the TCG
+/// cache ([`TCG_TB_MIB`]) dominate it. See docs/qemu-backend.md for what was measured.
+pub const VMM_MEMORY_OVERHEAD: ByteSize = ByteSize(256 * ByteSize::MIB);
+/// Threads of QEMU and vhost-device-vsock together (QEMU: main loop, one per vCPU, RCU, a pool
+/// of I/O workers).
+pub const VMM_PIDS: u64 = 256;
+
+/// The files a guest boots from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestImage {
+    /// The image's digest, when it comes from the store.
+    pub digest: Option<String>,
+    /// The kernel QEMU loads (the ELF `vmlinux` when the image has one, else the bzImage).
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The shared root filesystem, attached read-only as the first virtio-blk drive.
+    pub rootfs: Option<PathBuf>,
+    /// The guest kernel's release (`uname -r` inside).
+    pub kernel_release: String,
+}
+
+impl GuestImage {
+    /// The boot files of a store image.
+    pub fn from_store(image: &Image) -> Result<Self, BackendError> {
+        let kernel = image
+            .artifact_path(ArtifactKind::Vmlinux)
+            .or_else(|| image.artifact_path(ArtifactKind::Kernel))
+            .ok_or_else(|| setup("find the image's kernel", "the image has no kernel"))?;
+        let initrd = image
+            .artifact_path(ArtifactKind::Initramfs)
+            .ok_or_else(|| setup("find the image's initramfs", "the image has none"))?;
+        Ok(Self {
+            digest: Some(image.digest.to_string()),
+            kernel,
+            initrd,
+            rootfs: image.artifact_path(ArtifactKind::Rootfs),
+            kernel_release: image.manifest.kernel_release.clone(),
+        })
+    }
+}
+
+/// Runs each sandbox as a QEMU `microvm`.
+#[derive(Debug, Clone)]
+pub struct QemuBackend {
+    qemu: PathBuf,
+    vhost: PathBuf,
+    image: GuestImage,
+    accel: Accel,
+    client: ClientOptions,
+    boot_timeout: Duration,
+}
+
+/// How long each phase of one boot took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct BootTimings {
+    /// Directory, record and cgroup, until vhost-device-vsock is spawned.
+    pub prepare: Duration,
+    /// vhost-device-vsock spawned → its socket exists.
+    pub vhost_start: Duration,
+    /// QEMU spawned → the guest agent accepted the vsock connection (VMM start, kernel boot,
+    /// initramfs, agent start).
+    pub boot: Duration,
+    /// The protocol handshake.
+    pub handshake: Duration,
+    /// Everything, from the call to `create` to a ready sandbox.
+    pub total: Duration,
+}
+
+fn setup(step: &'static str, reason: impl std::fmt::Display) -> BackendError {
+    BackendError::Setup {
+        backend: NAME,
+        step,
+        reason: reason.to_string(),
+    }
+}
+
+fn with_console(reason: impl std::fmt::Display, console: &str) -> String {
+    if console.trim().is_empty() {
+        format!("{reason} (the serial console is empty)")
+    } else {
+        format!(
+            "{reason}\n--- last lines of the serial console ---\n{}",
+            console.trim_end()
+        )
+    }
+}
+
+impl QemuBackend {
+    /// `qemu`: `qemu-system-x86_64`; `vhost`: `vhost-device-vsock`; `accel`: what the KVM probe
+    /// allows ([`crate::kvm::probe`]).
+    pub fn new(
+        qemu: PathBuf,
+        vhost: PathBuf,
+        image: GuestImage,
+        accel: Accel,
+        client: ClientOptions,
+    ) -> Self {
+        let boot_timeout = match accel {
+            Accel::Kvm => BOOT_TIMEOUT_KVM,
+            Accel::Tcg => BOOT_TIMEOUT_TCG,
+        };
+        Self {
+            qemu,
+            vhost,
+            image,
+            accel,
+            client,
+            boot_timeout,
+        }
+    }
+
+    /// Overrides the boot timeout.
+    pub fn with_boot_timeout(mut self, timeout: Duration) -> Self {
+        self.boot_timeout = timeout;
+        self
+    }
+
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    pub fn image(&self) -> &GuestImage {
+        &self.image
+    }
+
+    /// [`Backend::create`], also returning how long each phase took.
+    pub async fn create_timed(
+        &self,
+        req: CreateRequest,
+    ) -> Result<(Sandbox, BootTimings), BackendError> {
+        let t0 = Instant::now();
+        let accel = self.accel.as_str().to_owned();
+        let (dir, mut meta) = luminaguard_backend::begin_create(&req, NAME, |m| {
+            m.accel = Some(accel);
+            m.agent_vsock_port = Some(AGENT_VSOCK_PORT);
+        })
+        .await?;
+        match self.start(&req, &dir, &mut meta, t0).await {
+            Ok((client, timings)) => Ok((
+                Sandbox::new(req.id, dir, meta, client).with_graceful_shutdown(SHUTDOWN_GRACE),
+                timings,
+            )),
+            Err(e) => {
+                luminaguard_backend::abandon_create(dir, meta).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The cgroup (see [`luminaguard_backend::create_cgroup`]): guest RAM plus the VMM's
+    /// overhead, PIDs for the VMM's threads, CPU quota of the vCPUs.
+    async fn create_cgroup(
+        &self,
+        req: &CreateRequest,
+        dir: &Path,
+        meta: &mut SandboxMeta,
+    ) -> Result<Cgroup, BackendError> {
+        let limits = Limits {
+            memory_bytes: req
+                .spec
+                .memory
+                .bytes()
+                .saturating_add(VMM_MEMORY_OVERHEAD.bytes()),
+            pids: VMM_PIDS,
+            cpus: Some(req.spec.vcpus),
+        };
+        luminaguard_backend::create_cgroup(&req.id, dir, meta, limits).await
+    }
+
+    /// Everything after the record exists; on error the caller removes what the record names.
+    async fn start(
+        &self,
+        req: &CreateRequest,
+        dir: &Path,
+        meta: &mut SandboxMeta,
+        t0: Instant,
+    ) -> Result<(Client, BootTimings), BackendError> {
+        let spec = &req.spec;
+        if req.workspace.is_some() {
+            return Err(setup(
+                "share the workspace",
+                "the qemu backend cannot share a host directory yet (no --workspace)",
+            ));
+        }
+        let cgroup = if req.without_cgroup {
+            tracing::warn!(id = %req.id, "no cgroup limits: the VMM's memory, PIDs and CPU are not capped");
+            None
+        } else {
+            Some(self.create_cgroup(req, dir, meta).await?)
+        };
+        let cgroup_procs = match &cgroup {
+            Some(cg) => open_cgroup_procs(cg).await?,
+            None => Vec::new(),
+        };
+
+        let tsc = tokio::task::spawn_blocking(crate::tsc::host_tsc_khz).await?;
+        let vhost_socket = dir.join(VHOST_SOCKET);
+        let uds = dir.join(SandboxFile::AgentSocket.file_name());
+        let console = dir.join(SandboxFile::ConsoleLog.file_name());
+        let vhost_argv = VhostVsock {
+            guest_cid: GUEST_CID,
+            socket: vhost_socket.clone(),
+            uds: uds.clone(),
+        }
+        .argv()
+        .map_err(|e| setup("build the vhost-device-vsock command line", e))?;
+        let memory_mib = spec.memory.bytes() / ByteSize::MIB;
+        let scratch_mib = spec.scratch.bytes() / ByteSize::MIB;
+        let qemu_argv = QemuCommand {
+            accel: self.accel,
+            tcg_tb_mib: (self.accel == Accel::Tcg).then_some(TCG_TB_MIB),
+            vcpus: spec.vcpus,
+            memory_mib,
+            kernel: self.image.kernel.clone(),
+            initrd: self.image.initrd.clone(),
+            cmdline: KernelCmdline::guest(tsc.map(|(khz, _)| khz), scratch_mib)
+                .map_err(|e| setup("build the guest kernel command line", e))?,
+            drives: self
+                .image
+                .rootfs
+                .iter()
+                .map(|p| Drive {
+                    id: "root".into(),
+                    path: p.clone(),
+                    read_only: true,
+                })
+                .collect(),
+            vhost_vsock: Some(vhost_socket.clone()),
+            serial_log: console.clone(),
+            seccomp: SeccompSandbox::STRICT,
+        }
+        .argv()
+        .map_err(|e| setup("build the QEMU command line", e))?;
+
+        // 3. vhost-device-vsock.
+        let prepare = t0.elapsed();
+        let t_vhost = Instant::now();
+        let mut vhost = spawn(
+            &self.vhost,
+            &vhost_argv,
+            &dir.join(VHOST_LOG),
+            &cgroup_procs,
+            req.persistent,
+        )
+        .await
+        .map_err(|e| setup("start vhost-device-vsock", e))?;
+        let vhost_ref = vhost
+            .id()
+            .and_then(|p| i32::try_from(p).ok().and_then(ProcessRef::of));
+        let Some(vhost_ref) = vhost_ref else {
+            let status = vhost.wait().await.ok();
+            return Err(setup(
+                "start vhost-device-vsock",
+                format!(
+                    "it exited at once ({status:?}): {}",
+                    luminaguard_backend::log_tail(&dir.join(VHOST_LOG), 2048).await
+                ),
+            ));
+        };
+        meta.helpers.push(vhost_ref);
+        meta.save(dir).await?;
+        wait_for_socket(&vhost_socket, &mut vhost, VHOST_SOCKET_TIMEOUT)
+            .await
+            .map_err(|reason| setup("wait for vhost-device-vsock's socket", reason))?;
+        let vhost_start = t_vhost.elapsed();
+
+        // 4. QEMU.
+        let t_qemu = Instant::now();
+        let mut qemu = spawn(
+            &self.qemu,
+            &qemu_argv,
+            &dir.join(QEMU_LOG),
+            &cgroup_procs,
+            req.persistent,
+        )
+        .await
+        .map_err(|e| setup("start QEMU", e))?;
+        drop(cgroup_procs);
+        meta.init = qemu
+            .id()
+            .and_then(|p| i32::try_from(p).ok().and_then(ProcessRef::of));
+        let Some(init) = meta.init else {
+            let status = qemu.wait().await.ok();
+            return Err(setup(
+                "start QEMU",
+                format!(
+                    "it exited at once ({status:?}): {}",
+                    luminaguard_backend::log_tail(&dir.join(QEMU_LOG), 2048).await
+                ),
+            ));
+        };
+        if req.persistent {
+            // From now on the sandbox lives as long as its VMM, not as long as its creator.
+            meta.owner = init;
+        }
+        meta.save(dir).await?;
+        tracing::debug!(id = %req.id, qemu = init.pid, vhost = vhost_ref.pid, accel = %self.accel, "VM starting");
+
+        // 5. Readiness, raced against either process dying.
+        let ready = async {
+            wait_for_listening(&console, AGENT_HINT_TIMEOUT).await;
+            let stream = dial_agent(&uds, self.boot_timeout)
+                .await
+                .map_err(Ready::Dial)?;
+            let boot = t_qemu.elapsed();
+            let t_hs = Instant::now();
+            let client = Client::connect(stream, self.client.clone())
+                .await
+                .map_err(Ready::Handshake)?;
+            Ok::<_, Ready>((client, boot, t_hs.elapsed()))
+        };
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(self.boot_timeout, ready) => match r {
+                Ok(r) => r,
+                Err(_) => Err(Ready::Handshake(ClientError::Timeout {
+                    what: "boot and handshake",
+                    after: self.boot_timeout,
+                })),
+            },
+            status = qemu.wait() => Err(Ready::Exited {
+                what: "QEMU",
+                status: status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                log: dir.join(QEMU_LOG),
+            }),
+            status = vhost.wait() => Err(Ready::Exited {
+                what: "vhost-device-vsock",
+                status: status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                log: dir.join(VHOST_LOG),
+            }),
+        };
+        let (client, boot, handshake) = match outcome {
+            Ok(ok) => ok,
+            Err(e) => return Err(e.into_error(req.id.as_str(), &console).await),
+        };
+        watch(req.id.to_string(), qemu, vhost);
+        let timings = BootTimings {
+            prepare,
+            vhost_start,
+            boot,
+            handshake,
+            total: t0.elapsed(),
+        };
+        tracing::debug!(id = %req.id, ?timings, "VM ready");
+        Ok((client, timings))
+    }
+}
+
+/// How much of the console [`wait_for_listening`] reads: the line comes early in a boot
+/// (about 2 KiB of console with `quiet`); a guest that floods its console is not read further.
+const CONSOLE_HINT_MAX: u64 = 64 * 1024;
+
+/// Whether a console holds the agent's `listening … vsock:<port>` line (the agent logs it through
+/// `tracing`, possibly with colour codes between the words).
+fn console_says_listening(console: &[u8], port: u32) -> bool {
+    let needle = format!("vsock:{port}");
+    let followed = format!("{needle} ");
+    String::from_utf8_lossy(console).lines().any(|l| {
+        l.contains(" listening") && (l.trim_end().ends_with(&needle) || l.contains(&followed))
+    })
+}
+
+/// The first `max` bytes of the file at `path`.
+async fn read_head(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    tokio::fs::File::open(path)
+        .await?
+        .take(max)
+        .read_to_end(&mut buf)
+        .await?;
+    Ok(buf)
+}
+
+/// How long to wait for the agent's "listening" line on the console before dialing anyway.
+pub const AGENT_HINT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Waits (polling the console log, 2 ms doubling to 20 ms) until the guest agent has logged that
+/// it listens on its vsock port, or `limit` passes.
+///
+/// Why: every `CONNECT` that reaches the guest before the agent listens is answered with a reset,
+/// and under vhost-device-vsock 0.3.0 a burst of such resets sometimes leaves the VM's vsock
+/// device stuck for good — no later `CONNECT` is ever answered (seen in about 1 boot in 10 with
+/// four VMs booting at once under TCG). Dialing only once the agent listens avoids the burst.
+/// The line is a hint, not trusted: a guest that prints it early only makes us dial earlier.
+async fn wait_for_listening(console: &Path, limit: Duration) {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    while start.elapsed() < limit {
+        if let Ok(text) = read_head(console, CONSOLE_HINT_MAX).await {
+            if console_says_listening(&text, AGENT_VSOCK_PORT) {
+                tracing::trace!(elapsed = ?start.elapsed(), "the agent says it listens");
+                return;
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+    tracing::debug!(
+        ?limit,
+        "no listening line from the agent on the console; dialing anyway"
+    );
+}
+
+/// How long one `CONNECT` attempt may go unanswered before it is abandoned and retried.
+pub const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Connects to the guest agent's vsock port through `uds`, retrying until `limit`.
+///
+/// Unlike [`luminaguard_vsock::connect_with_retry`], each attempt has its own deadline
+/// ([`CONNECT_ATTEMPT_TIMEOUT`]): a `CONNECT` sent while the guest's vsock driver is still
+/// starting can go unanswered for good (vhost-device-vsock 0.3.0 neither replies nor closes;
+/// seen here about once in ten TCG boots, with the agent already listening), and only a fresh
+/// connection gets through.
+async fn dial_agent(
+    uds: &Path,
+    limit: Duration,
+) -> Result<tokio::net::UnixStream, luminaguard_vsock::DialError> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    let mut attempts: u32 = 0;
+    loop {
+        attempts = attempts.saturating_add(1);
+        let left = limit.saturating_sub(start.elapsed());
+        let err = match luminaguard_vsock::connect(
+            uds,
+            AGENT_VSOCK_PORT,
+            left.min(CONNECT_ATTEMPT_TIMEOUT),
+        )
+        .await
+        {
+            Ok(s) => {
+                tracing::debug!(attempts, elapsed = ?start.elapsed(), "guest agent reached over vsock");
+                return Ok(s.into_stream());
+            }
+            Err(e) => e,
+        };
+        let retry =
+            err.is_transient() || matches!(err, luminaguard_vsock::DialError::Timeout { .. });
+        tracing::trace!(attempts, elapsed = ?start.elapsed(), error = %err, "vsock: agent not reached yet");
+        if !retry || start.elapsed() >= limit {
+            return Err(luminaguard_vsock::DialError::GaveUp {
+                path: uds.to_owned(),
+                port: AGENT_VSOCK_PORT,
+                attempts,
+                waited: start.elapsed(),
+                last: Box::new(err),
+            });
+        }
+        tokio::time::sleep(pause.min(limit.saturating_sub(start.elapsed()))).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Why a VM did not become ready.
+enum Ready {
+    Dial(luminaguard_vsock::DialError),
+    Handshake(ClientError),
+    Exited {
+        what: &'static str,
+        status: String,
+        log: PathBuf,
+    },
+}
+
+impl Ready {
+    async fn into_error(self, id: &str, console: &Path) -> BackendError {
+        let console_tail = luminaguard_backend::log_tail(console, 4096).await;
+        match self {
+            Self::Handshake(source) => BackendError::Agent {
+                id: id.to_owned(),
+                source,
+                log: console_tail,
+            },
+            Self::Dial(e) => setup(
+                "reach the guest agent over vsock",
+                with_console(e, &console_tail),
+            ),
+            Self::Exited { what, status, log } => {
+                let own = luminaguard_backend::log_tail(&log, 2048).await;
+                let own = if own.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!("; its output: {}", own.trim_end())
+                };
+                setup(
+                    "boot the VM",
+                    with_console(
+                        format!("{what} exited ({status}) before the guest agent answered{own}"),
+                        &console_tail,
+                    ),
+                )
+            }
+        }
+    }
+}
+
+/// Once QEMU exits, nothing can reach the guest any more; vhost-device-vsock would keep running
+/// and keep the host's connections open (they would hang rather than fail). So a task waits for
+/// QEMU and then kills vhost-device-vsock: clients see EOF at once. The task lives as long as
+/// the caller's runtime; the records still name both processes for `destroy` and `gc`.
+fn watch(id: String, mut qemu: Child, mut vhost: Child) {
+    tokio::spawn(async move {
+        let status = qemu.wait().await;
+        tracing::debug!(%id, ?status, "QEMU exited; stopping vhost-device-vsock");
+        let _ = vhost.start_kill();
+        let _ = vhost.wait().await;
+    });
+}
+
+/// Opens the `cgroup.procs` file of each of the group's directories, for the children to write
+/// themselves into before they exec.
+async fn open_cgroup_procs(cg: &Cgroup) -> Result<Vec<OwnedFd>, BackendError> {
+    let mut fds = Vec::new();
+    for d in cg.dirs() {
+        let path = d.join("cgroup.procs");
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .await
+            .map_err(|source| BackendError::Io {
+                what: "open",
+                path: path.clone(),
+                source,
+            })?;
+        fds.push(OwnedFd::from(file.into_std().await));
+    }
+    Ok(fds)
+}
+
+/// Starts `program` with `args`: stdin from /dev/null, stdout and stderr appended to `log`, in
+/// the cgroup whose `cgroup.procs` files are `cgroup_procs` before it runs a single instruction
+/// of its own. A `detached` process gets its own session (it outlives its creator); otherwise it
+/// is killed when the thread that started it exits (the creator died: no orphaned VM).
+async fn spawn(
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    cgroup_procs: &[OwnedFd],
+    detached: bool,
+) -> std::io::Result<Child> {
+    let out = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .await?
+        .into_std()
+        .await;
+    let err = out.try_clone()?;
+    let fds: Vec<i32> = cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err));
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe system calls (write, setsid, prctl) on memory allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &fds {
+                // "0": the writing process itself.
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if detached {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot run {}: {e}", program.display()))
+    })
+}
+
+/// Waits until `path` exists, or `child` exits, or `limit` passes. vhost-device-vsock offers no
+/// readiness signal but its socket, so this polls (1 ms doubling to 20 ms).
+async fn wait_for_socket(path: &Path, child: &mut Child, limit: Duration) -> Result<(), String> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if tokio::fs::try_exists(path).await.unwrap_or(false) {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "it exited ({status}) before creating {}",
+                path.display()
+            ));
+        }
+        if start.elapsed() >= limit {
+            return Err(format!(
+                "{} did not appear within {limit:?}",
+                path.display()
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+impl Backend for QemuBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn create(&self, req: CreateRequest) -> Result<Sandbox, BackendError> {
+        self.create_timed(req).await.map(|(sandbox, _)| sandbox)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agents_listening_line_is_recognised_plain_and_coloured() {
+        let plain =
+            b"[    0.29] PCI: Fatal\n2026-11-22T20:44:20Z  INFO listening addr=vsock:1024\n";
+        assert!(console_says_listening(plain, 1024));
+        let coloured = b"\x1b[2m2026\x1b[0m \x1b[32m INFO\x1b[0m listening \x1b[3maddr\x1b[0m\x1b[2m=\x1b[0mvsock:1024\r\n";
+        assert!(console_says_listening(coloured, 1024));
+        assert!(!console_says_listening(
+            b"INFO listening addr=vsock:10240\n",
+            1024
+        ));
+        assert!(!console_says_listening(
+            b"INFO listening addr=unix:/x\n",
+            1024
+        ));
+        assert!(!console_says_listening(b"vm-init: root ready\n", 1024));
+        assert!(!console_says_listening(b"", 1024));
+    }
+}
