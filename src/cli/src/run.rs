@@ -157,10 +157,15 @@ pub fn find_image(
     }
     let store = luminaguard_image::Store::open(&root)
         .with_context(|| format!("opening image store {}", root.display()))?;
-    match reference {
-        Some(r) => Ok(Some(store.get(r)?)),
-        None => Ok(luminaguard_qemu::newest_image(&store)?),
-    }
+    let image = match reference {
+        Some(r) => store.get(r)?,
+        None => match luminaguard_qemu::newest_image(&store)? {
+            Some(image) => image,
+            None => return Ok(None),
+        },
+    };
+    // Nothing boots from an image whose files no longer match its manifest.
+    Ok(Some(store.verify_for_boot(image.digest.as_str())?))
 }
 
 /// The backend for a request: `spec.backend` (after `--backend`), with `image` for a microVM.

@@ -407,10 +407,55 @@ impl Store {
             .find(|image| &image.manifest.inputs_digest == inputs))
     }
 
+    /// [`Store::verify`], skipped when no artifact changed since the last full verification.
+    ///
+    /// What a boot calls: re-hashing ~100 MB per boot would cost more than the boot's own
+    /// orchestration. After a full verification the store keeps each artifact's
+    /// `(dev, ino, size, mtime, ctime)` in `verified/<digest>.json`; any write to a file, or
+    /// any change to its metadata, moves its ctime, which userspace cannot set back — so a
+    /// changed stamp means a full re-hash, and only an unchanged one skips it.
+    pub fn verify_for_boot(&self, reference: &str) -> Result<Image, StoreError> {
+        let image = self.get(reference)?;
+        let stamp_path = self
+            .verified_dir()
+            .join(format!("{}.json", image.digest.as_str()));
+        let current = stat_stamp(&image);
+        #[allow(clippy::disallowed_methods)] // blocking by contract
+        let recorded = std::fs::read(&stamp_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<FileStamp>>(&b).ok());
+        if current.is_some() && recorded == current {
+            tracing::debug!(digest = %image.digest, "image unchanged since its last verification");
+            return Ok(image);
+        }
+        let image = self.verify(reference)?;
+        if let Some(stamp) = stat_stamp(&image) {
+            let dir = self.verified_dir();
+            let tmp = dir.join(format!(".{}.{}", image.digest.as_str(), std::process::id()));
+            let written = std::fs::create_dir_all(&dir)
+                .and_then(|()| serde_json::to_vec(&stamp).map_err(std::io::Error::other))
+                .and_then(|bytes| std::fs::write(&tmp, bytes))
+                .and_then(|()| std::fs::rename(&tmp, &stamp_path));
+            if let Err(e) = written {
+                // Only a cache: the next boot verifies in full again.
+                tracing::warn!(path = %stamp_path.display(), error = %e, "cannot record the verification");
+            }
+        }
+        Ok(image)
+    }
+
+    fn verified_dir(&self) -> PathBuf {
+        self.root.join("verified")
+    }
+
     /// Removes an image (atomically: it is renamed away before it is deleted). Returns its
     /// digest.
     pub fn remove(&self, reference: &str) -> Result<Digest, StoreError> {
         let digest = self.resolve(reference)?;
+        let _ = std::fs::remove_file(
+            self.verified_dir()
+                .join(format!("{}.json", digest.as_str())),
+        );
         let dir = self.images_dir().join(digest.as_str());
         let mut trash = self.staging("remove")?;
         let target = trash.path.join(digest.as_str());
@@ -472,6 +517,42 @@ impl Store {
         tracing::debug!(digest = %image.digest, "image verified");
         Ok(image)
     }
+}
+
+/// What [`Store::verify_for_boot`] compares: an artifact's identity and change times.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct FileStamp {
+    name: String,
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+/// The stamps of every artifact of `image` and of its manifest; `None` if any cannot be read.
+fn stat_stamp(image: &Image) -> Option<Vec<FileStamp>> {
+    use std::os::unix::fs::MetadataExt;
+    std::iter::once(MANIFEST)
+        .chain(
+            image
+                .manifest
+                .artifacts()
+                .iter()
+                .map(|(k, _)| k.file_name()),
+        )
+        .map(|name| {
+            let m = std::fs::metadata(image.dir.join(name)).ok()?;
+            Some(FileStamp {
+                name: name.to_owned(),
+                dev: m.dev(),
+                ino: m.ino(),
+                size: m.size(),
+                mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+                ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+            })
+        })
+        .collect()
 }
 
 /// Writes `source` to a new read-only file at `dest`, synced; returns its digest and size.

@@ -358,3 +358,41 @@ fn default_root_per_user() {
         None
     );
 }
+
+#[test]
+fn verify_for_boot_catches_a_same_size_overwrite_after_a_cached_verification() {
+    let f = fixture();
+    let image = f.store.insert(new_image(&f.rootfs, INITRAMFS)).unwrap();
+    let digest = image.digest.as_str().to_owned();
+    // First boot: full verification, then the stamp is recorded.
+    f.store.verify_for_boot(&digest).unwrap();
+    let stamp = f
+        .store
+        .root()
+        .join("verified")
+        .join(format!("{digest}.json"));
+    assert!(stamp.exists());
+    // Unchanged: passes again (from the stamp).
+    f.store.verify_for_boot(&digest).unwrap();
+    // One byte flipped in place, same size and the mtime put back: the ctime still moved.
+    let rootfs = image.dir.join("rootfs.ext4");
+    let mtime = std::fs::metadata(&rootfs).unwrap().modified().unwrap();
+    tamper(&rootfs, |p| {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        file.seek(SeekFrom::Start(1234)).unwrap();
+        file.write_all(b"X").unwrap();
+        file.set_modified(mtime).unwrap();
+    });
+    let err = f.store.verify_for_boot(&digest).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupted { file, .. } if file == "rootfs.ext4"),
+        "{err}"
+    );
+    // Removing the image removes its stamp.
+    tamper(&rootfs, |p| {
+        std::fs::write(p, vec![0x53u8; 300_000]).unwrap()
+    });
+    f.store.remove(&digest).unwrap();
+    assert!(!stamp.exists());
+}
