@@ -257,7 +257,9 @@ pub async fn create_cgroup(
     Ok(tokio::task::spawn_blocking(move || hierarchy.create(&name, limits)).await??)
 }
 
-/// Creates `path` as a directory only the owner can enter (or checks the one that exists).
+/// Creates `path` (or takes the one that exists) with mode 0711: only its owner may list or
+/// change it; others may only pass through to an entry they already know the name of — which
+/// an unprivileged VMM needs to reach its own sandbox directory (itself 0700, owned by it).
 pub async fn create_private_dir(path: &Path) -> Result<(), BackendError> {
     let io = |what| {
         move |source| BackendError::Io {
@@ -267,15 +269,31 @@ pub async fn create_private_dir(path: &Path) -> Result<(), BackendError> {
         }
     };
     match tokio::fs::create_dir(path).await {
-        Ok(()) => tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-            .await
-            .map_err(io("restrict permissions of")),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io("create")(e)),
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io("create")(e)),
     }
+    tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))
+        .await
+        .map_err(io("set the permissions of"))
 }
 
-/// Creates the runtime root, its `sandboxes/` directory and `sandboxes/<id>/`, each private.
+/// The VMM uids recorded by sandboxes under `runtime` whose init (VMM) still runs. Blocking.
+pub fn live_vmm_uids(runtime: &RuntimeDir) -> Vec<u32> {
+    #[allow(clippy::disallowed_methods)] // blocking by contract
+    let Ok(entries) = std::fs::read_dir(runtime.sandboxes_dir()) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| SandboxMeta::load_blocking(&e.path()).ok())
+        .filter(|m| m.init.is_none_or(|i| i.alive()))
+        .filter_map(|m| m.vmm_uid)
+        .collect()
+}
+
+/// Creates the runtime root and its `sandboxes/` directory (0711, see [`create_private_dir`])
+/// and `sandboxes/<id>/` (0700).
 /// Fails when the sandbox directory already exists.
 pub async fn create_sandbox_dir(
     runtime: &RuntimeDir,
@@ -285,7 +303,14 @@ pub async fn create_sandbox_dir(
     create_private_dir(runtime.root()).await?;
     create_private_dir(&runtime.sandboxes_dir()).await?;
     match tokio::fs::create_dir(&dir).await {
-        Ok(()) => Ok(dir),
+        Ok(()) => tokio::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .await
+            .map(|()| dir.clone())
+            .map_err(|source| BackendError::Io {
+                what: "set the permissions of",
+                path: dir,
+                source,
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             Err(BackendError::Exists(id.to_string()))
         }

@@ -92,6 +92,9 @@ pub struct SandboxMeta {
     /// How a microVM's guest code runs (`kvm`, `tcg`), for status listings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accel: Option<String>,
+    /// The uid (and gid) a microVM's VMM processes run as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_uid: Option<u32>,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -120,6 +123,7 @@ impl SandboxMeta {
                 .map(|l| now.saturating_add(u64::try_from(l.as_millis()).unwrap_or(u64::MAX))),
             agent_vsock_port: None,
             accel: None,
+            vmm_uid: None,
         })
     }
 

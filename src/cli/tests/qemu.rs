@@ -354,6 +354,31 @@ fn a_killed_qemu_is_detected_promptly_and_cleaned_up() {
             ),
         "init is QEMU"
     );
+    // The VMM and its vsock helper run unprivileged: a uid of their own, no capabilities.
+    let vhost = meta["helpers"][0]["pid"].as_i64().unwrap() as i32;
+    let uid = meta["vmm_uid"].as_u64().unwrap();
+    assert_ne!(uid, 0);
+    for pid in [qemu, vhost] {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(
+            line("Uid:"),
+            format!("Uid:\t{uid}\t{uid}\t{uid}\t{uid}"),
+            "{pid}"
+        );
+        assert_eq!(
+            line("Groups:").trim(),
+            "Groups:",
+            "{pid}: no supplementary groups under TCG"
+        );
+        assert_eq!(line("CapEff:"), "CapEff:\t0000000000000000", "{pid}");
+    }
     let killed = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(qemu),

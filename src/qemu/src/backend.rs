@@ -249,6 +249,29 @@ impl QemuBackend {
             None => Vec::new(),
         };
 
+        // The VMM's own unprivileged identity; its sandbox directory becomes its own.
+        let runtime = req.runtime.clone();
+        let taken =
+            tokio::task::spawn_blocking(move || luminaguard_backend::live_vmm_uids(&runtime))
+                .await?;
+        let kvm_group = match self.accel {
+            Accel::Kvm => Some(
+                tokio::fs::metadata("/dev/kvm")
+                    .await
+                    .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
+                    .map_err(|e| setup("find /dev/kvm's group", e))?,
+            ),
+            Accel::Tcg => None,
+        };
+        let who = VmmIdentity::for_sandbox(req.id.as_str(), &taken, kvm_group);
+        meta.vmm_uid = Some(who.uid);
+        meta.save(dir).await?;
+        nix::unistd::chown(
+            dir,
+            Some(nix::unistd::Uid::from_raw(who.uid)),
+            Some(nix::unistd::Gid::from_raw(who.gid)),
+        )
+        .map_err(|e| setup("give the sandbox directory to the VMM's user", e))?;
         let tsc = tokio::task::spawn_blocking(crate::tsc::host_tsc_khz).await?;
         let vhost_socket = dir.join(VHOST_SOCKET);
         let uds = dir.join(SandboxFile::AgentSocket.file_name());
@@ -297,6 +320,7 @@ impl QemuBackend {
             &dir.join(VHOST_LOG),
             &cgroup_procs,
             req.persistent,
+            who.clone(),
         )
         .await
         .map_err(|e| setup("start vhost-device-vsock", e))?;
@@ -328,6 +352,7 @@ impl QemuBackend {
             &dir.join(QEMU_LOG),
             &cgroup_procs,
             req.persistent,
+            who,
         )
         .await
         .map_err(|e| setup("start QEMU", e))?;
@@ -583,6 +608,41 @@ async fn open_cgroup_procs(cg: &Cgroup) -> Result<Vec<OwnedFd>, BackendError> {
     Ok(fds)
 }
 
+/// The unprivileged identity a sandbox's VMM processes run as: a uid and gid of their own per
+/// sandbox (so two VMMs cannot signal or trace each other), no supplementary groups but the
+/// owner group of `/dev/kvm` when KVM is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmmIdentity {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub supplementary: Vec<libc::gid_t>,
+}
+
+/// First uid/gid of the range VMMs run as, and its size: far above any account a distribution
+/// creates, and unmapped to any name.
+pub const VMM_ID_BASE: u32 = 0x5a00_0000;
+pub const VMM_ID_RANGE: u32 = 1 << 20;
+
+impl VmmIdentity {
+    /// The identity of sandbox `id`: derived from a digest of the whole id, moved on while a
+    /// live sandbox record under `taken` already uses it.
+    pub fn for_sandbox(id: &str, taken: &[u32], kvm_group: Option<libc::gid_t>) -> Self {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(id.as_bytes());
+        let seed = u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]]);
+        let mut offset = seed % VMM_ID_RANGE;
+        while taken.contains(&(VMM_ID_BASE + offset)) {
+            offset = (offset + 1) % VMM_ID_RANGE;
+        }
+        let uid = VMM_ID_BASE + offset;
+        Self {
+            uid,
+            gid: uid,
+            supplementary: kvm_group.into_iter().collect(),
+        }
+    }
+}
+
 /// Starts `program` with `args`: stdin from /dev/null, stdout and stderr appended to `log`, in
 /// the cgroup whose `cgroup.procs` files are `cgroup_procs` before it runs a single instruction
 /// of its own. A `detached` process gets its own session (it outlives its creator); otherwise it
@@ -593,6 +653,7 @@ async fn spawn(
     log: &Path,
     cgroup_procs: &[OwnedFd],
     detached: bool,
+    who: VmmIdentity,
 ) -> std::io::Result<Child> {
     let out = tokio::fs::OpenOptions::new()
         .create(true)
@@ -609,7 +670,8 @@ async fn spawn(
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err));
     // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe system calls (write, setsid, prctl) on memory allocated before the fork.
+    // async-signal-safe system calls (write, setsid, setgroups, setresgid, setresuid, prctl) on
+    // memory allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
             for fd in &fds {
@@ -618,11 +680,20 @@ async fn spawn(
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            if detached {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            if detached && libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Unprivileged from here on (the cgroup move above still needed root). Groups first,
+            // then gid, then uid; the kernel clears PDEATHSIG on a credential change, so it is
+            // set after.
+            let groups = who.supplementary.as_slice();
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setresgid(who.gid, who.gid, who.gid) != 0
+                || libc::setresuid(who.uid, who.uid, who.uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if !detached && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

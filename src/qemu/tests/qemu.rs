@@ -92,6 +92,15 @@ fn assert_nothing_left(rt: &Path, id: &SandboxId) {
     }
 }
 
+/// A temporary directory the VMM's unprivileged user can read (the kernel and initramfs live
+/// there) and pass through (the runtime directory does too).
+fn world_readable_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    tmp
+}
+
 fn file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
@@ -101,7 +110,7 @@ fn file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 #[tokio::test]
 async fn a_vmm_that_exits_at_once_is_reported_at_once_and_cleaned_up() {
     let Some(p) = programs() else { return };
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = world_readable_tempdir();
     // Not a kernel: QEMU refuses it and exits during start-up.
     let kernel = file(tmp.path(), "not-a-kernel", &[0u8; 4096]);
     let initrd = file(tmp.path(), "initrd", b"x");
@@ -145,7 +154,7 @@ async fn a_guest_kernel_panic_is_reported_with_the_console_tail() {
                 .starts_with("vmlinuz-")
         })
         .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = world_readable_tempdir();
     // An initramfs that is not one: the kernel finds no init and panics; `panic=-1` reboots at
     // once and `-no-reboot` turns that into QEMU exiting.
     let initrd = file(tmp.path(), "initrd", &[0x55u8; 4096]);
@@ -180,7 +189,7 @@ async fn a_guest_kernel_panic_is_reported_with_the_console_tail() {
 #[tokio::test]
 async fn a_missing_vsock_helper_is_named_and_nothing_is_left() {
     let Some(p) = programs() else { return };
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = world_readable_tempdir();
     let b = QemuBackend::new(
         p.qemu.clone(),
         tmp.path().join("no-such-vhost-device-vsock"),
