@@ -452,8 +452,14 @@ fn mount_root(root: &RootConfig, scratch_mb: u64) -> Result<(), VmInitError> {
         Some(&format!(
             "lowerdir={LOWER_DIR},upperdir={upper},workdir={work}"
         )),
-    )
+    )?;
+    // Every sandbox runs its commands in /workspace; a root made by debootstrap has none. It
+    // lives in the writable layer, like every write of the guest.
+    mkdir_p(&format!("{NEW_ROOT_DIR}{WORKSPACE}"), "create /workspace")
 }
+
+/// The directory commands run in, in every sandbox.
+const WORKSPACE: &str = "/workspace";
 
 /// Makes the overlay `/`: moves the API filesystems into it, moves it onto `/`, chroots.
 fn switch_root() -> Result<(), VmInitError> {

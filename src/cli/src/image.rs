@@ -76,6 +76,24 @@ pub struct BuildArgs {
     /// few basics, with their libraries).
     #[arg(long, value_name = "DIR")]
     rootfs: Option<PathBuf>,
+    /// Instead of --rootfs: a Debian base made with debootstrap (minbase plus python3, git and
+    /// ca-certificates), kept in the store's `bases/` and reused, so rebuilding gives the same
+    /// image. Optional suite (default bookworm). Needs root and debootstrap.
+    #[arg(
+        long,
+        value_name = "SUITE",
+        num_args = 0..=1,
+        default_missing_value = "bookworm",
+        conflicts_with = "rootfs"
+    )]
+    debian: Option<String>,
+    /// Debian mirror for --debian.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://deb.debian.org/debian"
+    )]
+    debian_mirror: String,
     /// The static guest agent (scripts/build-static-agent prints its path).
     #[arg(long, value_name = "PATH", env = "LUMINAGUARD_STATIC_AGENT")]
     agent: PathBuf,
@@ -162,10 +180,83 @@ struct TempRoot(PathBuf);
 
 impl Drop for TempRoot {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            tracing::warn!(path = %self.0.display(), error = %e, "removing temporary root tree");
+        match std::fs::remove_dir_all(&self.0) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %self.0.display(), error = %e, "removing temporary root tree");
+            }
+            _ => {}
         }
     }
+}
+
+/// Packages a Debian base gets on top of minbase: what agents' commands most often need.
+const DEBIAN_PACKAGES: &str = "python3,git,ca-certificates";
+
+/// The Debian base for `suite`: made once with debootstrap into the store's `bases/`, then
+/// reused (a new debootstrap run would differ in timestamps, so reuse is what keeps `image
+/// build --debian` idempotent). Blocking, like the rest of `image build`.
+#[allow(clippy::disallowed_methods)] // a synchronous CLI command: no async runtime here
+fn debian_base(store: &Store, suite: &str, mirror: &str) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(
+        !suite.is_empty() && suite.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
+        "Debian suite {suite:?} is not a suite name (e.g. bookworm)"
+    );
+    let bases = store.root().join("bases");
+    let base = bases.join(format!("debian-{suite}"));
+    if base.join(".complete").exists() {
+        tracing::info!(dir = %base.display(), "image build: reusing the Debian {suite} base");
+        return Ok(base.join("root"));
+    }
+    anyhow::ensure!(
+        nix::unistd::geteuid().is_root(),
+        "--debian needs root (debootstrap creates device nodes and sets ownership)"
+    );
+    std::fs::create_dir_all(&bases).with_context(|| format!("creating {}", bases.display()))?;
+    let work = store
+        .root()
+        .join("tmp")
+        .join(format!("debootstrap-{}-0", std::process::id()));
+    if work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
+    }
+    let temp = TempRoot(work.clone());
+    tracing::info!(%suite, %mirror, "image build: debootstrap (minbase + {DEBIAN_PACKAGES}); takes minutes");
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new("debootstrap")
+        .args([
+            "--variant=minbase",
+            &format!("--include={DEBIAN_PACKAGES}"),
+            suite,
+        ])
+        .arg(work.join("root"))
+        .arg(mirror)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running debootstrap (install it: apt-get install debootstrap)")?;
+    if !out.status.success() {
+        let log = String::from_utf8_lossy(&out.stdout);
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        anyhow::bail!(
+            "debootstrap {suite} failed ({}):\n{}{}",
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // What the guest never uses and what varies run to run: package caches and logs.
+    for junk in ["var/cache/apt/archives", "var/lib/apt/lists", "var/log"] {
+        let p = work.join("root").join(junk);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+            std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
+        }
+    }
+    std::fs::write(work.join(".complete"), b"")?;
+    std::fs::rename(&work, &base)
+        .with_context(|| format!("moving the base into {}", base.display()))?;
+    drop(temp); // moved into place: nothing left to remove
+    tracing::info!(elapsed = ?started.elapsed(), dir = %base.display(), "image build: Debian {suite} base ready");
+    Ok(base.join("root"))
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
@@ -181,9 +272,10 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     // Default root: host programs, assembled in the store's scratch space (same every time,
     // so the image is found again rather than rebuilt).
     let mut _temp = None;
-    let rootfs = match &args.rootfs {
-        Some(dir) => dir.clone(),
-        None => {
+    let rootfs = match (&args.rootfs, &args.debian) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(suite)) => debian_base(&store, suite, &args.debian_mirror)?,
+        (None, None) => {
             let dir = store
                 .root()
                 .join("tmp")

@@ -552,3 +552,60 @@ fn a_command_that_crashes_the_guest_gets_a_clear_error_and_the_vm_is_cleaned_up(
     );
     assert_nothing_left(rt.path(), &groups);
 }
+
+#[test]
+fn a_debian_image_has_python_and_git_and_rebuilds_to_the_same_digest() {
+    let Some(img) = image() else { return };
+    let _l = lock();
+    // debootstrap from the Debian mirror (a package registry: reachable from CI) into a store
+    // of its own, once per target directory.
+    let store = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("qemu-test-debian");
+    let build = || {
+        let out = Command::new(BIN)
+            .args(["image", "build", "--debian", "--store"])
+            .arg(&store)
+            .arg("--kernel-dir")
+            .arg(std::env::var_os("LUMINAGUARD_GUEST_KERNEL_DIR").unwrap())
+            .arg("--agent")
+            .arg(std::env::var_os("LUMINAGUARD_STATIC_AGENT").unwrap())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).trim().to_owned()
+    };
+    let first = build();
+    assert_eq!(
+        build(),
+        first,
+        "the Debian base is reused: same inputs, same image"
+    );
+    let rt = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("--runtime-dir")
+        .arg(rt.path())
+        .args([
+            "run",
+            "--backend",
+            "qemu",
+            "--image",
+            &first,
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg("python3 -c 'print(6 * 7)'; git --version; cat /etc/debian_version; pwd; uname -r")
+        .env("LUMINAGUARD_IMAGE_STORE", &store)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "42");
+    assert!(lines[1].starts_with("git version "), "{stdout}");
+    assert!(lines[2].starts_with("12."), "bookworm: {stdout}");
+    assert_eq!(lines[3], "/workspace");
+    assert_eq!(lines[4], img.release);
+}
