@@ -53,6 +53,10 @@ pub struct AgentArgs {
     /// Stop (and, as PID 1, end the sandbox) this long after starting, whatever is running.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub lifetime: Option<Duration>,
+    /// Once every listener is bound, connect to the host's vsock PORT (CID 2) and close: the
+    /// VMM's host side learns the agent is up without polling.
+    #[arg(long, value_name = "PORT")]
+    pub notify_ready_vsock: Option<u32>,
 }
 
 /// Errors that stop the agent from starting.
@@ -108,17 +112,24 @@ fn run_with(args: AgentArgs, audit: Option<audit::SharedLog>) -> Result<bool, Ag
             stop.cancel();
         });
     }
-    runtime.block_on(serve(args.listen, ctx))?;
+    runtime.block_on(serve(args.listen, args.notify_ready_vsock, ctx))?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(pid1 && args.on_exit != OnExit::Exit || args.on_exit == OnExit::Poweroff)
 }
 
-async fn serve(addrs: Vec<ListenAddr>, ctx: Arc<AgentContext>) -> Result<(), AgentError> {
+async fn serve(
+    addrs: Vec<ListenAddr>,
+    notify_ready_vsock: Option<u32>,
+    ctx: Arc<AgentContext>,
+) -> Result<(), AgentError> {
     // Bind everything first: a bad address fails startup instead of half-starting.
     let mut bound = Vec::with_capacity(addrs.len());
     for addr in &addrs {
         bound.push((addr.to_string(), addr.bind()?));
         tracing::info!(%addr, "listening");
+    }
+    if let Some(port) = notify_ready_vsock {
+        tokio::spawn(notify_ready(port));
     }
     let stop = ctx.shutdown.clone();
     tokio::spawn(async move {
@@ -169,6 +180,25 @@ async fn serve(addrs: Vec<ListenAddr>, ctx: Arc<AgentContext>) -> Result<(), Age
     first_error.map_or(Ok(()), |e| Err(e.into()))
 }
 
+/// Tells the host the agent listens: one connection to the host (CID 2) on `port`, closed at
+/// once — the connection itself is the signal. Best effort (a host that does not listen for it
+/// still finds the agent by dialing), so a failure is only logged.
+async fn notify_ready(port: u32) {
+    let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_HOST, port);
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_vsock::VsockStream::connect(addr),
+    )
+    .await
+    {
+        Ok(Ok(_stream)) => tracing::debug!(port, "told the host the agent is ready"),
+        Ok(Err(e)) => {
+            tracing::warn!(port, error = %e, "could not tell the host the agent is ready")
+        }
+        Err(_) => tracing::warn!(port, "telling the host the agent is ready timed out"),
+    }
+}
+
 /// `luminaguard-agent sandbox-init CONFIG_JSON`: PID 1 of a process sandbox's new namespaces.
 /// Builds and enters the sandbox (root, Landlock, privileges, seccomp), then serves the host on
 /// fd 3. Any failure exits non-zero before anything is served.
@@ -203,6 +233,7 @@ pub fn sandbox_init_main(config_json: &str) -> std::process::ExitCode {
             threads: 2,
             no_init_mounts: true,
             lifetime: cfg.lifetime_ms.map(Duration::from_millis),
+            notify_ready_vsock: None,
         },
         audit,
     )

@@ -301,6 +301,7 @@ fn run_vm_init() -> Result<(), VmInitError> {
         threads: 2,
         no_init_mounts: false,
         lifetime: None,
+        notify_ready_vsock: Some(luminaguard_protocol::AGENT_READY_VSOCK_PORT),
     })?;
     Ok(())
 }

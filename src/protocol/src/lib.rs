@@ -28,3 +28,7 @@ pub use writer::{FrameSender, SendError, frame_writer};
 
 /// The AF_VSOCK port the guest agent of a microVM listens on (every VMM, every image).
 pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// The host-side vsock port a microVM's agent connects to once it listens (the connection is
+/// the signal), so the host need not poll for it.
+pub const AGENT_READY_VSOCK_PORT: u32 = 1025;

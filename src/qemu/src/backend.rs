@@ -27,7 +27,9 @@ use luminaguard_cgroup::{Cgroup, Limits};
 use luminaguard_core::ByteSize;
 use luminaguard_core::runtime::SandboxFile;
 use luminaguard_image::store::{ArtifactKind, Image};
-use luminaguard_protocol::{AGENT_VSOCK_PORT, Client, ClientError, ClientOptions};
+use luminaguard_protocol::{
+    AGENT_READY_VSOCK_PORT, AGENT_VSOCK_PORT, Client, ClientError, ClientOptions,
+};
 use tokio::process::{Child, Command};
 
 use crate::cmdline::{Accel, Drive, KernelCmdline, QemuCommand, SeccompSandbox, VhostVsock};
@@ -344,6 +346,17 @@ impl QemuBackend {
             .map_err(|reason| setup("wait for vhost-device-vsock's socket", reason))?;
         let vhost_start = t_vhost.elapsed();
 
+        // The agent says when it listens by connecting to <uds>_<READY port> (guest-initiated
+        // vsock): no polling. The socket must be connectable by the VMM's user.
+        let ready_listener = luminaguard_vsock::listen(&uds, AGENT_READY_VSOCK_PORT)
+            .map_err(|e| setup("listen for the agent's ready signal", e))?;
+        nix::unistd::chown(
+            ready_listener.path(),
+            Some(nix::unistd::Uid::from_raw(meta.vmm_uid.unwrap_or(0))),
+            None,
+        )
+        .map_err(|e| setup("give the ready socket to the VMM's user", e))?;
+
         // 4. QEMU.
         let t_qemu = Instant::now();
         let mut qemu = spawn(
@@ -379,7 +392,16 @@ impl QemuBackend {
 
         // 5. Readiness, raced against either process dying.
         let ready = async {
-            wait_for_listening(&console, AGENT_HINT_TIMEOUT).await;
+            // Whichever comes first: the agent's ready connection, or (an image whose agent
+            // predates it) its "listening" line on the console.
+            tokio::select! {
+                signal = ready_listener.accept() => {
+                    if let Err(e) = signal {
+                        tracing::debug!(error = %e, "ready signal lost; dialing anyway");
+                    }
+                }
+                () = wait_for_listening(&console, AGENT_HINT_TIMEOUT) => {}
+            }
             let stream = dial_agent(&uds, self.boot_timeout)
                 .await
                 .map_err(Ready::Dial)?;
