@@ -88,6 +88,17 @@ pub async fn log_tail(path: &Path, max: usize) -> String {
     }
 }
 
+/// [`log_tail`] of a guest's console, led by the guest kernel's panic line when the last 64 KiB
+/// hold one: a panic report is long, and its call trace alone fills a short tail.
+pub async fn console_tail(path: &Path, max: usize) -> String {
+    let tail = log_tail(path, max).await;
+    let wide = log_tail(path, 64 * 1024).await;
+    match wide.lines().rev().find(|l| l.contains("Kernel panic")) {
+        Some(panic) if !tail.contains(panic) => format!("{}\n[…]\n{tail}", panic.trim_end()),
+        _ => tail,
+    }
+}
+
 /// What to create.
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
@@ -441,4 +452,30 @@ async fn remove_dir_blocking(dir: PathBuf, meta: Option<SandboxMeta>) -> Result<
 pub async fn collect_garbage(runtime: &RuntimeDir) -> Result<GcReport, BackendError> {
     let runtime = runtime.clone();
     Ok(tokio::task::spawn_blocking(move || gc::collect(&runtime)).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[tokio::test]
+    async fn a_panic_line_leads_the_console_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console.log");
+        let mut text =
+            String::from("[    1.0] booting\n[    1.5] Kernel panic - not syncing: sysrq\n");
+        for i in 0..200 {
+            text.push_str(&format!("[    1.6] frame {i}\n"));
+        }
+        tokio::fs::write(&console, &text).await.unwrap();
+        let tail = super::console_tail(&console, 512).await;
+        assert!(
+            tail.starts_with("[    1.5] Kernel panic - not syncing: sysrq\n[…]\n"),
+            "{tail}"
+        );
+        assert!(tail.ends_with("frame 199\n"), "{tail}");
+        // No panic: just the tail.
+        tokio::fs::write(&console, "a\nb\n").await.unwrap();
+        assert_eq!(super::console_tail(&console, 512).await, "a\nb\n");
+    }
 }

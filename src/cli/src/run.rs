@@ -306,7 +306,7 @@ async fn explain_dead_sandbox(e: anyhow::Error, sandbox: &Sandbox) -> anyhow::Er
         "process" => "init",
         _ => "VMM",
     };
-    let console = luminaguard_backend::log_tail(
+    let console = luminaguard_backend::console_tail(
         &sandbox
             .dir
             .join(luminaguard_core::runtime::SandboxFile::ConsoleLog.file_name()),

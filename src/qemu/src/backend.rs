@@ -567,7 +567,7 @@ enum Ready {
 
 impl Ready {
     async fn into_error(self, id: &str, console: &Path) -> BackendError {
-        let console_tail = luminaguard_backend::log_tail(console, 4096).await;
+        let console_tail = luminaguard_backend::console_tail(console, 4096).await;
         match self {
             Self::Handshake(source) => BackendError::Agent {
                 id: id.to_owned(),
