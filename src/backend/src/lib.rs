@@ -74,25 +74,50 @@ fn log_section(log: &str) -> String {
     }
 }
 
-/// The last `max` bytes of the file at `path` (lossy UTF-8, starting at a line boundary), or
-/// nothing when it cannot be read: for error messages.
-pub async fn log_tail(path: &Path, max: usize) -> String {
-    let Ok(bytes) = tokio::fs::read(path).await else {
-        return String::new();
-    };
-    let tail = &bytes[bytes.len().saturating_sub(max)..];
-    let text = String::from_utf8_lossy(tail);
-    match (bytes.len() > max, text.find('\n')) {
+/// The last `max` bytes of the file at `path` — only those are read, however large the file
+/// (a guest can grow its console log) — and whether anything came before them.
+async fn read_tail(path: &Path, max: usize) -> Option<(Vec<u8>, bool)> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path).await.ok()?;
+    let len = file.metadata().await.ok()?.len();
+    let max = u64::try_from(max).unwrap_or(u64::MAX);
+    let start = len.saturating_sub(max);
+    file.seek(std::io::SeekFrom::Start(start)).await.ok()?;
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes).await.ok()?;
+    Some((bytes, start > 0))
+}
+
+/// `bytes` as text, starting after the first line break when `cut` (the first line is partial).
+fn from_line_boundary(bytes: &[u8], cut: bool) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    match (cut, text.find('\n')) {
         (true, Some(i)) => text[i + 1..].to_owned(),
         _ => text.into_owned(),
     }
 }
 
+/// The last `max` bytes of the file at `path` (lossy UTF-8, starting at a line boundary), or
+/// nothing when it cannot be read: for error messages.
+pub async fn log_tail(path: &Path, max: usize) -> String {
+    match read_tail(path, max).await {
+        Some((bytes, cut)) => from_line_boundary(&bytes, cut),
+        None => String::new(),
+    }
+}
+
+/// How far back [`console_tail`] looks for a panic line.
+const PANIC_SEARCH: usize = 64 * 1024;
+
 /// [`log_tail`] of a guest's console, led by the guest kernel's panic line when the last 64 KiB
 /// hold one: a panic report is long, and its call trace alone fills a short tail.
 pub async fn console_tail(path: &Path, max: usize) -> String {
-    let tail = log_tail(path, max).await;
-    let wide = log_tail(path, 64 * 1024).await;
+    let Some((wide, cut)) = read_tail(path, PANIC_SEARCH.max(max)).await else {
+        return String::new();
+    };
+    let from = wide.len().saturating_sub(max);
+    let tail = from_line_boundary(&wide[from..], cut || from > 0);
+    let wide = String::from_utf8_lossy(&wide);
     match wide.lines().rev().find(|l| l.contains("Kernel panic")) {
         Some(panic) if !tail.contains(panic) => format!("{}\n[…]\n{tail}", panic.trim_end()),
         _ => tail,
@@ -477,5 +502,24 @@ mod tests {
         // No panic: just the tail.
         tokio::fs::write(&console, "a\nb\n").await.unwrap();
         assert_eq!(super::console_tail(&console, 512).await, "a\nb\n");
+    }
+
+    #[tokio::test]
+    async fn a_tail_starts_at_a_line_boundary_and_reads_only_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        // 4 MiB of numbered lines: the tail of 100 bytes holds only the last whole lines.
+        let text: String = (0..400_000).map(|i| format!("line {i:06}\n")).collect();
+        tokio::fs::write(&log, &text).await.unwrap();
+        let tail = super::log_tail(&log, 100).await;
+        assert!(
+            tail.ends_with("line 399999\n") && tail.len() <= 100,
+            "{tail}"
+        );
+        assert!(tail.starts_with("line "), "starts mid-line: {tail:?}");
+        assert_eq!(super::log_tail(&dir.path().join("missing"), 100).await, "");
+        // A file shorter than the tail is returned whole, first line included.
+        tokio::fs::write(&log, "first\nsecond\n").await.unwrap();
+        assert_eq!(super::log_tail(&log, 100).await, "first\nsecond\n");
     }
 }
