@@ -14,6 +14,7 @@ use luminaguard_process_sandbox::init::InitConfig;
 use luminaguard_process_sandbox::launch::{AgentChannel, launch};
 use luminaguard_protocol::message::ExecRequest;
 use luminaguard_protocol::{Client, ClientOptions, ExecOutput};
+use luminaguard_testkit::text;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_luminaguard-agent");
@@ -40,10 +41,6 @@ async fn sh(c: &Client, script: &str) -> ExecOutput {
         ..Default::default()
     };
     c.exec_output(req, None).await.unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 #[tokio::test]

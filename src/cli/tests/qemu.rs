@@ -21,6 +21,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use luminaguard_cgroup::Hierarchy;
+use luminaguard_testkit::text;
 
 const BIN: &str = env!("CARGO_BIN_EXE_luminaguard");
 
@@ -113,10 +114,6 @@ fn run_qemu(img: &Image, rt: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// Every sandbox cgroup on the host (`sb-*` under LuminaGuard's parent groups).

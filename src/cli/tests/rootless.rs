@@ -7,6 +7,7 @@
     clippy::disallowed_methods
 )] // test code
 
+use luminaguard_testkit::text;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -34,10 +35,6 @@ fn nobody_dir() -> tempfile::TempDir {
     std::os::unix::fs::chown(d.path(), Some(NOBODY), Some(NOBODY)).unwrap();
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     d
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 #[test]

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use luminaguard_testkit::text;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_luminaguard");
@@ -36,10 +37,6 @@ fn lg_in(rt: &Path, args: &[&str], stdin: &[u8]) -> Output {
 
 fn lg(rt: &Path, args: &[&str]) -> Output {
     lg_in(rt, args, b"")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn ok(out: &Output) -> String {

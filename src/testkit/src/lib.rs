@@ -38,3 +38,8 @@ pub fn live_processes_matching(needles: &[&str]) -> Vec<(i32, String)> {
         })
         .collect()
 }
+
+/// Command output as text (lossy UTF-8), for assertions and their messages.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
