@@ -1,0 +1,27 @@
+//! The Firecracker backend, against Firecracker's documented API.
+//!
+//! - [`models`]: typed bodies of the API resources used, one module per resource, with the
+//!   swagger's field names.
+//! - [`boot_args`]: the guest kernel command line from typed parts.
+//! - [`client`]: the API client — HTTP/1.1 over the API Unix socket, one connection for every
+//!   request, each request with a deadline, Firecracker's `fault_message` in every error.
+//! - [`launch`]: spawn Firecracker, wait for its API socket, configure the VM, start it, and wait
+//!   for the guest agent over hybrid vsock; any failure tears down what was set up.
+//! - [`backend`]: [`FirecrackerBackend`], the `luminaguard_backend::Backend` on top of the launch:
+//!   the sandbox's record, cgroup, unprivileged VMM user, and cleanup.
+//! - `testing` (feature `testing`): a fake API server that checks every body against these
+//!   types and injects faults, and the guest it pretends to boot.
+//!
+//! See `docs/firecracker-backend.md`.
+
+pub mod backend;
+pub mod boot_args;
+pub mod client;
+pub mod launch;
+pub mod models;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use backend::{FirecrackerBackend, GuestImage};
+pub use boot_args::{BootArgsError, KernelArgs};
+pub use client::{ApiClient, ApiError, Endpoint};
