@@ -26,7 +26,23 @@ struct Report {
     auto: Pick,
     process: ProcessReport,
     qemu: QemuReport,
-    firecracker: Verdict,
+    firecracker: FirecrackerReport,
+}
+
+#[derive(Debug, Serialize)]
+struct FirecrackerReport {
+    #[serde(flatten)]
+    verdict: Verdict,
+    /// `LUMINAGUARD_FIRECRACKER`, else `firecracker` on PATH.
+    firecracker: Program,
+    /// `LUMINAGUARD_JAILER`, else `jailer` next to firecracker, else on PATH.
+    jailer: Program,
+    /// `LUMINAGUARD_SECCOMPILER`, else `seccompiler-bin` next to firecracker, else on PATH.
+    seccompiler: Program,
+    /// The same probe as QEMU's: can KVM run a real guest here.
+    kvm_usable: bool,
+    /// Which seccomp filter a Firecracker started by LuminaGuard runs with.
+    seccomp_filter: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -257,6 +273,96 @@ fn auto_pick(process: &ProcessReport, qemu: &QemuReport) -> Pick {
     }
 }
 
+/// `env`, else `name` next to `near`, else on PATH: the first that is a file.
+async fn find_tool(env: &str, name: &str, near: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        let p = PathBuf::from(p);
+        return tokio::fs::metadata(&p)
+            .await
+            .is_ok_and(|m| m.is_file())
+            .then_some(p);
+    }
+    let mut candidates: Vec<PathBuf> = near
+        .and_then(Path::parent)
+        .map(|d| d.join(name))
+        .into_iter()
+        .collect();
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
+    }
+    for c in candidates {
+        if tokio::fs::metadata(&c).await.is_ok_and(|m| m.is_file()) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+async fn tool(env: &str, name: &str, near: Option<&Path>) -> Program {
+    let Some(path) = find_tool(env, name, near).await else {
+        return Program {
+            path: None,
+            version: None,
+            error: Some(format!("{name} not found (set {env} or put it on PATH)")),
+        };
+    };
+    match luminaguard_qemu::host::version(&path).await {
+        Ok(v) => Program {
+            path: Some(path),
+            version: Some(v),
+            error: None,
+        },
+        Err(e) => Program {
+            path: Some(path),
+            version: None,
+            error: Some(format!("does not run: {e}")),
+        },
+    }
+}
+
+/// Firecracker, its jailer and seccompiler-bin (the lookup of `luminaguard_firecracker`:
+/// `LUMINAGUARD_*` variables, next to the firecracker binary, PATH), and KVM.
+async fn firecracker_report(kvm: &KvmProbe) -> FirecrackerReport {
+    let firecracker = tool("LUMINAGUARD_FIRECRACKER", "firecracker", None).await;
+    let near = firecracker.path.as_deref();
+    let jailer = tool("LUMINAGUARD_JAILER", "jailer", near).await;
+    let seccompiler = tool("LUMINAGUARD_SECCOMPILER", "seccompiler-bin", near).await;
+    let mut notes = Vec::new();
+    if let Some(e) = &firecracker.error {
+        notes.push(e.clone());
+    }
+    if let KvmProbe::Unusable(why) = kvm {
+        notes.push(format!("KVM cannot run guests here ({why})"));
+    }
+    let usable = firecracker.error.is_none() && kvm.is_usable();
+    if firecracker.error.is_none() {
+        notes.push(match &jailer.error {
+            None => "jailer found: VMMs can run chrooted, in their own PID namespace".into(),
+            Some(e) => format!("no jailer ({e}): VMMs would run unjailed"),
+        });
+    }
+    // The backend passes --seccomp-filter only for a filter it was given; seccomp is never off.
+    let seccomp_filter = match &seccompiler.path {
+        Some(p) => format!(
+            "Firecracker's built-in default filters (seccomp is never turned off); \
+             LuminaGuard's custom policy can be compiled with {}",
+            p.display()
+        ),
+        None => "Firecracker's built-in default filters (seccomp is never turned off); \
+                 no seccompiler-bin for the custom policy"
+            .to_owned(),
+    };
+    notes.push("the CLI does not offer --backend firecracker yet".into());
+    FirecrackerReport {
+        verdict: Verdict { usable, notes },
+        firecracker,
+        jailer,
+        seccompiler,
+        kvm_usable: kvm.is_usable(),
+        seccomp_filter,
+    }
+}
+
 fn show_path(p: &Option<PathBuf>) -> String {
     p.as_deref()
         .map_or_else(|| "-".to_owned(), |p: &Path| p.display().to_string())
@@ -265,17 +371,15 @@ fn show_path(p: &Option<PathBuf>) -> String {
 pub async fn run(args: DoctorArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let process = tokio::task::spawn_blocking(process_report).await?;
     let qemu = qemu_report().await;
-    let firecracker = Verdict {
-        usable: false,
-        notes: vec!["not implemented yet".into()],
-    };
+    let firecracker = firecracker_report(&qemu.kvm).await;
     let auto = auto_pick(&process, &qemu);
     let default_backend = config.defaults.backend;
     let default_usable = match default_backend {
         BackendChoice::Auto => process.verdict.usable || qemu.verdict.usable,
         BackendChoice::Process => process.verdict.usable,
         BackendChoice::Qemu => qemu.verdict.usable,
-        BackendChoice::Firecracker => firecracker.usable,
+        // The host may run Firecracker, but `run` cannot use it yet.
+        BackendChoice::Firecracker => false,
     };
     let report = Report {
         default_backend,
@@ -326,11 +430,24 @@ pub async fn run(args: DoctorArgs, config: &Config) -> anyhow::Result<ExitCode> 
                 show_path(&q.image_store)
             ),
         }
+        let f = &report.firecracker;
         println!(
             "firecracker  {}  {}",
-            mark(report.firecracker.usable),
-            report.firecracker.notes.join("; ")
+            mark(f.verdict.usable),
+            f.verdict.notes.join("; ")
         );
+        for (name, p) in [
+            ("firecracker", &f.firecracker),
+            ("jailer", &f.jailer),
+            ("seccompiler-bin", &f.seccompiler),
+        ] {
+            println!(
+                "               {name}: {} ({})",
+                show_path(&p.path),
+                p.version.as_deref().unwrap_or("-")
+            );
+        }
+        println!("               seccomp: {}", f.seccomp_filter);
         println!(
             "auto         -> {} ({})",
             report.auto.backend, report.auto.why

@@ -11,18 +11,20 @@
 //!    `init` (and `owner` for a long-lived sandbox) before it is configured;
 //! 5. configuration, `InstanceStart` and the agent's handshake ([`crate::launch::Spawned::boot`]).
 //!
-//! Not yet: the jailer (chroot, namespaces), networking, snapshots, a scratch disk (the guest's
-//! writable layer is the tmpfs `luminaguard.scratch_mb` sizes, as under QEMU).
+//! Not yet wired into the backend (the launch has them: [`crate::jailer`], [`crate::snapshot`],
+//! [`crate::seccomp`]): jailer mode, snapshots, the compiled custom seccomp filter; nor
+//! networking or a scratch disk (the guest's writable layer is the tmpfs
+//! `luminaguard.scratch_mb` sizes, as under QEMU).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::vmm::Vmm;
 use luminaguard_backend::{Backend, BackendError, CreateRequest, ProcessRef, Sandbox, SandboxMeta};
 use luminaguard_cgroup::{Cgroup, Limits};
 use luminaguard_core::ByteSize;
 use luminaguard_image::store::{ArtifactKind, Image};
 use luminaguard_protocol::{AGENT_VSOCK_PORT, Client, ClientOptions};
-use tokio::process::Child;
 
 use crate::boot_args::KernelArgs;
 use crate::launch::{
@@ -215,6 +217,7 @@ impl FirecrackerBackend {
                 .iter()
                 .flat_map(|cg| cg.dirs().iter().map(|d| d.join("cgroup.procs")))
                 .collect(),
+            jailer: None,
         };
         let spawned = launch::spawn(&cfg).await.map_err(launch_failed)?;
         let init = i32::try_from(spawned.pid()).ok().and_then(ProcessRef::of);
@@ -306,7 +309,7 @@ pub fn vmm_identity(id: &str, taken: &[u32], kvm_group: Option<u32>) -> RunAs {
 /// Waits for Firecracker so it is reaped when it exits (the guest powered off, or it was
 /// killed). For a disposable sandbox the child is killed if this task is dropped with the
 /// runtime; the record still names it for `destroy` and `gc`.
-fn reap(id: String, mut vmm: Child) {
+fn reap(id: String, mut vmm: Vmm) {
     tokio::spawn(async move {
         let status = vmm.wait().await;
         tracing::debug!(%id, ?status, "firecracker exited");

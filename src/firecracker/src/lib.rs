@@ -7,6 +7,12 @@
 //!   request, each request with a deadline, Firecracker's `fault_message` in every error.
 //! - [`launch`]: spawn Firecracker, wait for its API socket, configure the VM, start it, and wait
 //!   for the guest agent over hybrid vsock; any failure tears down what was set up.
+//! - [`jailer`]: jailer mode — argv, the chroot and what is linked into it, cgroup keys for the
+//!   host's cgroup version, the pid file, removal.
+//! - [`vmm`]: the Firecracker process — our child, or (jailer with a new PID namespace or
+//!   daemonized) a process held by a pidfd.
+//! - [`seccomp`]: which filter is in force; the custom policy and its compilation.
+//! - [`snapshot`]: pause, full snapshot, resume; restore into a new VM.
 //! - [`backend`]: [`FirecrackerBackend`], the `luminaguard_backend::Backend` on top of the launch:
 //!   the sandbox's record, cgroup, unprivileged VMM user, and cleanup.
 //! - `testing` (feature `testing`): a fake API server that checks every body against these
@@ -17,10 +23,14 @@
 pub mod backend;
 pub mod boot_args;
 pub mod client;
+pub mod jailer;
 pub mod launch;
 pub mod models;
+pub mod seccomp;
+pub mod snapshot;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod vmm;
 
 pub use backend::{FirecrackerBackend, GuestImage};
 pub use boot_args::{BootArgsError, KernelArgs};

@@ -425,6 +425,7 @@ fn config(img: &Images, plan: &Plan) -> LaunchConfig {
         lifetime: Lifetime::DiesWithCreator,
         run_as: None,
         cgroup_procs: Vec::new(),
+        jailer: None,
     }
 }
 
@@ -502,7 +503,7 @@ async fn launch_configures_starts_and_handshakes_with_the_agent() {
     assert_eq!(
         reqs[0].body,
         serde_json::json!({
-            "log_path": sb.join("firecracker.log"),
+            "log_path": "firecracker.log",
             "level": "Warning",
             "show_level": true,
             "show_log_origin": false,
@@ -510,7 +511,7 @@ async fn launch_configures_starts_and_handshakes_with_the_agent() {
     );
     assert_eq!(
         reqs[1].body,
-        serde_json::json!({"metrics_path": sb.join("metrics.json")})
+        serde_json::json!({"metrics_path": "metrics.json"})
     );
     assert_eq!(
         reqs[3].body,
@@ -523,10 +524,13 @@ async fn launch_configures_starts_and_handshakes_with_the_agent() {
     assert_eq!(reqs[4].body["is_read_only"], true);
     assert_eq!(reqs[4].body["path_on_host"], img.rootfs.to_str().unwrap());
     assert_eq!(reqs[5].body["is_read_only"], false);
-    assert_eq!(reqs[5].body["path_on_host"], img.scratch.to_str().unwrap());
+    // Per-VM files are named relative to Firecracker's working directory (the sandbox
+    // directory); the scratch disk was linked there.
+    assert_eq!(reqs[5].body["path_on_host"], "scratch.img");
+    assert!(same_file(&img.scratch, &sb.join("scratch.img")));
     assert_eq!(
         reqs[6].body,
-        serde_json::json!({"guest_cid": 3, "uds_path": sb.join("agent.sock")})
+        serde_json::json!({"guest_cid": 3, "uds_path": "agent.sock"})
     );
     assert_eq!(reqs[7].body, serde_json::json!({}));
     assert_eq!(
@@ -551,9 +555,14 @@ async fn launch_configures_starts_and_handshakes_with_the_agent() {
     vm.agent.shutdown().await.unwrap();
     let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
         .await
-        .unwrap()
         .unwrap();
-    assert!(status.success(), "{status}");
+    assert_eq!(status, "exit status: 0");
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (std::fs::metadata(a).unwrap(), std::fs::metadata(b).unwrap());
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
 }
 
 #[tokio::test]
@@ -820,7 +829,7 @@ struct BackendFixture {
     backend: FirecrackerBackend,
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()
@@ -1129,3 +1138,13 @@ async fn real_firecracker_boots_a_sandbox_and_destroys_it() {
     assert!(!init.alive());
     assert!(!dir.exists());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Jailer mode and snapshots, with the fakes as real processes.
+
+#[path = "firecracker/jailed.rs"]
+mod jailed;
+#[path = "firecracker/seccomp.rs"]
+mod seccomp;
+#[path = "firecracker/snapshots.rs"]
+mod snapshots;

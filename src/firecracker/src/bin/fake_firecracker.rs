@@ -1,16 +1,23 @@
 //! `luminaguard-fake-firecracker`: a stand-in for the `firecracker` binary in tests (feature
-//! `testing`). Takes Firecracker's `--api-sock`, `--id` and `--seccomp-filter`; refuses
-//! `--no-seccomp` and anything else. Reads its [`Plan`] from the file named by
-//! `LUMINAGUARD_FAKE_FIRECRACKER_PLAN`, else `fake-firecracker.plan.json` next to the API socket,
-//! else uses the default plan; serves the fake API there, records every request to
-//! `fake-firecracker.requests.jsonl`, and after `InstanceStart` runs the fake guest.
+//! `testing`). Takes Firecracker's `--api-sock`, `--id`, `--seccomp-filter` and the jailer's
+//! `--start-time-us`, `--start-time-cpu-us`, `--parent-cpu-time-us`; refuses `--no-seccomp` and
+//! anything else. Reads its [`Plan`] from the file named by `LUMINAGUARD_FAKE_FIRECRACKER_PLAN`,
+//! else `fake-firecracker.plan.json` next to the API socket, else uses the default plan; serves
+//! the fake API there, records every request to `fake-firecracker.requests.jsonl` (in
+//! `LUMINAGUARD_FAKE_FIRECRACKER_RECORD_DIR` if set, else next to the API socket), and after
+//! `InstanceStart` runs the fake guest.
+//!
+//! Started by the fake jailer (`LUMINAGUARD_FAKE_JAIL=<chroot>` with `…_UID` and `…_GID`), it
+//! does what the real jailer does before exec and the fake jailer cannot (the fake binary is
+//! dynamically linked): chroot into the jail, `chdir("/")`, drop to the uid and gid — before
+//! anything else, so every path it is given resolves inside the chroot, as Firecracker's do.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use luminaguard_firecracker::testing::{
-    ARGV_FILE, FakeApi, FakeEvent, GuestBehaviour, PLAN_ENV, PLAN_FILE, Plan, RECORD_FILE, Startup,
-    guest,
+    ARGV_FILE, FakeApi, FakeEvent, GuestBehaviour, JAIL_ENV, JAIL_GID_ENV, JAIL_UID_ENV, PLAN_ENV,
+    PLAN_FILE, Plan, RECORD_DIR_ENV, RECORD_FILE, Startup, guest,
 };
 
 struct Args {
@@ -36,6 +43,9 @@ fn parse_args() -> Result<Args, String> {
             "--api-sock" => api_sock = Some(PathBuf::from(value()?)),
             "--id" => id = Some(value()?),
             "--seccomp-filter" => seccomp_filter = Some(PathBuf::from(value()?)),
+            "--start-time-us" | "--start-time-cpu-us" | "--parent-cpu-time-us" => {
+                value()?.parse::<u64>().map_err(|e| format!("{arg}: {e}"))?;
+            }
             "--no-seccomp" => return Err("--no-seccomp is refused: seccomp must stay on".into()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -53,8 +63,51 @@ fn exit_with(code: i32, stderr: &str) -> ! {
     std::process::exit(code)
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+/// The jail the fake jailer set up: chroot, uid, gid.
+fn jail_from_env() -> Result<Option<(PathBuf, u32, u32)>, String> {
+    let Some(root) = std::env::var_os(JAIL_ENV) else {
+        return Ok(None);
+    };
+    let id = |name: &str| -> Result<u32, String> {
+        std::env::var(name)
+            .map_err(|e| format!("{name}: {e}"))?
+            .parse()
+            .map_err(|e| format!("{name}: {e}"))
+    };
+    Ok(Some((
+        PathBuf::from(root),
+        id(JAIL_UID_ENV)?,
+        id(JAIL_GID_ENV)?,
+    )))
+}
+
+/// chroot, chdir, drop privileges: what the jailer does right before exec.
+fn enter_jail(root: &std::path::Path, uid: u32, gid: u32) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(root.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: plain system calls on a valid C string; single-threaded (no runtime yet).
+    unsafe {
+        if libc::chroot(c.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+            return Err(format!(
+                "chroot {}: {}",
+                root.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setresgid(gid, gid, gid) != 0
+            || libc::setresuid(uid, uid, uid) != 0
+        {
+            return Err(format!(
+                "drop to {uid}:{gid}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -62,17 +115,45 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Some(dir) = args.api_sock.parent().map(PathBuf::from) else {
+    let jail = match jail_from_env() {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("fake firecracker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // The API socket's directory as the host sees it.
+    let Some(sock_dir) = args.api_sock.parent().map(PathBuf::from) else {
         eprintln!("fake firecracker: --api-sock has no directory");
         return ExitCode::from(2);
     };
+    let host_sock_dir = match &jail {
+        Some((root, _, _)) => root.join(sock_dir.strip_prefix("/").unwrap_or(&sock_dir)),
+        None => sock_dir.clone(),
+    };
+    let record_dir = std::env::var_os(RECORD_DIR_ENV).map_or(host_sock_dir.clone(), PathBuf::from);
+    // Everything on the host side is opened before the chroot.
     let argv_json = serde_json::to_vec(&args.all).unwrap_or_default();
-    if let Err(e) = tokio::fs::write(dir.join(ARGV_FILE), argv_json).await {
+    #[allow(clippy::disallowed_methods)] // no runtime yet
+    if let Err(e) = std::fs::write(record_dir.join(ARGV_FILE), argv_json) {
         eprintln!("fake firecracker: cannot write {ARGV_FILE}: {e}");
         return ExitCode::from(2);
     }
-    let plan_file = std::env::var_os(PLAN_ENV).map_or_else(|| dir.join(PLAN_FILE), PathBuf::from);
-    let plan: Plan = match tokio::fs::read(&plan_file).await {
+    let record = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(record_dir.join(RECORD_FILE))
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("fake firecracker: cannot open {RECORD_FILE}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let plan_file =
+        std::env::var_os(PLAN_ENV).map_or_else(|| host_sock_dir.join(PLAN_FILE), PathBuf::from);
+    #[allow(clippy::disallowed_methods)] // no runtime yet
+    let plan: Plan = match std::fs::read(&plan_file) {
         Ok(bytes) => match serde_json::from_slice(&bytes) {
             Ok(p) => p,
             Err(e) => {
@@ -82,6 +163,26 @@ async fn main() -> ExitCode {
         },
         Err(_) => Plan::default(),
     };
+    if let Some((root, uid, gid)) = &jail {
+        if let Err(e) = enter_jail(root, *uid, *gid) {
+            eprintln!("fake firecracker: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fake firecracker: no runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(serve(args, plan, record))
+}
+
+async fn serve(args: Args, plan: Plan, record: std::fs::File) -> ExitCode {
     if let Some(filter) = &args.seccomp_filter {
         if let Err(e) = tokio::fs::metadata(filter).await {
             eprintln!("Seccomp error: cannot open {}: {e}", filter.display());
@@ -93,12 +194,7 @@ async fn main() -> ExitCode {
         Startup::NeverCreateSocket => std::future::pending::<()>().await,
         Startup::Exit { code, stderr } => exit_with(*code, stderr),
     }
-    let mut api = match FakeApi::start(
-        &args.api_sock,
-        &args.id,
-        plan.clone(),
-        Some(dir.join(RECORD_FILE)),
-    ) {
+    let mut api = match FakeApi::start(&args.api_sock, &args.id, plan.clone(), Some(record)) {
         Ok(api) => api,
         Err(e) => {
             eprintln!(
@@ -109,16 +205,27 @@ async fn main() -> ExitCode {
         }
     };
     let (guest_tx, mut guest_rx) = tokio::sync::mpsc::channel(4);
+    let (reset_tx, reset_rx) = tokio::sync::watch::channel(0u64);
     loop {
         tokio::select! {
             event = api.next_event() => match event {
-                Some(FakeEvent::Started { vsock }) => {
+                Some(FakeEvent::Started { vsock, restored }) => {
                     if let GuestBehaviour::Crash { code, stderr } = &plan.guest {
                         exit_with(*code, stderr);
                     }
                     if let Some((uds, listener)) = vsock {
-                        tokio::spawn(guest::run(plan.guest.clone(), uds, listener, guest_tx.clone()));
+                        tokio::spawn(guest::run(
+                            plan.guest.clone(),
+                            uds,
+                            listener,
+                            guest_tx.clone(),
+                            restored,
+                            reset_rx.clone(),
+                        ));
                     }
+                }
+                Some(FakeEvent::VsockReset) => {
+                    reset_tx.send_modify(|g| *g += 1);
                 }
                 Some(FakeEvent::Exit { code, stderr }) => exit_with(code, &stderr),
                 Some(FakeEvent::CtrlAltDel) | None => return ExitCode::SUCCESS,

@@ -27,13 +27,17 @@ pub enum GuestEvent {
 const HOST_PORT: u32 = 1 << 30;
 
 /// Runs the guest until the task is dropped: accepts `CONNECT`s on `listener` (bound at
-/// `uds_path`) and, depending on `behaviour`, signals readiness on `<uds_path>_1025` and serves
-/// the agent. `events` receives [`GuestEvent::PowerOff`].
+/// `uds_path`) and, depending on `behaviour`, signals readiness on `<uds_path>_1025` (unless
+/// `restored`: an agent restored from a snapshot signalled on its first boot) and serves the
+/// agent. `events` receives [`GuestEvent::PowerOff`]. Every change of `reset` (a vsock
+/// transport reset, at snapshot creation) closes the connections open at that moment.
 pub async fn run(
     behaviour: GuestBehaviour,
     uds_path: PathBuf,
     listener: UnixListener,
     events: mpsc::Sender<GuestEvent>,
+    restored: bool,
+    reset: tokio::sync::watch::Receiver<u64>,
 ) {
     let serves_agent = matches!(
         behaviour,
@@ -43,7 +47,7 @@ pub async fn run(
         GuestBehaviour::RefuseHandshake { reason } => Some(reason.clone()),
         _ => None,
     };
-    if serves_agent {
+    if serves_agent && !restored {
         // The agent listens before it signals, as the real one does.
         signal_ready(&uds_path).await;
     }
@@ -57,9 +61,16 @@ pub async fn run(
         };
         let refusal = refusal.clone();
         let events = events.clone();
+        let mut reset = reset.clone();
+        reset.mark_unchanged();
         tokio::spawn(async move {
-            if let Err(e) = host_connection(stream, serves_agent, refusal, events).await {
-                tracing::debug!(error = %e, "fake guest: connection ended");
+            tokio::select! {
+                r = host_connection(stream, serves_agent, refusal, events) => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "fake guest: connection ended");
+                    }
+                }
+                _ = reset.changed() => tracing::debug!("fake guest: vsock transport reset"),
             }
         });
     }

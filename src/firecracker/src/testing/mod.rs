@@ -31,6 +31,16 @@ pub const PLAN_ENV: &str = "LUMINAGUARD_FAKE_FIRECRACKER_PLAN";
 pub const RECORD_FILE: &str = "fake-firecracker.requests.jsonl";
 /// Where the fake binary writes the arguments it was started with (a JSON array).
 pub const ARGV_FILE: &str = "fake-firecracker.argv.json";
+/// Set by the fake jailer for the fake firecracker: the chroot it must enter (the fake jailer
+/// cannot chroot and then exec a dynamically linked binary), and the uid and gid to drop to.
+pub const JAIL_ENV: &str = "LUMINAGUARD_FAKE_JAIL";
+pub const JAIL_UID_ENV: &str = "LUMINAGUARD_FAKE_JAIL_UID";
+pub const JAIL_GID_ENV: &str = "LUMINAGUARD_FAKE_JAIL_GID";
+/// Where the fakes write their records (`fake-firecracker.*`, `fake-jailer.argv.json`) instead
+/// of next to the API socket — a directory that outlives the chroot.
+pub const RECORD_DIR_ENV: &str = "LUMINAGUARD_FAKE_FIRECRACKER_RECORD_DIR";
+/// Where the fake jailer writes the arguments it was started with.
+pub const JAILER_ARGV_FILE: &str = "fake-jailer.argv.json";
 /// The version the fake reports.
 pub const FAKE_VERSION: &str = "1.16.1-fake";
 

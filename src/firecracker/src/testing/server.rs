@@ -13,7 +13,6 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
-use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
@@ -40,11 +39,16 @@ pub const PRE_BOOT_MESSAGE: &str =
 /// What happened that the owner of the server acts on.
 #[derive(Debug)]
 pub enum FakeEvent {
-    /// `InstanceStart` succeeded; `vsock` is the device's `uds_path` and the socket bound on it
-    /// at `PUT /vsock`, if one was configured.
+    /// `InstanceStart` succeeded, or a VM loaded from a snapshot ran for the first time
+    /// (`restored`: the agent is already up and sends no ready signal); `vsock` is the device's
+    /// `uds_path` and the socket bound on it, if one was configured.
     Started {
         vsock: Option<(PathBuf, UnixListener)>,
+        restored: bool,
     },
+    /// `PUT /snapshot/create` succeeded: Firecracker resets the guest's vsock transport, which
+    /// closes every connection.
+    VsockReset,
     /// A [`Fault::Exit`] fired.
     Exit { code: i32, stderr: String },
     /// `SendCtrlAltDel` was accepted.
@@ -59,13 +63,30 @@ struct VmModel {
     /// Anything but the logger and metrics configured (snapshot load must come first).
     configured: bool,
     vsock: Option<(PathBuf, UnixListener)>,
+    /// What a snapshot records: the vsock path and the drives' files.
+    vsock_path: Option<PathBuf>,
+    drives: Vec<PathBuf>,
+    /// Loaded from a snapshot and not yet resumed.
+    restored: bool,
 }
+
+/// What the fake writes as a "microVM state" file: enough for its own load to check what a
+/// real one would (the drives' files exist; the vsock socket can be bound).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FakeState {
+    pub app: String,
+    pub vsock_uds_path: Option<PathBuf>,
+    pub drives: Vec<PathBuf>,
+}
+
+/// The first line of the fake's memory file.
+pub const FAKE_MEMORY: &[u8] = b"fake guest memory\n";
 
 #[derive(Debug)]
 struct Shared {
     id: String,
     plan: Plan,
-    record_file: Option<PathBuf>,
+    record_file: Option<Mutex<std::fs::File>>,
     recorded: Mutex<Vec<Recorded>>,
     connections: AtomicUsize,
     vm: Mutex<VmModel>,
@@ -90,20 +111,20 @@ impl Drop for FakeApi {
 
 impl FakeApi {
     /// Binds `socket` and serves Firecracker's API on it for the VM `id`, following `plan`'s
-    /// faults. With `record_file`, every request is also appended to it as a JSON line.
-    /// Must be called within a tokio runtime.
+    /// faults. With `record_file` (opened for appending), every request is also written to it
+    /// as a JSON line. Must be called within a tokio runtime.
     pub fn start(
         socket: &Path,
         id: &str,
         plan: Plan,
-        record_file: Option<PathBuf>,
+        record_file: Option<std::fs::File>,
     ) -> std::io::Result<Self> {
         let listener = UnixListener::bind(socket)?;
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let shared = Arc::new(Shared {
             id: id.to_owned(),
             plan,
-            record_file,
+            record_file: record_file.map(Mutex::new),
             recorded: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
             vm: Mutex::new(VmModel::default()),
@@ -218,9 +239,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Answer, C
             ));
         }
     };
-    let outcome = respond(&shared, &method, &path, &body).await;
     let key = format!("{method} {path}");
     let injected = shared.plan.faults.get(&key).cloned();
+    // A refused request has no effect, as in Firecracker: an injected fault skips the request.
+    let outcome = match injected {
+        None => respond(&shared, &method, &path, &body).await,
+        Some(_) => Err(refuse(StatusCode::BAD_REQUEST, "fault injected")),
+    };
     let recorded = Recorded {
         method: method.to_string(),
         path: path.clone(),
@@ -262,18 +287,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Answer, C
 
 async fn record(shared: &Shared, recorded: Recorded) {
     if let Some(file) = &shared.record_file {
+        use std::io::Write as _;
         let line = serde_json::to_string(&recorded).unwrap_or_default() + "\n";
-        let written = async {
-            let mut f = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(file)
-                .await?;
-            f.write_all(line.as_bytes()).await?;
-            f.flush().await
-        };
-        if let Err(e) = written.await {
-            tracing::warn!(file = %file.display(), error = %e, "fake firecracker: cannot record");
+        // One short append to a local file, in a test fake.
+        let written = file
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "fake firecracker: cannot record");
         }
     }
     if let Ok(mut all) = shared.recorded.lock() {
@@ -414,6 +436,7 @@ async fn respond(
             let mut vm = lock(shared)?;
             pre_boot(&vm)?;
             vm.configured = true;
+            vm.drives.push(d.path_on_host);
             no_content
         }
         ("PUT", ["network-interfaces", id]) => {
@@ -446,6 +469,7 @@ async fn respond(
                     format!("Cannot create backend for vsock device: Error binding to the host-side Unix socket: {e}"),
                 )
             })?;
+            vm.vsock_path = Some(v.uds_path.clone());
             vm.vsock = Some((v.uds_path, listener));
             vm.configured = true;
             no_content
@@ -473,7 +497,13 @@ async fn respond(
                         vm.started = true;
                         vm.vsock.take()
                     };
-                    let _ = shared.events.send(FakeEvent::Started { vsock }).await;
+                    let _ = shared
+                        .events
+                        .send(FakeEvent::Started {
+                            vsock,
+                            restored: false,
+                        })
+                        .await;
                     no_content
                 }
                 ActionType::SendCtrlAltDel => {
@@ -488,40 +518,142 @@ async fn respond(
         }
         ("PATCH", ["vm"]) => {
             let v: Vm = parse(body)?;
-            let mut vm = lock(shared)?;
-            if !vm.started {
-                return Err(refuse(StatusCode::BAD_REQUEST, PRE_BOOT_MESSAGE));
+            let first_run = {
+                let mut vm = lock(shared)?;
+                if !vm.started {
+                    return Err(refuse(StatusCode::BAD_REQUEST, PRE_BOOT_MESSAGE));
+                }
+                vm.paused = v.state == VmState::Paused;
+                if !vm.paused && vm.restored {
+                    vm.restored = false;
+                    Some(vm.vsock.take())
+                } else {
+                    None
+                }
+            };
+            if let Some(vsock) = first_run {
+                let _ = shared
+                    .events
+                    .send(FakeEvent::Started {
+                        vsock,
+                        restored: true,
+                    })
+                    .await;
             }
-            vm.paused = v.state == VmState::Paused;
             no_content
         }
         ("PUT", ["snapshot", "create"]) => {
-            parse::<SnapshotCreateParams>(body)?;
-            let vm = lock(shared)?;
-            if !vm.started {
-                return Err(refuse(StatusCode::BAD_REQUEST, PRE_BOOT_MESSAGE));
-            }
-            if !vm.paused {
-                return Err(refuse(
+            let p: SnapshotCreateParams = parse(body)?;
+            let state = {
+                let vm = lock(shared)?;
+                if !vm.started {
+                    return Err(refuse(StatusCode::BAD_REQUEST, PRE_BOOT_MESSAGE));
+                }
+                if !vm.paused {
+                    return Err(refuse(
+                        StatusCode::BAD_REQUEST,
+                        "Create snapshot error: Cannot save the microVM state: the microVM is not paused.",
+                    ));
+                }
+                FakeState {
+                    app: "luminaguard-fake-firecracker".into(),
+                    vsock_uds_path: vm.vsock_path.clone(),
+                    drives: vm.drives.clone(),
+                }
+            };
+            let written = async {
+                tokio::fs::write(
+                    &p.snapshot_path,
+                    serde_json::to_vec(&state).unwrap_or_default(),
+                )
+                .await?;
+                tokio::fs::write(&p.mem_file_path, FAKE_MEMORY).await
+            };
+            written.await.map_err(|e| {
+                refuse(
                     StatusCode::BAD_REQUEST,
-                    "Create snapshot error: Cannot save the microVM state: the microVM is not paused.",
-                ));
-            }
+                    format!("Create snapshot error: Cannot write the snapshot files: {e}"),
+                )
+            })?;
+            let _ = shared.events.send(FakeEvent::VsockReset).await;
             no_content
         }
         ("PUT", ["snapshot", "load"]) => {
             let p: SnapshotLoadParams = parse(body)?;
-            must_exist("Cannot open the snapshot file:", &p.snapshot_path).await?;
-            let mut vm = lock(shared)?;
-            pre_boot(&vm)?;
-            if vm.configured {
-                return Err(refuse(
-                    StatusCode::BAD_REQUEST,
-                    "Loading a microVM snapshot not allowed after configuring boot-specific resources.",
-                ));
+            {
+                let vm = lock(shared)?;
+                pre_boot(&vm)?;
+                if vm.configured {
+                    return Err(refuse(
+                        StatusCode::BAD_REQUEST,
+                        "Loading a microVM snapshot not allowed after configuring boot-specific resources.",
+                    ));
+                }
             }
-            vm.started = true;
-            vm.paused = p.resume_vm != Some(true);
+            let load_err =
+                |e: String| refuse(StatusCode::BAD_REQUEST, format!("Load snapshot error: {e}"));
+            let state: FakeState = match tokio::fs::read(&p.snapshot_path).await {
+                Ok(b) => serde_json::from_slice(&b)
+                    .map_err(|e| load_err(format!("bad microVM state: {e}")))?,
+                Err(e) => {
+                    return Err(load_err(format!(
+                        "Cannot open the snapshot file {}: {e}",
+                        p.snapshot_path.display()
+                    )));
+                }
+            };
+            match tokio::fs::read(&p.mem_backend.backend_path).await {
+                Ok(m) if m == FAKE_MEMORY => {}
+                Ok(_) => return Err(load_err("the memory file is not this snapshot's".into())),
+                Err(e) => {
+                    return Err(load_err(format!(
+                        "Cannot open the memory file {}: {e}",
+                        p.mem_backend.backend_path.display()
+                    )));
+                }
+            }
+            for d in &state.drives {
+                must_exist(
+                    "Load snapshot error: Unable to open the block device backing file:",
+                    d,
+                )
+                .await?;
+            }
+            let uds = p
+                .vsock_override
+                .map(|o| o.uds_path)
+                .or(state.vsock_uds_path);
+            let listener = match &uds {
+                Some(path) => Some(UnixListener::bind(path).map_err(|e| {
+                    load_err(format!("Cannot create backend for vsock device: Error binding to the host-side Unix socket {}: {e}", path.display()))
+                })?),
+                None => None,
+            };
+            let resume = p.resume_vm == Some(true);
+            let runs_now = {
+                let mut vm = lock(shared)?;
+                vm.started = true;
+                vm.paused = !resume;
+                vm.drives = state.drives;
+                vm.vsock_path = uds.clone();
+                let pair = uds.zip(listener);
+                if resume {
+                    Some(pair)
+                } else {
+                    vm.restored = true;
+                    vm.vsock = pair;
+                    None
+                }
+            };
+            if let Some(vsock) = runs_now {
+                let _ = shared
+                    .events
+                    .send(FakeEvent::Started {
+                        vsock,
+                        restored: true,
+                    })
+                    .await;
+            }
             no_content
         }
         _ => Err(refuse(
