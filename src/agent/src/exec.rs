@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use luminaguard_protocol::message::{ErrorCode, ErrorReply, ExecRequest, ExitStatus, Reply};
 use luminaguard_protocol::{FrameSender, MAX_CHUNK};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -261,7 +262,7 @@ async fn pump(
     let forward = |n: usize, buf: &[u8]| {
         let allowed = budget.take(n);
         (allowed > 0).then(|| {
-            let chunk = buf[..allowed].to_vec();
+            let chunk = Bytes::copy_from_slice(&buf[..allowed]);
             match which {
                 Stream::Stdout => Reply::Stdout(chunk),
                 Stream::Stderr => Reply::Stderr(chunk),

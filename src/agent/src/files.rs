@@ -5,14 +5,16 @@
 //! pool, never on an executor thread.
 
 use std::fs;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use luminaguard_protocol::message::{
     DirEntry, ErrorCode, ErrorReply, FileKind, FileStat, ReadFileRequest, Reply, WriteFileRequest,
 };
-use luminaguard_protocol::{FrameSender, MAX_CHUNK};
+use luminaguard_protocol::writer::BULK_BUDGET;
+use luminaguard_protocol::{ChunkPool, FrameSender, MAX_CHUNK};
 use tokio_util::sync::CancellationToken;
 
 use crate::server::{StreamInput, StreamInputRx};
@@ -77,16 +79,23 @@ pub async fn read(
         }
         let mut left = req.limit.unwrap_or(u64::MAX);
         let mut sent = 0u64;
-        let mut buf = vec![0u8; MAX_CHUNK];
+        // Each chunk is read into a buffer of its own, which the connection's writer then writes
+        // to the socket as the frame's trailer (no copy between file and socket) and which comes
+        // back to this pool once written.
+        let pool = ChunkPool::new(MAX_CHUNK, BULK_BUDGET / MAX_CHUNK + 2);
         while left > 0 && !cancel.is_cancelled() {
             let want = usize::try_from(left.min(MAX_CHUNK as u64)).unwrap_or(MAX_CHUNK);
-            let n = match file.read(&mut buf[..want]) {
+            let mut chunk = pool.take();
+            // Zeroes only what was never written: a reused buffer is initialised already.
+            chunk.resize(want, 0);
+            let n = match file.read(&mut chunk) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(io_error(&req.path, "read", &e)),
             };
-            out.blocking_send(id, &Reply::Data(buf[..n].to_vec()))
+            chunk.truncate(n);
+            out.blocking_send(id, &Reply::Data(pool.share(chunk)))
                 .map_err(|e| {
                     ErrorReply::new(ErrorCode::Internal, format!("read {}: {e}", req.path))
                 })?;
@@ -129,7 +138,9 @@ impl Drop for PendingFile {
 /// temporary file beside it, fsync, rename). Cancel or a closed connection leaves nothing behind.
 ///
 /// The whole write runs on one blocking-pool thread that takes chunks straight off the stream's
-/// input channel; the channel closes when the stream is cancelled or its connection ends.
+/// input channel; the channel closes when the stream is cancelled or its connection ends. Chunks
+/// arrive as slices of the connection's read buffer and go to the file from there; chunks that
+/// are already waiting are written together with one `writev`.
 pub async fn write(req: WriteFileRequest, input: StreamInputRx) -> Result<Reply, ErrorReply> {
     let target = check_path(&req.path)?;
     let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
@@ -164,22 +175,37 @@ pub async fn write(req: WriteFileRequest, input: StreamInputRx) -> Result<Reply,
             file: Some(file),
         };
         let mut written = 0u64;
-        loop {
+        let mut batch: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
+        let mut ended = false;
+        while !ended {
             match rx.blocking_recv() {
                 _ if cancel.is_cancelled() => return Err(cancelled(&path)),
-                Some(StreamInput::Data(data)) => {
-                    let f = pending
-                        .file
-                        .as_mut()
-                        .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "write: file lost"))?;
-                    f.write_all(&data)
-                        .map_err(|e| io_error(&path, "write", &e))?;
-                    written += data.len() as u64;
-                }
+                Some(StreamInput::Data(data)) => batch.push(data),
                 Some(StreamInput::End) => break,
                 // Cancelled, or the connection went away: `pending` drops and removes the file.
                 None => return Err(cancelled(&path)),
             }
+            // Whatever else has arrived already goes out with the same system call.
+            while batch.len() < WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(StreamInput::Data(data)) => batch.push(data),
+                    Ok(StreamInput::End) => {
+                        ended = true;
+                        break;
+                    }
+                    // Empty, or closed (the next `blocking_recv` says so).
+                    Err(_) => break,
+                }
+            }
+            if cancel.is_cancelled() {
+                return Err(cancelled(&path));
+            }
+            let f = pending
+                .file
+                .as_mut()
+                .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "write: file lost"))?;
+            written += write_all_chunks(f, &batch).map_err(|e| io_error(&path, "write", &e))?;
+            batch.clear();
         }
         let file = pending
             .file
@@ -194,6 +220,29 @@ pub async fn write(req: WriteFileRequest, input: StreamInputRx) -> Result<Reply,
         Ok(Reply::Written { bytes: written })
     })
     .await
+}
+
+/// Chunks written to a file with one `writev` at most.
+const WRITE_BATCH: usize = 2;
+
+/// Writes every chunk, in order, with as few `writev` calls as the kernel allows.
+fn write_all_chunks(file: &mut fs::File, chunks: &[Bytes]) -> io::Result<u64> {
+    let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+    let mut rest = &mut slices[..];
+    IoSlice::advance_slices(&mut rest, 0);
+    let mut written = 0u64;
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                written += n as u64;
+                IoSlice::advance_slices(&mut rest, n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
 }
 
 fn cancelled(path: &str) -> ErrorReply {

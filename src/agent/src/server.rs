@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use luminaguard_protocol::handshake::{self, HelloReply, capability};
 use luminaguard_protocol::message::{ErrorCode, ErrorReply, Reply, Request};
@@ -28,7 +29,7 @@ use crate::reaper::Reaper;
 /// Requests running at once per connection; more wait (the socket stops being read).
 const MAX_IN_FLIGHT: usize = 1024;
 /// Input chunks buffered per stream before the connection reader waits.
-const INPUT_BUFFER: usize = 16;
+const INPUT_BUFFER: usize = 4;
 /// Frames queued for the connection's writer.
 const WRITE_QUEUE: usize = 256;
 /// How long a closing connection waits for its requests to wind down.
@@ -37,7 +38,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Input for an open stream.
 #[derive(Debug)]
 pub enum StreamInput {
-    Data(Vec<u8>),
+    /// A slice of the connection's read buffer: the bytes are not copied on their way here.
+    Data(Bytes),
     End,
 }
 

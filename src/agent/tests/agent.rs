@@ -212,12 +212,12 @@ async fn stdin_streams_in() {
     e.write_stdin(b"one\n").await.unwrap();
     assert_eq!(
         e.next().await.unwrap(),
-        Some(ExecEvent::Stdout(b"one\n".to_vec()))
+        Some(ExecEvent::Stdout(bytes::Bytes::from_static(b"one\n")))
     );
     e.write_stdin(b"two\n").await.unwrap();
     assert_eq!(
         e.next().await.unwrap(),
-        Some(ExecEvent::Stdout(b"two\n".to_vec()))
+        Some(ExecEvent::Stdout(bytes::Bytes::from_static(b"two\n")))
     );
     e.close_stdin().await.unwrap();
     assert!(matches!(e.next().await.unwrap(), Some(ExecEvent::Exited(s)) if s.code == Some(0)));
@@ -572,6 +572,28 @@ async fn hostile_input_gets_errors_and_the_agent_keeps_serving() {
         "{f:?}"
     );
     assert!(next_reply(&mut r4).await.is_none());
+    // A version-1 host (bulk data inside the message, not as a trailer) is refused just as
+    // clearly: the hello is encoded alike in every version.
+    let (mut r5, mut w5) = raw_frames(agent.raw().await).await;
+    let old = Hello {
+        min_version: 1,
+        max_version: 1,
+        ..Hello::ours("v1 host")
+    };
+    write_req(&mut w5, 0, &Request::Hello(old)).await;
+    let f = next_reply(&mut r5).await.unwrap();
+    match &f.body {
+        Reply::Hello(HelloReply::Refused {
+            reason,
+            min_version,
+            max_version,
+        }) => {
+            assert!(reason.contains("host speaks 1..=1"), "{reason}");
+            assert_eq!((*min_version, *max_version), (2, 2));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(next_reply(&mut r5).await.is_none());
 
     // The first client never noticed.
     assert_serving(&good).await;

@@ -47,7 +47,14 @@ fn version_prints_text_and_json() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("luminaguard 0."));
     let v: serde_json::Value = serde_json::from_slice(&lg(&["version", "--json"]).stdout).unwrap();
-    assert_eq!(v["protocol_min"], 1);
+    assert_eq!(
+        v["protocol_min"],
+        luminaguard_protocol::handshake::MIN_VERSION
+    );
+    assert_eq!(
+        v["protocol_max"],
+        luminaguard_protocol::handshake::MAX_VERSION
+    );
 }
 
 #[test]

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -187,6 +188,14 @@ impl Client {
         let handshake = async {
             sender.send(0, &hello).await.map_err(send_error)?;
             match rx.recv().await {
+                Some(Reply::Hello(HelloReply::Accepted { version, .. }))
+                    if !(MIN_VERSION..=MAX_VERSION).contains(&version) =>
+                {
+                    Err(ClientError::Incompatible(format!(
+                        "agent accepted protocol version {version}, which this host does not speak \
+                         (host {MIN_VERSION}..={MAX_VERSION})"
+                    )))
+                }
                 Some(Reply::Hello(HelloReply::Accepted {
                     version,
                     capabilities,
@@ -455,17 +464,20 @@ impl ReplyStream {
     }
 
     /// Sends bytes to the stream (exec stdin, file contents), split into frame-sized chunks.
+    /// Copies `data` once; a caller that owns its data uses [`ReplyStream::send_input_chunk`].
     pub async fn send_input(&self, data: &[u8]) -> Result<(), ClientError> {
         for chunk in data.chunks(MAX_CHUNK) {
             self.client
-                .send_control(self.id, &Request::Input(chunk.to_vec()))
+                .send_control(self.id, &Request::Input(Bytes::copy_from_slice(chunk)))
                 .await?;
         }
         Ok(())
     }
 
-    /// Sends one owned chunk of at most [`MAX_CHUNK`] bytes without copying it first.
-    pub async fn send_input_chunk(&self, chunk: Vec<u8>) -> Result<(), ClientError> {
+    /// Sends one owned chunk of at most [`MAX_CHUNK`] bytes without copying it: it is written to
+    /// the connection straight from `chunk`.
+    pub async fn send_input_chunk(&self, chunk: impl Into<Bytes>) -> Result<(), ClientError> {
+        let chunk = chunk.into();
         if chunk.len() > MAX_CHUNK {
             return Err(ClientError::Limit(format!(
                 "input chunk of {} bytes exceeds {MAX_CHUNK}",

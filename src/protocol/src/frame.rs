@@ -1,22 +1,31 @@
 //! Framing: every message travels as one length-prefixed frame.
 //!
 //! ```text
-//! +----------------+----------------+------------------------------+
-//! | len: u32 LE    | id: u64 LE     | payload: postcard(T)         |
-//! +----------------+----------------+------------------------------+
-//!   len counts id + payload, so len >= 8 and len <= max_frame_len
+//! +-------------+-------------+----------------------+-------------------------------+
+//! | len: u32 LE | id: u64 LE  | header: postcard(T)  | trailer: raw bytes (optional) |
+//! +-------------+-------------+----------------------+-------------------------------+
+//!   len counts id + header + trailer, so len >= 8 and len <= max_frame_len
 //! ```
 //!
+//! The header is the postcard encoding of the message. Messages that carry bulk data (stdin, file
+//! contents, output: [`Message::trailer`]) leave that data out of the header and carry it as the
+//! frame's *trailer*, everything after the header up to the end of the frame. Postcard is
+//! self-delimiting, so the decoder knows where the header ends. This keeps bulk bytes out of the
+//! serializer on both sides: the sender writes header and trailer with one vectored write (no
+//! copy into a frame buffer), the receiver hands the trailer on as a [`Bytes`] slice of its read
+//! buffer (no copy into a `Vec`).
+//!
 //! The decoder rejects a length over the limit *before* buffering its payload, so a hostile peer
-//! cannot make us allocate more than `max_frame_len`. A frame whose payload does not decode (an
-//! unknown message type, garbage, trailing bytes) is reported as [`Incoming::Malformed`] with its
-//! id, and decoding continues with the next frame: the length prefix keeps the stream in sync.
-//! A bad length is fatal ([`FrameError`]): there is no way to find the next frame.
+//! cannot make us allocate more than `max_frame_len`. A frame whose header does not decode (an
+//! unknown message type, garbage) or that has a trailer its message type does not take is
+//! reported as [`Incoming::Malformed`] with its id, and decoding continues with the next frame:
+//! the length prefix keeps the stream in sync. A bad length is fatal ([`FrameError`]): there is
+//! no way to find the next frame.
 
 use std::io;
 use std::marker::PhantomData;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::codec::{Decoder, Encoder};
@@ -30,6 +39,12 @@ pub const MAX_FRAME_LEN: usize = 4 << 20;
 /// Largest data chunk (stdout, stdin, file data) a sender puts in one frame: 1 MiB, well under
 /// [`MAX_FRAME_LEN`] with room for the envelope.
 pub const MAX_CHUNK: usize = 1 << 20;
+/// Frames at least this large are read into buffers the decoder recycles (see
+/// [`FrameCodec::make_room`]); after one, it makes room for another as large right away, so the
+/// next bulk frame is read into one buffer instead of growing (and copying) a small one.
+const RECYCLE_MIN: usize = 64 << 10;
+/// Bytes of recycled read buffers a decoder keeps at most.
+const RECYCLE_MAX_BYTES: usize = 8 << 20;
 
 /// One message and the stream it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +89,18 @@ pub enum FrameError {
 #[derive(Debug)]
 pub struct FrameCodec<In, Out> {
     max_frame_len: usize,
+    /// Read buffers that held bulk frames, each as an empty handle on its allocation: once no
+    /// frame from it is alive any more, the next bulk frame is read into it again — no fresh
+    /// allocation, no page faults, for as long as a transfer lasts.
+    recycled: Vec<Recycled>,
     _types: PhantomData<fn(Out) -> In>,
+}
+
+/// An empty handle on a read buffer's allocation, which keeps it alive for reuse.
+#[derive(Debug)]
+struct Recycled {
+    anchor: BytesMut,
+    size: usize,
 }
 
 impl<In, Out> Clone for FrameCodec<In, Out> {
@@ -94,8 +120,43 @@ impl<In, Out> FrameCodec<In, Out> {
     pub fn with_max_frame_len(max: usize) -> Self {
         Self {
             max_frame_len: max.clamp(ID_LEN, MAX_FRAME_LEN),
+            recycled: Vec::new(),
             _types: PhantomData,
         }
+    }
+
+    /// Makes `src` able to hold a frame of `total` bytes (the start of which it may hold
+    /// already) without growing. A bulk-sized frame gets a buffer of its own, recycled if one is
+    /// free, so that handing the frame on as `Bytes` slices never pins a buffer still being read
+    /// into.
+    fn make_room(&mut self, src: &mut BytesMut, total: usize) {
+        if src.capacity() >= total {
+            return;
+        }
+        if total < RECYCLE_MIN {
+            src.reserve(total - src.len());
+            return;
+        }
+        let free = self
+            .recycled
+            .iter_mut()
+            .find_map(|r| r.anchor.try_reclaim(total).then_some(&mut r.anchor));
+        let mut fresh = match free {
+            Some(anchor) => anchor.split_off(0),
+            None => {
+                let mut fresh = BytesMut::with_capacity(total);
+                let kept: usize = self.recycled.iter().map(|r| r.size).sum();
+                if kept + total <= RECYCLE_MAX_BYTES {
+                    self.recycled.push(Recycled {
+                        anchor: fresh.split_to(0),
+                        size: total,
+                    });
+                }
+                fresh
+            }
+        };
+        fresh.extend_from_slice(src);
+        *src = fresh;
     }
 
     pub fn max_frame_len(&self) -> usize {
@@ -103,7 +164,7 @@ impl<In, Out> FrameCodec<In, Out> {
     }
 }
 
-impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
+impl<In: DeserializeOwned + Message, Out> Decoder for FrameCodec<In, Out> {
     type Item = Incoming<In>;
     type Error = FrameError;
 
@@ -123,19 +184,34 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
         }
         let total = LEN_LEN + len;
         if src.len() < total {
-            src.reserve(total - src.len());
+            self.make_room(src, total);
             return Ok(None);
         }
-        let frame = src.split_to(total);
+        // The frame leaves the read buffer without a copy; a trailer stays a slice of it.
+        let frame = src.split_to(total).freeze();
+        if total >= RECYCLE_MIN {
+            // Bulk frames come in runs: make the next one land in a buffer of its own.
+            self.make_room(src, total);
+        }
         let mut id_bytes = [0u8; ID_LEN];
         id_bytes.copy_from_slice(&frame[LEN_LEN..HEADER_LEN]);
         let id = u64::from_le_bytes(id_bytes);
         let item = match postcard::take_from_bytes::<In>(&frame[HEADER_LEN..]) {
             Ok((body, [])) => Incoming::Frame(Frame { id, body }),
-            Ok((_, rest)) => Incoming::Malformed {
-                id,
-                error: format!("{} trailing bytes after the message", rest.len()),
-            },
+            Ok((mut body, rest)) => {
+                let trailer = frame.slice(total - rest.len()..);
+                match body.set_trailer(trailer) {
+                    Ok(()) => Incoming::Frame(Frame { id, body }),
+                    Err(trailer) => Incoming::Malformed {
+                        id,
+                        error: format!(
+                            "{} trailing bytes after a {} message, which carries none",
+                            trailer.len(),
+                            body.kind()
+                        ),
+                    },
+                }
+            }
             Err(e) => Incoming::Malformed {
                 id,
                 error: format!("undecodable payload: {e}"),
@@ -162,7 +238,7 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
     }
 }
 
-/// Lets postcard serialize straight into the output buffer, slices as slices.
+/// Lets postcard serialize straight into the output buffer.
 struct BufFlavor<'a>(&'a mut BytesMut);
 
 impl postcard::ser_flavors::Flavor for BufFlavor<'_> {
@@ -180,24 +256,31 @@ impl postcard::ser_flavors::Flavor for BufFlavor<'_> {
     }
 }
 
-/// Names a message type for encode errors.
-pub trait MessageKind {
+/// What the codec needs to know about a message type beyond its serde encoding.
+pub trait Message {
+    /// Short name for logs and errors.
     fn kind(&self) -> &'static str;
+    /// The bulk data this message carries as its frame's trailer, if it is a kind that carries
+    /// any (its serde encoding then leaves the data out).
+    fn trailer(&self) -> Option<&Bytes>;
+    /// Gives a just-decoded message the trailer of its frame; hands the trailer back if this
+    /// kind of message carries none.
+    fn set_trailer(&mut self, trailer: Bytes) -> Result<(), Bytes>;
 }
 
-impl MessageKind for crate::message::Request {
+impl Message for () {
     fn kind(&self) -> &'static str {
-        crate::message::Request::kind(self)
+        "none"
+    }
+    fn trailer(&self) -> Option<&Bytes> {
+        None
+    }
+    fn set_trailer(&mut self, trailer: Bytes) -> Result<(), Bytes> {
+        Err(trailer)
     }
 }
 
-impl MessageKind for crate::message::Reply {
-    fn kind(&self) -> &'static str {
-        crate::message::Reply::kind(self)
-    }
-}
-
-impl<In, Out: Serialize + MessageKind> Encoder<Frame<Out>> for FrameCodec<In, Out> {
+impl<In, Out: Serialize + Message> Encoder<Frame<Out>> for FrameCodec<In, Out> {
     type Error = FrameError;
 
     fn encode(&mut self, frame: Frame<Out>, dst: &mut BytesMut) -> Result<(), FrameError> {
@@ -205,13 +288,28 @@ impl<In, Out: Serialize + MessageKind> Encoder<Frame<Out>> for FrameCodec<In, Ou
     }
 }
 
-/// Appends one frame to `dst`; on error `dst` is left as it was.
-pub fn encode_frame<T: Serialize + MessageKind>(
+/// Appends one whole frame (header and trailer) to `dst`; on error `dst` is left as it was.
+/// This copies the trailer; senders of bulk data use [`encode_frame_parts`] instead.
+pub fn encode_frame<T: Serialize + Message>(
     id: u64,
     body: &T,
     dst: &mut BytesMut,
     max_frame_len: usize,
 ) -> Result<(), FrameError> {
+    let trailer = encode_frame_parts(id, body, dst, max_frame_len)?;
+    dst.extend_from_slice(&trailer);
+    Ok(())
+}
+
+/// Appends the start of one frame — length, id and postcard header — to `dst` and returns the
+/// trailer that completes it (empty for messages without one), which the caller writes right
+/// after without copying it. On error `dst` is left as it was.
+pub fn encode_frame_parts<T: Serialize + Message>(
+    id: u64,
+    body: &T,
+    dst: &mut BytesMut,
+    max_frame_len: usize,
+) -> Result<Bytes, FrameError> {
     let start = dst.len();
     dst.put_u32_le(0);
     dst.put_u64_le(id);
@@ -222,7 +320,8 @@ pub fn encode_frame<T: Serialize + MessageKind>(
             reason: e.to_string(),
         });
     }
-    let len = dst.len() - start - LEN_LEN;
+    let trailer = body.trailer().cloned().unwrap_or_default();
+    let len = dst.len() - start - LEN_LEN + trailer.len();
     if len > max_frame_len {
         dst.truncate(start);
         return Err(FrameError::Encode {
@@ -235,7 +334,7 @@ pub fn encode_frame<T: Serialize + MessageKind>(
         max: max_frame_len,
     })?;
     dst[start..start + LEN_LEN].copy_from_slice(&len.to_le_bytes());
-    Ok(())
+    Ok(trailer)
 }
 
 /// Runs the request decoder over arbitrary bytes, as the fuzz target and its regression corpus

@@ -10,9 +10,14 @@ use serde::{Deserialize, Serialize};
 /// `LGRD` — rejects peers that are not speaking this protocol at all.
 pub const MAGIC: u32 = u32::from_be_bytes(*b"LGRD");
 /// Lowest protocol version this build speaks.
-pub const MIN_VERSION: u16 = 1;
+///
+/// Versions: 1 carried bulk data (`Input`, `Stdout`, `Stderr`, `Data`) inside the postcard
+/// message as a length-prefixed byte string; 2 carries it as the frame's raw trailer after the
+/// message (see `frame`). The two are not interchangeable, so this build speaks only 2 and
+/// refuses a version-1 peer in the handshake, which both versions encode alike.
+pub const MIN_VERSION: u16 = 2;
 /// Highest protocol version this build speaks.
-pub const MAX_VERSION: u16 = 1;
+pub const MAX_VERSION: u16 = 2;
 
 /// Optional features an agent may offer. Unknown names are ignored by both sides.
 pub mod capability {

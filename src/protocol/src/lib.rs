@@ -4,6 +4,7 @@
 //! - [`message`]: what the frames carry (serde types; postcard on the wire).
 //! - [`handshake`]: version and capability negotiation.
 //! - [`writer`]: the single writer task that owns a connection's write half.
+//! - [`pool`]: reusable buffers for bulk data.
 //! - [`client`]: the multiplexing host client (one reader task, replies routed by id).
 //! - [`ops`]: typed operations (exec, files, info) on the client.
 //!
@@ -15,6 +16,7 @@ pub mod frame;
 pub mod handshake;
 pub mod message;
 pub mod ops;
+pub mod pool;
 pub mod writer;
 
 pub use client::{Client, ClientError, ClientOptions, PeerInfo, ReplyStream};
@@ -24,6 +26,7 @@ pub use message::{
     ReadFileRequest, Reply, Request, WriteFileRequest,
 };
 pub use ops::{ExecEvent, ExecOutput, ExecStream};
+pub use pool::ChunkPool;
 pub use writer::{FrameSender, SendError, frame_writer};
 
 /// The AF_VSOCK port the guest agent of a microVM listens on (every VMM, every image).

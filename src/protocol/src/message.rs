@@ -8,9 +8,17 @@
 //! Encoding is postcard (compact, non-self-describing); compatibility is handled by the handshake
 //! (see `handshake`), not by tolerant decoding. Variant order is part of the wire format: append,
 //! never reorder.
+//!
+//! Bulk data ([`Request::Input`], [`Reply::Stdout`], [`Reply::Stderr`], [`Reply::Data`]) is not
+//! part of the serde encoding (`#[serde(skip)]`: the variant encodes as its tag alone); the frame
+//! carries it as a raw trailer after the encoded message (see `frame`, [`Message::trailer`]).
+//! Serializing these messages with serde alone therefore drops their data: always go through the
+//! frame codec.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::frame::Message;
 use crate::handshake::{Hello, HelloReply};
 
 /// Host → guest.
@@ -22,8 +30,9 @@ pub enum Request {
     Ping,
     /// Run a process.
     Exec(ExecRequest),
-    /// Bytes for an open stream: stdin of an exec, contents of a file write.
-    Input(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Bytes for an open stream: stdin of an exec, contents of a file write (the frame's
+    /// trailer).
+    Input(#[serde(skip)] Bytes),
     /// No more input for an open stream (closes stdin; commits a file write).
     InputEnd,
     /// Abandon an open stream: kills an exec's process tree, discards a partial file write.
@@ -80,6 +89,27 @@ impl Request {
     /// Messages that belong to a stream opened earlier rather than opening one.
     pub fn is_stream_control(&self) -> bool {
         matches!(self, Self::Input(_) | Self::InputEnd | Self::Cancel)
+    }
+}
+
+impl Message for Request {
+    fn kind(&self) -> &'static str {
+        Request::kind(self)
+    }
+    fn trailer(&self) -> Option<&Bytes> {
+        match self {
+            Self::Input(data) => Some(data),
+            _ => None,
+        }
+    }
+    fn set_trailer(&mut self, trailer: Bytes) -> Result<(), Bytes> {
+        match self {
+            Self::Input(data) => {
+                *data = trailer;
+                Ok(())
+            }
+            _ => Err(trailer),
+        }
     }
 }
 
@@ -155,12 +185,13 @@ pub enum Reply {
     Started {
         pid: u32,
     },
-    Stdout(#[serde(with = "serde_bytes")] Vec<u8>),
-    Stderr(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Output of an exec (non-terminal; the frame's trailer).
+    Stdout(#[serde(skip)] Bytes),
+    Stderr(#[serde(skip)] Bytes),
     /// The exec ended (terminal).
     Exited(ExitStatus),
-    /// A chunk of a file being read (non-terminal).
-    Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A chunk of a file being read (non-terminal; the frame's trailer).
+    Data(#[serde(skip)] Bytes),
     /// A read finished after this many bytes (terminal).
     ReadDone {
         bytes: u64,
@@ -208,6 +239,27 @@ impl Reply {
             Self::Done => "done",
             Self::Error(_) => "error",
             Self::SeccompAudit(_) => "seccomp-audit",
+        }
+    }
+}
+
+impl Message for Reply {
+    fn kind(&self) -> &'static str {
+        Reply::kind(self)
+    }
+    fn trailer(&self) -> Option<&Bytes> {
+        match self {
+            Self::Stdout(data) | Self::Stderr(data) | Self::Data(data) => Some(data),
+            _ => None,
+        }
+    }
+    fn set_trailer(&mut self, trailer: Bytes) -> Result<(), Bytes> {
+        match self {
+            Self::Stdout(data) | Self::Stderr(data) | Self::Data(data) => {
+                *data = trailer;
+                Ok(())
+            }
+            _ => Err(trailer),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::{BufMut, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::client::{Client, ClientError, ReplyStream};
@@ -10,6 +11,8 @@ use crate::message::{
     DirEntry, ExecRequest, ExitStatus, FileStat, GuestInfo, ReadFileRequest, Reply, Request,
     SeccompAudit, WriteFileRequest,
 };
+use crate::pool::ChunkPool;
+use crate::writer::BULK_BUDGET;
 
 /// Extra time the host waits beyond an exec's own timeout for the agent to report the kill.
 const EXEC_GRACE: Duration = Duration::from_secs(10);
@@ -18,8 +21,8 @@ const EXEC_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecEvent {
     Started { pid: u32 },
-    Stdout(Vec<u8>),
-    Stderr(Vec<u8>),
+    Stdout(Bytes),
+    Stderr(Bytes),
     Exited(ExitStatus),
 }
 
@@ -204,16 +207,34 @@ impl Client {
     ) -> Result<u64, ClientError> {
         let path = req.path.clone();
         let mut stream = self.start(Request::WriteFile(req)).await?;
-        let mut buf = vec![0u8; MAX_CHUNK];
+        let read_error =
+            |e: std::io::Error| ClientError::Limit(format!("reading local data for {path}: {e}"));
+        // Chunks are reused once written; the writer's bulk budget bounds how many are out.
+        let pool = ChunkPool::new(MAX_CHUNK, BULK_BUDGET / MAX_CHUNK + 2);
         loop {
-            let n = src
-                .read(&mut buf)
-                .await
-                .map_err(|e| ClientError::Limit(format!("reading local data for {path}: {e}")))?;
-            if n == 0 {
+            // Each chunk is read into a buffer of its own and sent as is: the frame writer writes
+            // it to the connection from there (the only copy on this side is the read itself).
+            let mut buf = pool.take();
+            buf.clear();
+            let mut eof = false;
+            while buf.len() < MAX_CHUNK {
+                let room = MAX_CHUNK - buf.len();
+                if src
+                    .read_buf(&mut (&mut buf).limit(room))
+                    .await
+                    .map_err(read_error)?
+                    == 0
+                {
+                    eof = true;
+                    break;
+                }
+            }
+            if !buf.is_empty() {
+                stream.send_input_chunk(pool.share(buf)).await?;
+            }
+            if eof {
                 break;
             }
-            stream.send_input(&buf[..n]).await?;
         }
         stream.end_input().await?;
         match stream.next().await? {

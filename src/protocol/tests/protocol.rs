@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use luminaguard_protocol::frame::{HEADER_LEN, encode_frame};
+use luminaguard_protocol::frame::{HEADER_LEN, encode_frame, encode_frame_parts};
 use luminaguard_protocol::handshake::{Hello, HelloReply};
 use luminaguard_protocol::message::*;
 use luminaguard_protocol::{
@@ -25,7 +25,7 @@ use tokio_util::codec::{Decoder, FramedRead};
 type HostCodec = FrameCodec<Reply, Request>;
 type AgentCodec = FrameCodec<Request, Reply>;
 
-fn encode<T: serde::Serialize + luminaguard_protocol::frame::MessageKind>(
+fn encode<T: serde::Serialize + luminaguard_protocol::frame::Message>(
     id: u64,
     body: &T,
     buf: &mut BytesMut,
@@ -59,7 +59,7 @@ fn arb_bytes() -> impl Strategy<Value = Vec<u8>> {
 fn arb_request() -> impl Strategy<Value = Request> {
     prop_oneof![
         Just(Request::Ping),
-        arb_bytes().prop_map(Request::Input),
+        arb_bytes().prop_map(|b| Request::Input(b.into())),
         Just(Request::InputEnd),
         Just(Request::Cancel),
         (
@@ -104,8 +104,8 @@ fn arb_reply() -> impl Strategy<Value = Reply> {
     prop_oneof![
         Just(Reply::Pong),
         any::<u32>().prop_map(|pid| Reply::Started { pid }),
-        arb_bytes().prop_map(Reply::Stdout),
-        arb_bytes().prop_map(Reply::Data),
+        arb_bytes().prop_map(|b| Reply::Stdout(b.into())),
+        arb_bytes().prop_map(|b| Reply::Data(b.into())),
         (
             prop::option::of(any::<i32>()),
             prop::option::of(any::<i32>()),
@@ -171,7 +171,7 @@ fn ten_thousand_pipelined_frames_survive_any_fragmentation() {
     let mut buf = BytesMut::new();
     for id in 1..=10_000u64 {
         let req = if id % 3 == 0 {
-            Request::Input(vec![id as u8; (id % 700) as usize])
+            Request::Input(vec![id as u8; (id % 700) as usize].into())
         } else {
             Request::Stat {
                 path: format!("/f/{id}"),
@@ -223,7 +223,7 @@ fn oversize_frame_is_refused_before_buffering() {
 #[test]
 fn encoder_refuses_messages_over_the_limit() {
     let mut buf = BytesMut::new();
-    let err = encode_frame(1, &Request::Input(vec![0; 2048]), &mut buf, 1024).unwrap_err();
+    let err = encode_frame(1, &Request::Input(vec![0; 2048].into()), &mut buf, 1024).unwrap_err();
     assert!(err.to_string().contains("exceeds"), "{err}");
     assert!(buf.is_empty(), "failed encode left bytes behind");
 }
@@ -232,7 +232,7 @@ fn encoder_refuses_messages_over_the_limit() {
 async fn truncated_frame_is_an_error_at_eof() {
     let mut buf = BytesMut::new();
     encode(5, &Request::Ping, &mut buf);
-    encode(6, &Request::Input(vec![1; 100]), &mut buf);
+    encode(6, &Request::Input(vec![1; 100].into()), &mut buf);
     let cut = &buf[..buf.len() - 10];
     let mut framed = FramedRead::new(cut, AgentCodec::default());
     assert!(matches!(framed.next().await, Some(Ok(Incoming::Frame(f))) if f.id == 5));
@@ -265,6 +265,51 @@ fn unknown_message_type_is_reported_with_its_id_and_decoding_continues() {
     );
 }
 
+/// Bulk data crosses the codec without a copy: the encoder hands the caller's `Bytes` back as
+/// the trailer, and the decoder's trailer is a slice of the buffer the frame was read into.
+#[test]
+fn bulk_data_is_neither_copied_on_encode_nor_on_decode() {
+    let data = bytes::Bytes::from(vec![7u8; 300 << 10]);
+    let mut head = BytesMut::new();
+    let trailer =
+        encode_frame_parts(9, &Request::Input(data.clone()), &mut head, MAX_FRAME_LEN).unwrap();
+    assert_eq!(
+        trailer.as_ptr(),
+        data.as_ptr(),
+        "encoder copied the trailer"
+    );
+    assert_eq!(
+        head.len(),
+        HEADER_LEN + 1,
+        "header is length, id and the variant tag"
+    );
+
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&head);
+    buf.extend_from_slice(&trailer);
+    encode(10, &Request::InputEnd, &mut buf);
+    let range = buf.as_ptr_range();
+    let mut codec = AgentCodec::default();
+    let Some(Incoming::Frame(f)) = codec.decode(&mut buf).unwrap() else {
+        panic!("no frame")
+    };
+    let Request::Input(got) = f.body else {
+        panic!("not input: {:?}", f.body)
+    };
+    assert_eq!(got, data);
+    assert!(
+        range.contains(&got.as_ptr()),
+        "decoded trailer was copied out of the read buffer"
+    );
+    assert_eq!(
+        codec.decode(&mut buf).unwrap(),
+        Some(Incoming::Frame(luminaguard_protocol::Frame::new(
+            10,
+            Request::InputEnd
+        )))
+    );
+}
+
 /// The regression corpus of the `frame_decoder` fuzz target: every input must decode without a
 /// panic (the fuzz target itself needs nightly and runs outside CI).
 #[test]
@@ -286,6 +331,62 @@ fn fuzz_corpus_replays_cleanly() {
         let bytes = std::fs::read(&path).unwrap();
         luminaguard_protocol::frame::fuzz_decode_all(&bytes);
     }
+}
+
+/// The corpus's valid seeds are frames of this protocol version (a wire-format change that
+/// forgets the corpus fails here), and its hostile ones are refused the way they are meant to be.
+#[test]
+fn fuzz_corpus_seeds_match_the_wire_format() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/frame_decoder");
+    let decode = |name: &str| {
+        #[allow(clippy::disallowed_methods)]
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        let mut codec = FrameCodec::<Request, ()>::with_max_frame_len(64 << 10);
+        let mut buf = BytesMut::from(&bytes[..]);
+        let mut out = Vec::new();
+        while let Some(item) = codec.decode(&mut buf).unwrap() {
+            out.push(item);
+        }
+        assert!(buf.is_empty(), "{name}: bytes left over");
+        out
+    };
+    let frame = |id, body| Incoming::Frame(luminaguard_protocol::Frame::new(id, body));
+    assert_eq!(
+        decode("hello"),
+        vec![frame(0, Request::Hello(Hello::ours("test")))]
+    );
+    let Incoming::Frame(old) = &decode("hello-v1")[0] else {
+        panic!("a version-1 hello must still decode")
+    };
+    assert!(matches!(&old.body, Request::Hello(h) if h.max_version == 1));
+    assert_eq!(
+        decode("input-then-end"),
+        vec![
+            frame(4, Request::Input(bytes::Bytes::from_static(b"hello"))),
+            frame(4, Request::InputEnd)
+        ]
+    );
+    let bulk: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(
+        decode("input-bulk"),
+        vec![
+            frame(5, Request::Input(bulk.into())),
+            frame(5, Request::InputEnd)
+        ]
+    );
+    assert_eq!(
+        decode("input-empty"),
+        vec![frame(6, Request::Input(bytes::Bytes::new()))]
+    );
+    assert_eq!(decode("two-pings").len(), 2);
+    assert!(matches!(
+        &decode("huge-inner-length")[0],
+        Incoming::Malformed { id: 11, .. }
+    ));
+    assert!(
+        matches!(&decode("trailing-bytes")[0], Incoming::Malformed { error, .. } if error.contains("trailing"))
+    );
 }
 
 // ---- client against a scripted fake agent ------------------------------------------------------
@@ -372,7 +473,7 @@ async fn pair(options: ClientOptions, max_read: usize) -> (Client, FakeAgent) {
             fake.send(
                 0,
                 Reply::Hello(HelloReply::Accepted {
-                    version: 1,
+                    version: luminaguard_protocol::handshake::MAX_VERSION,
                     capabilities: vec!["exec".into()],
                     software: "fake".into(),
                 }),
@@ -381,6 +482,81 @@ async fn pair(options: ClientOptions, max_read: usize) -> (Client, FakeAgent) {
         }
     );
     (client, fake)
+}
+
+/// An agent that claims to accept a version this host does not speak is refused, not used.
+#[tokio::test]
+async fn client_refuses_an_agent_accepting_a_version_it_does_not_speak() {
+    let (host, agent) = UnixStream::pair().unwrap();
+    let server = tokio::spawn(async move {
+        let (ar, mut aw) = agent.into_split();
+        let mut read = FramedRead::new(ar, AgentCodec::default());
+        let Some(Ok(Incoming::Frame(_hello))) = read.next().await else {
+            panic!("no hello")
+        };
+        let mut buf = BytesMut::new();
+        encode(
+            0,
+            &Reply::Hello(HelloReply::Accepted {
+                version: 1,
+                capabilities: vec![],
+                software: "v1 agent".into(),
+            }),
+            &mut buf,
+        );
+        aw.write_all(&buf).await.unwrap();
+        read
+    });
+    match Client::connect(host, opts()).await {
+        Err(ClientError::Incompatible(m)) => assert!(m.contains("version 1"), "{m}"),
+        other => panic!("expected Incompatible, got {other:?}"),
+    }
+    server.await.unwrap();
+}
+
+/// Streams the client's write path end to end against a fake agent: a file's worth of input
+/// arrives intact, in order, in chunks of at most `MAX_CHUNK`.
+#[tokio::test]
+async fn write_file_from_streams_chunks_in_order() {
+    let (client, mut fake) = pair(opts(), 1 << 16).await;
+    let data: Vec<u8> = (0..(3 * luminaguard_protocol::MAX_CHUNK + 12345))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let upload = tokio::spawn({
+        let (c, data) = (client.clone(), data.clone());
+        async move {
+            let req = WriteFileRequest {
+                path: "/x".into(),
+                mode: 0o600,
+                parents: false,
+            };
+            c.write_file_from(req, &mut &data[..]).await
+        }
+    });
+    let open = fake.recv().await;
+    assert!(matches!(open.body, Request::WriteFile(_)));
+    let mut got = Vec::new();
+    loop {
+        let f = fake.recv().await;
+        assert_eq!(f.id, open.id);
+        match f.body {
+            Request::Input(chunk) => {
+                assert!(chunk.len() <= luminaguard_protocol::MAX_CHUNK);
+                got.extend_from_slice(&chunk);
+            }
+            Request::InputEnd => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(got == data, "uploaded bytes differ");
+    fake.send(
+        open.id,
+        Reply::Written {
+            bytes: got.len() as u64,
+        },
+    )
+    .await;
+    assert_eq!(upload.await.unwrap().unwrap(), data.len() as u64);
 }
 
 #[tokio::test]
