@@ -56,6 +56,7 @@ async fn process_sandbox_isolates_and_serves() {
         &config(staging.path(), Some(ws.path())),
         None,
         AgentChannel::Pair,
+        None,
     )
     .unwrap();
     let socket = launched.socket.unwrap();
@@ -206,6 +207,7 @@ async fn on_cgroup_v2_the_init_is_born_in_its_group() {
         &config(staging.path(), None),
         Some(&cg),
         AgentChannel::Pair,
+        None,
     )
     .unwrap();
     let pid = launched.pid;

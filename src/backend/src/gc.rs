@@ -27,6 +27,8 @@ pub enum RemoveError {
         pid: i32,
         after: Duration,
     },
+    #[error("cannot remove the network of sandbox {id}: {reason}")]
+    Net { id: String, reason: String },
     #[error("cannot remove {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -105,6 +107,12 @@ pub fn remove(dir: &Path, meta: Option<&SandboxMeta>) -> Result<(), RemoveError>
                 after,
             })?;
         }
+        if let Some(uplink) = &m.net {
+            remove_net(&m.id, uplink).map_err(|reason| RemoveError::Net {
+                id: m.id.clone(),
+                reason,
+            })?;
+        }
         if let Some(version) = m.cgroup_version {
             Cgroup::from_dirs(version, m.cgroup_dirs.clone())
                 .remove()
@@ -122,6 +130,69 @@ pub fn remove(dir: &Path, meta: Option<&SandboxMeta>) -> Result<(), RemoveError>
             source: e,
         }),
     })
+}
+
+/// Runs `work` to completion from a blocking context: on the caller's runtime if it has one,
+/// on a private one otherwise.
+fn block_on<T>(work: impl std::future::Future<Output = T>) -> Result<T, String> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => Ok(rt.block_on(work)),
+        Err(_) => Ok(tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime: {e}"))?
+            .block_on(work)),
+    }
+}
+
+/// Removes the sandbox's network objects (see `luminaguard_net::topology`). Blocking.
+fn remove_net(id: &str, uplink: &luminaguard_net::Uplink) -> Result<(), String> {
+    let id: luminaguard_core::SandboxId = id.parse().map_err(|e| format!("{e}"))?;
+    let names = luminaguard_net::NetNames::for_sandbox(&id);
+    block_on(luminaguard_net::topology::remove(&names, uplink))?.map_err(|e| e.to_string())
+}
+
+/// Removes network objects (namespaces, uplink links and registrations in `uplink`) that belong
+/// to no sandbox under `runtime` — what a sandbox directory removed by hand leaves behind.
+/// Sandboxes removed by [`remove`] take theirs with them. Blocking; returns what was removed.
+pub fn collect_network(
+    runtime: &RuntimeDir,
+    uplink: &luminaguard_net::Uplink,
+) -> Result<Vec<String>, String> {
+    #[allow(clippy::disallowed_methods)] // blocking by contract
+    let live: Vec<luminaguard_core::SandboxId> = match std::fs::read_dir(runtime.sandboxes_dir()) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            return Err(format!(
+                "cannot list {}: {e}",
+                runtime.sandboxes_dir().display()
+            ));
+        }
+    };
+    block_on(async {
+        let found = luminaguard_net::topology::leftovers(&live, uplink)
+            .await
+            .map_err(|e| e.to_string())?;
+        luminaguard_net::topology::remove_leftovers(&found, uplink)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(found
+            .netns
+            .into_iter()
+            .map(|n| format!("network namespace {n}"))
+            .chain(found.links.into_iter().map(|l| format!("link {l}")))
+            .chain(
+                found
+                    .registered
+                    .into_iter()
+                    .map(|l| format!("uplink registration {l}")),
+            )
+            .collect())
+    })?
 }
 
 /// Waits until `p` is no longer alive (a zombie counts as gone: it holds no resources but its

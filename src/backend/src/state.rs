@@ -95,6 +95,10 @@ pub struct SandboxMeta {
     /// The uid (and gid) a microVM's VMM processes run as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm_uid: Option<u32>,
+    /// `Some`: the sandbox has an egress path (namespaces, links, tables named after its id)
+    /// leaving through this uplink; recorded before any of it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<luminaguard_net::Uplink>,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -124,6 +128,7 @@ impl SandboxMeta {
             agent_vsock_port: None,
             accel: None,
             vmm_uid: None,
+            net: None,
         })
     }
 

@@ -112,7 +112,7 @@ fn main() {
                 },
             )
             .unwrap();
-        let launched = launch(Path::new(LG), &cfg, Some(&cg), AgentChannel::Pair).unwrap();
+        let launched = launch(Path::new(LG), &cfg, Some(&cg), AgentChannel::Pair, None).unwrap();
         let socket = launched.socket.unwrap();
         socket.set_nonblocking(true).unwrap();
         let c = Client::connect(

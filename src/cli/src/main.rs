@@ -168,7 +168,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => with_runtime(run::run(args, &config)),
         Command::Sandbox(cmd) => with_runtime(sandbox::run(cmd, &config)),
         Command::Gc { json } => {
-            let report = luminaguard_backend::gc::collect(&config.runtime()?);
+            let runtime = config.runtime()?;
+            let mut report = luminaguard_backend::gc::collect(&runtime);
+            // Network objects nobody's record names (a runtime directory removed by hand).
+            if nix::unistd::geteuid().is_root() {
+                match luminaguard_backend::gc::collect_network(&runtime, &run::uplink()) {
+                    Ok(removed) => report.removed.extend(removed),
+                    Err(e) => report.errors.push(e),
+                }
+            }
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use luminaguard_backend::{Backend, BackendError, CreateRequest, Sandbox};
-use luminaguard_core::{BackendChoice, ByteSize, Config, SandboxId, SandboxSpec};
+use luminaguard_core::network::EgressRule;
+use luminaguard_core::{BackendChoice, ByteSize, Config, NetworkPolicy, SandboxId, SandboxSpec};
 use luminaguard_process_sandbox::backend::ProcessBackend;
 use luminaguard_protocol::ClientOptions;
 use luminaguard_protocol::message::ExecRequest;
@@ -44,6 +45,15 @@ pub struct SandboxArgs {
     /// (default: the newest image in the store).
     #[arg(long, value_name = "DIGEST")]
     pub image: Option<String>,
+    /// Allow outbound connections to DEST (repeatable): an address or CIDR (any port, any
+    /// protocol) or ADDR:PORT (that TCP/UDP port). Without --net the sandbox has no network at
+    /// all. Private, loopback, link-local and cloud-metadata addresses and the host's own stay
+    /// unreachable unless a --net entry lies inside them. Needs root.
+    #[arg(long = "net", value_name = "DEST")]
+    pub net_allow: Vec<EgressRule>,
+    /// Never allow DEST, whatever --net allows (repeatable).
+    #[arg(long = "net-deny", value_name = "DEST", requires = "net_allow")]
+    pub net_deny: Vec<EgressRule>,
 }
 
 impl SandboxArgs {
@@ -67,6 +77,12 @@ impl SandboxArgs {
         }
         if let Some(b) = self.backend {
             spec.backend = b;
+        }
+        if !self.net_allow.is_empty() {
+            spec.network = NetworkPolicy::Egress {
+                allow: self.net_allow.clone(),
+                deny: self.net_deny.clone(),
+            };
         }
         spec.validate().context("invalid sandbox settings")?;
         Ok(spec)
@@ -133,6 +149,17 @@ impl Backend for AnyBackend {
     }
 }
 
+/// Where sandboxes' egress traffic leaves: the host's network namespace, or the named one in
+/// `LUMINAGUARD_UPLINK_NETNS` (e.g. one routed through a VPN; the tests' fake internet).
+pub fn uplink() -> luminaguard_net::Uplink {
+    luminaguard_net::Uplink {
+        netns: std::env::var("LUMINAGUARD_UPLINK_NETNS")
+            .ok()
+            .filter(|s| !s.is_empty()),
+        pool: None,
+    }
+}
+
 /// The image store: `LUMINAGUARD_IMAGE_STORE`, else the default for this user.
 pub fn image_store_root() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("LUMINAGUARD_IMAGE_STORE") {
@@ -190,7 +217,9 @@ pub async fn backend(spec: &SandboxSpec, image: Option<&str>) -> anyhow::Result<
                 }
                 false => false,
             };
-            let pick = if kvm.is_usable() && has_image {
+            // MicroVMs have no network path yet (a tap per sandbox): a policy picks the process
+            // sandbox rather than being dropped.
+            let pick = if kvm.is_usable() && has_image && spec.network.is_none() {
                 BackendChoice::Qemu
             } else {
                 BackendChoice::Process
@@ -204,8 +233,14 @@ pub async fn backend(spec: &SandboxSpec, image: Option<&str>) -> anyhow::Result<
         BackendChoice::Process | BackendChoice::Auto => {
             let exe = std::env::current_exe()
                 .context("finding our own binary to run as the sandbox init")?;
-            Ok(AnyBackend::Process(ProcessBackend::new(exe, client)))
+            Ok(AnyBackend::Process(
+                ProcessBackend::new(exe, client).with_uplink(uplink()),
+            ))
         }
+        BackendChoice::Qemu if !spec.network.is_none() => anyhow::bail!(
+            "network egress for microVMs (a tap device per sandbox) is not built yet: \
+             use --backend process, or drop --net"
+        ),
         BackendChoice::Qemu => Ok(AnyBackend::Qemu(Box::new(
             qemu_backend(image, client).await?,
         ))),

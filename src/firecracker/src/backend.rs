@@ -322,6 +322,7 @@ impl Backend for FirecrackerBackend {
     }
 
     async fn create(&self, req: CreateRequest) -> Result<Sandbox, BackendError> {
+        luminaguard_backend::refuse_network(&req, self.name())?;
         self.create_timed(req).await.map(|(sandbox, _)| sandbox)
     }
 }

@@ -1,20 +1,27 @@
 //! Network egress for sandboxes: everything a policy needs before a packet moves.
 //!
 //! - [`names`]: the names of each sandbox's kernel objects (nftables table, interfaces, network
-//!   namespace), derived from a digest of the *whole* sandbox id so that distinct ids never share
+//!   namespaces), derived from a digest of the *whole* sandbox id so that distinct ids never share
 //!   one, and short enough for every kernel limit.
 //! - [`plan`]: a [`luminaguard_core::NetworkPolicy`] compiled into what the firewall enforces:
 //!   the user's deny list first (it always wins), destinations named explicitly inside the
 //!   always-denied ranges (private, link-local, loopback, metadata, the host's own addresses), the
 //!   always-denied ranges, then everything else allowed.
 //! - [`nft`]: that plan as one nftables table, applied and removed as one atomic batch.
+//! - [`topology`]: the per-sandbox router and sandbox namespaces, veth links, addresses, NAT and
+//!   both tables — created step by step with rollback, removed by name, leftovers found by
+//!   prefix.
+//! - [`cmd`]: running `ip`, `nft` and `sysctl` in a chosen namespace.
 //!
-//! Status: the plumbing (per-sandbox namespaces, veth/tap, NAT, the DNS-pinning resolver) and
-//! the CLI's `--net` come next; see `docs/network.md`.
+//! Status: the DNS-pinning resolver (domain allowlists) and microVM tap devices come next; see
+//! `docs/network.md`.
 
+pub mod cmd;
 pub mod names;
 pub mod nft;
 pub mod plan;
+pub mod topology;
 
 pub use names::NetNames;
 pub use plan::{FirewallPlan, PlanError};
+pub use topology::{Egress, NetError, Uplink};

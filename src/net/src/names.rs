@@ -18,13 +18,31 @@ pub const IPTABLES_CHAIN_MAX: usize = 28;
 pub struct NetNames {
     /// The nftables table (family `inet`), and the iptables chain prefix of the fallback.
     pub table: String,
-    /// The network namespace that routes and filters the sandbox's traffic.
+    /// The network namespace that routes and filters the sandbox's traffic (a name under
+    /// `/run/netns`).
     pub router_netns: String,
-    /// The host-side end of the uplink veth pair (host ↔ router namespace).
+    /// The network namespace the sandbox itself runs in.
+    pub sandbox_netns: String,
+    /// The uplink's end in the uplink namespace (the host's, by default) of the veth pair
+    /// between it and the router namespace.
     pub uplink_host: String,
-    /// The sandbox-side interface pair's end inside the router namespace.
-    pub sandbox_peer: String,
 }
+
+/// Interface names inside the per-sandbox namespaces: fixed, since each namespace holds one
+/// sandbox's links only.
+pub mod inner {
+    /// The router's end of the uplink pair.
+    pub const ROUTER_UPLINK: &str = "up0";
+    /// The router's end of the pair towards the sandbox.
+    pub const ROUTER_SANDBOX: &str = "sbx0";
+    /// The sandbox's interface.
+    pub const SANDBOX: &str = "eth0";
+}
+
+/// Prefixes of every object name, for finding leftovers.
+pub const NETNS_PREFIXES: [&str; 2] = ["lgr-", "lgn-"];
+pub const UPLINK_PREFIX: &str = "lgu";
+pub const TABLE_PREFIX: &str = "lg";
 
 impl NetNames {
     pub fn for_sandbox(id: &SandboxId) -> Self {
@@ -33,11 +51,11 @@ impl NetNames {
         Self {
             // 2 + 20 = 22 characters: under the iptables chain limit with room for a suffix.
             table: format!("lg{}", &hex[..20]),
-            router_netns: format!("lg-{}", &hex[..20]),
+            router_netns: format!("lgr-{}", &hex[..20]),
+            sandbox_netns: format!("lgn-{}", &hex[..20]),
             // 3 + 12 = 15: exactly IFNAMSIZ - 1. 48 bits of digest: collisions among live
             // sandboxes are checked for at creation rather than assumed away.
             uplink_host: format!("lgu{}", &hex[..12]),
-            sandbox_peer: format!("lgs{}", &hex[..12]),
         }
     }
 }
@@ -69,6 +87,7 @@ mod tests {
         assert_ne!(a.table, b.table);
         assert_ne!(a.uplink_host, b.uplink_host);
         assert_ne!(a.router_netns, b.router_netns);
+        assert_ne!(a.sandbox_netns, b.sandbox_netns);
         // 64-character ids that differ only in the last character.
         let long = "x".repeat(63);
         assert_ne!(
@@ -81,10 +100,12 @@ mod tests {
         #[test]
         fn every_valid_id_yields_valid_names(id in "[A-Za-z0-9_][A-Za-z0-9_-]{0,63}") {
             let n = names(&id);
-            prop_assert!(valid_ifname(&n.uplink_host) && valid_ifname(&n.sandbox_peer));
+            prop_assert!(valid_ifname(&n.uplink_host));
             prop_assert!(n.table.len() <= IPTABLES_CHAIN_MAX);
             prop_assert!(n.table.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
-            prop_assert!(n.router_netns.len() <= 255 && !n.router_netns.contains('/'));
+            for ns in [&n.router_netns, &n.sandbox_netns] {
+                prop_assert!(ns.len() <= 255 && !ns.contains('/'));
+            }
         }
     }
 }

@@ -11,11 +11,11 @@
 //! - `postrouting` (nat): masquerade out of the uplink.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
-use std::process::Stdio;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
-use tokio::io::AsyncWriteExt;
+
+use crate::cmd::{CmdError, Netns};
 
 use crate::plan::{Action, Dest, FirewallPlan, Stage};
 
@@ -43,9 +43,14 @@ pub struct Interfaces<'a> {
 fn verdict(a: Action) -> &'static str {
     match a {
         Action::Accept => "accept",
-        Action::Drop => "drop",
+        // Refused, not silently dropped: a program in the sandbox fails at once ("no route to
+        // host") instead of waiting out TCP's retries — and learns nothing it did not know.
+        Action::Drop => REFUSE,
     }
 }
+
+/// What the egress chain does with a connection the policy does not allow.
+const REFUSE: &str = "reject with icmpx type admin-prohibited";
 
 /// Address ranges merged (nft refuses overlapping intervals in one set), split by family.
 fn nets(dests: &[Dest]) -> (Vec<IpNet>, Vec<IpNet>) {
@@ -139,7 +144,7 @@ pub fn render(table: &str, plan: &FirewallPlan, ifs: &Interfaces<'_>) -> String 
     }
     let from = ifs.from_sandbox;
     let up = ifs.uplink;
-    let _ = writeln!(s, "  chain egress {{\n{rules}    counter drop\n  }}");
+    let _ = writeln!(s, "  chain egress {{\n{rules}    counter {REFUSE}\n  }}");
     let _ = writeln!(
         s,
         "  chain forward {{\n    type filter hook forward priority filter; policy drop;\n    \
@@ -162,51 +167,147 @@ pub fn render(table: &str, plan: &FirewallPlan, ifs: &Interfaces<'_>) -> String 
     s
 }
 
-/// Runs `nft -f -` with `script`, inside network namespace `netns` when given (through
-/// `ip netns exec`). nft applies a script as one transaction: all of it or nothing.
-pub async fn run_script(netns: Option<&str>, table: &str, script: &str) -> Result<(), NftError> {
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = tokio::process::Command::new("ip");
-            c.args(["netns", "exec", ns, "nft", "-f", "-"]);
-            c
-        }
-        None => {
-            let mut c = tokio::process::Command::new("nft");
-            c.args(["-f", "-"]);
-            c
-        }
-    };
-    let program = if netns.is_some() {
-        "ip netns exec … nft"
-    } else {
-        "nft"
-    };
-    let spawn = |source| NftError::Spawn { program, source };
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(spawn)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).await.map_err(spawn)?;
+/// Runs `nft -f -` with `script` in `netns`. nft applies a script as one transaction: all of it
+/// or nothing.
+pub async fn run_script(netns: Netns<'_>, table: &str, script: &str) -> Result<(), NftError> {
+    crate::cmd::run(netns, "nft", &["-f", "-"], Some(script))
+        .await
+        .map(drop)
+        .map_err(|e| cmd_error(e, table))
+}
+
+/// The table every sandbox shares in the uplink namespace (the host's, by default). Created
+/// once and kept: sandboxes come and go as elements of its `uplinks` set, so that adding or
+/// removing one never registers or unregisters a hook (each costs an RCU grace period) and
+/// never grows with the number of sandboxes.
+pub const UPLINK_TABLE: &str = "luminaguard";
+/// Prefix of every uplink link name (see [`crate::names`]).
+const UPLINK_GLOB: &str = "lgu*";
+
+/// The shared uplink table. Its base chains have policy accept — the host's other traffic is
+/// none of its business — and act only on sandbox uplink links: nothing enters a link but
+/// replies; nothing leaves one but from the router address registered for it (IPv4 only);
+/// nothing from one reaches the host itself or another sandbox; and what leaves towards the
+/// world is masqueraded.
+pub fn uplink_table() -> String {
+    format!(
+        "table inet {UPLINK_TABLE} {{\n  \
+         set uplinks {{ type ifname . ipv4_addr; }}\n  \
+         chain forward {{\n    type filter hook forward priority filter; policy accept;\n    \
+         iifname \"{UPLINK_GLOB}\" iifname . ip saddr != @uplinks counter drop\n    \
+         iifname \"{UPLINK_GLOB}\" meta nfproto ipv6 counter drop\n    \
+         oifname \"{UPLINK_GLOB}\" ct state established,related accept\n    \
+         oifname \"{UPLINK_GLOB}\" counter drop\n  }}\n  \
+         chain input {{\n    type filter hook input priority filter; policy accept;\n    \
+         iifname \"{UPLINK_GLOB}\" ct state established,related accept\n    \
+         iifname \"{UPLINK_GLOB}\" counter drop\n  }}\n  \
+         chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
+         iifname \"{UPLINK_GLOB}\" oifname != \"{UPLINK_GLOB}\" masquerade\n  }}\n}}\n"
+    )
+}
+
+/// Creates the shared uplink table in `netns` unless it is there. Callers serialise (the
+/// uplink allocation lock), so check-then-create does not race.
+pub async fn ensure_uplink_table(netns: Netns<'_>) -> Result<(), NftError> {
+    let listed = crate::cmd::run(netns, "nft", &["-j", "list", "tables"], None)
+        .await
+        .map_err(|e| cmd_error(e, UPLINK_TABLE))?;
+    let tables: serde_json::Value =
+        serde_json::from_slice(&listed).map_err(|e| NftError::Rejected {
+            table: UPLINK_TABLE.to_owned(),
+            message: format!("unreadable `nft -j list tables` output: {e}"),
+        })?;
+    let present = tables["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| t["table"]["family"] == "inet" && t["table"]["name"] == UPLINK_TABLE);
+    if present {
+        return Ok(());
     }
-    let out = child.wait_with_output().await.map_err(spawn)?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NftError::Rejected {
-            table: table.to_owned(),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    run_script(netns, UPLINK_TABLE, &uplink_table()).await
+}
+
+fn uplink_element(link: &str, router: Ipv4Addr) -> String {
+    format!("{{ \"{link}\" . {router} }}")
+}
+
+/// Registers uplink `link` with its router's address `router`.
+pub async fn add_uplink(netns: Netns<'_>, link: &str, router: Ipv4Addr) -> Result<(), NftError> {
+    let script = format!(
+        "add element inet {UPLINK_TABLE} uplinks {}\n",
+        uplink_element(link, router)
+    );
+    run_script(netns, UPLINK_TABLE, &script).await
+}
+
+/// Unregisters every element of uplink `link` (there is one; after a crash there may be a stale
+/// one). Succeeds when none is registered, or the table does not exist.
+pub async fn remove_uplink(netns: Netns<'_>, link: &str) -> Result<(), NftError> {
+    let script: String = uplinks(netns)
+        .await?
+        .into_iter()
+        .filter(|(l, _)| l == link)
+        .map(|(l, a)| {
+            format!(
+                "delete element inet {UPLINK_TABLE} uplinks {}\n",
+                uplink_element(&l, a)
+            )
         })
+        .collect();
+    if script.is_empty() {
+        return Ok(());
+    }
+    run_script(netns, UPLINK_TABLE, &script).await
+}
+
+/// The registered uplinks: `(link, router address)`. None when the table does not exist.
+pub async fn uplinks(netns: Netns<'_>) -> Result<Vec<(String, Ipv4Addr)>, NftError> {
+    let listed = match crate::cmd::run(
+        netns,
+        "nft",
+        &["-j", "list", "set", "inet", UPLINK_TABLE, "uplinks"],
+        None,
+    )
+    .await
+    {
+        Ok(out) => out,
+        Err(CmdError::Failed { message, .. }) if message.contains("No such file") => {
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(cmd_error(e, UPLINK_TABLE)),
+    };
+    let v: serde_json::Value = serde_json::from_slice(&listed).map_err(|e| NftError::Rejected {
+        table: UPLINK_TABLE.to_owned(),
+        message: format!("unreadable set listing: {e}"),
+    })?;
+    let mut out = Vec::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        for elem in item["set"]["elem"].as_array().into_iter().flatten() {
+            let parts = &elem["concat"];
+            if let (Some(link), Some(addr)) = (parts[0].as_str(), parts[1].as_str()) {
+                if let Ok(a) = addr.parse() {
+                    out.push((link.to_owned(), a));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn cmd_error(e: CmdError, table: &str) -> NftError {
+    match e {
+        CmdError::Spawn { program, source } => NftError::Spawn { program, source },
+        CmdError::Failed { message, .. } => NftError::Rejected {
+            table: table.to_owned(),
+            message,
+        },
     }
 }
 
 /// Applies the plan as table `table` (replacing any previous version atomically).
 pub async fn apply(
-    netns: Option<&str>,
+    netns: Netns<'_>,
     table: &str,
     plan: &FirewallPlan,
     ifs: &Interfaces<'_>,
@@ -215,7 +316,7 @@ pub async fn apply(
 }
 
 /// Removes table `table` in one transaction; removing a table that does not exist succeeds.
-pub async fn remove(netns: Option<&str>, table: &str) -> Result<(), NftError> {
+pub async fn remove(netns: Netns<'_>, table: &str) -> Result<(), NftError> {
     let script = format!("add table inet {table}\ndelete table inet {table}\n");
     run_script(netns, table, &script).await
 }

@@ -10,6 +10,7 @@
 use std::process::Command;
 
 use luminaguard_core::NetworkPolicy;
+use luminaguard_net::cmd::Netns as Ns;
 use luminaguard_net::nft::{self, Interfaces};
 use luminaguard_net::{FirewallPlan, NetNames};
 use serde_json::Value;
@@ -75,10 +76,10 @@ async fn ruleset_loads_replaces_atomically_and_is_removed() {
         .unwrap()
         .unwrap();
     let ifs = Interfaces {
-        from_sandbox: &names.sandbox_peer,
+        from_sandbox: "sbx0",
         uplink: "uplink0",
     };
-    nft::apply(Some(&ns.0), &names.table, &plan, &ifs)
+    nft::apply(Ns::Named(&ns.0), &names.table, &plan, &ifs)
         .await
         .unwrap();
 
@@ -117,14 +118,14 @@ async fn ruleset_loads_replaces_atomically_and_is_removed() {
     );
 
     // Re-applying replaces the table in one transaction (no duplicate, no error).
-    nft::apply(Some(&ns.0), &names.table, &plan, &ifs)
+    nft::apply(Ns::Named(&ns.0), &names.table, &plan, &ifs)
         .await
         .unwrap();
     let tables = items(&ns.nft_json(&["list", "tables"]), "table").len();
     assert_eq!(tables, 1);
 
     // A broken script changes nothing: the old table stays intact.
-    let err = nft::run_script(Some(&ns.0), &names.table, &format!(
+    let err = nft::run_script(Ns::Named(&ns.0), &names.table, &format!(
         "add table inet {t}\ndelete table inet {t}\ntable inet {t} {{ chain c {{ nonsense }} }}\n",
         t = names.table
     ))
@@ -140,8 +141,8 @@ async fn ruleset_loads_replaces_atomically_and_is_removed() {
         chains.len()
     );
 
-    nft::remove(Some(&ns.0), &names.table).await.unwrap();
+    nft::remove(Ns::Named(&ns.0), &names.table).await.unwrap();
     assert!(items(&ns.nft_json(&["list", "tables"]), "table").is_empty());
     // Removing again is not an error (destroy and gc may both try).
-    nft::remove(Some(&ns.0), &names.table).await.unwrap();
+    nft::remove(Ns::Named(&ns.0), &names.table).await.unwrap();
 }

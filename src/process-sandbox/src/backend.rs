@@ -8,7 +8,9 @@ use std::time::Duration;
 use luminaguard_backend::{Backend, BackendError, CreateRequest, ProcessRef, Sandbox, SandboxMeta};
 use luminaguard_cgroup::Limits;
 use luminaguard_core::ByteSize;
+use luminaguard_core::NetworkPolicy;
 use luminaguard_core::runtime::SandboxFile;
+use luminaguard_net::Uplink;
 use luminaguard_protocol::{Client, ClientError, ClientOptions};
 
 use crate::init::InitConfig;
@@ -24,12 +26,36 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ProcessBackend {
     agent: PathBuf,
     client: ClientOptions,
+    uplink: Uplink,
 }
 
 impl ProcessBackend {
     pub fn new(agent: PathBuf, client: ClientOptions) -> Self {
-        Self { agent, client }
+        Self {
+            agent,
+            client,
+            uplink: Uplink::default(),
+        }
     }
+
+    /// Where sandboxes with an egress policy send their traffic (default: the host's own
+    /// network namespace).
+    pub fn with_uplink(mut self, uplink: Uplink) -> Self {
+        self.uplink = uplink;
+        self
+    }
+}
+
+fn names_a_domain(rule: &luminaguard_core::network::EgressRule) -> bool {
+    use luminaguard_core::network::{EgressRule, Host};
+    matches!(
+        rule,
+        EgressRule::Domain(_)
+            | EgressRule::HostPort {
+                host: Host::Domain(_),
+                ..
+            }
+    )
 }
 
 fn setup(step: &'static str, reason: impl std::fmt::Display) -> BackendError {
@@ -84,6 +110,49 @@ impl ProcessBackend {
         }
     }
 
+    /// For an egress policy: records the uplink, builds the sandbox's egress path and opens the
+    /// network namespace its init joins. `None` for no network (the init gets a new, empty one).
+    async fn create_network(
+        &self,
+        req: &CreateRequest,
+        dir: &Path,
+        meta: &mut SandboxMeta,
+    ) -> Result<Option<OwnedFd>, BackendError> {
+        let policy = &req.spec.network;
+        let NetworkPolicy::Egress { allow, deny } = policy else {
+            return Ok(None);
+        };
+        if !nix::unistd::geteuid().is_root() {
+            return Err(setup(
+                "set up network egress",
+                "it needs root (it creates network namespaces, veth links and nftables tables); \
+                 run as root or without a network policy",
+            ));
+        }
+        if allow.iter().chain(deny).any(names_a_domain) {
+            return Err(setup(
+                "set up network egress",
+                "domain names in a network policy need LuminaGuard's DNS-pinning resolver, which \
+                 is not built yet: name addresses instead (CIDR, IP or IP:port)",
+            ));
+        }
+        meta.net = Some(self.uplink.clone());
+        meta.save(dir).await?;
+        let opts = luminaguard_net::topology::Options {
+            uplink: &self.uplink,
+            lock: &req.runtime.root().join("net.lock"),
+            fail_at: None,
+        };
+        let egress = luminaguard_net::topology::create(&req.id, policy, &opts)
+            .await
+            .map_err(|e| setup("set up network egress", e))?;
+        let fd = egress
+            .open_sandbox_netns()
+            .await
+            .map_err(|e| setup("open the sandbox's network namespace", e))?;
+        Ok(Some(fd))
+    }
+
     /// Everything after the record exists; on error the caller removes what the record names.
     async fn start(
         &self,
@@ -103,6 +172,7 @@ impl ProcessBackend {
         } else {
             Some(self.create_cgroup(req, dir, meta).await?)
         };
+        let netns = self.create_network(req, dir, meta).await?;
         let init = InitConfig {
             staging_root: staging,
             workspace: req.workspace.clone(),
@@ -112,7 +182,13 @@ impl ProcessBackend {
             open_files: spec.limits.open_files,
             file_size: spec.limits.file_size.bytes(),
             landlock_required: true,
-            seccomp_profile: "default".into(),
+            // Sockets of the inet families only where there is a network to use them on.
+            seccomp_profile: if netns.is_some() {
+                "network"
+            } else {
+                "default"
+            }
+            .into(),
             lifetime_ms: u64::try_from(spec.lifetime.as_millis()).ok(),
         };
         let sock = dir.join(SandboxFile::AgentSocket.file_name());
@@ -133,10 +209,11 @@ impl ProcessBackend {
             AgentChannel::Pair
         };
         let agent = self.agent.clone();
-        let launched =
-            tokio::task::spawn_blocking(move || launch(&agent, &init, cgroup.as_ref(), channel))
-                .await?
-                .map_err(|e| setup("launch the sandbox init", e))?;
+        let launched = tokio::task::spawn_blocking(move || {
+            launch(&agent, &init, cgroup.as_ref(), channel, netns.as_ref())
+        })
+        .await?
+        .map_err(|e| setup("launch the sandbox init", e))?;
         let pid = launched.pid;
         // Reap the init whenever it ends, on a plain thread: a runtime's blocking pool would keep
         // a short-lived caller (`sandbox create`) from exiting while the sandbox lives on.

@@ -34,6 +34,10 @@ pub enum LaunchError {
     Pipe(nix::Error),
     #[error("cannot put the sandbox into its cgroup: {0}")]
     Cgroup(#[from] CgroupError),
+    #[error(
+        "a rootless sandbox cannot join a prepared network namespace (network egress needs root)"
+    )]
+    RootlessNetwork,
 }
 
 /// How the host reaches the sandbox's agent, which always finds it as fd 3.
@@ -70,7 +74,8 @@ const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 pub const START_GATE_FD: i32 = 4;
 
 /// Starts the sandbox described by `cfg`, running `agent` (a binary with the `sandbox-init`
-/// subcommand) as its init.
+/// subcommand) as its init. With `netns`, the init joins that network namespace (one prepared
+/// with the sandbox's egress path) instead of a new, empty one.
 ///
 /// With a `cgroup`, the init runs its set-up (building its root, locking itself down) *while* the
 /// parent moves it into the group — on cgroup v1 an attach costs an RCU grace period, often
@@ -82,8 +87,13 @@ pub fn launch(
     cfg: &InitConfig,
     cgroup: Option<&Cgroup>,
     channel: AgentChannel,
+    netns: Option<&OwnedFd>,
 ) -> Result<Launched, LaunchError> {
     let rootless = !nix::unistd::geteuid().is_root();
+    if rootless && netns.is_some() {
+        return Err(LaunchError::RootlessNetwork);
+    }
+    let netns_fd = netns.map(AsRawFd::as_raw_fd);
     let (host, guest, stdio) = match channel {
         AgentChannel::Pair => {
             let (host, guest) = UnixStream::pair().map_err(LaunchError::Socket)?;
@@ -129,6 +139,11 @@ pub fn launch(
             if rootless && libc::read(maps_fd, (&raw mut ready).cast(), 1) != 1 {
                 return 123; // the parent could not map our ids
             }
+            if let Some(fd) = netns_fd {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return 122; // never run in the host's network namespace
+                }
+            }
             if let Some((null, log)) = stdio_fds {
                 if libc::dup2(null, 0) < 0 || libc::dup2(log, 1) < 0 || libc::dup2(log, 2) < 0 {
                     return 124;
@@ -141,11 +156,14 @@ pub fn launch(
         }
         127
     };
-    let flags = if rootless {
+    let mut flags = if rootless {
         NAMESPACES | CloneFlags::CLONE_NEWUSER
     } else {
         NAMESPACES
     };
+    if netns.is_some() {
+        flags.remove(CloneFlags::CLONE_NEWNET);
+    }
     // cgroup v2: born in the group (clone3 + CLONE_INTO_CGROUP), so no migration — which would
     // wait for an RCU grace period — is needed. v1 has no such thing: the parent moves the child.
     let into = match cgroup.filter(|cg| cg.version() == 2) {

@@ -1,6 +1,8 @@
 #![allow(clippy::disallowed_methods)] // test helpers read procfs synchronously
 //! Helpers shared by LuminaGuard's integration tests.
 
+pub mod netlab;
+
 /// Whether a test that needs root may run. Outside CI a non-root run skips it with a message;
 /// in CI (`CI` set; CI runs as root) a missing privilege is a failure, never a silent skip.
 #[allow(clippy::panic)] // failing the calling test is the point
