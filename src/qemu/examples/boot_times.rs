@@ -1,8 +1,11 @@
-//! Boots QEMU sandboxes one after another and prints where each boot's time goes: our own
-//! preparation (directory, record, cgroup), vhost-device-vsock's start, QEMU + kernel + agent
-//! until the agent accepts the vsock connection (split into VMM start and guest kernel boot by the
-//! guest's own `/proc/uptime`, 10 ms resolution), and the protocol handshake; then the graceful
-//! destroy.
+//! Boots QEMU sandboxes one after another and prints where each boot's time goes (see
+//! `BootTimings`): ours — preparation (directory, record, cgroup, identity), set-up while
+//! vhost-device-vsock starts (console keeper, records, command line), spawning QEMU — and what we
+//! wait for: the part of vhost-device-vsock's start not hidden behind our set-up, QEMU's start
+//! and the guest's boot until the agent's ready signal (split by the guest's own `/proc/uptime`,
+//! 10 ms resolution), the `CONNECT` round trip and the protocol handshake. Then, on the running
+//! VM, the same `CONNECT` and handshake again on a second connection, and one request round trip
+//! (warm: the guest has run that code before), and the graceful destroy.
 //!
 //! ```sh
 //! sudo cargo run --release -p luminaguard-qemu --example boot_times -- [-n 5] [--image DIGEST] [--bzimage]
@@ -86,7 +89,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &image.digest.to_string()[..12],
         image.manifest.kernel_release
     );
-    println!("  prepare  vhost   vmm-start  kernel+agent  handshake  total   | destroy (ms)");
+    println!(
+        "  ours: prepare setup spawn  sum | vhost: start wait | vmm-start kernel+agent | dial handshake | total | warm: dial handshake rtt | destroy (ms)"
+    );
     for _ in 0..n {
         let req = CreateRequest {
             id: SandboxId::generate(),
@@ -98,28 +103,55 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let (sandbox, t) = backend.create_timed(req).await?;
         let since_ready = Instant::now();
-        // /proc/uptime (centiseconds) read right after the handshake: the guest's uptime when the
-        // agent accepted the connection is that minus what has passed since.
+        // /proc/uptime (centiseconds) read right after the handshake: the guest's uptime at the
+        // ready signal is that minus what has passed since.
         let uptime = sandbox.client().read_file("/proc/uptime", 64).await?;
         let secs: f64 = String::from_utf8_lossy(&uptime)
             .split_whitespace()
             .next()
             .and_then(|s| s.parse().ok())
             .ok_or("unreadable /proc/uptime")?;
-        let guest_up =
-            Duration::from_secs_f64(secs).saturating_sub(since_ready.elapsed() + t.handshake);
+        let guest_up = Duration::from_secs_f64(secs)
+            .saturating_sub(since_ready.elapsed() + t.handshake + t.dial);
         let vmm_start = t.boot.saturating_sub(guest_up);
+        // Warm: a second connection to the same agent, then one request.
+        let uds = sandbox.dir.join("agent.sock");
+        let w0 = Instant::now();
+        let stream = luminaguard_vsock::connect(
+            &uds,
+            luminaguard_protocol::AGENT_VSOCK_PORT,
+            Duration::from_secs(5),
+        )
+        .await?
+        .into_stream();
+        let warm_dial = w0.elapsed();
+        let w1 = Instant::now();
+        let second =
+            luminaguard_protocol::Client::connect(stream, ClientOptions::default()).await?;
+        let warm_hs = w1.elapsed();
+        let w2 = Instant::now();
+        second.read_file("/proc/uptime", 64).await?;
+        let rtt = w2.elapsed();
+        drop(second);
         let d0 = Instant::now();
         sandbox.destroy().await?;
         let destroy = d0.elapsed();
         println!(
-            "  {:7.1} {:7.1} {:9.1} {:13.1} {:10.1} {:7.1} | {:7.1}",
+            "  {:13.1} {:5.1} {:5.1} {:4.1} | {:12.1} {:4.1} | {:9.1} {:12.1} | {:4.1} {:9.1} | {:5.0} | {:10.1} {:9.1} {:3.1} | {:7.1}",
             ms(t.prepare),
+            ms(t.setup),
+            ms(t.qemu_spawn),
+            ms(t.ours()),
             ms(t.vhost_start),
+            ms(t.vhost_wait),
             ms(vmm_start),
             ms(guest_up),
+            ms(t.dial),
             ms(t.handshake),
             ms(t.total),
+            ms(warm_dial),
+            ms(warm_hs),
+            ms(rtt),
             ms(destroy)
         );
     }

@@ -7,17 +7,20 @@
 //! 1. the sandbox directory and record;
 //! 2. the cgroup (guest RAM + VMM overhead, PIDs, CPU);
 //! 3. `vhost-device-vsock` (recorded in `meta.helpers` as soon as it runs), started inside the
-//!    cgroup; wait for its vhost-user socket;
-//! 4. QEMU (recorded as `meta.init`), inside the cgroup, under its own seccomp sandbox;
-//! 5. readiness: `CONNECT 1024` through the hybrid-vsock socket until the guest agent listens,
-//!    then the protocol handshake — raced against either process exiting, so a VM that dies is
-//!    reported at once with the tail of its serial console, not after the boot timeout.
+//!    cgroup; while it starts, the console keeper ([`crate::console`], also a helper), QEMU's
+//!    command line and the ready listener; then its vhost-user socket is awaited (inotify);
+//! 4. QEMU (recorded as `meta.init`), inside the cgroup, under its own seccomp sandbox, its
+//!    serial console going to the keeper;
+//! 5. readiness: the agent's ready signal (a guest-initiated vsock connection), then
+//!    `CONNECT 1024` through the hybrid-vsock socket and the protocol handshake — raced against
+//!    either process exiting, so a VM that dies is reported at once with the tail of its serial
+//!    console, not after the boot timeout.
 //!
 //! Files in the sandbox directory: `agent.sock` (hybrid vsock: what attach dials), `vhost.sock`
-//! (vhost-user, QEMU ↔ vhost-device-vsock), `console.log` (the guest's serial console),
+//! (vhost-user, QEMU ↔ vhost-device-vsock), `console.log` (the guest's serial console, bounded),
 //! `qemu.log` and `vhost.log` (the two processes' stdout and stderr).
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -32,10 +35,17 @@ use luminaguard_protocol::{
 };
 use tokio::process::{Child, Command};
 
-use crate::cmdline::{Accel, Drive, KernelCmdline, QemuCommand, SeccompSandbox, VhostVsock};
+use crate::cmdline::{
+    Accel, Drive, KernelCmdline, QemuCommand, SeccompSandbox, Serial, VhostVsock,
+};
+use crate::console::{ConsoleLimits, Keeper};
+use crate::watch::DirWatch;
 
 const NAME: &str = "qemu";
 
+/// The file in the runtime root that keeps a measured host TSC frequency for the rest of the
+/// host's boot ([`crate::tsc::host_tsc_khz_cached`]).
+pub const TSC_CACHE: &str = "host-tsc-khz";
 /// The vhost-user socket between QEMU and vhost-device-vsock.
 pub const VHOST_SOCKET: &str = "vhost.sock";
 /// QEMU's stdout and stderr.
@@ -106,22 +116,48 @@ pub struct QemuBackend {
     accel: Accel,
     client: ClientOptions,
     boot_timeout: Duration,
+    console: ConsoleLimits,
 }
 
-/// How long each phase of one boot took.
+/// How long each phase of one boot took. The phases on the critical path add up to `total`
+/// (up to a few microseconds of bookkeeping):
+/// `prepare + setup + vhost_wait + qemu_spawn + boot + dial + handshake`. Ours (the host's own
+/// work) are `prepare`, `setup` and `qemu_spawn`; the rest is waiting for vhost-device-vsock,
+/// QEMU and the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct BootTimings {
-    /// Directory, record and cgroup, until vhost-device-vsock is spawned.
+    /// Ours: directory, record, cgroup and the VMM's identity, until vhost-device-vsock is
+    /// spawned.
     pub prepare: Duration,
-    /// vhost-device-vsock spawned → its socket exists.
+    /// Ours: spawning vhost-device-vsock, then — while it starts — the console keeper, the
+    /// records, QEMU's command line and the ready listener.
+    pub setup: Duration,
+    /// vhost-device-vsock's own start, spawn → its socket exists (overlaps `setup`; for
+    /// information).
     pub vhost_start: Duration,
-    /// QEMU spawned → the guest agent accepted the vsock connection (VMM start, kernel boot,
-    /// initramfs, agent start).
+    /// The part of `vhost_start` not hidden behind `setup`: how long QEMU's start waited for the
+    /// socket (0 when it was there first).
+    pub vhost_wait: Duration,
+    /// Ours and the kernel's: forking and exec'ing QEMU (until the spawn call returns).
+    pub qemu_spawn: Duration,
+    /// QEMU exec'd → the agent's ready signal: QEMU's start, the guest kernel, initramfs and the
+    /// agent's start.
     pub boot: Duration,
-    /// The protocol handshake.
+    /// Ready signal → `CONNECT 1024` answered: one vsock round trip into the guest kernel.
+    pub dial: Duration,
+    /// The protocol handshake (`Hello` → its reply): one round trip to the guest agent.
     pub handshake: Duration,
     /// Everything, from the call to `create` to a ready sandbox.
     pub total: Duration,
+}
+
+impl BootTimings {
+    /// The host's own work on the critical path: `prepare + setup + qemu_spawn`, plus whatever
+    /// of `total` no phase accounts for.
+    pub fn ours(&self) -> Duration {
+        let waited = self.vhost_wait + self.boot + self.dial + self.handshake;
+        self.total.saturating_sub(waited)
+    }
 }
 
 fn setup(step: &'static str, reason: impl std::fmt::Display) -> BackendError {
@@ -164,7 +200,16 @@ impl QemuBackend {
             accel,
             client,
             boot_timeout,
+            console: ConsoleLimits::DEFAULT,
         }
+    }
+
+    /// Overrides how large each sandbox's `console.log` may grow (see [`crate::console`]).
+    pub fn with_console_limits(mut self, limits: ConsoleLimits) -> Result<Self, BackendError> {
+        self.console = limits
+            .check()
+            .map_err(|e| setup("bound the console log", e))?;
+        Ok(self)
     }
 
     /// Overrides the boot timeout.
@@ -226,6 +271,10 @@ impl QemuBackend {
     }
 
     /// Everything after the record exists; on error the caller removes what the record names.
+    ///
+    /// vhost-device-vsock is spawned as early as it can be (it needs the cgroup and its user), so
+    /// that its start overlaps the rest of our set-up; QEMU, which fails at once if the
+    /// vhost-user socket is not there yet, is spawned the moment inotify reports the socket.
     async fn start(
         &self,
         req: &CreateRequest,
@@ -240,6 +289,10 @@ impl QemuBackend {
                 "the qemu backend cannot share a host directory yet (no --workspace)",
             ));
         }
+        // Where the kernel exports no figure it is measured (20 ms) once per boot and cached in
+        // the runtime root; either way it runs alongside everything below.
+        let tsc_cache = req.runtime.root().join(TSC_CACHE);
+        let tsc = tokio::task::spawn_blocking(move || crate::tsc::host_tsc_khz_cached(&tsc_cache));
         let cgroup = if req.without_cgroup {
             tracing::warn!(id = %req.id, "no cgroup limits: the VMM's memory, PIDs and CPU are not capped");
             None
@@ -274,7 +327,6 @@ impl QemuBackend {
             Some(nix::unistd::Gid::from_raw(who.gid)),
         )
         .map_err(|e| setup("give the sandbox directory to the VMM's user", e))?;
-        let tsc = tokio::task::spawn_blocking(crate::tsc::host_tsc_khz).await?;
         let vhost_socket = dir.join(VHOST_SOCKET);
         let uds = dir.join(SandboxFile::AgentSocket.file_name());
         let console = dir.join(SandboxFile::ConsoleLog.file_name());
@@ -285,6 +337,55 @@ impl QemuBackend {
         }
         .argv()
         .map_err(|e| setup("build the vhost-device-vsock command line", e))?;
+        // Watching before vhost-device-vsock runs: its socket cannot appear unseen.
+        let socket_watch =
+            DirWatch::new(dir).map_err(|e| setup("watch the sandbox directory", e))?;
+
+        // 3. vhost-device-vsock, and the console keeper alongside on a blocking thread: each
+        // spawn waits until the new process has moved into the cgroup, which can take the
+        // kernel an RCU grace period.
+        let prepare = t0.elapsed();
+        tracing::trace!(at = ?prepare, "prepared");
+        let t_vhost = Instant::now();
+        let keeper = self.start_console(&console, &cgroup_procs, &who)?;
+        let vhost = spawn(
+            &self.vhost,
+            &vhost_argv,
+            &dir.join(VHOST_LOG),
+            &cgroup_procs,
+            req.persistent,
+            who.clone(),
+            None,
+        )
+        .await;
+        tracing::trace!(at = ?t0.elapsed(), "vhost-device-vsock spawned");
+        // Whatever runs is recorded (vhost-device-vsock first), even when the other failed.
+        let keeper = keeper.await;
+        let vhost_ref = vhost.as_ref().ok().and_then(|v| {
+            v.id()
+                .and_then(|p| i32::try_from(p).ok().and_then(ProcessRef::of))
+        });
+        meta.helpers.extend(vhost_ref);
+        if let Ok((_, k)) = &keeper {
+            meta.helpers.push(k.process);
+        }
+        meta.save(dir).await?;
+        tracing::trace!(at = ?t0.elapsed(), "vhost-device-vsock and console keeper recorded");
+        let mut vhost = vhost.map_err(|e| setup("start vhost-device-vsock", e))?;
+        let Some(vhost_ref) = vhost_ref else {
+            let status = vhost.wait().await.ok();
+            return Err(setup(
+                "start vhost-device-vsock",
+                format!(
+                    "it exited at once ({status:?}): {}",
+                    luminaguard_backend::log_tail(&dir.join(VHOST_LOG), 2048).await
+                ),
+            ));
+        };
+        let (serial, keeper) = keeper?;
+
+        let tsc = tsc.await?;
+        tracing::trace!(at = ?t0.elapsed(), "TSC known");
         let memory_mib = spec.memory.bytes() / ByteSize::MIB;
         let scratch_mib = spec.scratch.bytes() / ByteSize::MIB;
         let qemu_argv = QemuCommand {
@@ -307,55 +408,52 @@ impl QemuBackend {
                 })
                 .collect(),
             vhost_vsock: Some(vhost_socket.clone()),
-            serial_log: console.clone(),
+            serial: Serial::SocketFd(serial.as_raw_fd()),
             seccomp: SeccompSandbox::STRICT,
         }
         .argv()
         .map_err(|e| setup("build the QEMU command line", e))?;
-
-        // 3. vhost-device-vsock.
-        let prepare = t0.elapsed();
-        let t_vhost = Instant::now();
-        let mut vhost = spawn(
-            &self.vhost,
-            &vhost_argv,
-            &dir.join(VHOST_LOG),
-            &cgroup_procs,
-            req.persistent,
-            who.clone(),
-        )
-        .await
-        .map_err(|e| setup("start vhost-device-vsock", e))?;
-        let vhost_ref = vhost
-            .id()
-            .and_then(|p| i32::try_from(p).ok().and_then(ProcessRef::of));
-        let Some(vhost_ref) = vhost_ref else {
-            let status = vhost.wait().await.ok();
-            return Err(setup(
-                "start vhost-device-vsock",
-                format!(
-                    "it exited at once ({status:?}): {}",
-                    luminaguard_backend::log_tail(&dir.join(VHOST_LOG), 2048).await
-                ),
-            ));
-        };
-        meta.helpers.push(vhost_ref);
-        meta.save(dir).await?;
-        wait_for_socket(&vhost_socket, &mut vhost, VHOST_SOCKET_TIMEOUT)
-            .await
-            .map_err(|reason| setup("wait for vhost-device-vsock's socket", reason))?;
-        let vhost_start = t_vhost.elapsed();
-
         // The agent says when it listens by connecting to <uds>_<READY port> (guest-initiated
         // vsock): no polling. The socket must be connectable by the VMM's user.
         let ready_listener = luminaguard_vsock::listen(&uds, AGENT_READY_VSOCK_PORT)
             .map_err(|e| setup("listen for the agent's ready signal", e))?;
         nix::unistd::chown(
             ready_listener.path(),
-            Some(nix::unistd::Uid::from_raw(meta.vmm_uid.unwrap_or(0))),
+            Some(nix::unistd::Uid::from_raw(who.uid)),
             None,
         )
         .map_err(|e| setup("give the ready socket to the VMM's user", e))?;
+        tracing::trace!(at = ?t0.elapsed(), "ready listener bound");
+
+        // QEMU connects to the vhost-user socket while it starts and exits if there is none.
+        let setup_time = t_vhost.elapsed();
+        let t_wait = Instant::now();
+        tokio::select! {
+            seen = socket_watch.appeared(VHOST_SOCKET.as_ref()) => {
+                seen.map_err(|e| setup("wait for vhost-device-vsock's socket", e))?;
+            }
+            status = vhost.wait() => {
+                return Err(setup(
+                    "wait for vhost-device-vsock's socket",
+                    format!(
+                        "it exited ({}) before creating {}: {}",
+                        status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                        vhost_socket.display(),
+                        luminaguard_backend::log_tail(&dir.join(VHOST_LOG), 2048).await
+                    ),
+                ));
+            }
+            () = tokio::time::sleep(VHOST_SOCKET_TIMEOUT) => {
+                return Err(setup(
+                    "wait for vhost-device-vsock's socket",
+                    format!("{} did not appear within {VHOST_SOCKET_TIMEOUT:?}", vhost_socket.display()),
+                ));
+            }
+        }
+        let vhost_wait = t_wait.elapsed();
+        let vhost_start = t_vhost.elapsed();
+        socket_watch.close_in_background();
+        tracing::trace!(at = ?t0.elapsed(), "vhost socket seen");
 
         // 4. QEMU.
         let t_qemu = Instant::now();
@@ -366,9 +464,15 @@ impl QemuBackend {
             &cgroup_procs,
             req.persistent,
             who,
+            Some(serial.as_raw_fd()),
         )
         .await
         .map_err(|e| setup("start QEMU", e))?;
+        let qemu_spawn = t_qemu.elapsed();
+        tracing::trace!(at = ?t0.elapsed(), "QEMU spawned");
+        let t_boot = Instant::now();
+        // From now on QEMU holds the only writing end: the keeper ends when QEMU does.
+        drop(serial);
         drop(cgroup_procs);
         meta.init = qemu
             .id()
@@ -388,7 +492,8 @@ impl QemuBackend {
             meta.owner = init;
         }
         meta.save(dir).await?;
-        tracing::debug!(id = %req.id, qemu = init.pid, vhost = vhost_ref.pid, accel = %self.accel, "VM starting");
+        tracing::trace!(at = ?t0.elapsed(), "QEMU recorded");
+        tracing::debug!(id = %req.id, qemu = init.pid, vhost = vhost_ref.pid, console = keeper.process.pid, accel = %self.accel, "VM starting");
 
         // 5. Readiness, raced against either process dying.
         let ready = async {
@@ -402,15 +507,17 @@ impl QemuBackend {
                 }
                 () = wait_for_listening(&console, AGENT_HINT_TIMEOUT) => {}
             }
+            let boot = t_boot.elapsed();
+            let t_dial = Instant::now();
             let stream = dial_agent(&uds, self.boot_timeout)
                 .await
                 .map_err(Ready::Dial)?;
-            let boot = t_qemu.elapsed();
+            let dial = t_dial.elapsed();
             let t_hs = Instant::now();
             let client = Client::connect(stream, self.client.clone())
                 .await
                 .map_err(Ready::Handshake)?;
-            Ok::<_, Ready>((client, boot, t_hs.elapsed()))
+            Ok::<_, Ready>((client, boot, dial, t_hs.elapsed()))
         };
         let outcome = tokio::select! {
             r = tokio::time::timeout(self.boot_timeout, ready) => match r {
@@ -431,22 +538,102 @@ impl QemuBackend {
                 log: dir.join(VHOST_LOG),
             }),
         };
-        let (client, boot, handshake) = match outcome {
+        let (client, boot, dial, handshake) = match outcome {
             Ok(ok) => ok,
-            Err(e) => return Err(e.into_error(req.id.as_str(), &console).await),
+            Err(e) => {
+                if matches!(e, Ready::Exited { what: "QEMU", .. }) {
+                    // The console's last words (a panic) are still on their way to the file.
+                    keeper.keeper.finished(CONSOLE_DRAIN).await;
+                }
+                return Err(e.into_error(req.id.as_str(), &console).await);
+            }
         };
-        watch(req.id.to_string(), qemu, vhost);
+        tracing::trace!(at = ?t0.elapsed(), "handshake done");
+        watch(req.id.to_string(), qemu, vhost, keeper.keeper);
         let timings = BootTimings {
             prepare,
+            setup: setup_time,
             vhost_start,
+            vhost_wait,
+            qemu_spawn,
             boot,
+            dial,
             handshake,
             total: t0.elapsed(),
         };
         tracing::debug!(id = %req.id, ?timings, "VM ready");
         Ok((client, timings))
     }
+
+    /// Starts the console keeper (see [`crate::console`]) for `console`, in the sandbox's cgroup
+    /// as its VMM's user, on a blocking thread; the result resolves to QEMU's end of the serial
+    /// socket pair and the keeper.
+    fn start_console(
+        &self,
+        console: &Path,
+        cgroup_procs: &[OwnedFd],
+        who: &VmmIdentity,
+    ) -> Result<
+        impl std::future::Future<Output = Result<(OwnedFd, StartedKeeper), BackendError>> + use<>,
+        BackendError,
+    > {
+        // Its own copies: the task may outlive the caller's on an early return.
+        let procs = cgroup_procs
+            .iter()
+            .map(OwnedFd::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| setup("start the console keeper", e))?;
+        let limits = self.console;
+        let who = who.clone();
+        let path = console.to_owned();
+        let task = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::OpenOptionsExt;
+            let log = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&path)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            let (keeper_end, qemu_end) = std::os::unix::net::UnixStream::pair()
+                .map_err(|e| format!("cannot create the serial socket pair: {e}"))?;
+            let raw: Vec<RawFd> = procs.iter().map(AsRawFd::as_raw_fd).collect();
+            let keeper = crate::console::start_keeper(
+                OwnedFd::from(keeper_end),
+                OwnedFd::from(log),
+                limits,
+                &raw,
+                &who,
+            )
+            .map_err(|e| e.to_string())?;
+            drop(procs);
+            Ok::<_, String>((OwnedFd::from(qemu_end), keeper))
+        });
+        Ok(async move {
+            let (qemu_end, keeper) = task
+                .await?
+                .map_err(|e| setup("start the console keeper", e))?;
+            let process = ProcessRef::of(keeper.pid).ok_or_else(|| {
+                setup(
+                    "start the console keeper",
+                    crate::console::ConsoleError::Gone(keeper.pid),
+                )
+            })?;
+            Ok((qemu_end, StartedKeeper { process, keeper }))
+        })
+    }
 }
+
+/// The console keeper of a sandbox being created.
+#[derive(Debug)]
+struct StartedKeeper {
+    process: ProcessRef,
+    keeper: Keeper,
+}
+
+/// How long, after QEMU exited, the console keeper may take to write what QEMU sent it last.
+const CONSOLE_DRAIN: Duration = Duration::from_secs(1);
 
 /// How much of the console [`wait_for_listening`] reads: the line comes early in a boot
 /// (about 2 KiB of console with `quiet`); a guest that floods its console is not read further.
@@ -601,10 +788,15 @@ impl Ready {
 /// and keep the host's connections open (they would hang rather than fail). So a task waits for
 /// QEMU and then kills vhost-device-vsock: clients see EOF at once. The task lives as long as
 /// the caller's runtime; the records still name both processes for `destroy` and `gc`.
-fn watch(id: String, mut qemu: Child, mut vhost: Child) {
+///
+/// vhost-device-vsock is stopped only once the console keeper has written QEMU's last output (or
+/// [`CONSOLE_DRAIN`] passed): whoever sees the connection close and reads the console then finds
+/// the guest's last words in it.
+fn watch(id: String, mut qemu: Child, mut vhost: Child, keeper: Keeper) {
     tokio::spawn(async move {
         let status = qemu.wait().await;
-        tracing::debug!(%id, ?status, "QEMU exited; stopping vhost-device-vsock");
+        let drained = keeper.finished(CONSOLE_DRAIN).await;
+        tracing::debug!(%id, ?status, drained, "QEMU exited; stopping vhost-device-vsock");
         let _ = vhost.start_kill();
         let _ = vhost.wait().await;
     });
@@ -668,7 +860,8 @@ impl VmmIdentity {
 /// Starts `program` with `args`: stdin from /dev/null, stdout and stderr appended to `log`, in
 /// the cgroup whose `cgroup.procs` files are `cgroup_procs` before it runs a single instruction
 /// of its own. A `detached` process gets its own session (it outlives its creator); otherwise it
-/// is killed when the thread that started it exits (the creator died: no orphaned VM).
+/// is killed when the thread that started it exits (the creator died: no orphaned VM). `inherit`
+/// names one descriptor the program keeps (its close-on-exec flag is cleared in the child).
 async fn spawn(
     program: &Path,
     args: &[String],
@@ -676,6 +869,7 @@ async fn spawn(
     cgroup_procs: &[OwnedFd],
     detached: bool,
     who: VmmIdentity,
+    inherit: Option<RawFd>,
 ) -> std::io::Result<Child> {
     let out = tokio::fs::OpenOptions::new()
         .create(true)
@@ -692,10 +886,15 @@ async fn spawn(
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err));
     // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe system calls (write, setsid, setgroups, setresgid, setresuid, prctl) on
-    // memory allocated before the fork.
+    // async-signal-safe system calls (write, setsid, setgroups, setresgid, setresuid, prctl,
+    // fcntl) on memory allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(fd) = inherit {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             for fd in &fds {
                 // "0": the writing process itself.
                 if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
@@ -726,38 +925,13 @@ async fn spawn(
     })
 }
 
-/// Waits until `path` exists, or `child` exits, or `limit` passes. vhost-device-vsock offers no
-/// readiness signal but its socket, so this polls (1 ms doubling to 20 ms).
-async fn wait_for_socket(path: &Path, child: &mut Child, limit: Duration) -> Result<(), String> {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(1);
-    loop {
-        if tokio::fs::try_exists(path).await.unwrap_or(false) {
-            return Ok(());
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "it exited ({status}) before creating {}",
-                path.display()
-            ));
-        }
-        if start.elapsed() >= limit {
-            return Err(format!(
-                "{} did not appear within {limit:?}",
-                path.display()
-            ));
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(20));
-    }
-}
-
 impl Backend for QemuBackend {
     fn name(&self) -> &'static str {
         NAME
     }
 
     async fn create(&self, req: CreateRequest) -> Result<Sandbox, BackendError> {
+        luminaguard_backend::refuse_network(&req, self.name())?;
         self.create_timed(req).await.map(|(sandbox, _)| sandbox)
     }
 }

@@ -194,6 +194,16 @@ pub struct Drive {
     pub read_only: bool,
 }
 
+/// Where QEMU sends the guest's serial console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serial {
+    /// A file QEMU creates and appends to, without bound.
+    File(PathBuf),
+    /// A connected socket QEMU inherits as this descriptor (`-chardev socket,fd=N`): whoever
+    /// holds the other end reads the console. If that end goes away, QEMU drops the output.
+    SocketFd(i32),
+}
+
 /// QEMU's own seccomp sandbox (`-sandbox`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeccompSandbox {
@@ -245,8 +255,8 @@ pub struct QemuCommand {
     pub drives: Vec<Drive>,
     /// vhost-device-vsock's vhost-user socket, for the guest's virtio-vsock device.
     pub vhost_vsock: Option<PathBuf>,
-    /// The file the guest's serial console is written to.
-    pub serial_log: PathBuf,
+    /// Where the guest's serial console goes.
+    pub serial: Serial,
     pub seccomp: SeccompSandbox,
 }
 
@@ -334,12 +344,19 @@ impl QemuCommand {
             "none",
             "-no-reboot",
         ]);
-        push(&[
-            "-chardev",
-            &format!("file,id=serial0,path={}", qemu_value(&self.serial_log)?),
-            "-serial",
-            "chardev:serial0",
-        ]);
+        let serial = match &self.serial {
+            Serial::File(path) => format!("file,id=serial0,path={}", qemu_value(path)?),
+            Serial::SocketFd(fd) => {
+                range(
+                    "serial console descriptor",
+                    u64::try_from(*fd).unwrap_or(0),
+                    3,
+                    i32::MAX as u64,
+                )?;
+                format!("socket,id=serial0,fd={fd}")
+            }
+        };
+        push(&["-chardev", &serial, "-serial", "chardev:serial0"]);
         for d in &self.drives {
             check_id(&d.id)?;
             let ro = if d.read_only { ",readonly=on" } else { "" };
@@ -438,7 +455,7 @@ mod tests {
                 read_only: true,
             }],
             vhost_vsock: Some("/run/lg/sandboxes/a/vhost.sock".into()),
-            serial_log: "/run/lg/sandboxes/a/console.log".into(),
+            serial: Serial::SocketFd(7),
             seccomp: SeccompSandbox::STRICT,
         }
     }
@@ -465,7 +482,7 @@ mod tests {
             "none",
             "-no-reboot",
             "-chardev",
-            "file,id=serial0,path=/run/lg/sandboxes/a/console.log",
+            "socket,id=serial0,fd=7",
             "-serial",
             "chardev:serial0",
             "-drive",
@@ -529,11 +546,20 @@ mod tests {
     #[test]
     fn commas_in_paths_are_escaped_for_qemu() {
         let mut c = command();
-        c.serial_log = "/tmp/a,b/console.log".into();
+        c.serial = Serial::File("/tmp/a,b/console.log".into());
         c.drives[0].path = "/x,y.img".into();
         let argv = c.argv().unwrap();
         assert!(argv.contains(&"file,id=serial0,path=/tmp/a,,b/console.log".to_owned()));
         assert!(argv.contains(&"file=/x,,y.img,format=raw,if=none,id=root,readonly=on".to_owned()));
+    }
+
+    #[test]
+    fn the_serial_console_descriptor_must_not_be_stdio() {
+        for fd in [-1, 0, 2] {
+            let mut c = command();
+            c.serial = Serial::SocketFd(fd);
+            assert!(matches!(c.argv(), Err(CmdlineError::Range { .. })), "{fd}");
+        }
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! once, a guest kernel that panics, a helper that is missing — each reported promptly with what
 //! went wrong, and nothing left behind (processes, sandbox directory, cgroup). Needs root
 //! (cgroups), QEMU and vhost-device-vsock (`scripts/setup-vm`); the panic test also needs the
-//! guest kernel (`LUMINAGUARD_GUEST_KERNEL_DIR`). Required in CI, skipped elsewhere.
+//! guest kernel (`LUMINAGUARD_GUEST_KERNEL_DIR`). Required in CI, skipped elsewhere. Also: a guest
+//! that floods its serial console, against an image built here (`LUMINAGUARD_STATIC_AGENT` too):
+//! the console log stays bounded, the VM keeps serving, a panic is still at the log's end.
 //! The happy paths are in `src/cli/tests/qemu.rs`, through the `luminaguard` binary.
 #![allow(
     clippy::unwrap_used,
@@ -210,5 +212,214 @@ async fn a_missing_vsock_helper_is_named_and_nothing_is_left() {
         msg.contains("start vhost-device-vsock") && msg.contains("no-such-vhost-device-vsock"),
         "{msg}"
     );
+    assert_nothing_left(tmp.path(), &id);
+}
+
+/// An image built from `LUMINAGUARD_GUEST_KERNEL_DIR` and `LUMINAGUARD_STATIC_AGENT` with the
+/// host-programs root, in a store under the target directory (a second build finds it there).
+fn built_image() -> Option<luminaguard_image::store::Image> {
+    use luminaguard_image::build::{BuildInputs, KernelSource, build};
+    let kernel = std::env::var_os("LUMINAGUARD_GUEST_KERNEL_DIR");
+    let agent = std::env::var_os("LUMINAGUARD_STATIC_AGENT");
+    let (Some(kernel), Some(agent)) = (kernel, agent) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must set LUMINAGUARD_GUEST_KERNEL_DIR and LUMINAGUARD_STATIC_AGENT \
+             (scripts/test exports them)"
+        );
+        eprintln!("skipped: LUMINAGUARD_GUEST_KERNEL_DIR or LUMINAGUARD_STATIC_AGENT is not set");
+        return None;
+    };
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("qemu-backend-images");
+    let root = base.join("root");
+    if !root.exists() {
+        luminaguard_image::hostroot::assemble(&root, luminaguard_image::hostroot::HOST_TOOLS)
+            .unwrap();
+    }
+    let store = luminaguard_image::store::Store::open(&base.join("store")).unwrap();
+    let built = build(
+        &store,
+        &BuildInputs {
+            kernel: KernelSource::from_tree(Path::new(&kernel)).unwrap(),
+            agent: PathBuf::from(agent),
+            rootfs: root,
+            created_by: "luminaguard-qemu tests".into(),
+        },
+    )
+    .unwrap();
+    Some(built.image)
+}
+
+/// Waits (polling, at most `limit`) until `done` holds.
+async fn until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_flooding_its_console_keeps_the_log_bounded_and_the_vm_serving() {
+    use luminaguard_protocol::ExecRequest;
+    let Some(p) = programs() else { return };
+    let Some(image) = tokio::task::spawn_blocking(built_image).await.unwrap() else {
+        return;
+    };
+    // Small limits, so that a flood through the emulated UART (a few hundred KB/s under TCG)
+    // goes through many compactions in seconds; the default sizes are unit-tested.
+    let limits = luminaguard_qemu::ConsoleLimits {
+        head: 4 * 1024,
+        tail: 16 * 1024,
+        max: 64 * 1024,
+    };
+    let backend = QemuBackend::new(
+        p.qemu.clone(),
+        p.vhost.clone(),
+        GuestImage::from_store(&image).unwrap(),
+        Accel::Tcg,
+        ClientOptions::default(),
+    )
+    .with_console_limits(limits)
+    .unwrap();
+    let tmp = world_readable_tempdir();
+    let mut req = request(tmp.path());
+    req.spec = SandboxSpec::default();
+    let id = req.id.clone();
+    let sandbox = backend.create(req).await.unwrap();
+    let console = sandbox.dir.join("console.log");
+    let meta = sandbox.meta.clone();
+    assert_eq!(
+        meta.helpers.len(),
+        2,
+        "vhost-device-vsock and the console keeper"
+    );
+    let keeper = meta.helpers[1];
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{}/comm", keeper.pid))
+            .unwrap()
+            .trim(),
+        "lg-console"
+    );
+    let uid = meta.vmm_uid.unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", keeper.pid)).unwrap();
+    assert!(
+        status.contains(&format!("Uid:\t{uid}\t{uid}\t{uid}\t{uid}")),
+        "the keeper runs as the VMM's user: {status}"
+    );
+
+    // 100-byte lines, forever (the exec's timeout ends it at the latest).
+    let line = "x".repeat(99);
+    let flood = sandbox
+        .client()
+        .exec(ExecRequest {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("while :; do echo {line}; done > /dev/ttyS0"),
+            ],
+            timeout_ms: Some(300_000),
+            ..ExecRequest::default()
+        })
+        .await
+        .unwrap();
+    // Until 8 × the maximum has gone through, the file never exceeds the maximum.
+    let dropped = |text: &str| -> u64 {
+        text.rsplit_once("[luminaguard: ")
+            .and_then(|(_, r)| r.split_once(' '))
+            .and_then(|(n, _)| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut biggest = 0;
+    let flood_start = Instant::now();
+    until(
+        "8 × the maximum flooded through",
+        Duration::from_secs(120),
+        || {
+            let bytes = std::fs::read(&console).unwrap();
+            biggest = biggest.max(bytes.len() as u64);
+            assert!(bytes.len() as u64 <= limits.max, "{} bytes", bytes.len());
+            dropped(&String::from_utf8_lossy(&bytes)) >= 8 * limits.max
+        },
+    )
+    .await;
+    let took = flood_start.elapsed();
+    let text = String::from_utf8_lossy(&std::fs::read(&console).unwrap()).into_owned();
+    eprintln!(
+        "largest console.log seen: {biggest} bytes; {} bytes dropped after {took:?} of flooding \
+         ({:.0} KB/s through the emulated UART)",
+        dropped(&text),
+        dropped(&text) as f64 / took.as_secs_f64() / 1000.0
+    );
+    let head = &text[..limits.head as usize];
+    assert!(
+        head.contains("listening"),
+        "the head keeps the boot, the agent's start included: {head}"
+    );
+    assert!(
+        text[limits.head as usize..].starts_with("\n[luminaguard: "),
+        "the marker follows the head"
+    );
+    assert!(
+        text[text.len() - 1000..].contains(&line),
+        "the end is the newest output"
+    );
+
+    // The VM keeps serving while the flood goes on.
+    let t = Instant::now();
+    let out = sandbox
+        .client()
+        .exec_output(
+            ExecRequest {
+                argv: vec!["sh".into(), "-c".into(), "echo still here".into()],
+                timeout_ms: Some(60_000),
+                ..ExecRequest::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n");
+    eprintln!("an exec during the flood took {:?}", t.elapsed());
+
+    // A kernel panic in the middle of the flood is still the end of the console, and the error
+    // excerpt finds it.
+    // (Dropping an exec's stream cancels it: keep it.)
+    let crash = sandbox
+        .client()
+        .exec(ExecRequest {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo c > /proc/sysrq-trigger; sleep 60".into(),
+            ],
+            timeout_ms: Some(60_000),
+            ..ExecRequest::default()
+        })
+        .await;
+    let init = meta.init.unwrap();
+    until(
+        "QEMU exits after the panic",
+        Duration::from_secs(60),
+        || !init.alive(),
+    )
+    .await;
+    until("the keeper ends with QEMU", Duration::from_secs(10), || {
+        !keeper.alive()
+    })
+    .await;
+    drop((flood, crash));
+    let bytes = std::fs::read(&console).unwrap();
+    assert!(bytes.len() as u64 <= limits.max, "{} bytes", bytes.len());
+    let tail = luminaguard_backend::console_tail(&console, 4096).await;
+    assert!(
+        tail.contains("Kernel panic"),
+        "the panic is in the console's tail: {tail}"
+    );
+
+    sandbox.destroy().await.unwrap();
+    for h in &meta.helpers {
+        assert!(!h.alive(), "helper {} left", h.pid);
+    }
     assert_nothing_left(tmp.path(), &id);
 }
