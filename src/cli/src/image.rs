@@ -222,27 +222,7 @@ fn debian_base(store: &Store, suite: &str, mirror: &str) -> anyhow::Result<PathB
     let temp = TempRoot(work.clone());
     tracing::info!(%suite, %mirror, "image build: debootstrap (minbase + {DEBIAN_PACKAGES}); takes minutes");
     let started = std::time::Instant::now();
-    let out = std::process::Command::new("debootstrap")
-        .args([
-            "--variant=minbase",
-            &format!("--include={DEBIAN_PACKAGES}"),
-            suite,
-        ])
-        .arg(work.join("root"))
-        .arg(mirror)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .context("running debootstrap (install it: apt-get install debootstrap)")?;
-    if !out.status.success() {
-        let log = String::from_utf8_lossy(&out.stdout);
-        let tail: Vec<&str> = log.lines().rev().take(15).collect();
-        anyhow::bail!(
-            "debootstrap {suite} failed ({}):\n{}{}",
-            out.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    run_debootstrap(suite, mirror, &work.join("root"))?;
     // What the guest never uses and what varies run to run: package caches and logs.
     for junk in ["var/cache/apt/archives", "var/lib/apt/lists", "var/log"] {
         let p = work.join("root").join(junk);
@@ -257,6 +237,105 @@ fn debian_base(store: &Store, suite: &str, mirror: &str) -> anyhow::Result<PathB
     drop(temp); // moved into place: nothing left to remove
     tracing::info!(elapsed = ?started.elapsed(), dir = %base.display(), "image build: Debian {suite} base ready");
     Ok(base.join("root"))
+}
+
+/// Runs debootstrap, showing on stderr (when it is a terminal) which phase it is in and how many
+/// packages each phase has done — its own `I:` lines, counted; it announces no total, so there is
+/// no percentage. On failure the error carries the end of its output.
+#[allow(clippy::disallowed_methods)] // a synchronous CLI command: no async runtime here
+fn run_debootstrap(suite: &str, mirror: &str, target: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::{BufRead, Read};
+    let mut child = std::process::Command::new("debootstrap")
+        .args([
+            "--variant=minbase",
+            &format!("--include={DEBIAN_PACKAGES}"),
+            suite,
+        ])
+        .arg(target)
+        .arg(mirror)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running debootstrap (install it: apt-get install debootstrap)")?;
+    // Drained on its own thread so that neither pipe can fill while the other is read.
+    let mut stderr = child.stderr.take().context("debootstrap's stderr")?;
+    let errors = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} debootstrap {prefix}: {msg} [{elapsed}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.set_prefix(suite.to_owned());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let mut progress = DebootstrapProgress::default();
+    let mut tail = std::collections::VecDeque::new();
+    if let Some(out) = child.stdout.take() {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(msg) = progress.update(&line) {
+                bar.set_message(msg);
+            }
+            if tail.len() == 15 {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+    }
+    let status = child.wait().context("waiting for debootstrap")?;
+    bar.finish_and_clear();
+    let errors = errors.join().unwrap_or_default();
+    anyhow::ensure!(
+        status.success(),
+        "debootstrap {suite} failed ({status}):\n{}\n{errors}",
+        Vec::from(tail).join("\n")
+    );
+    Ok(())
+}
+
+/// debootstrap's phase and the packages counted in it, from its `I: <Verb>ing <package>` lines.
+#[derive(Debug, Default)]
+struct DebootstrapProgress {
+    phase: String,
+    count: usize,
+}
+
+impl DebootstrapProgress {
+    /// The message to show after `line`, if it changes anything.
+    fn update(&mut self, line: &str) -> Option<String> {
+        let info = line.strip_prefix("I: ")?;
+        let (verb, rest) = info.split_once(' ').unwrap_or((info, ""));
+        let per_package = [
+            "Retrieving",
+            "Validating",
+            "Extracting",
+            "Unpacking",
+            "Configuring",
+        ];
+        // `Retrieving apt 2.6.1`, `Extracting apt...`; not `Unpacking required packages...` nor
+        // `Retrieving InRelease` (package names are lower case).
+        let words: Vec<&str> = rest.trim_end_matches("...").split_whitespace().collect();
+        let names_a_package = matches!(words.len(), 1 | 2)
+            && words.last() != Some(&"packages")
+            && words[0].starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if per_package.contains(&verb) && names_a_package {
+            if verb != self.phase {
+                self.phase = verb.to_owned();
+                self.count = 0;
+            }
+            self.count += 1;
+            Some(format!("{} {} packages", verb.to_lowercase(), self.count))
+        } else {
+            self.phase.clear();
+            Some(info.trim_end().trim_end_matches('.').to_owned())
+        }
+    }
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
@@ -401,5 +480,41 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             digests,
             json,
         } => rm(&open_store(&store)?, &digests, json),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DebootstrapProgress;
+
+    #[test]
+    fn debootstrap_lines_become_phases_with_package_counts() {
+        let mut p = DebootstrapProgress::default();
+        let mut last = String::new();
+        for line in [
+            "I: Retrieving InRelease ",
+            "I: Resolving dependencies of required packages...",
+            "I: Retrieving adduser 3.134",
+            "I: Retrieving apt 2.6.1",
+            "not an info line",
+            "I: Extracting adduser...",
+            "I: Extracting apt...",
+            "I: Unpacking required packages...",
+            "I: Unpacking adduser...",
+        ] {
+            if let Some(m) = p.update(line) {
+                last = m;
+            }
+            match line {
+                "I: Retrieving InRelease " => assert_eq!(last, "Retrieving InRelease"),
+                "I: Retrieving apt 2.6.1" => assert_eq!(last, "retrieving 2 packages"),
+                "I: Extracting apt..." => assert_eq!(last, "extracting 2 packages"),
+                "I: Unpacking required packages..." => {
+                    assert_eq!(last, "Unpacking required packages")
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(last, "unpacking 1 packages");
     }
 }
