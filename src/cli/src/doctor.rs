@@ -255,7 +255,10 @@ fn auto_pick(process: &ProcessReport, qemu: &QemuReport) -> Pick {
     if qemu.verdict.usable && qemu.kvm.is_usable() {
         return Pick {
             backend: BackendChoice::Qemu,
-            why: "KVM runs guests and an image exists (Firecracker is not available yet)".into(),
+            why:
+                "KVM runs guests and an image exists (auto does not pick Firecracker until it has \
+                  been proven on a KVM host; --backend firecracker uses it)"
+                    .into(),
         };
     }
     let why = match (&qemu.kvm, qemu.image.is_some()) {
@@ -273,33 +276,8 @@ fn auto_pick(process: &ProcessReport, qemu: &QemuReport) -> Pick {
     }
 }
 
-/// `env`, else `name` next to `near`, else on PATH: the first that is a file.
-async fn find_tool(env: &str, name: &str, near: Option<&Path>) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(env) {
-        let p = PathBuf::from(p);
-        return tokio::fs::metadata(&p)
-            .await
-            .is_ok_and(|m| m.is_file())
-            .then_some(p);
-    }
-    let mut candidates: Vec<PathBuf> = near
-        .and_then(Path::parent)
-        .map(|d| d.join(name))
-        .into_iter()
-        .collect();
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
-    }
-    for c in candidates {
-        if tokio::fs::metadata(&c).await.is_ok_and(|m| m.is_file()) {
-            return Some(c);
-        }
-    }
-    None
-}
-
 async fn tool(env: &str, name: &str, near: Option<&Path>) -> Program {
-    let Some(path) = find_tool(env, name, near).await else {
+    let Some(path) = luminaguard_firecracker::tools::find_tool(env, name, near).await else {
         return Program {
             path: None,
             version: None,
@@ -352,7 +330,6 @@ async fn firecracker_report(kvm: &KvmProbe) -> FirecrackerReport {
                  no seccompiler-bin for the custom policy"
             .to_owned(),
     };
-    notes.push("the CLI does not offer --backend firecracker yet".into());
     FirecrackerReport {
         verdict: Verdict { usable, notes },
         firecracker,
@@ -378,8 +355,7 @@ pub async fn run(args: DoctorArgs, config: &Config) -> anyhow::Result<ExitCode> 
         BackendChoice::Auto => process.verdict.usable || qemu.verdict.usable,
         BackendChoice::Process => process.verdict.usable,
         BackendChoice::Qemu => qemu.verdict.usable,
-        // The host may run Firecracker, but `run` cannot use it yet.
-        BackendChoice::Firecracker => false,
+        BackendChoice::Firecracker => firecracker.verdict.usable && qemu.image.is_some(),
     };
     let report = Report {
         default_backend,

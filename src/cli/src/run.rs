@@ -9,6 +9,7 @@ use clap::Args;
 use luminaguard_backend::{Backend, BackendError, CreateRequest, Sandbox};
 use luminaguard_core::network::EgressRule;
 use luminaguard_core::{BackendChoice, ByteSize, Config, NetworkPolicy, SandboxId, SandboxSpec};
+use luminaguard_firecracker::FirecrackerBackend;
 use luminaguard_process_sandbox::backend::ProcessBackend;
 use luminaguard_protocol::ClientOptions;
 use luminaguard_protocol::message::ExecRequest;
@@ -38,7 +39,8 @@ pub struct SandboxArgs {
     /// Run WITHOUT memory, PID and CPU limits (e.g. rootless where no cgroup is delegated).
     #[arg(long)]
     pub no_cgroup: bool,
-    /// Which backend runs the sandbox: auto, process, qemu (overrides the configuration).
+    /// Which backend runs the sandbox: auto, process, qemu, firecracker (overrides the
+    /// configuration).
     #[arg(long, value_name = "BACKEND")]
     pub backend: Option<BackendChoice>,
     /// Guest image for a microVM backend: a digest or a unique prefix of at least 8 hex digits
@@ -131,6 +133,7 @@ impl SandboxArgs {
 pub enum AnyBackend {
     Process(ProcessBackend),
     Qemu(Box<QemuBackend>),
+    Firecracker(Box<FirecrackerBackend>),
 }
 
 impl Backend for AnyBackend {
@@ -138,6 +141,7 @@ impl Backend for AnyBackend {
         match self {
             Self::Process(b) => b.name(),
             Self::Qemu(b) => b.name(),
+            Self::Firecracker(b) => b.name(),
         }
     }
 
@@ -145,6 +149,7 @@ impl Backend for AnyBackend {
         match self {
             Self::Process(b) => b.create(request).await,
             Self::Qemu(b) => b.create(request).await,
+            Self::Firecracker(b) => b.create(request).await,
         }
     }
 }
@@ -244,8 +249,46 @@ pub async fn backend(spec: &SandboxSpec, image: Option<&str>) -> anyhow::Result<
         BackendChoice::Qemu => Ok(AnyBackend::Qemu(Box::new(
             qemu_backend(image, client).await?,
         ))),
-        BackendChoice::Firecracker => anyhow::bail!("backend firecracker is not available yet"),
+        BackendChoice::Firecracker if !spec.network.is_none() => anyhow::bail!(
+            "network egress for microVMs (a tap device per sandbox) is not built yet: \
+             use --backend process, or drop --net"
+        ),
+        BackendChoice::Firecracker => Ok(AnyBackend::Firecracker(Box::new(
+            firecracker_backend(image, client).await?,
+        ))),
     }
+}
+
+/// Firecracker (`LUMINAGUARD_FIRECRACKER`, else on PATH) with the image's `vmlinux`; only where
+/// KVM can run a guest — Firecracker has no emulation to fall back on. Firecracker's built-in
+/// seccomp filters apply.
+async fn firecracker_backend(
+    image: Option<&str>,
+    client: ClientOptions,
+) -> anyhow::Result<FirecrackerBackend> {
+    use luminaguard_firecracker::tools;
+    let firecracker = tools::find_tool(tools::FIRECRACKER_ENV, tools::FIRECRACKER, None)
+        .await
+        .with_context(|| {
+            format!(
+                "firecracker not found: set {} or put it on PATH (see docs/firecracker-backend.md)",
+                tools::FIRECRACKER_ENV
+            )
+        })?;
+    let kvm = tokio::task::spawn_blocking(luminaguard_qemu::kvm::probe).await?;
+    anyhow::ensure!(
+        kvm.is_usable(),
+        "Firecracker needs KVM that can run a guest, and this host's cannot: {kvm}"
+    );
+    let reference = image.map(str::to_owned);
+    let image = tokio::task::spawn_blocking(move || find_image(reference.as_deref()))
+        .await??
+        .context("no image: run `luminaguard image build`")?;
+    Ok(FirecrackerBackend::new(
+        firecracker,
+        luminaguard_firecracker::GuestImage::from_store(&image)?,
+        client,
+    ))
 }
 
 async fn qemu_backend(image: Option<&str>, client: ClientOptions) -> anyhow::Result<QemuBackend> {

@@ -323,3 +323,26 @@ fn sandbox_init_refuses_to_run_outside_a_fresh_pid_namespace() {
             .contains(dir.path().to_str().unwrap())
     );
 }
+
+/// `--backend firecracker` where there is no Firecracker (and, on this host, no KVM that can run
+/// a guest): a clear error naming what is missing, and nothing created.
+#[test]
+fn firecracker_without_its_binary_is_refused_clearly() {
+    let rt = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("--runtime-dir")
+        .arg(rt.path())
+        .args(["run", "--backend", "firecracker", "--", "true"])
+        .env("RUST_LOG", "warn")
+        .env(
+            "LUMINAGUARD_FIRECRACKER",
+            rt.path().join("no-such-firecracker"),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("LUMINAGUARD_FIRECRACKER"), "{err}");
+    let left = std::fs::read_dir(rt.path().join("sandboxes")).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "nothing is created before the backend is found");
+}

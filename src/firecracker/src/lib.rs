@@ -13,6 +13,7 @@
 //!   daemonized) a process held by a pidfd.
 //! - [`seccomp`]: which filter is in force; the custom policy and its compilation.
 //! - [`snapshot`]: pause, full snapshot, resume; restore into a new VM.
+//! - [`tools`]: where `firecracker`, `jailer` and `seccompiler-bin` are found.
 //! - [`backend`]: [`FirecrackerBackend`], the `luminaguard_backend::Backend` on top of the launch:
 //!   the sandbox's record, cgroup, unprivileged VMM user, and cleanup.
 //! - `testing` (feature `testing`): a fake API server that checks every body against these
@@ -30,6 +31,7 @@ pub mod seccomp;
 pub mod snapshot;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tools;
 pub mod vmm;
 
 pub use backend::{FirecrackerBackend, GuestImage};

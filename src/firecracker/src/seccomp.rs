@@ -115,22 +115,7 @@ impl std::fmt::Display for FilterInForce {
 /// `seccompiler-bin`: `LUMINAGUARD_SECCOMPILER`, else next to `firecracker`, else on `PATH`.
 /// Only files that exist are returned.
 pub async fn find_seccompiler(firecracker: Option<&Path>) -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(p) = std::env::var_os(SECCOMPILER_ENV) {
-        candidates.push(PathBuf::from(p));
-    }
-    if let Some(dir) = firecracker.and_then(Path::parent) {
-        candidates.push(dir.join(SECCOMPILER));
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join(SECCOMPILER)));
-    }
-    for c in candidates {
-        if tokio::fs::metadata(&c).await.is_ok_and(|m| m.is_file()) {
-            return Some(c);
-        }
-    }
-    None
+    crate::tools::find_tool(SECCOMPILER_ENV, SECCOMPILER, firecracker).await
 }
 
 /// The cached BPF file's name for `policy` compiled by `compiler`.
