@@ -11,15 +11,19 @@
 //! - [`topology`]: the per-sandbox router and sandbox namespaces, veth links, addresses, NAT and
 //!   both tables — created step by step with rollback, removed by name, leftovers found by
 //!   prefix.
+//! - [`resolver`]: the DNS-pinning resolver for domain allowlists — answers only allowed names
+//!   and admits their addresses through the router table before replying (built and tested on
+//!   its own; not yet started by the topology).
 //! - [`cmd`]: running `ip`, `nft` and `sysctl` in a chosen namespace.
 //!
-//! Status: the DNS-pinning resolver (domain allowlists) and microVM tap devices come next; see
-//! `docs/network.md`.
+//! Status: wiring the resolver into each sandbox's topology, and microVM tap devices, come next;
+//! see `docs/network.md`.
 
 pub mod cmd;
 pub mod names;
 pub mod nft;
 pub mod plan;
+pub mod resolver;
 pub mod topology;
 
 pub use names::NetNames;
