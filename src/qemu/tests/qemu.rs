@@ -423,3 +423,54 @@ async fn a_guest_flooding_its_console_keeps_the_log_bounded_and_the_vm_serving()
     }
     assert_nothing_left(tmp.path(), &id);
 }
+
+/// The cgroup paths (one per hierarchy) `/proc/<pid>/cgroup` lists for `pid`.
+fn cgroup_paths_of(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2).map(str::to_owned))
+        .collect()
+}
+
+/// By the time `create` returns, QEMU, vhost-device-vsock and the console keeper are each in every
+/// one of the sandbox's cgroup directories (one per v1 hierarchy, or the v2 group).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vmm_and_its_helpers_are_in_the_sandboxs_cgroup_when_create_returns() {
+    let Some(p) = programs() else { return };
+    let Some(image) = tokio::task::spawn_blocking(built_image).await.unwrap() else {
+        return;
+    };
+    let backend = QemuBackend::new(
+        p.qemu.clone(),
+        p.vhost.clone(),
+        GuestImage::from_store(&image).unwrap(),
+        Accel::Tcg,
+        ClientOptions::default(),
+    );
+    let tmp = world_readable_tempdir();
+    let mut req = request(tmp.path());
+    req.spec = SandboxSpec::default();
+    let id = req.id.clone();
+    let sandbox = backend.create(req).await.unwrap();
+    let meta = sandbox.meta.clone();
+    assert!(!meta.cgroup_dirs.is_empty(), "the sandbox has a cgroup");
+    let qemu = meta.init.unwrap();
+    assert_eq!(meta.helpers.len(), 2, "vhost-device-vsock and the keeper");
+    for (what, pid) in [
+        ("QEMU", qemu.pid),
+        ("vhost-device-vsock", meta.helpers[0].pid),
+        ("the console keeper", meta.helpers[1].pid),
+    ] {
+        let paths = cgroup_paths_of(pid);
+        for dir in &meta.cgroup_dirs {
+            let dir = dir.to_str().unwrap();
+            assert!(
+                paths.iter().any(|p| p != "/" && dir.ends_with(p.as_str())),
+                "{what} (pid {pid}) is not in {dir}: /proc/{pid}/cgroup lists {paths:?}"
+            );
+        }
+    }
+    sandbox.destroy().await.unwrap();
+    assert_nothing_left(tmp.path(), &id);
+}
