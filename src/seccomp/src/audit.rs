@@ -80,6 +80,17 @@ pub fn supervise(listener: &OwnedFd, mut record: impl FnMut(Denial)) -> Result<(
                 _ => return Err(AuditError::Listener(e)),
             }
         }
+        // Recorded before the answer: by the time the denied call returns in the sandbox, its
+        // record exists (and the caller still does, for its name).
+        record(Denial {
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            pid: notif.pid,
+            comm: comm(notif.pid),
+            syscall: crate::names::name(i64::from(notif.data.nr)),
+            arg0: notif.data.args[0],
+        });
         let resp = libc::seccomp_notif_resp {
             id: notif.id,
             val: 0,
@@ -95,15 +106,6 @@ pub fn supervise(listener: &OwnedFd, mut record: impl FnMut(Denial)) -> Result<(
                 return Err(AuditError::Listener(e));
             }
         }
-        record(Denial {
-            unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            pid: notif.pid,
-            comm: comm(notif.pid),
-            syscall: crate::names::name(i64::from(notif.data.nr)),
-            arg0: notif.data.args[0],
-        });
     }
 }
 
