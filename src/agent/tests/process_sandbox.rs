@@ -31,6 +31,7 @@ fn config(staging: &Path, workspace: Option<&Path>) -> InitConfig {
         landlock_required: true,
         seccomp_profile: "default".into(),
         lifetime_ms: None,
+        resolv_conf: None,
     }
 }
 

@@ -100,6 +100,7 @@ fn main() {
             landlock_required: true,
             seccomp_profile: "default".into(),
             lifetime_ms: None,
+            resolv_conf: None,
         };
         let cg = Hierarchy::detect()
             .unwrap()

@@ -55,6 +55,9 @@ enum Command {
     /// First process of a process sandbox (started by `run`, not by hand).
     #[command(hide = true)]
     SandboxInit { config_json: String },
+    /// A sandbox's DNS-pinning resolver (started by `run` for a policy naming domains).
+    #[command(hide = true, name = "dns-resolver")]
+    DnsResolver { config_json: String },
     /// Drive a guest agent over its Unix socket (for debugging).
     Debug(debug::DebugArgs),
     /// Inspect configuration.
@@ -122,6 +125,10 @@ fn main() -> ExitCode {
         Command::SandboxInit { config_json } => {
             luminaguard_agent::init_tracing("warn");
             return luminaguard_agent::sandbox_init_main(&config_json);
+        }
+        Command::DnsResolver { config_json } => {
+            luminaguard_agent::init_tracing("info");
+            return luminaguard_net::resolver_service::main(&config_json);
         }
         _ => {}
     }
@@ -193,7 +200,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Agent(_) | Command::SandboxInit { .. } => unreachable_agent(),
+        Command::Agent(_) | Command::SandboxInit { .. } | Command::DnsResolver { .. } => {
+            unreachable_agent()
+        }
     }
 }
 

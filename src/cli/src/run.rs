@@ -131,7 +131,7 @@ impl SandboxArgs {
 /// One of the backends this binary can run.
 #[derive(Debug)]
 pub enum AnyBackend {
-    Process(ProcessBackend),
+    Process(Box<ProcessBackend>),
     Qemu(Box<QemuBackend>),
     Firecracker(Box<FirecrackerBackend>),
 }
@@ -163,6 +163,25 @@ pub fn uplink() -> luminaguard_net::Uplink {
             .filter(|s| !s.is_empty()),
         pool: None,
     }
+}
+
+/// The upstream resolver sandboxes' resolvers ask: `LUMINAGUARD_DNS_UPSTREAM` (`IP` or
+/// `IP:port`), else `None` — the uplink's `resolv.conf` decides.
+pub fn dns_upstream() -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let Some(value) = std::env::var("LUMINAGUARD_DNS_UPSTREAM")
+        .ok()
+        .filter(|s| !s.is_empty())
+    else {
+        return Ok(None);
+    };
+    let parsed = value.parse::<std::net::SocketAddr>().or_else(|_| {
+        value
+            .parse::<std::net::IpAddr>()
+            .map(|ip| std::net::SocketAddr::new(ip, luminaguard_net::resolver_service::PORT))
+    });
+    parsed.map(Some).map_err(|_| {
+        anyhow::anyhow!("LUMINAGUARD_DNS_UPSTREAM={value:?} is not an IP address or IP:port")
+    })
 }
 
 /// The image store: `LUMINAGUARD_IMAGE_STORE`, else the default for this user.
@@ -238,9 +257,11 @@ pub async fn backend(spec: &SandboxSpec, image: Option<&str>) -> anyhow::Result<
         BackendChoice::Process | BackendChoice::Auto => {
             let exe = std::env::current_exe()
                 .context("finding our own binary to run as the sandbox init")?;
-            Ok(AnyBackend::Process(
-                ProcessBackend::new(exe, client).with_uplink(uplink()),
-            ))
+            Ok(AnyBackend::Process(Box::new(
+                ProcessBackend::new(exe.clone(), client)
+                    .with_uplink(uplink())
+                    .with_resolver(exe, dns_upstream()?),
+            )))
         }
         BackendChoice::Qemu if !spec.network.is_none() => anyhow::bail!(
             "network egress for microVMs (a tap device per sandbox) is not built yet: \

@@ -11,12 +11,16 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use luminaguard_testkit::netlab::{FakeInternet, METADATA, OTHER, SERVER};
+use luminaguard_testkit::netlab::{FakeInternet, METADATA, NEIGHBOUR, OTHER, SERVER};
 use luminaguard_testkit::text;
 
 const BIN: &str = env!("CARGO_BIN_EXE_luminaguard");
 
 fn run(rt: &Path, uplink: &str, flags: &[&str], script: &str) -> Output {
+    run_env(rt, uplink, flags, script, &[])
+}
+
+fn run_env(rt: &Path, uplink: &str, flags: &[&str], script: &str, env: &[(&str, &str)]) -> Output {
     Command::new(BIN)
         .arg("--runtime-dir")
         .arg(rt)
@@ -25,6 +29,7 @@ fn run(rt: &Path, uplink: &str, flags: &[&str], script: &str) -> Output {
         .args(["--", "bash", "-c", script])
         .env("RUST_LOG", "warn")
         .env("LUMINAGUARD_UPLINK_NETNS", uplink)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap()
@@ -36,6 +41,10 @@ fn run(rt: &Path, uplink: &str, flags: &[&str], script: &str) -> Output {
 fn fetch(ip: impl std::fmt::Display, port: u16) -> String {
     format!("timeout 5 bash -c 'exec 3<>/dev/tcp/{ip}/{port} && head -n1 <&3' | grep hello")
 }
+
+/// Held by each test that runs sandboxes: [`leftovers`] sees every sandbox's namespaces, so two
+/// such tests at once would see each other's.
+static SANDBOXES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// This test's sandboxes' network objects that are still there.
 fn leftovers(net: &FakeInternet) -> Vec<String> {
@@ -65,6 +74,7 @@ fn run_with_net_reaches_what_it_allows_and_nothing_else() {
     if !luminaguard_testkit::privileged("network egress") {
         return;
     }
+    let _one_at_a_time = SANDBOXES.lock().unwrap_or_else(|e| e.into_inner());
     let net = FakeInternet::new();
     let rt = tempfile::tempdir().unwrap();
     let allow = format!("{SERVER}:80");
@@ -110,7 +120,110 @@ fn bad_network_flags_get_clear_errors() {
     bad(&["--net", "198.51.100.10:0"], "invalid port");
     bad(&["--net", "bad_name!"], "bad_name!");
     bad(&["--net-deny", "198.51.100.10"], "--net");
-    if nix::unistd::geteuid().is_root() {
-        bad(&["--net", "example.com:443"], "DNS-pinning resolver");
+    let out = run_env(
+        rt.path(),
+        "",
+        &["--net", "example.com:443"],
+        "true",
+        &[("LUMINAGUARD_DNS_UPSTREAM", "resolver.example")],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("LUMINAGUARD_DNS_UPSTREAM=\"resolver.example\" is not an IP"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// The domain allowlist, end to end: the sandbox's names go to its own resolver, which answers
+/// only allowed names and opens the firewall for exactly what it answered.
+#[test]
+fn run_with_a_domain_allowlist_resolves_and_reaches_only_allowed_names() {
+    if !luminaguard_testkit::privileged("network egress with a resolver") {
+        return;
     }
+    let _one_at_a_time = SANDBOXES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut net = FakeInternet::new();
+    let upstream = net.serve_dns(&[
+        ("api.allowed.test", SERVER),
+        ("other.test", OTHER),
+        ("neighbour.allowed.test", NEIGHBOUR),
+    ]);
+    let upstream = upstream.to_string();
+    let env = [("LUMINAGUARD_DNS_UPSTREAM", upstream.as_str())];
+    let rt = tempfile::tempdir().unwrap();
+    let flags = [
+        "--net",
+        "api.allowed.test:80",
+        "--net",
+        "*.allowed.test:81",
+        "--net-deny",
+        "neighbour.allowed.test",
+    ];
+    let sandbox = |script: &str| run_env(rt.path(), &net.host, &flags, script, &env);
+
+    // The allowed name resolves (through 10.255.255.1, the sandbox's resolver) and connects.
+    let out = sandbox(&format!(
+        "grep -x 'nameserver 10.255.255.1' /etc/resolv.conf && getent hosts api.allowed.test \
+         && {}",
+        fetch("api.allowed.test", 80)
+    ));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(&format!("{SERVER}")), "{stdout}");
+    assert!(stdout.contains(&format!("hello {SERVER}:80")), "{stdout}");
+
+    // Resolving opens only the port the rule names: :80 for api.allowed.test; the wildcard
+    // rule adds :81 for any name under allowed.test.
+    let out = sandbox(&format!(
+        "getent hosts api.allowed.test >/dev/null && {} && ! timeout 5 bash -c \
+         'exec 3<>/dev/tcp/{OTHER}/80'",
+        fetch("api.allowed.test", 81)
+    ));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    // A name no rule allows, and a denied name under an allowed wildcard, do not resolve.
+    for name in ["other.test", "neighbour.allowed.test"] {
+        let out = sandbox(&format!("getent hosts {name}"));
+        assert!(
+            !out.status.success(),
+            "{name} resolved: {}",
+            text(&out.stdout)
+        );
+    }
+
+    // The allowed host's address, hard-coded and never resolved in this sandbox: refused.
+    let out = sandbox(&fetch(SERVER, 80));
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+
+    // Without a policy: no DNS at all.
+    let out = run_env(
+        rt.path(),
+        &net.host,
+        &[],
+        "timeout 5 getent hosts api.allowed.test",
+        &env,
+    );
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+
+    // Every sandbox took its resolver, namespaces and links with it.
+    assert_eq!(
+        std::fs::read_dir(rt.path().join("sandboxes"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(leftovers(&net), Vec::<String>::new());
+    let resolvers = luminaguard_testkit::live_processes_matching(&[BIN, "dns-resolver"]);
+    assert_eq!(resolvers, Vec::new());
 }

@@ -106,6 +106,10 @@ pub enum SandboxFile {
     Pid,
     Metadata,
     ConsoleLog,
+    /// The log of the sandbox's DNS resolver (a policy naming domains).
+    ResolverLog,
+    /// The `resolv.conf` the sandbox sees (a policy naming domains).
+    ResolvConf,
 }
 
 impl SandboxFile {
@@ -115,6 +119,8 @@ impl SandboxFile {
             Self::Pid => "pid",
             Self::Metadata => "meta.json",
             Self::ConsoleLog => "console.log",
+            Self::ResolverLog => "resolver.log",
+            Self::ResolvConf => "resolv.conf",
         }
     }
 }

@@ -12,18 +12,19 @@
 //!   both tables — created step by step with rollback, removed by name, leftovers found by
 //!   prefix.
 //! - [`resolver`]: the DNS-pinning resolver for domain allowlists — answers only allowed names
-//!   and admits their addresses through the router table before replying (built and tested on
-//!   its own; not yet started by the topology).
+//!   and admits their addresses through the router table before replying.
+//! - [`resolver_service`]: that resolver as a process of its own per sandbox — listening in the
+//!   router namespace, asking upstream from the uplink's — and how a backend starts it.
 //! - [`cmd`]: running `ip`, `nft` and `sysctl` in a chosen namespace.
 //!
-//! Status: wiring the resolver into each sandbox's topology, and microVM tap devices, come next;
-//! see `docs/network.md`.
+//! Status: microVM tap devices come next; see `docs/network.md`.
 
 pub mod cmd;
 pub mod names;
 pub mod nft;
 pub mod plan;
 pub mod resolver;
+pub mod resolver_service;
 pub mod topology;
 
 pub use names::NetNames;

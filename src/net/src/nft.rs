@@ -6,8 +6,8 @@
 //! - `forward` (policy drop): established/related pass; new connections arriving from the
 //!   sandbox's interface jump to `egress`; nothing else is forwarded — no ingress, ever.
 //! - `egress`: one rule per stage and set kind, in [`Stage::ALL`] order, then drop.
-//! - `input` / `output` (policy drop): only loopback and established traffic (the resolver's
-//!   rules join here when it exists).
+//! - `input` / `output` (policy drop): only loopback and established traffic — and, when the
+//!   policy names domains, DNS from the sandbox to the resolver on the router's inner address.
 //! - `postrouting` (nat): masquerade out of the uplink.
 
 use std::fmt::Write as _;
@@ -18,6 +18,8 @@ use ipnet::IpNet;
 use crate::cmd::{CmdError, Netns};
 
 use crate::plan::{Action, Dest, FirewallPlan, Stage};
+use crate::resolver_service::PORT as DNS_PORT;
+use crate::topology::ROUTER_INNER_ADDR;
 
 /// Why nft refused or could not run.
 #[derive(Debug, thiserror::Error)]
@@ -151,11 +153,24 @@ pub fn render(table: &str, plan: &FirewallPlan, ifs: &Interfaces<'_>) -> String 
          ct state established,related accept\n    ct state invalid drop\n    \
          iifname \"{from}\" oifname \"{up}\" ct state new jump egress\n  }}"
     );
-    for (chain, dir) in [("input", "iifname"), ("output", "oifname")] {
+    // The resolver (when the policy names domains) listens on the router's inner address: the
+    // only new connection the sandbox may open to the router namespace itself.
+    let dns = if plan.domains.is_empty() && plan.denied_domains.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\n    iifname \"{from}\" ip daddr {ROUTER_INNER_ADDR} meta l4proto {{ tcp, udp }} \
+             th dport {DNS_PORT} counter accept"
+        )
+    };
+    for (chain, dir, extra) in [
+        ("input", "iifname", dns.as_str()),
+        ("output", "oifname", ""),
+    ] {
         let _ = writeln!(
             s,
             "  chain {chain} {{\n    type filter hook {chain} priority filter; policy drop;\n    \
-             ct state established,related accept\n    {dir} \"lo\" accept\n  }}"
+             ct state established,related accept\n    {dir} \"lo\" accept{extra}\n  }}"
         );
     }
     let _ = writeln!(
@@ -319,4 +334,44 @@ pub async fn apply(
 pub async fn remove(netns: Netns<'_>, table: &str) -> Result<(), NftError> {
     let script = format!("add table inet {table}\ndelete table inet {table}\n");
     run_script(netns, table, &script).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use luminaguard_core::NetworkPolicy;
+
+    fn rendered(allow: &[&str]) -> String {
+        let policy = NetworkPolicy::Egress {
+            allow: allow.iter().map(|s| s.parse().unwrap()).collect(),
+            deny: Vec::new(),
+        };
+        let plan = FirewallPlan::compile(&policy, &[]).unwrap().unwrap();
+        let ifs = Interfaces {
+            from_sandbox: "sbx0",
+            uplink: "up0",
+        };
+        render("lgtest", &plan, &ifs)
+    }
+
+    fn input_chain(script: &str) -> &str {
+        let start = script.find("chain input").unwrap();
+        let end = start + script[start..].find("\n  }").unwrap();
+        &script[start..end]
+    }
+
+    #[test]
+    fn dns_to_the_resolver_is_admitted_only_when_the_policy_names_domains() {
+        let with = rendered(&["api.example.com:443"]);
+        let input = input_chain(&with);
+        assert!(
+            input.contains(
+                "iifname \"sbx0\" ip daddr 10.255.255.1 meta l4proto { tcp, udp } th dport 53 \
+                 counter accept"
+            ),
+            "{input}"
+        );
+        let without = rendered(&["198.51.100.10:443"]);
+        assert!(!input_chain(&without).contains("dport"), "{without}");
+    }
 }

@@ -1,6 +1,7 @@
 //! The process sandbox as a [`Backend`]: a runtime directory and record, cgroup limits, the init
 //! launched into fresh namespaces, and the agent's handshake.
 
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,9 +9,9 @@ use std::time::Duration;
 use luminaguard_backend::{Backend, BackendError, CreateRequest, ProcessRef, Sandbox, SandboxMeta};
 use luminaguard_cgroup::Limits;
 use luminaguard_core::ByteSize;
-use luminaguard_core::NetworkPolicy;
 use luminaguard_core::runtime::SandboxFile;
 use luminaguard_net::Uplink;
+use luminaguard_net::resolver_service;
 use luminaguard_protocol::{Client, ClientError, ClientOptions};
 
 use crate::init::InitConfig;
@@ -27,6 +28,25 @@ pub struct ProcessBackend {
     agent: PathBuf,
     client: ClientOptions,
     uplink: Uplink,
+    dns: Option<DnsOptions>,
+}
+
+/// How sandboxes whose policy names domains get their resolver.
+#[derive(Debug, Clone)]
+struct DnsOptions {
+    /// A binary with the `dns-resolver` subcommand (the `luminaguard` binary).
+    exe: PathBuf,
+    /// `None`: the uplink's `resolv.conf` decides.
+    upstream: Option<SocketAddr>,
+}
+
+/// A sandbox's network, ready for its init.
+#[derive(Debug)]
+struct Network {
+    /// The namespace the init joins.
+    netns: OwnedFd,
+    /// Shown as the sandbox's `/etc/resolv.conf` (a policy naming domains).
+    resolv_conf: Option<PathBuf>,
 }
 
 impl ProcessBackend {
@@ -35,7 +55,17 @@ impl ProcessBackend {
             agent,
             client,
             uplink: Uplink::default(),
+            dns: None,
         }
+    }
+
+    /// Lets policies name domains: each such sandbox gets a DNS-pinning resolver, the process
+    /// `exe dns-resolver` (see [`luminaguard_net::resolver_service`]), asking `upstream` (or,
+    /// when `None`, the uplink's `resolv.conf` nameserver). Without this, a policy naming a
+    /// domain is refused.
+    pub fn with_resolver(mut self, exe: PathBuf, upstream: Option<SocketAddr>) -> Self {
+        self.dns = Some(DnsOptions { exe, upstream });
+        self
     }
 
     /// Where sandboxes with an egress policy send their traffic (default: the host's own
@@ -44,18 +74,6 @@ impl ProcessBackend {
         self.uplink = uplink;
         self
     }
-}
-
-fn names_a_domain(rule: &luminaguard_core::network::EgressRule) -> bool {
-    use luminaguard_core::network::{EgressRule, Host};
-    matches!(
-        rule,
-        EgressRule::Domain(_)
-            | EgressRule::HostPort {
-                host: Host::Domain(_),
-                ..
-            }
-    )
 }
 
 fn setup(step: &'static str, reason: impl std::fmt::Display) -> BackendError {
@@ -110,18 +128,20 @@ impl ProcessBackend {
         }
     }
 
-    /// For an egress policy: records the uplink, builds the sandbox's egress path and opens the
-    /// network namespace its init joins. `None` for no network (the init gets a new, empty one).
+    /// For an egress policy: records the uplink, builds the sandbox's egress path (and, for a
+    /// policy naming domains, starts its resolver) and opens the network namespace its init
+    /// joins. `None` for no network (the init gets a new, empty one).
     async fn create_network(
         &self,
         req: &CreateRequest,
         dir: &Path,
         meta: &mut SandboxMeta,
-    ) -> Result<Option<OwnedFd>, BackendError> {
+        cgroup: Option<&luminaguard_cgroup::Cgroup>,
+    ) -> Result<Option<Network>, BackendError> {
         let policy = &req.spec.network;
-        let NetworkPolicy::Egress { allow, deny } = policy else {
+        if policy.is_none() {
             return Ok(None);
-        };
+        }
         if !nix::unistd::geteuid().is_root() {
             return Err(setup(
                 "set up network egress",
@@ -129,13 +149,27 @@ impl ProcessBackend {
                  run as root or without a network policy",
             ));
         }
-        if allow.iter().chain(deny).any(names_a_domain) {
-            return Err(setup(
-                "set up network egress",
-                "domain names in a network policy need LuminaGuard's DNS-pinning resolver, which \
-                 is not built yet: name addresses instead (CIDR, IP or IP:port)",
-            ));
-        }
+        let dns = match (resolver_service::needs_resolver(policy), &self.dns) {
+            (false, _) => None,
+            (true, None) => {
+                return Err(setup(
+                    "set up network egress",
+                    "the policy names domains, which needs LuminaGuard's DNS-pinning resolver, \
+                     and this backend was built without one: name addresses instead (CIDR, IP \
+                     or IP:port)",
+                ));
+            }
+            (true, Some(d)) => {
+                // Known before anything is built: a host without a resolver fails at once.
+                let upstream = match d.upstream {
+                    Some(u) => u,
+                    None => resolver_service::upstream_for(&self.uplink)
+                        .await
+                        .map_err(|e| setup("find the upstream DNS resolver", e))?,
+                };
+                Some((d, upstream))
+            }
+        };
         meta.net = Some(self.uplink.clone());
         meta.save(dir).await?;
         let opts = luminaguard_net::topology::Options {
@@ -146,11 +180,62 @@ impl ProcessBackend {
         let egress = luminaguard_net::topology::create(&req.id, policy, &opts)
             .await
             .map_err(|e| setup("set up network egress", e))?;
-        let fd = egress
+        let resolv_conf = match dns {
+            None => None,
+            Some((d, upstream)) => {
+                let config = resolver_service::ServiceConfig::for_egress(
+                    req.id.as_str(),
+                    &egress,
+                    policy,
+                    &self.uplink,
+                    upstream,
+                );
+                Some(
+                    self.start_resolver(&d.exe, &config, dir, meta, cgroup)
+                        .await?,
+                )
+            }
+        };
+        let netns = egress
             .open_sandbox_netns()
             .await
             .map_err(|e| setup("open the sandbox's network namespace", e))?;
-        Ok(Some(fd))
+        Ok(Some(Network { netns, resolv_conf }))
+    }
+
+    /// Starts the sandbox's resolver, recorded in `meta.helpers` (and put in the sandbox's
+    /// cgroup: its memory and processes count against the sandbox) before it is waited for;
+    /// returns the `resolv.conf` that points the sandbox at it.
+    async fn start_resolver(
+        &self,
+        exe: &Path,
+        config: &resolver_service::ServiceConfig,
+        dir: &Path,
+        meta: &mut SandboxMeta,
+        cgroup: Option<&luminaguard_cgroup::Cgroup>,
+    ) -> Result<PathBuf, BackendError> {
+        let step = "start the DNS resolver";
+        let resolv_conf = dir.join(SandboxFile::ResolvConf.file_name());
+        tokio::fs::write(&resolv_conf, resolver_service::sandbox_resolv_conf())
+            .await
+            .map_err(|e| setup(step, format!("writing {}: {e}", resolv_conf.display())))?;
+        let log = dir.join(SandboxFile::ResolverLog.file_name());
+        let pending = resolver_service::spawn(exe, config, &log)
+            .await
+            .map_err(|e| setup(step, e))?;
+        let pid = pending.pid();
+        let Some(process) = i32::try_from(pid).ok().and_then(ProcessRef::of) else {
+            return Err(setup(step, "it exited at once"));
+        };
+        meta.helpers.push(process);
+        meta.save(dir).await?;
+        if let Some(cg) = cgroup.cloned() {
+            tokio::task::spawn_blocking(move || cg.add(process.pid))
+                .await?
+                .map_err(|e| setup(step, e))?;
+        }
+        pending.ready().await.map_err(|e| setup(step, e))?;
+        Ok(resolv_conf)
     }
 
     /// Everything after the record exists; on error the caller removes what the record names.
@@ -172,7 +257,11 @@ impl ProcessBackend {
         } else {
             Some(self.create_cgroup(req, dir, meta).await?)
         };
-        let netns = self.create_network(req, dir, meta).await?;
+        let network = self.create_network(req, dir, meta, cgroup.as_ref()).await?;
+        let (netns, resolv_conf) = match network {
+            Some(n) => (Some(n.netns), n.resolv_conf),
+            None => (None, None),
+        };
         let init = InitConfig {
             staging_root: staging,
             workspace: req.workspace.clone(),
@@ -190,6 +279,7 @@ impl ProcessBackend {
             }
             .into(),
             lifetime_ms: u64::try_from(spec.lifetime.as_millis()).ok(),
+            resolv_conf,
         };
         let sock = dir.join(SandboxFile::AgentSocket.file_name());
         let channel = if req.persistent {

@@ -44,6 +44,10 @@ pub struct InitConfig {
     /// after it starts serving; `None`: when the host destroys it.
     #[serde(default)]
     pub lifetime_ms: Option<u64>,
+    /// A host file shown read-only as the sandbox's `/etc/resolv.conf` (a sandbox behind
+    /// LuminaGuard's resolver); `None`: the host's.
+    #[serde(default)]
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// Which step failed, and why.
@@ -163,6 +167,42 @@ fn mask(root: &Path, files: &[&str], dirs: &[&str]) -> Result<(), InitError> {
     Ok(())
 }
 
+/// Binds `src` read-only where the sandbox's `/etc/resolv.conf` leads. `/etc` is the host's,
+/// read-only, and its `resolv.conf` may be a symlink (systemd-resolved's points into `/run`):
+/// then the link's target, made inside the new root, is what gets the file — on the root's
+/// tmpfs when the target lies outside the bound system directories.
+fn place_resolv_conf(root: &Path, src: &Path) -> Result<(), InitError> {
+    let link = root.join("etc/resolv.conf");
+    let target = match fs::symlink_metadata(&link) {
+        Ok(m) if m.file_type().is_symlink() => {
+            let to = step("read link /etc/resolv.conf", fs::read_link(&link))?;
+            let inside = match to.strip_prefix("/") {
+                Ok(rel) => root.join(rel),
+                Err(_) => root.join("etc").join(&to),
+            };
+            if fs::symlink_metadata(&inside).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(InitError::Step {
+                    step: "place /etc/resolv.conf".into(),
+                    reason: format!(
+                        "the host's /etc/resolv.conf is a chain of symlinks ({} → {});                          only one level is followed",
+                        link.display(),
+                        to.display()
+                    ),
+                });
+            }
+            if let Some(parent) = inside.parent() {
+                mkdirs(parent)?;
+            }
+            inside
+        }
+        _ => link,
+    };
+    if !target.exists() {
+        touch(&target)?;
+    }
+    bind_ro(src, &target, false)
+}
+
 fn build_root(cfg: &InitConfig) -> Result<(), InitError> {
     let root = &cfg.staging_root;
     step(
@@ -192,6 +232,9 @@ fn build_root(cfg: &InitConfig) -> Result<(), InitError> {
         }
     }
     mask(root, &MASKED_FILES, &MASKED_DIRS)?;
+    if let Some(src) = &cfg.resolv_conf {
+        place_resolv_conf(root, src)?;
+    }
 
     let proc_dir = root.join("proc");
     mkdirs(&proc_dir)?;

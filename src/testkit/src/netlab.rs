@@ -29,6 +29,8 @@ pub const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 pub const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 /// Ports every server listens on (TCP), and the UDP echo port.
 pub const PORTS: [u16; 2] = [80, 81];
+/// The fake internet's DNS server (port 53, UDP), once [`FakeInternet::serve_dns`] started it.
+pub const DNS_SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
 pub const UDP_PORT: u16 = 80;
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
@@ -104,7 +106,7 @@ impl FakeInternet {
         );
         let mut net_script =
             "link set lo up\naddr add 192.0.2.2/24 dev wan0\nlink set wan0 up\n".to_owned();
-        for a in [SERVER, NEIGHBOUR, OTHER, METADATA] {
+        for a in [SERVER, NEIGHBOUR, OTHER, METADATA, DNS_SERVER] {
             net_script.push_str(&format!("addr add {a}/32 dev lo\n"));
         }
         batch(&me.net, &net_script);
@@ -163,6 +165,64 @@ impl FakeInternet {
             }
         });
         self.listeners.push(fd);
+    }
+}
+
+impl FakeInternet {
+    /// Serves DNS (UDP) at [`DNS_SERVER`]`:53`: an A record (TTL 60 s) for each name of `zone`,
+    /// NXDOMAIN for other names, and no records (NOERROR) for other types of a known name.
+    #[allow(clippy::expect_used)]
+    pub fn serve_dns(&mut self, zone: &[(&str, Ipv4Addr)]) -> SocketAddr {
+        use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+        use hickory_proto::rr::{Name, RData, Record, RecordType, rdata::A};
+        let addr = SocketAddr::new(DNS_SERVER.into(), 53);
+        let zone: Vec<(Name, Ipv4Addr)> = zone
+            .iter()
+            .map(|(n, a)| (Name::from_ascii(format!("{n}.")).expect("a DNS name"), *a))
+            .collect();
+        let s = in_netns(&self.net.clone(), move || {
+            UdpSocket::bind(addr).expect("bind the test DNS server")
+        });
+        let fd = s.try_clone().expect("dup").into();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let Ok(q) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                if q.metadata.message_type != MessageType::Query {
+                    continue;
+                }
+                let mut r = Message::response(q.metadata.id, OpCode::Query);
+                r.metadata.recursion_desired = q.metadata.recursion_desired;
+                r.metadata.recursion_available = true;
+                r.queries = q.queries.clone();
+                if let Some(query) = q.queries.first() {
+                    let asked = query.name();
+                    let known: Vec<Ipv4Addr> = zone
+                        .iter()
+                        .filter(|(n, _)| n.eq_case(asked) || n == asked)
+                        .map(|(_, a)| *a)
+                        .collect();
+                    if known.is_empty() {
+                        r.metadata.response_code = ResponseCode::NXDomain;
+                    } else if query.query_type() == RecordType::A {
+                        r.answers = known
+                            .into_iter()
+                            .map(|a| Record::from_rdata(asked.clone(), 60, RData::A(A(a))))
+                            .collect();
+                    }
+                }
+                if let Ok(bytes) = r.to_vec() {
+                    let _ = s.send_to(&bytes, from);
+                }
+            }
+        });
+        self.listeners.push(fd);
+        addr
     }
 }
 
