@@ -227,3 +227,127 @@ fn run_with_a_domain_allowlist_resolves_and_reaches_only_allowed_names() {
     let resolvers = luminaguard_testkit::live_processes_matching(&[BIN, "dns-resolver"]);
     assert_eq!(resolvers, Vec::new());
 }
+
+/// `/proc/<pid>/status` field `key` (e.g. `Uid`, `CapEff`), its first value.
+fn status_field(pid: i32, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+        .to_owned()
+}
+
+/// Children of `pid` (from `/proc/*/stat`).
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let (_, rest) = s.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// The resolver parses hostile input: it must hold no privilege, and its pin helper only
+/// `CAP_NET_ADMIN`. Checked on a long-lived sandbox's live processes.
+#[test]
+fn the_resolver_runs_unprivileged_and_its_pin_helper_can_only_pin() {
+    if !luminaguard_testkit::privileged("network egress with a resolver") {
+        return;
+    }
+    let _one_at_a_time = SANDBOXES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut net = FakeInternet::new();
+    let upstream = net.serve_dns(&[("api.allowed.test", SERVER)]).to_string();
+    let rt = tempfile::tempdir().unwrap();
+    let lg = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--runtime-dir")
+            .arg(rt.path())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env("LUMINAGUARD_UPLINK_NETNS", &net.host)
+            .env("LUMINAGUARD_DNS_UPSTREAM", &upstream)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = lg(&[
+        "sandbox",
+        "create",
+        "--name",
+        "dns-privs",
+        "--net",
+        "api.allowed.test:80",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(rt.path().join("sandboxes/dns-privs/meta.json")).unwrap(),
+    )
+    .unwrap();
+    let helpers = meta["helpers"].as_array().unwrap();
+    assert_eq!(helpers.len(), 2, "{meta}");
+    let resolver = i32::try_from(helpers[0]["pid"].as_i64().unwrap()).unwrap();
+    let nobody = "65534";
+    assert_eq!(status_field(resolver, "Uid"), nobody);
+    assert_eq!(status_field(resolver, "Gid"), nobody);
+    assert_eq!(status_field(resolver, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(resolver, "CapPrm"), "0000000000000000");
+    assert_eq!(status_field(resolver, "CapBnd"), "0000000000000000");
+    assert_eq!(status_field(resolver, "NoNewPrivs"), "1");
+    let kids = children(resolver);
+    assert_eq!(kids.len(), 1, "the resolver's children: {kids:?}");
+    let helper = kids[0];
+    assert_eq!(
+        helpers[1]["pid"].as_i64(),
+        Some(i64::from(helper)),
+        "{meta}"
+    );
+    // Both count against the sandbox: they are in its cgroup.
+    let cgroup_of = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for pid in [resolver, helper] {
+        assert!(cgroup_of(pid).contains("dns-privs"), "{}", cgroup_of(pid));
+    }
+    let net_admin = format!("{:016x}", 1u64 << 12);
+    assert_eq!(status_field(helper, "Uid"), nobody);
+    assert_eq!(status_field(helper, "CapEff"), net_admin);
+    assert_eq!(status_field(helper, "CapBnd"), net_admin);
+    assert_eq!(status_field(helper, "CapAmb"), net_admin);
+
+    // And with that, names still resolve and connect: the helper's pins work.
+    let out = lg(&[
+        "sandbox",
+        "exec",
+        "dns-privs",
+        "--",
+        "bash",
+        "-c",
+        &fetch("api.allowed.test", 80),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    let out = lg(&["sandbox", "rm", "dns-privs"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for pid in [resolver, helper] {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || status_field(pid, "State") == "Z",
+            "{pid} outlived its sandbox"
+        );
+    }
+    assert_eq!(leftovers(&net), Vec::<String>::new());
+}

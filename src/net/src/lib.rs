@@ -14,7 +14,8 @@
 //! - [`resolver`]: the DNS-pinning resolver for domain allowlists — answers only allowed names
 //!   and admits their addresses through the router table before replying.
 //! - [`resolver_service`]: that resolver as a process of its own per sandbox — listening in the
-//!   router namespace, asking upstream from the uplink's — and how a backend starts it.
+//!   router namespace, asking upstream from the uplink's — and how a backend starts it;
+//!   [`pin_helper`]: its privileged half, which can only pin.
 //! - [`cmd`]: running `ip`, `nft` and `sysctl` in a chosen namespace.
 //!
 //! Status: microVM tap devices come next; see `docs/network.md`.
@@ -22,6 +23,7 @@
 pub mod cmd;
 pub mod names;
 pub mod nft;
+pub mod pin_helper;
 pub mod plan;
 pub mod resolver;
 pub mod resolver_service;

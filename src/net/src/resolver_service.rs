@@ -8,12 +8,14 @@
 //!                            dns_* sets ◀── nft (pins) ───────────────  from here
 //! ```
 //!
-//! The process ([`main`], the hidden `luminaguard dns-resolver` subcommand) starts
+//! The process ([`main`], the hidden `luminaguard dns-resolver` subcommand) starts as root and
 //! single-threaded, joins the router namespace with `setns` just long enough to bind its UDP and
 //! TCP sockets on the router's inner address — sockets stay in the namespace they were made in —
-//! then moves to the uplink namespace for good, so its upstream queries take the host's path to
-//! the host's resolver, which the sandbox itself can never reach. Only then does it start its
-//! (single-threaded) runtime and report `ready` on stdout.
+//! and to fork the [pin helper](crate::pin_helper), which stays there with `CAP_NET_ADMIN` only.
+//! It then moves to the uplink namespace for good, so its upstream queries take the host's path
+//! to the host's resolver, which the sandbox itself can never reach, and drops every privilege
+//! (user `nobody`, no capabilities, `no_new_privs`) before it reads a single query. Only then
+//! does it start its (single-threaded) runtime and report `ready` on stdout.
 //!
 //! [`spawn`] starts it from a backend: it returns as soon as the process exists, so that the
 //! caller records its pid (for destroy and the garbage collector) before waiting on
@@ -34,8 +36,9 @@ use nix::sched::CloneFlags;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncBufReadExt;
 
+use crate::pin_helper::HelperPinner;
 use crate::plan::FirewallPlan;
-use crate::resolver::{NamePolicy, NftPinner, Resolver, ResolverConfig, Upstream};
+use crate::resolver::{NamePolicy, Resolver, ResolverConfig, Upstream};
 use crate::topology::{Egress, ROUTER_INNER_ADDR, Uplink};
 
 /// The port the resolver serves on.
@@ -64,6 +67,10 @@ pub struct ServiceConfig {
     pub policy: NetworkPolicy,
     /// Ranges never pinned (the plan's always-denied ranges, the host's own addresses included).
     pub always_denied: Vec<IpNet>,
+    /// The user and group both halves run as once set up; `None`: `nobody` (see
+    /// [`crate::pin_helper`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<(u32, u32)>,
 }
 
 impl ServiceConfig {
@@ -84,6 +91,7 @@ impl ServiceConfig {
             upstream,
             policy: policy.clone(),
             always_denied: egress.plan.always_denied.clone(),
+            run_as: None,
         }
     }
 
@@ -147,6 +155,10 @@ pub enum ServiceError {
         proto: &'static str,
         source: std::io::Error,
     },
+    #[error("cannot drop the resolver's privileges: {0}")]
+    Privileges(#[from] crate::pin_helper::PrivError),
+    #[error("cannot start the pin helper: {0}")]
+    PinHelper(std::io::Error),
     #[error("cannot start the resolver's runtime: {0}")]
     Runtime(std::io::Error),
     #[error("the resolver stopped serving: {0}")]
@@ -260,17 +272,22 @@ impl Pending {
         self.pid
     }
 
-    /// Waits (at most [`READY_TIMEOUT`]) for the process to say it serves. On failure the
-    /// process is killed and the error quotes the end of its log.
+    /// Waits (at most [`READY_TIMEOUT`]) for the process to say it serves; returns the pid of
+    /// its [pin helper](crate::pin_helper). On failure the process is killed and the error
+    /// quotes the end of its log.
     pub async fn ready(mut self) -> Result<u32, ServiceError> {
         let outcome = match self.child.stdout.take() {
             Some(out) => {
                 let mut line = String::new();
                 let mut reader = tokio::io::BufReader::new(out);
                 match tokio::time::timeout(READY_TIMEOUT, reader.read_line(&mut line)).await {
-                    Ok(Ok(_)) if line.trim() == READY => Ok(()),
                     Ok(Ok(0)) => Err("it exited".to_owned()),
-                    Ok(Ok(_)) => Err(format!("it said {:?}", line.trim())),
+                    Ok(Ok(_)) => match line.trim().strip_prefix(READY).map(str::trim) {
+                        Some(helper) => helper
+                            .parse::<u32>()
+                            .map_err(|_| format!("it said {:?}", line.trim())),
+                        None => Err(format!("it said {:?}", line.trim())),
+                    },
                     Ok(Err(e)) => Err(format!("reading its output: {e}")),
                     Err(_) => Err(format!("no answer within {READY_TIMEOUT:?}")),
                 }
@@ -278,7 +295,7 @@ impl Pending {
             None => Err("its output is not connected".to_owned()),
         };
         match outcome {
-            Ok(()) => Ok(self.pid),
+            Ok(helper) => Ok(helper),
             Err(reason) => {
                 let _ = self.child.start_kill();
                 let _ = self.child.wait().await;
@@ -320,56 +337,103 @@ fn enter(fd: &OwnedFd, what: &str) -> Result<(), ServiceError> {
     })
 }
 
-/// Binds the listening sockets in the router namespace and moves to the uplink's. Must run
-/// while the process has one thread: `setns` moves only the calling thread.
-fn bind_sockets(
-    cfg: &ServiceConfig,
-) -> Result<(std::net::UdpSocket, std::net::TcpListener), ServiceError> {
+/// What the resolver keeps from its privileged start.
+struct Opened {
+    udp: std::net::UdpSocket,
+    tcp: std::net::TcpListener,
+    /// The resolver's end of the pin helper's channel.
+    pins: std::os::unix::net::UnixDatagram,
+    helper: i32,
+}
+
+/// In the router namespace: binds the listening sockets and forks the pin helper, which stays
+/// there; then moves to the uplink's namespace for good. Must run while the process has one
+/// thread: `setns` moves only the calling thread, and the forked helper goes on running Rust.
+fn set_up(cfg: &ServiceConfig, uid: u32, gid: u32) -> Result<Opened, ServiceError> {
     let router = open_netns(Path::new("/run/netns").join(&cfg.router_netns))?;
     let uplink = match &cfg.uplink.netns {
         Some(name) => open_netns(Path::new("/run/netns").join(name))?,
         None => open_netns(PathBuf::from("/proc/self/ns/net"))?,
     };
     enter(&router, &format!("network namespace {}", cfg.router_netns))?;
-    let addr = SocketAddr::from((cfg.listen, PORT));
-    let bound = std::net::UdpSocket::bind(addr)
-        .map_err(|source| ServiceError::Bind {
-            addr,
-            proto: "udp",
-            source,
-        })
-        .and_then(|udp| {
-            std::net::TcpListener::bind(addr)
-                .map(|tcp| (udp, tcp))
-                .map_err(|source| ServiceError::Bind {
-                    addr,
-                    proto: "tcp",
-                    source,
-                })
-        });
-    // Back out even when binding failed: nothing else may run in the router namespace.
+    let made = bind_and_fork(cfg, uid, gid);
+    // Back out even when that failed: nothing else may run in the router namespace.
     enter(&uplink, "the uplink network namespace")?;
-    let (udp, tcp) = bound?;
-    for r in [udp.set_nonblocking(true), tcp.set_nonblocking(true)] {
+    let opened = made?;
+    for r in [
+        opened.udp.set_nonblocking(true),
+        opened.tcp.set_nonblocking(true),
+    ] {
         r.map_err(ServiceError::Runtime)?;
     }
-    Ok((udp, tcp))
+    Ok(opened)
+}
+
+fn bind_and_fork(cfg: &ServiceConfig, uid: u32, gid: u32) -> Result<Opened, ServiceError> {
+    let addr = SocketAddr::from((cfg.listen, PORT));
+    let bind_err = |proto| {
+        move |source| ServiceError::Bind {
+            addr,
+            proto,
+            source,
+        }
+    };
+    let udp = std::net::UdpSocket::bind(addr).map_err(bind_err("udp"))?;
+    let tcp = std::net::TcpListener::bind(addr).map_err(bind_err("tcp"))?;
+    let (pins, helper_end) = crate::pin_helper::channel().map_err(ServiceError::PinHelper)?;
+    let resolver = std::process::id();
+    // SAFETY: the process is single-threaded here (no runtime yet; `main` starts none before
+    // this), so the child inherits no lock held by another thread and may run ordinary Rust.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err(ServiceError::PinHelper(e.into())),
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop((udp, tcp, pins));
+            // Its stdout is the starter's readiness pipe: only the resolver speaks there.
+            if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+                let _ = nix::unistd::dup2_stdout(&null);
+            }
+            let resolver = i32::try_from(resolver).unwrap_or(i32::MAX);
+            crate::pin_helper::serve(helper_end, &cfg.table, resolver, uid, gid)
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Opened {
+            udp,
+            tcp,
+            pins,
+            helper: child.as_raw(),
+        }),
+    }
+}
+
+/// `nobody`'s user and group (65534 where the host has no `nobody`).
+fn nobody() -> (u32, u32) {
+    match nix::unistd::User::from_name("nobody") {
+        Ok(Some(u)) => (u.uid.as_raw(), u.gid.as_raw()),
+        _ => (crate::pin_helper::NOBODY, crate::pin_helper::NOBODY),
+    }
 }
 
 fn serve(config_json: &str) -> Result<(), ServiceError> {
     let cfg: ServiceConfig =
         serde_json::from_str(config_json).map_err(|e| ServiceError::Config(e.to_string()))?;
     let names = cfg.name_policy()?;
-    let (udp, tcp) = bind_sockets(&cfg)?;
+    let (uid, gid) = cfg.run_as.unwrap_or_else(nobody);
+    let Opened {
+        udp,
+        tcp,
+        pins,
+        helper,
+    } = set_up(&cfg, uid, gid)?;
+    // From here on the process parses the sandbox's queries: it keeps no privilege at all.
+    crate::pin_helper::become_user(uid, gid, &[])?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(ServiceError::Runtime)?;
-    say_ready().map_err(ServiceError::Runtime)?;
+    say_ready(helper).map_err(ServiceError::Runtime)?;
     runtime.block_on(async move {
         let udp = tokio::net::UdpSocket::from_std(udp).map_err(ServiceError::Runtime)?;
         let tcp = tokio::net::TcpListener::from_std(tcp).map_err(ServiceError::Runtime)?;
-        let pinner = NftPinner::new(Some(cfg.router_netns.clone()), cfg.table.clone());
+        let pinner = HelperPinner::new(pins, cfg.table.clone()).map_err(ServiceError::PinHelper)?;
         let resolver = Arc::new(Resolver::new(
             names,
             pinner,
@@ -385,13 +449,13 @@ fn serve(config_json: &str) -> Result<(), ServiceError> {
     })
 }
 
-/// Says `ready` on stdout and points stdout at `/dev/null`: the starter's read ends, and a
+/// Says `ready <pin helper's pid>` on stdout and points stdout at `/dev/null`: the starter's read ends, and a
 /// later accidental print can neither block on a full pipe nor die of SIGPIPE. Called once the
 /// sockets are bound (queries arriving before the runtime polls them wait in the socket).
-fn say_ready() -> std::io::Result<()> {
+fn say_ready(helper: i32) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
-    out.write_all(format!("{READY}\n").as_bytes())?;
+    out.write_all(format!("{READY} {helper}\n").as_bytes())?;
     out.flush()?;
     let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
     nix::unistd::dup2_stdout(&null).map_err(std::io::Error::from)
@@ -443,6 +507,7 @@ mod tests {
                 "10.0.0.0/8".parse().unwrap(),
                 "192.0.2.1/32".parse().unwrap(),
             ],
+            run_as: Some((65534, 65534)),
         };
         let back: ServiceConfig =
             serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();

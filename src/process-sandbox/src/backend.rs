@@ -203,9 +203,9 @@ impl ProcessBackend {
         Ok(Some(Network { netns, resolv_conf }))
     }
 
-    /// Starts the sandbox's resolver, recorded in `meta.helpers` (and put in the sandbox's
-    /// cgroup: its memory and processes count against the sandbox) before it is waited for;
-    /// returns the `resolv.conf` that points the sandbox at it.
+    /// Starts the sandbox's resolver, recorded in `meta.helpers` before it is waited for, then
+    /// its pin helper; both go in the sandbox's cgroup (their memory and processes count
+    /// against the sandbox). Returns the `resolv.conf` that points the sandbox at them.
     async fn start_resolver(
         &self,
         exe: &Path,
@@ -223,18 +223,23 @@ impl ProcessBackend {
         let pending = resolver_service::spawn(exe, config, &log)
             .await
             .map_err(|e| setup(step, e))?;
-        let pid = pending.pid();
-        let Some(process) = i32::try_from(pid).ok().and_then(ProcessRef::of) else {
-            return Err(setup(step, "it exited at once"));
+        let record = |pid: u32| {
+            i32::try_from(pid)
+                .ok()
+                .and_then(ProcessRef::of)
+                .ok_or_else(|| setup(step, format!("process {pid} exited at once")))
         };
-        meta.helpers.push(process);
+        meta.helpers.push(record(pending.pid())?);
+        meta.save(dir).await?;
+        let pin_helper = pending.ready().await.map_err(|e| setup(step, e))?;
+        meta.helpers.push(record(pin_helper)?);
         meta.save(dir).await?;
         if let Some(cg) = cgroup.cloned() {
-            tokio::task::spawn_blocking(move || cg.add(process.pid))
+            let pids: Vec<i32> = meta.helpers.iter().map(|p| p.pid).collect();
+            tokio::task::spawn_blocking(move || pids.into_iter().try_for_each(|p| cg.add(p)))
                 .await?
                 .map_err(|e| setup(step, e))?;
         }
-        pending.ready().await.map_err(|e| setup(step, e))?;
         Ok(resolv_conf)
     }
 
