@@ -29,6 +29,12 @@ pub enum RemoveError {
     },
     #[error("cannot remove the network of sandbox {id}: {reason}")]
     Net { id: String, reason: String },
+    #[error("sandbox {id} records the chroot {path}, which is not under {base}: not removed")]
+    ForeignChroot {
+        id: String,
+        path: PathBuf,
+        base: PathBuf,
+    },
     #[error("cannot remove {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -121,12 +127,49 @@ pub fn remove(dir: &Path, meta: Option<&SandboxMeta>) -> Result<(), RemoveError>
                     source,
                 })?;
         }
+        if let Some(chroot) = &m.chroot {
+            remove_chroot(dir, &m.id, chroot)?;
+        }
     }
     #[allow(clippy::disallowed_methods)] // blocking by contract
     std::fs::remove_dir_all(dir).or_else(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Ok(()),
         _ => Err(RemoveError::Dir {
             path: dir.to_owned(),
+            source: e,
+        }),
+    })
+}
+
+/// Removes a sandbox's chroot (see [`SandboxMeta::chroot`]) — only strictly below
+/// `<runtime root>/jail`, the runtime root being the sandbox directory's grandparent
+/// (`<root>/sandboxes/<id>`), and only a path without `..`: a record names what it may remove,
+/// it cannot name anything else. Symbolic links inside are removed, never followed.
+fn remove_chroot(dir: &Path, id: &str, chroot: &Path) -> Result<(), RemoveError> {
+    let base = dir
+        .parent()
+        .and_then(Path::parent)
+        .map(|root| root.join(crate::JAIL_DIR));
+    let inside = base.as_ref().is_some_and(|base| {
+        chroot.is_absolute()
+            && chroot.starts_with(base)
+            && chroot != base
+            && chroot
+                .components()
+                .all(|c| !matches!(c, std::path::Component::ParentDir))
+    });
+    if !inside {
+        return Err(RemoveError::ForeignChroot {
+            id: id.to_owned(),
+            path: chroot.to_owned(),
+            base: base.unwrap_or_default(),
+        });
+    }
+    #[allow(clippy::disallowed_methods)] // blocking by contract
+    std::fs::remove_dir_all(chroot).or_else(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Ok(()),
+        _ => Err(RemoveError::Dir {
+            path: chroot.to_owned(),
             source: e,
         }),
     })
@@ -210,4 +253,66 @@ fn wait_gone(p: &ProcessRef, limit: Duration) -> Result<(), Duration> {
         pause = (pause * 2).min(Duration::from_millis(20));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // test code: blocking I/O is fine
+    use super::*;
+
+    /// A runtime root with one sandbox directory and a chroot of it under `<root>/jail`.
+    fn layout() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("sandboxes").join("sb-1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let chroot = tmp.path().join("jail").join("firecracker").join("lg1");
+        std::fs::create_dir_all(chroot.join("root").join("dev")).unwrap();
+        std::fs::write(chroot.join("root").join("vmlinux"), b"k").unwrap();
+        (tmp, dir, chroot)
+    }
+
+    fn meta_with_chroot(chroot: &Path) -> SandboxMeta {
+        let mut m = SandboxMeta::new("sb-1", "firecracker", None).unwrap();
+        m.chroot = Some(chroot.to_owned());
+        m
+    }
+
+    #[test]
+    fn the_recorded_chroot_goes_with_the_sandbox_and_its_neighbours_stay() {
+        let (tmp, dir, chroot) = layout();
+        let neighbour = tmp.path().join("jail").join("firecracker").join("lg2");
+        std::fs::create_dir_all(&neighbour).unwrap();
+        // A link out of the chroot is removed, not followed.
+        let outside = tmp.path().join("precious");
+        std::fs::write(&outside, b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, chroot.join("root").join("link")).unwrap();
+        remove(&dir, Some(&meta_with_chroot(&chroot))).unwrap();
+        assert!(!chroot.exists() && !dir.exists());
+        assert!(neighbour.exists(), "another VM's chroot was removed");
+        assert!(outside.exists(), "a symlink was followed");
+        // Already gone: nothing to do, no error.
+        std::fs::create_dir_all(&dir).unwrap();
+        remove(&dir, Some(&meta_with_chroot(&chroot))).unwrap();
+    }
+
+    #[test]
+    fn a_chroot_outside_the_runtimes_jail_is_refused_and_left_alone() {
+        let (tmp, dir, chroot) = layout();
+        let victim = tmp.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        let jail = tmp.path().join("jail");
+        for bad in [
+            victim.clone(),
+            jail.clone(),
+            jail.join("..").join("victim"),
+            PathBuf::from("jail/firecracker/lg1"),
+        ] {
+            let e = remove(&dir, Some(&meta_with_chroot(&bad))).unwrap_err();
+            assert!(
+                matches!(e, RemoveError::ForeignChroot { .. }),
+                "{bad:?}: {e}"
+            );
+        }
+        assert!(victim.exists() && chroot.exists() && dir.exists());
+    }
 }

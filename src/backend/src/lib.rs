@@ -9,6 +9,7 @@
 
 pub mod gc;
 pub mod state;
+pub mod vmm_identity;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -21,6 +22,7 @@ use luminaguard_protocol::{Client, ClientError, ClientOptions};
 
 pub use gc::{GcReport, RemoveError};
 pub use state::{ProcessRef, SandboxMeta, SandboxState, StateError};
+pub use vmm_identity::{VMM_ID_BASE, VMM_ID_RANGE, VmmIdentity};
 
 /// Why a sandbox operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -327,6 +329,15 @@ pub async fn create_private_dir(path: &Path) -> Result<(), BackendError> {
     tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))
         .await
         .map_err(io("set the permissions of"))
+}
+
+/// `<runtime root>/jail`: where jailed VMMs' chroots are ([`SandboxMeta::chroot`]); the only
+/// place a recorded chroot is removed from.
+pub const JAIL_DIR: &str = "jail";
+
+/// `<runtime root>/jail`, see [`JAIL_DIR`].
+pub fn jail_base(runtime: &RuntimeDir) -> PathBuf {
+    runtime.root().join(JAIL_DIR)
 }
 
 /// The VMM uids recorded by sandboxes under `runtime` whose init (VMM) still runs. Blocking.

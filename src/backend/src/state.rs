@@ -95,6 +95,12 @@ pub struct SandboxMeta {
     /// The uid (and gid) a microVM's VMM processes run as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm_uid: Option<u32>,
+    /// A directory of the sandbox's outside its sandbox directory: a jailed Firecracker's
+    /// chroot, `<runtime root>/jail/<exec-file-name>/<vm id>` (it lives there, not in the
+    /// sandbox directory, to keep its socket paths within a Unix socket's 107 bytes). Removed
+    /// with the sandbox, after its processes — and only if it lies under `<runtime root>/jail`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chroot: Option<PathBuf>,
     /// `Some`: the sandbox has an egress path (namespaces, links, tables named after its id)
     /// leaving through this uplink; recorded before any of it exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,6 +134,7 @@ impl SandboxMeta {
             agent_vsock_port: None,
             accel: None,
             vmm_uid: None,
+            chroot: None,
             net: None,
         })
     }

@@ -5,16 +5,25 @@
 //!
 //! 1. the sandbox directory and record (`backend: "firecracker"`, `accel: "kvm"`,
 //!    `agent_vsock_port: 1024`);
-//! 2. the cgroup (guest RAM + VMM overhead, PIDs, CPU), unless the request says without;
-//! 3. as root: the VMM's own uid/gid (recorded as `vmm_uid`), owner of the sandbox directory;
-//! 4. Firecracker, spawned into the cgroup as that uid ([`crate::launch::spawn`]) and recorded as
-//!    `init` (and `owner` for a long-lived sandbox) before it is configured;
+//! 2. as root: the VMM's own uid/gid (recorded as `vmm_uid`), owner of the sandbox directory
+//!    in direct mode;
+//! 3. direct mode: the cgroup (guest RAM + VMM overhead, PIDs, CPU), unless the request says
+//!    without. Jailer mode ([`FirecrackerBackend::with_jailer`]): the same limits as the
+//!    jailer's `--cgroup` keys; the jail is planned and its chroot
+//!    (`<runtime root>/jail/<exec-file-name>/<vm id>`, recorded as `chroot`) and the jailer's
+//!    cgroup directories (`cgroup_dirs`) recorded before anything exists;
+//! 4. Firecracker, spawned into the cgroup as that uid — or by the jailer, chrooted, in a new
+//!    PID namespace — ([`crate::launch::spawn`]), with the seccomp filter if one is set
+//!    ([`FirecrackerBackend::with_seccomp_filter`], [`FirecrackerBackend::with_custom_seccomp`]),
+//!    and recorded as `init` (the real Firecracker: in jailer mode the pid from the jailer's pid
+//!    file) and as `owner` for a long-lived sandbox, before it is configured;
 //! 5. configuration, `InstanceStart` and the agent's handshake ([`crate::launch::Spawned::boot`]).
 //!
-//! Not yet wired into the backend (the launch has them: [`crate::jailer`], [`crate::snapshot`],
-//! [`crate::seccomp`]): jailer mode, snapshots, the compiled custom seccomp filter; nor
-//! networking or a scratch disk (the guest's writable layer is the tmpfs
-//! `luminaguard.scratch_mb` sizes, as under QEMU).
+//! Removal (`destroy`, `gc`, a failed create) works from the record alone: kill `init`, remove
+//! the cgroups, the chroot and the sandbox directory.
+//!
+//! Not yet wired into the backend: snapshots ([`crate::snapshot`]), networking, a scratch disk
+//! (the guest's writable layer is the tmpfs `luminaguard.scratch_mb` sizes, as under QEMU).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,10 +36,12 @@ use luminaguard_image::store::{ArtifactKind, Image};
 use luminaguard_protocol::{AGENT_VSOCK_PORT, Client, ClientOptions};
 
 use crate::boot_args::KernelArgs;
+use crate::jailer::{CgroupVersion, JailCgroups, JailerConfig};
 use crate::launch::{
     self, LaunchConfig, LaunchError, LaunchTimings, Lifetime, RunAs, Timeouts, VmId,
 };
 use crate::models::{LogLevel, MachineConfiguration};
+use crate::seccomp::{self, SeccompError};
 
 const NAME: &str = "firecracker";
 
@@ -95,6 +106,7 @@ pub struct FirecrackerBackend {
     firecracker: PathBuf,
     image: GuestImage,
     seccomp_filter: Option<PathBuf>,
+    jailer: Option<JailerConfig>,
     client: ClientOptions,
     timeouts: Timeouts,
     entropy: bool,
@@ -108,16 +120,52 @@ impl FirecrackerBackend {
             firecracker,
             image,
             seccomp_filter: None,
+            jailer: None,
             client,
             timeouts: Timeouts::default(),
             entropy: true,
         }
     }
 
-    /// A BPF file from the same release's `seccompiler-bin`, for `--seccomp-filter`.
+    /// A BPF file from the same release's `seccompiler-bin`, for `--seccomp-filter` (in jailer
+    /// mode linked into the chroot). `None`: Firecracker's built-in filters.
     pub fn with_seccomp_filter(mut self, filter: Option<PathBuf>) -> Self {
         self.seccomp_filter = filter;
         self
+    }
+
+    /// Compiles LuminaGuard's custom policy ([`seccomp::POLICY_X86_64`]) with `seccompiler`
+    /// (the `seccompiler-bin` of the same release as the firecracker binary;
+    /// [`seccomp::find_seccompiler`] finds it) into `cache_dir` — once per policy and compiler,
+    /// later calls find the cached file — and runs every VMM with it.
+    pub async fn with_custom_seccomp(
+        self,
+        seccompiler: &Path,
+        cache_dir: &Path,
+    ) -> Result<Self, SeccompError> {
+        let bpf = seccomp::compile(seccompiler, seccomp::POLICY_X86_64, cache_dir).await?;
+        tracing::debug!(bpf = %bpf.display(), "custom seccomp filter");
+        Ok(self.with_seccomp_filter(Some(bpf)))
+    }
+
+    /// Starts every VMM through `jailer` (the same release's `jailer` binary) with
+    /// [`JailerConfig::new`]'s defaults: a new PID namespace, not daemonized (so the guest
+    /// console still reaches `console.log`). Needs root. `None`: direct mode.
+    pub fn with_jailer(self, jailer: Option<PathBuf>) -> Self {
+        self.with_jailer_config(jailer.map(JailerConfig::new))
+    }
+
+    /// [`FirecrackerBackend::with_jailer`] with every option. Per sandbox, the backend sets
+    /// `cgroups` (from the request's limits, for the host's cgroup version) and `chroot_base`
+    /// (`<runtime root>/jail`); whatever they hold here is replaced.
+    pub fn with_jailer_config(mut self, jailer: Option<JailerConfig>) -> Self {
+        self.jailer = jailer;
+        self
+    }
+
+    /// The seccomp filter every VMM gets (`None`: Firecracker's built-in filters).
+    pub fn seccomp_filter(&self) -> Option<&Path> {
+        self.seccomp_filter.as_deref()
     }
 
     pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
@@ -174,8 +222,20 @@ impl FirecrackerBackend {
                     format!("{} vCPUs: Firecracker runs 1 to 32", spec.vcpus),
                 )
             })?;
-        let cgroup = if req.without_cgroup {
+        if req.without_cgroup {
             tracing::warn!(id = %req.id, "no cgroup limits: the VMM's memory, PIDs and CPU are not capped");
+        }
+        let jailer = match &self.jailer {
+            None => None,
+            Some(_) if !nix_is_root() => {
+                return Err(setup(
+                    "jailer",
+                    "the jailer must be started as root (it chroots, makes device nodes and drops to the VMM's uid); run as root or without the jailer",
+                ));
+            }
+            Some(j) => Some(self.jailer_for(req, j).await?),
+        };
+        let cgroup = if req.without_cgroup || jailer.is_some() {
             None
         } else {
             Some(self.create_cgroup(req, dir, meta).await?)
@@ -184,8 +244,12 @@ impl FirecrackerBackend {
             let who = self.identity(req).await?;
             meta.vmm_uid = Some(who.uid);
             meta.save(dir).await?;
-            std::os::unix::fs::chown(dir, Some(who.uid), Some(who.gid))
-                .map_err(|e| setup("give the sandbox directory to the VMM's user", e))?;
+            if jailer.is_none() {
+                // A jailed VMM never sees the sandbox directory: it is chrooted, and its
+                // console and stderr are opened for it by the (root) launch.
+                std::os::unix::fs::chown(dir, Some(who.uid), Some(who.gid))
+                    .map_err(|e| setup("give the sandbox directory to the VMM's user", e))?;
+            }
             Some(who)
         } else {
             None
@@ -217,9 +281,26 @@ impl FirecrackerBackend {
                 .iter()
                 .flat_map(|cg| cg.dirs().iter().map(|d| d.join("cgroup.procs")))
                 .collect(),
-            jailer: None,
+            jailer,
         };
+        // Name the jail's chroot and cgroups in the record before the jailer creates them.
+        let planned = launch::plan_jail(&cfg).await.map_err(launch_failed)?;
+        if let Some(jail) = &planned {
+            meta.chroot = Some(jail.own.clone());
+            if let Some(version) = jail.cgroup_version {
+                meta.cgroup_version = Some(version.number());
+                meta.cgroup_dirs = jail.cgroup_dirs.clone();
+            }
+            meta.save(dir).await?;
+        }
         let spawned = launch::spawn(&cfg).await.map_err(launch_failed)?;
+        if spawned.jail() != planned.as_ref() {
+            spawned.abort().await;
+            return Err(setup(
+                "jailer",
+                "the jail built differs from the one recorded (did the firecracker binary change?)",
+            ));
+        }
         let init = i32::try_from(spawned.pid()).ok().and_then(ProcessRef::of);
         let Some(init) = init else {
             spawned.abort().await;
@@ -252,16 +333,41 @@ impl FirecrackerBackend {
         dir: &Path,
         meta: &mut SandboxMeta,
     ) -> Result<Cgroup, BackendError> {
-        let limits = Limits {
-            memory_bytes: req
-                .spec
-                .memory
-                .bytes()
-                .saturating_add(VMM_MEMORY_OVERHEAD.bytes()),
-            pids: VMM_PIDS,
-            cpus: Some(req.spec.vcpus),
+        luminaguard_backend::create_cgroup(&req.id, dir, meta, limits(req)).await
+    }
+
+    /// The jailer's options for this sandbox: its cgroup keys (the same limits as direct
+    /// mode's cgroup, in the host's version's files) unless the request says without, and the
+    /// shared chroot base `<runtime root>/jail` (created 0700: only root passes through it).
+    async fn jailer_for(
+        &self,
+        req: &CreateRequest,
+        j: &JailerConfig,
+    ) -> Result<JailerConfig, BackendError> {
+        let mut j = j.clone();
+        j.cgroups = if req.without_cgroup {
+            None
+        } else {
+            let version = tokio::task::spawn_blocking(CgroupVersion::detect).await??;
+            Some(JailCgroups::for_limits(version, &limits(req)))
         };
-        luminaguard_backend::create_cgroup(&req.id, dir, meta, limits).await
+        let base = luminaguard_backend::jail_base(&req.runtime);
+        match tokio::fs::create_dir(&base).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(setup(
+                    "create the jail base",
+                    format!("{}: {e}", base.display()),
+                ));
+            }
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        tokio::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700))
+            .await
+            .map_err(|e| setup("create the jail base", format!("{}: {e}", base.display())))?;
+        j.chroot_base = Some(base);
+        Ok(j)
     }
 
     /// The VMM's unprivileged identity: a uid/gid of its own (not one a live VMM of any backend
@@ -275,35 +381,26 @@ impl FirecrackerBackend {
             .await
             .ok()
             .map(|m| std::os::unix::fs::MetadataExt::gid(&m));
-        Ok(vmm_identity(req.id.as_str(), &taken, kvm_group))
+        Ok(RunAs::for_sandbox(&req.id, &taken, kvm_group))
+    }
+}
+
+/// The VMM's limits: guest RAM plus [`VMM_MEMORY_OVERHEAD`], [`VMM_PIDS`], a CPU per vCPU.
+fn limits(req: &CreateRequest) -> Limits {
+    Limits {
+        memory_bytes: req
+            .spec
+            .memory
+            .bytes()
+            .saturating_add(VMM_MEMORY_OVERHEAD.bytes()),
+        pids: VMM_PIDS,
+        cpus: Some(req.spec.vcpus),
     }
 }
 
 fn nix_is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// First uid/gid of the range VMMs run as, and its size (the same scheme as the QEMU backend's,
-/// so uids are unique across both: `live_vmm_uids` reads every backend's records).
-pub const VMM_ID_BASE: u32 = 0x5a00_0000;
-pub const VMM_ID_RANGE: u32 = 1 << 20;
-
-/// Derived from a digest of the whole id, moved on while `taken` holds it.
-pub fn vmm_identity(id: &str, taken: &[u32], kvm_group: Option<u32>) -> RunAs {
-    use sha2::Digest as _;
-    let digest = sha2::Sha256::digest(id.as_bytes());
-    let seed = u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]]);
-    let mut offset = seed % VMM_ID_RANGE;
-    while taken.contains(&(VMM_ID_BASE + offset)) {
-        offset = (offset + 1) % VMM_ID_RANGE;
-    }
-    let uid = VMM_ID_BASE + offset;
-    RunAs {
-        uid,
-        gid: uid,
-        groups: kvm_group.into_iter().collect(),
-    }
 }
 
 /// Waits for Firecracker so it is reaped when it exits (the guest powered off, or it was
@@ -324,22 +421,5 @@ impl Backend for FirecrackerBackend {
     async fn create(&self, req: CreateRequest) -> Result<Sandbox, BackendError> {
         luminaguard_backend::refuse_network(&req, self.name())?;
         self.create_timed(req).await.map(|(sandbox, _)| sandbox)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identities_are_stable_distinct_and_skip_taken_uids() {
-        let a = vmm_identity("task-1", &[], None);
-        assert_eq!(a, vmm_identity("task-1", &[], None));
-        assert!(a.uid >= VMM_ID_BASE && a.uid < VMM_ID_BASE + VMM_ID_RANGE);
-        assert_eq!(a.gid, a.uid);
-        assert_ne!(a.uid, vmm_identity("task_1", &[], None).uid);
-        let moved = vmm_identity("task-1", &[a.uid], Some(108));
-        assert_ne!(moved.uid, a.uid);
-        assert_eq!(moved.groups, [108]);
     }
 }

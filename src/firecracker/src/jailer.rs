@@ -228,6 +228,10 @@ pub struct JailerConfig {
     pub resource_limits: Vec<ResourceLimit>,
     /// How long the jailer may take to write its pid file.
     pub pid_file_timeout: Duration,
+    /// `--chroot-base-dir` shared by many VMs (e.g. `<runtime root>/jail`, which keeps the
+    /// socket paths in the chroot short); `None`: `<sandbox dir>/jail`, the VM's own. Under a
+    /// shared base only `<base>/<exec-file-name>/<id>` is this VM's (and removed with it).
+    pub chroot_base: Option<PathBuf>,
 }
 
 impl JailerConfig {
@@ -242,6 +246,7 @@ impl JailerConfig {
             netns: None,
             resource_limits: vec![ResourceLimit::NoFile(2048)],
             pid_file_timeout: Duration::from_secs(5),
+            chroot_base: None,
         }
     }
 }
@@ -257,8 +262,12 @@ pub mod names {
 /// One VM's jail: where things are on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Jail {
-    /// `--chroot-base-dir`: `<sandbox dir>/jail`. Removing it removes everything.
+    /// `--chroot-base-dir`: `<sandbox dir>/jail`, or a base shared by many VMs.
     pub base: PathBuf,
+    /// What is this VM's alone, and removing it removes everything of the jail but its
+    /// cgroups: `base` when it is the sandbox's own, `<base>/<exec-file-name>/<id>` under a
+    /// shared base.
+    pub own: PathBuf,
     /// `<base>/<exec-file-name>/<id>/root`: `/` for the jailed Firecracker.
     pub root: PathBuf,
     /// The file name of the Firecracker binary (after resolving links), as the jailer sees it.
@@ -271,10 +280,12 @@ pub struct Jail {
 }
 
 impl Jail {
-    /// The jail of VM `id` in sandbox directory `dir`. `firecracker` must already be
-    /// canonical (the jailer names the chroot after the resolved binary's file name).
+    /// The jail of VM `id` in sandbox directory `dir` (or under the shared `chroot_base`).
+    /// `firecracker` must already be canonical (the jailer names the chroot after the resolved
+    /// binary's file name).
     pub fn plan(
         dir: &Path,
+        chroot_base: Option<&Path>,
         firecracker: &Path,
         id: &VmId,
         cgroups: Option<&JailCgroups>,
@@ -286,10 +297,16 @@ impl Jail {
             .filter(|n| !n.is_empty())
             .ok_or_else(|| JailError::ExecName(firecracker.to_owned()))?
             .to_owned();
-        let base = dir.join(CHROOT_BASE);
-        let root = base.join(&exec_name).join(id.as_str()).join("root");
+        let base = chroot_base.map_or_else(|| dir.join(CHROOT_BASE), Path::to_owned);
+        let vm = base.join(&exec_name).join(id.as_str());
+        let root = vm.join("root");
         Ok(Self {
             pid_file: root.join(format!("{exec_name}.pid")),
+            own: if chroot_base.is_some() {
+                vm
+            } else {
+                base.clone()
+            },
             base,
             root,
             exec_name,
@@ -329,13 +346,14 @@ impl Jail {
         Ok(dst)
     }
 
-    /// Removes the chroot tree and the jailer's cgroups. The VMM must be gone.
+    /// Removes the chroot tree (what is this VM's alone: [`Jail::own`]) and the jailer's
+    /// cgroups. The VMM must be gone.
     pub async fn remove(&self) -> Result<(), JailError> {
-        let base = self.base.clone();
-        match tokio::fs::remove_dir_all(&base).await {
+        let own = self.own.clone();
+        match tokio::fs::remove_dir_all(&own).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io("remove", &base)(e)),
+            Err(e) => return Err(io("remove", &own)(e)),
         }
         if let (Some(version), false) = (self.cgroup_version, self.cgroup_dirs.is_empty()) {
             let dirs = self.cgroup_dirs.clone();
@@ -564,6 +582,7 @@ cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,nosuid,nodev,noexec,relatime,cpu,cpu
         let id = VmId::new("lg-1").unwrap();
         let jail = Jail::plan(
             Path::new("/run/lg/sb"),
+            None,
             Path::new("/opt/fc/firecracker-v1.16.1"),
             &id,
             None,
@@ -580,6 +599,30 @@ cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,nosuid,nodev,noexec,relatime,cpu,cpu
         );
         assert!(jail.cgroup_dirs.is_empty());
         assert_eq!(
+            jail.own,
+            Path::new("/run/lg/sb/jail"),
+            "all of it is this VM's"
+        );
+        // Under a shared base, only this VM's part of it.
+        let shared = Jail::plan(
+            Path::new("/run/lg/sb"),
+            Some(Path::new("/run/lg/jail")),
+            Path::new("/opt/fc/firecracker-v1.16.1"),
+            &id,
+            None,
+            MOUNTS,
+        )
+        .unwrap();
+        assert_eq!(shared.base, Path::new("/run/lg/jail"));
+        assert_eq!(
+            shared.root,
+            Path::new("/run/lg/jail/firecracker-v1.16.1/lg-1/root")
+        );
+        assert_eq!(
+            shared.own,
+            Path::new("/run/lg/jail/firecracker-v1.16.1/lg-1")
+        );
+        assert_eq!(
             jail.host_path("vmlinux").unwrap(),
             jail.root.join("vmlinux")
         );
@@ -593,6 +636,7 @@ cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,nosuid,nodev,noexec,relatime,cpu,cpu
         let id = VmId::new("lg-1").unwrap();
         let jail = Jail::plan(
             Path::new("/sb"),
+            None,
             Path::new("/bin/firecracker"),
             &id,
             None,
@@ -607,7 +651,7 @@ cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,nosuid,nodev,noexec,relatime,cpu,cpu
         let who = RunAs {
             uid: 1000,
             gid: 1001,
-            groups: vec![],
+            supplementary: vec![],
         };
         let a = argv(
             &cfg,

@@ -15,7 +15,8 @@
 //! - [`snapshot`]: pause, full snapshot, resume; restore into a new VM.
 //! - [`tools`]: where `firecracker`, `jailer` and `seccompiler-bin` are found.
 //! - [`backend`]: [`FirecrackerBackend`], the `luminaguard_backend::Backend` on top of the launch:
-//!   the sandbox's record, cgroup, unprivileged VMM user, and cleanup.
+//!   the sandbox's record, cgroup, unprivileged VMM user, jailer mode and the seccomp filter,
+//!   and cleanup.
 //! - `testing` (feature `testing`): a fake API server that checks every body against these
 //!   types and injects faults, and the guest it pretends to boot.
 //!

@@ -1142,6 +1142,8 @@ async fn real_firecracker_boots_a_sandbox_and_destroys_it() {
 // ---------------------------------------------------------------------------------------------
 // Jailer mode and snapshots, with the fakes as real processes.
 
+#[path = "firecracker/backend_jailed.rs"]
+mod backend_jailed;
 #[path = "firecracker/jailed.rs"]
 mod jailed;
 #[path = "firecracker/seccomp.rs"]

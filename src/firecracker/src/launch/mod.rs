@@ -64,6 +64,23 @@ pub struct Spawned {
     pub(crate) t0: Instant,
 }
 
+/// In jailer mode, the jail [`spawn`] will build for `cfg` — its chroot and the jailer's cgroup
+/// directories — without creating anything, so a caller can record them first; `None` in
+/// direct mode.
+pub async fn plan_jail(cfg: &LaunchConfig) -> Result<Option<Jail>, LaunchError> {
+    let Some(j) = &cfg.jailer else {
+        return Ok(None);
+    };
+    process::plan_jail(cfg, j)
+        .await
+        .map(Some)
+        .map_err(|(step, cause)| LaunchError {
+            vm_id: cfg.vm_id.to_string(),
+            step,
+            cause,
+        })
+}
+
 /// Steps 1 and 2: checks, files (and the jail), and the Firecracker process.
 pub async fn spawn(cfg: &LaunchConfig) -> Result<Spawned, LaunchError> {
     let fail = |(step, cause): (Step, Cause)| LaunchError {

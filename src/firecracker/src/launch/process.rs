@@ -86,7 +86,10 @@ pub(super) async fn prepare(cfg: &LaunchConfig) -> Result<(VmFiles, Option<Jail>
     Ok((files, jail))
 }
 
-async fn plan_jail(cfg: &LaunchConfig, j: &jailer::JailerConfig) -> Result<Jail, (Step, Cause)> {
+pub(super) async fn plan_jail(
+    cfg: &LaunchConfig,
+    j: &jailer::JailerConfig,
+) -> Result<Jail, (Step, Cause)> {
     if cfg.run_as.is_none() {
         return Err((Step::Prepare, Cause::Jail(jailer::JailError::NoIdentity)));
     }
@@ -107,6 +110,7 @@ async fn plan_jail(cfg: &LaunchConfig, j: &jailer::JailerConfig) -> Result<Jail,
     };
     let jail = Jail::plan(
         &cfg.dir,
+        j.chroot_base.as_deref(),
         &firecracker,
         &cfg.vm_id,
         j.cgroups.as_ref(),
@@ -341,7 +345,7 @@ async fn spawn_process(
             if let Some(who) = &who {
                 // Groups, then gid, then uid; the kernel clears PDEATHSIG on a credential
                 // change, so it is set after.
-                if libc::setgroups(who.groups.len(), who.groups.as_ptr()) != 0
+                if libc::setgroups(who.supplementary.len(), who.supplementary.as_ptr()) != 0
                     || libc::setresgid(who.gid, who.gid, who.gid) != 0
                     || libc::setresuid(who.uid, who.uid, who.uid) != 0
                 {

@@ -146,13 +146,9 @@ pub struct LaunchConfig {
     pub jailer: Option<JailerConfig>,
 }
 
-/// A uid, gid and supplementary groups (e.g. `/dev/kvm`'s group) to run as.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunAs {
-    pub uid: u32,
-    pub gid: u32,
-    pub groups: Vec<u32>,
-}
+/// A uid, gid and supplementary groups (e.g. `/dev/kvm`'s group) to run as: the identity every
+/// microVM backend gives its VMM (`luminaguard_backend::VmmIdentity`).
+pub use luminaguard_backend::VmmIdentity as RunAs;
 
 /// The files of one VM, as the host sees them. In direct mode they are all in the sandbox
 /// directory; in jailer mode the ones Firecracker opens are in the chroot, while its console

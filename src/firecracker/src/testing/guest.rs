@@ -159,6 +159,12 @@ async fn host_connection(
         };
         let reply = match body {
             Request::Ping => Reply::Pong,
+            Request::Exec(exec) => {
+                for reply in fake_exec(&exec.argv) {
+                    send(&mut framed, Frame::new(id, reply)).await?;
+                }
+                continue;
+            }
             Request::Shutdown => {
                 send(&mut framed, Frame::new(id, Reply::Done)).await?;
                 let _ = events.send(GuestEvent::PowerOff).await;
@@ -172,6 +178,35 @@ async fn host_connection(
         send(&mut framed, Frame::new(id, reply)).await?;
     }
     Ok(())
+}
+
+/// What the fake guest's "exec" answers: it has no programs, only `echo` (its arguments,
+/// space-separated, and a newline on stdout; status 0); anything else is not found (127), as a
+/// shell would say.
+fn fake_exec(argv: &[String]) -> Vec<Reply> {
+    let (out, code) = match argv.split_first() {
+        Some((program, args)) if program == "echo" => {
+            (Reply::Stdout(format!("{}\n", args.join(" ")).into()), 0)
+        }
+        Some((program, _)) => (
+            Reply::Stderr(format!("fake guest: {program}: not found\n").into()),
+            127,
+        ),
+        None => (Reply::Stderr("fake guest: empty argv\n".into()), 127),
+    };
+    let output_bytes = match &out {
+        Reply::Stdout(b) | Reply::Stderr(b) => u64::try_from(b.len()).unwrap_or(u64::MAX),
+        _ => 0,
+    };
+    vec![
+        Reply::Started { pid: 2 },
+        out,
+        Reply::Exited(luminaguard_protocol::ExitStatus {
+            code: Some(code),
+            output_bytes,
+            ..Default::default()
+        }),
+    ]
 }
 
 async fn send(

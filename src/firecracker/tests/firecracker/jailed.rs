@@ -56,7 +56,7 @@ fn jailed(plan: &Plan, new_pid_ns: bool, daemonize: bool, cgroups: bool) -> Jail
     cfg.run_as = Some(RunAs {
         uid: UID,
         gid: UID,
-        groups: vec![],
+        supplementary: vec![],
     });
     let mut j = JailerConfig::new(script);
     j.new_pid_ns = new_pid_ns;

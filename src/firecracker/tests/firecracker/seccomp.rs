@@ -12,7 +12,7 @@ use super::{config, images};
 
 /// A `seccompiler-bin` that insists on `--target-arch x86_64 --input-file <f> --output-file
 /// <o>`, checks the input names every thread, writes a "BPF" file and counts its runs.
-fn fake_seccompiler(dir: &Path, fail: bool) -> std::path::PathBuf {
+pub(super) fn fake_seccompiler(dir: &Path, fail: bool) -> std::path::PathBuf {
     let path = dir.join("seccompiler-bin");
     let script = format!(
         r#"#!/bin/sh

@@ -242,7 +242,7 @@ async fn real_jailed_firecracker_with_custom_seccomp_snapshots_and_restores() {
     cfg.run_as = Some(RunAs {
         uid: 0x5a0f_f100,
         gid: 0x5a0f_f100,
-        groups: vec![],
+        supplementary: vec![],
     });
     let mut j = JailerConfig::new(jailer.into());
     j.new_pid_ns = true;

@@ -1,0 +1,92 @@
+//! The unprivileged identity a microVM's VMM processes run as — one scheme for every microVM
+//! backend (QEMU, Firecracker), so uids are unique across both: [`crate::live_vmm_uids`] reads
+//! every backend's records.
+
+use luminaguard_core::SandboxId;
+
+/// First uid/gid of the range VMMs run as, and its size: far above any account a distribution
+/// creates, and unmapped to any name.
+pub const VMM_ID_BASE: u32 = 0x5a00_0000;
+pub const VMM_ID_RANGE: u32 = 1 << 20;
+
+/// A uid and gid of a sandbox's own (so two VMMs cannot signal or trace each other), and no
+/// supplementary groups but the owner group of `/dev/kvm` when KVM is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmmIdentity {
+    pub uid: u32,
+    pub gid: u32,
+    pub supplementary: Vec<u32>,
+}
+
+impl VmmIdentity {
+    /// The identity of sandbox `id`: derived from a digest (SHA-256) of the whole id, moved on
+    /// while `taken` (the uids of live VMMs, [`crate::live_vmm_uids`]) holds it.
+    pub fn for_sandbox(id: &SandboxId, taken: &[u32], kvm_group: Option<u32>) -> Self {
+        let mut offset = digest_seed(id) % VMM_ID_RANGE;
+        while taken.contains(&(VMM_ID_BASE + offset)) {
+            offset = (offset + 1) % VMM_ID_RANGE;
+        }
+        let uid = VMM_ID_BASE + offset;
+        Self {
+            uid,
+            gid: uid,
+            supplementary: kvm_group.into_iter().collect(),
+        }
+    }
+}
+
+/// The first four bytes of the id's SHA-256, little-endian.
+fn digest_seed(id: &SandboxId) -> u32 {
+    let hex = id.digest_hex();
+    let mut bytes = [0u8; 4];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        // `digest_hex` is 64 lowercase hex digits; a digit that is not hex cannot occur, and
+        // would only move the uid, which `taken` still keeps unique.
+        *b = hex
+            .get(2 * i..2 * i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or(0);
+    }
+    u32::from_le_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn id(s: &str) -> SandboxId {
+        SandboxId::new(s).unwrap()
+    }
+
+    #[test]
+    fn identities_are_stable_distinct_and_skip_taken_uids() {
+        let a = VmmIdentity::for_sandbox(&id("task-1"), &[], None);
+        assert_eq!(a, VmmIdentity::for_sandbox(&id("task-1"), &[], None));
+        assert!(a.uid >= VMM_ID_BASE && a.uid < VMM_ID_BASE + VMM_ID_RANGE);
+        assert_eq!(a.gid, a.uid);
+        assert!(a.supplementary.is_empty());
+        assert_ne!(
+            a.uid,
+            VmmIdentity::for_sandbox(&id("task_1"), &[], None).uid
+        );
+        let moved = VmmIdentity::for_sandbox(&id("task-1"), &[a.uid], Some(108));
+        assert_eq!(moved.uid, a.uid + 1, "the next free uid");
+        assert_eq!(moved.supplementary, [108]);
+    }
+
+    #[test]
+    fn the_uid_is_the_one_both_backends_derived_before_the_move() {
+        // SHA-256("task-1")[..4] little-endian, mod 2^20, + 0x5a000000 — what the QEMU and
+        // Firecracker backends each computed with their own copy of this function: a VMM uid
+        // recorded before the move is still recognised as the same sandbox's.
+        assert_eq!(
+            VmmIdentity::for_sandbox(&id("task-1"), &[], None).uid,
+            0x5a03_fa7a
+        );
+        assert_eq!(
+            VmmIdentity::for_sandbox(&id("task_1"), &[], None).uid,
+            0x5a08_5d5f
+        );
+    }
+}

@@ -1,0 +1,424 @@
+//! `FirecrackerBackend` in jailer mode, with the custom seccomp filter: the Backend interface
+//! end to end against `luminaguard-fake-jailer` starting `luminaguard-fake-firecracker` (real
+//! processes: chroot, uid drop, cgroups, a new PID namespace). Root only: the jailer needs it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use luminaguard_backend::{Backend, BackendError, CreateRequest, Sandbox, SandboxMeta};
+use luminaguard_core::{RuntimeDir, SandboxId, SandboxSpec};
+use luminaguard_firecracker::jailer::JailerConfig;
+use luminaguard_firecracker::testing::{
+    ARGV_FILE, Fault, JAILER_ARGV_FILE, PLAN_ENV, Plan, RECORD_DIR_ENV, RECORD_FILE, Recorded,
+};
+use luminaguard_firecracker::{FirecrackerBackend, GuestImage};
+use luminaguard_protocol::ExecRequest;
+
+use super::is_root;
+
+const FAKE_JAILER: &str = env!("CARGO_BIN_EXE_luminaguard-fake-jailer");
+const EXEC_NAME: &str = "luminaguard-fake-firecracker";
+
+struct Fixture {
+    tmp: tempfile::TempDir,
+    records: PathBuf,
+    runtime: RuntimeDir,
+    backend: FirecrackerBackend,
+}
+
+/// A backend whose firecracker is the fake binary itself and whose jailer is a script that
+/// runs the fake jailer with `plan` and a record directory (passed on to the fake firecracker).
+async fn fixture(plan: &Plan, configure: impl FnOnce(&mut JailerConfig)) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let records = root.join("records");
+    std::fs::create_dir(&records).unwrap();
+    let plan_file = records.join("plan.json");
+    std::fs::write(&plan_file, serde_json::to_vec(plan).unwrap()).unwrap();
+    let jailer = root.join("jailer");
+    std::fs::write(
+        &jailer,
+        format!(
+            "#!/bin/sh\n{PLAN_ENV}='{}' {RECORD_DIR_ENV}='{}' exec '{FAKE_JAILER}' \"$@\"\n",
+            plan_file.display(),
+            records.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&jailer, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = |name: &str| {
+        let p = root.join(name);
+        std::fs::write(&p, name.as_bytes()).unwrap();
+        p
+    };
+    let image = GuestImage {
+        digest: None,
+        kernel: file("vmlinux"),
+        initrd: file("initramfs.cpio"),
+        rootfs: file("rootfs.ext4"),
+    };
+    let mut j = JailerConfig::new(jailer);
+    configure(&mut j);
+    let compiler = super::seccomp::fake_seccompiler(root, false);
+    let backend = FirecrackerBackend::new(PathBuf::from(super::FAKE), image, Default::default())
+        .with_jailer_config(Some(j))
+        .with_custom_seccomp(&compiler, &root.join("seccomp-cache"))
+        .await
+        .unwrap();
+    Fixture {
+        runtime: RuntimeDir::new(root.join("rt")).unwrap(),
+        records,
+        backend,
+        tmp,
+    }
+}
+
+fn request(fx: &Fixture, id: &str, persistent: bool) -> CreateRequest {
+    CreateRequest {
+        id: SandboxId::new(id).unwrap(),
+        spec: SandboxSpec::default(),
+        workspace: None,
+        persistent,
+        without_cgroup: false,
+        runtime: fx.runtime.clone(),
+    }
+}
+
+/// What a jailed sandbox left on the host: its chroot, cgroup directories, VMM.
+struct Traces {
+    dir: PathBuf,
+    chroot: PathBuf,
+    cgroup_dirs: Vec<PathBuf>,
+    pid: Option<i32>,
+}
+
+impl Traces {
+    fn of(sandbox: &Sandbox) -> Self {
+        Self {
+            dir: sandbox.dir.clone(),
+            chroot: sandbox.meta.chroot.clone().expect("a chroot in the record"),
+            cgroup_dirs: sandbox.meta.cgroup_dirs.clone(),
+            pid: sandbox.meta.init.map(|i| i.pid),
+        }
+    }
+
+    async fn assert_gone(&self) {
+        assert!(
+            !self.dir.exists(),
+            "{} outlived removal",
+            self.dir.display()
+        );
+        assert!(
+            !self.chroot.exists(),
+            "the chroot {} outlived removal",
+            self.chroot.display()
+        );
+        for d in &self.cgroup_dirs {
+            assert!(!d.exists(), "the cgroup {} outlived removal", d.display());
+        }
+        if let Some(pid) = self.pid {
+            assert!(
+                gone_within(pid, Duration::from_secs(5)).await,
+                "the VMM {pid} outlived removal"
+            );
+        }
+    }
+}
+
+/// Alive and not a zombie.
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+async fn gone_within(pid: i32, limit: Duration) -> bool {
+    let start = std::time::Instant::now();
+    while running(pid) {
+        if start.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+fn status_field(pid: i32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_owned()))
+        .unwrap()
+}
+
+fn json_strings(path: &Path) -> Vec<String> {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn echo(words: &[&str]) -> ExecRequest {
+    ExecRequest {
+        argv: std::iter::once("echo")
+            .chain(words.iter().copied())
+            .map(String::from)
+            .collect(),
+        env: vec![],
+        clear_env: false,
+        cwd: None,
+        stdin: false,
+        timeout_ms: Some(5_000),
+        output_limit: None,
+    }
+}
+
+#[tokio::test]
+async fn a_jailed_sandbox_is_recorded_runs_a_command_and_destroy_leaves_nothing() {
+    if !is_root() {
+        eprintln!("skipped: the jailer needs root");
+        return;
+    }
+    let fx = fixture(&Plan::default(), |_| {}).await;
+    let req = request(&fx, "fcj-destroy", true);
+    let vm_id = req.id.short_name();
+    let sandbox = fx.backend.create(req).await.unwrap();
+    let meta = sandbox.meta.clone();
+    let traces = Traces::of(&sandbox);
+
+    // The chroot is where the record says, under the runtime's jail, named like the jailer
+    // names it; and it is built.
+    let jail_base = fx.runtime.root().join("jail");
+    assert_eq!(traces.chroot, jail_base.join(EXEC_NAME).join(&vm_id));
+    let root = traces.chroot.join("root");
+    assert!(root.join(EXEC_NAME).is_file() && root.join("vmlinux").is_file());
+    assert_eq!(
+        std::fs::metadata(&jail_base).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+
+    // `init` is the real Firecracker — the pid in the jailer's pid file, chrooted, running as
+    // the recorded uid, PID 1 of its own namespace — not the jailer, which has exited.
+    let init = meta.init.expect("init recorded");
+    let pid_file: i32 = std::fs::read_to_string(root.join(format!("{EXEC_NAME}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(init.pid, pid_file);
+    assert!(running(init.pid));
+    assert_eq!(meta.owner, init, "a long-lived sandbox is owned by its VMM");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/root", init.pid)).unwrap(),
+        root
+    );
+    let uid = meta.vmm_uid.expect("a VMM uid");
+    assert_eq!(
+        status_field(init.pid, "Uid:"),
+        format!("{uid}\t{uid}\t{uid}\t{uid}")
+    );
+    assert_eq!(status_field(init.pid, "NSpid:"), format!("{}\t1", init.pid));
+    // The sandbox directory stays root's: the jailed VMM never needs it.
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&traces.dir).unwrap()),
+        0
+    );
+
+    // The record names the jailer's cgroups, which hold the VMM with the sandbox's limits.
+    assert!(!traces.cgroup_dirs.is_empty());
+    assert!(
+        traces
+            .cgroup_dirs
+            .iter()
+            .all(|d| d.ends_with(Path::new("luminaguard-fc").join(&vm_id)))
+    );
+    for d in &traces.cgroup_dirs {
+        let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|l| l == init.pid.to_string()),
+            "{} not in {}: {procs}",
+            init.pid,
+            d.display()
+        );
+    }
+    let on_disk = SandboxMeta::load_blocking(&traces.dir).unwrap();
+    assert_eq!(on_disk, meta, "the record on disk is the one returned");
+
+    // The jailer was given the cgroup keys and the shared chroot base; Firecracker the custom
+    // filter, linked into the chroot.
+    let jailer_argv = json_strings(&fx.records.join(JAILER_ARGV_FILE));
+    let base_arg = jailer_argv
+        .windows(2)
+        .find(|w| w[0] == "--chroot-base-dir")
+        .map(|w| w[1].clone());
+    assert_eq!(base_arg.as_deref(), jail_base.to_str());
+    assert!(jailer_argv.iter().any(|a| a == "--new-pid-ns"));
+    assert!(
+        jailer_argv
+            .windows(2)
+            .any(|w| w[0] == "--cgroup" && w[1].starts_with("pids.max=")),
+        "{jailer_argv:?}"
+    );
+    let fc_argv = json_strings(&fx.records.join(ARGV_FILE));
+    assert_eq!(
+        &fc_argv[fc_argv.len() - 2..],
+        ["--seccomp-filter", "seccomp.bpf"]
+    );
+    assert!(!fc_argv.iter().any(|a| a == "--no-seccomp"));
+    assert_eq!(std::fs::read(root.join("seccomp.bpf")).unwrap(), b"BPF");
+    let reqs: Vec<Recorded> = std::fs::read_to_string(fx.records.join(RECORD_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(reqs.iter().all(|r| r.accepted), "{reqs:#?}");
+
+    // A command through the agent, over the jailed VMM's vsock socket.
+    let out = sandbox
+        .client()
+        .exec_output(echo(&["hello", "jail"]), None)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"hello jail\n");
+    assert!(out.status.success(), "{:?}", out.status);
+    let missing = sandbox
+        .client()
+        .exec_output(
+            ExecRequest {
+                argv: vec!["no-such-program".into()],
+                ..echo(&[])
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(missing.status.code, Some(127));
+
+    sandbox.destroy().await.unwrap();
+    traces.assert_gone().await;
+    // Other sandboxes' jails would still be there: only this VM's part of the base went.
+    assert!(jail_base.join(EXEC_NAME).exists());
+}
+
+#[tokio::test]
+async fn a_jailed_sandbox_whose_creator_died_is_collected_whole_by_gc() {
+    if !is_root() {
+        eprintln!("skipped: the jailer needs root");
+        return;
+    }
+    let fx = fixture(&Plan::default(), |_| {}).await;
+    let sandbox = fx
+        .backend
+        .create(request(&fx, "fcj-gc", false))
+        .await
+        .unwrap();
+    let traces = Traces::of(&sandbox);
+    sandbox.client().ping().await.unwrap();
+    // The creator "dies": the record's owner becomes a process that no longer exists (same
+    // pid, another start time), as after the creating command was killed.
+    let mut meta = SandboxMeta::load_blocking(&traces.dir).unwrap();
+    assert_ne!(
+        meta.owner,
+        meta.init.unwrap(),
+        "a disposable sandbox's owner is its creator"
+    );
+    meta.owner.start += 1;
+    meta.save(&traces.dir).await.unwrap();
+
+    let runtime = fx.runtime.clone();
+    let report = tokio::task::spawn_blocking(move || luminaguard_backend::gc::collect(&runtime))
+        .await
+        .unwrap();
+    assert_eq!(report.removed, ["fcj-gc"], "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    traces.assert_gone().await;
+    drop(sandbox);
+}
+
+#[tokio::test]
+async fn a_jailed_create_that_fails_at_configuration_leaves_nothing() {
+    if !is_root() {
+        eprintln!("skipped: the jailer needs root");
+        return;
+    }
+    let fx = fixture(
+        &Plan::default().fault(
+            "PUT /boot-source",
+            Fault::Status {
+                status: 400,
+                fault_message: "injected".into(),
+            },
+        ),
+        |j| j.daemonize = true,
+    )
+    .await;
+    let req = request(&fx, "fcj-fail", false);
+    let vm_id = req.id.short_name();
+    let dir = fx.runtime.sandbox_dir(&req.id).unwrap();
+    let err = fx.backend.create(req).await.unwrap_err();
+    match &err {
+        BackendError::Setup { step, reason, .. } => {
+            assert_eq!(*step, "boot-source");
+            assert!(reason.contains("injected"), "{reason}");
+        }
+        other => panic!("expected a setup error, got {other:?}"),
+    }
+    assert!(!dir.exists(), "the sandbox directory outlived the failure");
+    let chroot = fx.runtime.root().join("jail").join(EXEC_NAME).join(&vm_id);
+    assert!(!chroot.exists(), "the chroot outlived the failure");
+    assert!(no_process_with_id(&vm_id), "a VMM outlived the failure");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    for line in mounts.lines().filter(|l| l.contains(" cgroup")) {
+        let mount = line.split_whitespace().nth(1).unwrap();
+        let d = Path::new(mount).join("luminaguard-fc").join(&vm_id);
+        assert!(!d.exists(), "{} outlived the failure", d.display());
+    }
+}
+
+#[tokio::test]
+async fn a_jailer_that_fails_is_reported_and_leaves_nothing() {
+    if !is_root() {
+        eprintln!("skipped: the jailer needs root");
+        return;
+    }
+    // A jailer that exits 1 before writing its pid file.
+    let fx = fixture(&Plan::default(), |j| j.jailer = PathBuf::from("/bin/false")).await;
+    let req = request(&fx, "fcj-jailer-fails", true);
+    let vm_id = req.id.short_name();
+    let dir = fx.runtime.sandbox_dir(&req.id).unwrap();
+    let err = fx.backend.create(req).await.unwrap_err();
+    match &err {
+        BackendError::Setup { step, .. } => assert_eq!(*step, "jailer", "{err}"),
+        other => panic!("expected a setup error, got {other:?}"),
+    }
+    assert!(!dir.exists(), "the sandbox directory outlived the failure");
+    assert!(
+        !fx.runtime
+            .root()
+            .join("jail")
+            .join(EXEC_NAME)
+            .join(&vm_id)
+            .exists(),
+        "the chroot outlived the failure"
+    );
+    assert!(no_process_with_id(&vm_id));
+    assert!(!fx.records.join(ARGV_FILE).exists(), "firecracker ran");
+    drop(fx.tmp);
+}
+
+/// No live process has `--id <id>` on its command line.
+fn no_process_with_id(id: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().all(|e| {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            return true;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        !args
+            .windows(2)
+            .any(|w| w[0] == b"--id" && w[1] == id.as_bytes())
+            || !running(pid)
+    })
+}
