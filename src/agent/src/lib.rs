@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod exec;
 pub mod files;
+pub mod guest_net;
 pub mod info;
 pub mod init;
 pub mod listen;

@@ -6,7 +6,10 @@
 //! 1. mounts `/proc`, `/sys` and `/dev` (devtmpfs) in the initramfs;
 //! 2. reads `luminaguard.*` keys from `/proc/cmdline` ([`parse_cmdline`]) and the image's
 //!    [`GUEST_CONFIG`] ([`GuestConfig`]);
-//! 3. loads the kernel modules it lists, in order (`finit_module`);
+//! 3. loads the kernel modules it lists, in order (`finit_module`), and — when the command line
+//!    has `luminaguard.net=ADDR/PREFIX,GATEWAY` (a sandbox with an egress policy) — configures
+//!    the NIC `virtio_net` bound ([`crate::guest_net`]); with `luminaguard.dns=IP` (a policy
+//!    naming domains), `/etc/resolv.conf` names the sandbox's resolver once the root is up;
 //! 4. waits for the root device and mounts it read-only;
 //! 5. mounts a tmpfs of `luminaguard.scratch_mb` MiB holding the upper and work directories of
 //!    an overlayfs over the read-only root: the guest's writable view, discarded with the VM;
@@ -25,6 +28,7 @@ use luminaguard_protocol::AGENT_VSOCK_PORT;
 use nix::mount::{MsFlags, mount};
 use serde::Deserialize;
 
+use crate::guest_net::{self, GuestNet, GuestNetError};
 use crate::{AgentArgs, ListenAddr, OnExit};
 
 /// The image's description of the guest, written into the initramfs by the image builder.
@@ -88,6 +92,9 @@ pub enum VmInitError {
         path: String,
         errno: nix::Error,
     },
+    /// The network interface could not be configured.
+    #[error("step configure network: {0}")]
+    Network(#[from] GuestNetError),
     /// The agent could not start or failed.
     #[error("step serve: {0}")]
     Agent(#[from] crate::AgentError),
@@ -110,6 +117,11 @@ pub enum CmdlineError {
 pub struct BootParams {
     /// Size of the writable scratch layer, MiB (`luminaguard.scratch_mb`).
     pub scratch_mb: u64,
+    /// The NIC's configuration (`luminaguard.net`); `None`: no network.
+    pub net: Option<GuestNet>,
+    /// The sandbox's resolver (`luminaguard.dns`), written into `/etc/resolv.conf`; `None`: the
+    /// image's own file is left alone.
+    pub dns: Option<std::net::Ipv4Addr>,
     /// `luminaguard.*` keys this version does not know (ignored, reported).
     pub unknown: Vec<String>,
 }
@@ -118,6 +130,8 @@ impl Default for BootParams {
     fn default() -> Self {
         Self {
             scratch_mb: DEFAULT_SCRATCH_MB,
+            net: None,
+            dns: None,
             unknown: Vec::new(),
         }
     }
@@ -183,6 +197,26 @@ pub fn parse_cmdline(cmdline: &str) -> Result<BootParams, CmdlineError> {
                     return Err(bad(format!("must be 1 to {MAX_SCRATCH_MB} (MiB)")));
                 }
                 params.scratch_mb = mb;
+            }
+            "net" => {
+                let value = value.unwrap_or_default();
+                let net = value
+                    .parse::<GuestNet>()
+                    .map_err(|e| CmdlineError::BadValue {
+                        key: "net",
+                        value: value.chars().take(64).collect(),
+                        reason: e.to_string(),
+                    })?;
+                params.net = Some(net);
+            }
+            "dns" => {
+                let value = value.unwrap_or_default();
+                let addr = value.parse().map_err(|_| CmdlineError::BadValue {
+                    key: "dns",
+                    value: value.chars().take(64).collect(),
+                    reason: "not an IPv4 address".to_owned(),
+                })?;
+                params.dns = Some(addr);
             }
             _ => params.unknown.push(key.chars().take(64).collect()),
         }
@@ -283,9 +317,16 @@ fn run_vm_init() -> Result<(), VmInitError> {
             .map_err(VmInitError::Config)?;
     load_modules(&config.modules)?;
     let t_modules = t0.elapsed();
+    if let Some(net) = &params.net {
+        guest_net::wait_for_interface(guest_net::GUEST_IFACE, guest_net::IFACE_TIMEOUT)?;
+        guest_net::configure(guest_net::GUEST_IFACE, net)?;
+    }
     wait_for_device(&config.root.device)?;
     mount_root(&config.root, params.scratch_mb)?;
     switch_root()?;
+    if let Some(dns) = params.dns {
+        write_resolv_conf(dns)?;
+    }
     tracing::info!(
         modules = config.modules.len(),
         scratch_mb = params.scratch_mb,
@@ -462,6 +503,26 @@ fn mount_root(root: &RootConfig, scratch_mb: u64) -> Result<(), VmInitError> {
 /// The directory commands run in, in every sandbox.
 const WORKSPACE: &str = "/workspace";
 
+/// Points the guest's `/etc/resolv.conf` at the sandbox's resolver, in the writable overlay
+/// (replacing the image's file, or symlink, for this VM only).
+#[allow(clippy::disallowed_methods)] // single-threaded init, no executor exists yet
+fn write_resolv_conf(dns: std::net::Ipv4Addr) -> Result<(), VmInitError> {
+    let path = Path::new("/etc/resolv.conf");
+    let io = |op| {
+        move |source| VmInitError::Io {
+            step: "write resolv.conf",
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove")(e)),
+        _ => {}
+    }
+    std::fs::write(path, format!("nameserver {dns}\noptions edns0\n")).map_err(io("write"))
+}
+
 /// Makes the overlay `/`: moves the API filesystems into it, moves it onto `/`, chroots.
 fn switch_root() -> Result<(), VmInitError> {
     let err = |op, path: &str| {
@@ -512,6 +573,47 @@ mod tests {
             split_cmdline("x=\"a b"),
             vec![("x".to_owned(), Some("a b".to_owned()))]
         );
+    }
+
+    #[test]
+    fn reads_the_network_configuration() {
+        let p = parse_cmdline("quiet luminaguard.net=10.255.255.2/30,10.255.255.1").unwrap();
+        assert_eq!(
+            p.net,
+            Some(GuestNet {
+                addr: std::net::Ipv4Addr::new(10, 255, 255, 2),
+                prefix: 30,
+                gateway: std::net::Ipv4Addr::new(10, 255, 255, 1),
+            })
+        );
+        assert!(p.unknown.is_empty());
+        assert_eq!(parse_cmdline("quiet").unwrap().net, None);
+        for bad in [
+            "luminaguard.net",
+            "luminaguard.net=",
+            "luminaguard.net=10.0.0.2/30",
+        ] {
+            let e = parse_cmdline(bad).unwrap_err();
+            assert!(e.to_string().contains("luminaguard.net="), "{e}");
+        }
+    }
+
+    #[test]
+    fn reads_the_resolver() {
+        let p = parse_cmdline(
+            "luminaguard.net=10.255.255.2/30,10.255.255.1 luminaguard.dns=10.255.255.1",
+        )
+        .unwrap();
+        assert_eq!(p.dns, Some(std::net::Ipv4Addr::new(10, 255, 255, 1)));
+        assert_eq!(parse_cmdline("quiet").unwrap().dns, None);
+        for bad in [
+            "luminaguard.dns",
+            "luminaguard.dns=",
+            "luminaguard.dns=resolver.test",
+        ] {
+            let e = parse_cmdline(bad).unwrap_err();
+            assert!(e.to_string().contains("luminaguard.dns="), "{e}");
+        }
     }
 
     #[test]

@@ -27,6 +27,23 @@ struct Report {
     process: ProcessReport,
     qemu: QemuReport,
     firecracker: FirecrackerReport,
+    network: NetworkReport,
+}
+
+/// Whether `--net` can work here (for every backend that takes it).
+#[derive(Debug, Serialize)]
+struct NetworkReport {
+    #[serde(flatten)]
+    verdict: Verdict,
+    nft: Program,
+    /// `ip` (iproute2), found or not.
+    ip: Option<PathBuf>,
+    /// `LUMINAGUARD_UPLINK_NETNS`, or `None`: the host's own namespace.
+    uplink_netns: Option<String>,
+    /// `net.ipv4.ip_forward` in the uplink's namespace (never turned on by LuminaGuard).
+    forwarding: Option<bool>,
+    /// What sandboxes' resolvers ask (policies naming domains), or why none is known.
+    dns_upstream: Result<std::net::SocketAddr, String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -127,6 +144,79 @@ async fn program(name: &str) -> Program {
             version: None,
             error: Some(format!("does not run: {e}")),
         },
+    }
+}
+
+async fn network_report() -> NetworkReport {
+    use luminaguard_net::cmd::{self, Netns};
+    let uplink = crate::run::uplink();
+    let mut nft = program("nft").await;
+    if nft.error.is_some() {
+        nft.error = Some("nft not found on PATH (scripts/setup installs nftables)".into());
+    }
+    let ip = tokio::task::spawn_blocking(|| luminaguard_qemu::find_program("ip"))
+        .await
+        .ok()
+        .flatten();
+    let ns = Netns::from_option(uplink.netns.as_deref());
+    let forwarding = cmd::run(ns, "sysctl", &["-n", "net.ipv4.ip_forward"], None)
+        .await
+        .ok()
+        .map(|out| String::from_utf8_lossy(&out).trim() == "1");
+    let dns_upstream = match crate::run::dns_upstream() {
+        Ok(Some(u)) => Ok(u),
+        Ok(None) => luminaguard_net::resolver_service::upstream_for(&uplink)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let root = nix::unistd::geteuid().is_root();
+    // The kernel's nf_tables, asked read-only (as root: listing needs CAP_NET_ADMIN).
+    let nf_tables = match (&nft.path, root) {
+        (Some(_), true) => cmd::run(Netns::Current, "nft", &["list", "tables"], None)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        _ => Ok(()),
+    };
+    let mut notes = Vec::new();
+    if !root {
+        notes.push("needs root (network namespaces, links, nftables tables)".to_owned());
+    }
+    match (&nft.version, &nft.error) {
+        (Some(v), _) => notes.push(v.clone()),
+        (None, Some(e)) => notes.push(e.clone()),
+        (None, None) => {}
+    }
+    if let Err(e) = &nf_tables {
+        notes.push(format!("the kernel's nf_tables does not answer: {e}"));
+    }
+    if ip.is_none() {
+        notes.push("ip (iproute2) not found on PATH".into());
+    }
+    match forwarding {
+        Some(true) => notes.push("forwarding on".into()),
+        Some(false) => notes.push(
+            "net.ipv4.ip_forward is 0 in the uplink's namespace: turn it on to use --net".into(),
+        ),
+        None => notes.push("cannot read net.ipv4.ip_forward".into()),
+    }
+    match &dns_upstream {
+        Ok(u) => notes.push(format!("DNS upstream {u}")),
+        Err(e) => notes.push(format!("domains cannot be resolved: {e}")),
+    }
+    let usable = root
+        && nft.version.is_some()
+        && nf_tables.is_ok()
+        && ip.is_some()
+        && forwarding == Some(true);
+    NetworkReport {
+        verdict: Verdict { usable, notes },
+        nft,
+        ip,
+        uplink_netns: uplink.netns,
+        forwarding,
+        dns_upstream,
     }
 }
 
@@ -349,6 +439,7 @@ pub async fn run(args: DoctorArgs, config: &Config) -> anyhow::Result<ExitCode> 
     let process = tokio::task::spawn_blocking(process_report).await?;
     let qemu = qemu_report().await;
     let firecracker = firecracker_report(&qemu.kvm).await;
+    let network = network_report().await;
     let auto = auto_pick(&process, &qemu);
     let default_backend = config.defaults.backend;
     let default_usable = match default_backend {
@@ -364,6 +455,7 @@ pub async fn run(args: DoctorArgs, config: &Config) -> anyhow::Result<ExitCode> 
         process,
         qemu,
         firecracker,
+        network,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -424,6 +516,11 @@ pub async fn run(args: DoctorArgs, config: &Config) -> anyhow::Result<ExitCode> 
             );
         }
         println!("               seccomp: {}", f.seccomp_filter);
+        println!(
+            "network      {}  {}",
+            mark(report.network.verdict.usable),
+            report.network.verdict.notes.join("; ")
+        );
         println!(
             "auto         -> {} ({})",
             report.auto.backend, report.auto.why

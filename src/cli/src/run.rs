@@ -241,9 +241,7 @@ pub async fn backend(spec: &SandboxSpec, image: Option<&str>) -> anyhow::Result<
                 }
                 false => false,
             };
-            // MicroVMs have no network path yet (a tap per sandbox): a policy picks the process
-            // sandbox rather than being dropped.
-            let pick = if kvm.is_usable() && has_image && spec.network.is_none() {
+            let pick = if kvm.is_usable() && has_image {
                 BackendChoice::Qemu
             } else {
                 BackendChoice::Process
@@ -263,16 +261,19 @@ pub async fn backend(spec: &SandboxSpec, image: Option<&str>) -> anyhow::Result<
                     .with_resolver(exe, dns_upstream()?),
             )))
         }
-        BackendChoice::Qemu if !spec.network.is_none() => anyhow::bail!(
-            "network egress for microVMs (a tap device per sandbox) is not built yet: \
-             use --backend process, or drop --net"
-        ),
-        BackendChoice::Qemu => Ok(AnyBackend::Qemu(Box::new(
-            qemu_backend(image, client).await?,
-        ))),
+        BackendChoice::Qemu => {
+            let exe = std::env::current_exe()
+                .context("finding our own binary to run as the sandbox's DNS resolver")?;
+            Ok(AnyBackend::Qemu(Box::new(
+                qemu_backend(image, client)
+                    .await?
+                    .with_uplink(uplink())
+                    .with_resolver(exe, dns_upstream()?),
+            )))
+        }
         BackendChoice::Firecracker if !spec.network.is_none() => anyhow::bail!(
-            "network egress for microVMs (a tap device per sandbox) is not built yet: \
-             use --backend process, or drop --net"
+            "network egress for Firecracker (its network interface on the sandbox's tap) is not \
+             wired yet: use --backend qemu or process, or drop --net"
         ),
         BackendChoice::Firecracker => Ok(AnyBackend::Firecracker(Box::new(
             firecracker_backend(image, client).await?,
@@ -281,8 +282,9 @@ pub async fn backend(spec: &SandboxSpec, image: Option<&str>) -> anyhow::Result<
 }
 
 /// Firecracker (`LUMINAGUARD_FIRECRACKER`, else on PATH) with the image's `vmlinux`; only where
-/// KVM can run a guest — Firecracker has no emulation to fall back on. Firecracker's built-in
-/// seccomp filters apply.
+/// KVM can run a guest — Firecracker has no emulation to fall back on. Under the jailer when
+/// root and the jailer is found; with LuminaGuard's seccomp policy when `seccompiler-bin` is
+/// found, else Firecracker's built-in filters.
 async fn firecracker_backend(
     image: Option<&str>,
     client: ClientOptions,
@@ -305,11 +307,35 @@ async fn firecracker_backend(
     let image = tokio::task::spawn_blocking(move || find_image(reference.as_deref()))
         .await??
         .context("no image: run `luminaguard image build`")?;
-    Ok(FirecrackerBackend::new(
-        firecracker,
+    let mut backend = FirecrackerBackend::new(
+        firecracker.clone(),
         luminaguard_firecracker::GuestImage::from_store(&image)?,
         client,
-    ))
+    );
+    // As root, every VMM runs under the jailer (chroot, its own uid, PID namespace, cgroups)
+    // when the release's jailer is there; a run without one says so.
+    if nix::unistd::geteuid().is_root() {
+        match tools::find_tool(tools::JAILER_ENV, tools::JAILER, Some(&firecracker)).await {
+            Some(jailer) => backend = backend.with_jailer(Some(jailer)),
+            None => tracing::warn!(
+                "no jailer found ({} or next to firecracker): VMMs run unjailed, as an \
+                 unprivileged uid of their own",
+                tools::JAILER_ENV
+            ),
+        }
+    }
+    // LuminaGuard's own filter when the release's seccompiler-bin is there (a compile failure
+    // stops the run); Firecracker's built-in filters otherwise — seccomp is never off.
+    if let Some(seccompiler) =
+        luminaguard_firecracker::seccomp::find_seccompiler(Some(&firecracker)).await
+    {
+        let cache = image_store_root()?.with_file_name("firecracker-seccomp");
+        backend = backend
+            .with_custom_seccomp(&seccompiler, &cache)
+            .await
+            .context("compiling LuminaGuard's seccomp policy for Firecracker")?;
+    }
+    Ok(backend)
 }
 
 async fn qemu_backend(image: Option<&str>, client: ClientOptions) -> anyhow::Result<QemuBackend> {

@@ -351,3 +351,56 @@ fn the_resolver_runs_unprivileged_and_its_pin_helper_can_only_pin() {
     }
     assert_eq!(leftovers(&net), Vec::<String>::new());
 }
+
+/// `doctor` says whether `--net` can work, reading the uplink's namespace: forwarding on in the
+/// fake internet's host, and the DNS upstream named.
+#[test]
+fn doctor_reports_the_network_prerequisites_of_the_uplink() {
+    if !luminaguard_testkit::privileged("network egress") {
+        return;
+    }
+    let net = FakeInternet::new();
+    let out = Command::new(BIN)
+        .args(["doctor", "--json"])
+        .env("LUMINAGUARD_UPLINK_NETNS", &net.host)
+        .env("LUMINAGUARD_DNS_UPSTREAM", "198.51.100.53")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = &v["network"];
+    assert_eq!(n["usable"], true, "{n}");
+    assert_eq!(n["forwarding"], true, "{n}");
+    assert_eq!(n["uplink_netns"], net.host.as_str(), "{n}");
+    assert_eq!(n["dns_upstream"]["Ok"], "198.51.100.53:53", "{n}");
+    assert!(
+        n["nft"]["version"].as_str().unwrap().contains("nftables"),
+        "{n}"
+    );
+
+    // An uplink that does not forward: not usable, and the note says which sysctl.
+    let quiet = FakeInternet::new();
+    let st = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &quiet.host,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=0",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = Command::new(BIN)
+        .args(["doctor", "--json"])
+        .env("LUMINAGUARD_UPLINK_NETNS", &quiet.host)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = &v["network"];
+    assert_eq!(n["usable"], false, "{n}");
+    assert!(
+        n["notes"].to_string().contains("net.ipv4.ip_forward is 0"),
+        "{n}"
+    );
+}

@@ -615,3 +615,78 @@ fn a_debian_image_has_python_and_git_and_rebuilds_to_the_same_digest() {
     assert_eq!(lines[3], "/workspace");
     assert_eq!(lines[4], img.release);
 }
+
+/// A store holding an image whose root also has `bash` (its `/dev/tcp` is the guest's TCP
+/// client) and `getent` (the guest's resolver client), built once per run.
+fn net_image_store() -> PathBuf {
+    static STORE: OnceLock<PathBuf> = OnceLock::new();
+    STORE
+        .get_or_init(|| {
+            let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("qemu-net-test-images");
+            let root = base.join("root");
+            if !root.exists() {
+                let mut tools = luminaguard_image::hostroot::HOST_TOOLS.to_vec();
+                tools.extend(["bash", "getent", "grep"]);
+                luminaguard_image::hostroot::assemble(&root, &tools).unwrap();
+            }
+            let store = base.join("store");
+            let out = Command::new(BIN)
+                .args(["image", "build", "--store"])
+                .arg(&store)
+                .arg("--rootfs")
+                .arg(&root)
+                .env("RUST_LOG", "warn")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            store
+        })
+        .clone()
+}
+
+/// A microVM's domain allowlist, end to end under TCG against the fake internet: VM init points
+/// the guest's `resolv.conf` at the sandbox's resolver; an allowed name resolves and connects; a
+/// name no rule allows does not resolve; the allowed host's address, never resolved in that VM,
+/// is refused; nothing is left afterwards.
+#[test]
+fn a_microvm_resolves_and_reaches_only_allowed_names() {
+    use luminaguard_testkit::netlab::{FakeInternet, OTHER, SERVER};
+    let Some(img) = image() else { return };
+    let _l = lock();
+    let groups = sandbox_groups();
+    let store = net_image_store();
+    let mut net = FakeInternet::new();
+    let upstream = net
+        .serve_dns(&[("api.allowed.test", SERVER), ("other.test", OTHER)])
+        .to_string();
+    let rt = tempfile::tempdir().unwrap();
+    let run = |script: &str| {
+        lg(img, rt.path())
+            .env("LUMINAGUARD_IMAGE_STORE", &store)
+            .env("LUMINAGUARD_UPLINK_NETNS", &net.host)
+            .env("LUMINAGUARD_DNS_UPSTREAM", &upstream)
+            .args(["run", "--backend", "qemu", "--net", "api.allowed.test:80"])
+            .args(["--", "bash", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run("grep -x 'nameserver 10.255.255.1' /etc/resolv.conf \
+         && getent hosts api.allowed.test \
+         && exec 3<>/dev/tcp/api.allowed.test/80 && head -n1 <&3 \
+         && ! getent hosts other.test");
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(&format!("hello {SERVER}:80")), "{stdout}");
+
+    let out = run(&format!("exec 3<>/dev/tcp/{SERVER}/80"));
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert_nothing_left(rt.path(), &groups);
+    let resolvers = luminaguard_testkit::live_processes_matching(&[BIN, "dns-resolver"]);
+    assert_eq!(resolvers, Vec::new());
+}

@@ -17,14 +17,17 @@ use crate::elf::{self, EM_X86_64, ET_EXEC, ElfError};
 use crate::modules::{ModuleTree, ModulesError};
 
 /// The modules a guest needs, in the order it loads them (dependencies are added by
-/// [`ModuleTree::resolve`]): the virtio-mmio bus, the block driver for the root disk,
-/// vsock with its virtio transport (the host protocol), overlayfs (the writable layer), and
-/// ext4 (the root file system; built into Debian's cloud kernel, so usually nothing to load).
+/// [`ModuleTree::resolve`]): the virtio-mmio bus, the block driver for the root disk, the
+/// network driver (for a sandbox with an egress policy: Debian's cloud kernel has
+/// `CONFIG_VIRTIO_NET=m`; it binds nothing when the VM has no NIC), vsock with its virtio
+/// transport (the host protocol), overlayfs (the writable layer), and ext4 (the root file
+/// system; built into Debian's cloud kernel, so usually nothing to load).
 pub const GUEST_MODULES: &[&str] = &[
     "virtio_ring",
     "virtio",
     "virtio_mmio",
     "virtio_blk",
+    "virtio_net",
     "vsock",
     "vmw_vsock_virtio_transport_common",
     "vmw_vsock_virtio_transport",

@@ -21,6 +21,7 @@ const GUEST_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_console",
     "virtio_blk",
+    "virtio_net",
     "vsock",
     "vmw_vsock_virtio_transport_common",
     "vmw_vsock_virtio_transport",
@@ -136,6 +137,9 @@ fn the_real_module_tree_resolves_the_guest_modules() {
         ["virtio", "virtio_mmio"],
         ["virtio", "virtio_console"],
         ["virtio", "virtio_blk"],
+        ["virtio", "virtio_net"],
+        ["failover", "net_failover"],
+        ["net_failover", "virtio_net"],
         ["vsock", "vmw_vsock_virtio_transport_common"],
         [
             "vmw_vsock_virtio_transport_common",

@@ -16,9 +16,11 @@
 //! - [`resolver_service`]: that resolver as a process of its own per sandbox — listening in the
 //!   router namespace, asking upstream from the uplink's — and how a backend starts it;
 //!   [`pin_helper`]: its privileged half, which can only pin.
+//! - [`tap`]: microVM tap devices, made persistent and owned by the VMM in a router namespace
+//!   with the TUN ioctls, and opened there for a VMM.
 //! - [`cmd`]: running `ip`, `nft` and `sysctl` in a chosen namespace.
 //!
-//! Status: microVM tap devices come next; see `docs/network.md`.
+//! See `docs/network.md`.
 
 pub mod cmd;
 pub mod names;
@@ -27,6 +29,7 @@ pub mod pin_helper;
 pub mod plan;
 pub mod resolver;
 pub mod resolver_service;
+pub mod tap;
 pub mod topology;
 
 pub use names::NetNames;

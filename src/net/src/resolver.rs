@@ -21,9 +21,11 @@
 //! - pin timeouts are the answer's smallest TTL (along the chain) clamped to
 //!   [`ResolverConfig::min_ttl`]..=[`ResolverConfig::max_ttl`] (30 s to 1 h by default); the
 //!   TTLs sent to the sandbox are capped at the pin's, so a well-behaved client never uses an
-//!   address longer than the firewall admits it. Each answer refreshes its pins (add, delete,
-//!   add with the new timeout, in one nft transaction) — so an answer with a shorter TTL for an
-//!   address pinned earlier shortens that pin too (nft sets keep one timeout per element).
+//!   address longer than the firewall admits it. An address pinned earlier with at least half
+//!   of the new TTL left is not pinned again; the answer's TTLs are capped at what is left of
+//!   that pin instead (so repeated lookups cost one nft transaction per half-TTL, not one per
+//!   query). Otherwise the answer refreshes its pins: add, delete, add with the new timeout, in
+//!   one nft transaction (nft sets keep one timeout per element).
 //! - malformed queries get FORMERR when they carry at least a query header (the id), and are
 //!   dropped otherwise; responses are never answered (no loops, no reflection); opcodes other
 //!   than QUERY get NOTIMP; questions of a class other than IN get REFUSED.
@@ -37,12 +39,13 @@
 //! large for the client's buffer is sent truncated (TC) so that the client asks again over TCP,
 //! and a truncated answer from upstream is asked for again over TCP.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData};
@@ -449,7 +452,13 @@ pub struct Resolver<P: Pinner> {
     config: ResolverConfig,
     /// Queries (UDP) and connections (TCP) being handled: at most `config.max_in_flight`.
     slots: Arc<Semaphore>,
+    /// Elements pinned, and when the firewall lets each go (reckoned from before the pin was
+    /// asked for, so never later than the kernel's own timeout).
+    pinned: std::sync::Mutex<HashMap<PinAddr, Instant>>,
 }
+
+/// How many pinned elements the resolver remembers before it forgets the expired ones.
+const PIN_MEMORY: usize = 4096;
 
 impl<P: Pinner> Resolver<P> {
     pub fn new(policy: NamePolicy, pinner: P, upstream: Upstream, config: ResolverConfig) -> Self {
@@ -460,6 +469,7 @@ impl<P: Pinner> Resolver<P> {
             upstream,
             config,
             slots,
+            pinned: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -629,12 +639,15 @@ impl<P: Pinner> Resolver<P> {
             return error_reply(req, ResponseCode::Refused);
         }
         let (pins, ttl) = self.pins(&chain, &resp, &ports);
-        if !pins.is_empty() {
-            if let Err(e) = self.pinner.pin(&pins, ttl).await {
+        let (fresh, lifetime) = self.still_pinned(&pins, ttl);
+        if !fresh.is_empty() {
+            let asked = Instant::now();
+            if let Err(e) = self.pinner.pin(&fresh, ttl).await {
                 tracing::warn!(name = %question.name(), error = %e, "DNS answer not pinned");
                 return error_reply(req, ResponseCode::ServFail);
             }
-            tracing::debug!(name = %question.name(), addrs = %show(&pins), ?ttl, "pinned");
+            self.remember(&fresh, asked + ttl);
+            tracing::debug!(name = %question.name(), addrs = %show(&fresh), ?ttl, "pinned");
         }
         let mut reply = Message::response(req.metadata.id, OpCode::Query);
         reply.metadata.recursion_desired = req.metadata.recursion_desired;
@@ -642,7 +655,7 @@ impl<P: Pinner> Resolver<P> {
         reply.metadata.recursion_available = true;
         reply.metadata.response_code = resp.metadata.response_code;
         reply.queries = req.queries.clone();
-        let cap = u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX);
+        let cap = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
         reply.answers = resp
             .answers
             .into_iter()
@@ -661,6 +674,44 @@ impl<P: Pinner> Resolver<P> {
             reply.set_edns(edns);
         }
         reply
+    }
+
+    /// Of `pins` (for `ttl`), those that need pinning now — never pinned, or with less than
+    /// half of `ttl` left — and how long every answered address stays admitted: `ttl`, or less
+    /// when a pin made earlier is reused. An address asked for again and again thus costs one
+    /// `nft` transaction per half-TTL, not one per query; the TTLs sent on are capped at what
+    /// is left, so a client never holds an address longer than the firewall admits it.
+    fn still_pinned(&self, pins: &[PinAddr], ttl: Duration) -> (Vec<PinAddr>, Duration) {
+        let now = Instant::now();
+        let mut lifetime = ttl;
+        let mut fresh = Vec::new();
+        let pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
+        for p in pins {
+            match pinned
+                .get(p)
+                .map(|until| until.saturating_duration_since(now))
+            {
+                Some(left) if left >= ttl / 2 => lifetime = lifetime.min(left),
+                _ => fresh.push(*p),
+            }
+        }
+        (fresh, lifetime)
+    }
+
+    /// Records that `pins` are admitted until `until`.
+    fn remember(&self, pins: &[PinAddr], until: Instant) {
+        let mut pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
+        if pinned.len() + pins.len() > PIN_MEMORY {
+            let now = Instant::now();
+            pinned.retain(|_, t| *t > now);
+        }
+        if pinned.len() + pins.len() > PIN_MEMORY {
+            // Still full of live pins: forget them all — they are pinned again when asked.
+            pinned.clear();
+        }
+        for p in pins {
+            pinned.insert(*p, until);
+        }
     }
 
     /// The addresses to pin for an answer whose chain is `chain`, and for how long.
@@ -974,6 +1025,49 @@ mod tests {
             .expect("the resolver answers")
             .unwrap();
         Message::from_vec(&buf[..n]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_pin_still_good_is_reused_and_the_answer_capped_at_what_is_left() {
+        let up = fake_upstream(vec![a("api.example.com.", "198.51.100.10", 1)]).await;
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let pinner = FakePinner {
+            events: Arc::clone(&events),
+            ..FakePinner::default()
+        };
+        let second = Duration::from_secs(1);
+        let r = Resolver::new(
+            NamePolicy::from_plan(&plan(&["api.example.com:443"], &[])),
+            pinner,
+            Upstream::new(up.addr),
+            ResolverConfig {
+                upstream_timeout: Duration::from_millis(500),
+                min_ttl: second,
+                max_ttl: second,
+                ..ResolverConfig::default()
+            },
+        );
+        let server = serve(r).await;
+        let pinned = || events.lock().unwrap().len();
+        ask(server, "api.example.com.").await;
+        assert_eq!(pinned(), 1);
+        // Asked again at once: upstream is asked (answers are not cached), the pin is not.
+        let again = ask(server, "api.example.com.").await;
+        assert_eq!(
+            pinned(),
+            1,
+            "a pin with more than half its time left is reused"
+        );
+        assert_eq!(up.asked.lock().unwrap().len(), 2);
+        assert!(
+            again.answers.iter().all(|r| r.ttl <= 1),
+            "{:?}",
+            again.answers
+        );
+        // Once less than half of it is left, the next answer pins again.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        ask(server, "api.example.com.").await;
+        assert_eq!(pinned(), 2, "a pin about to expire is renewed");
     }
 
     #[tokio::test]

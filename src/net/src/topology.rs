@@ -9,6 +9,10 @@
 //!                                                                        but replies
 //! ```
 //!
+//! A microVM gets no sandbox namespace: its inner link is a tap device named `sbx0` in the router
+//! namespace ([`SandboxLink::Tap`], see [`crate::tap`]), so the router table's rules apply
+//! unchanged and the guest configures `10.255.255.2/30` on its virtio NIC itself.
+//!
 //! The inner link's addresses are the same for every sandbox (each pair of namespaces holds one
 //! sandbox only); the uplink's /30 (A, B) is allocated from a pool, unique in the uplink
 //! namespace, under a lock. The sandbox never holds a capability over the router namespace: the
@@ -30,6 +34,7 @@ use crate::cmd::{CmdError, Netns};
 use crate::names::{NetNames, inner};
 use crate::nft::{self, Interfaces};
 use crate::plan::{FirewallPlan, PlanError};
+use crate::tap::{self, FrameFormat, TapError, TapOwner};
 
 /// The sandbox's address on its inner link.
 pub const SANDBOX_ADDR: Ipv4Addr = Ipv4Addr::new(10, 255, 255, 2);
@@ -65,6 +70,17 @@ impl Uplink {
     }
 }
 
+/// How the sandbox is attached to its router namespace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SandboxLink {
+    /// A process sandbox: a namespace of its own (`lgn-…`) holding `eth0`, a veth pair's end.
+    #[default]
+    Veth,
+    /// A microVM: a persistent tap device `sbx0` in the router namespace, owned by the VMM's
+    /// identity; no sandbox namespace. The guest addresses its NIC itself.
+    Tap(TapOwner),
+}
+
 /// The steps of [`create`], in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -72,7 +88,10 @@ pub enum Step {
     AllocateUplink,
     CreateNamespaces,
     CreateUplink,
+    /// Tap only: the tap device in the router namespace.
+    CreateTap,
     CreateRouterLinks,
+    /// Veth only: the sandbox namespace's address and route.
     ConfigureSandbox,
     EnableRouting,
     RouterFirewall,
@@ -80,11 +99,12 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::CheckForwarding,
         Self::AllocateUplink,
         Self::CreateNamespaces,
         Self::CreateUplink,
+        Self::CreateTap,
         Self::CreateRouterLinks,
         Self::ConfigureSandbox,
         Self::EnableRouting,
@@ -92,15 +112,32 @@ impl Step {
         Self::UplinkFirewall,
     ];
 
+    /// Whether a set-up for `link` runs this step.
+    pub fn applies_to(self, link: &SandboxLink) -> bool {
+        match self {
+            Self::CreateTap => matches!(link, SandboxLink::Tap(_)),
+            Self::ConfigureSandbox => matches!(link, SandboxLink::Veth),
+            _ => true,
+        }
+    }
+
+    /// The steps a set-up for `link` runs, in order.
+    pub fn for_link(link: &SandboxLink) -> impl Iterator<Item = Self> + '_ {
+        Self::ALL.into_iter().filter(|s| s.applies_to(link))
+    }
+
     fn describe(self) -> &'static str {
         match self {
             Self::CheckForwarding => "check that the uplink namespace forwards IPv4",
             Self::AllocateUplink => "allocate the uplink's addresses",
-            Self::CreateNamespaces => "create the router and sandbox network namespaces",
+            Self::CreateNamespaces => "create the sandbox's network namespaces",
             Self::CreateUplink => "create the uplink veth pair",
+            Self::CreateTap => "create the microVM's tap device in the router namespace",
             Self::CreateRouterLinks => "create and address the router's links",
             Self::ConfigureSandbox => "address the sandbox's interface",
-            Self::EnableRouting => "enable forwarding in the router namespace",
+            Self::EnableRouting => {
+                "enable forwarding and reverse-path filtering in the router namespace"
+            }
             Self::RouterFirewall => "load the sandbox's firewall in its router namespace",
             Self::UplinkFirewall => "register the uplink in the uplink namespace's table",
         }
@@ -147,10 +184,31 @@ pub struct Egress {
     pub names: NetNames,
     pub plan: FirewallPlan,
     pub addrs: UplinkAddrs,
+    /// How the sandbox is attached ([`SandboxLink::Veth`] unless made by [`create_with_link`]).
+    pub link: SandboxLink,
 }
 
 impl Egress {
-    /// `/run/netns/<sandbox netns>`: what the sandbox's first process joins.
+    /// `/run/netns/<router netns>`: where the sandbox's firewall — and a microVM's tap — live.
+    pub fn router_netns_path(&self) -> PathBuf {
+        netns_path(&self.names.router_netns)
+    }
+
+    /// The name of a microVM's tap device in the router namespace (`sbx0`).
+    pub fn tap_name(&self) -> &'static str {
+        inner::ROUTER_SANDBOX
+    }
+
+    /// Attaches to a microVM's tap device and returns its descriptor: for QEMU's
+    /// `-netdev tap,fd=N` (with [`FrameFormat::VnetHdr`]), so that QEMU needs neither the router
+    /// namespace nor a capability. The descriptor keeps the router namespace alive while open:
+    /// close it once the VMM holds its own copy.
+    pub async fn open_tap(&self, format: FrameFormat) -> Result<OwnedFd, TapError> {
+        tap::open(&self.router_netns_path(), inner::ROUTER_SANDBOX, format).await
+    }
+
+    /// `/run/netns/<sandbox netns>`: what the sandbox's first process joins (veth only: a
+    /// microVM has no sandbox namespace).
     pub fn sandbox_netns_path(&self) -> PathBuf {
         netns_path(&self.names.sandbox_netns)
     }
@@ -176,16 +234,32 @@ pub struct Options<'a> {
     pub fail_at: Option<Step>,
 }
 
-/// Builds the sandbox's egress path for `policy` (an egress policy; `none` needs no network
-/// objects at all). On any failure, removes whatever it made.
+/// Builds a process sandbox's egress path for `policy` (an egress policy; `none` needs no
+/// network objects at all): [`create_with_link`] with [`SandboxLink::Veth`].
 pub async fn create(
     id: &SandboxId,
     policy: &NetworkPolicy,
     opts: &Options<'_>,
 ) -> Result<Egress, NetError> {
+    create_with_link(id, policy, opts, SandboxLink::Veth).await
+}
+
+/// Builds the sandbox's egress path for `policy`, attached by `link`. On any failure, removes
+/// whatever it made.
+pub async fn create_with_link(
+    id: &SandboxId,
+    policy: &NetworkPolicy,
+    opts: &Options<'_>,
+    link: SandboxLink,
+) -> Result<Egress, NetError> {
     let names = NetNames::for_sandbox(id);
-    match build(id, policy, &names, opts).await {
-        Ok((plan, addrs)) => Ok(Egress { names, plan, addrs }),
+    match build(id, policy, &names, opts, &link).await {
+        Ok((plan, addrs)) => Ok(Egress {
+            names,
+            plan,
+            addrs,
+            link,
+        }),
         Err(e) => {
             if let Err(cleanup) = remove(&names, opts.uplink).await {
                 tracing::error!(%id, error = %cleanup, "rolling back a failed network set-up");
@@ -200,6 +274,7 @@ async fn build(
     policy: &NetworkPolicy,
     names: &NetNames,
     opts: &Options<'_>,
+    link: &SandboxLink,
 ) -> Result<(FirewallPlan, UplinkAddrs), NetError> {
     let fail = |step: Step| {
         move |reason: String| NetError::Setup {
@@ -238,7 +313,7 @@ async fn build(
         .ok_or_else(|| fail(Step::AllocateUplink)("the policy allows no network".into()))?;
 
     gate(Step::CreateNamespaces)?;
-    create_namespaces(names)
+    create_namespaces(names, link)
         .await
         .map_err(fail(Step::CreateNamespaces))?;
 
@@ -248,15 +323,28 @@ async fn build(
     drop(lock);
     made.map_err(fail(Step::CreateUplink))?;
 
+    if let SandboxLink::Tap(owner) = link {
+        gate(Step::CreateTap)?;
+        tap::create_persistent(
+            &netns_path(&names.router_netns),
+            inner::ROUTER_SANDBOX,
+            *owner,
+        )
+        .await
+        .map_err(|e| fail(Step::CreateTap)(e.to_string()))?;
+    }
+
     gate(Step::CreateRouterLinks)?;
-    create_router_links(names, addrs)
+    create_router_links(names, addrs, link)
         .await
         .map_err(fail(Step::CreateRouterLinks))?;
 
-    gate(Step::ConfigureSandbox)?;
-    configure_sandbox(names)
-        .await
-        .map_err(fail(Step::ConfigureSandbox))?;
+    if *link == SandboxLink::Veth {
+        gate(Step::ConfigureSandbox)?;
+        configure_sandbox(names)
+            .await
+            .map_err(fail(Step::ConfigureSandbox))?;
+    }
 
     gate(Step::EnableRouting)?;
     enable_routing(names)
@@ -383,15 +471,15 @@ async fn allocate(id: &SandboxId, uplink: &Uplink) -> Result<(UplinkAddrs, Vec<I
     ))
 }
 
-async fn create_namespaces(names: &NetNames) -> Result<(), String> {
-    ip_batch(
-        Netns::Current,
-        &format!(
+async fn create_namespaces(names: &NetNames, link: &SandboxLink) -> Result<(), String> {
+    let script = match link {
+        SandboxLink::Veth => format!(
             "netns add {}\nnetns add {}\n",
             names.router_netns, names.sandbox_netns
         ),
-    )
-    .await
+        SandboxLink::Tap(_) => format!("netns add {}\n", names.router_netns),
+    };
+    ip_batch(Netns::Current, &script).await
 }
 
 async fn create_uplink(names: &NetNames, uplink: &Uplink, a: UplinkAddrs) -> Result<(), String> {
@@ -410,11 +498,26 @@ async fn create_uplink(names: &NetNames, uplink: &Uplink, a: UplinkAddrs) -> Res
     .await
 }
 
-async fn create_router_links(names: &NetNames, a: UplinkAddrs) -> Result<(), String> {
+async fn create_router_links(
+    names: &NetNames,
+    a: UplinkAddrs,
+    link: &SandboxLink,
+) -> Result<(), String> {
+    // A microVM's `sbx0` exists already (the tap); a process sandbox's is made here, its peer
+    // going straight into the sandbox namespace.
+    let veth = match link {
+        SandboxLink::Veth => format!(
+            "link add {} type veth peer name {} netns {}\n",
+            inner::ROUTER_SANDBOX,
+            inner::SANDBOX,
+            names.sandbox_netns
+        ),
+        SandboxLink::Tap(_) => String::new(),
+    };
     ip_batch(
         Netns::Named(&names.router_netns),
         &format!(
-            "link add {sbx} type veth peer name {eth} netns {sandbox}\n\
+            "{veth}\
              addr add {router}/{INNER_PREFIX} dev {up}\n\
              addr add {ROUTER_INNER_ADDR}/{INNER_PREFIX} dev {sbx}\n\
              link set lo up\n\
@@ -422,9 +525,7 @@ async fn create_router_links(names: &NetNames, a: UplinkAddrs) -> Result<(), Str
              link set {sbx} up\n\
              route add default via {host} dev {up}\n",
             sbx = inner::ROUTER_SANDBOX,
-            eth = inner::SANDBOX,
             up = inner::ROUTER_UPLINK,
-            sandbox = names.sandbox_netns,
             router = a.router,
             host = a.host,
         ),
@@ -448,10 +549,17 @@ async fn configure_sandbox(names: &NetNames) -> Result<(), String> {
 
 async fn enable_routing(names: &NetNames) -> Result<(), String> {
     // Namespace-local: the router namespace forwards; the host's setting is not touched.
+    // Strict reverse-path filtering: a packet from the sandbox whose source address is not
+    // reachable back through the sandbox's link (anything but the inner /30) is dropped on
+    // arrival. A process cannot forge one (no raw sockets); a microVM's guest writes whole frames.
     crate::cmd::run(
         Netns::Named(&names.router_netns),
         "sysctl",
-        &["-qw", "net.ipv4.ip_forward=1"],
+        &[
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.rp_filter=1",
+        ],
         None,
     )
     .await

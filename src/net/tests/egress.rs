@@ -8,11 +8,18 @@
     clippy::disallowed_methods
 )] // test code
 
+mod frames;
+
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
+use frames::Vm;
 use luminaguard_core::{NetworkPolicy, SandboxId};
-use luminaguard_net::topology::{self, Options, Step};
+use luminaguard_net::tap::{FrameFormat, TapOwner};
+use luminaguard_net::topology::{
+    self, Options, ROUTER_INNER_ADDR, SANDBOX_ADDR, SandboxLink, Step,
+};
 use luminaguard_net::{NetNames, Uplink};
 use luminaguard_testkit::netlab::{
     FakeInternet, HOST_ADDR, METADATA, NEIGHBOUR, OTHER, SERVER, UDP_PORT, ping_reaches,
@@ -297,13 +304,35 @@ async fn a_failure_at_any_step_leaves_nothing_behind() {
     let sid = id("egress-inject");
     let names = lab.fresh(&sid);
     let allow = policy(&[&format!("{SERVER}:80")], &[]);
-    for step in Step::ALL {
-        let err = topology::create(&sid, &allow, &lab.opts(Some(step)))
-            .await
-            .expect_err("an injected failure must fail the set-up");
-        assert!(err.to_string().contains(&step.to_string()), "{err}");
-        assert_eq!(lab.remaining(&names), Vec::<String>::new(), "after {step}");
+    let mut injected = Vec::new();
+    for link in [SandboxLink::Veth, SandboxLink::Tap(VMM)] {
+        for step in Step::for_link(&link) {
+            let err = topology::create_with_link(&sid, &allow, &lab.opts(Some(step)), link)
+                .await
+                .expect_err("an injected failure must fail the set-up");
+            assert!(err.to_string().contains(&step.to_string()), "{err}");
+            assert_eq!(
+                lab.remaining(&names),
+                Vec::<String>::new(),
+                "{link:?}, after {step}"
+            );
+            injected.push(step);
+        }
     }
+    for step in Step::ALL {
+        assert!(injected.contains(&step), "{step} was never injected");
+    }
+    // A step a link does not run cannot fail it.
+    let eg = topology::create_with_link(
+        &sid,
+        &allow,
+        &lab.opts(Some(Step::ConfigureSandbox)),
+        SandboxLink::Tap(VMM),
+    )
+    .await
+    .unwrap();
+    topology::remove(&eg.names, &lab.uplink).await.unwrap();
+    assert_eq!(lab.remaining(&names), Vec::<String>::new());
     // And a real one: an uplink namespace that does not forward.
     Command::new("ip")
         .args([
@@ -330,28 +359,45 @@ async fn gc_finds_and_removes_leftovers_of_dead_sandboxes_only() {
     }
     let lab = Lab::new();
     let allow = policy(&[&format!("{SERVER}:80")], &[]);
-    let (live, dead) = (id("gc-live"), id("gc-dead"));
-    lab.fresh(&live);
-    lab.fresh(&dead);
+    let (live, dead, dead_vm) = (id("gc-live"), id("gc-dead"), id("gc-dead-vm"));
+    for s in [&live, &dead, &dead_vm] {
+        lab.fresh(s);
+    }
     let kept = topology::create(&live, &allow, &lab.opts(None))
         .await
         .unwrap();
     let lost = topology::create(&dead, &allow, &lab.opts(None))
         .await
         .unwrap();
+    // A microVM's: a router namespace (with its tap) and an uplink, no sandbox namespace.
+    let lost_vm =
+        topology::create_with_link(&dead_vm, &allow, &lab.opts(None), SandboxLink::Tap(VMM))
+            .await
+            .unwrap();
     let found = topology::leftovers(std::slice::from_ref(&live), &lab.uplink)
         .await
         .unwrap();
-    // Other tests run in parallel: only assert about this test's two sandboxes.
+    // Other tests run in parallel: only assert about this test's sandboxes.
     assert!(found.netns.contains(&lost.names.router_netns));
     assert!(found.netns.contains(&lost.names.sandbox_netns));
+    assert!(found.netns.contains(&lost_vm.names.router_netns));
     assert!(!found.netns.contains(&kept.names.router_netns));
-    assert_eq!(found.links, vec![lost.names.uplink_host.clone()]);
-    assert_eq!(found.registered, vec![lost.names.uplink_host.clone()]);
+    let mut uplinks = vec![
+        lost.names.uplink_host.clone(),
+        lost_vm.names.uplink_host.clone(),
+    ];
+    uplinks.sort();
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(found.links.clone()), uplinks);
+    assert_eq!(sorted(found.registered.clone()), uplinks);
     let mine = topology::Leftovers {
         netns: vec![
             lost.names.router_netns.clone(),
             lost.names.sandbox_netns.clone(),
+            lost_vm.names.router_netns.clone(),
         ],
         ..found
     };
@@ -359,6 +405,12 @@ async fn gc_finds_and_removes_leftovers_of_dead_sandboxes_only() {
         .await
         .unwrap();
     assert_eq!(lab.remaining(&lost.names), Vec::<String>::new());
+    assert_eq!(lab.remaining(&lost_vm.names), Vec::<String>::new());
+    assert_eq!(
+        (vmm_taps(None), vmm_taps(Some(&lab.net.host))),
+        (vec![], vec![]),
+        "the tap went with its namespace"
+    );
     assert!(
         tcp_reaches(&kept.names.sandbox_netns, SERVER, 80),
         "the live one still works"
@@ -366,7 +418,8 @@ async fn gc_finds_and_removes_leftovers_of_dead_sandboxes_only() {
     topology::remove(&kept.names, &lab.uplink).await.unwrap();
 }
 
-/// 500 create/remove cycles leave no namespace, link or table.
+/// 500 create/remove cycles — process sandboxes and microVMs alternating — leave no namespace,
+/// link or table.
 #[tokio::test]
 async fn five_hundred_cycles_leave_nothing() {
     if !privileged("egress firewall tests") {
@@ -381,7 +434,12 @@ async fn five_hundred_cycles_leave_nothing() {
     for i in 0..cycles {
         let sid = id(&format!("cycle-{i}"));
         lab.fresh(&sid);
-        let eg = topology::create(&sid, &allow, &lab.opts(None))
+        let link = if i % 2 == 0 {
+            SandboxLink::Veth
+        } else {
+            SandboxLink::Tap(VMM)
+        };
+        let eg = topology::create_with_link(&sid, &allow, &lab.opts(None), link)
             .await
             .unwrap_or_else(|e| panic!("cycle {i}: {e}"));
         topology::remove(&eg.names, &lab.uplink)
@@ -397,4 +455,349 @@ async fn five_hundred_cycles_leave_nothing() {
         let names = NetNames::for_sandbox(&id(&format!("cycle-{i}")));
         assert_eq!(lab.remaining(&names), Vec::<String>::new(), "cycle {i}");
     }
+    assert_eq!(
+        (vmm_taps(None), vmm_taps(Some(&lab.net.host))),
+        (vec![], vec![]),
+        "no tap device outlived its router namespace"
+    );
+}
+
+/// The VMM identity the tap tests give their devices (no such account needs to exist).
+const VMM: TapOwner = TapOwner {
+    uid: 4_242_000,
+    gid: 4_242_001,
+};
+
+/// `ip -d -j <args>` in a namespace (the current one for `None`).
+fn links(netns: Option<&str>, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = netns {
+        cmd.args(["-n", ns]);
+    }
+    let out = cmd.args(["-d", "-j"]).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match serde_json::from_slice(&out.stdout) {
+        Ok(serde_json::Value::Array(v)) => v,
+        _ => Vec::new(),
+    }
+}
+
+/// Tap devices owned by the tests' VMM identity in a namespace (the current one for `None`):
+/// a tap that outlived its router namespace would have been pushed to another one.
+fn vmm_taps(netns: Option<&str>) -> Vec<String> {
+    links(netns, &["link", "show", "type", "tun"])
+        .into_iter()
+        .filter(|l| l["linkinfo"]["info_data"]["user"] == VMM.uid)
+        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// What came back for one probe from the "VM".
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    /// The UDP echo server's datagram.
+    Echo(Vec<u8>),
+    /// A TCP SYN-ACK from the server.
+    SynAck,
+    /// ICMP destination unreachable, "communication administratively prohibited" (code 13),
+    /// about this destination and port.
+    Prohibited,
+    Nothing,
+}
+
+const WAIT: Duration = Duration::from_secs(2);
+
+fn udp_probe(vm: &mut Vm, dst: std::net::Ipv4Addr, port: u16, sport: u16) -> Answer {
+    let data = format!("hello from the vm to {dst}:{port}").into_bytes();
+    vm.send(&frames::udp(vm.ip, sport, dst, port, &data));
+    vm.receive(WAIT, |p| {
+        if let Some((from, to, got)) = p.udp() {
+            if p.src == dst && from == port && to == sport {
+                return Some(Answer::Echo(got.to_vec()));
+            }
+        }
+        match p.unreachable() {
+            Some((13, d, dp)) if d == dst && dp == port => Some(Answer::Prohibited),
+            _ => None,
+        }
+    })
+    .unwrap_or(Answer::Nothing)
+}
+
+fn tcp_probe(vm: &mut Vm, dst: std::net::Ipv4Addr, port: u16, sport: u16) -> Answer {
+    vm.send(&frames::tcp(vm.ip, sport, dst, port, 0x4c47_0001, 0x02));
+    let answer = vm
+        .receive(WAIT, |p| {
+            if let Some((from, to, flags)) = p.tcp() {
+                if p.src == dst && from == port && to == sport && flags & 0x12 == 0x12 {
+                    return Some(Answer::SynAck);
+                }
+            }
+            match p.unreachable() {
+                Some((13, d, dp)) if d == dst && dp == port => Some(Answer::Prohibited),
+                _ => None,
+            }
+        })
+        .unwrap_or(Answer::Nothing);
+    if answer == Answer::SynAck {
+        // Reset the half-open connection rather than leave the server retrying.
+        vm.send(&frames::tcp(vm.ip, sport, dst, port, 0x4c47_0002, 0x04));
+    }
+    answer
+}
+
+/// A microVM's path: a persistent tap `sbx0` in the router namespace, owned by the VMM, no
+/// sandbox namespace — and the test, playing the guest, speaks raw Ethernet frames on it: the
+/// allowed UDP and TCP port answer, everything else is refused by the router table with ICMP
+/// "administratively prohibited".
+#[tokio::test]
+async fn a_microvm_tap_reaches_the_allowed_port_and_is_refused_the_rest() {
+    if !privileged("egress firewall tests") {
+        return;
+    }
+    let lab = Lab::new();
+    let sid = id("egress-tap");
+    lab.fresh(&sid);
+    let eg = topology::create_with_link(
+        &sid,
+        &policy(&[&format!("{SERVER}:80")], &[]),
+        &lab.opts(None),
+        SandboxLink::Tap(VMM),
+    )
+    .await
+    .unwrap();
+    assert_eq!(eg.link, SandboxLink::Tap(VMM));
+    assert!(
+        !eg.sandbox_netns_path().exists(),
+        "a microVM gets no sandbox namespace"
+    );
+    let sbx0 = links(
+        Some(&eg.names.router_netns),
+        &["addr", "show", "dev", eg.tap_name()],
+    );
+    let [sbx0] = sbx0.as_slice() else {
+        panic!("{sbx0:?}")
+    };
+    assert_eq!(
+        sbx0["linkinfo"]["info_data"],
+        serde_json::json!({"type": "tap", "pi": false, "vnet_hdr": true, "multi_queue": false,
+            "persist": true, "user": VMM.uid, "group": VMM.gid}),
+        "{sbx0}"
+    );
+    assert_eq!(sbx0["addr_info"][0]["local"], ROUTER_INNER_ADDR.to_string());
+    assert_eq!(sbx0["addr_info"][0]["prefixlen"], 30);
+    // Up, and persisting with nobody attached (hence no carrier yet).
+    let flags = sbx0["flags"].to_string();
+    assert!(
+        flags.contains("\"UP\"") && flags.contains("NO-CARRIER"),
+        "{flags}"
+    );
+
+    let tap = eg.open_tap(FrameFormat::Plain).await.unwrap();
+    let mut vm = Vm::new(tap, SANDBOX_ADDR, ROUTER_INNER_ADDR);
+    assert_eq!(
+        udp_probe(&mut vm, SERVER, UDP_PORT, 40_001),
+        Answer::Echo(format!("hello from the vm to {SERVER}:{UDP_PORT}").into_bytes()),
+        "the allowed host:port, over UDP"
+    );
+    assert_eq!(
+        tcp_probe(&mut vm, SERVER, 80, 40_002),
+        Answer::SynAck,
+        "and TCP"
+    );
+    assert_eq!(
+        tcp_probe(&mut vm, SERVER, 81, 40_003),
+        Answer::Prohibited,
+        "another port of the allowed host"
+    );
+    assert_eq!(
+        udp_probe(&mut vm, NEIGHBOUR, UDP_PORT, 40_004),
+        Answer::Prohibited,
+        "another host"
+    );
+    assert_eq!(
+        udp_probe(&mut vm, METADATA, UDP_PORT, 40_005),
+        Answer::Prohibited,
+        "cloud metadata"
+    );
+    assert_eq!(
+        tcp_probe(&mut vm, HOST_ADDR, 80, 40_006),
+        Answer::Prohibited,
+        "the host's own address"
+    );
+    drop(vm);
+
+    topology::remove(&eg.names, &lab.uplink).await.unwrap();
+    assert_eq!(lab.remaining(&eg.names), Vec::<String>::new());
+    assert_eq!(
+        (vmm_taps(None), vmm_taps(Some(&lab.net.host))),
+        (vec![], vec![]),
+        "the persistent tap went with its namespace, not to another one"
+    );
+}
+
+nix::ioctl_write_ptr_bad!(
+    tun_set_iff,
+    nix::request_code_write!(b'T', 202, std::mem::size_of::<nix::libc::c_int>()),
+    [u8; 40]
+);
+
+/// Attaches to `sbx0` in `router` the way a VMM does by name (Firecracker): from inside the
+/// namespace, as `uid`/`gid` with no supplementary groups and no capability. Returns the
+/// `TUNSETIFF` error, if any.
+fn attach_as(router: &str, uid: u32, gid: u32) -> Result<(), nix::Error> {
+    let path = format!("/run/netns/{router}");
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        // Opened while still root: /dev/net/tun is mode 0600 here (a jailer makes its own node
+        // for the VMM). The device's owner is checked at TUNSETIFF, with the caller's identity.
+        let tun = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .unwrap();
+        // Raw system calls change this thread's credentials only (libc's wrappers would change
+        // every thread's); the thread ends right after.
+        use nix::libc::{SYS_setgroups, SYS_setresgid, SYS_setresuid, syscall};
+        // SAFETY: plain system calls on integers; a null list with length 0 for setgroups.
+        unsafe {
+            assert_eq!(syscall(SYS_setgroups, 0, std::ptr::null::<u32>()), 0);
+            assert_eq!(syscall(SYS_setresgid, gid, gid, gid), 0);
+            assert_eq!(syscall(SYS_setresuid, uid, uid, uid), 0);
+        }
+        let mut req = [0u8; 40];
+        req[..4].copy_from_slice(b"sbx0");
+        req[16..18].copy_from_slice(&(0x0002i16 | 0x1000 | 0x4000).to_ne_bytes()); // TAP|NO_PI|VNET_HDR
+        // SAFETY: `tun` is open; `req` is a 40-byte `struct ifreq`.
+        unsafe { tun_set_iff(std::os::fd::AsRawFd::as_raw_fd(&tun), &req) }.map(drop)
+    })
+    .join()
+    .unwrap()
+}
+
+/// The tap is owned by the VMM's identity: that uid and gid attach to it by name without any
+/// capability; another uid or another gid is refused.
+#[tokio::test]
+async fn only_the_vmm_identity_attaches_to_the_tap_by_name() {
+    if !privileged("egress firewall tests") {
+        return;
+    }
+    let lab = Lab::new();
+    let sid = id("egress-tap-owner");
+    lab.fresh(&sid);
+    let eg = topology::create_with_link(
+        &sid,
+        &policy(&[&format!("{SERVER}:80")], &[]),
+        &lab.opts(None),
+        SandboxLink::Tap(VMM),
+    )
+    .await
+    .unwrap();
+    let router = eg.names.router_netns.clone();
+    assert_eq!(
+        attach_as(&router, VMM.uid + 1, VMM.gid),
+        Err(nix::Error::EPERM)
+    );
+    assert_eq!(
+        attach_as(&router, VMM.uid, VMM.gid + 1),
+        Err(nix::Error::EPERM)
+    );
+    assert_eq!(attach_as(&router, VMM.uid, VMM.gid), Ok(()));
+    topology::remove(&eg.names, &lab.uplink).await.unwrap();
+    assert_eq!(lab.remaining(&eg.names), Vec::<String>::new());
+}
+
+/// Unlike a process (no raw sockets), a guest writes whatever frames it likes: a packet with a
+/// source address other than the guest's is dropped on arrival in the router namespace (strict
+/// reverse-path filtering), before the forward hook — where a probe table counts it.
+#[tokio::test]
+async fn a_microvm_cannot_forge_its_source_address() {
+    if !privileged("egress firewall tests") {
+        return;
+    }
+    let lab = Lab::new();
+    let sid = id("egress-tap-spoof");
+    lab.fresh(&sid);
+    let eg = topology::create_with_link(
+        &sid,
+        &policy(&["0.0.0.0/0"], &[]),
+        &lab.opts(None),
+        SandboxLink::Tap(VMM),
+    )
+    .await
+    .unwrap();
+    let router = eg.names.router_netns.clone();
+    let forged = std::net::Ipv4Addr::new(10, 1, 2, 3);
+    let nft = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &router, "nft"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nft {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    nft(&["add", "table", "ip", "probe"]);
+    nft(&[
+        "add",
+        "chain",
+        "ip",
+        "probe",
+        "seen",
+        "{ type filter hook forward priority -300; policy accept; }",
+    ]);
+    for src in [forged, SANDBOX_ADDR] {
+        nft(&[
+            "add",
+            "rule",
+            "ip",
+            "probe",
+            "seen",
+            "ip",
+            "saddr",
+            &src.to_string(),
+            "counter",
+        ]);
+    }
+    let mut vm = Vm::new(
+        eg.open_tap(FrameFormat::Plain).await.unwrap(),
+        SANDBOX_ADDR,
+        ROUTER_INNER_ADDR,
+    );
+    assert!(matches!(
+        udp_probe(&mut vm, SERVER, UDP_PORT, 40_011),
+        Answer::Echo(_)
+    ));
+    for port in [40_012, 40_013] {
+        vm.send(&frames::udp(forged, port, SERVER, UDP_PORT, b"forged"));
+    }
+    // Whatever the router did with them, it has done it by the time this probe's reply is back.
+    assert!(matches!(
+        udp_probe(&mut vm, SERVER, UDP_PORT, 40_014),
+        Answer::Echo(_)
+    ));
+    drop(vm);
+    let listing: serde_json::Value =
+        serde_json::from_slice(&nft(&["-j", "list", "table", "ip", "probe"])).unwrap();
+    let counts: Vec<u64> = listing["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["rule"]["expr"].as_array())
+        .filter_map(|e| e.iter().find_map(|x| x["counter"]["packets"].as_u64()))
+        .collect();
+    assert_eq!(counts.len(), 2, "{listing}");
+    assert_eq!(counts[0], 0, "forged packets forwarded");
+    assert!(counts[1] >= 2, "the probe table counts: {counts:?}");
+    topology::remove(&eg.names, &lab.uplink).await.unwrap();
+    assert_eq!(lab.remaining(&eg.names), Vec::<String>::new());
 }

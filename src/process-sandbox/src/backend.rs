@@ -6,6 +6,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use luminaguard_backend::resolver::{self, DnsOptions};
 use luminaguard_backend::{Backend, BackendError, CreateRequest, ProcessRef, Sandbox, SandboxMeta};
 use luminaguard_cgroup::Limits;
 use luminaguard_core::ByteSize;
@@ -29,15 +30,6 @@ pub struct ProcessBackend {
     client: ClientOptions,
     uplink: Uplink,
     dns: Option<DnsOptions>,
-}
-
-/// How sandboxes whose policy names domains get their resolver.
-#[derive(Debug, Clone)]
-struct DnsOptions {
-    /// A binary with the `dns-resolver` subcommand (the `luminaguard` binary).
-    exe: PathBuf,
-    /// `None`: the uplink's `resolv.conf` decides.
-    upstream: Option<SocketAddr>,
 }
 
 /// A sandbox's network, ready for its init.
@@ -149,27 +141,8 @@ impl ProcessBackend {
                  run as root or without a network policy",
             ));
         }
-        let dns = match (resolver_service::needs_resolver(policy), &self.dns) {
-            (false, _) => None,
-            (true, None) => {
-                return Err(setup(
-                    "set up network egress",
-                    "the policy names domains, which needs LuminaGuard's DNS-pinning resolver, \
-                     and this backend was built without one: name addresses instead (CIDR, IP \
-                     or IP:port)",
-                ));
-            }
-            (true, Some(d)) => {
-                // Known before anything is built: a host without a resolver fails at once.
-                let upstream = match d.upstream {
-                    Some(u) => u,
-                    None => resolver_service::upstream_for(&self.uplink)
-                        .await
-                        .map_err(|e| setup("find the upstream DNS resolver", e))?,
-                };
-                Some((d, upstream))
-            }
-        };
+        // Known before anything is built: a host without a resolver fails at once.
+        let dns = resolver::plan(NAME, self.dns.as_ref(), policy, &self.uplink).await?;
         meta.net = Some(self.uplink.clone());
         meta.save(dir).await?;
         let opts = luminaguard_net::topology::Options {
@@ -182,18 +155,18 @@ impl ProcessBackend {
             .map_err(|e| setup("set up network egress", e))?;
         let resolv_conf = match dns {
             None => None,
-            Some((d, upstream)) => {
-                let config = resolver_service::ServiceConfig::for_egress(
-                    req.id.as_str(),
-                    &egress,
-                    policy,
-                    &self.uplink,
-                    upstream,
-                );
-                Some(
-                    self.start_resolver(&d.exe, &config, dir, meta, cgroup)
-                        .await?,
-                )
+            Some(planned) => {
+                let resolv_conf = dir.join(SandboxFile::ResolvConf.file_name());
+                tokio::fs::write(&resolv_conf, resolver_service::sandbox_resolv_conf())
+                    .await
+                    .map_err(|e| {
+                        setup(
+                            "start the DNS resolver",
+                            format!("writing {}: {e}", resolv_conf.display()),
+                        )
+                    })?;
+                resolver::start(NAME, &planned, &egress, dir, meta, cgroup).await?;
+                Some(resolv_conf)
             }
         };
         let netns = egress
@@ -201,46 +174,6 @@ impl ProcessBackend {
             .await
             .map_err(|e| setup("open the sandbox's network namespace", e))?;
         Ok(Some(Network { netns, resolv_conf }))
-    }
-
-    /// Starts the sandbox's resolver, recorded in `meta.helpers` before it is waited for, then
-    /// its pin helper; both go in the sandbox's cgroup (their memory and processes count
-    /// against the sandbox). Returns the `resolv.conf` that points the sandbox at them.
-    async fn start_resolver(
-        &self,
-        exe: &Path,
-        config: &resolver_service::ServiceConfig,
-        dir: &Path,
-        meta: &mut SandboxMeta,
-        cgroup: Option<&luminaguard_cgroup::Cgroup>,
-    ) -> Result<PathBuf, BackendError> {
-        let step = "start the DNS resolver";
-        let resolv_conf = dir.join(SandboxFile::ResolvConf.file_name());
-        tokio::fs::write(&resolv_conf, resolver_service::sandbox_resolv_conf())
-            .await
-            .map_err(|e| setup(step, format!("writing {}: {e}", resolv_conf.display())))?;
-        let log = dir.join(SandboxFile::ResolverLog.file_name());
-        let pending = resolver_service::spawn(exe, config, &log)
-            .await
-            .map_err(|e| setup(step, e))?;
-        let record = |pid: u32| {
-            i32::try_from(pid)
-                .ok()
-                .and_then(ProcessRef::of)
-                .ok_or_else(|| setup(step, format!("process {pid} exited at once")))
-        };
-        meta.helpers.push(record(pending.pid())?);
-        meta.save(dir).await?;
-        let pin_helper = pending.ready().await.map_err(|e| setup(step, e))?;
-        meta.helpers.push(record(pin_helper)?);
-        meta.save(dir).await?;
-        if let Some(cg) = cgroup.cloned() {
-            let pids: Vec<i32> = meta.helpers.iter().map(|p| p.pid).collect();
-            tokio::task::spawn_blocking(move || pids.into_iter().try_for_each(|p| cg.add(p)))
-                .await?
-                .map_err(|e| setup(step, e))?;
-        }
-        Ok(resolv_conf)
     }
 
     /// Everything after the record exists; on error the caller removes what the record names.

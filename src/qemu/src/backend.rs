@@ -25,18 +25,22 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use luminaguard_backend::resolver::{self, DnsOptions};
 use luminaguard_backend::{Backend, BackendError, CreateRequest, ProcessRef, Sandbox, SandboxMeta};
 use luminaguard_cgroup::{Cgroup, Limits};
 use luminaguard_core::ByteSize;
 use luminaguard_core::runtime::SandboxFile;
 use luminaguard_image::store::{ArtifactKind, Image};
+use luminaguard_net::Uplink;
+use luminaguard_net::tap::{FrameFormat, TapOwner};
+use luminaguard_net::topology::{self, ROUTER_INNER_ADDR, SANDBOX_ADDR, SandboxLink};
 use luminaguard_protocol::{
     AGENT_READY_VSOCK_PORT, AGENT_VSOCK_PORT, Client, ClientError, ClientOptions,
 };
 use tokio::process::{Child, Command};
 
 use crate::cmdline::{
-    Accel, Drive, KernelCmdline, QemuCommand, SeccompSandbox, Serial, VhostVsock,
+    Accel, Drive, KernelCmdline, Nic, QemuCommand, SeccompSandbox, Serial, VhostVsock,
 };
 use crate::console::{ConsoleLimits, Keeper};
 use crate::watch::DirWatch;
@@ -117,6 +121,15 @@ pub struct QemuBackend {
     client: ClientOptions,
     boot_timeout: Duration,
     console: ConsoleLimits,
+    uplink: Uplink,
+    dns: Option<DnsOptions>,
+}
+
+/// A guest's NIC: the tap QEMU inherits, and whether a resolver serves the guest's names.
+#[derive(Debug)]
+struct GuestTap {
+    fd: OwnedFd,
+    resolver: bool,
 }
 
 /// How long each phase of one boot took. The phases on the critical path add up to `total`
@@ -201,7 +214,25 @@ impl QemuBackend {
             client,
             boot_timeout,
             console: ConsoleLimits::DEFAULT,
+            uplink: Uplink::default(),
+            dns: None,
         }
+    }
+
+    /// Lets policies name domains: the sandbox gets a DNS-pinning resolver (see
+    /// `luminaguard_backend::resolver`), the process `exe dns-resolver`, asking `upstream` (or
+    /// the uplink's `resolv.conf` nameserver); the guest's `resolv.conf` names it. Without
+    /// this, a policy naming a domain is refused.
+    pub fn with_resolver(mut self, exe: PathBuf, upstream: Option<std::net::SocketAddr>) -> Self {
+        self.dns = Some(DnsOptions { exe, upstream });
+        self
+    }
+
+    /// Where sandboxes with an egress policy reach the world (the host's own namespace by
+    /// default; see `luminaguard_net::Uplink`).
+    pub fn with_uplink(mut self, uplink: Uplink) -> Self {
+        self.uplink = uplink;
+        self
     }
 
     /// Overrides how large each sandbox's `console.log` may grow (see [`crate::console`]).
@@ -318,7 +349,7 @@ impl QemuBackend {
             ),
             Accel::Tcg => None,
         };
-        let who = VmmIdentity::for_sandbox(req.id.as_str(), &taken, kvm_group);
+        let who = VmmIdentity::for_sandbox(&req.id, &taken, kvm_group);
         meta.vmm_uid = Some(who.uid);
         meta.save(dir).await?;
         nix::unistd::chown(
@@ -355,7 +386,7 @@ impl QemuBackend {
             &cgroup_procs,
             req.persistent,
             who.clone(),
-            None,
+            &[],
         )
         .await;
         tracing::trace!(at = ?t0.elapsed(), "vhost-device-vsock spawned");
@@ -384,6 +415,11 @@ impl QemuBackend {
         };
         let (serial, keeper) = keeper?;
 
+        // The guest's network path, if its policy asks for one: a tap QEMU inherits.
+        let tap = self
+            .create_network(req, dir, meta, &who, cgroup.as_ref())
+            .await?;
+
         let tsc = tsc.await?;
         tracing::trace!(at = ?t0.elapsed(), "TSC known");
         let memory_mib = spec.memory.bytes() / ByteSize::MIB;
@@ -396,6 +432,19 @@ impl QemuBackend {
             kernel: self.image.kernel.clone(),
             initrd: self.image.initrd.clone(),
             cmdline: KernelCmdline::guest(tsc.map(|(khz, _)| khz), scratch_mib)
+                .and_then(|c| match &tap {
+                    // The guest's init configures its NIC from this (docs/network.md).
+                    Some(_) => c.set(
+                        "luminaguard.net",
+                        format_args!("{SANDBOX_ADDR}/30,{ROUTER_INNER_ADDR}"),
+                    ),
+                    None => Ok(c),
+                })
+                .and_then(|c| match &tap {
+                    // And its resolv.conf from this: the sandbox's resolver.
+                    Some(t) if t.resolver => c.set("luminaguard.dns", ROUTER_INNER_ADDR),
+                    _ => Ok(c),
+                })
                 .map_err(|e| setup("build the guest kernel command line", e))?,
             drives: self
                 .image
@@ -409,6 +458,9 @@ impl QemuBackend {
                 .collect(),
             vhost_vsock: Some(vhost_socket.clone()),
             serial: Serial::SocketFd(serial.as_raw_fd()),
+            nic: tap.as_ref().map(|t| Nic {
+                tap_fd: t.fd.as_raw_fd(),
+            }),
             seccomp: SeccompSandbox::STRICT,
         }
         .argv()
@@ -464,7 +516,13 @@ impl QemuBackend {
             &cgroup_procs,
             req.persistent,
             who,
-            Some(serial.as_raw_fd()),
+            &[
+                Some(serial.as_raw_fd()),
+                tap.as_ref().map(|t| t.fd.as_raw_fd()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>(),
         )
         .await
         .map_err(|e| setup("start QEMU", e))?;
@@ -473,6 +531,8 @@ impl QemuBackend {
         let t_boot = Instant::now();
         // From now on QEMU holds the only writing end: the keeper ends when QEMU does.
         drop(serial);
+        // And the only tap descriptor: one held here would keep the router namespace alive.
+        drop(tap);
         drop(cgroup_procs);
         meta.init = qemu
             .id()
@@ -563,6 +623,53 @@ impl QemuBackend {
         };
         tracing::debug!(id = %req.id, ?timings, "VM ready");
         Ok((client, timings))
+    }
+
+    /// For an egress policy: records the uplink, builds the sandbox's egress path with a tap
+    /// device owned by the VMM's identity (`luminaguard_net::topology`, `SandboxLink::Tap`), and
+    /// attaches to it for QEMU to inherit (`-netdev tap,fd=N`: QEMU itself stays out of the
+    /// router namespace and needs no capability); for a policy naming domains, starts the
+    /// sandbox's resolver too. `None` for no policy: no NIC at all.
+    async fn create_network(
+        &self,
+        req: &CreateRequest,
+        dir: &Path,
+        meta: &mut SandboxMeta,
+        who: &VmmIdentity,
+        cgroup: Option<&Cgroup>,
+    ) -> Result<Option<GuestTap>, BackendError> {
+        let policy = &req.spec.network;
+        if policy.is_none() {
+            return Ok(None);
+        }
+        // Known before anything is built: a host without a resolver fails at once.
+        let dns = resolver::plan(NAME, self.dns.as_ref(), policy, &self.uplink).await?;
+        // Recorded before anything exists: a failed or abandoned create still removes it.
+        meta.net = Some(self.uplink.clone());
+        meta.save(dir).await?;
+        let opts = topology::Options {
+            uplink: &self.uplink,
+            lock: &req.runtime.root().join("net.lock"),
+            fail_at: None,
+        };
+        let owner = TapOwner {
+            uid: who.uid,
+            gid: who.gid,
+        };
+        let egress = topology::create_with_link(&req.id, policy, &opts, SandboxLink::Tap(owner))
+            .await
+            .map_err(|e| setup("set up network egress", e))?;
+        if let Some(planned) = &dns {
+            resolver::start(NAME, planned, &egress, dir, meta, cgroup).await?;
+        }
+        let fd = egress
+            .open_tap(FrameFormat::VnetHdr)
+            .await
+            .map_err(|e| setup("open the microVM's tap device", e))?;
+        Ok(Some(GuestTap {
+            fd,
+            resolver: dns.is_some(),
+        }))
     }
 
     /// Starts the console keeper (see [`crate::console`]) for `console`, in the sandbox's cgroup
@@ -822,46 +929,13 @@ async fn open_cgroup_procs(cg: &Cgroup) -> Result<Vec<OwnedFd>, BackendError> {
     Ok(fds)
 }
 
-/// The unprivileged identity a sandbox's VMM processes run as: a uid and gid of their own per
-/// sandbox (so two VMMs cannot signal or trace each other), no supplementary groups but the
-/// owner group of `/dev/kvm` when KVM is used.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmmIdentity {
-    pub uid: libc::uid_t,
-    pub gid: libc::gid_t,
-    pub supplementary: Vec<libc::gid_t>,
-}
-
-/// First uid/gid of the range VMMs run as, and its size: far above any account a distribution
-/// creates, and unmapped to any name.
-pub const VMM_ID_BASE: u32 = 0x5a00_0000;
-pub const VMM_ID_RANGE: u32 = 1 << 20;
-
-impl VmmIdentity {
-    /// The identity of sandbox `id`: derived from a digest of the whole id, moved on while a
-    /// live sandbox record under `taken` already uses it.
-    pub fn for_sandbox(id: &str, taken: &[u32], kvm_group: Option<libc::gid_t>) -> Self {
-        use sha2::Digest as _;
-        let digest = sha2::Sha256::digest(id.as_bytes());
-        let seed = u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]]);
-        let mut offset = seed % VMM_ID_RANGE;
-        while taken.contains(&(VMM_ID_BASE + offset)) {
-            offset = (offset + 1) % VMM_ID_RANGE;
-        }
-        let uid = VMM_ID_BASE + offset;
-        Self {
-            uid,
-            gid: uid,
-            supplementary: kvm_group.into_iter().collect(),
-        }
-    }
-}
+pub use luminaguard_backend::{VMM_ID_BASE, VMM_ID_RANGE, VmmIdentity};
 
 /// Starts `program` with `args`: stdin from /dev/null, stdout and stderr appended to `log`, in
 /// the cgroup whose `cgroup.procs` files are `cgroup_procs` before it runs a single instruction
 /// of its own. A `detached` process gets its own session (it outlives its creator); otherwise it
 /// is killed when the thread that started it exits (the creator died: no orphaned VM). `inherit`
-/// names one descriptor the program keeps (its close-on-exec flag is cleared in the child).
+/// names descriptors the program keeps (their close-on-exec flags are cleared in the child).
 async fn spawn(
     program: &Path,
     args: &[String],
@@ -869,7 +943,7 @@ async fn spawn(
     cgroup_procs: &[OwnedFd],
     detached: bool,
     who: VmmIdentity,
-    inherit: Option<RawFd>,
+    inherit: &[RawFd],
 ) -> std::io::Result<Child> {
     let out = tokio::fs::OpenOptions::new()
         .create(true)
@@ -880,6 +954,7 @@ async fn spawn(
         .await;
     let err = out.try_clone()?;
     let fds: Vec<i32> = cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect();
+    let inherit = inherit.to_vec();
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
@@ -890,7 +965,7 @@ async fn spawn(
     // fcntl) on memory allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            if let Some(fd) = inherit {
+            for &fd in &inherit {
                 if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -931,7 +1006,6 @@ impl Backend for QemuBackend {
     }
 
     async fn create(&self, req: CreateRequest) -> Result<Sandbox, BackendError> {
-        luminaguard_backend::refuse_network(&req, self.name())?;
         self.create_timed(req).await.map(|(sandbox, _)| sandbox)
     }
 }

@@ -204,6 +204,15 @@ pub enum Serial {
     SocketFd(i32),
 }
 
+/// The guest's network card: a virtio-net (MMIO) device on a tap device QEMU inherits as an open
+/// descriptor (`-netdev tap,fd=N`): QEMU needs no capability, no `/dev/net/tun` and no access to
+/// the namespace the tap lives in (see `luminaguard_net::tap`). The descriptor should be attached
+/// with `IFF_VNET_HDR`: QEMU reads the flag from it and then exchanges offload headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nic {
+    pub tap_fd: i32,
+}
+
 /// QEMU's own seccomp sandbox (`-sandbox`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeccompSandbox {
@@ -257,6 +266,8 @@ pub struct QemuCommand {
     pub vhost_vsock: Option<PathBuf>,
     /// Where the guest's serial console goes.
     pub serial: Serial,
+    /// The guest's NIC; `None`: the guest has no network device at all.
+    pub nic: Option<Nic>,
     pub seccomp: SeccompSandbox,
 }
 
@@ -379,6 +390,22 @@ impl QemuCommand {
                 "vhost-user-vsock-device,chardev=vsock0",
             ]);
         }
+        if let Some(nic) = &self.nic {
+            range(
+                "tap descriptor",
+                u64::try_from(nic.tap_fd).unwrap_or(0),
+                3,
+                i32::MAX as u64,
+            )?;
+            push(&[
+                "-netdev",
+                // Nothing else: QEMU refuses ifname=, script=, vnet_hdr= and the like with fd=
+                // (it runs no script, and reads the descriptor's vnet_hdr flag itself).
+                &format!("tap,id=net0,fd={}", nic.tap_fd),
+                "-device",
+                "virtio-net-device,netdev=net0",
+            ]);
+        }
         push(&[
             "-kernel",
             utf8(QEMU, &self.kernel)?,
@@ -456,7 +483,33 @@ mod tests {
             }],
             vhost_vsock: Some("/run/lg/sandboxes/a/vhost.sock".into()),
             serial: Serial::SocketFd(7),
+            nic: None,
             seccomp: SeccompSandbox::STRICT,
+        }
+    }
+
+    #[test]
+    fn a_nic_is_a_virtio_net_device_on_the_inherited_tap() {
+        let mut c = command();
+        c.nic = Some(Nic { tap_fd: 9 });
+        let argv = c.argv().unwrap();
+        let at = argv.iter().position(|a| a == "-netdev").unwrap();
+        assert_eq!(
+            argv[at..at + 4],
+            [
+                "-netdev",
+                "tap,id=net0,fd=9",
+                "-device",
+                "virtio-net-device,netdev=net0"
+            ]
+        );
+        // Without one, no network device of any kind (-nodefaults: not even QEMU's default NIC).
+        let argv = command().argv().unwrap();
+        assert!(!argv.iter().any(|a| a.contains("net")), "{argv:?}");
+        for fd in [-1, 0, 2] {
+            let mut c = command();
+            c.nic = Some(Nic { tap_fd: fd });
+            assert!(matches!(c.argv(), Err(CmdlineError::Range { .. })), "{fd}");
         }
     }
 

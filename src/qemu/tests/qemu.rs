@@ -215,6 +215,109 @@ async fn a_missing_vsock_helper_is_named_and_nothing_is_left() {
     assert_nothing_left(tmp.path(), &id);
 }
 
+/// A request with an egress policy allowing `allow`.
+fn request_with_net(rt: &Path, allow: &str) -> CreateRequest {
+    let mut req = request(rt);
+    req.spec.network = luminaguard_core::NetworkPolicy::Egress {
+        allow: vec![allow.parse().unwrap()],
+        deny: vec![],
+    };
+    req
+}
+
+/// Whether any of the sandbox's network objects exist: its router namespace, its uplink link.
+fn net_left(id: &SandboxId, uplink_netns: &str) -> Vec<String> {
+    let names = luminaguard_net::NetNames::for_sandbox(id);
+    let mut left = Vec::new();
+    if Path::new("/run/netns").join(&names.router_netns).exists() {
+        left.push(names.router_netns.clone());
+    }
+    let link = std::process::Command::new("ip")
+        .args([
+            "-n",
+            uplink_netns,
+            "link",
+            "show",
+            "dev",
+            &names.uplink_host,
+        ])
+        .output()
+        .unwrap();
+    if link.status.success() {
+        left.push(names.uplink_host);
+    }
+    left
+}
+
+/// With an egress policy, whatever fails — the network set-up itself (an uplink that does not
+/// forward), or QEMU after the network exists (not a kernel) — is named, and neither processes
+/// nor the sandbox's network are left.
+#[tokio::test]
+async fn a_failed_create_with_a_network_policy_leaves_no_network() {
+    let Some(p) = programs() else { return };
+    let tmp = world_readable_tempdir();
+    let net = luminaguard_testkit::netlab::FakeInternet::new();
+    let b = backend(
+        &p,
+        file(tmp.path(), "not-a-kernel", &[0u8; 4096]),
+        file(tmp.path(), "initrd", b"x"),
+    )
+    .with_uplink(luminaguard_net::Uplink {
+        netns: Some(net.host.clone()),
+        pool: None,
+    });
+    let allow = format!("{}:80", luminaguard_testkit::netlab::SERVER);
+
+    let req = request_with_net(tmp.path(), &allow);
+    let id = req.id.clone();
+    let msg = b.create(req).await.unwrap_err().to_string();
+    assert!(msg.contains("QEMU"), "{msg}");
+    assert_nothing_left(tmp.path(), &id);
+    assert_eq!(net_left(&id, &net.host), Vec::<String>::new());
+
+    let off = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.host,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=0",
+        ])
+        .status()
+        .unwrap();
+    assert!(off.success());
+    let req = request_with_net(tmp.path(), &allow);
+    let id = req.id.clone();
+    let msg = b.create(req).await.unwrap_err().to_string();
+    assert!(
+        msg.contains("set up network egress") && msg.contains("net.ipv4.ip_forward"),
+        "{msg}"
+    );
+    assert_nothing_left(tmp.path(), &id);
+    assert_eq!(net_left(&id, &net.host), Vec::<String>::new());
+}
+
+/// Domain rules need a resolver; a backend built without one refuses them, leaving nothing.
+#[tokio::test]
+async fn a_policy_naming_a_domain_is_refused_without_a_resolver() {
+    let Some(p) = programs() else { return };
+    let tmp = world_readable_tempdir();
+    let b = backend(&p, tmp.path().join("k"), tmp.path().join("i"));
+    let req = request_with_net(tmp.path(), "api.example.com:443");
+    let id = req.id.clone();
+    let msg = b.create(req).await.unwrap_err().to_string();
+    assert!(
+        msg.contains("set up network egress") && msg.contains("DNS-pinning resolver"),
+        "{msg}"
+    );
+    assert!(
+        !tmp.path().join("rt/sandboxes").join(id.as_str()).exists(),
+        "no sandbox directory"
+    );
+    assert_nothing_left(tmp.path(), &id);
+}
+
 /// An image built from `LUMINAGUARD_GUEST_KERNEL_DIR` and `LUMINAGUARD_STATIC_AGENT` with the
 /// host-programs root, in a store under the target directory (a second build finds it there).
 fn built_image() -> Option<luminaguard_image::store::Image> {
@@ -473,4 +576,161 @@ async fn the_vmm_and_its_helpers_are_in_the_sandboxs_cgroup_when_create_returns(
     }
     sandbox.destroy().await.unwrap();
     assert_nothing_left(tmp.path(), &id);
+}
+
+/// An image like [`built_image`]'s with `bash` too (its `/dev/tcp` is the guest's TCP client).
+fn net_image() -> Option<luminaguard_image::store::Image> {
+    use luminaguard_image::build::{BuildInputs, KernelSource, build};
+    let kernel = std::env::var_os("LUMINAGUARD_GUEST_KERNEL_DIR");
+    let agent = std::env::var_os("LUMINAGUARD_STATIC_AGENT");
+    let (Some(kernel), Some(agent)) = (kernel, agent) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must set LUMINAGUARD_GUEST_KERNEL_DIR and LUMINAGUARD_STATIC_AGENT \
+             (scripts/test exports them)"
+        );
+        eprintln!("skipped: LUMINAGUARD_GUEST_KERNEL_DIR or LUMINAGUARD_STATIC_AGENT is not set");
+        return None;
+    };
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("qemu-net-images");
+    let root = base.join("root");
+    if !root.exists() {
+        let mut tools = luminaguard_image::hostroot::HOST_TOOLS.to_vec();
+        tools.push("bash");
+        luminaguard_image::hostroot::assemble(&root, &tools).unwrap();
+    }
+    let store = luminaguard_image::store::Store::open(&base.join("store")).unwrap();
+    let built = build(
+        &store,
+        &BuildInputs {
+            kernel: KernelSource::from_tree(Path::new(&kernel)).unwrap(),
+            agent: PathBuf::from(agent),
+            rootfs: root,
+            created_by: "luminaguard-qemu tests".into(),
+        },
+    )
+    .unwrap();
+    Some(built.image)
+}
+
+/// A microVM with an egress policy, end to end under TCG against the fake internet
+/// (`luminaguard_testkit::netlab`): the guest's NIC (virtio-net on the sandbox's tap, configured
+/// by VM init) reaches the allowed host:port; another port, another host, the metadata endpoint
+/// and the host are refused; destroying the sandbox removes its network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_microvm_with_an_egress_policy_reaches_the_allowed_server_and_nothing_else() {
+    use luminaguard_core::NetworkPolicy;
+    use luminaguard_protocol::ExecRequest;
+    use luminaguard_testkit::netlab::{FakeInternet, HOST_ADDR, METADATA, NEIGHBOUR, SERVER};
+    let Some(p) = programs() else { return };
+    let Some(image) = tokio::task::spawn_blocking(net_image).await.unwrap() else {
+        return;
+    };
+    let net = FakeInternet::new();
+    let uplink = luminaguard_net::Uplink {
+        netns: Some(net.host.clone()),
+        pool: None,
+    };
+    let backend = QemuBackend::new(
+        p.qemu.clone(),
+        p.vhost.clone(),
+        GuestImage::from_store(&image).unwrap(),
+        Accel::Tcg,
+        ClientOptions::default(),
+    )
+    .with_uplink(uplink.clone());
+    let tmp = world_readable_tempdir();
+    let mut req = request(tmp.path());
+    req.spec = SandboxSpec {
+        network: NetworkPolicy::Egress {
+            allow: vec![format!("{SERVER}:80").parse().unwrap()],
+            deny: vec![],
+        },
+        ..SandboxSpec::default()
+    };
+    let id = req.id.clone();
+    let names = luminaguard_net::NetNames::for_sandbox(&id);
+    // Should an assertion fail before the sandbox is destroyed: its router namespace (the tap
+    // inside) goes anyway; the uplink goes with the fake internet.
+    struct RemoveNetns(String);
+    impl Drop for RemoveNetns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .output();
+        }
+    }
+    let _guard = RemoveNetns(names.router_netns.clone());
+    let sandbox = backend.create(req).await.unwrap();
+    assert_eq!(sandbox.meta.net.as_ref(), Some(&uplink), "recorded for gc");
+    assert!(Path::new("/run/netns").join(&names.router_netns).exists());
+
+    let sh = |script: String| {
+        let client = sandbox.client().clone();
+        async move {
+            client
+                .exec_output(
+                    ExecRequest {
+                        argv: vec!["bash".into(), "-c".into(), script],
+                        timeout_ms: Some(60_000),
+                        ..ExecRequest::default()
+                    },
+                    None,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    // VM init configured the NIC from luminaguard.net=.
+    let conf = sh("cat /proc/net/route".into()).await;
+    let conf = String::from_utf8_lossy(&conf.stdout).into_owned();
+    // Default route (destination 0) via 10.255.255.1 (little-endian hex 01FFFF0A) on eth0.
+    assert!(
+        conf.lines()
+            .any(|l| l.starts_with("eth0\t00000000\t01FFFF0A")),
+        "{conf}"
+    );
+    let tcp =
+        |host: String, port: u16| sh(format!("exec 3<>/dev/tcp/{host}/{port} && head -c 64 <&3"));
+    let ok = tcp(SERVER.to_string(), 80).await;
+    assert_eq!(
+        String::from_utf8_lossy(&ok.stdout),
+        format!("hello {SERVER}:80\n"),
+        "the allowed host:port; stderr: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    for (host, port, what) in [
+        (SERVER, 81, "another port"),
+        (NEIGHBOUR, 80, "another host"),
+        (METADATA, 80, "cloud metadata"),
+        (HOST_ADDR, 80, "the host's own address"),
+    ] {
+        let t = Instant::now();
+        let out = tcp(host.to_string(), port).await;
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.stdout.is_empty(), "{what}: {:?}", out.stdout);
+        // Refused by the router table (ICMP administratively prohibited), not timed out.
+        assert!(err.contains("No route to host"), "{what}: {err}");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{what}: {:?}",
+            t.elapsed()
+        );
+    }
+
+    let meta = sandbox.meta.clone();
+    sandbox.destroy().await.unwrap();
+    for h in &meta.helpers {
+        assert!(!h.alive(), "helper {} left", h.pid);
+    }
+    assert_nothing_left(tmp.path(), &id);
+    assert!(
+        !Path::new("/run/netns").join(&names.router_netns).exists(),
+        "router namespace left"
+    );
+    let link = std::process::Command::new("ip")
+        .args(["-n", &net.host, "link", "show", "dev", &names.uplink_host])
+        .output()
+        .unwrap();
+    assert!(!link.status.success(), "uplink link left");
 }
