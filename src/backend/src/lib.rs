@@ -290,6 +290,20 @@ pub async fn abandon_create(dir: PathBuf, meta: SandboxMeta) {
     }
 }
 
+/// A microVM's cgroup limits: guest RAM plus the VMM's own `overhead`, `pids` for the VMM's
+/// threads and helpers, a CPU per vCPU.
+pub fn vmm_limits(
+    spec: &SandboxSpec,
+    overhead: luminaguard_core::ByteSize,
+    pids: u64,
+) -> luminaguard_cgroup::Limits {
+    luminaguard_cgroup::Limits {
+        memory_bytes: spec.memory.bytes().saturating_add(overhead.bytes()),
+        pids,
+        cpus: Some(spec.vcpus),
+    }
+}
+
 /// Records the cgroup sandbox `id` will have (so that gc finds it even if creation is cut short
 /// right after), then creates it with `limits`.
 pub async fn create_cgroup(

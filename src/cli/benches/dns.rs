@@ -30,17 +30,9 @@ use luminaguard_net::Uplink;
 use luminaguard_net::resolver_service::{self, ServiceConfig};
 use luminaguard_net::topology::{self, Options, ROUTER_INNER_ADDR};
 use luminaguard_testkit::netlab::{FakeInternet, OTHER, SERVER, in_netns};
+use luminaguard_testkit::{median, ms};
 
 const BIN: &str = env!("CARGO_BIN_EXE_luminaguard");
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 /// Sends one query for each of `names` to `server` from network namespace `netns`, one at a
 /// time; returns each round trip, and checks every answer has `expect`.

@@ -25,12 +25,9 @@ use luminaguard_process_sandbox::launch::{AgentChannel, launch};
 use luminaguard_protocol::message::ExecRequest;
 use luminaguard_protocol::{Client, ClientOptions};
 
-const LG: &str = env!("CARGO_BIN_EXE_luminaguard");
+use luminaguard_testkit::median;
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
+const LG: &str = env!("CARGO_BIN_EXE_luminaguard");
 
 fn time_command(cmd: &mut Command) -> Duration {
     let start = Instant::now();

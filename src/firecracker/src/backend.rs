@@ -387,15 +387,7 @@ impl FirecrackerBackend {
 
 /// The VMM's limits: guest RAM plus [`VMM_MEMORY_OVERHEAD`], [`VMM_PIDS`], a CPU per vCPU.
 fn limits(req: &CreateRequest) -> Limits {
-    Limits {
-        memory_bytes: req
-            .spec
-            .memory
-            .bytes()
-            .saturating_add(VMM_MEMORY_OVERHEAD.bytes()),
-        pids: VMM_PIDS,
-        cpus: Some(req.spec.vcpus),
-    }
+    luminaguard_backend::vmm_limits(&req.spec, VMM_MEMORY_OVERHEAD, VMM_PIDS)
 }
 
 fn nix_is_root() -> bool {

@@ -22,15 +22,7 @@ use luminaguard_core::{NetworkPolicy, SandboxId};
 use luminaguard_net::Uplink;
 use luminaguard_net::topology::{self, Options};
 use luminaguard_testkit::netlab::{FakeInternet, SERVER};
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
+use luminaguard_testkit::{median, ms};
 
 fn sh(args: &[&str], stdin: Option<&str>) {
     use std::io::Write;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use luminaguard_backend::resolver::{self, DnsOptions};
 use luminaguard_backend::{Backend, BackendError, CreateRequest, ProcessRef, Sandbox, SandboxMeta};
-use luminaguard_cgroup::{Cgroup, Limits};
+use luminaguard_cgroup::Cgroup;
 use luminaguard_core::ByteSize;
 use luminaguard_core::runtime::SandboxFile;
 use luminaguard_image::store::{ArtifactKind, Image};
@@ -289,15 +289,7 @@ impl QemuBackend {
         dir: &Path,
         meta: &mut SandboxMeta,
     ) -> Result<Cgroup, BackendError> {
-        let limits = Limits {
-            memory_bytes: req
-                .spec
-                .memory
-                .bytes()
-                .saturating_add(VMM_MEMORY_OVERHEAD.bytes()),
-            pids: VMM_PIDS,
-            cpus: Some(req.spec.vcpus),
-        };
+        let limits = luminaguard_backend::vmm_limits(&req.spec, VMM_MEMORY_OVERHEAD, VMM_PIDS);
         luminaguard_backend::create_cgroup(&req.id, dir, meta, limits).await
     }
 

@@ -321,6 +321,14 @@ async fn a_policy_naming_a_domain_is_refused_without_a_resolver() {
 /// An image built from `LUMINAGUARD_GUEST_KERNEL_DIR` and `LUMINAGUARD_STATIC_AGENT` with the
 /// host-programs root, in a store under the target directory (a second build finds it there).
 fn built_image() -> Option<luminaguard_image::store::Image> {
+    image_with_tools(
+        "qemu-backend-images",
+        luminaguard_image::hostroot::HOST_TOOLS,
+    )
+}
+
+/// [`built_image`]'s recipe with the host programs `tools`, in store `<target tmp>/<dir>`.
+fn image_with_tools(dir: &str, tools: &[&str]) -> Option<luminaguard_image::store::Image> {
     use luminaguard_image::build::{BuildInputs, KernelSource, build};
     let kernel = std::env::var_os("LUMINAGUARD_GUEST_KERNEL_DIR");
     let agent = std::env::var_os("LUMINAGUARD_STATIC_AGENT");
@@ -333,11 +341,10 @@ fn built_image() -> Option<luminaguard_image::store::Image> {
         eprintln!("skipped: LUMINAGUARD_GUEST_KERNEL_DIR or LUMINAGUARD_STATIC_AGENT is not set");
         return None;
     };
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("qemu-backend-images");
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(dir);
     let root = base.join("root");
     if !root.exists() {
-        luminaguard_image::hostroot::assemble(&root, luminaguard_image::hostroot::HOST_TOOLS)
-            .unwrap();
+        luminaguard_image::hostroot::assemble(&root, tools).unwrap();
     }
     let store = luminaguard_image::store::Store::open(&base.join("store")).unwrap();
     let built = build(
@@ -580,37 +587,9 @@ async fn the_vmm_and_its_helpers_are_in_the_sandboxs_cgroup_when_create_returns(
 
 /// An image like [`built_image`]'s with `bash` too (its `/dev/tcp` is the guest's TCP client).
 fn net_image() -> Option<luminaguard_image::store::Image> {
-    use luminaguard_image::build::{BuildInputs, KernelSource, build};
-    let kernel = std::env::var_os("LUMINAGUARD_GUEST_KERNEL_DIR");
-    let agent = std::env::var_os("LUMINAGUARD_STATIC_AGENT");
-    let (Some(kernel), Some(agent)) = (kernel, agent) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must set LUMINAGUARD_GUEST_KERNEL_DIR and LUMINAGUARD_STATIC_AGENT \
-             (scripts/test exports them)"
-        );
-        eprintln!("skipped: LUMINAGUARD_GUEST_KERNEL_DIR or LUMINAGUARD_STATIC_AGENT is not set");
-        return None;
-    };
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("qemu-net-images");
-    let root = base.join("root");
-    if !root.exists() {
-        let mut tools = luminaguard_image::hostroot::HOST_TOOLS.to_vec();
-        tools.push("bash");
-        luminaguard_image::hostroot::assemble(&root, &tools).unwrap();
-    }
-    let store = luminaguard_image::store::Store::open(&base.join("store")).unwrap();
-    let built = build(
-        &store,
-        &BuildInputs {
-            kernel: KernelSource::from_tree(Path::new(&kernel)).unwrap(),
-            agent: PathBuf::from(agent),
-            rootfs: root,
-            created_by: "luminaguard-qemu tests".into(),
-        },
-    )
-    .unwrap();
-    Some(built.image)
+    let mut tools = luminaguard_image::hostroot::HOST_TOOLS.to_vec();
+    tools.push("bash");
+    image_with_tools("qemu-net-images", &tools)
 }
 
 /// A microVM with an egress policy, end to end under TCG against the fake internet

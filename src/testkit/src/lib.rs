@@ -45,3 +45,15 @@ pub fn live_processes_matching(needles: &[&str]) -> Vec<(i32, String)> {
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// The median of some timings (the upper one of an even count). Panics on none.
+#[allow(clippy::indexing_slicing)] // benchmark helper: an empty run is a bug in the bench
+pub fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// A duration in milliseconds, for reports.
+pub fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
