@@ -647,7 +647,7 @@ fn net_image_store() -> PathBuf {
 /// A microVM's domain allowlist, end to end under TCG against the fake internet: VM init points
 /// the guest's `resolv.conf` at the sandbox's resolver; an allowed name resolves and connects; a
 /// name no rule allows does not resolve; the allowed host's address, never resolved in that VM,
-/// is refused; nothing is left afterwards.
+/// is refused; without a policy the VM has no NIC; nothing is left afterwards.
 #[test]
 fn a_microvm_resolves_and_reaches_only_allowed_names() {
     use luminaguard_testkit::netlab::{FakeInternet, OTHER, SERVER};
@@ -686,6 +686,17 @@ fn a_microvm_resolves_and_reaches_only_allowed_names() {
 
     let out = run(&format!("exec 3<>/dev/tcp/{SERVER}/80"));
     assert!(!out.status.success(), "{}", text(&out.stdout));
+
+    // Without --net the VM has no NIC at all: only loopback, and no name resolves.
+    let out = lg(img, rt.path())
+        .env("LUMINAGUARD_IMAGE_STORE", &store)
+        .args(["run", "--backend", "qemu", "--", "bash", "-c"])
+        .arg("ls /sys/class/net; getent hosts api.allowed.test || echo unresolved")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "lo\nunresolved\n");
     assert_nothing_left(rt.path(), &groups);
     let resolvers = luminaguard_testkit::live_processes_matching(&[BIN, "dns-resolver"]);
     assert_eq!(resolvers, Vec::new());
