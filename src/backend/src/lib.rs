@@ -267,21 +267,6 @@ pub async fn begin_create(
     Ok((dir, meta))
 }
 
-/// For backends that cannot give a sandbox network access yet: refuses a request whose spec has a
-/// network policy, rather than quietly starting it without the network it asked for.
-pub fn refuse_network(req: &CreateRequest, backend: &'static str) -> Result<(), BackendError> {
-    if req.spec.network.is_none() {
-        return Ok(());
-    }
-    Err(BackendError::Setup {
-        backend,
-        step: "check the network policy",
-        reason: "this backend has no network path yet (a tap device per microVM); run with no \
-                 network policy, or use the process backend"
-            .into(),
-    })
-}
-
 /// After a failed create: removes everything the record names. A cleanup failure is logged;
 /// the create's own error is what the caller reports.
 pub async fn abandon_create(dir: PathBuf, meta: SandboxMeta) {

@@ -271,13 +271,16 @@ pub async fn backend(spec: &SandboxSpec, image: Option<&str>) -> anyhow::Result<
                     .with_resolver(exe, dns_upstream()?),
             )))
         }
-        BackendChoice::Firecracker if !spec.network.is_none() => anyhow::bail!(
-            "network egress for Firecracker (its network interface on the sandbox's tap) is not \
-             wired yet: use --backend qemu or process, or drop --net"
-        ),
-        BackendChoice::Firecracker => Ok(AnyBackend::Firecracker(Box::new(
-            firecracker_backend(image, client).await?,
-        ))),
+        BackendChoice::Firecracker => {
+            let exe = std::env::current_exe()
+                .context("finding our own binary to run as the sandbox's DNS resolver")?;
+            Ok(AnyBackend::Firecracker(Box::new(
+                firecracker_backend(image, client)
+                    .await?
+                    .with_uplink(uplink())
+                    .with_resolver(exe, dns_upstream()?),
+            )))
+        }
     }
 }
 

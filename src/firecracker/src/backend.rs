@@ -22,23 +22,27 @@
 //! Removal (`destroy`, `gc`, a failed create) works from the record alone: kill `init`, remove
 //! the cgroups, the chroot and the sandbox directory.
 //!
-//! Not yet wired into the backend: snapshots ([`crate::snapshot`]), networking, a scratch disk
+//! Not yet wired into the backend: snapshots ([`crate::snapshot`]) and a scratch disk
 //! (the guest's writable layer is the tmpfs `luminaguard.scratch_mb` sizes, as under QEMU).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::vmm::Vmm;
+use luminaguard_backend::resolver::{self, DnsOptions};
 use luminaguard_backend::{Backend, BackendError, CreateRequest, ProcessRef, Sandbox, SandboxMeta};
 use luminaguard_cgroup::{Cgroup, Limits};
 use luminaguard_core::ByteSize;
 use luminaguard_image::store::{ArtifactKind, Image};
+use luminaguard_net::Uplink;
+use luminaguard_net::tap::TapOwner;
+use luminaguard_net::topology::{self, ROUTER_INNER_ADDR, SANDBOX_ADDR, SandboxLink};
 use luminaguard_protocol::{AGENT_VSOCK_PORT, Client, ClientOptions};
 
 use crate::boot_args::KernelArgs;
 use crate::jailer::{CgroupVersion, JailCgroups, JailerConfig};
 use crate::launch::{
-    self, LaunchConfig, LaunchError, LaunchTimings, Lifetime, RunAs, Timeouts, VmId,
+    self, LaunchConfig, LaunchError, LaunchNet, LaunchTimings, Lifetime, RunAs, Timeouts, VmId,
 };
 use crate::models::{LogLevel, MachineConfiguration};
 use crate::seccomp::{self, SeccompError};
@@ -110,6 +114,8 @@ pub struct FirecrackerBackend {
     client: ClientOptions,
     timeouts: Timeouts,
     entropy: bool,
+    uplink: Uplink,
+    dns: Option<DnsOptions>,
 }
 
 impl FirecrackerBackend {
@@ -124,7 +130,25 @@ impl FirecrackerBackend {
             client,
             timeouts: Timeouts::default(),
             entropy: true,
+            uplink: Uplink::default(),
+            dns: None,
         }
+    }
+
+    /// Where sandboxes with an egress policy reach the world (the host's own namespace by
+    /// default; see `luminaguard_net::Uplink`).
+    pub fn with_uplink(mut self, uplink: Uplink) -> Self {
+        self.uplink = uplink;
+        self
+    }
+
+    /// Lets policies name domains: the sandbox gets a DNS-pinning resolver (see
+    /// `luminaguard_backend::resolver`), the process `exe dns-resolver`, asking `upstream` (or
+    /// the uplink's `resolv.conf` nameserver). Without this, a policy naming a domain is
+    /// refused.
+    pub fn with_resolver(mut self, exe: PathBuf, upstream: Option<std::net::SocketAddr>) -> Self {
+        self.dns = Some(DnsOptions { exe, upstream });
+        self
     }
 
     /// A BPF file from the same release's `seccompiler-bin`, for `--seccomp-filter` (in jailer
@@ -254,6 +278,24 @@ impl FirecrackerBackend {
         } else {
             None
         };
+        let network = self
+            .create_network(req, dir, meta, run_as.as_ref(), cgroup.as_ref())
+            .await?;
+        let mut boot_args = KernelArgs::luminaguard_guest(spec.scratch.bytes() / ByteSize::MIB);
+        if let Some((_, resolver)) = &network {
+            // VM init configures the NIC from these, and its resolv.conf (docs/network.md).
+            boot_args = boot_args
+                .and_then(|a| {
+                    a.param(
+                        "luminaguard.net",
+                        format_args!("{SANDBOX_ADDR}/30,{ROUTER_INNER_ADDR}"),
+                    )
+                })
+                .and_then(|a| match resolver {
+                    true => a.param("luminaguard.dns", ROUTER_INNER_ADDR),
+                    false => Ok(a),
+                });
+        }
         let vm_id = VmId::new(&req.id.short_name()).map_err(|e| setup("name the VM", e))?;
         let cfg = LaunchConfig {
             firecracker: self.firecracker.clone(),
@@ -263,8 +305,7 @@ impl FirecrackerBackend {
             machine: MachineConfiguration::new(vcpus, spec.memory.bytes() / ByteSize::MIB),
             kernel: self.image.kernel.clone(),
             initrd: Some(self.image.initrd.clone()),
-            boot_args: KernelArgs::luminaguard_guest(spec.scratch.bytes() / ByteSize::MIB)
-                .map_err(|e| setup("build the guest kernel command line", e))?,
+            boot_args: boot_args.map_err(|e| setup("build the guest kernel command line", e))?,
             rootfs: self.image.rootfs.clone(),
             scratch: None,
             entropy: self.entropy,
@@ -282,6 +323,7 @@ impl FirecrackerBackend {
                 .flat_map(|cg| cg.dirs().iter().map(|d| d.join("cgroup.procs")))
                 .collect(),
             jailer,
+            network: network.map(|(net, _)| net),
         };
         // Name the jail's chroot and cgroups in the record before the jailer creates them.
         let planned = launch::plan_jail(&cfg).await.map_err(launch_failed)?;
@@ -325,6 +367,58 @@ impl FirecrackerBackend {
         tracing::debug!(id = %req.id, pid = launched.pid, timings = ?launched.timings, "firecracker sandbox ready");
         reap(req.id.to_string(), launched.vmm);
         Ok((launched.agent, launched.timings))
+    }
+
+    /// For an egress policy: records the uplink, builds the sandbox's egress path with a tap
+    /// `sbx0` owned by the VMM's identity in the router namespace (Firecracker joins that
+    /// namespace and opens the tap by name), and for a policy naming domains starts the
+    /// sandbox's resolver. `None` for no policy: no NIC at all. The `bool`: a resolver serves
+    /// the guest's names.
+    async fn create_network(
+        &self,
+        req: &CreateRequest,
+        dir: &Path,
+        meta: &mut SandboxMeta,
+        who: Option<&RunAs>,
+        cgroup: Option<&Cgroup>,
+    ) -> Result<Option<(LaunchNet, bool)>, BackendError> {
+        let policy = &req.spec.network;
+        if policy.is_none() {
+            return Ok(None);
+        }
+        let Some(who) = who else {
+            return Err(setup(
+                "set up network egress",
+                "it needs root (it creates network namespaces, a tap device and nftables \
+                 tables); run as root or without a network policy",
+            ));
+        };
+        // Known before anything is built: a host without a resolver fails at once.
+        let dns = resolver::plan(NAME, self.dns.as_ref(), policy, &self.uplink).await?;
+        // Recorded before anything exists: a failed or abandoned create still removes it.
+        meta.net = Some(self.uplink.clone());
+        meta.save(dir).await?;
+        let opts = topology::Options {
+            uplink: &self.uplink,
+            lock: &req.runtime.root().join("net.lock"),
+            fail_at: None,
+        };
+        let owner = TapOwner {
+            uid: who.uid,
+            gid: who.gid,
+        };
+        let egress = topology::create_with_link(&req.id, policy, &opts, SandboxLink::Tap(owner))
+            .await
+            .map_err(|e| setup("set up network egress", e))?;
+        if let Some(planned) = &dns {
+            // In jailer mode the VMM's cgroups are the jailer's: the resolver has none.
+            resolver::start(NAME, planned, &egress, dir, meta, cgroup).await?;
+        }
+        let net = LaunchNet {
+            netns: egress.router_netns_path(),
+            tap: egress.tap_name().to_owned(),
+        };
+        Ok(Some((net, dns.is_some())))
     }
 
     async fn create_cgroup(
@@ -411,7 +505,6 @@ impl Backend for FirecrackerBackend {
     }
 
     async fn create(&self, req: CreateRequest) -> Result<Sandbox, BackendError> {
-        luminaguard_backend::refuse_network(&req, self.name())?;
         self.create_timed(req).await.map(|(sandbox, _)| sandbox)
     }
 }

@@ -426,6 +426,7 @@ fn config(img: &Images, plan: &Plan) -> LaunchConfig {
         run_as: None,
         cgroup_procs: Vec::new(),
         jailer: None,
+        network: None,
     }
 }
 
@@ -1150,3 +1151,44 @@ mod jailed;
 mod seccomp;
 #[path = "firecracker/snapshots.rs"]
 mod snapshots;
+
+/// Direct mode (no jailer) with an egress policy: Firecracker is moved into the sandbox's router
+/// namespace before it execs (`setns` in the launch), where its tap `sbx0` is; destroy removes
+/// the namespace.
+#[tokio::test]
+async fn a_direct_mode_vmm_with_a_network_policy_runs_in_the_router_namespace() {
+    use luminaguard_core::NetworkPolicy;
+    use luminaguard_testkit::netlab::{FakeInternet, SERVER};
+    if !is_root() {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        eprintln!("skipped: network egress needs root");
+        return;
+    }
+    let net = FakeInternet::new();
+    let mut fx = backend_fixture(&Plan::default());
+    fx.backend = fx.backend.clone().with_uplink(luminaguard_net::Uplink {
+        netns: Some(net.host.clone()),
+        pool: None,
+    });
+    let mut req = request(&fx, "fc-net-direct", false, false);
+    req.spec.network = NetworkPolicy::Egress {
+        allow: vec![format!("{SERVER}:80").parse().unwrap()],
+        deny: vec![],
+    };
+    let router = std::path::Path::new("/run/netns")
+        .join(luminaguard_net::NetNames::for_sandbox(&req.id).router_netns);
+    let sandbox = fx.backend.create(req).await.unwrap();
+    let pid = sandbox.meta.init.unwrap().pid;
+    let ino =
+        |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    assert_eq!(
+        ino(std::path::Path::new(&format!("/proc/{pid}/ns/net"))),
+        ino(&router),
+        "firecracker runs in the router namespace"
+    );
+    // And as the VMM's user, not root: the namespace was joined before the drop.
+    let uid = sandbox.meta.vmm_uid.unwrap();
+    assert_eq!(status_ids(pid, "Uid:"), vec![uid; 4]);
+    sandbox.destroy().await.unwrap();
+    assert!(!router.exists(), "the router namespace outlived destroy");
+}

@@ -12,7 +12,9 @@ use super::process::api_path;
 use super::types::*;
 use crate::client::{ApiClient, ApiError};
 use crate::jailer::{Jail, names};
-use crate::models::{ActionType, BootSource, Drive, EntropyDevice, Logger, Metrics, Vsock};
+use crate::models::{
+    ActionType, BootSource, Drive, EntropyDevice, Logger, Metrics, NetworkInterface, Vsock,
+};
 use crate::vmm::Vmm;
 
 /// How much of Firecracker's stderr (or the console) an error quotes.
@@ -167,6 +169,20 @@ pub(super) async fn run(
         let drive = Drive::new(SCRATCH_DRIVE_ID, api_path(SCRATCH_FILE), false);
         racing(vmm, Step::ScratchDrive, async {
             api_step(api.put_drive(&drive).await)
+        })
+        .await?;
+    }
+    if let Some(net) = &cfg.network {
+        let iface = NetworkInterface {
+            iface_id: GUEST_IFACE_ID.to_owned(),
+            host_dev_name: net.tap.clone(),
+            guest_mac: None,
+            mtu: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        };
+        racing(vmm, Step::NetworkInterface, async {
+            api_step(api.put_network_interface(&iface).await)
         })
         .await?;
     }

@@ -268,10 +268,15 @@ pub(super) async fn start(
                     "find the firecracker binary",
                     &cfg.firecracker,
                 ))?;
-            let args = jailer::argv(j, &firecracker, &cfg.vm_id, who, jail, fc_args);
+            // The guest's NIC: the jailer joins the tap's namespace before it execs Firecracker.
+            let mut j = j.clone();
+            if let Some(net) = &cfg.network {
+                j.netns = Some(net.netns.clone());
+            }
+            let args = jailer::argv(&j, &firecracker, &cfg.vm_id, who, jail, fc_args);
             // The jailer must start as root: it drops to --uid/--gid itself.
             let child = spawn_process(cfg, files, &j.jailer, args, None, None).await?;
-            follow_jailer(cfg, j, jail, files, child).await
+            follow_jailer(cfg, &j, jail, files, child).await
         }
         _ => {
             let args = argv(&files.api_socket, &cfg.vm_id, cfg.seccomp_filter.as_deref());
@@ -318,6 +323,19 @@ async fn spawn_process(
         cgroup_fds.push(OwnedFd::from(file.into_std().await));
     }
     let fds: Vec<i32> = cgroup_fds.iter().map(AsRawFd::as_raw_fd).collect();
+    // Direct mode with a NIC: Firecracker runs in the tap's namespace (the jailer does this
+    // itself, with --netns).
+    let netns = match (&cfg.network, &cfg.jailer) {
+        (Some(net), None) => Some(OwnedFd::from(
+            tokio::fs::File::open(&net.netns)
+                .await
+                .map_err(io_err(Step::Spawn, "open", &net.netns))?
+                .into_std()
+                .await,
+        )),
+        _ => None,
+    };
+    let netns_fd = netns.as_ref().map(AsRawFd::as_raw_fd);
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
@@ -329,10 +347,16 @@ async fn spawn_process(
     }
     let detached = cfg.lifetime == Lifetime::Detached;
     // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe system calls (write, setsid, setgroups, setresgid, setresuid, prctl) on
-    // memory allocated before the fork.
+    // async-signal-safe system calls (setns, write, setsid, setgroups, setresgid, setresuid,
+    // prctl) on memory allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            // First, while still privileged (it needs CAP_SYS_ADMIN).
+            if let Some(fd) = netns_fd
+                && libc::setns(fd, libc::CLONE_NEWNET) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             for fd in &fds {
                 // "0": the writing process itself.
                 if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
@@ -368,6 +392,7 @@ async fn spawn_process(
         )
     });
     drop(cgroup_fds);
+    drop(netns);
     child
 }
 

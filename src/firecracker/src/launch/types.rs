@@ -144,7 +144,23 @@ pub struct LaunchConfig {
     /// `--gid`; supplementary groups are not kept — the jailer makes `/dev/kvm` in the chroot
     /// the VMM's own).
     pub jailer: Option<JailerConfig>,
+    /// The guest's NIC: a tap Firecracker opens by name inside a network namespace it runs in.
+    pub network: Option<LaunchNet>,
 }
+
+/// A guest NIC on a tap device that already exists (persistent, owned by the VMM's user) in
+/// network namespace `netns`: Firecracker joins the namespace (through the jailer's `--netns`,
+/// or `setns` before it execs in direct mode) and opens the tap by name, needing no capability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchNet {
+    /// `/run/netns/<name>`.
+    pub netns: PathBuf,
+    /// `host_dev_name`.
+    pub tap: String,
+}
+
+/// The guest's interface id (also its name in the API's URL).
+pub const GUEST_IFACE_ID: &str = "eth0";
 
 /// A uid, gid and supplementary groups (e.g. `/dev/kvm`'s group) to run as: the identity every
 /// microVM backend gives its VMM (`luminaguard_backend::VmmIdentity`).
@@ -211,6 +227,7 @@ pub enum Step {
     RootDrive,
     ScratchDrive,
     Vsock,
+    NetworkInterface,
     Entropy,
     ReadyListener,
     InstanceStart,
@@ -234,6 +251,7 @@ impl Step {
             Self::RootDrive => "root-drive",
             Self::ScratchDrive => "scratch-drive",
             Self::Vsock => "vsock",
+            Self::NetworkInterface => "network-interface",
             Self::Entropy => "entropy",
             Self::ReadyListener => "ready-listener",
             Self::InstanceStart => "instance-start",

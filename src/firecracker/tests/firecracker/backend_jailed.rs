@@ -422,3 +422,127 @@ fn no_process_with_id(id: &str) -> bool {
             || !running(pid)
     })
 }
+
+/// The network namespace inode a process runs in, or a named one holds.
+fn netns_inode(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+}
+
+/// A jailed sandbox with an egress policy: the tap `sbx0` exists in the sandbox's router
+/// namespace, the jailer is told `--netns` for it, the (fake) Firecracker really runs in that
+/// namespace and is configured with a NIC on `sbx0` and the guest's address on the kernel
+/// command line; destroy removes the namespace and the uplink.
+#[tokio::test]
+async fn a_jailed_sandbox_with_a_network_policy_gets_its_tap_in_the_router_namespace() {
+    use luminaguard_core::NetworkPolicy;
+    use luminaguard_testkit::netlab::{FakeInternet, SERVER};
+    if !is_root() {
+        eprintln!("skipped: the jailer needs root");
+        return;
+    }
+    let net = FakeInternet::new();
+    let uplink = luminaguard_net::Uplink {
+        netns: Some(net.host.clone()),
+        pool: None,
+    };
+    let mut fx = fixture(&Plan::default(), |_| {}).await;
+    fx.backend = fx.backend.clone().with_uplink(uplink.clone());
+    let mut req = request(&fx, "fcj-net", false);
+    req.spec = SandboxSpec {
+        network: NetworkPolicy::Egress {
+            allow: vec![format!("{SERVER}:80").parse().unwrap()],
+            deny: vec![],
+        },
+        ..SandboxSpec::default()
+    };
+    let names = luminaguard_net::NetNames::for_sandbox(&req.id);
+    let router = Path::new("/run/netns").join(&names.router_netns);
+    let sandbox = fx.backend.create(req).await.unwrap();
+    assert_eq!(sandbox.meta.net.as_ref(), Some(&uplink), "recorded for gc");
+
+    // The tap is in the router namespace, owned by the VMM's user.
+    let uid = sandbox.meta.vmm_uid.unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["-n", &names.router_netns, "-d", "link", "show", "sbx0"])
+        .output()
+        .unwrap();
+    let link = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        link.contains("tun type tap") && link.contains(&format!("user {uid}")),
+        "{link}"
+    );
+
+    // The jailer joins it, and so Firecracker runs there.
+    let jailer_argv = json_strings(&fx.records.join(JAILER_ARGV_FILE));
+    let at = jailer_argv
+        .iter()
+        .position(|a| a == "--netns")
+        .expect("--netns");
+    assert_eq!(Path::new(&jailer_argv[at + 1]), router);
+    let pid = sandbox.meta.init.unwrap().pid;
+    assert_eq!(
+        netns_inode(Path::new(&format!("/proc/{pid}/ns/net"))),
+        netns_inode(&router),
+        "firecracker runs in the router namespace"
+    );
+
+    // Configured with a NIC on the tap, and the guest's address on its command line.
+    let reqs: Vec<Recorded> = std::fs::read_to_string(fx.records.join(RECORD_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let nic = reqs
+        .iter()
+        .find(|r| r.method == "PUT" && r.path == "/network-interfaces/eth0")
+        .expect("PUT /network-interfaces/eth0");
+    assert!(nic.accepted, "{nic:?}");
+    assert_eq!(nic.body["host_dev_name"], "sbx0");
+    let boot = reqs.iter().find(|r| r.path == "/boot-source").unwrap();
+    let args = boot.body["boot_args"].as_str().unwrap();
+    assert!(
+        args.contains("luminaguard.net=10.255.255.2/30,10.255.255.1"),
+        "{args}"
+    );
+    assert!(
+        !args.contains("luminaguard.dns"),
+        "no resolver for addresses: {args}"
+    );
+
+    let traces = Traces::of(&sandbox);
+    sandbox.destroy().await.unwrap();
+    traces.assert_gone().await;
+    assert!(!router.exists(), "the router namespace outlived destroy");
+}
+
+/// A network policy without root (no VMM identity to own a tap) is refused, leaving nothing;
+/// and a policy naming a domain, on a backend built without a resolver, likewise.
+#[tokio::test]
+async fn a_domain_policy_without_a_resolver_is_refused_and_leaves_nothing() {
+    use luminaguard_core::NetworkPolicy;
+    if !is_root() {
+        eprintln!("skipped: the jailer needs root");
+        return;
+    }
+    let fx = fixture(&Plan::default(), |_| {}).await;
+    let mut req = request(&fx, "fcj-dns", false);
+    req.spec = SandboxSpec {
+        network: NetworkPolicy::Egress {
+            allow: vec!["api.example.com:443".parse().unwrap()],
+            deny: vec![],
+        },
+        ..SandboxSpec::default()
+    };
+    let id = req.id.clone();
+    let msg = fx.backend.create(req).await.unwrap_err().to_string();
+    assert!(msg.contains("DNS-pinning resolver"), "{msg}");
+    assert!(
+        !fx.runtime
+            .root()
+            .join("sandboxes")
+            .join(id.as_str())
+            .exists()
+    );
+    let router = luminaguard_net::NetNames::for_sandbox(&id).router_netns;
+    assert!(!Path::new("/run/netns").join(router).exists());
+}
