@@ -8,6 +8,7 @@
 //! every process, cgroup and file a backend created.
 
 pub mod gc;
+pub mod network;
 pub mod resolver;
 pub mod state;
 pub mod vmm_identity;

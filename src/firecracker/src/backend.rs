@@ -29,14 +29,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::vmm::Vmm;
-use luminaguard_backend::resolver::{self, DnsOptions};
+use luminaguard_backend::network::MicrovmNetwork;
+use luminaguard_backend::resolver::DnsOptions;
 use luminaguard_backend::{Backend, BackendError, CreateRequest, ProcessRef, Sandbox, SandboxMeta};
 use luminaguard_cgroup::{Cgroup, Limits};
 use luminaguard_core::ByteSize;
 use luminaguard_image::store::{ArtifactKind, Image};
 use luminaguard_net::Uplink;
-use luminaguard_net::tap::TapOwner;
-use luminaguard_net::topology::{self, ROUTER_INNER_ADDR, SANDBOX_ADDR, SandboxLink};
+use luminaguard_net::topology::{ROUTER_INNER_ADDR, SANDBOX_ADDR};
 use luminaguard_protocol::{AGENT_VSOCK_PORT, Client, ClientOptions};
 
 use crate::boot_args::KernelArgs;
@@ -393,32 +393,20 @@ impl FirecrackerBackend {
                  tables); run as root or without a network policy",
             ));
         };
-        // Known before anything is built: a host without a resolver fails at once.
-        let dns = resolver::plan(NAME, self.dns.as_ref(), policy, &self.uplink).await?;
-        // Recorded before anything exists: a failed or abandoned create still removes it.
-        meta.net = Some(self.uplink.clone());
-        meta.save(dir).await?;
-        let opts = topology::Options {
+        let net = MicrovmNetwork {
+            backend: NAME,
             uplink: &self.uplink,
-            lock: &req.runtime.root().join("net.lock"),
-            fail_at: None,
+            dns: self.dns.as_ref(),
         };
-        let owner = TapOwner {
-            uid: who.uid,
-            gid: who.gid,
+        // In jailer mode the VMM's cgroups are the jailer's: the resolver joins none.
+        let Some(path) = net.create(req, dir, meta, who, cgroup).await? else {
+            return Ok(None);
         };
-        let egress = topology::create_with_link(&req.id, policy, &opts, SandboxLink::Tap(owner))
-            .await
-            .map_err(|e| setup("set up network egress", e))?;
-        if let Some(planned) = &dns {
-            // In jailer mode the VMM's cgroups are the jailer's: the resolver has none.
-            resolver::start(NAME, planned, &egress, dir, meta, cgroup).await?;
-        }
-        let net = LaunchNet {
-            netns: egress.router_netns_path(),
-            tap: egress.tap_name().to_owned(),
+        let launch = LaunchNet {
+            netns: path.egress.router_netns_path(),
+            tap: path.egress.tap_name().to_owned(),
         };
-        Ok(Some((net, dns.is_some())))
+        Ok(Some((launch, path.resolver)))
     }
 
     async fn create_cgroup(

@@ -25,15 +25,16 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use luminaguard_backend::resolver::{self, DnsOptions};
+use luminaguard_backend::network::MicrovmNetwork;
+use luminaguard_backend::resolver::DnsOptions;
 use luminaguard_backend::{Backend, BackendError, CreateRequest, ProcessRef, Sandbox, SandboxMeta};
 use luminaguard_cgroup::Cgroup;
 use luminaguard_core::ByteSize;
 use luminaguard_core::runtime::SandboxFile;
 use luminaguard_image::store::{ArtifactKind, Image};
 use luminaguard_net::Uplink;
-use luminaguard_net::tap::{FrameFormat, TapOwner};
-use luminaguard_net::topology::{self, ROUTER_INNER_ADDR, SANDBOX_ADDR, SandboxLink};
+use luminaguard_net::tap::FrameFormat;
+use luminaguard_net::topology::{ROUTER_INNER_ADDR, SANDBOX_ADDR};
 use luminaguard_protocol::{
     AGENT_READY_VSOCK_PORT, AGENT_VSOCK_PORT, Client, ClientError, ClientOptions,
 };
@@ -630,37 +631,22 @@ impl QemuBackend {
         who: &VmmIdentity,
         cgroup: Option<&Cgroup>,
     ) -> Result<Option<GuestTap>, BackendError> {
-        let policy = &req.spec.network;
-        if policy.is_none() {
-            return Ok(None);
-        }
-        // Known before anything is built: a host without a resolver fails at once.
-        let dns = resolver::plan(NAME, self.dns.as_ref(), policy, &self.uplink).await?;
-        // Recorded before anything exists: a failed or abandoned create still removes it.
-        meta.net = Some(self.uplink.clone());
-        meta.save(dir).await?;
-        let opts = topology::Options {
+        let net = MicrovmNetwork {
+            backend: NAME,
             uplink: &self.uplink,
-            lock: &req.runtime.root().join("net.lock"),
-            fail_at: None,
+            dns: self.dns.as_ref(),
         };
-        let owner = TapOwner {
-            uid: who.uid,
-            gid: who.gid,
+        let Some(path) = net.create(req, dir, meta, who, cgroup).await? else {
+            return Ok(None);
         };
-        let egress = topology::create_with_link(&req.id, policy, &opts, SandboxLink::Tap(owner))
-            .await
-            .map_err(|e| setup("set up network egress", e))?;
-        if let Some(planned) = &dns {
-            resolver::start(NAME, planned, &egress, dir, meta, cgroup).await?;
-        }
-        let fd = egress
+        let fd = path
+            .egress
             .open_tap(FrameFormat::VnetHdr)
             .await
             .map_err(|e| setup("open the microVM's tap device", e))?;
         Ok(Some(GuestTap {
             fd,
-            resolver: dns.is_some(),
+            resolver: path.resolver,
         }))
     }
 
