@@ -415,10 +415,24 @@ impl Jail {
     /// Checks that `pid` runs as VM `id` (`--id <id>` on its command line: the jailer's before
     /// it execs, Firecracker's after). Called after a pidfd is open on `pid`, so the process
     /// checked is the one the pidfd holds.
+    ///
+    /// An empty command line is not an answer yet: a process in the middle of `execve` (the
+    /// jailer's child becoming Firecracker) shows none for a moment; it is read again, for up
+    /// to [`CMDLINE_SETTLE`].
     pub async fn check_process(&self, pid: u32, id: &VmId) -> Result<(), JailError> {
-        let cmdline = tokio::fs::read(format!("/proc/{pid}/cmdline"))
-            .await
-            .unwrap_or_default();
+        let start = Instant::now();
+        let mut cmdline = Vec::new();
+        while start.elapsed() < CMDLINE_SETTLE {
+            match tokio::fs::read(format!("/proc/{pid}/cmdline")).await {
+                Ok(c) if !c.is_empty() => {
+                    cmdline = c;
+                    break;
+                }
+                // Gone: nothing to wait for.
+                Err(_) => break,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         let named = args
             .windows(2)
@@ -435,6 +449,9 @@ impl Jail {
         }
     }
 }
+
+/// How long [`Jail::check_process`] waits for a process's command line to appear.
+pub const CMDLINE_SETTLE: Duration = Duration::from_millis(500);
 
 /// Hard-links `src` to `dst`, or copies it when linking is impossible; gives it to `owner`.
 pub async fn place_file(src: &Path, dst: &Path, owner: Option<&RunAs>) -> Result<(), JailError> {
