@@ -372,18 +372,8 @@ impl Upstream {
             write_framed(&mut stream, &bytes).await.map_err(io_err)?;
             loop {
                 let data = read_framed(&mut stream).await.map_err(io_err)?;
-                match Message::from_vec(&data) {
-                    Ok(resp)
-                        if resp.metadata.id == query.metadata.id
-                            && resp.metadata.message_type == MessageType::Response
-                            && resp.queries == query.queries =>
-                    {
-                        return Ok(resp);
-                    }
-                    Ok(_) => tracing::debug!(upstream = %addr, "ignored a non-matching response"),
-                    Err(e) => {
-                        tracing::debug!(upstream = %addr, error = %e, "ignored a malformed response")
-                    }
+                if let Some(resp) = answer_to(&query, &data, addr) {
+                    return Ok(resp);
                 }
             }
         };
@@ -419,18 +409,8 @@ impl Upstream {
             loop {
                 let n = sock.recv(&mut buf).await.map_err(io_err)?;
                 let Some(data) = buf.get(..n) else { continue };
-                match Message::from_vec(data) {
-                    Ok(resp)
-                        if resp.metadata.id == query.metadata.id
-                            && resp.metadata.message_type == MessageType::Response
-                            && resp.queries == query.queries =>
-                    {
-                        return Ok(resp);
-                    }
-                    Ok(_) => tracing::debug!(upstream = %addr, "ignored a non-matching response"),
-                    Err(e) => {
-                        tracing::debug!(upstream = %addr, error = %e, "ignored a malformed response")
-                    }
+                if let Some(resp) = answer_to(&query, data, addr) {
+                    return Ok(resp);
                 }
             }
         };
@@ -440,6 +420,28 @@ impl Upstream {
                 addr,
                 after: timeout,
             })?
+    }
+}
+
+/// `data` from upstream `addr` parsed, when it answers `query`: a response with the query's id
+/// and question. Anything else is logged and ignored (the caller keeps waiting).
+fn answer_to(query: &Message, data: &[u8], addr: SocketAddr) -> Option<Message> {
+    match Message::from_vec(data) {
+        Ok(resp)
+            if resp.metadata.id == query.metadata.id
+                && resp.metadata.message_type == MessageType::Response
+                && resp.queries == query.queries =>
+        {
+            Some(resp)
+        }
+        Ok(_) => {
+            tracing::debug!(upstream = %addr, "ignored a non-matching response");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(upstream = %addr, error = %e, "ignored a malformed response");
+            None
+        }
     }
 }
 

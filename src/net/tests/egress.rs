@@ -20,7 +20,7 @@ use luminaguard_net::tap::{FrameFormat, TapOwner};
 use luminaguard_net::topology::{
     self, Options, ROUTER_INNER_ADDR, SANDBOX_ADDR, SandboxLink, Step,
 };
-use luminaguard_net::{NetNames, Uplink};
+use luminaguard_net::{Egress, NetNames, Uplink};
 use luminaguard_testkit::netlab::{
     FakeInternet, HOST_ADDR, METADATA, NEIGHBOUR, OTHER, SERVER, UDP_PORT, ping_reaches,
     tcp_reaches, udp_reaches,
@@ -66,6 +66,20 @@ impl Lab {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
         names
+    }
+
+    /// A microVM's path (a tap owned by [`VMM`]) for a fresh sandbox `name` allowed `allow`.
+    async fn microvm(&self, name: &str, allow: &str) -> Egress {
+        let sid = id(name);
+        self.fresh(&sid);
+        topology::create_with_link(
+            &sid,
+            &policy(&[allow], &[]),
+            &self.opts(None),
+            SandboxLink::Tap(VMM),
+        )
+        .await
+        .unwrap()
     }
 
     fn opts(&self, fail_at: Option<Step>) -> Options<'_> {
@@ -560,16 +574,7 @@ async fn a_microvm_tap_reaches_the_allowed_port_and_is_refused_the_rest() {
         return;
     }
     let lab = Lab::new();
-    let sid = id("egress-tap");
-    lab.fresh(&sid);
-    let eg = topology::create_with_link(
-        &sid,
-        &policy(&[&format!("{SERVER}:80")], &[]),
-        &lab.opts(None),
-        SandboxLink::Tap(VMM),
-    )
-    .await
-    .unwrap();
+    let eg = lab.microvm("egress-tap", &format!("{SERVER}:80")).await;
     assert_eq!(eg.link, SandboxLink::Tap(VMM));
     assert!(
         !eg.sandbox_netns_path().exists(),
@@ -688,16 +693,9 @@ async fn only_the_vmm_identity_attaches_to_the_tap_by_name() {
         return;
     }
     let lab = Lab::new();
-    let sid = id("egress-tap-owner");
-    lab.fresh(&sid);
-    let eg = topology::create_with_link(
-        &sid,
-        &policy(&[&format!("{SERVER}:80")], &[]),
-        &lab.opts(None),
-        SandboxLink::Tap(VMM),
-    )
-    .await
-    .unwrap();
+    let eg = lab
+        .microvm("egress-tap-owner", &format!("{SERVER}:80"))
+        .await;
     let router = eg.names.router_netns.clone();
     assert_eq!(
         attach_as(&router, VMM.uid + 1, VMM.gid),
@@ -721,16 +719,7 @@ async fn a_microvm_cannot_forge_its_source_address() {
         return;
     }
     let lab = Lab::new();
-    let sid = id("egress-tap-spoof");
-    lab.fresh(&sid);
-    let eg = topology::create_with_link(
-        &sid,
-        &policy(&["0.0.0.0/0"], &[]),
-        &lab.opts(None),
-        SandboxLink::Tap(VMM),
-    )
-    .await
-    .unwrap();
+    let eg = lab.microvm("egress-tap-spoof", "0.0.0.0/0").await;
     let router = eg.names.router_netns.clone();
     let forged = std::net::Ipv4Addr::new(10, 1, 2, 3);
     let nft = |args: &[&str]| {
