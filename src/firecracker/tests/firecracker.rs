@@ -971,8 +971,7 @@ async fn a_failed_create_names_the_step_and_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn the_vmm_runs_inside_the_sandboxes_cgroup() {
-    if !is_root() {
-        eprintln!("skipped: creating cgroups needs root");
+    if !luminaguard_testkit::privileged("creating cgroups") {
         return;
     }
     let fx = backend_fixture(&Plan::default());
@@ -1159,9 +1158,7 @@ mod snapshots;
 async fn a_direct_mode_vmm_with_a_network_policy_runs_in_the_router_namespace() {
     use luminaguard_core::NetworkPolicy;
     use luminaguard_testkit::netlab::{FakeInternet, SERVER};
-    if !is_root() {
-        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
-        eprintln!("skipped: network egress needs root");
+    if !luminaguard_testkit::privileged("network egress") {
         return;
     }
     let net = FakeInternet::new();

@@ -15,8 +15,6 @@ use luminaguard_firecracker::testing::{
 use luminaguard_firecracker::{FirecrackerBackend, GuestImage};
 use luminaguard_protocol::ExecRequest;
 
-use super::is_root;
-
 const FAKE_JAILER: &str = env!("CARGO_BIN_EXE_luminaguard-fake-jailer");
 const EXEC_NAME: &str = "luminaguard-fake-firecracker";
 
@@ -177,8 +175,7 @@ fn echo(words: &[&str]) -> ExecRequest {
 
 #[tokio::test]
 async fn a_jailed_sandbox_is_recorded_runs_a_command_and_destroy_leaves_nothing() {
-    if !is_root() {
-        eprintln!("skipped: the jailer needs root");
+    if !luminaguard_testkit::privileged("the jailer") {
         return;
     }
     let fx = fixture(&Plan::default(), |_| {}).await;
@@ -304,8 +301,7 @@ async fn a_jailed_sandbox_is_recorded_runs_a_command_and_destroy_leaves_nothing(
 
 #[tokio::test]
 async fn a_jailed_sandbox_whose_creator_died_is_collected_whole_by_gc() {
-    if !is_root() {
-        eprintln!("skipped: the jailer needs root");
+    if !luminaguard_testkit::privileged("the jailer") {
         return;
     }
     let fx = fixture(&Plan::default(), |_| {}).await;
@@ -339,8 +335,7 @@ async fn a_jailed_sandbox_whose_creator_died_is_collected_whole_by_gc() {
 
 #[tokio::test]
 async fn a_jailed_create_that_fails_at_configuration_leaves_nothing() {
-    if !is_root() {
-        eprintln!("skipped: the jailer needs root");
+    if !luminaguard_testkit::privileged("the jailer") {
         return;
     }
     let fx = fixture(
@@ -379,8 +374,7 @@ async fn a_jailed_create_that_fails_at_configuration_leaves_nothing() {
 
 #[tokio::test]
 async fn a_jailer_that_fails_is_reported_and_leaves_nothing() {
-    if !is_root() {
-        eprintln!("skipped: the jailer needs root");
+    if !luminaguard_testkit::privileged("the jailer") {
         return;
     }
     // A jailer that exits 1 before writing its pid file.
@@ -436,8 +430,7 @@ fn netns_inode(path: &Path) -> u64 {
 async fn a_jailed_sandbox_with_a_network_policy_gets_its_tap_in_the_router_namespace() {
     use luminaguard_core::NetworkPolicy;
     use luminaguard_testkit::netlab::{FakeInternet, SERVER};
-    if !is_root() {
-        eprintln!("skipped: the jailer needs root");
+    if !luminaguard_testkit::privileged("the jailer") {
         return;
     }
     let net = FakeInternet::new();
@@ -520,8 +513,7 @@ async fn a_jailed_sandbox_with_a_network_policy_gets_its_tap_in_the_router_names
 #[tokio::test]
 async fn a_domain_policy_without_a_resolver_is_refused_and_leaves_nothing() {
     use luminaguard_core::NetworkPolicy;
-    if !is_root() {
-        eprintln!("skipped: the jailer needs root");
+    if !luminaguard_testkit::privileged("the jailer") {
         return;
     }
     let fx = fixture(&Plan::default(), |_| {}).await;

@@ -14,7 +14,7 @@ use luminaguard_firecracker::testing::{
     ARGV_FILE, Fault, JAILER_ARGV_FILE, PLAN_ENV, Plan, RECORD_DIR_ENV, RECORD_FILE, Recorded,
 };
 
-use super::{Images, config, images, is_root};
+use super::{Images, config, images};
 
 const FAKE_JAILER: &str = env!("CARGO_BIN_EXE_luminaguard-fake-jailer");
 const UID: u32 = 0x5a0f_f001;
@@ -294,8 +294,7 @@ async fn one_mode(new_pid_ns: bool, daemonize: bool) {
 
 #[tokio::test]
 async fn jailed_launch_in_every_mode_is_supervised_and_cleaned_up() {
-    if !is_root() {
-        eprintln!("skipped: the jailer needs root");
+    if !luminaguard_testkit::privileged("the jailer") {
         return;
     }
     for (new_pid_ns, daemonize) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -306,8 +305,7 @@ async fn jailed_launch_in_every_mode_is_supervised_and_cleaned_up() {
 
 #[tokio::test]
 async fn a_jailed_vmm_that_fails_a_step_leaves_no_chroot_cgroup_or_process() {
-    if !is_root() {
-        eprintln!("skipped: the jailer needs root");
+    if !luminaguard_testkit::privileged("the jailer") {
         return;
     }
     let plan = Plan::default().fault(
@@ -338,8 +336,7 @@ async fn a_jailed_vmm_that_fails_a_step_leaves_no_chroot_cgroup_or_process() {
 
 #[tokio::test]
 async fn a_jailer_that_fails_is_reported_with_its_stderr_and_nothing_is_left() {
-    if !is_root() {
-        eprintln!("skipped: the jailer needs root");
+    if !luminaguard_testkit::privileged("the jailer") {
         return;
     }
     let mut j = jailed(&Plan::default(), true, false, false);
