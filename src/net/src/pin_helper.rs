@@ -102,19 +102,44 @@ pub fn channel() -> std::io::Result<(StdDatagram, StdDatagram)> {
     StdDatagram::pair()
 }
 
+/// On the resolver's end of [`channel`], before anything else: waits (at most `limit`) for the
+/// helper to say it is set up. `Err` carries why not.
+pub fn wait_ready(sock: &StdDatagram, limit: Duration) -> Result<(), String> {
+    let mut buf = [0u8; 1024];
+    sock.set_read_timeout(Some(limit))
+        .map_err(|e| e.to_string())?;
+    let n = sock
+        .recv(&mut buf)
+        .map_err(|e| format!("no word from it: {e}"))?;
+    let _ = sock.set_read_timeout(None);
+    match buf.get(..n).unwrap_or_default() {
+        b if b == OK.as_bytes() => Ok(()),
+        [] => Err("it exited".into()),
+        why => Err(String::from_utf8_lossy(why).into_owned()),
+    }
+}
+
 /// The helper's life, in the child forked by process `resolver`: serves pin requests on `sock`
 /// for `table` (in the calling thread's network namespace) until the resolver dies. Never
 /// returns.
 pub fn serve(sock: StdDatagram, table: &str, resolver: i32, uid: u32, gid: u32) -> ! {
+    // The first message tells the resolver whether the helper is set up: [`OK`] or why not.
+    let fail = |why: String| -> ! {
+        let _ = sock.send(why.as_bytes());
+        std::process::exit(1)
+    };
     if let Err(e) = become_user(uid, gid, &[Capability::CAP_NET_ADMIN]) {
-        eprintln!("luminaguard dns-resolver: pin helper: {e}");
-        std::process::exit(1);
+        fail(e.to_string());
     }
     // The resolver's death ends the helper (a datagram socket does not tell). Set after the
     // change of user, which clears it; then make sure the resolver did not die before.
-    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
-        || nix::unistd::getppid().as_raw() != resolver
-    {
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
+        fail(format!("cannot set its death signal: {e}"));
+    }
+    if nix::unistd::getppid().as_raw() != resolver {
+        std::process::exit(1);
+    }
+    if sock.send(OK.as_bytes()).is_err() {
         std::process::exit(1);
     }
     let mut buf = vec![0u8; MAX_MESSAGE];
@@ -226,5 +251,27 @@ impl Pinner for HelperPinner {
             [] => Err(failed("the pin helper is gone".into())),
             msg => Err(failed(String::from_utf8_lossy(msg).into_owned())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resolver_waits_for_the_helpers_word_and_carries_its_complaint() {
+        let (resolver, helper) = channel().unwrap();
+        helper.send(OK.as_bytes()).unwrap();
+        assert_eq!(wait_ready(&resolver, Duration::from_secs(1)), Ok(()));
+
+        helper.send(b"cannot change user: EPERM").unwrap();
+        assert_eq!(
+            wait_ready(&resolver, Duration::from_secs(1)),
+            Err("cannot change user: EPERM".to_owned())
+        );
+
+        // A helper that says nothing is not taken as ready.
+        let e = wait_ready(&resolver, Duration::from_millis(50)).unwrap_err();
+        assert!(e.contains("no word"), "{e}");
     }
 }

@@ -423,6 +423,9 @@ fn serve(config_json: &str) -> Result<(), ServiceError> {
         pins,
         helper,
     } = set_up(&cfg, uid, gid)?;
+    crate::pin_helper::wait_ready(&pins, READY_TIMEOUT / 2).map_err(|why| {
+        ServiceError::PinHelper(std::io::Error::other(format!("it did not start: {why}")))
+    })?;
     // From here on the process parses the sandbox's queries: it keeps no privilege at all.
     crate::pin_helper::become_user(uid, gid, &[])?;
     let runtime = tokio::runtime::Builder::new_current_thread()
