@@ -81,6 +81,7 @@ fn capabilities() -> Vec<String> {
         capability::INFO,
         capability::SHUTDOWN,
         capability::SECCOMP_AUDIT,
+        capability::RESEED,
     ]
     .map(String::from)
     .to_vec()
@@ -296,6 +297,7 @@ async fn dispatch(
         Request::Info => crate::info::info().await,
         Request::Shutdown => Ok(Reply::Done),
         Request::SeccompAudit => Ok(Reply::SeccompAudit(crate::audit::report(ctx))),
+        Request::Reseed { entropy } => crate::entropy::reseed(entropy).await,
         Request::Hello(_) | Request::Input(_) | Request::InputEnd | Request::Cancel => {
             Err(ErrorReply::new(
                 ErrorCode::InvalidRequest,

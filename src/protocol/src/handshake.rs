@@ -27,6 +27,8 @@ pub mod capability {
     pub const INFO: &str = "info";
     pub const SHUTDOWN: &str = "shutdown";
     pub const SECCOMP_AUDIT: &str = "seccomp-audit";
+    /// The agent takes [`crate::message::Request::Reseed`].
+    pub const RESEED: &str = "entropy.reseed";
 }
 
 /// Host → guest, first frame.

@@ -62,7 +62,22 @@ pub enum Request {
     /// The system calls the sandbox's seccomp policy denied; answered with
     /// [`Reply::SeccompAudit`].
     SeccompAudit,
+    /// Mix these fresh random bytes into the guest kernel's entropy pool, credited, and reseed
+    /// its CSPRNG at once; answered with [`Reply::Done`]. Sent after a VM is restored from a
+    /// snapshot, whose kernel would otherwise go on from the snapshot's random state (every
+    /// restore of one snapshot drawing the same "random" numbers). At most
+    /// [`RESEED_MAX_BYTES`], at least [`RESEED_MIN_BYTES`].
+    Reseed {
+        entropy: Vec<u8>,
+    },
 }
+
+/// The least entropy a [`Request::Reseed`] may carry: 256 bits, what the kernel's CRNG needs
+/// to count as seeded.
+pub const RESEED_MIN_BYTES: usize = 32;
+/// The most entropy a [`Request::Reseed`] may carry (the kernel's own input pool is 256 bits;
+/// more is accepted but adds nothing).
+pub const RESEED_MAX_BYTES: usize = 512;
 
 impl Request {
     /// Short name for logs and errors.
@@ -83,6 +98,7 @@ impl Request {
             Self::Info => "info",
             Self::Shutdown => "shutdown",
             Self::SeccompAudit => "seccomp-audit",
+            Self::Reseed { .. } => "reseed",
         }
     }
 

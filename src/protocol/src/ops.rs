@@ -328,6 +328,16 @@ impl Client {
         )
     }
 
+    /// Gives the guest kernel fresh entropy and has it reseed its CSPRNG (see
+    /// [`Request::Reseed`]). Returns once the guest has done both.
+    pub async fn reseed(&self, entropy: Vec<u8>) -> Result<(), ClientError> {
+        expect(
+            self.call(Request::Reseed { entropy }).await?,
+            "reseed",
+            |r| matches!(r, Reply::Done).then_some(()),
+        )
+    }
+
     /// Asks the agent to stop (a VM powers off). Returns once the agent has acknowledged.
     pub async fn shutdown(&self) -> Result<(), ClientError> {
         expect(self.call(Request::Shutdown).await?, "shutdown", |r| {

@@ -97,6 +97,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
             parents
         }),
         Just(Request::Shutdown),
+        prop::collection::vec(any::<u8>(), 0..600).prop_map(|entropy| Request::Reseed { entropy }),
     ]
 }
 

@@ -585,6 +585,46 @@ async fn the_vmm_and_its_helpers_are_in_the_sandboxs_cgroup_when_create_returns(
     assert_nothing_left(tmp.path(), &id);
 }
 
+/// The agent in a real guest kernel takes fresh entropy and reseeds the kernel's CSPRNG (what a
+/// VM restored from a snapshot gets, see `luminaguard_agent::entropy`): it offers the
+/// capability, accepts 64 bytes, and refuses 8 without losing the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guest_agent_reseeds_the_guest_kernel() {
+    let Some(p) = programs() else { return };
+    let Some(image) = tokio::task::spawn_blocking(built_image).await.unwrap() else {
+        return;
+    };
+    let backend = QemuBackend::new(
+        p.qemu.clone(),
+        p.vhost.clone(),
+        GuestImage::from_store(&image).unwrap(),
+        Accel::Tcg,
+        ClientOptions::default(),
+    );
+    let tmp = world_readable_tempdir();
+    let mut req = request(tmp.path());
+    req.spec = SandboxSpec::default();
+    let id = req.id.clone();
+    let sandbox = backend.create(req).await.unwrap();
+    let client = sandbox.client();
+    assert!(
+        client
+            .peer()
+            .capabilities
+            .iter()
+            .any(|c| c == luminaguard_protocol::handshake::capability::RESEED),
+        "{:?}",
+        client.peer()
+    );
+    let fresh: Vec<u8> = (0..64).map(|i| (i * 37 + 11) as u8).collect();
+    client.reseed(fresh).await.unwrap();
+    let err = client.reseed(vec![0; 8]).await.unwrap_err().to_string();
+    assert!(err.contains("32 to 512 bytes"), "{err}");
+    client.ping().await.unwrap();
+    sandbox.destroy().await.unwrap();
+    assert_nothing_left(tmp.path(), &id);
+}
+
 /// An image like [`built_image`]'s with `bash` too (its `/dev/tcp` is the guest's TCP client).
 fn net_image() -> Option<luminaguard_image::store::Image> {
     let mut tools = luminaguard_image::hostroot::HOST_TOOLS.to_vec();
