@@ -7,6 +7,7 @@
 //! listing, destroy and garbage collection work from the on-disk record ([`state`]), which lists
 //! every process, cgroup and file a backend created.
 
+pub mod console;
 pub mod gc;
 pub mod network;
 pub mod resolver;

@@ -7,7 +7,8 @@
 //! 1. the sandbox directory and record;
 //! 2. the cgroup (guest RAM + VMM overhead, PIDs, CPU);
 //! 3. `vhost-device-vsock` (recorded in `meta.helpers` as soon as it runs), started inside the
-//!    cgroup; while it starts, the console keeper ([`crate::console`], also a helper), QEMU's
+//!    cgroup; while it starts, the console keeper ([`luminaguard_backend::console`], also a
+//!    helper), QEMU's
 //!    command line and the ready listener; then its vhost-user socket is awaited (inotify);
 //! 4. QEMU (recorded as `meta.init`), inside the cgroup, under its own seccomp sandbox, its
 //!    serial console going to the keeper;
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use luminaguard_backend::console::{ConsoleLimits, Keeper, StartedConsole};
 use luminaguard_backend::network::MicrovmNetwork;
 use luminaguard_backend::resolver::DnsOptions;
 use luminaguard_backend::{Backend, BackendError, CreateRequest, ProcessRef, Sandbox, SandboxMeta};
@@ -43,7 +45,6 @@ use tokio::process::{Child, Command};
 use crate::cmdline::{
     Accel, Drive, KernelCmdline, Nic, QemuCommand, SeccompSandbox, Serial, VhostVsock,
 };
-use crate::console::{ConsoleLimits, Keeper};
 use crate::watch::DirWatch;
 
 const NAME: &str = "qemu";
@@ -236,7 +237,8 @@ impl QemuBackend {
         self
     }
 
-    /// Overrides how large each sandbox's `console.log` may grow (see [`crate::console`]).
+    /// Overrides how large each sandbox's `console.log` may grow (see
+    /// [`luminaguard_backend::console`]).
     pub fn with_console_limits(mut self, limits: ConsoleLimits) -> Result<Self, BackendError> {
         self.console = limits
             .check()
@@ -371,7 +373,12 @@ impl QemuBackend {
         let prepare = t0.elapsed();
         tracing::trace!(at = ?prepare, "prepared");
         let t_vhost = Instant::now();
-        let keeper = self.start_console(&console, &cgroup_procs, &who)?;
+        let keeper = luminaguard_backend::console::start_console(
+            &console,
+            self.console,
+            &cgroup_procs,
+            Some(&who),
+        );
         let vhost = spawn(
             &self.vhost,
             &vhost_argv,
@@ -390,7 +397,7 @@ impl QemuBackend {
                 .and_then(|p| i32::try_from(p).ok().and_then(ProcessRef::of))
         });
         meta.helpers.extend(vhost_ref);
-        if let Ok((_, k)) = &keeper {
+        if let Ok(k) = &keeper {
             meta.helpers.push(k.process);
         }
         meta.save(dir).await?;
@@ -406,7 +413,11 @@ impl QemuBackend {
                 ),
             ));
         };
-        let (serial, keeper) = keeper?;
+        let StartedConsole {
+            vmm_end: serial,
+            process: keeper_ref,
+            keeper,
+        } = keeper.map_err(|e| setup("start the console keeper", e))?;
 
         // The guest's network path, if its policy asks for one: a tap QEMU inherits.
         let tap = self
@@ -546,7 +557,7 @@ impl QemuBackend {
         }
         meta.save(dir).await?;
         tracing::trace!(at = ?t0.elapsed(), "QEMU recorded");
-        tracing::debug!(id = %req.id, qemu = init.pid, vhost = vhost_ref.pid, console = keeper.process.pid, accel = %self.accel, "VM starting");
+        tracing::debug!(id = %req.id, qemu = init.pid, vhost = vhost_ref.pid, console = keeper_ref.pid, accel = %self.accel, "VM starting");
 
         // 5. Readiness, raced against either process dying.
         let ready = async {
@@ -596,13 +607,13 @@ impl QemuBackend {
             Err(e) => {
                 if matches!(e, Ready::Exited { what: "QEMU", .. }) {
                     // The console's last words (a panic) are still on their way to the file.
-                    keeper.keeper.finished(CONSOLE_DRAIN).await;
+                    keeper.finished(CONSOLE_DRAIN).await;
                 }
                 return Err(e.into_error(req.id.as_str(), &console).await);
             }
         };
         tracing::trace!(at = ?t0.elapsed(), "handshake done");
-        watch(req.id.to_string(), qemu, vhost, keeper.keeper);
+        watch(req.id.to_string(), qemu, vhost, keeper);
         let timings = BootTimings {
             prepare,
             setup: setup_time,
@@ -649,72 +660,6 @@ impl QemuBackend {
             resolver: path.resolver,
         }))
     }
-
-    /// Starts the console keeper (see [`crate::console`]) for `console`, in the sandbox's cgroup
-    /// as its VMM's user, on a blocking thread; the result resolves to QEMU's end of the serial
-    /// socket pair and the keeper.
-    fn start_console(
-        &self,
-        console: &Path,
-        cgroup_procs: &[OwnedFd],
-        who: &VmmIdentity,
-    ) -> Result<
-        impl std::future::Future<Output = Result<(OwnedFd, StartedKeeper), BackendError>> + use<>,
-        BackendError,
-    > {
-        // Its own copies: the task may outlive the caller's on an early return.
-        let procs = cgroup_procs
-            .iter()
-            .map(OwnedFd::try_clone)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| setup("start the console keeper", e))?;
-        let limits = self.console;
-        let who = who.clone();
-        let path = console.to_owned();
-        let task = tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::OpenOptionsExt;
-            let log = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&path)
-                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-            let (keeper_end, qemu_end) = std::os::unix::net::UnixStream::pair()
-                .map_err(|e| format!("cannot create the serial socket pair: {e}"))?;
-            let raw: Vec<RawFd> = procs.iter().map(AsRawFd::as_raw_fd).collect();
-            let keeper = crate::console::start_keeper(
-                OwnedFd::from(keeper_end),
-                OwnedFd::from(log),
-                limits,
-                &raw,
-                &who,
-            )
-            .map_err(|e| e.to_string())?;
-            drop(procs);
-            Ok::<_, String>((OwnedFd::from(qemu_end), keeper))
-        });
-        Ok(async move {
-            let (qemu_end, keeper) = task
-                .await?
-                .map_err(|e| setup("start the console keeper", e))?;
-            let process = ProcessRef::of(keeper.pid).ok_or_else(|| {
-                setup(
-                    "start the console keeper",
-                    crate::console::ConsoleError::Gone(keeper.pid),
-                )
-            })?;
-            Ok((qemu_end, StartedKeeper { process, keeper }))
-        })
-    }
-}
-
-/// The console keeper of a sandbox being created.
-#[derive(Debug)]
-struct StartedKeeper {
-    process: ProcessRef,
-    keeper: Keeper,
 }
 
 /// How long, after QEMU exited, the console keeper may take to write what QEMU sent it last.

@@ -6,15 +6,12 @@
 //!   otherwise.
 //! - [`host`]: finding QEMU, vhost-device-vsock and the newest image.
 //! - [`tsc`]: the host TSC frequency handed to the guest kernel.
-//! - [`console`]: the guest's serial console kept in a file of bounded size by a small helper
-//!   process.
 //! - [`watch`]: waiting for a socket to appear (inotify).
 //! - [`backend`]: [`QemuBackend`], the [`luminaguard_backend::Backend`] that boots the guest
 //!   image behind vhost-device-vsock and reaches its agent over hybrid vsock.
 
 pub mod backend;
 pub mod cmdline;
-pub mod console;
 pub mod host;
 pub mod kvm;
 pub mod tsc;
@@ -22,6 +19,8 @@ pub mod watch;
 
 pub use backend::{BootTimings, GuestImage, QemuBackend};
 pub use cmdline::Accel;
-pub use console::ConsoleLimits;
 pub use host::{find_program, newest_image};
 pub use kvm::KvmProbe;
+/// The guest console's bounds (the keeper itself is `luminaguard_backend::console`, shared with
+/// the Firecracker backend).
+pub use luminaguard_backend::console::ConsoleLimits;

@@ -1,7 +1,8 @@
-//! The guest's serial console, kept in a file of bounded size.
+//! A microVM guest's serial console, kept in a file of bounded size.
 //!
-//! QEMU writes the serial port into one end of a socket pair (`-chardev socket,fd=N`); a small
-//! process of ours, the *console keeper*, reads the other end and writes `console.log`:
+//! The VMM writes the serial port into one end of a socket pair — QEMU through
+//! `-chardev socket,fd=N`, Firecracker as its stdout — and a small process of ours, the *console
+//! keeper*, reads the other end and writes `console.log`:
 //!
 //! - the first [`ConsoleLimits::head`] bytes are kept for good (the boot: kernel version, the
 //!   agent's start, whatever went wrong early);
@@ -17,14 +18,24 @@
 //! child of a multi-threaded process. It forks once more and the middle process exits, so the
 //! keeper is nobody's child here (no zombie, whoever creates sandboxes); it writes itself into
 //! the sandbox's cgroup, runs as the VMM's unprivileged identity, not dumpable, in a session of
-//! its own, with every other file descriptor closed. It ends when QEMU's end of the socket pair
-//! closes (QEMU exited, for any reason) after writing what was left; `destroy` and `gc` kill it
-//! like any process the record names. If it dies, QEMU's socket chardev drops console output
-//! rather than blocking the guest.
+//! its own, with every other file descriptor closed. It ends when the VMM's end of the socket
+//! pair closes (the VMM exited, for any reason) after writing what was left; `destroy` and `gc`
+//! kill it like any process the record names (backends list it in `meta.helpers`).
+//!
+//! The pair is a blocking `SOCK_STREAM` pair, and the keeper's end exists only in the keeper
+//! (close-on-exec here, dropped by the creator once forked). A keeper that lags slows the guest's
+//! UART down, as a real serial line would; a keeper that is gone leaves the VMM's end without a
+//! reader, so its writes fail with `EPIPE` (both VMMs are Rust or ignore `SIGPIPE`; the first
+//! one gets `ECONNRESET` if the keeper died with bytes unread) instead of blocking: QEMU's
+//! socket chardev then drops console output, Firecracker's serial device counts a write error
+//! and drops it, and the guest carries on.
+//!
+//! [`start_console`] does the whole set-up a backend needs: the file, the pair, the keeper.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 
-use crate::backend::VmmIdentity;
+use crate::{ProcessRef, VmmIdentity};
 
 /// Why the console keeper could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +56,13 @@ pub enum ConsoleError {
     },
     #[error("the console keeper (pid {0}) exited before it could be recorded")]
     Gone(i32),
+    #[error("cannot create the console log {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the console keeper's start-up task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// How large `console.log` may grow and what of it is kept.
@@ -445,8 +463,8 @@ pub struct Keeper {
 }
 
 impl Keeper {
-    /// Waits, at most `limit`, until the keeper has exited — i.e. written everything QEMU sent it
-    /// before QEMU exited. Whether it did.
+    /// Waits, at most `limit`, until the keeper has exited — i.e. written everything the VMM sent
+    /// it before the VMM exited. Whether it did.
     pub async fn finished(self, limit: std::time::Duration) -> bool {
         use tokio::io::AsyncReadExt;
         let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(self.done) else {
@@ -467,10 +485,10 @@ impl Keeper {
     }
 }
 
-/// Starts the console keeper: it reads `input` (its end of QEMU's serial socket pair) and keeps
-/// what arrives in `log` (an empty file open for reading and writing) within `limits`, inside the
-/// cgroup whose `cgroup.procs` files are `cgroup_procs`, as `who`. Blocking (two forks and a wait
-/// for the middle one): call it from a blocking task.
+/// Starts the console keeper: it reads `input` (its end of the VMM's serial socket pair) and
+/// keeps what arrives in `log` (an empty file open for reading and writing) within `limits`,
+/// inside the cgroup whose `cgroup.procs` files are `cgroup_procs`, as `who`. Blocking (two forks
+/// and a wait for the middle one): call it from a blocking task.
 pub fn start_keeper(
     input: OwnedFd,
     log: OwnedFd,
@@ -478,14 +496,108 @@ pub fn start_keeper(
     cgroup_procs: &[RawFd],
     who: &VmmIdentity,
 ) -> Result<Keeper, ConsoleError> {
+    start(input, log, limits, cgroup_procs, Some(who))
+}
+
+/// A console keeper started for a VMM by [`start_console`].
+#[derive(Debug)]
+pub struct StartedConsole {
+    /// The end of the socket pair the VMM writes its serial port into (QEMU's
+    /// `-chardev socket,fd=N`, Firecracker's stdout). Once the VMM holds it, drop this copy: the
+    /// keeper ends when the last writer is gone.
+    pub vmm_end: OwnedFd,
+    /// The keeper, by pid and start time: for the sandbox's record (`meta.helpers`).
+    pub process: ProcessRef,
+    pub keeper: Keeper,
+}
+
+/// Creates the console log at `path` (a new file, mode 0600, replacing whatever was there), a
+/// socket pair, and the keeper of the log ([`start_keeper`]), in the cgroup whose
+/// `cgroup.procs` files are `cgroup_procs`, as `who` (`None`: as the caller, who then need not
+/// be root). The work runs on a blocking thread, started before this returns: the caller can do
+/// something else meanwhile and await the result later.
+pub fn start_console(
+    path: &Path,
+    limits: ConsoleLimits,
+    cgroup_procs: &[OwnedFd],
+    who: Option<&VmmIdentity>,
+) -> impl std::future::Future<Output = Result<StartedConsole, ConsoleError>> + Send + use<> {
+    // Its own copies: the task may outlive the caller's on an early return.
+    let procs = cgroup_procs
+        .iter()
+        .map(OwnedFd::try_clone)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| ConsoleError::Sys {
+            what: "duplicate the cgroup.procs descriptors",
+            source,
+        });
+    let who = who.cloned();
+    let path = path.to_owned();
+    let task = procs.map(|procs| {
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::OpenOptionsExt;
+            // A new file, never one found there (nor what a link found there points to).
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(ConsoleError::Create { path, source }),
+            }
+            let log = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&path)
+                .map_err(|source| ConsoleError::Create {
+                    path: path.clone(),
+                    source,
+                })?;
+            // Both ends close-on-exec: only the VMM (which gets its end as a named descriptor or
+            // as stdout) and the keeper ever hold one.
+            let (keeper_end, vmm_end) =
+                std::os::unix::net::UnixStream::pair().map_err(|source| ConsoleError::Sys {
+                    what: "create the serial socket pair",
+                    source,
+                })?;
+            let raw: Vec<RawFd> = procs.iter().map(AsRawFd::as_raw_fd).collect();
+            let keeper = start(
+                OwnedFd::from(keeper_end),
+                OwnedFd::from(log),
+                limits,
+                &raw,
+                who.as_ref(),
+            )?;
+            Ok::<_, ConsoleError>((OwnedFd::from(vmm_end), keeper))
+        })
+    });
+    async move {
+        let (vmm_end, keeper) = task?.await??;
+        let process = ProcessRef::of(keeper.pid).ok_or(ConsoleError::Gone(keeper.pid))?;
+        Ok(StartedConsole {
+            vmm_end,
+            process,
+            keeper,
+        })
+    }
+}
+
+/// [`start_keeper`], as `who` or (`None`) as the caller.
+fn start(
+    input: OwnedFd,
+    log: OwnedFd,
+    limits: ConsoleLimits,
+    cgroup_procs: &[RawFd],
+    who: Option<&VmmIdentity>,
+) -> Result<Keeper, ConsoleError> {
     let mut bounded = BoundedLog::new(log.as_raw_fd(), limits)?;
     // Everything the children use is allocated here, before the fork.
     let mut buf = vec![0u8; BUF];
     let mut scratch = vec![0u8; BUF];
     let (report_r, report_w) = pipe()?;
     let (done_r, done_w) = pipe()?;
-    let groups = who.supplementary.clone();
-    let (uid, gid) = (who.uid, who.gid);
+    let groups = who.map(|w| w.supplementary.clone());
+    let ids = who.map(|w| (w.uid, w.gid));
     let input_fd = input.as_raw_fd();
     let log_fd = log.as_raw_fd();
     let mut keep_fds = [input_fd, log_fd, done_w.as_raw_fd()];
@@ -527,9 +639,10 @@ pub fn start_keeper(
             if libc::setsid() < 0 {
                 fail(1);
             }
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setresgid(gid, gid, gid) != 0
-                || libc::setresuid(uid, uid, uid) != 0
+            if let (Some(groups), Some((uid, gid))) = (&groups, ids)
+                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setresgid(gid, gid, gid) != 0
+                    || libc::setresuid(uid, uid, uid) != 0)
             {
                 fail(2);
             }
@@ -736,8 +849,7 @@ mod tests {
             .unwrap();
         let (r, w) = std::os::unix::net::UnixStream::pair().unwrap();
         // The keeper drops to the given identity, which takes root (setgroups).
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root");
+        if !luminaguard_testkit::privileged("a keeper dropping to a given identity") {
             return;
         }
         let me = VmmIdentity {
@@ -771,7 +883,7 @@ mod tests {
         );
         // Its descriptors close just before it becomes a zombie.
         let start = std::time::Instant::now();
-        while luminaguard_backend::ProcessRef::of(pid).is_some() {
+        while ProcessRef::of(pid).is_some() {
             assert!(
                 start.elapsed() < std::time::Duration::from_secs(5),
                 "keeper {pid} still runs"
@@ -782,5 +894,86 @@ mod tests {
         assert!(got.len() as u64 <= limits.max);
         assert_eq!(&got[..100], &input[..100]);
         assert!(input.ends_with(&got[got.len() - 300..]));
+    }
+
+    /// Waits (polling, at most 5 s) until no process is `pid` any more (a zombie counts as gone:
+    /// its descriptors are closed).
+    fn wait_gone(pid: i32) {
+        let start = std::time::Instant::now();
+        while ProcessRef::of(pid).is_some() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(5),
+                "process {pid} still runs"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    #[tokio::test]
+    async fn start_console_creates_the_log_and_keeps_what_the_vmm_end_carries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        // A stale log is emptied: the keeper's bookkeeping starts from an empty file.
+        std::fs::write(&path, b"an earlier boot's console").unwrap();
+        let limits = small();
+        let started = start_console(&path, limits, &[], None).await.unwrap();
+        assert!(started.process.alive());
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let mut w = std::os::unix::net::UnixStream::from(started.vmm_end);
+        let input: Vec<u8> = (0..100_000u32).map(|i| (i % 211) as u8).collect();
+        std::io::Write::write_all(&mut w, &input).unwrap();
+        drop(w);
+        assert!(
+            started
+                .keeper
+                .finished(std::time::Duration::from_secs(10))
+                .await,
+            "the keeper ends with the VMM's end"
+        );
+        wait_gone(started.process.pid);
+        let got = std::fs::read(&path).unwrap();
+        assert!(got.len() as u64 <= limits.max, "{} bytes", got.len());
+        assert_eq!(&got[..100], &input[..100], "the head is kept");
+        assert!(
+            input.ends_with(&got[got.len() - 300..]),
+            "the end is the newest output"
+        );
+    }
+
+    /// A VMM whose keeper died must lose its console output, never block on it: the pair's other
+    /// end has no reader left, so a write fails with EPIPE (SIGPIPE is ignored in Rust programs).
+    #[tokio::test]
+    async fn writing_after_the_keeper_died_fails_with_epipe_instead_of_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let started = start_console(&path, small(), &[], None).await.unwrap();
+        let mut w = std::os::unix::net::UnixStream::from(started.vmm_end);
+        // A write that blocks shows up as a timeout, not as a hung test.
+        w.set_write_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        std::io::Write::write_all(&mut w, b"boot\n").unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(started.process.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        wait_gone(started.process.pid);
+        // More than a socket buffer holds: a reader that merely stopped reading would block it.
+        let flood = vec![b'x'; 8 << 20];
+        let err = std::io::Write::write_all(&mut w, &flood).unwrap_err();
+        // ECONNRESET instead when the keeper died with bytes unread; EPIPE after that.
+        assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+            "{err}"
+        );
+        let err = std::io::Write::write_all(&mut w, b"more").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe, "{err}");
     }
 }
