@@ -543,14 +543,11 @@ fn cgroup_paths_of(pid: i32) -> Vec<String> {
         .collect()
 }
 
-/// By the time `create` returns, QEMU, vhost-device-vsock and the console keeper are each in every
-/// one of the sandbox's cgroup directories (one per v1 hierarchy, or the v2 group).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_vmm_and_its_helpers_are_in_the_sandboxs_cgroup_when_create_returns() {
-    let Some(p) = programs() else { return };
-    let Some(image) = tokio::task::spawn_blocking(built_image).await.unwrap() else {
-        return;
-    };
+/// A sandbox with the default spec on the test image under TCG, in its own runtime directory
+/// (keep the `TempDir`); `None` when the programs or the image are missing (outside CI).
+async fn default_sandbox() -> Option<(luminaguard_backend::Sandbox, tempfile::TempDir, SandboxId)> {
+    let p = programs()?;
+    let image = tokio::task::spawn_blocking(built_image).await.unwrap()?;
     let backend = QemuBackend::new(
         p.qemu.clone(),
         p.vhost.clone(),
@@ -563,6 +560,16 @@ async fn the_vmm_and_its_helpers_are_in_the_sandboxs_cgroup_when_create_returns(
     req.spec = SandboxSpec::default();
     let id = req.id.clone();
     let sandbox = backend.create(req).await.unwrap();
+    Some((sandbox, tmp, id))
+}
+
+/// By the time `create` returns, QEMU, vhost-device-vsock and the console keeper are each in every
+/// one of the sandbox's cgroup directories (one per v1 hierarchy, or the v2 group).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vmm_and_its_helpers_are_in_the_sandboxs_cgroup_when_create_returns() {
+    let Some((sandbox, tmp, id)) = default_sandbox().await else {
+        return;
+    };
     let meta = sandbox.meta.clone();
     assert!(!meta.cgroup_dirs.is_empty(), "the sandbox has a cgroup");
     let qemu = meta.init.unwrap();
@@ -590,22 +597,9 @@ async fn the_vmm_and_its_helpers_are_in_the_sandboxs_cgroup_when_create_returns(
 /// capability, accepts 64 bytes, and refuses 8 without losing the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guest_agent_reseeds_the_guest_kernel() {
-    let Some(p) = programs() else { return };
-    let Some(image) = tokio::task::spawn_blocking(built_image).await.unwrap() else {
+    let Some((sandbox, tmp, id)) = default_sandbox().await else {
         return;
     };
-    let backend = QemuBackend::new(
-        p.qemu.clone(),
-        p.vhost.clone(),
-        GuestImage::from_store(&image).unwrap(),
-        Accel::Tcg,
-        ClientOptions::default(),
-    );
-    let tmp = world_readable_tempdir();
-    let mut req = request(tmp.path());
-    req.spec = SandboxSpec::default();
-    let id = req.id.clone();
-    let sandbox = backend.create(req).await.unwrap();
     let client = sandbox.client();
     assert!(
         client
