@@ -409,17 +409,26 @@ async fn firecracker_report(kvm: &KvmProbe) -> FirecrackerReport {
             Some(e) => format!("no jailer ({e}): VMMs would run unjailed"),
         });
     }
-    // The backend passes --seccomp-filter only for a filter it was given; seccomp is never off.
-    let seccomp_filter = match &seccompiler.path {
-        Some(p) => format!(
-            "Firecracker's built-in default filters (seccomp is never turned off); \
-             LuminaGuard's custom policy can be compiled with {}",
+    // What `run` does (run::firecracker_backend): the custom policy, compiled by the release's
+    // seccompiler-bin, when there is one; Firecracker's built-in filters otherwise. Never off.
+    let seccomp_filter = match (&seccompiler.path, &seccompiler.error) {
+        (Some(p), None) => format!(
+            "LuminaGuard's custom policy (vmm, api and vcpu threads), compiled with {}",
             p.display()
         ),
-        None => "Firecracker's built-in default filters (seccomp is never turned off); \
-                 no seccompiler-bin for the custom policy"
-            .to_owned(),
+        (Some(p), Some(e)) => format!(
+            "none: {} {e}, and a run stops when the custom policy cannot be compiled",
+            p.display()
+        ),
+        (None, _) => {
+            "Firecracker's built-in default filters (no seccompiler-bin for LuminaGuard's \
+                 custom policy; seccomp is never turned off)"
+                .to_owned()
+        }
     };
+    if firecracker.error.is_none() && jailer.error.is_none() && !nix::unistd::geteuid().is_root() {
+        notes.push("not root: VMMs would run unjailed (the jailer needs root)".into());
+    }
     FirecrackerReport {
         verdict: Verdict { usable, notes },
         firecracker,

@@ -6,6 +6,7 @@ mod image;
 mod run;
 mod sandbox;
 mod stream;
+mod template;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +69,9 @@ enum Command {
     /// Guest images for the microVM backends: build, ls, rm.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Snapshots of booted Firecracker sandboxes to restore new ones from: create, ls, rm.
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,6 +178,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => with_runtime(doctor::run(args, &config)),
         Command::Run(args) => with_runtime(run::run(args, &config)),
         Command::Sandbox(cmd) => with_runtime(sandbox::run(cmd, &config)),
+        Command::Template(cmd) => with_runtime(template::run(cmd, &config)),
         Command::Gc { json } => {
             let runtime = config.runtime()?;
             let mut report = luminaguard_backend::gc::collect(&runtime);

@@ -47,6 +47,10 @@ pub struct SandboxArgs {
     /// (default: the newest image in the store).
     #[arg(long, value_name = "DIGEST")]
     pub image: Option<String>,
+    /// Restore the sandbox from template NAME (`luminaguard template create`) instead of
+    /// booting it: Firecracker only; the settings must be the template's.
+    #[arg(long, value_name = "NAME")]
+    pub template: Option<String>,
     /// Allow outbound connections to DEST (repeatable): an address or CIDR (any port, any
     /// protocol) or ADDR:PORT (that TCP/UDP port). Without --net the sandbox has no network at
     /// all. Private, loopback, link-local and cloud-metadata addresses and the host's own stay
@@ -219,16 +223,41 @@ pub fn find_image(
     Ok(Some(store.verify_for_boot(image.digest.as_str())?))
 }
 
-/// The backend for a request: `spec.backend` (after `--backend`), with `image` for a microVM.
-///
-/// `auto` is the process sandbox unless KVM can really run a guest and an image exists, then
-/// QEMU with KVM. (Firecracker, which `auto` will prefer, is not there yet; QEMU under TCG is
-/// real isolation but seconds per boot, so it runs only when asked for by name.)
-pub async fn backend(spec: &SandboxSpec, image: Option<&str>) -> anyhow::Result<AnyBackend> {
-    let client = ClientOptions {
+fn client_options(spec: &SandboxSpec) -> ClientOptions {
+    ClientOptions {
         default_exec_timeout: spec.limits.exec_timeout,
         ..Default::default()
-    };
+    }
+}
+
+/// The backend for a request: `spec.backend` (after `--backend`), with `--image` for a
+/// microVM; with `--template`, Firecracker restoring that template.
+///
+/// `auto` is the process sandbox unless KVM can really run a guest and an image exists, then
+/// QEMU with KVM. (Firecracker, which `auto` will prefer, has not yet been run on a KVM host;
+/// QEMU under TCG is real isolation but seconds per boot, so it runs only when asked for by
+/// name.)
+pub async fn backend(req: &CreateRequest, args: &SandboxArgs) -> anyhow::Result<AnyBackend> {
+    let spec = &req.spec;
+    let image = args.image.as_deref();
+    let client = client_options(spec);
+    if let Some(name) = &args.template {
+        if !matches!(
+            spec.backend,
+            BackendChoice::Auto | BackendChoice::Firecracker
+        ) {
+            anyhow::bail!(
+                "--template restores a Firecracker snapshot: it cannot run with --backend {}",
+                spec.backend
+            );
+        }
+        let template = crate::template::open(&req.runtime, name).await?;
+        return Ok(AnyBackend::Firecracker(Box::new(
+            firecracker_for(spec, image)
+                .await?
+                .with_template(Some(template)),
+        )));
+    }
     let choice = match spec.backend {
         BackendChoice::Auto => {
             let kvm = tokio::task::spawn_blocking(luminaguard_qemu::kvm::probe).await?;
@@ -271,17 +300,24 @@ pub async fn backend(spec: &SandboxSpec, image: Option<&str>) -> anyhow::Result<
                     .with_resolver(exe, dns_upstream()?),
             )))
         }
-        BackendChoice::Firecracker => {
-            let exe = std::env::current_exe()
-                .context("finding our own binary to run as the sandbox's DNS resolver")?;
-            Ok(AnyBackend::Firecracker(Box::new(
-                firecracker_backend(image, client)
-                    .await?
-                    .with_uplink(uplink())
-                    .with_resolver(exe, dns_upstream()?),
-            )))
-        }
+        BackendChoice::Firecracker => Ok(AnyBackend::Firecracker(Box::new(
+            firecracker_for(spec, image).await?,
+        ))),
     }
+}
+
+/// The Firecracker backend for `spec` with `image` (see [`firecracker_backend`]), its egress
+/// uplink and DNS resolver.
+pub async fn firecracker_for(
+    spec: &SandboxSpec,
+    image: Option<&str>,
+) -> anyhow::Result<FirecrackerBackend> {
+    let exe = std::env::current_exe()
+        .context("finding our own binary to run as the sandbox's DNS resolver")?;
+    Ok(firecracker_backend(image, client_options(spec))
+        .await?
+        .with_uplink(uplink())
+        .with_resolver(exe, dns_upstream()?))
 }
 
 /// Firecracker (`LUMINAGUARD_FIRECRACKER`, else on PATH) with the image's `vmlinux`; only where
@@ -391,7 +427,7 @@ pub async fn run(args: RunArgs, config: &Config) -> anyhow::Result<ExitCode> {
         .request(config, SandboxId::generate(), false)
         .await?;
     let spec = req.spec.clone();
-    let sandbox = backend(&spec, args.sandbox.image.as_deref())
+    let sandbox = backend(&req, &args.sandbox)
         .await?
         .create(req)
         .await

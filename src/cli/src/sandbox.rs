@@ -224,7 +224,7 @@ async fn remove(
 async fn create(args: CreateArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let id = args.name.unwrap_or_else(SandboxId::generate);
     let req = args.sandbox.request(config, id, true).await?;
-    let backend = crate::run::backend(&req.spec, args.sandbox.image.as_deref()).await?;
+    let backend = crate::run::backend(&req, &args.sandbox).await?;
     let sandbox = backend.create(req).await.context("creating the sandbox")?;
     if args.json {
         println!(

@@ -329,20 +329,110 @@ fn sandbox_init_refuses_to_run_outside_a_fresh_pid_namespace() {
 #[test]
 fn firecracker_without_its_binary_is_refused_clearly() {
     let rt = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .arg("--runtime-dir")
-        .arg(rt.path())
-        .args(["run", "--backend", "firecracker", "--", "true"])
-        .env("RUST_LOG", "warn")
-        .env(
-            "LUMINAGUARD_FIRECRACKER",
-            rt.path().join("no-such-firecracker"),
-        )
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, err) = lg_without_firecracker(
+        rt.path(),
+        &["run", "--backend", "firecracker", "--", "true"],
+    );
+    assert!(!ok);
     assert!(err.contains("LUMINAGUARD_FIRECRACKER"), "{err}");
     let left = std::fs::read_dir(rt.path().join("sandboxes")).map_or(0, |d| d.count());
     assert_eq!(left, 0, "nothing is created before the backend is found");
+}
+
+/// `luminaguard --runtime-dir RT ARGS…` with `LUMINAGUARD_FIRECRACKER` naming a binary that does
+/// not exist: (success, stdout, stderr).
+fn lg_without_firecracker(rt: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("--runtime-dir")
+        .arg(rt)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env("LUMINAGUARD_FIRECRACKER", rt.join("no-such-firecracker"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `template` and `--template`: what cannot work is refused clearly before anything is created
+/// (the making and restoring themselves are tested against the fake Firecracker in
+/// `luminaguard-firecracker`; this host cannot run Firecracker).
+#[test]
+fn templates_refuse_what_cannot_work_and_create_nothing() {
+    let rt = tempfile::tempdir().unwrap();
+    let lg_rt = |args: &[&str]| lg_without_firecracker(rt.path(), args);
+    let (ok, out, _) = lg_rt(&["template", "ls", "--json"]);
+    assert!(ok);
+    assert_eq!(out.trim(), "[]");
+    for (args, says) in [
+        (
+            &["run", "--template", "nope", "--", "true"][..],
+            "no template named nope",
+        ),
+        (
+            &["run", "--template", "t", "--backend", "qemu", "--", "true"][..],
+            "cannot run with --backend qemu",
+        ),
+        (&["template", "create", "../x"][..], "template name"),
+        (
+            &["template", "create", "t", "--backend", "process"][..],
+            "templates are Firecracker snapshots",
+        ),
+        (&["template", "create", "t"][..], "LUMINAGUARD_FIRECRACKER"),
+        (&["template", "rm", "nope"][..], "no template named nope"),
+    ] {
+        let (ok, _, err) = lg_rt(args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let left = std::fs::read_dir(rt.path().join("templates")).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "a refused template left a directory");
+    let left = std::fs::read_dir(rt.path().join("sandboxes")).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "a refused run left a sandbox");
+}
+
+/// `doctor` says which seccomp filter a Firecracker started by `run` gets: LuminaGuard's custom
+/// policy when the release's `seccompiler-bin` is there (what `run` then compiles and passes),
+/// Firecracker's built-in filters otherwise.
+#[test]
+fn doctor_names_the_firecracker_seccomp_filter_run_would_use() {
+    use std::os::unix::fs::PermissionsExt;
+    let rt = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let script = |name: &str, version: &str| {
+        let p = bin.path().join(name);
+        std::fs::write(&p, format!("#!/bin/sh\necho '{version}'\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    };
+    let fc = script("firecracker", "Firecracker v1.16.1");
+    let filter_of = |seccompiler: Option<&Path>| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--runtime-dir")
+            .arg(rt.path())
+            .args(["doctor", "--json"])
+            .env("LUMINAGUARD_FIRECRACKER", &fc)
+            .env("PATH", "/usr/bin:/bin");
+        match seccompiler {
+            Some(s) => cmd.env("LUMINAGUARD_SECCOMPILER", s),
+            None => cmd.env_remove("LUMINAGUARD_SECCOMPILER"),
+        };
+        let out = cmd.output().unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["firecracker"]["seccomp_filter"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let none = filter_of(None);
+    assert!(none.starts_with("Firecracker's built-in"), "{none}");
+    let compiler = script("seccompiler-bin", "seccompiler-bin v1.16.1");
+    let custom = filter_of(Some(&compiler));
+    assert!(
+        custom.starts_with("LuminaGuard's custom policy") && custom.contains("seccompiler-bin"),
+        "{custom}"
+    );
 }

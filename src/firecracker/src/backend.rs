@@ -16,14 +16,22 @@
 //!    PID namespace — ([`crate::launch::spawn`]), with the seccomp filter if one is set
 //!    ([`FirecrackerBackend::with_seccomp_filter`], [`FirecrackerBackend::with_custom_seccomp`]),
 //!    and recorded as `init` (the real Firecracker: in jailer mode the pid from the jailer's pid
-//!    file) and as `owner` for a long-lived sandbox, before it is configured;
+//!    file) and as `owner` for a long-lived sandbox, before it is configured; its stdout goes to
+//!    a console keeper that bounds `console.log` (`luminaguard_backend::console`), recorded in
+//!    `helpers` with it;
 //! 5. configuration, `InstanceStart` and the agent's handshake ([`crate::launch::Spawned::boot`]).
 //!
 //! Removal (`destroy`, `gc`, a failed create) works from the record alone: kill `init`, remove
 //! the cgroups, the chroot and the sandbox directory.
 //!
-//! Not yet wired into the backend: snapshots ([`crate::snapshot`]) and a scratch disk
-//! (the guest's writable layer is the tmpfs `luminaguard.scratch_mb` sizes, as under QEMU).
+//! Templates ([`crate::template`]): [`FirecrackerBackend::create_template`] boots a disposable
+//! sandbox, snapshots it and removes it; a backend [`FirecrackerBackend::with_template`] then
+//! creates every sandbox by restoring that snapshot instead of booting (step 5 becomes `PUT
+//! /snapshot/load`, resume, the agent, and the guest kernel's reseed with fresh entropy), after
+//! checking that the template holds the VM the request asks for.
+//!
+//! Not wired into the backend: a scratch disk (the guest's writable layer is the tmpfs
+//! `luminaguard.scratch_mb` sizes, as under QEMU).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,11 +49,14 @@ use luminaguard_protocol::{AGENT_VSOCK_PORT, Client, ClientOptions};
 
 use crate::boot_args::KernelArgs;
 use crate::jailer::{CgroupVersion, JailCgroups, JailerConfig};
+use crate::launch::Launched;
 use crate::launch::{
     self, LaunchConfig, LaunchError, LaunchNet, LaunchTimings, Lifetime, RunAs, Timeouts, VmId,
 };
 use crate::models::{LogLevel, MachineConfiguration};
 use crate::seccomp::{self, SeccompError};
+use crate::snapshot::RestoreFrom;
+use crate::template::{NetShape, Template, TemplateManifest, Wanted};
 
 const NAME: &str = "firecracker";
 
@@ -116,6 +127,7 @@ pub struct FirecrackerBackend {
     entropy: bool,
     uplink: Uplink,
     dns: Option<DnsOptions>,
+    template: Option<Template>,
 }
 
 impl FirecrackerBackend {
@@ -132,7 +144,15 @@ impl FirecrackerBackend {
             entropy: true,
             uplink: Uplink::default(),
             dns: None,
+            template: None,
         }
+    }
+
+    /// Creates every sandbox by restoring `template` (see [`crate::template`]) instead of
+    /// booting; a request for another VM than the template holds is refused. `None`: boot.
+    pub fn with_template(mut self, template: Option<Template>) -> Self {
+        self.template = template;
+        self
     }
 
     /// Where sandboxes with an egress policy reach the world (the host's own namespace by
@@ -230,6 +250,103 @@ impl FirecrackerBackend {
         dir: &Path,
         meta: &mut SandboxMeta,
     ) -> Result<(Client, LaunchTimings), BackendError> {
+        let (launched, _) = self
+            .start_vm(req, dir, meta, self.template.as_ref())
+            .await?;
+        tracing::debug!(id = %req.id, pid = launched.pid, timings = ?launched.timings, restored = self.template.is_some(), "firecracker sandbox ready");
+        let Launched {
+            vmm,
+            agent,
+            timings,
+            ..
+        } = launched;
+        reap(req.id.to_string(), vmm);
+        Ok((agent, timings))
+    }
+
+    /// Boots a disposable sandbox for `req`, snapshots it into `dest` (which must not exist;
+    /// its parent must), seals it as a template and removes the sandbox. The template is made
+    /// in this backend's mode (jailer or direct), and only restores in that mode.
+    pub async fn create_template(
+        &self,
+        mut req: CreateRequest,
+        dest: &Path,
+    ) -> Result<Template, BackendError> {
+        const STEP: &str = "make the template";
+        req.persistent = false;
+        tokio::fs::create_dir(dest)
+            .await
+            .map_err(|e| setup(STEP, format!("{}: {e}", dest.display())))?;
+        let made = self.snapshot_fresh(&req, dest).await;
+        if made.is_err() {
+            if let Err(e) = tokio::fs::remove_dir_all(dest).await {
+                tracing::warn!(dest = %dest.display(), error = %e, "cannot remove a failed template");
+            }
+        }
+        made
+    }
+
+    async fn snapshot_fresh(
+        &self,
+        req: &CreateRequest,
+        dest: &Path,
+    ) -> Result<Template, BackendError> {
+        let (dir, mut meta) = luminaguard_backend::begin_create(req, NAME, |m| {
+            m.accel = Some("kvm".into());
+            m.agent_vsock_port = Some(AGENT_VSOCK_PORT);
+        })
+        .await?;
+        let (mut launched, cfg) = match self.start_vm(req, &dir, &mut meta, None).await {
+            Ok(vm) => vm,
+            Err(e) => {
+                luminaguard_backend::abandon_create(dir, meta).await;
+                return Err(e);
+            }
+        };
+        let taken = async {
+            let version = launched
+                .api
+                .version()
+                .await
+                .map_err(|e| setup("make the template", e))?;
+            crate::snapshot::create(&mut launched, &cfg, dest)
+                .await
+                .map_err(|e| setup("make the template", e))?;
+            Ok::<_, BackendError>(version.firecracker_version)
+        }
+        .await;
+        let Launched { vmm, agent, .. } = launched;
+        reap(req.id.to_string(), vmm);
+        let sandbox =
+            Sandbox::new(req.id.clone(), dir, meta, agent).with_graceful_shutdown(SHUTDOWN_GRACE);
+        let removed = sandbox.destroy().await;
+        let version = taken?;
+        removed?;
+        let manifest = TemplateManifest {
+            format: crate::template::FORMAT,
+            image: self.image.digest.clone(),
+            vcpus: cfg.machine.vcpu_count,
+            memory_mib: cfg.machine.mem_size_mib,
+            scratch_mib: req.spec.scratch.bytes() / ByteSize::MIB,
+            network: net_shape(&req.spec.network),
+            jailed: self.jailer.is_some(),
+            firecracker_version: version,
+            created_unix_ms: luminaguard_backend::state::now_unix_ms(),
+        };
+        Template::seal(dest, manifest)
+            .await
+            .map_err(|e| setup("make the template", e))
+    }
+
+    /// Starts the VM — booted, or restored from `template` — and returns it with the launch
+    /// configuration it was started with. On error the caller removes what the record names.
+    async fn start_vm(
+        &self,
+        req: &CreateRequest,
+        dir: &Path,
+        meta: &mut SandboxMeta,
+        template: Option<&Template>,
+    ) -> Result<(Launched, LaunchConfig), BackendError> {
         let spec = &req.spec;
         if req.workspace.is_some() {
             return Err(setup(
@@ -246,6 +363,20 @@ impl FirecrackerBackend {
                     format!("{} vCPUs: Firecracker runs 1 to 32", spec.vcpus),
                 )
             })?;
+        if let Some(t) = template {
+            // Before anything is built: a restore gives the template's VM, nothing else.
+            let want = Wanted {
+                image: self.image.digest.as_deref(),
+                vcpus,
+                memory_mib: spec.memory.bytes() / ByteSize::MIB,
+                scratch_mib: spec.scratch.bytes() / ByteSize::MIB,
+                network: net_shape(&spec.network),
+                jailed: self.jailer.is_some(),
+            };
+            t.manifest
+                .check(&t.dir, &want)
+                .map_err(|e| setup("restore the template", e))?;
+        }
         if req.without_cgroup {
             tracing::warn!(id = %req.id, "no cgroup limits: the VMM's memory, PIDs and CPU are not capped");
         }
@@ -324,6 +455,7 @@ impl FirecrackerBackend {
                 .collect(),
             jailer,
             network: network.map(|(net, _)| net),
+            console: launch::ConsoleLimits::DEFAULT,
         };
         // Name the jail's chroot and cgroups in the record before the jailer creates them.
         let planned = launch::plan_jail(&cfg).await.map_err(launch_failed)?;
@@ -355,6 +487,8 @@ impl FirecrackerBackend {
             ));
         };
         meta.init = Some(init);
+        // The console keeper is nobody's child: destroy and gc find it here.
+        meta.helpers.extend(spawned.console_keeper());
         if req.persistent {
             // From now on the sandbox lives as long as its VMM, not as long as its creator.
             meta.owner = init;
@@ -363,10 +497,19 @@ impl FirecrackerBackend {
             spawned.abort().await;
             return Err(e.into());
         }
-        let launched = spawned.boot(&cfg).await.map_err(launch_failed)?;
-        tracing::debug!(id = %req.id, pid = launched.pid, timings = ?launched.timings, "firecracker sandbox ready");
-        reap(req.id.to_string(), launched.vmm);
-        Ok((launched.agent, launched.timings))
+        let launched = match template {
+            None => spawned.boot(&cfg).await,
+            // The vsock socket keeps its relative name (`agent.sock`), which every release
+            // resolves in the new VM's root: no `vsock_override` needed.
+            Some(t) => {
+                let from = RestoreFrom {
+                    snapshot: t.snapshot(),
+                    vsock_override: false,
+                };
+                spawned.restore(&cfg, &from).await
+            }
+        };
+        Ok((launched.map_err(launch_failed)?, cfg))
     }
 
     /// For an egress policy: records the uplink, builds the sandbox's egress path with a tap
@@ -470,6 +613,17 @@ impl FirecrackerBackend {
 /// The VMM's limits: guest RAM plus [`VMM_MEMORY_OVERHEAD`], [`VMM_PIDS`], a CPU per vCPU.
 fn limits(req: &CreateRequest) -> Limits {
     luminaguard_backend::vmm_limits(&req.spec, VMM_MEMORY_OVERHEAD, VMM_PIDS)
+}
+
+/// The network a request's guest has (see [`NetShape`]).
+fn net_shape(policy: &luminaguard_core::NetworkPolicy) -> NetShape {
+    if policy.is_none() {
+        NetShape::None
+    } else if luminaguard_net::resolver_service::needs_resolver(policy) {
+        NetShape::Resolver
+    } else {
+        NetShape::Addresses
+    }
 }
 
 fn nix_is_root() -> bool {

@@ -12,7 +12,10 @@
 //! - [`vmm`]: the Firecracker process — our child, or (jailer with a new PID namespace or
 //!   daemonized) a process held by a pidfd.
 //! - [`seccomp`]: which filter is in force; the custom policy and its compilation.
-//! - [`snapshot`]: pause, full snapshot, resume; restore into a new VM.
+//! - [`snapshot`]: pause, full snapshot, resume; restore into a new VM (whose guest kernel is
+//!   reseeded with fresh entropy).
+//! - [`template`]: a snapshot of a freshly booted sandbox and what it holds; the backend
+//!   restores sandboxes from one instead of booting them.
 //! - [`tools`]: where `firecracker`, `jailer` and `seccompiler-bin` are found.
 //! - [`backend`]: [`FirecrackerBackend`], the `luminaguard_backend::Backend` on top of the launch:
 //!   the sandbox's record, cgroup, unprivileged VMM user, jailer mode and the seccomp filter,
@@ -30,6 +33,7 @@ pub mod launch;
 pub mod models;
 pub mod seccomp;
 pub mod snapshot;
+pub mod template;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tools;
@@ -38,3 +42,4 @@ pub mod vmm;
 pub use backend::{FirecrackerBackend, GuestImage};
 pub use boot_args::{BootArgsError, KernelArgs};
 pub use client::{ApiClient, ApiError, Endpoint};
+pub use template::{Template, TemplateManifest};

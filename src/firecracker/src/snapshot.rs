@@ -274,28 +274,45 @@ pub async fn restore(cfg: &LaunchConfig, from: &RestoreFrom) -> Result<Launched,
         }
         cfg.scratch = Some(dst);
     }
-    let spawned = launch::spawn(&cfg).await?;
-    let mut from = from.clone();
-    if let Some(jail) = spawned.jail() {
-        // The snapshot files must be inside the chroot too (read-only use: linked).
+    launch::spawn(&cfg).await?.restore(&cfg, from).await
+}
+
+impl launch::Spawned {
+    /// Restores `from` into this spawned (not yet configured) Firecracker: its state and memory
+    /// files are placed in the VM's root — the sandbox directory, or the chroot — as hard
+    /// links (copies across file systems), so Firecracker, running as the VMM's user and
+    /// possibly chrooted, opens them by relative name and they go when the VM's files go; then
+    /// `PUT /snapshot/load`, resume and the agent. Firecracker only reads both files (the
+    /// memory file is mapped privately), so one snapshot serves any number of restores; they
+    /// must be readable by the VMM's user. On failure everything is torn down.
+    pub async fn restore(
+        self,
+        cfg: &LaunchConfig,
+        from: &RestoreFrom,
+    ) -> Result<Launched, LaunchError> {
+        let mut from = from.clone();
         for (src, name) in [
             (&mut from.snapshot.state, STATE_FILE),
             (&mut from.snapshot.memory, MEMORY_FILE),
         ] {
-            match jail.place(src, name, None).await {
-                Ok(_) => *src = PathBuf::from(name),
+            let placed = match self.jail() {
+                Some(jail) => jail.place(src, name, None).await.map(|_| ()),
+                None => crate::jailer::place_file(src, &cfg.dir.join(name), None).await,
+            };
+            match placed {
+                Ok(()) => *src = PathBuf::from(name),
                 Err(e) => {
-                    spawned.abort().await;
+                    self.abort().await;
                     return Err(LaunchError {
                         vm_id: cfg.vm_id.to_string(),
-                        step: Step::Jail,
+                        step: Step::SnapshotFiles,
                         cause: Cause::Jail(e),
                     });
                 }
             }
         }
+        self.finish(cfg, launch::Steps::Restore(&from)).await
     }
-    spawned.finish(&cfg, launch::Steps::Restore(&from)).await
 }
 
 /// The steps after the spawn of a restore: API socket, logger, metrics, snapshot-load, resume,
@@ -328,6 +345,7 @@ pub(crate) async fn run_restore(
     let configure = t_cfg.elapsed();
     let t_boot = Instant::now();
     let agent = launch::wait_for_agent(cfg, files, vmm, None).await?;
+    launch::racing(vmm, Step::Reseed, reseed(&agent)).await?;
     Ok((
         api,
         agent,
@@ -338,6 +356,31 @@ pub(crate) async fn run_restore(
             total: t0.elapsed(),
         },
     ))
+}
+
+/// How many bytes of the host's randomness a restored guest gets (see [`reseed`]).
+pub const RESEED_BYTES: usize = 64;
+
+/// Gives a restored guest's kernel [`RESEED_BYTES`] fresh bytes from the host's CSPRNG
+/// (`getrandom`) and has it reseed its own at once (`luminaguard_agent::entropy`). Every VM
+/// restored from one snapshot starts with the snapshot's kernel random state; VMGenID would
+/// reseed it only in a guest kernel with `CONFIG_VMGENID`, which LuminaGuard's image (the
+/// Debian cloud kernel) lacks. So this is never skipped: an agent that cannot do it fails the
+/// restore.
+pub(crate) async fn reseed(agent: &Client) -> Result<(), Cause> {
+    use luminaguard_protocol::handshake::capability::RESEED;
+    if !agent.peer().capabilities.iter().any(|c| c == RESEED) {
+        return Err(Cause::Reseed(format!(
+            "the agent ({}) does not offer {RESEED}",
+            agent.peer().software
+        )));
+    }
+    let mut entropy = vec![0u8; RESEED_BYTES];
+    getrandom::fill(&mut entropy).map_err(|e| Cause::Reseed(format!("getrandom: {e}")))?;
+    agent
+        .reseed(entropy)
+        .await
+        .map_err(|e| Cause::Reseed(e.to_string()))
 }
 
 /// The body of `PUT /snapshot/load` for a restore.

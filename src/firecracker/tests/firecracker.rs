@@ -427,6 +427,7 @@ fn config(img: &Images, plan: &Plan) -> LaunchConfig {
         cgroup_procs: Vec::new(),
         jailer: None,
         network: None,
+        console: launch::ConsoleLimits::DEFAULT,
     }
 }
 
@@ -448,6 +449,12 @@ fn assert_torn_down(img: &Images, err: &LaunchError, pid: Option<u32>) {
     for s in [&files.api_socket, &files.vsock, &files.ready_socket] {
         assert!(!s.exists(), "{} left behind after: {err}", s.display());
     }
+    // Nor a console keeper (whose descriptor on console.log root would see).
+    assert_eq!(
+        holders_of(&files.console),
+        [],
+        "console.log still open after: {err}"
+    );
     if let Some(pid) = pid {
         assert!(
             !process_exists(pid),
@@ -998,6 +1005,286 @@ async fn the_vmm_runs_inside_the_sandboxes_cgroup() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The guest's serial console: Firecracker's stdout, kept in a bounded `console.log` by a keeper.
+
+use luminaguard_backend::ProcessRef;
+use luminaguard_firecracker::launch::ConsoleLimits;
+use luminaguard_firecracker::testing::{ConsoleOutput, FLOOD_FAILED, FLOOD_LINE, console_flood};
+
+/// Small limits, so that a flood goes through many compactions.
+pub(crate) fn small_console() -> ConsoleLimits {
+    ConsoleLimits {
+        head: 4 * 1024,
+        tail: 16 * 1024,
+        max: 64 * 1024,
+    }
+}
+
+/// A plan whose guest prints the first `len` bytes of the console flood.
+pub(crate) fn flooding(len: u64) -> Plan {
+    Plan {
+        console: ConsoleOutput { flood: len },
+        ..Plan::default()
+    }
+}
+
+/// Waits until the fake's flood of `len` bytes has reached `console` whole (the file ends with
+/// the flood's last line), asserting at every look that the file is within `limits.max` and
+/// that the fake's writes have not failed (its `stderr` would say so). Returns the file.
+pub(crate) async fn flooded_console(
+    console: &Path,
+    stderr: &Path,
+    len: u64,
+    limits: ConsoleLimits,
+) -> Vec<u8> {
+    let last = console_flood(len - FLOOD_LINE..len);
+    let start = Instant::now();
+    loop {
+        let bytes = std::fs::read(console).unwrap_or_default();
+        assert!(
+            bytes.len() as u64 <= limits.max,
+            "console.log is {} bytes, over the maximum {}",
+            bytes.len(),
+            limits.max
+        );
+        if bytes.ends_with(&last) {
+            // That read may have overlapped the last compaction; from now on the file no longer
+            // changes, so this one is whole.
+            return std::fs::read(console).unwrap();
+        }
+        let err = std::fs::read_to_string(stderr).unwrap_or_default();
+        assert!(!err.contains(FLOOD_FAILED), "{err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the flood's end did not reach console.log ({} bytes; stderr: {err})",
+            bytes.len()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Asserts that `got` is what the keeper makes of the flood's first `len` bytes (more than
+/// `limits.max`): the head as it was printed, one line saying how much was dropped, then the
+/// newest output up to the last byte — at least `limits.tail` of it — and nothing else.
+pub(crate) fn assert_bounded_flood(got: &[u8], len: u64, limits: ConsoleLimits) {
+    assert!(len > limits.max, "not a flood");
+    assert!(got.len() as u64 <= limits.max, "{} bytes", got.len());
+    let head = usize::try_from(limits.head).unwrap();
+    assert_eq!(
+        got[..head],
+        console_flood(0..limits.head)[..],
+        "the head is kept"
+    );
+    let rest = std::str::from_utf8(&got[head..]).unwrap();
+    let rest = rest.strip_prefix("\n[luminaguard: ").unwrap_or_else(|| {
+        panic!(
+            "no marker after the head: {:?}",
+            &rest[..80.min(rest.len())]
+        )
+    });
+    let (dropped, rest) = rest.split_once(' ').unwrap();
+    let dropped: u64 = dropped.parse().unwrap();
+    let body = rest
+        .strip_prefix("bytes of console output dropped here]\n")
+        .expect("the marker line");
+    let body = body.as_bytes();
+    assert!(
+        body.len() as u64 >= limits.tail,
+        "only {} bytes after the marker",
+        body.len()
+    );
+    assert_eq!(
+        body,
+        &console_flood(len - body.len() as u64..len)[..],
+        "after the marker: the newest output, in order, to the end"
+    );
+    assert_eq!(
+        limits.head + dropped + body.len() as u64,
+        len,
+        "every byte is kept or counted as dropped"
+    );
+}
+
+/// Live processes (pid, command name) with a descriptor open on `path`, or on the file that was
+/// there before it was removed. Root sees every process's descriptors.
+pub(crate) fn holders_of(path: &Path) -> Vec<(i32, String)> {
+    let want = path.to_str().unwrap().to_owned();
+    let deleted = format!("{want} (deleted)");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|fds| {
+                    fds.flatten().any(|fd| {
+                        std::fs::read_link(fd.path()).is_ok_and(|t| {
+                            let t = t.to_string_lossy();
+                            t == want || t == deleted
+                        })
+                    })
+                })
+                .unwrap_or(false)
+        })
+        .map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            (pid, comm.trim().to_owned())
+        })
+        .collect()
+}
+
+/// Asserts that `pid` is in every one of (some) cgroup directories `dirs`.
+pub(crate) fn assert_in_cgroups(pid: i32, dirs: &[PathBuf]) {
+    assert!(!dirs.is_empty(), "no cgroup");
+    for d in dirs {
+        let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap();
+        let me = pid.to_string();
+        assert!(
+            procs.lines().any(|l| l == me),
+            "{pid} is not in {}: {procs}",
+            d.display()
+        );
+    }
+}
+
+pub(crate) fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// Waits (at most 5 s) until `p` no longer runs.
+pub(crate) async fn ended(p: ProcessRef) -> bool {
+    let start = Instant::now();
+    while p.alive() {
+        if start.elapsed() > Duration::from_secs(5) {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+#[tokio::test]
+async fn a_guest_flooding_its_console_leaves_a_bounded_log_with_head_and_newest_output() {
+    let img = images();
+    let limits = small_console();
+    // 40 × the maximum, not a whole number of lines or pieces.
+    let len = 40 * limits.max + 123;
+    let mut cfg = config(&img, &flooding(len));
+    cfg.console = limits;
+    let vm = launch::launch(&cfg).await.unwrap();
+    let keeper = vm.console.as_ref().expect("a console keeper").process;
+    assert!(keeper.alive());
+    assert_eq!(comm(keeper.pid), "lg-console");
+    let console = img.sandbox.join("console.log");
+    let got = flooded_console(&console, &vm.files.stderr, len, limits).await;
+    assert_bounded_flood(&got, len, limits);
+    // The VM serves on; stopping it ends the keeper too.
+    vm.agent.ping().await.unwrap();
+    vm.stop(true).await;
+    // (It closes its descriptors a moment before it is gone.)
+    assert!(ended(keeper).await, "the keeper outlived its VMM");
+    assert_eq!(holders_of(&console), []);
+}
+
+/// The keeper dies (it is killed) while the guest floods: Firecracker's writes to its stdout
+/// must fail (EPIPE, or ECONNRESET) rather than block, and the VM must keep serving.
+#[tokio::test]
+async fn a_vmm_whose_console_keeper_died_loses_console_output_not_its_progress() {
+    let img = images();
+    let mut cfg = config(&img, &flooding(u64::MAX));
+    cfg.console = small_console();
+    let vm = launch::launch(&cfg).await.unwrap();
+    let keeper = vm.console.as_ref().unwrap().process;
+    let console = img.sandbox.join("console.log");
+    let start = Instant::now();
+    while std::fs::metadata(&console).unwrap().len() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no console output"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // SAFETY: a signal to a live process of ours (pid checked just before).
+    assert!(keeper.alive());
+    assert_eq!(unsafe { libc::kill(keeper.pid, libc::SIGKILL) }, 0);
+    assert!(ended(keeper).await, "the keeper survived SIGKILL");
+    let start = Instant::now();
+    let stderr = loop {
+        let text = std::fs::read_to_string(&vm.files.stderr).unwrap_or_default();
+        if text.contains(FLOOD_FAILED) {
+            break text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the VMM's console writes still neither fail nor finish: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // EPIPE, or ECONNRESET for the first write when the keeper died with output unread.
+    assert!(
+        stderr.contains("Broken pipe") || stderr.contains("Connection reset by peer"),
+        "{stderr}"
+    );
+    vm.agent.ping().await.unwrap();
+    assert_eq!(
+        vm.api.instance_info().await.unwrap().state,
+        InstanceState::Running
+    );
+    vm.stop(true).await;
+}
+
+/// The backend records the keeper beside Firecracker; it runs as the VMM's user in the
+/// sandbox's cgroup; the log stays bounded; and destroy ends the keeper from the record alone
+/// (it is stopped first, so it cannot end by itself when Firecracker exits).
+#[tokio::test]
+async fn a_sandbox_flooding_its_console_keeps_a_bounded_log_and_destroy_ends_its_keeper() {
+    if !luminaguard_testkit::privileged("a console keeper as the VMM's user in its cgroup") {
+        return;
+    }
+    // The backend's own limits.
+    let limits = ConsoleLimits::DEFAULT;
+    let len = 3 * limits.max + 4321;
+    let fx = backend_fixture(&flooding(len));
+    let sandbox = fx
+        .backend
+        .create(request(&fx, "fc-console", true, false))
+        .await
+        .unwrap();
+    let meta = sandbox.meta.clone();
+    let dir = sandbox.dir.clone();
+    let init = meta.init.unwrap();
+    assert_eq!(
+        meta.helpers.len(),
+        1,
+        "the console keeper is recorded: {meta:?}"
+    );
+    let keeper = meta.helpers[0];
+    assert!(keeper.alive());
+    assert_eq!(comm(keeper.pid), "lg-console");
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
+    assert_eq!(on_disk["helpers"][0]["pid"], keeper.pid);
+    let uid = meta.vmm_uid.unwrap();
+    assert_eq!(status_ids(keeper.pid, "Uid:"), [uid; 4]);
+    assert_in_cgroups(keeper.pid, &meta.cgroup_dirs);
+    let console = dir.join("console.log");
+    let got = flooded_console(&console, &dir.join("firecracker.stderr"), len, limits).await;
+    assert_bounded_flood(&got, len, limits);
+    sandbox.client().ping().await.unwrap();
+
+    // SAFETY: a signal to the live keeper (checked above).
+    assert_eq!(unsafe { libc::kill(keeper.pid, libc::SIGSTOP) }, 0);
+    sandbox.destroy().await.unwrap();
+    assert!(!init.alive(), "the VMM outlived destroy");
+    assert!(ended(keeper).await, "the console keeper outlived destroy");
+    assert_eq!(holders_of(&console), []);
+    assert!(!dir.exists());
+}
+
+// ---------------------------------------------------------------------------------------------
 // Against a real Firecracker: only where `LUMINAGUARD_FIRECRACKER` names the binary (CI and the
 // development machines have none, and no usable KVM). See docs/firecracker-backend.md.
 
@@ -1096,20 +1383,13 @@ async fn real_firecracker_boots_a_sandbox_and_destroys_it() {
     let Some(fc) = real_firecracker("real_firecracker_boots_a_sandbox") else {
         return;
     };
-    let (Some(store), Some(reference)) = (
-        std::env::var_os("LUMINAGUARD_IMAGE_STORE"),
-        std::env::var("LUMINAGUARD_FIRECRACKER_IMAGE").ok(),
-    ) else {
+    let Some(image) = luminaguard_firecracker::testing::real_image_from_env().unwrap() else {
         eprintln!(
-            "skipped real_firecracker_boots_a_sandbox: also set LUMINAGUARD_IMAGE_STORE and \
-             LUMINAGUARD_FIRECRACKER_IMAGE (an image digest or prefix with a vmlinux)"
+            "skipped real_firecracker_boots_a_sandbox: also set {}",
+            luminaguard_firecracker::testing::REAL_IMAGE_VARS
         );
         return;
     };
-    let image = luminaguard_image::store::Store::open(Path::new(&store))
-        .unwrap()
-        .verify_for_boot(&reference)
-        .unwrap();
     let backend = FirecrackerBackend::new(
         fc,
         GuestImage::from_store(&image).unwrap(),
@@ -1150,6 +1430,8 @@ mod jailed;
 mod seccomp;
 #[path = "firecracker/snapshots.rs"]
 mod snapshots;
+#[path = "firecracker/templates.rs"]
+mod templates;
 
 /// Direct mode (no jailer) with an egress policy: Firecracker is moved into the sandbox's router
 /// namespace before it execs (`setns` in the launch), where its tap `sbx0` is; destroy removes

@@ -16,8 +16,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use luminaguard_firecracker::testing::{
-    ARGV_FILE, FakeApi, FakeEvent, GuestBehaviour, JAIL_ENV, JAIL_GID_ENV, JAIL_UID_ENV, PLAN_ENV,
-    PLAN_FILE, Plan, RECORD_DIR_ENV, RECORD_FILE, Startup, guest,
+    ARGV_FILE, FLOOD_DONE, FLOOD_FAILED, FakeApi, FakeEvent, GuestBehaviour, JAIL_ENV,
+    JAIL_GID_ENV, JAIL_UID_ENV, PLAN_ENV, PLAN_FILE, Plan, RECORD_DIR_ENV, RECORD_FILE, Startup,
+    console_flood, guest,
 };
 
 struct Args {
@@ -194,6 +195,8 @@ async fn serve(args: Args, plan: Plan, record: std::fs::File) -> ExitCode {
         Startup::NeverCreateSocket => std::future::pending::<()>().await,
         Startup::Exit { code, stderr } => exit_with(*code, stderr),
     }
+    // The guest's reseeds are recorded beside the API requests, as `AGENT reseed`.
+    let guest_record = record.try_clone().ok();
     let mut api = match FakeApi::start(&args.api_sock, &args.id, plan.clone(), Some(record)) {
         Ok(api) => api,
         Err(e) => {
@@ -213,6 +216,9 @@ async fn serve(args: Args, plan: Plan, record: std::fs::File) -> ExitCode {
                     if let GuestBehaviour::Crash { code, stderr } = &plan.guest {
                         exit_with(*code, stderr);
                     }
+                    if plan.console.flood > 0 {
+                        flood_console(plan.console.flood);
+                    }
                     if let Some((uds, listener)) = vsock {
                         tokio::spawn(guest::run(
                             plan.guest.clone(),
@@ -230,7 +236,54 @@ async fn serve(args: Args, plan: Plan, record: std::fs::File) -> ExitCode {
                 Some(FakeEvent::Exit { code, stderr }) => exit_with(code, &stderr),
                 Some(FakeEvent::CtrlAltDel) | None => return ExitCode::SUCCESS,
             },
-            Some(guest::GuestEvent::PowerOff) = guest_rx.recv() => return ExitCode::SUCCESS,
+            Some(event) = guest_rx.recv() => match event {
+                guest::GuestEvent::PowerOff => return ExitCode::SUCCESS,
+                guest::GuestEvent::Reseeded(bytes) => record_reseed(guest_record.as_ref(), &bytes),
+            },
         }
     }
+}
+
+/// Appends `AGENT reseed {"entropy": [bytes]}` to the request record.
+fn record_reseed(file: Option<&std::fs::File>, entropy: &[u8]) {
+    use std::io::Write as _;
+    let recorded = luminaguard_firecracker::testing::Recorded {
+        method: "AGENT".into(),
+        path: "reseed".into(),
+        body: serde_json::json!({ "entropy": entropy }),
+        accepted: true,
+        fault: None,
+    };
+    let line = serde_json::to_string(&recorded).unwrap_or_default() + "\n";
+    if let Some(mut f) = file {
+        // One short append to a local file, in a test fake.
+        if let Err(e) = f.write_all(line.as_bytes()) {
+            eprintln!("fake firecracker: cannot record the reseed: {e}");
+        }
+    }
+}
+
+/// Prints the first `len` bytes of [`console_flood`] on stdout (the serial console) from a
+/// thread of its own, then says on stderr how that ended.
+fn flood_console(len: u64) {
+    std::thread::spawn(move || {
+        use std::io::Write as _;
+        const PIECE: u64 = 64 * 1024;
+        let mut out = std::io::stdout().lock();
+        let mut at = 0;
+        let result = loop {
+            if at >= len {
+                break out.flush();
+            }
+            let end = at.saturating_add(PIECE).min(len);
+            if let Err(e) = out.write_all(&console_flood(at..end)) {
+                break Err(e);
+            }
+            at = end;
+        };
+        match result {
+            Ok(()) => eprintln!("{FLOOD_DONE}"),
+            Err(e) => eprintln!("{FLOOD_FAILED}{e}"),
+        }
+    });
 }

@@ -316,9 +316,15 @@ pub(crate) async fn explain(cause: Cause, vmm: &mut Vmm, files: &VmFiles) -> Cau
     }
 }
 
-/// Kills Firecracker and waits for it, removes the sockets it and we made and, in jailer mode,
-/// the chroot and the jailer's cgroups.
-pub(crate) async fn teardown(vmm: &mut Vmm, files: &VmFiles, jail: Option<&Jail>) {
+/// Kills Firecracker and waits for it, lets the console keeper finish (or kills it: it must be
+/// gone before the jailer's cgroups, which it is in, can be removed), removes the sockets it and
+/// we made and, in jailer mode, the chroot and the jailer's cgroups.
+pub(crate) async fn teardown(
+    vmm: &mut Vmm,
+    files: &VmFiles,
+    jail: Option<&Jail>,
+    console: &mut Option<super::console::ConsoleKeeper>,
+) {
     if let Err(e) = vmm.start_kill() {
         tracing::warn!(pid = vmm.pid(), error = %e, "cannot kill firecracker");
     }
@@ -330,6 +336,9 @@ pub(crate) async fn teardown(vmm: &mut Vmm, files: &VmFiles, jail: Option<&Jail>
             pid = vmm.pid(),
             "firecracker did not exit within {REAP_TIMEOUT:?} of SIGKILL"
         );
+    }
+    if let Some(keeper) = console.take() {
+        keeper.stop(super::console::CONSOLE_DRAIN).await;
     }
     for socket in files.sockets() {
         match tokio::fs::remove_file(socket).await {

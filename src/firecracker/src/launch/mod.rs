@@ -5,10 +5,11 @@
 //!    exist), create the log and metrics files; in jailer mode (**jail**) build the chroot and
 //!    hard-link (or copy) the kernel, initrd, root file system, scratch disk and seccomp filter
 //!    into it;
-//! 2. **spawn** `firecracker --api-sock <dir>/fc.sock --id <id> [--seccomp-filter <bpf>]`
-//!    (never `--no-seccomp`), or `jailer … -- --api-sock fc.sock [--seccomp-filter
-//!    seccomp.bpf]` and then (**jailer**) read the real Firecracker pid from the jailer's pid
-//!    file and open a pidfd on it;
+//! 2. **spawn** the console keeper ([`console`]: Firecracker's stdout is a socket it reads,
+//!    keeping `console.log` bounded), then `firecracker --api-sock <dir>/fc.sock --id <id>
+//!    [--seccomp-filter <bpf>]` (never `--no-seccomp`), or `jailer … -- --api-sock fc.sock
+//!    [--seccomp-filter seccomp.bpf]` and then (**jailer**) read the real Firecracker pid from
+//!    the jailer's pid file, open a pidfd on it, and move the keeper into the jailer's cgroup;
 //! 3. **api-socket**: connect as soon as the socket accepts, within a deadline — the one
 //!    connection every later request uses;
 //! 4. **configure**: logger, metrics, machine-config, boot-source, the root
@@ -24,9 +25,11 @@
 //!
 //! Every step after the spawn is raced against Firecracker exiting. A failure at any step kills
 //! Firecracker (if it runs), removes the sockets made so far and, in jailer mode, the whole
-//! chroot and the jailer's cgroups; the error names the step and carries the cause.
+//! chroot and the jailer's cgroups, and lets the console keeper finish (killing it if it does
+//! not); the error names the step and carries the cause.
 
 mod configure;
+pub mod console;
 mod process;
 mod types;
 
@@ -34,6 +37,7 @@ use std::time::Instant;
 
 pub use self::configure::tail;
 pub(crate) use self::configure::{connect_api, explain, racing, teardown, wait_for_agent};
+pub use self::console::ConsoleKeeper;
 pub use self::process::argv;
 pub use self::types::*;
 
@@ -61,6 +65,7 @@ pub struct Spawned {
     pub(crate) vmm: Vmm,
     pub(crate) files: VmFiles,
     pub(crate) jail: Option<Jail>,
+    pub(crate) console: Option<ConsoleKeeper>,
     pub(crate) t0: Instant,
 }
 
@@ -81,7 +86,7 @@ pub async fn plan_jail(cfg: &LaunchConfig) -> Result<Option<Jail>, LaunchError> 
         })
 }
 
-/// Steps 1 and 2: checks, files (and the jail), and the Firecracker process.
+/// Steps 1 and 2: checks, files (and the jail), the console keeper and the Firecracker process.
 pub async fn spawn(cfg: &LaunchConfig) -> Result<Spawned, LaunchError> {
     let fail = |(step, cause): (Step, Cause)| LaunchError {
         vm_id: cfg.vm_id.to_string(),
@@ -89,26 +94,46 @@ pub async fn spawn(cfg: &LaunchConfig) -> Result<Spawned, LaunchError> {
         cause,
     };
     let (files, jail) = process::prepare(cfg).await.map_err(fail)?;
-    let t0 = Instant::now();
-    match process::start(cfg, &files, jail.as_ref()).await {
-        Ok(vmm) => {
-            tracing::debug!(id = %cfg.vm_id, pid = vmm.pid(), jailed = jail.is_some(), "firecracker spawned");
-            Ok(Spawned {
-                vmm,
-                files,
-                jail,
-                t0,
-            })
+    let started = match console::start(cfg, &files).await {
+        Ok((stdout, keeper)) => {
+            let t0 = Instant::now();
+            match process::start(cfg, &files, jail.as_ref(), stdout).await {
+                Ok(vmm) => Ok((vmm, keeper, t0)),
+                Err(e) => Err((e, keeper)),
+            }
         }
-        Err((step, cause)) => {
+        Err(e) => Err((e, None)),
+    };
+    let (vmm, keeper, t0) = match started {
+        Ok(s) => s,
+        Err((e, keeper)) => {
+            if let Some(keeper) = keeper {
+                // Nothing writes to its socket any more: it ends by itself.
+                keeper.stop(console::CONSOLE_DRAIN).await;
+            }
             if let Some(jail) = &jail {
                 if let Err(e) = jail.remove().await {
                     tracing::warn!(error = %e, "cannot remove the jail after a failed spawn");
                 }
             }
-            Err(fail((step, cause)))
+            return Err(fail(e));
+        }
+    };
+    tracing::debug!(id = %cfg.vm_id, pid = vmm.pid(), console = keeper.as_ref().map(|k| k.process.pid), jailed = jail.is_some(), "firecracker spawned");
+    let spawned = Spawned {
+        vmm,
+        files,
+        jail,
+        console: keeper,
+        t0,
+    };
+    if let (Some(keeper), Some(jail)) = (&spawned.console, &spawned.jail) {
+        if let Err(cause) = console::join_jail_cgroup(keeper, jail).await {
+            spawned.abort().await;
+            return Err(fail((Step::Jailer, cause)));
         }
     }
+    Ok(spawned)
 }
 
 impl Spawned {
@@ -124,6 +149,11 @@ impl Spawned {
     /// The jail, in jailer mode.
     pub fn jail(&self) -> Option<&Jail> {
         self.jail.as_ref()
+    }
+
+    /// The console keeper (not with a daemonizing jailer): a process to record with Firecracker.
+    pub fn console_keeper(&self) -> Option<luminaguard_backend::ProcessRef> {
+        self.console.as_ref().map(|k| k.process)
     }
 
     /// Steps 3 to 7: API socket, configuration, `InstanceStart`, the agent. `cfg` must be the
@@ -155,12 +185,14 @@ impl Spawned {
                     agent,
                     files: self.files,
                     jail: self.jail,
+                    console: self.console,
                     timings,
                 })
             }
             Err((step, cause)) => {
                 let cause = explain(cause, &mut self.vmm, &self.files).await;
-                teardown(&mut self.vmm, &self.files, self.jail.as_ref()).await;
+                let jail = self.jail.as_ref();
+                teardown(&mut self.vmm, &self.files, jail, &mut self.console).await;
                 Err(LaunchError {
                     vm_id: cfg.vm_id.to_string(),
                     step,
@@ -170,15 +202,18 @@ impl Spawned {
         }
     }
 
-    /// Kills Firecracker, removes its sockets (and the jail), without booting.
+    /// Kills Firecracker, removes its sockets (and the jail) and stops the console keeper,
+    /// without booting.
     pub async fn abort(mut self) {
-        teardown(&mut self.vmm, &self.files, self.jail.as_ref()).await;
+        let jail = self.jail.as_ref();
+        teardown(&mut self.vmm, &self.files, jail, &mut self.console).await;
     }
 }
 
 impl Launched {
     /// Waits for Firecracker to exit (killing it if `kill`), then removes its sockets and, in
-    /// jailer mode, the chroot and the jailer's cgroups. Returns the exit's description.
+    /// jailer mode, the chroot and the jailer's cgroups, and lets the console keeper write what
+    /// it was sent last (killing it if it does not). Returns the exit's description.
     pub async fn stop(mut self, kill: bool) -> String {
         drop(self.agent);
         if kill {
@@ -187,7 +222,8 @@ impl Launched {
             }
         }
         let status = self.vmm.wait().await;
-        teardown(&mut self.vmm, &self.files, self.jail.as_ref()).await;
+        let jail = self.jail.as_ref();
+        teardown(&mut self.vmm, &self.files, jail, &mut self.console).await;
         status
     }
 

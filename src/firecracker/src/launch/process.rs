@@ -246,11 +246,13 @@ async fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
         .await)
 }
 
-/// Step 2: Firecracker, or the jailer and then the Firecracker it starts.
+/// Step 2: Firecracker, or the jailer and then the Firecracker it starts, with `stdout` (the
+/// console keeper's socket, see [`super::console`]) as its stdout.
 pub(super) async fn start(
     cfg: &LaunchConfig,
     files: &VmFiles,
     jail: Option<&Jail>,
+    stdout: Stdio,
 ) -> Result<Vmm, (Step, Cause)> {
     match (jail, &cfg.jailer, &cfg.run_as) {
         (Some(jail), Some(j), Some(who)) => {
@@ -275,7 +277,7 @@ pub(super) async fn start(
             }
             let args = jailer::argv(&j, &firecracker, &cfg.vm_id, who, jail, fc_args);
             // The jailer must start as root: it drops to --uid/--gid itself.
-            let child = spawn_process(cfg, files, &j.jailer, args, None, None).await?;
+            let child = spawn_process(cfg, files, &j.jailer, args, stdout, None, None).await?;
             follow_jailer(cfg, &j, jail, files, child).await
         }
         _ => {
@@ -285,6 +287,7 @@ pub(super) async fn start(
                 files,
                 &cfg.firecracker,
                 args,
+                stdout,
                 cfg.run_as.clone(),
                 Some(&cfg.dir),
             )
@@ -295,33 +298,37 @@ pub(super) async fn start(
     }
 }
 
-/// Spawns `program` with stdout to the console log and stderr to the stderr log, in the
-/// sandbox's cgroup, as `who`, with `cwd` as its working directory.
-async fn spawn_process(
-    cfg: &LaunchConfig,
-    files: &VmFiles,
-    program: &Path,
-    args: Vec<OsString>,
-    who: Option<RunAs>,
-    cwd: Option<&Path>,
-) -> Result<Child, (Step, Cause)> {
-    let stdout =
-        open_log(&files.console)
-            .await
-            .map_err(io_err(Step::Spawn, "open", &files.console))?;
-    let stderr =
-        open_log(&files.stderr)
-            .await
-            .map_err(io_err(Step::Spawn, "open", &files.stderr))?;
-    let mut cgroup_fds: Vec<OwnedFd> = Vec::new();
+/// The `cgroup.procs` files of `cfg`, open for writing.
+pub(super) async fn open_cgroup_procs(cfg: &LaunchConfig) -> Result<Vec<OwnedFd>, (Step, Cause)> {
+    let mut fds = Vec::new();
     for procs in &cfg.cgroup_procs {
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .open(procs)
             .await
             .map_err(io_err(Step::Spawn, "open", procs))?;
-        cgroup_fds.push(OwnedFd::from(file.into_std().await));
+        fds.push(OwnedFd::from(file.into_std().await));
     }
+    Ok(fds)
+}
+
+/// Spawns `program` with `stdout` (the console keeper's socket) and stderr to the stderr log,
+/// in the sandbox's cgroup, as `who`, with `cwd` as its working directory. Our copy of `stdout`
+/// is closed before this returns: from then on Firecracker holds the only writing end.
+async fn spawn_process(
+    cfg: &LaunchConfig,
+    files: &VmFiles,
+    program: &Path,
+    args: Vec<OsString>,
+    stdout: Stdio,
+    who: Option<RunAs>,
+    cwd: Option<&Path>,
+) -> Result<Child, (Step, Cause)> {
+    let stderr =
+        open_log(&files.stderr)
+            .await
+            .map_err(io_err(Step::Spawn, "open", &files.stderr))?;
+    let cgroup_fds = open_cgroup_procs(cfg).await?;
     let fds: Vec<i32> = cgroup_fds.iter().map(AsRawFd::as_raw_fd).collect();
     // Direct mode with a NIC: Firecracker runs in the tap's namespace (the jailer does this
     // itself, with --netns).
@@ -339,7 +346,7 @@ async fn spawn_process(
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(stdout))
+        .stdout(stdout)
         .stderr(Stdio::from(stderr))
         .kill_on_drop(cfg.lifetime == Lifetime::DiesWithCreator);
     if let Some(dir) = cwd {
@@ -391,6 +398,7 @@ async fn spawn_process(
             },
         )
     });
+    drop(cmd);
     drop(cgroup_fds);
     drop(netns);
     child

@@ -20,7 +20,8 @@ pub const VSOCK_SOCKET: &str = "agent.sock";
 pub const LOG_FILE: &str = "firecracker.log";
 /// Firecracker's metrics (`PUT /metrics`).
 pub const METRICS_FILE: &str = "metrics.json";
-/// Firecracker's stdout: the guest's serial console.
+/// The guest's serial console: Firecracker's stdout goes to a console keeper
+/// ([`luminaguard_backend::console`]), which keeps it here within [`LaunchConfig::console`].
 pub const CONSOLE_LOG: &str = "console.log";
 /// Firecracker's stderr.
 pub const STDERR_LOG: &str = "firecracker.stderr";
@@ -146,7 +147,15 @@ pub struct LaunchConfig {
     pub jailer: Option<JailerConfig>,
     /// The guest's NIC: a tap Firecracker opens by name inside a network namespace it runs in.
     pub network: Option<LaunchNet>,
+    /// How large `console.log` may grow. Firecracker's stdout (the guest's serial console) is a
+    /// socket whose other end a console keeper reads ([`luminaguard_backend::console`]), as
+    /// `run_as`, in the `cgroup_procs` cgroup (jailer mode: moved into the jailer's cgroup once
+    /// the jailer made it). Unused with a daemonizing jailer, which sends Firecracker's stdio to
+    /// `/dev/null`: no keeper runs, and `console.log` only says so.
+    pub console: ConsoleLimits,
 }
+
+pub use luminaguard_backend::console::ConsoleLimits;
 
 /// A guest NIC on a tap device that already exists (persistent, owned by the VMM's user) in
 /// network namespace `netns`: Firecracker joins the namespace (through the jailer's `--netns`,
@@ -218,8 +227,10 @@ pub enum Step {
     Spawn,
     Jailer,
     ApiSocket,
+    SnapshotFiles,
     SnapshotLoad,
     Resume,
+    Reseed,
     Logger,
     Metrics,
     MachineConfig,
@@ -242,8 +253,10 @@ impl Step {
             Self::Spawn => "spawn",
             Self::Jailer => "jailer",
             Self::ApiSocket => "api-socket",
+            Self::SnapshotFiles => "snapshot-files",
             Self::SnapshotLoad => "snapshot-load",
             Self::Resume => "resume",
+            Self::Reseed => "reseed",
             Self::Logger => "logger",
             Self::Metrics => "metrics",
             Self::MachineConfig => "machine-config",
@@ -307,6 +320,9 @@ pub enum Cause {
     /// The process named by the jailer's pid file cannot be tracked.
     #[error("{0}")]
     Track(crate::vmm::VmmError),
+    /// The guest console's keeper could not be started, or moved into the jailer's cgroup.
+    #[error("{0}")]
+    Console(luminaguard_backend::console::ConsoleError),
     /// Firecracker exited; `stderr` is the tail of its stderr, `while_doing` what was under way
     /// when the exit was seen (an API request that failed because of it, if any).
     #[error("firecracker (pid {pid}) exited ({status}){}{}", while_doing.as_ref().map(|w| format!(" while {w}")).unwrap_or_default(), tail_section(stderr))]
@@ -345,6 +361,10 @@ pub enum Cause {
     /// The protocol handshake failed.
     #[error("handshake with the guest agent failed: {0}")]
     Handshake(ClientError),
+    /// A restored guest could not be given fresh entropy: it would go on drawing the
+    /// snapshot's random numbers, so it is not used.
+    #[error("the restored guest's kernel could not be reseeded: {0}")]
+    Reseed(String),
 }
 
 pub(crate) fn tail_section(tail: &str) -> String {
@@ -378,5 +398,7 @@ pub struct Launched {
     pub files: VmFiles,
     /// The jail, in jailer mode (removed by [`Launched::stop`]).
     pub jail: Option<crate::jailer::Jail>,
+    /// The keeper of `console.log` (`None` with a daemonizing jailer).
+    pub console: Option<super::console::ConsoleKeeper>,
     pub timings: LaunchTimings,
 }

@@ -17,10 +17,12 @@ use tokio_util::codec::Framed;
 use super::GuestBehaviour;
 
 /// What the fake guest reports to the VMM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuestEvent {
     /// The agent was asked to shut down: the VM powers off.
     PowerOff,
+    /// The agent fed these bytes to the (pretend) kernel and reseeded it.
+    Reseeded(Vec<u8>),
 }
 
 /// The host-side port Firecracker reports in `OK <port>` (it assigns them from 1 << 30 up).
@@ -41,8 +43,11 @@ pub async fn run(
 ) {
     let serves_agent = matches!(
         behaviour,
-        GuestBehaviour::Agent | GuestBehaviour::RefuseHandshake { .. }
+        GuestBehaviour::Agent
+            | GuestBehaviour::RefuseHandshake { .. }
+            | GuestBehaviour::AgentWithoutReseed
     );
+    let reseeds = !matches!(behaviour, GuestBehaviour::AgentWithoutReseed);
     let refusal = match &behaviour {
         GuestBehaviour::RefuseHandshake { reason } => Some(reason.clone()),
         _ => None,
@@ -65,7 +70,7 @@ pub async fn run(
         reset.mark_unchanged();
         tokio::spawn(async move {
             tokio::select! {
-                r = host_connection(stream, serves_agent, refusal, events) => {
+                r = host_connection(stream, serves_agent, reseeds, refusal, events) => {
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "fake guest: connection ended");
                     }
@@ -112,6 +117,7 @@ async fn read_connect(stream: &mut UnixStream) -> std::io::Result<Option<u32>> {
 async fn host_connection(
     mut stream: UnixStream,
     serves_agent: bool,
+    reseeds: bool,
     refusal: Option<String>,
     events: mpsc::Sender<GuestEvent>,
 ) -> std::io::Result<()> {
@@ -144,7 +150,11 @@ async fn host_connection(
         },
         (None, Ok(version)) => HelloReply::Accepted {
             version,
-            capabilities: vec![handshake::capability::SHUTDOWN.to_owned()],
+            capabilities: [handshake::capability::SHUTDOWN]
+                .into_iter()
+                .chain(reseeds.then_some(handshake::capability::RESEED))
+                .map(str::to_owned)
+                .collect(),
             software: "luminaguard-fake-guest".to_owned(),
         },
     };
@@ -169,6 +179,21 @@ async fn host_connection(
                 send(&mut framed, Frame::new(id, Reply::Done)).await?;
                 let _ = events.send(GuestEvent::PowerOff).await;
                 return Ok(());
+            }
+            Request::Reseed { entropy } if reseeds => {
+                let len = entropy.len();
+                if !(luminaguard_protocol::message::RESEED_MIN_BYTES
+                    ..=luminaguard_protocol::message::RESEED_MAX_BYTES)
+                    .contains(&len)
+                {
+                    Reply::Error(ErrorReply::new(
+                        ErrorCode::InvalidRequest,
+                        format!("reseed with {len} bytes"),
+                    ))
+                } else {
+                    let _ = events.send(GuestEvent::Reseeded(entropy)).await;
+                    Reply::Done
+                }
             }
             other => Reply::Error(ErrorReply::new(
                 ErrorCode::InvalidRequest,

@@ -22,6 +22,25 @@ use serde::{Deserialize, Serialize};
 
 pub use server::{FakeApi, FakeEvent};
 
+/// What tests and benchmarks against a real Firecracker need to boot the project's image.
+pub const REAL_IMAGE_VARS: &str = "LUMINAGUARD_IMAGE_STORE and LUMINAGUARD_FIRECRACKER_IMAGE (an \
+     image digest or prefix with a vmlinux)";
+
+/// The image [`REAL_IMAGE_VARS`] name, verified for boot; `None` when either variable is
+/// unset; an error when the store or the image is unusable.
+pub fn real_image_from_env() -> Result<Option<luminaguard_image::store::Image>, String> {
+    let (Some(store), Some(reference)) = (
+        std::env::var_os("LUMINAGUARD_IMAGE_STORE"),
+        std::env::var("LUMINAGUARD_FIRECRACKER_IMAGE").ok(),
+    ) else {
+        return Ok(None);
+    };
+    let image = luminaguard_image::store::Store::open(std::path::Path::new(&store))
+        .and_then(|s| s.verify_for_boot(&reference))
+        .map_err(|e| format!("the image {reference} in {store:?}: {e}"))?;
+    Ok(Some(image))
+}
+
 /// The plan the fake binary reads, next to its API socket.
 pub const PLAN_FILE: &str = "fake-firecracker.plan.json";
 /// An environment variable naming the plan file instead (for a sandbox directory that the
@@ -58,6 +77,10 @@ pub struct Plan {
     /// What the guest does after `InstanceStart` (binary only).
     #[serde(default)]
     pub guest: GuestBehaviour,
+    /// What the guest prints on its serial console — the VMM's stdout — after `InstanceStart`
+    /// (binary only).
+    #[serde(default)]
+    pub console: ConsoleOutput,
 }
 
 impl Plan {
@@ -114,6 +137,45 @@ pub enum GuestBehaviour {
     /// The VMM exits with `code` during boot (a guest kernel panic ends Firecracker), writing
     /// `stderr` first.
     Crash { code: i32, stderr: String },
+    /// Like [`GuestBehaviour::Agent`], but an agent from before `Reseed`: it does not offer
+    /// `entropy.reseed` and refuses the request.
+    AgentWithoutReseed,
+}
+
+/// What the fake guest prints on its serial console.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleOutput {
+    /// Print the first `flood` bytes of [`console_flood`] to stdout (from a thread of its own,
+    /// while the API and the guest carry on), then report on stderr how it ended: a line
+    /// starting with [`FLOOD_DONE`] or [`FLOOD_FAILED`] (followed by the error).
+    #[serde(default)]
+    pub flood: u64,
+}
+
+/// The stderr line the fake writes once its console flood is written whole.
+pub const FLOOD_DONE: &str = "fake guest: console flood written";
+/// The start of the stderr line the fake writes when writing its console flood failed.
+pub const FLOOD_FAILED: &str = "fake guest: console flood failed: ";
+
+/// Length of each line of [`console_flood`].
+pub const FLOOD_LINE: u64 = 32;
+
+/// Bytes `range` of an endless console text: numbered lines of [`FLOOD_LINE`] bytes,
+/// `console flood line 000000000042\n`, so any stretch of it says where it came from.
+pub fn console_flood(range: std::ops::Range<u64>) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(usize::try_from(range.end.saturating_sub(range.start)).unwrap_or(0));
+    let mut at = range.start;
+    while at < range.end {
+        let line = at / FLOOD_LINE;
+        let text = format!("console flood line {line:012}\n");
+        let from = usize::try_from(at % FLOOD_LINE).unwrap_or(0);
+        let take = usize::try_from((FLOOD_LINE - at % FLOOD_LINE).min(range.end - at)).unwrap_or(0);
+        out.extend_from_slice(text.as_bytes().get(from..from + take).unwrap_or_default());
+        at += take as u64;
+    }
+    out
 }
 
 /// One request as the fake received it.

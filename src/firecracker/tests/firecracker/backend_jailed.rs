@@ -538,3 +538,74 @@ async fn a_domain_policy_without_a_resolver_is_refused_and_leaves_nothing() {
     let router = luminaguard_net::NetNames::for_sandbox(&id).router_netns;
     assert!(!Path::new("/run/netns").join(router).exists());
 }
+
+/// A template made under the jailer restores under the jailer: the snapshot files are linked
+/// into the new chroot (the VMM reads them chrooted, as its own uid), the guest is reseeded,
+/// destroy leaves nothing and the template intact; an unjailed backend refuses the template.
+#[tokio::test]
+async fn a_jailed_template_restores_into_a_new_chroot_and_only_under_the_jailer() {
+    if !luminaguard_testkit::privileged("the jailer") {
+        return;
+    }
+    let fx = fixture(&Plan::default(), |_| {}).await;
+    let dest = fx.tmp.path().join("template");
+    let template = fx
+        .backend
+        .create_template(request(&fx, "fcj-tpl-src", false), &dest)
+        .await
+        .unwrap();
+    assert!(template.manifest.jailed);
+    let before = std::fs::read_to_string(fx.records.join(RECORD_FILE)).unwrap();
+
+    let restoring = fx.backend.clone().with_template(Some(template.clone()));
+    let sandbox = restoring
+        .create(request(&fx, "fcj-tpl-a", true))
+        .await
+        .unwrap();
+    let traces = Traces::of(&sandbox);
+    let out = sandbox
+        .client()
+        .exec_output(echo(&["restored"]), None)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"restored\n");
+    let root = traces.chroot.join("root");
+    for name in ["vm.snap", "vm.mem"] {
+        assert!(
+            super::same_file(&root.join(name), &dest.join(name)),
+            "{name}"
+        );
+    }
+    let all = std::fs::read_to_string(fx.records.join(RECORD_FILE)).unwrap();
+    let reqs: Vec<Recorded> = all[before.len()..]
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<String> = reqs.iter().map(Recorded::request).collect();
+    assert_eq!(names, ["PUT /snapshot/load", "PATCH /vm", "AGENT reseed"]);
+    assert!(reqs.iter().all(|r| r.accepted), "{reqs:#?}");
+    sandbox.destroy().await.unwrap();
+    traces.assert_gone().await;
+    assert_eq!(
+        luminaguard_firecracker::Template::open(&dest)
+            .await
+            .unwrap(),
+        template
+    );
+
+    let unjailed = FirecrackerBackend::new(
+        PathBuf::from(super::FAKE),
+        fx.backend.image().clone(),
+        Default::default(),
+    )
+    .with_template(Some(template));
+    let err = unjailed
+        .create(request(&fx, "fcj-tpl-b", false))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("made under the jailer, restoring unjailed"),
+        "{err}"
+    );
+}

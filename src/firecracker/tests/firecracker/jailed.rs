@@ -323,14 +323,7 @@ async fn a_jailed_vmm_that_fails_a_step_leaves_no_chroot_cgroup_or_process() {
         !j.img.sandbox.join("jail").exists(),
         "the chroot outlived the failure"
     );
-    let dirs = JailCgroups::dirs(
-        j.cfg.jailer.as_ref().unwrap().cgroups.as_ref().unwrap(),
-        &std::fs::read_to_string("/proc/mounts").unwrap(),
-        &j.cfg.vm_id,
-    );
-    for d in &dirs {
-        assert!(!d.exists(), "{} outlived the failure", d.display());
-    }
+    assert_no_jail_cgroups(&j.cfg);
     assert!(no_jailed_fake_running(&j.cfg.vm_id.to_string()));
 }
 
@@ -369,6 +362,18 @@ async fn jailer_mode_needs_an_identity() {
     assert!(!j.img.sandbox.join("jail").exists());
 }
 
+/// None of the cgroup directories the jailer makes for `cfg` exists.
+fn assert_no_jail_cgroups(cfg: &LaunchConfig) {
+    let dirs = JailCgroups::dirs(
+        cfg.jailer.as_ref().unwrap().cgroups.as_ref().unwrap(),
+        &std::fs::read_to_string("/proc/mounts").unwrap(),
+        &cfg.vm_id,
+    );
+    for d in &dirs {
+        assert!(!d.exists(), "{} outlived the failure", d.display());
+    }
+}
+
 /// No process runs with `--id <id>` on its command line.
 fn no_jailed_fake_running(id: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().all(|e| {
@@ -382,4 +387,65 @@ fn no_jailed_fake_running(id: &str) -> bool {
             .any(|w| w[0] == b"--id" && w[1] == id.as_bytes())
             || !running(pid)
     })
+}
+
+/// The jailer passes its stdout on to Firecracker: the console keeper gets a jailed guest's
+/// console and is moved into the jailer's cgroup, and a failed launch removes both. A
+/// daemonizing jailer sends the console to /dev/null itself: no keeper runs, and console.log
+/// says so.
+#[tokio::test]
+async fn a_jailed_vmms_console_is_kept_bounded_unless_the_jailer_daemonizes() {
+    if !luminaguard_testkit::privileged("the jailer") {
+        return;
+    }
+    let limits = super::small_console();
+    let len = 10 * limits.max + 77;
+    for (new_pid_ns, daemonize) in [(true, false), (false, false), (true, true)] {
+        eprintln!("mode: new_pid_ns={new_pid_ns} daemonize={daemonize}");
+        let mut j = jailed(&super::flooding(len), new_pid_ns, daemonize, true);
+        j.cfg.console = limits;
+        let vm = launch::launch(&j.cfg).await.unwrap();
+        let console = j.img.sandbox.join("console.log");
+        if daemonize {
+            assert!(vm.console.is_none(), "a keeper for /dev/null");
+            vm.agent.ping().await.unwrap();
+            assert_eq!(
+                std::fs::read_to_string(&console).unwrap(),
+                launch::console::DAEMONIZED_NOTE
+            );
+            vm.stop(true).await;
+            continue;
+        }
+        let keeper = vm.console.as_ref().expect("a console keeper").process;
+        assert_eq!(
+            status_field(keeper.pid as u32, "Uid:"),
+            format!("{UID}\t{UID}\t{UID}\t{UID}")
+        );
+        let jail = vm.jail.clone().unwrap();
+        super::assert_in_cgroups(keeper.pid, &jail.cgroup_dirs);
+        let got = super::flooded_console(&console, &vm.files.stderr, len, limits).await;
+        super::assert_bounded_flood(&got, len, limits);
+        vm.stop(true).await;
+        assert!(super::ended(keeper).await, "the keeper outlived stop");
+        assert_eq!(super::holders_of(&console), []);
+        for d in &jail.cgroup_dirs {
+            assert!(!d.exists(), "{} outlived stop", d.display());
+        }
+    }
+
+    // A launch that fails after the keeper joined the jailer's cgroup leaves neither.
+    let refused = Fault::Status {
+        status: 400,
+        fault_message: "injected".into(),
+    };
+    let j = jailed(
+        &super::flooding(len).fault("PUT /vsock", refused),
+        true,
+        false,
+        true,
+    );
+    let err = launch::launch(&j.cfg).await.unwrap_err();
+    assert_eq!(err.step, Step::Vsock, "{err}");
+    assert_eq!(super::holders_of(&j.img.sandbox.join("console.log")), []);
+    assert_no_jail_cgroups(&j.cfg);
 }

@@ -6,7 +6,6 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use luminaguard_firecracker::launch::{self, LaunchConfig, Step};
-use std::path::Path;
 
 use luminaguard_firecracker::seccomp;
 use luminaguard_firecracker::snapshot::{self, RestoreFrom, Snapshot};
@@ -77,20 +76,30 @@ async fn snapshot_then_restore_into_a_new_sandbox() {
     let reqs = recorded(&img2);
     assert_eq!(
         names(&reqs),
-        ["PUT /snapshot/load", "PATCH /vm"],
-        "nothing configured before the load"
+        ["PUT /snapshot/load", "PATCH /vm", "AGENT reseed"],
+        "nothing configured before the load; the guest reseeded after it"
     );
     assert!(reqs.iter().all(|r| r.accepted), "{reqs:#?}");
+    // The state and memory files are linked into the new VM's directory and named relative
+    // to it, so a VMM running as its own user (or chrooted) opens them.
     assert_eq!(
         reqs[0].body,
         serde_json::json!({
-            "snapshot_path": snap.state,
-            "mem_backend": {"backend_type": "File", "backend_path": snap.memory},
+            "snapshot_path": "vm.snap",
+            "mem_backend": {"backend_type": "File", "backend_path": "vm.mem"},
             "resume_vm": false,
             "vsock_override": {"uds_path": "agent.sock"},
         })
     );
+    for name in ["vm.snap", "vm.mem"] {
+        assert!(super::same_file(
+            &img2.sandbox.join(name),
+            &dest.path().join(name)
+        ));
+    }
     assert_eq!(reqs[1].body, serde_json::json!({"state": "Resumed"}));
+    let first_seed = reseed_bytes(&reqs[2]);
+    assert_eq!(first_seed.len(), snapshot::RESEED_BYTES);
     restored.agent.ping().await.unwrap();
     // The new VM has its own vsock socket, and its own copy of the scratch disk.
     assert!(img2.sandbox.join("agent.sock").exists());
@@ -106,6 +115,16 @@ async fn snapshot_then_restore_into_a_new_sandbox() {
     assert!(restored.timings.total >= restored.timings.boot);
     eprintln!("restore-to-ready against the fake: {:?}", restored.timings);
 
+    // A second restore of the same snapshot gets other entropy.
+    let img3 = images();
+    let again = snapshot::restore(&config(&img3, &Plan::default()), &from)
+        .await
+        .unwrap();
+    let second_seed = reseed_bytes(recorded(&img3).last().unwrap());
+    assert_eq!(second_seed.len(), snapshot::RESEED_BYTES);
+    assert_ne!(first_seed, second_seed, "two restores, one seed");
+    again.stop(true).await;
+
     // Both VMs run side by side and stop cleanly.
     vm.agent.ping().await.unwrap();
     let s1 = restored.stop(true).await;
@@ -114,14 +133,57 @@ async fn snapshot_then_restore_into_a_new_sandbox() {
     vm.stop(true).await;
 }
 
-#[tokio::test]
-async fn a_refused_load_names_the_step_and_tears_down() {
+/// A snapshot of a freshly launched VM (stopped since), in the returned directory; the VM's
+/// boot files (which a restore opens again) live as long as the returned `Images`.
+async fn snapshot_of_a_stopped_vm() -> (Snapshot, super::Images, tempfile::TempDir) {
     let img = images();
     let cfg = config(&img, &Plan::default());
     let mut vm = launch::launch(&cfg).await.unwrap();
     let dest = tempfile::tempdir().unwrap();
     let snap = snapshot::create(&mut vm, &cfg, dest.path()).await.unwrap();
     vm.stop(true).await;
+    (snap, img, dest)
+}
+
+/// The bytes of an `AGENT reseed` record.
+fn reseed_bytes(r: &Recorded) -> Vec<u8> {
+    assert_eq!(r.request(), "AGENT reseed");
+    serde_json::from_value(r.body["entropy"].clone()).unwrap()
+}
+
+/// A restored guest whose agent cannot reseed would go on drawing the snapshot's random
+/// numbers: the restore fails at step `reseed` and leaves no VMM, socket or link.
+#[tokio::test]
+async fn a_restored_guest_that_cannot_reseed_is_not_used() {
+    let (snap, _img, _dest) = snapshot_of_a_stopped_vm().await;
+
+    let img2 = images();
+    let plan = Plan {
+        guest: luminaguard_firecracker::testing::GuestBehaviour::AgentWithoutReseed,
+        ..Plan::default()
+    };
+    let err = snapshot::restore(
+        &config(&img2, &plan),
+        &RestoreFrom {
+            snapshot: snap,
+            vsock_override: true,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.step, Step::Reseed, "{err}");
+    assert!(
+        err.to_string().contains("does not offer entropy.reseed"),
+        "{err}"
+    );
+    assert!(!img2.sandbox.join("fc.sock").exists());
+    assert!(!img2.sandbox.join("agent.sock").exists());
+    assert!(super::no_fake_running_in(&img2.sandbox));
+}
+
+#[tokio::test]
+async fn a_refused_load_names_the_step_and_tears_down() {
+    let (snap, _img, _dest) = snapshot_of_a_stopped_vm().await;
 
     let img2 = images();
     let plan = Plan::default().fault(
@@ -202,22 +264,17 @@ async fn real_jailed_firecracker_with_custom_seccomp_snapshots_and_restores() {
     let vars = (
         std::env::var_os("LUMINAGUARD_FIRECRACKER"),
         std::env::var_os("LUMINAGUARD_JAILER"),
-        std::env::var_os("LUMINAGUARD_IMAGE_STORE"),
-        std::env::var("LUMINAGUARD_FIRECRACKER_IMAGE").ok(),
+        luminaguard_firecracker::testing::real_image_from_env().unwrap(),
     );
-    let (Some(fc), Some(jailer), Some(store), Some(reference)) = vars else {
+    let (Some(fc), Some(jailer), Some(image)) = vars else {
         eprintln!(
-            "skipped {test}: set LUMINAGUARD_FIRECRACKER, LUMINAGUARD_JAILER, \
-             LUMINAGUARD_IMAGE_STORE and LUMINAGUARD_FIRECRACKER_IMAGE (runs as root)"
+            "skipped {test}: set LUMINAGUARD_FIRECRACKER, LUMINAGUARD_JAILER, {} (runs as root)",
+            luminaguard_firecracker::testing::REAL_IMAGE_VARS
         );
         return;
     };
     assert!(super::is_root(), "{test}: the jailer needs root");
     let fc = std::path::PathBuf::from(fc);
-    let image = luminaguard_image::store::Store::open(Path::new(&store))
-        .unwrap()
-        .verify_for_boot(&reference)
-        .unwrap();
     let guest = luminaguard_firecracker::GuestImage::from_store(&image).unwrap();
     let compiler = seccomp::find_seccompiler(Some(&fc))
         .await
