@@ -5,6 +5,7 @@
 //! (`luminaguard-protocol`) on a Unix socket, an inherited descriptor or an AF_VSOCK port.
 
 pub mod audit;
+pub mod clock;
 pub mod entropy;
 pub mod exec;
 pub mod files;

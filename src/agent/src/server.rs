@@ -82,6 +82,7 @@ fn capabilities() -> Vec<String> {
         capability::SHUTDOWN,
         capability::SECCOMP_AUDIT,
         capability::RESEED,
+        capability::SET_CLOCK,
     ]
     .map(String::from)
     .to_vec()
@@ -298,6 +299,7 @@ async fn dispatch(
         Request::Shutdown => Ok(Reply::Done),
         Request::SeccompAudit => Ok(Reply::SeccompAudit(crate::audit::report(ctx))),
         Request::Reseed { entropy } => crate::entropy::reseed(entropy).await,
+        Request::SetClock { unix_nanos } => crate::clock::set(unix_nanos),
         Request::Hello(_) | Request::Input(_) | Request::InputEnd | Request::Cancel => {
             Err(ErrorReply::new(
                 ErrorCode::InvalidRequest,

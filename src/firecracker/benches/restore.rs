@@ -1,7 +1,7 @@
 //! Restore-to-ready against boot-to-ready: one sandbox created by booting, one by restoring a
 //! template of the same VM, alternately, through `FirecrackerBackend::create_timed` — the
 //! record, the VMM's user and cgroup, Firecracker's spawn, its API, the agent's handshake and,
-//! for a restore, the links to the template's files and the guest's reseed.
+//! for a restore, the links to the template's files, the guest's reseed and its clock.
 //!
 //! `cargo bench -p luminaguard-firecracker --bench restore [-- --quick]`
 //!
@@ -132,6 +132,6 @@ async fn main() {
     println!("making the template: {:.2} ms", ms(made));
     println!(
         "(create: the whole Backend::create; launch: Firecracker's spawn to the agent's \
-         handshake, and for a restore its reseed)"
+         handshake, and for a restore its reseed and clock)"
     );
 }

@@ -12,10 +12,11 @@
 //! `uds_path` is relative too, and is also named in `vsock_override` where the API has it
 //! (Firecracker ≥ 1.16.0).
 //!
-//! Entropy: on x86_64 Firecracker ≥ 1.8 always exposes a VMGenID device and changes its id on
-//! every restore; a guest kernel ≥ 5.18 built with `CONFIG_VMGENID` (ACPI) reseeds its CSPRNG
-//! from it before user space runs again. The virtio-rng device (`PUT /entropy`) is restored
-//! with the VM. Nothing reseeds user-space generators that cached randomness.
+//! A restored guest is made a new machine before it is used: its kernel gets fresh entropy and
+//! reseeds its CRNG ([`reseed`]: VMGenID would do it only in a kernel with `CONFIG_VMGENID`,
+//! which the project's image lacks), and its wall clock is set to the host's ([`set_clock`]: it
+//! would otherwise resume at the snapshot's time). Either failing fails the restore. Nothing
+//! reseeds user-space generators that cached randomness before the snapshot.
 //!
 //! Vsock: Firecracker resets the guest's vsock transport at `SnapshotCreate`, which closes every
 //! connection when the VM runs again — the agent connection of the snapshotted VM included. The
@@ -346,6 +347,7 @@ pub(crate) async fn run_restore(
     let t_boot = Instant::now();
     let agent = launch::wait_for_agent(cfg, files, vmm, None).await?;
     launch::racing(vmm, Step::Reseed, reseed(&agent)).await?;
+    launch::racing(vmm, Step::Clock, set_clock(&agent)).await?;
     Ok((
         api,
         agent,
@@ -369,18 +371,41 @@ pub const RESEED_BYTES: usize = 64;
 /// restore.
 pub(crate) async fn reseed(agent: &Client) -> Result<(), Cause> {
     use luminaguard_protocol::handshake::capability::RESEED;
-    if !agent.peer().capabilities.iter().any(|c| c == RESEED) {
-        return Err(Cause::Reseed(format!(
-            "the agent ({}) does not offer {RESEED}",
-            agent.peer().software
-        )));
-    }
+    offers(agent, RESEED).map_err(Cause::Reseed)?;
     let mut entropy = vec![0u8; RESEED_BYTES];
     getrandom::fill(&mut entropy).map_err(|e| Cause::Reseed(format!("getrandom: {e}")))?;
     agent
         .reseed(entropy)
         .await
         .map_err(|e| Cause::Reseed(e.to_string()))
+}
+
+/// Sets a restored guest's wall clock to the host's: it resumes at the snapshot's time
+/// otherwise (plus what its clocksource counted while it ran), which breaks certificate checks
+/// and timestamps in the guest.
+pub(crate) async fn set_clock(agent: &Client) -> Result<(), Cause> {
+    use luminaguard_protocol::handshake::capability::SET_CLOCK;
+    offers(agent, SET_CLOCK).map_err(Cause::Clock)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| Cause::Clock(format!("the host's clock is before 1970: {e}")))?;
+    let nanos = u64::try_from(now.as_nanos())
+        .map_err(|_| Cause::Clock("the host's clock is past 2554".into()))?;
+    agent
+        .set_clock(nanos)
+        .await
+        .map_err(|e| Cause::Clock(e.to_string()))
+}
+
+/// Whether the agent offered `capability` in its handshake.
+fn offers(agent: &Client, capability: &str) -> Result<(), String> {
+    match agent.peer().capabilities.iter().any(|c| c == capability) {
+        true => Ok(()),
+        false => Err(format!(
+            "the agent ({}) does not offer {capability}",
+            agent.peer().software
+        )),
+    }
 }
 
 /// The body of `PUT /snapshot/load` for a restore.

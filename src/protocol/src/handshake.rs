@@ -29,6 +29,8 @@ pub mod capability {
     pub const SECCOMP_AUDIT: &str = "seccomp-audit";
     /// The agent takes [`crate::message::Request::Reseed`].
     pub const RESEED: &str = "entropy.reseed";
+    /// The agent takes [`crate::message::Request::SetClock`].
+    pub const SET_CLOCK: &str = "clock.set";
 }
 
 /// Host → guest, first frame.

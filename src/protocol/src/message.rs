@@ -70,6 +70,12 @@ pub enum Request {
     Reseed {
         entropy: Vec<u8>,
     },
+    /// Set the guest's wall clock (`CLOCK_REALTIME`) to this many nanoseconds since the Unix
+    /// epoch; answered with [`Reply::Done`]. Sent after a VM is restored from a snapshot, whose
+    /// clock would otherwise resume at the snapshot's time.
+    SetClock {
+        unix_nanos: u64,
+    },
 }
 
 /// The least entropy a [`Request::Reseed`] may carry: 256 bits, what the kernel's CRNG needs
@@ -99,6 +105,7 @@ impl Request {
             Self::Shutdown => "shutdown",
             Self::SeccompAudit => "seccomp-audit",
             Self::Reseed { .. } => "reseed",
+            Self::SetClock { .. } => "set-clock",
         }
     }
 

@@ -338,6 +338,15 @@ impl Client {
         )
     }
 
+    /// Sets the guest's wall clock to `unix_nanos` (see [`Request::SetClock`]).
+    pub async fn set_clock(&self, unix_nanos: u64) -> Result<(), ClientError> {
+        expect(
+            self.call(Request::SetClock { unix_nanos }).await?,
+            "set-clock",
+            |r| matches!(r, Reply::Done).then_some(()),
+        )
+    }
+
     /// Asks the agent to stop (a VM powers off). Returns once the agent has acknowledged.
     pub async fn shutdown(&self) -> Result<(), ClientError> {
         expect(self.call(Request::Shutdown).await?, "shutdown", |r| {

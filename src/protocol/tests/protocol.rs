@@ -98,6 +98,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
         }),
         Just(Request::Shutdown),
         prop::collection::vec(any::<u8>(), 0..600).prop_map(|entropy| Request::Reseed { entropy }),
+        any::<u64>().prop_map(|unix_nanos| Request::SetClock { unix_nanos }),
     ]
 }
 

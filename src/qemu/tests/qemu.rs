@@ -592,29 +592,50 @@ async fn the_vmm_and_its_helpers_are_in_the_sandboxs_cgroup_when_create_returns(
     assert_nothing_left(tmp.path(), &id);
 }
 
-/// The agent in a real guest kernel takes fresh entropy and reseeds the kernel's CSPRNG (what a
-/// VM restored from a snapshot gets, see `luminaguard_agent::entropy`): it offers the
-/// capability, accepts 64 bytes, and refuses 8 without losing the connection.
+/// The agent in a real guest kernel does what a VM restored from a snapshot is sent (see
+/// `luminaguard_agent::entropy` and `luminaguard_agent::clock`): it takes fresh entropy and
+/// reseeds the kernel's CRNG (64 bytes accepted, 8 refused, the connection kept), and sets the
+/// guest's wall clock — a file written afterwards carries the time it was given.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_guest_agent_reseeds_the_guest_kernel() {
+async fn the_guest_agent_reseeds_the_guest_kernel_and_takes_the_hosts_time() {
+    use luminaguard_protocol::handshake::capability::{RESEED, SET_CLOCK};
     let Some((sandbox, tmp, id)) = default_sandbox().await else {
         return;
     };
     let client = sandbox.client();
-    assert!(
-        client
-            .peer()
-            .capabilities
-            .iter()
-            .any(|c| c == luminaguard_protocol::handshake::capability::RESEED),
-        "{:?}",
-        client.peer()
-    );
+    for capability in [RESEED, SET_CLOCK] {
+        assert!(
+            client.peer().capabilities.iter().any(|c| c == capability),
+            "{capability}: {:?}",
+            client.peer()
+        );
+    }
     let fresh: Vec<u8> = (0..64).map(|i| (i * 37 + 11) as u8).collect();
     client.reseed(fresh).await.unwrap();
     let err = client.reseed(vec![0; 8]).await.unwrap_err().to_string();
     assert!(err.contains("32 to 512 bytes"), "{err}");
     client.ping().await.unwrap();
+
+    // A day ahead of the host: unmistakably the time the agent was given.
+    const DAY_MS: i64 = 86_400_000;
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let set_ms = now_ms + DAY_MS;
+    client
+        .set_clock(u64::try_from(set_ms).unwrap() * 1_000_000)
+        .await
+        .unwrap();
+    client.write_file("/tmp/when", 0o644, b"now").await.unwrap();
+    let mtime = client.stat("/tmp/when", true).await.unwrap().mtime_unix_ms;
+    assert!(
+        (set_ms..set_ms + 60_000).contains(&mtime),
+        "the file's time {mtime} is not the clock set, {set_ms}"
+    );
     sandbox.destroy().await.unwrap();
     assert_nothing_left(tmp.path(), &id);
 }

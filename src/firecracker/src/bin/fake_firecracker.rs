@@ -238,19 +238,29 @@ async fn serve(args: Args, plan: Plan, record: std::fs::File) -> ExitCode {
             },
             Some(event) = guest_rx.recv() => match event {
                 guest::GuestEvent::PowerOff => return ExitCode::SUCCESS,
-                guest::GuestEvent::Reseeded(bytes) => record_reseed(guest_record.as_ref(), &bytes),
+                guest::GuestEvent::Reseeded(bytes) => record_agent(
+                    guest_record.as_ref(),
+                    "reseed",
+                    serde_json::json!({ "entropy": bytes }),
+                ),
+                guest::GuestEvent::ClockSet(unix_nanos) => record_agent(
+                    guest_record.as_ref(),
+                    "set-clock",
+                    serde_json::json!({ "unix_nanos": unix_nanos }),
+                ),
             },
         }
     }
 }
 
-/// Appends `AGENT reseed {"entropy": [bytes]}` to the request record.
-fn record_reseed(file: Option<&std::fs::File>, entropy: &[u8]) {
+/// Appends `AGENT <what> <body>` to the request record: what the fake guest's agent was asked
+/// that a test checks (`reseed`, `set-clock`).
+fn record_agent(file: Option<&std::fs::File>, what: &str, body: serde_json::Value) {
     use std::io::Write as _;
     let recorded = luminaguard_firecracker::testing::Recorded {
         method: "AGENT".into(),
-        path: "reseed".into(),
-        body: serde_json::json!({ "entropy": entropy }),
+        path: what.into(),
+        body,
         accepted: true,
         fault: None,
     };
@@ -258,7 +268,7 @@ fn record_reseed(file: Option<&std::fs::File>, entropy: &[u8]) {
     if let Some(mut f) = file {
         // One short append to a local file, in a test fake.
         if let Err(e) = f.write_all(line.as_bytes()) {
-            eprintln!("fake firecracker: cannot record the reseed: {e}");
+            eprintln!("fake firecracker: cannot record AGENT {what}: {e}");
         }
     }
 }

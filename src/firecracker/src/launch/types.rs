@@ -231,6 +231,7 @@ pub enum Step {
     SnapshotLoad,
     Resume,
     Reseed,
+    Clock,
     Logger,
     Metrics,
     MachineConfig,
@@ -257,6 +258,7 @@ impl Step {
             Self::SnapshotLoad => "snapshot-load",
             Self::Resume => "resume",
             Self::Reseed => "reseed",
+            Self::Clock => "clock",
             Self::Logger => "logger",
             Self::Metrics => "metrics",
             Self::MachineConfig => "machine-config",
@@ -365,6 +367,9 @@ pub enum Cause {
     /// snapshot's random numbers, so it is not used.
     #[error("the restored guest's kernel could not be reseeded: {0}")]
     Reseed(String),
+    /// A restored guest's wall clock could not be set: it would keep the snapshot's time.
+    #[error("the restored guest's clock could not be set: {0}")]
+    Clock(String),
 }
 
 pub(crate) fn tail_section(tail: &str) -> String {

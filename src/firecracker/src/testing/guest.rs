@@ -23,6 +23,8 @@ pub enum GuestEvent {
     PowerOff,
     /// The agent fed these bytes to the (pretend) kernel and reseeded it.
     Reseeded(Vec<u8>),
+    /// The agent set the (pretend) wall clock to this many nanoseconds since the epoch.
+    ClockSet(u64),
 }
 
 /// The host-side port Firecracker reports in `OK <port>` (it assigns them from 1 << 30 up).
@@ -153,6 +155,7 @@ async fn host_connection(
             capabilities: [handshake::capability::SHUTDOWN]
                 .into_iter()
                 .chain(reseeds.then_some(handshake::capability::RESEED))
+                .chain(reseeds.then_some(handshake::capability::SET_CLOCK))
                 .map(str::to_owned)
                 .collect(),
             software: "luminaguard-fake-guest".to_owned(),
@@ -194,6 +197,10 @@ async fn host_connection(
                     let _ = events.send(GuestEvent::Reseeded(entropy)).await;
                     Reply::Done
                 }
+            }
+            Request::SetClock { unix_nanos } if reseeds => {
+                let _ = events.send(GuestEvent::ClockSet(unix_nanos)).await;
+                Reply::Done
             }
             other => Reply::Error(ErrorReply::new(
                 ErrorCode::InvalidRequest,

@@ -137,8 +137,8 @@ pub enum GuestBehaviour {
     /// The VMM exits with `code` during boot (a guest kernel panic ends Firecracker), writing
     /// `stderr` first.
     Crash { code: i32, stderr: String },
-    /// Like [`GuestBehaviour::Agent`], but an agent from before `Reseed`: it does not offer
-    /// `entropy.reseed` and refuses the request.
+    /// Like [`GuestBehaviour::Agent`], but an agent from before `Reseed` and `SetClock`: it
+    /// offers neither `entropy.reseed` nor `clock.set`, and refuses both requests.
     AgentWithoutReseed,
 }
 

@@ -76,7 +76,12 @@ async fn snapshot_then_restore_into_a_new_sandbox() {
     let reqs = recorded(&img2);
     assert_eq!(
         names(&reqs),
-        ["PUT /snapshot/load", "PATCH /vm", "AGENT reseed"],
+        [
+            "PUT /snapshot/load",
+            "PATCH /vm",
+            "AGENT reseed",
+            "AGENT set-clock"
+        ],
         "nothing configured before the load; the guest reseeded after it"
     );
     assert!(reqs.iter().all(|r| r.accepted), "{reqs:#?}");
@@ -100,6 +105,16 @@ async fn snapshot_then_restore_into_a_new_sandbox() {
     assert_eq!(reqs[1].body, serde_json::json!({"state": "Resumed"}));
     let first_seed = reseed_bytes(&reqs[2]);
     assert_eq!(first_seed.len(), snapshot::RESEED_BYTES);
+    // The guest's clock is set to the host's, after the reseed.
+    let set_to = reqs[3].body["unix_nanos"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    assert!(
+        set_to <= now && now - set_to < 60_000_000_000,
+        "the clock was set to {set_to}, now is {now}"
+    );
     restored.agent.ping().await.unwrap();
     // The new VM has its own vsock socket, and its own copy of the scratch disk.
     assert!(img2.sandbox.join("agent.sock").exists());
@@ -120,7 +135,7 @@ async fn snapshot_then_restore_into_a_new_sandbox() {
     let again = snapshot::restore(&config(&img3, &Plan::default()), &from)
         .await
         .unwrap();
-    let second_seed = reseed_bytes(recorded(&img3).last().unwrap());
+    let second_seed = reseed_bytes(&recorded(&img3)[2]);
     assert_eq!(second_seed.len(), snapshot::RESEED_BYTES);
     assert_ne!(first_seed, second_seed, "two restores, one seed");
     again.stop(true).await;

@@ -65,7 +65,12 @@ async fn sandboxes_are_restored_from_a_template_each_with_fresh_entropy() {
         let names: Vec<String> = reqs.iter().map(Recorded::request).collect();
         assert_eq!(
             names,
-            ["PUT /snapshot/load", "PATCH /vm", "AGENT reseed"],
+            [
+                "PUT /snapshot/load",
+                "PATCH /vm",
+                "AGENT reseed",
+                "AGENT set-clock"
+            ],
             "restored, not booted"
         );
         assert!(reqs.iter().all(|r| r.accepted), "{reqs:#?}");
