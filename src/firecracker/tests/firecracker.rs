@@ -1433,6 +1433,23 @@ mod snapshots;
 #[path = "firecracker/templates.rs"]
 mod templates;
 
+/// `reqs` (what a fake Firecracker recorded) are a restore's and all were accepted: the load and
+/// the resume, nothing configured before them, then the guest's reseed and its clock.
+pub(crate) fn assert_restored(reqs: &[Recorded]) {
+    let names: Vec<String> = reqs.iter().map(Recorded::request).collect();
+    assert_eq!(
+        names,
+        [
+            "PUT /snapshot/load",
+            "PATCH /vm",
+            "AGENT reseed",
+            "AGENT set-clock"
+        ],
+        "restored, not booted"
+    );
+    assert!(reqs.iter().all(|r| r.accepted), "{reqs:#?}");
+}
+
 /// Direct mode (no jailer) with an egress policy: Firecracker is moved into the sandbox's router
 /// namespace before it execs (`setns` in the launch), where its tap `sbx0` is; destroy removes
 /// the namespace.

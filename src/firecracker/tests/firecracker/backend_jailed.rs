@@ -581,17 +581,7 @@ async fn a_jailed_template_restores_into_a_new_chroot_and_only_under_the_jailer(
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let names: Vec<String> = reqs.iter().map(Recorded::request).collect();
-    assert_eq!(
-        names,
-        [
-            "PUT /snapshot/load",
-            "PATCH /vm",
-            "AGENT reseed",
-            "AGENT set-clock"
-        ]
-    );
-    assert!(reqs.iter().all(|r| r.accepted), "{reqs:#?}");
+    super::assert_restored(&reqs);
     sandbox.destroy().await.unwrap();
     traces.assert_gone().await;
     assert_eq!(

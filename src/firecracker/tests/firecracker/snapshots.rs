@@ -74,17 +74,7 @@ async fn snapshot_then_restore_into_a_new_sandbox() {
     };
     let restored = snapshot::restore(&cfg2, &from).await.unwrap();
     let reqs = recorded(&img2);
-    assert_eq!(
-        names(&reqs),
-        [
-            "PUT /snapshot/load",
-            "PATCH /vm",
-            "AGENT reseed",
-            "AGENT set-clock"
-        ],
-        "nothing configured before the load; the guest reseeded after it"
-    );
-    assert!(reqs.iter().all(|r| r.accepted), "{reqs:#?}");
+    super::assert_restored(&reqs);
     // The state and memory files are linked into the new VM's directory and named relative
     // to it, so a VMM running as its own user (or chrooted) opens them.
     assert_eq!(

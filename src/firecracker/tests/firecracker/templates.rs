@@ -62,18 +62,7 @@ async fn sandboxes_are_restored_from_a_template_each_with_fresh_entropy() {
             .unwrap();
         sandbox.client().ping().await.unwrap();
         let reqs = records(&sandbox.dir);
-        let names: Vec<String> = reqs.iter().map(Recorded::request).collect();
-        assert_eq!(
-            names,
-            [
-                "PUT /snapshot/load",
-                "PATCH /vm",
-                "AGENT reseed",
-                "AGENT set-clock"
-            ],
-            "restored, not booted"
-        );
-        assert!(reqs.iter().all(|r| r.accepted), "{reqs:#?}");
+        super::assert_restored(&reqs);
         assert_eq!(reqs[0].body["snapshot_path"], "vm.snap");
         assert_eq!(reqs[0].body["mem_backend"]["backend_path"], "vm.mem");
         // The VMM read the template's own files through links in its directory.
