@@ -23,8 +23,10 @@
 //! kill it like any process the record names (backends list it in `meta.helpers`).
 //!
 //! The pair is a blocking `SOCK_STREAM` pair, and the keeper's end exists only in the keeper
-//! (close-on-exec here, dropped by the creator once forked). A keeper that lags slows the guest's
-//! UART down, as a real serial line would; a keeper that is gone leaves the VMM's end without a
+//! (close-on-exec here, dropped by the creator once forked). A keeper that lags fills the
+//! socket's buffer: QEMU's chardev then waits, slowing the guest's UART as a real serial line
+//! would, while Firecracker (which makes its stdout non-blocking) drops the bytes it cannot
+//! write; a keeper that is gone leaves the VMM's end without a
 //! reader, so its writes fail with `EPIPE` (both VMMs are Rust or ignore `SIGPIPE`; the first
 //! one gets `ECONNRESET` if the keeper died with bytes unread) instead of blocking: QEMU's
 //! socket chardev then drops console output, Firecracker's serial device counts a write error

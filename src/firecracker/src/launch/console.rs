@@ -7,12 +7,13 @@
 //! `/dev/null` itself, no keeper is started, and `console.log` holds one line saying why it is
 //! empty.
 //!
-//! The pair is the shared module's blocking `SOCK_STREAM` pair: a keeper that lags slows the
-//! guest's UART (back-pressure, as on a real serial line); a keeper that died leaves Firecracker's
-//! end without a reader, so its writes fail with `EPIPE` — Firecracker is a Rust program, which
-//! ignores `SIGPIPE` — (the first one with `ECONNRESET` if the keeper died with output unread)
-//! and its serial device drops the output (counting a write error in its metrics) rather than
-//! blocking the guest.
+//! The pair is the shared module's `SOCK_STREAM` pair, which Firecracker makes non-blocking on
+//! its side (v1.16.1 sets `O_NONBLOCK` on its stdout when the serial console goes there): a
+//! keeper that lags until the socket's buffer is full costs the guest console bytes (`EAGAIN`,
+//! dropped and counted in Firecracker's `uart` metrics), not speed. A keeper that died leaves
+//! Firecracker's end without a reader, so its writes fail with `EPIPE` — Firecracker is a Rust
+//! program, which ignores `SIGPIPE` — (the first one with `ECONNRESET` if the keeper died with
+//! output unread) and its serial device drops the output rather than blocking the guest.
 
 use std::os::fd::OwnedFd;
 use std::process::Stdio;
