@@ -114,6 +114,8 @@ struct ImageSummary {
     digest: String,
     kernel_release: String,
     rootfs: bool,
+    /// An uncompressed ELF kernel, which Firecracker needs.
+    vmlinux: bool,
 }
 
 async fn program(name: &str) -> Program {
@@ -307,6 +309,9 @@ async fn qemu_report() -> QemuReport {
             digest: i.digest.to_string(),
             kernel_release: i.manifest.kernel_release.clone(),
             rootfs: i.manifest.rootfs.is_some(),
+            vmlinux: i
+                .artifact_path(luminaguard_image::store::ArtifactKind::Vmlinux)
+                .is_some(),
         }),
         Ok(None) => {
             notes.push("no image: run `luminaguard image build`".into());
@@ -341,27 +346,22 @@ async fn qemu_report() -> QemuReport {
     }
 }
 
-fn auto_pick(process: &ProcessReport, qemu: &QemuReport) -> Pick {
-    if qemu.verdict.usable && qemu.kvm.is_usable() {
-        return Pick {
-            backend: BackendChoice::Qemu,
-            why:
-                "KVM runs guests and an image exists (auto does not pick Firecracker until it has \
-                  been proven on a KVM host; --backend firecracker uses it)"
-                    .into(),
-        };
-    }
-    let why = match (&qemu.kvm, qemu.image.is_some()) {
-        (KvmProbe::Unusable(_), _) => "KVM cannot run guests here",
-        (KvmProbe::Usable, false) => "no image for a microVM",
-        (KvmProbe::Usable, true) => "QEMU or vhost-device-vsock is missing",
+/// `auto`'s pick from what the reports found (the rule `run` applies, [`crate::pick`]).
+fn auto_pick(process: &ProcessReport, qemu: &QemuReport, fc: &FirecrackerReport) -> Pick {
+    let facts = crate::pick::HostFacts {
+        kvm: qemu.kvm.is_usable(),
+        image: qemu.image.is_some(),
+        vmlinux: qemu.image.as_ref().is_some_and(|i| i.vmlinux),
+        firecracker: fc.firecracker.error.is_none(),
+        qemu: qemu.qemu.error.is_none() && qemu.vhost_device_vsock.error.is_none(),
     };
+    let (backend, why) = crate::pick::auto_backend(facts);
     Pick {
-        backend: BackendChoice::Process,
-        why: if process.verdict.usable {
-            why.to_owned()
-        } else {
+        backend,
+        why: if backend == BackendChoice::Process && !process.verdict.usable {
             format!("{why}; and the process sandbox cannot run either")
+        } else {
+            why.to_owned()
         },
     }
 }
@@ -449,10 +449,14 @@ pub async fn run(args: DoctorArgs, config: &Config) -> anyhow::Result<ExitCode> 
     let qemu = qemu_report().await;
     let firecracker = firecracker_report(&qemu.kvm).await;
     let network = network_report().await;
-    let auto = auto_pick(&process, &qemu);
+    let auto = auto_pick(&process, &qemu, &firecracker);
     let default_backend = config.defaults.backend;
     let default_usable = match default_backend {
-        BackendChoice::Auto => process.verdict.usable || qemu.verdict.usable,
+        BackendChoice::Auto => match auto.backend {
+            BackendChoice::Process => process.verdict.usable,
+            // Picked only when what it needs is there.
+            _ => true,
+        },
         BackendChoice::Process => process.verdict.usable,
         BackendChoice::Qemu => qemu.verdict.usable,
         BackendChoice::Firecracker => firecracker.verdict.usable && qemu.image.is_some(),

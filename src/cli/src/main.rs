@@ -3,6 +3,7 @@
 mod debug;
 mod doctor;
 mod image;
+mod pick;
 mod run;
 mod sandbox;
 mod stream;

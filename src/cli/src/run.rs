@@ -233,10 +233,8 @@ fn client_options(spec: &SandboxSpec) -> ClientOptions {
 /// The backend for a request: `spec.backend` (after `--backend`), with `--image` for a
 /// microVM; with `--template`, Firecracker restoring that template.
 ///
-/// `auto` is the process sandbox unless KVM can really run a guest and an image exists, then
-/// QEMU with KVM. (Firecracker, which `auto` will prefer, has not yet been run on a KVM host;
-/// QEMU under TCG is real isolation but seconds per boot, so it runs only when asked for by
-/// name.)
+/// `auto`: Firecracker with KVM, else QEMU with KVM, else the process sandbox
+/// ([`crate::pick::auto_backend`]; QEMU under TCG runs only when asked for by name).
 pub async fn backend(req: &CreateRequest, args: &SandboxArgs) -> anyhow::Result<AnyBackend> {
     let spec = &req.spec;
     let image = args.image.as_deref();
@@ -260,22 +258,9 @@ pub async fn backend(req: &CreateRequest, args: &SandboxArgs) -> anyhow::Result<
     }
     let choice = match spec.backend {
         BackendChoice::Auto => {
-            let kvm = tokio::task::spawn_blocking(luminaguard_qemu::kvm::probe).await?;
-            let has_image = match kvm.is_usable() {
-                true => {
-                    let image = image.map(str::to_owned);
-                    tokio::task::spawn_blocking(move || find_image(image.as_deref()))
-                        .await??
-                        .is_some()
-                }
-                false => false,
-            };
-            let pick = if kvm.is_usable() && has_image {
-                BackendChoice::Qemu
-            } else {
-                BackendChoice::Process
-            };
-            tracing::debug!(%kvm, has_image, backend = %pick, "auto backend");
+            let (facts, _) = host_facts(image).await?;
+            let (pick, why) = crate::pick::auto_backend(facts);
+            tracing::info!(backend = %pick, "auto: {why}");
             pick
         }
         other => other,
@@ -304,6 +289,50 @@ pub async fn backend(req: &CreateRequest, args: &SandboxArgs) -> anyhow::Result<
             firecracker_for(spec, image).await?,
         ))),
     }
+}
+
+/// What `auto` decides on (see [`crate::pick`]), and the image found (for `doctor`). The image
+/// and the programs are only looked for where KVM can run a guest.
+pub async fn host_facts(
+    image: Option<&str>,
+) -> anyhow::Result<(
+    crate::pick::HostFacts,
+    Option<luminaguard_image::store::Image>,
+)> {
+    use luminaguard_firecracker::tools;
+    let kvm = tokio::task::spawn_blocking(luminaguard_qemu::kvm::probe).await?;
+    let mut facts = crate::pick::HostFacts {
+        kvm: kvm.is_usable(),
+        image: false,
+        vmlinux: false,
+        firecracker: false,
+        qemu: false,
+    };
+    if !facts.kvm {
+        return Ok((facts, None));
+    }
+    let reference = image.map(str::to_owned);
+    let found = tokio::task::spawn_blocking(move || {
+        let qemu = [
+            luminaguard_qemu::host::QEMU_PROGRAM,
+            luminaguard_qemu::host::VHOST_PROGRAM,
+        ]
+        .iter()
+        .all(|p| luminaguard_qemu::find_program(p).is_some());
+        find_image(reference.as_deref()).map(|i| (i, qemu))
+    })
+    .await??;
+    let (image, qemu) = found;
+    facts.qemu = qemu;
+    facts.image = image.is_some();
+    facts.vmlinux = image.as_ref().is_some_and(|i| {
+        i.artifact_path(luminaguard_image::store::ArtifactKind::Vmlinux)
+            .is_some()
+    });
+    facts.firecracker = tools::find_tool(tools::FIRECRACKER_ENV, tools::FIRECRACKER, None)
+        .await
+        .is_some();
+    Ok((facts, image))
 }
 
 /// The Firecracker backend for `spec` with `image` (see [`firecracker_backend`]), its egress

@@ -396,7 +396,7 @@ fn templates_refuse_what_cannot_work_and_create_nothing() {
 
 /// `doctor` says which seccomp filter a Firecracker started by `run` gets: LuminaGuard's custom
 /// policy when the release's `seccompiler-bin` is there (what `run` then compiles and passes),
-/// Firecracker's built-in filters otherwise.
+/// Firecracker's built-in filters otherwise; and what `auto` picks with Firecracker found.
 #[test]
 fn doctor_names_the_firecracker_seccomp_filter_run_would_use() {
     use std::os::unix::fs::PermissionsExt;
@@ -428,6 +428,26 @@ fn doctor_names_the_firecracker_seccomp_filter_run_would_use() {
             .to_owned()
     };
     let none = filter_of(None);
+    // `auto` follows the design's order: Firecracker with KVM, else QEMU with KVM, else the
+    // process sandbox — here, where KVM cannot run guests, the process sandbox, saying why.
+    let out = Command::new(BIN)
+        .arg("--runtime-dir")
+        .arg(rt.path())
+        .args(["doctor", "--json"])
+        .env("LUMINAGUARD_FIRECRACKER", &fc)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (backend, why) = (
+        report["auto"]["backend"].as_str().unwrap(),
+        report["auto"]["why"].as_str().unwrap(),
+    );
+    if report["firecracker"]["kvm_usable"] == false {
+        assert_eq!(backend, "process", "{why}");
+        assert!(why.contains("KVM cannot run guests"), "{why}");
+    } else if report["qemu"]["image"]["vmlinux"] == true {
+        assert_eq!(backend, "firecracker", "{why}");
+    }
     assert!(none.starts_with("Firecracker's built-in"), "{none}");
     let compiler = script("seccompiler-bin", "seccompiler-bin v1.16.1");
     let custom = filter_of(Some(&compiler));
