@@ -238,16 +238,10 @@ async fn serve(args: Args, plan: Plan, record: std::fs::File) -> ExitCode {
             },
             Some(event) = guest_rx.recv() => match event {
                 guest::GuestEvent::PowerOff => return ExitCode::SUCCESS,
-                guest::GuestEvent::Reseeded(bytes) => record_agent(
-                    guest_record.as_ref(),
-                    "reseed",
-                    serde_json::json!({ "entropy": bytes }),
-                ),
-                guest::GuestEvent::ClockSet(unix_nanos) => record_agent(
-                    guest_record.as_ref(),
-                    "set-clock",
-                    serde_json::json!({ "unix_nanos": unix_nanos }),
-                ),
+                guest::GuestEvent::Agent { what, body, recorded } => {
+                    record_agent(guest_record.as_ref(), what, body);
+                    let _ = recorded.send(());
+                }
             },
         }
     }

@@ -17,14 +17,34 @@ use tokio_util::codec::Framed;
 use super::GuestBehaviour;
 
 /// What the fake guest reports to the VMM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum GuestEvent {
     /// The agent was asked to shut down: the VM powers off.
     PowerOff,
-    /// The agent fed these bytes to the (pretend) kernel and reseeded it.
-    Reseeded(Vec<u8>),
-    /// The agent set the (pretend) wall clock to this many nanoseconds since the epoch.
-    ClockSet(u64),
+    /// The agent did what a test checks (`reseed` with `{"entropy": [...]}`, `set-clock` with
+    /// `{"unix_nanos": n}`). It answers the host only once `recorded` fires, so the record is
+    /// written before the host learns the request succeeded.
+    Agent {
+        what: &'static str,
+        body: serde_json::Value,
+        recorded: tokio::sync::oneshot::Sender<()>,
+    },
+}
+
+/// Reports an agent request to the VMM and waits until it is recorded (or the VMM is gone).
+async fn report(events: &mpsc::Sender<GuestEvent>, what: &'static str, body: serde_json::Value) {
+    let (recorded, done) = tokio::sync::oneshot::channel();
+    if events
+        .send(GuestEvent::Agent {
+            what,
+            body,
+            recorded,
+        })
+        .await
+        .is_ok()
+    {
+        let _ = done.await;
+    }
 }
 
 /// The host-side port Firecracker reports in `OK <port>` (it assigns them from 1 << 30 up).
@@ -194,12 +214,17 @@ async fn host_connection(
                         format!("reseed with {len} bytes"),
                     ))
                 } else {
-                    let _ = events.send(GuestEvent::Reseeded(entropy)).await;
+                    report(&events, "reseed", serde_json::json!({ "entropy": entropy })).await;
                     Reply::Done
                 }
             }
             Request::SetClock { unix_nanos } if reseeds => {
-                let _ = events.send(GuestEvent::ClockSet(unix_nanos)).await;
+                report(
+                    &events,
+                    "set-clock",
+                    serde_json::json!({ "unix_nanos": unix_nanos }),
+                )
+                .await;
                 Reply::Done
             }
             other => Reply::Error(ErrorReply::new(
