@@ -1433,6 +1433,43 @@ mod snapshots;
 #[path = "firecracker/templates.rs"]
 mod templates;
 
+/// Alive and not a zombie.
+pub(crate) fn running(pid: impl std::fmt::Display) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Waits (polling) until `pid` is gone or a zombie; `false` if it still runs after `limit`.
+pub(crate) async fn gone_within(pid: impl std::fmt::Display + Copy, limit: Duration) -> bool {
+    let start = Instant::now();
+    while running(pid) {
+        if start.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// No live process has `--id <id>` on its command line.
+pub(crate) fn no_process_with_id(id: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().all(|e| {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            return true;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        !args
+            .windows(2)
+            .any(|w| w[0] == b"--id" && w[1] == id.as_bytes())
+            || !running(pid)
+    })
+}
+
 /// `reqs` (what a fake Firecracker recorded) are a restore's and all were accepted: the load and
 /// the resume, nothing configured before them, then the guest's reseed and its clock.
 pub(crate) fn assert_restored(reqs: &[Recorded]) {

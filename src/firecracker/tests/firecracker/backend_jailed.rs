@@ -118,32 +118,11 @@ impl Traces {
         }
         if let Some(pid) = self.pid {
             assert!(
-                gone_within(pid, Duration::from_secs(5)).await,
+                super::gone_within(pid, Duration::from_secs(5)).await,
                 "the VMM {pid} outlived removal"
             );
         }
     }
-}
-
-/// Alive and not a zombie.
-fn running(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-async fn gone_within(pid: i32, limit: Duration) -> bool {
-    let start = std::time::Instant::now();
-    while running(pid) {
-        if start.elapsed() > limit {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    true
 }
 
 fn status_field(pid: i32, field: &str) -> String {
@@ -205,7 +184,7 @@ async fn a_jailed_sandbox_is_recorded_runs_a_command_and_destroy_leaves_nothing(
         .parse()
         .unwrap();
     assert_eq!(init.pid, pid_file);
-    assert!(running(init.pid));
+    assert!(super::running(init.pid));
     assert_eq!(meta.owner, init, "a long-lived sandbox is owned by its VMM");
     assert_eq!(
         std::fs::read_link(format!("/proc/{}/root", init.pid)).unwrap(),
@@ -363,7 +342,10 @@ async fn a_jailed_create_that_fails_at_configuration_leaves_nothing() {
     assert!(!dir.exists(), "the sandbox directory outlived the failure");
     let chroot = fx.runtime.root().join("jail").join(EXEC_NAME).join(&vm_id);
     assert!(!chroot.exists(), "the chroot outlived the failure");
-    assert!(no_process_with_id(&vm_id), "a VMM outlived the failure");
+    assert!(
+        super::no_process_with_id(&vm_id),
+        "a VMM outlived the failure"
+    );
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     for line in mounts.lines().filter(|l| l.contains(" cgroup")) {
         let mount = line.split_whitespace().nth(1).unwrap();
@@ -397,24 +379,9 @@ async fn a_jailer_that_fails_is_reported_and_leaves_nothing() {
             .exists(),
         "the chroot outlived the failure"
     );
-    assert!(no_process_with_id(&vm_id));
+    assert!(super::no_process_with_id(&vm_id));
     assert!(!fx.records.join(ARGV_FILE).exists(), "firecracker ran");
     drop(fx.tmp);
-}
-
-/// No live process has `--id <id>` on its command line.
-fn no_process_with_id(id: &str) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().all(|e| {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            return true;
-        };
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        !args
-            .windows(2)
-            .any(|w| w[0] == b"--id" && w[1] == id.as_bytes())
-            || !running(pid)
-    })
 }
 
 /// The network namespace inode a process runs in, or a named one holds.

@@ -89,31 +89,10 @@ fn status_field(pid: u32, field: &str) -> String {
         .unwrap()
 }
 
-/// Alive and not a zombie.
-fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
 fn session_of(pid: u32) -> u32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let (_, rest) = stat.rsplit_once(')').unwrap();
     rest.split_whitespace().nth(3).unwrap().parse().unwrap()
-}
-
-async fn gone_within(pid: u32, limit: Duration) -> bool {
-    let start = std::time::Instant::now();
-    while running(pid) {
-        if start.elapsed() > limit {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    true
 }
 
 async fn one_mode(new_pid_ns: bool, daemonize: bool) {
@@ -203,7 +182,7 @@ async fn one_mode(new_pid_ns: bool, daemonize: bool) {
         .parse()
         .unwrap();
     assert_eq!(pid, vm.pid);
-    assert!(running(pid));
+    assert!(super::running(pid));
     assert_eq!(vm.vmm.is_child(), !new_pid_ns && !daemonize);
     assert_eq!(
         std::fs::read_link(format!("/proc/{pid}/root")).unwrap(),
@@ -281,7 +260,7 @@ async fn one_mode(new_pid_ns: bool, daemonize: bool) {
         assert!(status.contains("signal: 9"), "{status}");
     }
     assert!(
-        gone_within(pid, Duration::from_secs(5)).await,
+        super::gone_within(pid, Duration::from_secs(5)).await,
         "{pid} survived stop"
     );
     assert!(!sb.join("jail").exists(), "the chroot outlived stop");
@@ -324,7 +303,7 @@ async fn a_jailed_vmm_that_fails_a_step_leaves_no_chroot_cgroup_or_process() {
         "the chroot outlived the failure"
     );
     assert_no_jail_cgroups(&j.cfg);
-    assert!(no_jailed_fake_running(&j.cfg.vm_id.to_string()));
+    assert!(super::no_process_with_id(&j.cfg.vm_id.to_string()));
 }
 
 #[tokio::test]
@@ -372,21 +351,6 @@ fn assert_no_jail_cgroups(cfg: &LaunchConfig) {
     for d in &dirs {
         assert!(!d.exists(), "{} outlived the failure", d.display());
     }
-}
-
-/// No process runs with `--id <id>` on its command line.
-fn no_jailed_fake_running(id: &str) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().all(|e| {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            return true;
-        };
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        !args
-            .windows(2)
-            .any(|w| w[0] == b"--id" && w[1] == id.as_bytes())
-            || !running(pid)
-    })
 }
 
 /// The jailer passes its stdout on to Firecracker: the console keeper gets a jailed guest's
