@@ -74,12 +74,7 @@ fn plain_cycle(uplink_ns: &str) -> Duration {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs as root and must run this bench"
-        );
-        eprintln!("skipped: network egress needs root");
+    if !luminaguard_testkit::privileged("network egress") {
         return;
     }
     let rt = tokio::runtime::Builder::new_current_thread()
