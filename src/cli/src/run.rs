@@ -258,7 +258,7 @@ pub async fn backend(req: &CreateRequest, args: &SandboxArgs) -> anyhow::Result<
     }
     let choice = match spec.backend {
         BackendChoice::Auto => {
-            let (facts, _) = host_facts(image).await?;
+            let facts = host_facts(image).await?;
             let (pick, why) = crate::pick::auto_backend(facts);
             tracing::info!(backend = %pick, "auto: {why}");
             pick
@@ -291,14 +291,9 @@ pub async fn backend(req: &CreateRequest, args: &SandboxArgs) -> anyhow::Result<
     }
 }
 
-/// What `auto` decides on (see [`crate::pick`]), and the image found (for `doctor`). The image
-/// and the programs are only looked for where KVM can run a guest.
-pub async fn host_facts(
-    image: Option<&str>,
-) -> anyhow::Result<(
-    crate::pick::HostFacts,
-    Option<luminaguard_image::store::Image>,
-)> {
+/// What `auto` decides on (see [`crate::pick`]). The image and the programs are only looked
+/// for where KVM can run a guest.
+async fn host_facts(image: Option<&str>) -> anyhow::Result<crate::pick::HostFacts> {
     use luminaguard_firecracker::tools;
     let kvm = tokio::task::spawn_blocking(luminaguard_qemu::kvm::probe).await?;
     let mut facts = crate::pick::HostFacts {
@@ -309,7 +304,7 @@ pub async fn host_facts(
         qemu: false,
     };
     if !facts.kvm {
-        return Ok((facts, None));
+        return Ok(facts);
     }
     let reference = image.map(str::to_owned);
     let found = tokio::task::spawn_blocking(move || {
@@ -332,7 +327,7 @@ pub async fn host_facts(
     facts.firecracker = tools::find_tool(tools::FIRECRACKER_ENV, tools::FIRECRACKER, None)
         .await
         .is_some();
-    Ok((facts, image))
+    Ok(facts)
 }
 
 /// The Firecracker backend for `spec` with `image` (see [`firecracker_backend`]), its egress

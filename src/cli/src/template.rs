@@ -138,20 +138,18 @@ async fn create(
 
 async fn ls(runtime: &RuntimeDir, json: bool) -> anyhow::Result<ExitCode> {
     let base = runtime.root().join("templates");
-    let mut entries = match tokio::fs::read_dir(&base).await {
-        Ok(e) => Some(e),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("reading {}", base.display())),
-    };
     let mut found = Vec::new();
-    while let Some(entry) = match entries.as_mut() {
-        Some(e) => e.next_entry().await?,
-        None => None,
-    } {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        match Template::open(&entry.path()).await {
-            Ok(t) => found.push((name, t)),
-            Err(e) => tracing::warn!("{e}"),
+    match tokio::fs::read_dir(&base).await {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", base.display())),
+        Ok(mut entries) => {
+            while let Some(entry) = entries.next_entry().await? {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                match Template::open(&entry.path()).await {
+                    Ok(t) => found.push((name, t)),
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
         }
     }
     found.sort_by(|a, b| a.0.cmp(&b.0));

@@ -390,6 +390,29 @@ fn templates_refuse_what_cannot_work_and_create_nothing() {
     }
     let left = std::fs::read_dir(rt.path().join("templates")).map_or(0, |d| d.count());
     assert_eq!(left, 0, "a refused template left a directory");
+    // A template on disk (as `template create` seals one) is listed, and `rm` removes it; a
+    // directory without a manifest is not listed.
+    let t1 = rt.path().join("templates").join("t1");
+    std::fs::create_dir_all(&t1).unwrap();
+    std::fs::create_dir_all(rt.path().join("templates").join("half-made")).unwrap();
+    for f in ["vm.snap", "vm.mem"] {
+        std::fs::write(t1.join(f), f).unwrap();
+    }
+    let manifest = serde_json::json!({
+        "format": 1, "image": null, "vcpus": 1, "memory_mib": 256, "scratch_mib": 64,
+        "network": "none", "jailed": false, "firecracker_version": "1.16.1",
+        "created_unix_ms": 1
+    });
+    std::fs::write(t1.join("template.json"), manifest.to_string()).unwrap();
+    let (ok, out, _) = lg_rt(&["template", "ls", "--json"]);
+    assert!(ok);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["name"], "t1");
+    assert_eq!(listed[0]["manifest"], manifest);
+    let (ok, _, err) = lg_rt(&["template", "rm", "t1", "half-made"]);
+    assert!(ok, "{err}");
+    assert!(!t1.exists());
     let left = std::fs::read_dir(rt.path().join("sandboxes")).map_or(0, |d| d.count());
     assert_eq!(left, 0, "a refused run left a sandbox");
 }

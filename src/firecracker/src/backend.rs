@@ -59,6 +59,8 @@ use crate::snapshot::RestoreFrom;
 use crate::template::{NetShape, Template, TemplateManifest, Wanted};
 
 const NAME: &str = "firecracker";
+/// The step a failure to make a template is reported at.
+const TEMPLATE_STEP: &str = "make the template";
 
 /// How long `destroy` waits for the guest to power off after the agent acknowledged `Shutdown`.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -272,11 +274,10 @@ impl FirecrackerBackend {
         mut req: CreateRequest,
         dest: &Path,
     ) -> Result<Template, BackendError> {
-        const STEP: &str = "make the template";
         req.persistent = false;
         tokio::fs::create_dir(dest)
             .await
-            .map_err(|e| setup(STEP, format!("{}: {e}", dest.display())))?;
+            .map_err(|e| setup(TEMPLATE_STEP, format!("{}: {e}", dest.display())))?;
         let made = self.snapshot_fresh(&req, dest).await;
         if made.is_err() {
             if let Err(e) = tokio::fs::remove_dir_all(dest).await {
@@ -308,10 +309,10 @@ impl FirecrackerBackend {
                 .api
                 .version()
                 .await
-                .map_err(|e| setup("make the template", e))?;
+                .map_err(|e| setup(TEMPLATE_STEP, e))?;
             crate::snapshot::create(&mut launched, &cfg, dest)
                 .await
-                .map_err(|e| setup("make the template", e))?;
+                .map_err(|e| setup(TEMPLATE_STEP, e))?;
             Ok::<_, BackendError>(version.firecracker_version)
         }
         .await;
@@ -335,7 +336,7 @@ impl FirecrackerBackend {
         };
         Template::seal(dest, manifest)
             .await
-            .map_err(|e| setup("make the template", e))
+            .map_err(|e| setup(TEMPLATE_STEP, e))
     }
 
     /// Starts the VM — booted, or restored from `template` — and returns it with the launch
