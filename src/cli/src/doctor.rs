@@ -451,13 +451,13 @@ pub async fn run(args: DoctorArgs, config: &Config) -> anyhow::Result<ExitCode> 
     let network = network_report().await;
     let auto = auto_pick(&process, &qemu, &firecracker);
     let default_backend = config.defaults.backend;
-    let default_usable = match default_backend {
-        BackendChoice::Auto => match auto.backend {
-            BackendChoice::Process => process.verdict.usable,
-            // Picked only when what it needs is there.
-            _ => true,
-        },
-        BackendChoice::Process => process.verdict.usable,
+    // `auto` can run when the backend it picks can.
+    let effective = match default_backend {
+        BackendChoice::Auto => auto.backend,
+        other => other,
+    };
+    let default_usable = match effective {
+        BackendChoice::Process | BackendChoice::Auto => process.verdict.usable,
         BackendChoice::Qemu => qemu.verdict.usable,
         BackendChoice::Firecracker => firecracker.verdict.usable && qemu.image.is_some(),
     };

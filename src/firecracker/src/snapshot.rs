@@ -316,8 +316,8 @@ impl launch::Spawned {
     }
 }
 
-/// The steps after the spawn of a restore: API socket, logger, metrics, snapshot-load, resume,
-/// agent.
+/// The steps after the spawn of a restore: API socket, snapshot-load, resume, agent, reseed,
+/// clock.
 pub(crate) async fn run_restore(
     cfg: &LaunchConfig,
     from: &RestoreFrom,
