@@ -21,6 +21,7 @@
 
 pub mod audit;
 mod names;
+pub mod record;
 
 use std::collections::BTreeMap;
 use std::os::fd::{FromRawFd, OwnedFd};
