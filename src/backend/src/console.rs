@@ -37,6 +37,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
+use crate::seccomp_watch::SeccompWatch;
 use crate::{ProcessRef, VmmIdentity};
 
 /// Why the console keeper could not be started.
@@ -377,10 +378,10 @@ fn keep(input: RawFd, log: &mut BoundedLog, buf: &mut [u8], scratch: &mut [u8]) 
 /// Size of the keeper's read buffer and of its compaction buffer.
 const BUF: usize = 64 * 1024;
 
-/// Closes every descriptor but `keep` (sorted). Async-signal-safe.
-fn close_all_but(keep: [RawFd; 3]) {
+/// Closes every descriptor but `keep` (sorted; negative entries are ignored). Async-signal-safe.
+fn close_all_but(keep: &[RawFd]) {
     let mut from: u32 = 0;
-    for fd in keep {
+    for &fd in keep {
         let Ok(fd) = u32::try_from(fd) else { continue };
         if fd > from {
             close_range(from, fd - 1);
@@ -498,7 +499,7 @@ pub fn start_keeper(
     cgroup_procs: &[RawFd],
     who: &VmmIdentity,
 ) -> Result<Keeper, ConsoleError> {
-    start(input, log, limits, cgroup_procs, Some(who))
+    start(input, log, limits, cgroup_procs, Some(who), None)
 }
 
 /// A console keeper started for a VMM by [`start_console`].
@@ -518,11 +519,16 @@ pub struct StartedConsole {
 /// `cgroup.procs` files are `cgroup_procs`, as `who` (`None`: as the caller, who then need not
 /// be root). The work runs on a blocking thread, started before this returns: the caller can do
 /// something else meanwhile and await the result later.
+///
+/// With `watch`, the keeper is also the sandbox's seccomp supervisor (see
+/// [`crate::seccomp_watch`]): a process sandbox's PID 1 writes its console into the pair and
+/// hands its seccomp listener over on `watch.handoff`.
 pub fn start_console(
     path: &Path,
     limits: ConsoleLimits,
     cgroup_procs: &[OwnedFd],
     who: Option<&VmmIdentity>,
+    watch: Option<SeccompWatch>,
 ) -> impl std::future::Future<Output = Result<StartedConsole, ConsoleError>> + Send + use<> {
     // Its own copies: the task may outlive the caller's on an early return.
     let procs = cgroup_procs
@@ -569,6 +575,7 @@ pub fn start_console(
                 limits,
                 &raw,
                 who.as_ref(),
+                watch,
             )?;
             Ok::<_, ConsoleError>((OwnedFd::from(vmm_end), keeper))
         })
@@ -584,13 +591,15 @@ pub fn start_console(
     }
 }
 
-/// [`start_keeper`], as `who` or (`None`) as the caller.
+/// [`start_keeper`], as `who` or (`None`) as the caller; with `watch`, also supervising a
+/// process sandbox's seccomp listener.
 fn start(
     input: OwnedFd,
     log: OwnedFd,
     limits: ConsoleLimits,
     cgroup_procs: &[RawFd],
     who: Option<&VmmIdentity>,
+    watch: Option<SeccompWatch>,
 ) -> Result<Keeper, ConsoleError> {
     let mut bounded = BoundedLog::new(log.as_raw_fd(), limits)?;
     // Everything the children use is allocated here, before the fork.
@@ -602,7 +611,11 @@ fn start(
     let ids = who.map(|w| (w.uid, w.gid));
     let input_fd = input.as_raw_fd();
     let log_fd = log.as_raw_fd();
-    let mut keep_fds = [input_fd, log_fd, done_w.as_raw_fd()];
+    let (handoff_fd, record_fd) = watch
+        .as_ref()
+        .map_or((-1, -1), |w| (w.handoff.as_raw_fd(), w.record.as_raw_fd()));
+    let mut writer = watch.as_ref().map(|w| w.writer.clone());
+    let mut keep_fds = [input_fd, log_fd, done_w.as_raw_fd(), handoff_fd, record_fd];
     keep_fds.sort_unstable();
     let name = c"lg-console";
 
@@ -656,8 +669,18 @@ fn start(
                 // The keeper.
                 libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
                 libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-                close_all_but(keep_fds);
-                keep(input_fd, &mut bounded, &mut buf, &mut scratch);
+                close_all_but(&keep_fds);
+                match writer.as_mut() {
+                    Some(w) => crate::seccomp_watch::serve(
+                        input_fd,
+                        &mut bounded,
+                        &mut buf,
+                        &mut scratch,
+                        handoff_fd,
+                        w,
+                    ),
+                    None => keep(input_fd, &mut bounded, &mut buf, &mut scratch),
+                }
                 libc::_exit(0);
             }
             report(
@@ -675,6 +698,7 @@ fn start(
     drop(done_w);
     drop(input);
     drop(log);
+    drop(watch);
     let mut status = 0;
     // SAFETY: waiting for our own child; `status` is writable.
     while unsafe { libc::waitpid(middle, &mut status, 0) } < 0 {
@@ -918,7 +942,7 @@ mod tests {
         // A stale log is emptied: the keeper's bookkeeping starts from an empty file.
         std::fs::write(&path, b"an earlier boot's console").unwrap();
         let limits = small();
-        let started = start_console(&path, limits, &[], None).await.unwrap();
+        let started = start_console(&path, limits, &[], None, None).await.unwrap();
         assert!(started.process.alive());
         {
             use std::os::unix::fs::PermissionsExt;
@@ -952,7 +976,9 @@ mod tests {
     async fn writing_after_the_keeper_died_fails_with_epipe_instead_of_blocking() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("console.log");
-        let started = start_console(&path, small(), &[], None).await.unwrap();
+        let started = start_console(&path, small(), &[], None, None)
+            .await
+            .unwrap();
         let mut w = std::os::unix::net::UnixStream::from(started.vmm_end);
         // A write that blocks shows up as a timeout, not as a hung test.
         w.set_write_timeout(Some(std::time::Duration::from_secs(5)))

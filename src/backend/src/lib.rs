@@ -11,6 +11,7 @@ pub mod console;
 pub mod gc;
 pub mod network;
 pub mod resolver;
+pub mod seccomp_watch;
 pub mod state;
 pub mod vmm_identity;
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use luminaguard_core::runtime::SandboxFile;
 use luminaguard_core::{RuntimeDir, SandboxId, SandboxSpec};
+use luminaguard_protocol::message::{SeccompAudit, SeccompDenial};
 use luminaguard_protocol::{Client, ClientError, ClientOptions};
 
 pub use gc::{GcReport, RemoveError};
@@ -66,6 +68,8 @@ pub enum BackendError {
     },
     #[error("a blocking task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Seccomp(#[from] luminaguard_seccomp::record::RecordError),
 }
 
 fn log_section(log: &str) -> String {
@@ -153,6 +157,8 @@ pub struct Sandbox {
     client: Client,
     /// See [`Sandbox::with_graceful_shutdown`].
     shutdown_grace: Option<Duration>,
+    /// See [`Sandbox::with_creator_link`].
+    creator_link: Option<std::os::fd::OwnedFd>,
 }
 
 impl Sandbox {
@@ -163,7 +169,23 @@ impl Sandbox {
             meta,
             client,
             shutdown_grace: None,
+            creator_link: None,
         }
+    }
+
+    /// Keeps `link` open as long as this value lives: a descriptor whose closing tells the
+    /// sandbox its creator is gone, so that a sandbox meant to live as long as one command ends
+    /// with the process that created it, however that process ends.
+    pub fn with_creator_link(mut self, link: std::os::fd::OwnedFd) -> Self {
+        self.creator_link = Some(link);
+        self
+    }
+
+    /// The system calls the sandbox's seccomp policy denied, from the record its host-side
+    /// supervisor keeps (never from the sandbox itself). `enabled: false` for a sandbox without
+    /// one (a microVM, whose boundary is the VM).
+    pub async fn seccomp_audit(&self) -> Result<SeccompAudit, BackendError> {
+        seccomp_audit(&self.dir).await
     }
 
     /// [`Sandbox::destroy`] first asks the agent to shut down (a VM's guest powers off) and
@@ -193,8 +215,35 @@ impl Sandbox {
             shut_down_gracefully(&self.client, self.meta.init, grace).await;
         }
         drop(self.client);
+        drop(self.creator_link);
         remove_dir_blocking(self.dir, Some(self.meta)).await
     }
+}
+
+/// The seccomp record of the sandbox whose directory is `dir` (see [`Sandbox::seccomp_audit`]).
+pub async fn seccomp_audit(dir: &Path) -> Result<SeccompAudit, BackendError> {
+    let path = dir.join(SandboxFile::SeccompRecord.file_name());
+    let log =
+        tokio::task::spawn_blocking(move || luminaguard_seccomp::record::read(&path)).await??;
+    Ok(match log {
+        None => SeccompAudit::default(),
+        Some(log) => SeccompAudit {
+            enabled: true,
+            recent: log
+                .recent
+                .into_iter()
+                .map(|d| SeccompDenial {
+                    unix_ms: d.unix_ms,
+                    pid: d.pid,
+                    comm: d.comm,
+                    syscall: d.syscall,
+                    arg0: d.arg0,
+                })
+                .collect(),
+            counts: log.counts.into_iter().collect(),
+            dropped: log.dropped,
+        },
+    })
 }
 
 /// Asks the agent to stop and waits, within `grace` in all, for `init` to exit. Best effort:
@@ -310,6 +359,28 @@ pub async fn create_cgroup(
     meta.cgroup_dirs = planned.dirs().to_vec();
     meta.save(dir).await?;
     Ok(tokio::task::spawn_blocking(move || hierarchy.create(&name, limits)).await??)
+}
+
+/// The `cgroup.procs` files of `cg`, open for writing: a helper started in the sandbox's cgroup
+/// writes itself into each before it runs (see [`console::start_console`]).
+pub async fn open_cgroup_procs(
+    cg: &luminaguard_cgroup::Cgroup,
+) -> Result<Vec<std::os::fd::OwnedFd>, BackendError> {
+    let mut fds = Vec::new();
+    for d in cg.dirs() {
+        let path = d.join("cgroup.procs");
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .await
+            .map_err(|source| BackendError::Io {
+                what: "open",
+                path: path.clone(),
+                source,
+            })?;
+        fds.push(std::os::fd::OwnedFd::from(file.into_std().await));
+    }
+    Ok(fds)
 }
 
 /// Creates `path` (or takes the one that exists) with mode 0711: only its owner may list or

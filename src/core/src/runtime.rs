@@ -110,6 +110,9 @@ pub enum SandboxFile {
     ResolverLog,
     /// The `resolv.conf` the sandbox sees (a policy naming domains).
     ResolvConf,
+    /// The record of system calls the sandbox's seccomp policy denied, kept by the host-side
+    /// supervisor (a process sandbox).
+    SeccompRecord,
 }
 
 impl SandboxFile {
@@ -121,6 +124,7 @@ impl SandboxFile {
             Self::ConsoleLog => "console.log",
             Self::ResolverLog => "resolver.log",
             Self::ResolvConf => "resolv.conf",
+            Self::SeccompRecord => "seccomp.audit",
         }
     }
 }

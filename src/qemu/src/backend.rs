@@ -326,7 +326,7 @@ impl QemuBackend {
             Some(self.create_cgroup(req, dir, meta).await?)
         };
         let cgroup_procs = match &cgroup {
-            Some(cg) => open_cgroup_procs(cg).await?,
+            Some(cg) => luminaguard_backend::open_cgroup_procs(cg).await?,
             None => Vec::new(),
         };
 
@@ -378,6 +378,7 @@ impl QemuBackend {
             self.console,
             &cgroup_procs,
             Some(&who),
+            None,
         );
         let vhost = spawn(
             &self.vhost,
@@ -830,26 +831,6 @@ fn watch(id: String, mut qemu: Child, mut vhost: Child, keeper: Keeper) {
         let _ = vhost.start_kill();
         let _ = vhost.wait().await;
     });
-}
-
-/// Opens the `cgroup.procs` file of each of the group's directories, for the children to write
-/// themselves into before they exec.
-async fn open_cgroup_procs(cg: &Cgroup) -> Result<Vec<OwnedFd>, BackendError> {
-    let mut fds = Vec::new();
-    for d in cg.dirs() {
-        let path = d.join("cgroup.procs");
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .await
-            .map_err(|source| BackendError::Io {
-                what: "open",
-                path: path.clone(),
-                source,
-            })?;
-        fds.push(OwnedFd::from(file.into_std().await));
-    }
-    Ok(fds)
 }
 
 pub use luminaguard_backend::{VMM_ID_BASE, VMM_ID_RANGE, VmmIdentity};

@@ -97,9 +97,15 @@ pub(super) async fn start(
         return Ok((Stdio::null(), None));
     }
     let procs: Vec<OwnedFd> = open_cgroup_procs(cfg).await?;
-    let started = start_console(&files.console, cfg.console, &procs, cfg.run_as.as_ref())
-        .await
-        .map_err(|e| (Step::Spawn, Cause::Console(e)))?;
+    let started = start_console(
+        &files.console,
+        cfg.console,
+        &procs,
+        cfg.run_as.as_ref(),
+        None,
+    )
+    .await
+    .map_err(|e| (Step::Spawn, Cause::Console(e)))?;
     Ok((
         Stdio::from(started.vmm_end),
         Some(ConsoleKeeper {
