@@ -414,7 +414,7 @@ fn main() {
     let rows = rt.block_on(async {
         let ctx = Arc::new(AgentContext {
             reaper: Reaper::start().unwrap(),
-            audit: None,
+            confine: None,
             shutdown: CancellationToken::new(),
         });
         let c = agent_client(&ctx).await;

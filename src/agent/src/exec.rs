@@ -4,7 +4,7 @@
 //! An exec owns its process tree: when the main process exits, stragglers it left in its session
 //! are killed too, so no exec outlives its reply and every pipe reaches end-of-file.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -30,6 +30,7 @@ const DRAIN_LIMIT: usize = 4 << 20;
 /// arrives.
 pub async fn run(
     reaper: &Reaper,
+    confine: Option<&Confinement>,
     id: u64,
     req: ExecRequest,
     out: &FrameSender,
@@ -37,7 +38,7 @@ pub async fn run(
 ) -> Result<Reply, ErrorReply> {
     validate(&req)?;
     let started_at = Instant::now();
-    let cmd = build_command(&req);
+    let cmd = build_command(&req, confine);
     let (mut child, exit_rx) = reaper
         .spawn(cmd)
         .await
@@ -165,7 +166,49 @@ fn validate(req: &ExecRequest) -> Result<(), ErrorReply> {
     Ok(())
 }
 
-fn build_command(req: &ExecRequest) -> Command {
+/// What the agent of a process sandbox applies to every command it starts, between fork and
+/// exec — not to itself, so that commands can neither trace, signal nor take descriptors from the
+/// agent (a Landlock domain cannot reach out of itself), and so that under memory pressure a
+/// command, not the agent, is what the kernel kills.
+#[derive(Debug)]
+pub struct Confinement {
+    /// The Landlock ruleset (`luminaguard_process_sandbox::landlock::restrict_with`).
+    pub landlock: Option<OwnedFd>,
+}
+
+/// A command's `oom_score_adj`: the kernel's OOM killer prefers it to the agent (which keeps the
+/// default, 0). A command may lower its own back to 0, no further.
+const COMMAND_OOM_SCORE_ADJ: &[u8] = b"500";
+
+/// Applies `landlock` and the OOM preference to the calling process. Async-signal-safe: runs
+/// between fork and exec.
+fn confine_self(landlock: Option<i32>) -> std::io::Result<()> {
+    // SAFETY: open/write/close on a NUL-terminated constant path and a constant buffer.
+    unsafe {
+        let fd = libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = libc::write(
+            fd,
+            COMMAND_OOM_SCORE_ADJ.as_ptr().cast(),
+            COMMAND_OOM_SCORE_ADJ.len(),
+        );
+        libc::close(fd);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    match landlock {
+        Some(fd) => luminaguard_process_sandbox::landlock::restrict_with(fd),
+        None => Ok(()),
+    }
+}
+
+fn build_command(req: &ExecRequest, confine: Option<&Confinement>) -> Command {
     let mut cmd = Command::new(&req.argv[0]);
     cmd.args(&req.argv[1..]);
     if req.clear_env {
@@ -182,10 +225,12 @@ fn build_command(req: &ExecRequest) -> Command {
     });
     cmd.stdout(Stdio::piped());
     cmd.stderr(Stdio::piped());
+    let confine = confine.map(|c| c.landlock.as_ref().map(|fd| fd.as_raw_fd()));
     // SAFETY: runs in the forked child before exec and only makes async-signal-safe calls
-    // (setsid, prctl, signal), touching no memory shared with the parent.
+    // (setsid, prctl, signal, close_range, open/write/close, landlock), touching no memory
+    // shared with the parent.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -202,6 +247,19 @@ fn build_command(req: &ExecRequest) -> Command {
             }
             // Rust ignores SIGPIPE in its own processes; children expect the default.
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            // Nothing of the agent's beyond stdio reaches the command, whatever its flags.
+            if libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(landlock) = confine {
+                confine_self(landlock)?;
+            }
             Ok(())
         });
     }

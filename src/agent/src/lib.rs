@@ -4,7 +4,6 @@
 //! process sandbox's namespaces, or as an ordinary process — and serves the host protocol
 //! (`luminaguard-protocol`) on a Unix socket, an inherited descriptor or an AF_VSOCK port.
 
-pub mod audit;
 pub mod clock;
 pub mod entropy;
 pub mod exec;
@@ -83,8 +82,8 @@ pub fn run(args: AgentArgs) -> Result<bool, AgentError> {
     run_with(args, None)
 }
 
-/// [`run`], recording seccomp denials from `audit` (a process sandbox's listener).
-fn run_with(args: AgentArgs, audit: Option<audit::SharedLog>) -> Result<bool, AgentError> {
+/// [`run`], confining every command with `confine` (a process sandbox's agent).
+fn run_with(args: AgentArgs, confine: Option<exec::Confinement>) -> Result<bool, AgentError> {
     let pid1 = std::process::id() == 1;
     if pid1 && !args.no_init_mounts {
         // A missing mount makes some commands fail, but the host can still be told about it;
@@ -104,7 +103,7 @@ fn run_with(args: AgentArgs, audit: Option<audit::SharedLog>) -> Result<bool, Ag
         .map_err(AgentError::Runtime)?;
     let ctx = Arc::new(AgentContext {
         reaper,
-        audit,
+        confine,
         shutdown: CancellationToken::new(),
     });
     if let Some(lifetime) = args.lifetime {
@@ -203,8 +202,9 @@ async fn notify_ready(port: u32) {
 }
 
 /// `luminaguard-agent sandbox-init CONFIG_JSON`: PID 1 of a process sandbox's new namespaces.
-/// Builds and enters the sandbox (root, Landlock, privileges, seccomp), then serves the host on
-/// fd 3. Any failure exits non-zero before anything is served.
+/// Builds and enters the sandbox (root, privileges, seccomp — its listener handed to the host),
+/// then serves the host on fd 3, confining each command it starts with Landlock. Any failure
+/// exits non-zero before anything is served.
 pub fn sandbox_init_main(config_json: &str) -> std::process::ExitCode {
     let cfg: luminaguard_process_sandbox::init::InitConfig = match serde_json::from_str(config_json)
     {
@@ -214,31 +214,42 @@ pub fn sandbox_init_main(config_json: &str) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let listener = match luminaguard_process_sandbox::init::enter(&cfg) {
-        Ok(l) => l,
+    let entered = match luminaguard_process_sandbox::init::enter(&cfg) {
+        Ok(e) => e,
         Err(e) => {
             eprintln!("luminaguard-agent: {e}");
             return std::process::ExitCode::from(3);
         }
     };
-    let audit = match listener.map(audit::start).transpose() {
-        Ok(a) => a,
-        Err(e) => {
-            // Without its supervisor every denied call would block: refuse to serve.
-            eprintln!("luminaguard-agent: cannot start the seccomp supervisor: {e}");
-            return std::process::ExitCode::from(3);
-        }
-    };
+    // Until its creator hands it over, the sandbox lives only as long as its creator: a create
+    // killed half-way leaves nothing running.
+    let gate = entered.gate;
+    let watch = std::thread::Builder::new()
+        .name("lg-creator".into())
+        .spawn(move || {
+            if !gate.wait_handover() {
+                eprintln!("luminaguard-agent: the sandbox's creator is gone: stopping");
+                std::process::exit(0);
+            }
+        });
+    if let Err(e) = watch {
+        eprintln!("luminaguard-agent: cannot watch the sandbox's creator: {e}");
+        return std::process::ExitCode::from(3);
+    }
     main_inner(
         AgentArgs {
-            listen: vec![ListenAddr::Fd(3)],
+            listen: vec![ListenAddr::Fd(
+                luminaguard_process_sandbox::launch::AGENT_FD,
+            )],
             on_exit: OnExit::Exit,
             threads: 2,
             no_init_mounts: true,
             lifetime: cfg.lifetime_ms.map(Duration::from_millis),
             notify_ready_vsock: None,
         },
-        audit,
+        Some(exec::Confinement {
+            landlock: entered.landlock,
+        }),
     )
 }
 
@@ -260,9 +271,9 @@ pub fn main_with(args: AgentArgs) -> std::process::ExitCode {
     main_inner(args, None)
 }
 
-fn main_inner(args: AgentArgs, audit: Option<audit::SharedLog>) -> std::process::ExitCode {
+fn main_inner(args: AgentArgs, confine: Option<exec::Confinement>) -> std::process::ExitCode {
     let on_exit = args.on_exit;
-    let result = run_with(args, audit);
+    let result = run_with(args, confine);
     let (code, poweroff) = match result {
         Ok(poweroff) => (0, poweroff),
         Err(e) => {

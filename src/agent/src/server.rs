@@ -61,8 +61,9 @@ struct OpenStream {
 #[derive(Debug)]
 pub struct AgentContext {
     pub reaper: Arc<Reaper>,
-    /// Denied system calls, when a seccomp supervisor records them (process sandbox).
-    pub audit: Option<Arc<std::sync::Mutex<luminaguard_seccomp::audit::AuditLog>>>,
+    /// What confines each command (a process sandbox's Landlock ruleset, its OOM preference);
+    /// `None` inside a microVM, whose boundary is the VM.
+    pub confine: Option<crate::exec::Confinement>,
     /// Fired to stop the agent (SIGTERM, `Shutdown`).
     pub shutdown: CancellationToken,
 }
@@ -281,7 +282,9 @@ async fn dispatch(
 ) -> Result<Reply, ErrorReply> {
     match req {
         Request::Ping => Ok(Reply::Pong),
-        Request::Exec(r) => crate::exec::run(&ctx.reaper, id, r, out, input).await,
+        Request::Exec(r) => {
+            crate::exec::run(&ctx.reaper, ctx.confine.as_ref(), id, r, out, input).await
+        }
         Request::ReadFile(r) => crate::files::read(r, id, out.clone(), input.cancel).await,
         Request::WriteFile(r) => crate::files::write(r, input).await,
         Request::ListDir { path } => crate::files::list(path).await,
@@ -297,7 +300,9 @@ async fn dispatch(
         Request::Remove { path, recursive } => crate::files::remove(path, recursive).await,
         Request::Info => crate::info::info().await,
         Request::Shutdown => Ok(Reply::Done),
-        Request::SeccompAudit => Ok(Reply::SeccompAudit(crate::audit::report(ctx))),
+        // The record of a process sandbox's denials is kept by its host-side supervisor, which
+        // the host reads; an agent keeps none.
+        Request::SeccompAudit => Ok(Reply::SeccompAudit(Default::default())),
         Request::Reseed { entropy } => crate::entropy::reseed(entropy).await,
         Request::SetClock { unix_nanos } => crate::clock::set(unix_nanos),
         Request::Hello(_) | Request::Input(_) | Request::InputEnd | Request::Cancel => {

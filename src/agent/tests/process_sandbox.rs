@@ -8,23 +8,27 @@
 )] // test code
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use luminaguard_process_sandbox::init::InitConfig;
-use luminaguard_process_sandbox::launch::{AgentChannel, launch};
+use std::os::fd::OwnedFd;
+
+use luminaguard_backend::console::ConsoleLimits;
+use luminaguard_backend::seccomp_watch::SeccompWatch;
+use luminaguard_backend::{Backend, CreateRequest};
+use luminaguard_process_sandbox::backend::ProcessBackend;
+use luminaguard_process_sandbox::init::{InitConfig, WorkspaceSource};
+use luminaguard_process_sandbox::launch::{AgentChannel, Identity, Launch, launch};
 use luminaguard_protocol::message::ExecRequest;
 use luminaguard_protocol::{Client, ClientOptions, ExecOutput};
 use luminaguard_testkit::text;
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::waitpid;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_luminaguard-agent");
 
-fn config(staging: &Path, workspace: Option<&Path>) -> InitConfig {
+fn config(staging: &Path) -> InitConfig {
     InitConfig {
         staging_root: staging.to_owned(),
-        workspace: workspace.map(Path::to_owned),
-        workspace_size: 64 << 20,
-        tmp_size: 16 << 20,
+        workspace: WorkspaceSource::Scratch,
+        scratch_size: 64 << 20,
         hostname: "lg-test".into(),
         open_files: 1024,
         file_size: 1 << 30,
@@ -33,6 +37,49 @@ fn config(staging: &Path, workspace: Option<&Path>) -> InitConfig {
         lifetime_ms: None,
         resolv_conf: None,
     }
+}
+
+/// A process sandbox through the backend, as `luminaguard run` makes one (rootless identity
+/// when not root, the sandbox's own when root), with a workspace.
+async fn sandbox(rt: &Path, ws: &Path) -> luminaguard_backend::Sandbox {
+    let spec = luminaguard_core::SandboxSpec {
+        backend: luminaguard_core::BackendChoice::Process,
+        ..Default::default()
+    };
+    let req = CreateRequest {
+        id: luminaguard_core::SandboxId::generate(),
+        spec,
+        workspace: Some(ws.to_owned()),
+        persistent: false,
+        without_cgroup: false,
+        runtime: luminaguard_core::RuntimeDir::new(rt).unwrap(),
+    };
+    ProcessBackend::new(AGENT.into(), ClientOptions::default())
+        .create(req)
+        .await
+        .unwrap()
+}
+
+/// A keeper for a sandbox launched by hand (console and seccomp supervisor), in `dir`.
+async fn keeper(dir: &Path) -> (OwnedFd, OwnedFd) {
+    let (keeper_end, init_end) = std::os::unix::net::UnixStream::pair().unwrap();
+    let record = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(dir.join("seccomp.audit"))
+        .unwrap();
+    let watch = SeccompWatch::new(OwnedFd::from(keeper_end), OwnedFd::from(record)).unwrap();
+    let started = luminaguard_backend::console::start_console(
+        &dir.join("console.log"),
+        ConsoleLimits::DEFAULT,
+        &[],
+        None,
+        Some(watch),
+    )
+    .await
+    .unwrap();
+    (started.vmm_end, OwnedFd::from(init_end))
 }
 
 async fn sh(c: &Client, script: &str) -> ExecOutput {
@@ -49,35 +96,24 @@ async fn process_sandbox_isolates_and_serves() {
     if !luminaguard_testkit::privileged("the process sandbox") {
         return;
     }
-    let staging = tempfile::tempdir().unwrap();
+    let rt = tempfile::tempdir().unwrap();
     let ws = tempfile::tempdir().unwrap();
     std::fs::write(ws.path().join("hello"), "from the host\n").unwrap();
-    let launched = launch(
-        Path::new(AGENT),
-        &config(staging.path(), Some(ws.path())),
-        None,
-        AgentChannel::Pair,
-        None,
-    )
-    .unwrap();
-    let socket = launched.socket.unwrap();
-    socket.set_nonblocking(true).unwrap();
-    let stream = tokio::net::UnixStream::from_std(socket).unwrap();
-    let c = Client::connect(stream, ClientOptions::default())
-        .await
-        .unwrap();
+    let sandbox = sandbox(rt.path(), ws.path()).await;
+    let c = sandbox.client();
+    let init = sandbox.meta.init.unwrap().pid;
 
     let info = c.info().await.unwrap();
     assert!(info.is_pid1 && info.pid == 1, "{info:?}");
-    assert_eq!(info.hostname, "lg-test");
+    assert_eq!(info.hostname, "luminaguard");
 
     // The workspace is shared both ways.
     assert_eq!(
-        text(&sh(&c, "cat /workspace/hello").await.stdout),
+        text(&sh(c, "cat /workspace/hello").await.stdout),
         "from the host\n"
     );
     assert_eq!(
-        sh(&c, "echo from the sandbox > /workspace/out")
+        sh(c, "echo from the sandbox > /workspace/out")
             .await
             .status
             .code,
@@ -89,7 +125,7 @@ async fn process_sandbox_isolates_and_serves() {
     );
 
     // Everything else is read-only, and host secrets are not there.
-    let out = sh(&c, "touch /usr/x 2>&1 || echo usr-ro; touch /x 2>&1 || echo root-ro; touch /etc/x 2>&1 || echo etc-ro; \
+    let out = sh(c, "touch /usr/x 2>&1 || echo usr-ro; touch /x 2>&1 || echo root-ro; touch /etc/x 2>&1 || echo etc-ro; \
                      cat /etc/shadow 2>/dev/null | wc -c; ls -A /root | wc -l; ls -A /home | wc -l; cat /proc/kcore 2>/dev/null | wc -c").await;
     let t = text(&out.stdout);
     for want in ["usr-ro", "root-ro", "etc-ro"] {
@@ -109,7 +145,7 @@ async fn process_sandbox_isolates_and_serves() {
     // Confinement of the agent and of what it runs.
     let status = text(
         &sh(
-            &c,
+            c,
             "grep -E '^(NoNewPrivs|CapEff|CapBnd|Seccomp):' /proc/self/status",
         )
         .await
@@ -124,7 +160,7 @@ async fn process_sandbox_isolates_and_serves() {
         assert!(status.contains(want), "{want} missing:\n{status}");
     }
     // Own PID namespace (only the sandbox's processes), only a loopback interface, no mounting.
-    let out = sh(&c, "ls /proc | grep -c '^[0-9]'; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; mount -t tmpfs none /tmp 2>&1 || echo mount-denied").await;
+    let out = sh(c, "ls /proc | grep -c '^[0-9]'; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; mount -t tmpfs none /tmp 2>&1 || echo mount-denied").await;
     let t = text(&out.stdout);
     let lines: Vec<&str> = t.lines().collect();
     assert!(
@@ -139,7 +175,7 @@ async fn process_sandbox_isolates_and_serves() {
     let link = std::process::Command::new("nsenter")
         .args([
             "-t",
-            &launched.pid.to_string(),
+            &init.to_string(),
             "-n",
             "ip",
             "-o",
@@ -152,30 +188,19 @@ async fn process_sandbox_isolates_and_serves() {
     let link = text(&link.stdout);
     assert!(link.contains("<LOOPBACK,UP"), "lo is not up: {link}");
 
-    c.shutdown().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match waitpid(launched.pid, Some(WaitPidFlag::WNOHANG)).unwrap() {
-            WaitStatus::StillAlive => {
-                assert!(
-                    Instant::now() < deadline,
-                    "sandbox init did not exit after shutdown"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            other => {
-                assert!(matches!(other, WaitStatus::Exited(_, 0)), "{other:?}");
-                break;
-            }
-        }
-    }
-    // Nothing was mounted in the host's namespace.
+    sandbox.destroy().await.unwrap();
+    // Nothing was mounted in the host's namespace, and nothing is left.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
-        !mounts.contains(staging.path().to_str().unwrap()),
+        !mounts.contains(rt.path().to_str().unwrap()),
         "sandbox mounts leaked to the host"
     );
-    assert_eq!(std::fs::read_dir(staging.path()).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(rt.path().join("sandboxes"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 /// The cgroup2 mount point, from mountinfo (field 5 is the mount point; the fs type follows " - ").
@@ -203,13 +228,23 @@ async fn on_cgroup_v2_the_init_is_born_in_its_group() {
     std::fs::create_dir(&dir).unwrap();
     let cg = luminaguard_cgroup::Cgroup::from_dirs(2, vec![dir.clone()]);
     let staging = tempfile::tempdir().unwrap();
-    let launched = launch(
-        Path::new(AGENT),
-        &config(staging.path(), None),
-        Some(&cg),
-        AgentChannel::Pair,
-        None,
-    )
+    let (console, monitor) = keeper(staging.path()).await;
+    // The init runs as the sandbox's uid, which must be able to reach its staging root.
+    const UID: u32 = 0x5aff_0000;
+    std::os::unix::fs::chown(staging.path(), Some(UID), Some(UID)).unwrap();
+    let root = staging.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let launched = launch(Launch {
+        agent: Path::new(AGENT),
+        config: &config(&root),
+        cgroup: Some(&cg),
+        channel: AgentChannel::Pair,
+        netns: None,
+        identity: Identity::Mapped { uid: UID, gid: UID },
+        console,
+        monitor,
+        workspace: None,
+    })
     .unwrap();
     let pid = launched.pid;
     let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();

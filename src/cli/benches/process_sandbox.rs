@@ -15,15 +15,14 @@
     clippy::disallowed_methods
 )] // bench code
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use luminaguard_cgroup::{Hierarchy, Limits};
-use luminaguard_process_sandbox::init::InitConfig;
-use luminaguard_process_sandbox::launch::{AgentChannel, launch};
+use luminaguard_backend::{Backend, CreateRequest};
+use luminaguard_core::{BackendChoice, RuntimeDir, SandboxId, SandboxSpec};
+use luminaguard_process_sandbox::backend::ProcessBackend;
+use luminaguard_protocol::ClientOptions;
 use luminaguard_protocol::message::ExecRequest;
-use luminaguard_protocol::{Client, ClientOptions};
 
 use luminaguard_testkit::median;
 
@@ -80,40 +79,23 @@ fn main() {
         .build()
         .unwrap();
     let (warm, warm_anchor) = rt.block_on(async {
-        let staging = tempfile::tempdir().unwrap();
-        let cfg = InitConfig {
-            staging_root: staging.path().to_owned(),
+        // The sandbox `luminaguard sandbox create` would make (the backend, as root).
+        let req = CreateRequest {
+            id: SandboxId::generate(),
+            spec: SandboxSpec {
+                backend: BackendChoice::Process,
+                ..Default::default()
+            },
             workspace: None,
-            workspace_size: 64 << 20,
-            tmp_size: 16 << 20,
-            hostname: "bench".into(),
-            open_files: 1024,
-            file_size: 1 << 30,
-            landlock_required: true,
-            seccomp_profile: "default".into(),
-            lifetime_ms: None,
-            resolv_conf: None,
+            persistent: false,
+            without_cgroup: false,
+            runtime: RuntimeDir::new(rt_dir.path()).unwrap(),
         };
-        let cg = Hierarchy::detect()
-            .unwrap()
-            .create(
-                &format!("lg-bench-{}", std::process::id()),
-                Limits {
-                    memory_bytes: 512 << 20,
-                    pids: 256,
-                    cpus: None,
-                },
-            )
+        let sandbox = ProcessBackend::new(LG.into(), ClientOptions::default())
+            .create(req)
+            .await
             .unwrap();
-        let launched = launch(Path::new(LG), &cfg, Some(&cg), AgentChannel::Pair, None).unwrap();
-        let socket = launched.socket.unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let c = Client::connect(
-            tokio::net::UnixStream::from_std(socket).unwrap(),
-            ClientOptions::default(),
-        )
-        .await
-        .unwrap();
+        let c = sandbox.client();
         let req = ExecRequest {
             argv: vec!["/bin/true".into()],
             timeout_ms: Some(10_000),
@@ -131,13 +113,7 @@ fn main() {
                     .unwrap(),
             );
         }
-        c.shutdown().await.unwrap();
-        let _ =
-            tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(launched.pid, None)).await;
-        tokio::task::spawn_blocking(move || cg.remove())
-            .await
-            .unwrap()
-            .unwrap();
+        sandbox.destroy().await.unwrap();
         (median(ours), median(host))
     });
     rt.shutdown_background();

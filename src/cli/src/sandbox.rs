@@ -108,8 +108,14 @@ pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCod
         SandboxCommand::Exec(args) => exec(args, config).await,
         SandboxCommand::Cp(args) => copy(args, config).await,
         SandboxCommand::Audit { id, json } => {
-            let sandbox = attach(config, &id, None).await?;
-            let audit = sandbox.client().seccomp_audit().await?;
+            // The record is the host-side supervisor's: read from disk, not asked of the sandbox
+            // (and still there after its last process ended, until it is removed).
+            let dir = config.runtime()?.sandbox_dir(&id)?;
+            anyhow::ensure!(
+                tokio::fs::try_exists(&dir).await?,
+                "sandbox {id} does not exist"
+            );
+            let audit = luminaguard_backend::seccomp_audit(&dir).await?;
             if json {
                 println!("{}", serde_json::to_string(&audit)?);
             } else {

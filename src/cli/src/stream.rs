@@ -66,7 +66,7 @@ pub fn exit_code(status: &ExitStatus) -> ExitCode {
 /// One line on stderr when the sandbox's seccomp policy denied anything: a denied call is the
 /// likeliest reason a command failed with EPERM, and otherwise invisible.
 pub async fn report_denials(sandbox: &luminaguard_backend::Sandbox) {
-    match sandbox.client().seccomp_audit().await {
+    match sandbox.seccomp_audit().await {
         Ok(a) if !a.counts.is_empty() => {
             let list: Vec<String> = a.counts.iter().map(|(s, n)| format!("{s} x{n}")).collect();
             eprintln!(

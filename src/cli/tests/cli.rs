@@ -303,7 +303,7 @@ fn run_refuses_bad_settings_before_starting_anything() {
 fn sandbox_init_refuses_to_run_outside_a_fresh_pid_namespace() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = serde_json::json!({
-        "staging_root": dir.path(), "workspace": null, "workspace_size": 1048576, "tmp_size": 1048576,
+        "staging_root": dir.path(), "workspace": "scratch", "scratch_size": 1048576,
         "hostname": "x", "open_files": 64, "file_size": 1048576, "landlock_required": true, "seccomp_profile": "default"
     });
     let out = Command::new(BIN)

@@ -246,14 +246,35 @@ fn every_escape_attempt_is_blocked() {
     assert_eq!(out.status.code(), Some(137));
     assert!(String::from_utf8_lossy(&out.stderr).contains("out of memory"));
     still_fine(rt);
+    // /tmp, /dev/shm and a private workspace share one tmpfs, sized to fit inside the memory
+    // limit with room to spare: filling all three gives ENOSPC, never an OOM kill of the agent,
+    // and the sandbox goes on serving.
     let out = run(
         rt,
-        &["--memory", "1G"],
-        "head -c 400000000 /dev/zero > /tmp/fill && echo FILLED; df -k /tmp | tail -1",
+        &["--memory", "256M"],
+        "head -c 400000000 /dev/zero > /tmp/fill && echo FILLED; \
+         head -c 400000000 /dev/zero > /dev/shm/fill && echo FILLED; \
+         head -c 400000000 /dev/zero > /workspace/fill && echo FILLED; \
+         df -k /tmp | tail -1; echo still-serving",
     );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("FILLED"), "the disk filler was not stopped");
+    assert!(text.contains("still-serving"), "{text}");
+    let size_kib: u64 = text
+        .lines()
+        .find(|l| l.starts_with("tmpfs"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no df line: {text}"));
     assert!(
-        !String::from_utf8_lossy(&out.stdout).contains("FILLED"),
-        "the disk filler was not stopped"
+        size_kib * 1024 < 256 << 20,
+        "scratch of {size_kib} KiB does not fit in the 256M limit"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     still_fine(rt);
     let out = run(rt, &["--timeout", "500ms"], "sleep 100 & sleep 100 & wait");

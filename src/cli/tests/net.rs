@@ -295,7 +295,15 @@ fn the_resolver_runs_unprivileged_and_its_pin_helper_can_only_pin() {
     )
     .unwrap();
     let helpers = meta["helpers"].as_array().unwrap();
-    assert_eq!(helpers.len(), 2, "{meta}");
+    // The resolver, its pin helper, and the sandbox's keeper (console and seccomp supervisor),
+    // which runs as the sandbox's own unprivileged uid.
+    assert_eq!(helpers.len(), 3, "{meta}");
+    let keeper = i32::try_from(helpers[2]["pid"].as_i64().unwrap()).unwrap();
+    assert_eq!(
+        status_field(keeper, "Uid"),
+        meta["vmm_uid"].as_u64().unwrap().to_string()
+    );
+    assert_eq!(status_field(keeper, "CapEff"), "0000000000000000");
     let resolver = i32::try_from(helpers[0]["pid"].as_i64().unwrap()).unwrap();
     let nobody = "65534";
     assert_eq!(status_field(resolver, "Uid"), nobody);

@@ -6,8 +6,12 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use luminaguard_backend::console::ConsoleLimits;
 use luminaguard_backend::resolver::{self, DnsOptions};
-use luminaguard_backend::{Backend, BackendError, CreateRequest, ProcessRef, Sandbox, SandboxMeta};
+use luminaguard_backend::seccomp_watch::SeccompWatch;
+use luminaguard_backend::{
+    Backend, BackendError, CreateRequest, ProcessRef, Sandbox, SandboxMeta, VmmIdentity,
+};
 use luminaguard_cgroup::Limits;
 use luminaguard_core::ByteSize;
 use luminaguard_core::runtime::SandboxFile;
@@ -15,8 +19,8 @@ use luminaguard_net::Uplink;
 use luminaguard_net::resolver_service;
 use luminaguard_protocol::{Client, ClientError, ClientOptions};
 
-use crate::init::InitConfig;
-use crate::launch::{AgentChannel, launch};
+use crate::init::{InitConfig, WorkspaceSource};
+use crate::launch::{AgentChannel, Identity, Launch, launch};
 
 const NAME: &str = "process";
 /// How long the sandbox's agent may take to answer the handshake.
@@ -84,7 +88,13 @@ impl Backend for ProcessBackend {
     async fn create(&self, req: CreateRequest) -> Result<Sandbox, BackendError> {
         let (dir, mut meta) = luminaguard_backend::begin_create(&req, NAME, |_| {}).await?;
         match self.start(&req, &dir, &mut meta).await {
-            Ok(client) => Ok(Sandbox::new(req.id, dir, meta, client)),
+            Ok((client, link)) => {
+                let sandbox = Sandbox::new(req.id, dir, meta, client);
+                Ok(match link {
+                    Some(link) => sandbox.with_creator_link(link),
+                    None => sandbox,
+                })
+            }
             Err(e) => {
                 luminaguard_backend::abandon_create(dir, meta).await;
                 Err(e)
@@ -177,13 +187,35 @@ impl ProcessBackend {
     }
 
     /// Everything after the record exists; on error the caller removes what the record names.
+    /// Returns the connection and, for a sandbox that lives as long as its creator, the creator
+    /// link to keep open meanwhile.
     async fn start(
         &self,
         req: &CreateRequest,
         dir: &Path,
         meta: &mut SandboxMeta,
-    ) -> Result<Client, BackendError> {
+    ) -> Result<(Client, Option<OwnedFd>), BackendError> {
         let spec = &req.spec;
+        // Nothing in a sandbox is host root: as root, its uid 0 is an unprivileged uid of its
+        // own, which also owns its directory (the init builds its root in there).
+        let identity = if nix::unistd::geteuid().is_root() {
+            let runtime = req.runtime.clone();
+            let taken =
+                tokio::task::spawn_blocking(move || luminaguard_backend::live_vmm_uids(&runtime))
+                    .await?;
+            let who = VmmIdentity::for_sandbox(&req.id, &taken, None);
+            meta.vmm_uid = Some(who.uid);
+            meta.save(dir).await?;
+            nix::unistd::chown(
+                dir,
+                Some(nix::unistd::Uid::from_raw(who.uid)),
+                Some(nix::unistd::Gid::from_raw(who.gid)),
+            )
+            .map_err(|e| setup("give the sandbox directory to the sandbox's user", e))?;
+            Some(who)
+        } else {
+            None
+        };
         let staging = dir.join("root");
         tokio::fs::create_dir(&staging)
             .await
@@ -200,11 +232,24 @@ impl ProcessBackend {
             Some(n) => (Some(n.netns), n.resolv_conf),
             None => (None, None),
         };
+        // As root, the workspace is an idmapped mount: its owner is the sandbox's uid 0 inside,
+        // and what the sandbox writes there belongs to that owner on the host.
+        let (workspace, workspace_mount) = match (&req.workspace, &identity) {
+            (None, _) => (WorkspaceSource::Scratch, None),
+            (Some(ws), None) => (WorkspaceSource::Bind(ws.clone()), None),
+            (Some(ws), Some(who)) => {
+                let (ws, ids) = (ws.clone(), (who.uid, who.gid));
+                let fd =
+                    tokio::task::spawn_blocking(move || crate::idmap::idmapped_workspace(&ws, ids))
+                        .await?
+                        .map_err(|e| setup("mount the workspace", e))?;
+                (WorkspaceSource::Mount, Some(fd))
+            }
+        };
         let init = InitConfig {
             staging_root: staging,
-            workspace: req.workspace.clone(),
-            workspace_size: spec.scratch.bytes(),
-            tmp_size: (spec.scratch.bytes() / 4).max(ByteSize::MIB),
+            workspace,
+            scratch_size: scratch_size(spec, cgroup.is_some()),
             hostname: "luminaguard".into(),
             open_files: spec.limits.open_files,
             file_size: spec.limits.file_size.bytes(),
@@ -219,26 +264,39 @@ impl ProcessBackend {
             lifetime_ms: u64::try_from(spec.lifetime.as_millis()).ok(),
             resolv_conf,
         };
+        let (console, monitor) = self
+            .start_keeper(dir, meta, cgroup.as_ref(), identity.as_ref())
+            .await?;
         let sock = dir.join(SandboxFile::AgentSocket.file_name());
         let channel = if req.persistent {
             let listener = tokio::net::UnixListener::bind(&sock)
                 .and_then(|l| l.into_std())
                 .map_err(|e| setup("bind the agent socket", e))?;
-            let log = tokio::fs::File::create(dir.join(SandboxFile::ConsoleLog.file_name()))
-                .await
-                .map_err(|e| setup("create the sandbox log", e))?
-                .into_std()
-                .await;
             AgentChannel::Detached {
                 listener: OwnedFd::from(listener),
-                log: OwnedFd::from(log),
             }
         } else {
             AgentChannel::Pair
         };
         let agent = self.agent.clone();
+        let ids = identity
+            .as_ref()
+            .map_or(Identity::Caller, |w| Identity::Mapped {
+                uid: w.uid,
+                gid: w.gid,
+            });
         let launched = tokio::task::spawn_blocking(move || {
-            launch(&agent, &init, cgroup.as_ref(), channel, netns.as_ref())
+            launch(Launch {
+                agent: &agent,
+                config: &init,
+                cgroup: cgroup.as_ref(),
+                channel,
+                netns: netns.as_ref(),
+                identity: ids,
+                console,
+                monitor,
+                workspace: workspace_mount,
+            })
         })
         .await?
         .map_err(|e| setup("launch the sandbox init", e))?;
@@ -252,10 +310,6 @@ impl ProcessBackend {
         meta.init = ProcessRef::of(pid.as_raw());
         if meta.init.is_none() {
             return Err(setup("start the sandbox init", "it exited at once"));
-        }
-        if req.persistent {
-            // From now on the sandbox lives as long as its init, not as long as its creator.
-            meta.owner = meta.init.unwrap_or(meta.owner);
         }
         meta.save(dir).await?;
 
@@ -273,18 +327,97 @@ impl ProcessBackend {
                     what: "handshake",
                     after: READY_TIMEOUT,
                 }));
-        match ready {
-            Ok(client) => Ok(client),
-            Err(source) => Err(BackendError::Agent {
-                id: req.id.to_string(),
-                source,
-                // A detached init writes its errors to the log; an attached one to our stderr.
-                log: luminaguard_backend::log_tail(
-                    &dir.join(SandboxFile::ConsoleLog.file_name()),
-                    4096,
-                )
-                .await,
-            }),
+        let client = match ready {
+            Ok(client) => client,
+            Err(source) => {
+                return Err(BackendError::Agent {
+                    id: req.id.to_string(),
+                    source,
+                    log: luminaguard_backend::log_tail(
+                        &dir.join(SandboxFile::ConsoleLog.file_name()),
+                        4096,
+                    )
+                    .await,
+                });
+            }
+        };
+        if !req.persistent {
+            // Lives as long as its creator: the link stays open until the sandbox is destroyed,
+            // or the creator dies.
+            return Ok((client, Some(launched.creator)));
         }
+        // Complete: from now on the sandbox lives as long as its init, not as long as its
+        // creator — recorded first, then told to the init. A creator killed before this point
+        // leaves a sandbox that ends by itself (its link closes) and that gc collects.
+        meta.owner = meta.init.unwrap_or(meta.owner);
+        meta.save(dir).await?;
+        nix::unistd::write(&launched.creator, &[crate::init::HANDED_OVER])
+            .map_err(|e| setup("hand the sandbox over", e))?;
+        Ok((client, None))
     }
+
+    /// Starts the sandbox's keeper (see `luminaguard_backend::console` and
+    /// `luminaguard_backend::seccomp_watch`), as the sandbox's own identity, in its cgroup, and
+    /// records it; returns the init's ends: its console, and where it hands its seccomp listener.
+    async fn start_keeper(
+        &self,
+        dir: &Path,
+        meta: &mut SandboxMeta,
+        cgroup: Option<&luminaguard_cgroup::Cgroup>,
+        who: Option<&VmmIdentity>,
+    ) -> Result<(OwnedFd, OwnedFd), BackendError> {
+        let procs = match cgroup {
+            Some(cg) => luminaguard_backend::open_cgroup_procs(cg).await?,
+            None => Vec::new(),
+        };
+        let record = dir.join(SandboxFile::SeccompRecord.file_name());
+        let record = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&record)
+            .await
+            .map_err(|e| setup("create the seccomp record", e))?
+            .into_std()
+            .await;
+        let (keeper_end, init_end) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| setup("create the handoff pair", e))?;
+        let watch = SeccompWatch::new(OwnedFd::from(keeper_end), OwnedFd::from(record))
+            .map_err(|e| setup("start the seccomp record", e))?;
+        let started = luminaguard_backend::console::start_console(
+            &dir.join(SandboxFile::ConsoleLog.file_name()),
+            ConsoleLimits::DEFAULT,
+            &procs,
+            who,
+            Some(watch),
+        )
+        .await
+        .map_err(|e| setup("start the keeper", e))?;
+        meta.helpers.push(started.process);
+        meta.save(dir).await?;
+        Ok((started.vmm_end, OwnedFd::from(init_end)))
+    }
+}
+
+/// Memory kept out of the scratch tmpfs for the agent and the commands' own pages: a quarter of
+/// the limit, between 16 and 128 MiB.
+const AGENT_RESERVE_MIN: u64 = 16 << 20;
+const AGENT_RESERVE_MAX: u64 = 128 << 20;
+
+/// The scratch tmpfs's size (`/tmp`, `/dev/shm` and a private workspace together): the spec's
+/// scratch, but — with a memory limit, which tmpfs pages count against — never more than the
+/// limit less a reserve, so that filling it gives `ENOSPC`, never an out-of-memory kill of the
+/// agent.
+pub fn scratch_size(spec: &luminaguard_core::SandboxSpec, limited: bool) -> u64 {
+    let scratch = spec.scratch.bytes();
+    if !limited {
+        return scratch;
+    }
+    let memory = spec.memory.bytes();
+    let reserve = (memory / 4).clamp(AGENT_RESERVE_MIN, AGENT_RESERVE_MAX);
+    scratch
+        .min(memory.saturating_sub(reserve))
+        .max(ByteSize::MIB)
 }

@@ -1,20 +1,27 @@
 //! Inside the sandbox: the first process of the new namespaces builds the sandbox's root, switches
 //! to it, and locks itself down before it starts serving.
 //!
-//! Runs as PID 1 of fresh mount, PID, network, IPC, UTS and cgroup namespaces (see [`crate::launch`]),
-//! single-threaded, in a freshly exec'd image — so it may allocate and open files freely. Order:
+//! Runs as PID 1 of fresh user, mount, PID, network, IPC, UTS and cgroup namespaces (see
+//! [`crate::launch`]), single-threaded, in a freshly exec'd image — so it may allocate and open
+//! files freely. Order:
 //!
-//! 1. all mounts private, so nothing propagates back to the host;
+//! 1. not dumpable (so that nothing in the sandbox may trace it, open its descriptors or read
+//!    its memory); all mounts private, so nothing propagates back to the host;
 //! 2. a tmpfs root; system directories bound read-only (`nosuid`, `nodev`); host secrets masked;
 //! 3. a fresh `/proc` with its dangerous files masked and `/proc/sys` read-only; a minimal `/dev`;
-//!    size-capped `/tmp` and `/dev/shm`; the workspace (a host directory, or a size-capped tmpfs);
+//!    one size-capped *scratch* tmpfs shared by `/tmp`, `/dev/shm` and a private workspace (so
+//!    that together they never exceed the size the host chose to fit inside the memory limit);
+//!    a host workspace (an idmapped mount the host made, or a bind when rootless);
 //! 4. `pivot_root`, the old root detached, the new root remounted read-only;
-//! 5. hostname; Landlock (read-only but for workspace, `/tmp`, `/dev`); privileges dropped; seccomp.
+//! 5. hostname; the Landlock ruleset prepared (read-only but for workspace, `/tmp`, `/dev`) for
+//!    the commands it will start; privileges dropped; seccomp installed, its notification
+//!    listener handed to the host's keeper at once and closed here.
 //!
 //! Any failure aborts the sandbox with an error naming the step: it never serves half-isolated.
 
 use std::ffi::CString;
 use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
@@ -24,15 +31,27 @@ use serde::{Deserialize, Serialize};
 use crate::landlock::{Enforcement, FsPolicy};
 use crate::privileges::{Rlimits, drop_privileges};
 
+/// What `/workspace` is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkspaceSource {
+    /// A private directory on the scratch tmpfs.
+    Scratch,
+    /// This host directory, bound read-write by the init (rootless: the sandbox runs as the
+    /// caller, who owns it).
+    Bind(PathBuf),
+    /// The detached, idmapped mount the launcher passed as [`crate::launch::WORKSPACE_FD`].
+    Mount,
+}
+
 /// Everything the init needs, passed from the launcher as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InitConfig {
     /// An empty host directory the new root is built on (inside the sandbox's mount namespace).
     pub staging_root: PathBuf,
-    /// Host directory mounted read-write at `/workspace`; `None` gives a tmpfs of `workspace_size`.
-    pub workspace: Option<PathBuf>,
-    pub workspace_size: u64,
-    pub tmp_size: u64,
+    pub workspace: WorkspaceSource,
+    /// Size of the one tmpfs behind `/tmp`, `/dev/shm` and a private workspace.
+    pub scratch_size: u64,
     pub hostname: String,
     pub open_files: u64,
     pub file_size: u64,
@@ -90,6 +109,8 @@ const PROC_MASKED_FILES: [&str; 6] = [
 ];
 const PROC_MASKED_DIRS: [&str; 3] = ["/proc/acpi", "/proc/scsi", "/proc/fs"];
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+/// Where the scratch tmpfs is mounted while the root is built; gone before anything runs.
+const SCRATCH: &str = ".scratch";
 
 const RO: MsFlags = MsFlags::MS_RDONLY
     .union(MsFlags::MS_NOSUID)
@@ -284,25 +305,45 @@ fn build_root(cfg: &InitConfig) -> Result<(), InitError> {
     ] {
         step(format!("link /dev/{name}"), symlink(target, dev.join(name)))?;
     }
-    mkdirs(&dev.join("shm"))?;
+    // One scratch tmpfs behind /tmp, /dev/shm and a private workspace: one size cap for all
+    // three, which the host sets to fit inside the memory limit with room left for the agent.
+    let scratch = root.join(SCRATCH);
+    mkdirs(&scratch)?;
     mount_tmpfs(
-        &dev.join("shm"),
-        cfg.tmp_size,
-        "1777",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-    )?;
-
-    mkdirs(&root.join("tmp"))?;
-    mount_tmpfs(
-        &root.join("tmp"),
-        cfg.tmp_size,
-        "1777",
+        &scratch,
+        cfg.scratch_size,
+        "0755",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
     let ws = root.join("workspace");
     mkdirs(&ws)?;
+    let mut shared = vec![("tmp", root.join("tmp")), ("shm", dev.join("shm"))];
+    if cfg.workspace == WorkspaceSource::Scratch {
+        shared.push(("workspace", ws.clone()));
+    }
+    for (name, target) in &shared {
+        let dir = scratch.join(name);
+        mkdirs(&dir)?;
+        let mode = if *name == "workspace" { 0o777 } else { 0o1777 };
+        step(
+            format!("set the mode of scratch {name}"),
+            fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(mode)),
+        )?;
+        mkdirs(target)?;
+        step(
+            format!("bind scratch {name} on {}", target.display()),
+            mount(
+                Some(dir.as_path()),
+                target,
+                NONE,
+                MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                NONE,
+            ),
+        )?;
+    }
     match &cfg.workspace {
-        Some(host) => step(
+        WorkspaceSource::Scratch => {}
+        WorkspaceSource::Bind(host) => step(
             format!("bind workspace {}", host.display()),
             mount(
                 Some(host.as_path()),
@@ -312,11 +353,9 @@ fn build_root(cfg: &InitConfig) -> Result<(), InitError> {
                 NONE,
             ),
         )?,
-        None => mount_tmpfs(
-            &ws,
-            cfg.workspace_size,
-            "0777",
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        WorkspaceSource::Mount => step(
+            "move the workspace mount into place",
+            crate::idmap::move_into_place(crate::launch::WORKSPACE_FD, &ws),
         )?,
     }
     for d in ["root", "home", "run", "var/tmp"] {
@@ -335,6 +374,13 @@ fn switch_root(root: &Path) -> Result<(), InitError> {
         umount2("/.old-root", MntFlags::MNT_DETACH),
     )?;
     step("remove /.old-root", fs::remove_dir("/.old-root"))?;
+    // The scratch tmpfs lives on through its binds (/tmp, /dev/shm, a private workspace).
+    let scratch = Path::new("/").join(SCRATCH);
+    step(
+        "detach the scratch mount point",
+        umount2(&scratch, MntFlags::MNT_DETACH),
+    )?;
+    step("remove the scratch mount point", fs::remove_dir(&scratch))?;
     // The root itself becomes read-only too: only the mounts made writable above are.
     step(
         "remount / read-only",
@@ -348,11 +394,23 @@ fn switch_root(root: &Path) -> Result<(), InitError> {
     )
 }
 
-/// Builds and enters the sandbox. On success the calling process is confined; run the agent next.
+/// What the init keeps once it has entered the sandbox.
+#[derive(Debug)]
+pub struct Entered {
+    /// The Landlock ruleset for every command the agent starts
+    /// ([`crate::landlock::restrict_with`] between fork and exec); `None` only when Landlock
+    /// is not required and this kernel has none.
+    pub landlock: Option<OwnedFd>,
+    /// The creator link (see [`Gate`]), past its start byte.
+    pub gate: Gate,
+}
+
+/// Builds and enters the sandbox. On success the calling process is confined (but for
+/// Landlock, which it applies to what it starts: see [`Entered::landlock`]); run the agent next.
 ///
 /// Refuses to run unless it is PID 1 (of the fresh namespaces `launch` creates): run by hand in the
 /// host's namespaces, its first step would change the host's mount propagation.
-pub fn enter(cfg: &InitConfig) -> Result<Option<std::os::fd::OwnedFd>, InitError> {
+pub fn enter(cfg: &InitConfig) -> Result<Entered, InitError> {
     if std::process::id() != 1 {
         return Err(InitError::Step {
             step: "check the process is a sandbox's first process".into(),
@@ -362,6 +420,17 @@ pub fn enter(cfg: &InitConfig) -> Result<Option<std::os::fd::OwnedFd>, InitError
             ),
         });
     }
+    // Before anything else: no process of the sandbox may trace this one, open its descriptors
+    // (/proc/1/fd, pidfd_getfd) or read its memory.
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return step(
+            "make the init not dumpable",
+            Err(std::io::Error::last_os_error()),
+        );
+    }
+    // Taken over at once, so that an early failure closes it (EOF: the launcher gives up).
+    let gate = Gate::take();
     build_root(cfg)?;
     switch_root(&cfg.staging_root)?;
     step("sethostname", nix::unistd::sethostname(&cfg.hostname))?;
@@ -374,41 +443,93 @@ pub fn enter(cfg: &InitConfig) -> Result<Option<std::os::fd::OwnedFd>, InitError
         } else {
             Enforcement::BestEffort
         },
-    };
-    let prepared = landlock.prepare()?;
+    }
+    .prepare()?
+    .into_fd()?;
     // Compiled before privileges go; installed last, after no_new_privs is set.
     let seccomp = luminaguard_seccomp::Profile::load(&cfg.seccomp_profile)?;
-    prepared.restrict_self()?;
     drop_privileges(Rlimits {
         open_files: cfg.open_files,
         file_size: cfg.file_size,
     })?;
-    // Denials are reported to a listener the caller must serve (see luminaguard_seccomp::audit).
+    // Denied calls become notifications; the listener goes to the host's keeper, which answers
+    // them, and is closed here before anything untrusted runs.
     let listener = seccomp.apply_audited()?;
-    pass_start_gate()?;
-    Ok(listener)
+    hand_over_listener(listener)?;
+    gate.wait_start()?;
+    Ok(Entered { landlock, gate })
 }
 
-/// Waits until the launcher has put this process into its cgroup (it writes one byte on
-/// [`crate::launch::START_GATE_FD`]); nothing is served or run before. EOF means the launcher
-/// gave up: the sandbox must not start.
-pub fn pass_start_gate() -> Result<(), InitError> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: the launcher placed the gate's read end at this fd for us alone; we take it over.
-    let gate = unsafe { std::os::fd::OwnedFd::from_raw_fd(crate::launch::START_GATE_FD) };
-    let mut byte = [0u8; 1];
-    loop {
-        match nix::unistd::read(&gate, &mut byte) {
-            Ok(1) => return Ok(()),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Ok(_) => {
-                return Err(InitError::Step {
-                    step: "wait for the cgroup".into(),
-                    reason: "the launcher closed the start gate".into(),
-                });
+/// Sends the seccomp listener to the keeper on [`crate::launch::MONITOR_FD`] and closes both.
+fn hand_over_listener(listener: Option<OwnedFd>) -> Result<(), InitError> {
+    // SAFETY: the launcher placed the keeper's socket at this fd for us alone; we take it over.
+    let monitor = unsafe { OwnedFd::from_raw_fd(crate::launch::MONITOR_FD) };
+    let Some(listener) = listener else {
+        return Ok(());
+    };
+    let fds = [listener.as_raw_fd()];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(b"L")];
+    step(
+        "hand the seccomp listener to the keeper",
+        nix::sys::socket::sendmsg::<()>(
+            monitor.as_raw_fd(),
+            &iov,
+            &cmsg,
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        ),
+    )?;
+    Ok(())
+}
+
+/// The start gate, which is also the creator link: the launcher writes [`START`] once the init
+/// is in its cgroup (nothing is served or run before), and — when the sandbox is to outlive its
+/// creator — [`HANDED_OVER`] once the creator has recorded it as complete. End of file before
+/// that means the creator died mid-create (or, for a sandbox that lives as long as its creator,
+/// that the creator is gone): the sandbox must stop.
+#[derive(Debug)]
+pub struct Gate(OwnedFd);
+
+/// The launcher's first byte on the gate: start.
+pub const START: u8 = b'S';
+/// The creator's last byte on the gate: the sandbox is handed over, it may outlive its creator.
+pub const HANDED_OVER: u8 = b'H';
+
+impl Gate {
+    fn take() -> Self {
+        // SAFETY: the launcher placed the gate's read end at this fd for us alone.
+        Self(unsafe { OwnedFd::from_raw_fd(crate::launch::START_GATE_FD) })
+    }
+
+    fn read_byte(&self) -> nix::Result<Option<u8>> {
+        let mut byte = [0u8; 1];
+        loop {
+            match nix::unistd::read(&self.0, &mut byte) {
+                Ok(1) => return Ok(Some(byte[0])),
+                Ok(_) => return Ok(None),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e),
             }
-            Err(e) => return step("wait for the cgroup", Err(e)),
         }
+    }
+
+    /// Waits until the launcher has put this process into its cgroup.
+    pub fn wait_start(&self) -> Result<(), InitError> {
+        match self.read_byte() {
+            Ok(Some(START)) => Ok(()),
+            Ok(_) => Err(InitError::Step {
+                step: "wait for the cgroup".into(),
+                reason: "the launcher closed the start gate".into(),
+            }),
+            Err(e) => step("wait for the cgroup", Err(e)),
+        }
+    }
+
+    /// Blocks until the creator hands the sandbox over (`true`) or is gone without doing so
+    /// (`false`). Run it on a thread of its own.
+    pub fn wait_handover(self) -> bool {
+        matches!(self.read_byte(), Ok(Some(HANDED_OVER)))
     }
 }
 
@@ -425,7 +546,8 @@ pub fn init_argv(agent: &Path, cfg: &InitConfig) -> Result<Vec<CString>, InitErr
     .collect()
 }
 
-/// Sets `IFF_UP` on the namespace's `lo` (a new network namespace starts with it down).
+/// Sets `IFF_UP` on the namespace's `lo` (a new network namespace starts with it down; one the
+/// host prepared has it up already, and the init has no right to change it).
 fn loopback_up() -> std::io::Result<()> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     // SAFETY: socket() returns a new fd or -1.
@@ -444,6 +566,9 @@ fn loopback_up() -> std::io::Result<()> {
     unsafe {
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &raw mut req) < 0 {
             return Err(std::io::Error::last_os_error());
+        }
+        if req.ifr_ifru.ifru_flags & libc::IFF_UP as libc::c_short != 0 {
+            return Ok(());
         }
         req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &raw const req) < 0 {

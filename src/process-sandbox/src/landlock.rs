@@ -10,9 +10,11 @@
 
 use std::path::{Path, PathBuf};
 
+use std::os::fd::{OwnedFd, RawFd};
+
 use landlock::{
     ABI, Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreated,
-    RulesetCreatedAttr, RulesetStatus,
+    RulesetCreatedAttr, RulesetStatus, Scope,
 };
 
 /// The newest filesystem ABI this code asks for (V5 adds device ioctls).
@@ -88,8 +90,12 @@ fn add(
 impl FsPolicy {
     /// Opens every path and builds the ruleset. Runs in the parent.
     pub fn prepare(&self) -> Result<PreparedLandlock, LandlockError> {
+        // Scoped (ABI 6, best effort on older kernels): a restricted process can neither signal
+        // nor reach an abstract Unix socket of a process outside its domain — such as the
+        // sandbox's PID 1, which applies the ruleset to the commands it starts, not to itself.
         let mut ruleset = Ruleset::default()
             .handle_access(AccessFs::from_all(FS_ABI))
+            .and_then(|r| r.scope(Scope::Signal | Scope::AbstractUnixSocket))
             .and_then(|r| r.create())
             .map_err(|e| LandlockError::Create(e.to_string()))?;
         for path in &self.read_only {
@@ -106,6 +112,17 @@ impl FsPolicy {
 }
 
 impl PreparedLandlock {
+    /// The ruleset's descriptor, for [`restrict_with`] in each process that must be confined —
+    /// the commands a sandbox's PID 1 starts — rather than in the caller. `None` when this
+    /// kernel enforces no Landlock and that is acceptable ([`Enforcement::BestEffort`]).
+    pub fn into_fd(self) -> Result<Option<OwnedFd>, LandlockError> {
+        let fd: Option<OwnedFd> = self.ruleset.into();
+        if fd.is_none() && self.enforcement == Enforcement::Required {
+            return Err(LandlockError::NotEnforced);
+        }
+        Ok(fd)
+    }
+
     /// Enforces the ruleset on the calling process (and so on everything it starts). Also sets
     /// `no_new_privs`. Call in the sandbox's first process before it runs anything untrusted.
     pub fn restrict_self(self) -> Result<Outcome, LandlockError> {
@@ -123,4 +140,20 @@ impl PreparedLandlock {
         }
         Ok(outcome)
     }
+}
+
+/// Confines the calling process with the ruleset `fd` (from [`PreparedLandlock::into_fd`]):
+/// `no_new_privs`, then `landlock_restrict_self`. Async-signal-safe (two system calls), so it
+/// can run between `fork` and `exec`. Each call starts a new, nested domain: processes confined
+/// by separate calls can neither signal nor trace one another, nor anything outside.
+pub fn restrict_with(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: prctl and landlock_restrict_self with integer arguments only.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

@@ -1,8 +1,24 @@
-//! On the host: start a sandbox — clone into fresh namespaces and exec the agent's sandbox init,
-//! handing it one end of a socket pair as fd 3.
+//! On the host: start a sandbox — clone into fresh namespaces (a user namespace always) and exec
+//! the agent's sandbox init with exactly the descriptors it needs and nothing else.
+//!
+//! What the init starts with, and only that (every other descriptor of the caller is closed
+//! before the exec — an inherited `7</etc/shadow` must not reach the sandbox):
+//!
+//! | fd | what |
+//! | --- | --- |
+//! | 0 | `/dev/null` |
+//! | 1, 2 | its console: the keeper's socket pair (never a host file, never the caller's terminal) |
+//! | 3 | [`AGENT_FD`]: the host's connection(s) to the agent |
+//! | 4 | [`START_GATE_FD`]: the start gate and creator link (see [`crate::init::Gate`]) |
+//! | 5 | [`MONITOR_FD`]: where the init hands its seccomp listener to the keeper |
+//! | 6 | [`WORKSPACE_FD`]: an idmapped detached mount of the workspace, when there is one |
+//!
+//! It runs in a session of its own (`setsid`): no sandbox process ever has a controlling
+//! terminal of the host's. Its uid 0 is an unprivileged host uid: the caller's when rootless, the
+//! sandbox's own ([`Identity::Mapped`]) when root — nothing in a sandbox is ever host root.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -22,7 +38,7 @@ pub enum LaunchError {
          as root or allow them"
     )]
     NoUserNamespace(nix::Error),
-    #[error("cannot map the caller's uid/gid into the sandbox's user namespace: {0}")]
+    #[error("cannot map the sandbox's uid/gid into its user namespace: {0}")]
     IdMap(std::io::Error),
     #[error("cannot create the agent socket pair: {0}")]
     Socket(std::io::Error),
@@ -30,6 +46,8 @@ pub enum LaunchError {
     Init(#[from] crate::init::InitError),
     #[error("cannot clone into new namespaces: {0}")]
     Clone(nix::Error),
+    #[error("cannot join the sandbox's network namespace: {0}")]
+    Netns(nix::Error),
     #[error("cannot create the start-up pipe: {0}")]
     Pipe(nix::Error),
     #[error("cannot put the sandbox into its cgroup: {0}")]
@@ -38,29 +56,71 @@ pub enum LaunchError {
         "a rootless sandbox cannot join a prepared network namespace (network egress needs root)"
     )]
     RootlessNetwork,
+    #[error("starting the sandbox init failed at {step}: {source}")]
+    Child {
+        step: &'static str,
+        source: std::io::Error,
+    },
 }
 
-/// How the host reaches the sandbox's agent, which always finds it as fd 3.
+/// How the host reaches the sandbox's agent, which always finds it as [`AGENT_FD`].
 #[derive(Debug)]
 pub enum AgentChannel {
     /// A socket pair: one connection for the life of the sandbox, returned in [`Launched`].
     Pair,
     /// A bound, listening Unix socket the agent accepts connections on, one per client, so that
-    /// the sandbox outlives the process that started it. Its stdin is `/dev/null` and its
-    /// stdout/stderr go to `log`: the caller's stdio may be a pipe whose reader waits for EOF.
-    Detached { listener: OwnedFd, log: OwnedFd },
+    /// the sandbox outlives the process that started it.
+    Detached { listener: OwnedFd },
 }
 
-/// A started sandbox: its init's pid (in the host's PID namespace) and, for
-/// [`AgentChannel::Pair`], the host end of its socket.
+/// Who the sandbox's processes are on the host. Inside, they are uid and gid 0 (without any
+/// capability); outside, never root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// Rootless: the caller's own uid and gid (the one mapping an unprivileged process may
+    /// write).
+    Caller,
+    /// As root: an unprivileged uid and gid of the sandbox's own (see
+    /// `luminaguard_backend::VmmIdentity`), so that its processes can signal, trace or share a
+    /// keyring with nobody else's, and nothing they do is done as host root.
+    Mapped { uid: u32, gid: u32 },
+}
+
+/// Everything a launch needs.
+#[derive(Debug)]
+pub struct Launch<'a> {
+    /// A binary with the `sandbox-init` subcommand (`luminaguard` or `luminaguard-agent`).
+    pub agent: &'a Path,
+    pub config: &'a InitConfig,
+    pub cgroup: Option<&'a Cgroup>,
+    pub channel: AgentChannel,
+    /// A network namespace prepared with the sandbox's egress path; `None`: a new, empty one.
+    pub netns: Option<&'a OwnedFd>,
+    pub identity: Identity,
+    /// The init's stdout and stderr: the console keeper's socket pair end.
+    pub console: OwnedFd,
+    /// Where the init sends its seccomp listener: the keeper's handoff pair end.
+    pub monitor: OwnedFd,
+    /// A detached, idmapped mount of the workspace ([`crate::idmap`]) for the init to move into
+    /// place; `None` when the init binds the workspace itself (rootless) or has none.
+    pub workspace: Option<OwnedFd>,
+}
+
+/// A started sandbox.
 #[derive(Debug)]
 pub struct Launched {
+    /// Its init's pid, in the host's PID namespace.
     pub pid: Pid,
+    /// For [`AgentChannel::Pair`], the host end of the agent's socket.
     pub socket: Option<UnixStream>,
+    /// The creator link: while the init has not been handed over, closing this ends the
+    /// sandbox. Write [`crate::init::HANDED_OVER`] to let it outlive its creator.
+    pub creator: OwnedFd,
 }
 
-/// Namespaces every process sandbox gets.
-pub const NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
+/// Namespaces every process sandbox gets (a user namespace, always: see [`Identity`]).
+pub const NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWUSER
+    .union(CloneFlags::CLONE_NEWNS)
     .union(CloneFlags::CLONE_NEWPID)
     .union(CloneFlags::CLONE_NEWNET)
     .union(CloneFlags::CLONE_NEWIPC)
@@ -69,168 +129,264 @@ pub const NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
 
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The init finds the start gate here: a pipe on which the launcher writes one byte once the init
-/// is in its cgroup (see [`crate::init::pass_start_gate`]).
-pub const START_GATE_FD: i32 = 4;
+/// The agent's channel to the host.
+pub const AGENT_FD: RawFd = 3;
+/// The start gate and creator link (see [`crate::init::Gate`]).
+pub const START_GATE_FD: RawFd = 4;
+/// Where the init hands its seccomp listener over.
+pub const MONITOR_FD: RawFd = 5;
+/// The idmapped workspace mount, when there is one.
+pub const WORKSPACE_FD: RawFd = 6;
+/// The first descriptor the init does not get.
+const FIRST_CLOSED: RawFd = 7;
 
-/// Starts the sandbox described by `cfg`, running `agent` (a binary with the `sandbox-init`
-/// subcommand) as its init. With `netns`, the init joins that network namespace (one prepared
-/// with the sandbox's egress path) instead of a new, empty one.
+/// The child's steps before exec, as it reports a failure (step 1 first).
+const CHILD_STEPS: [&str; 6] = [
+    "waiting for its id maps",
+    "becoming the sandbox's uid and gid",
+    "placing its descriptors",
+    "closing every other descriptor",
+    "starting a session",
+    "exec",
+];
+
+/// Opens `/dev/null` for reading and writing, close-on-exec.
+fn dev_null() -> std::io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    #[allow(clippy::disallowed_methods)] // called from a blocking context (see launch)
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/null")?;
+    Ok(OwnedFd::from(f))
+}
+
+/// A close-on-exec copy of `fd` numbered at least [`FIRST_CLOSED`], so that no `dup2` in the
+/// child can clobber another source before it is placed.
+fn high(fd: &OwnedFd) -> Result<OwnedFd, LaunchError> {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(FIRST_CLOSED))
+        .map_err(LaunchError::Pipe)
+        // SAFETY: fcntl returned a new descriptor that nobody else owns.
+        .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Starts the sandbox described by `l`, running `l.agent` as its init. With `l.netns`, the init
+/// joins that network namespace (one prepared with the sandbox's egress path) instead of a new,
+/// empty one: the launching thread joins it before the clone, since a process in the new user
+/// namespace has no right to.
 ///
-/// With a `cgroup`, the init runs its set-up (building its root, locking itself down) *while* the
+/// With a cgroup, the init runs its set-up (building its root, locking itself down) *while* the
 /// parent moves it into the group — on cgroup v1 an attach costs an RCU grace period, often
 /// longer than the whole set-up — and waits at the start gate until the move is done, before it
 /// runs a single command or serves a request. Only the init's own set-up allocations can land
 /// outside the group's accounting; if the move fails, the init is killed without ever serving.
-pub fn launch(
-    agent: &Path,
-    cfg: &InitConfig,
-    cgroup: Option<&Cgroup>,
-    channel: AgentChannel,
-    netns: Option<&OwnedFd>,
-) -> Result<Launched, LaunchError> {
+///
+/// Blocking: run it on a blocking thread.
+pub fn launch(l: Launch<'_>) -> Result<Launched, LaunchError> {
     let rootless = !nix::unistd::geteuid().is_root();
-    if rootless && netns.is_some() {
+    if rootless && l.netns.is_some() {
         return Err(LaunchError::RootlessNetwork);
     }
-    let netns_fd = netns.map(AsRawFd::as_raw_fd);
-    let (host, guest, stdio) = match channel {
+    let (host, agent_end) = match l.channel {
         AgentChannel::Pair => {
             let (host, guest) = UnixStream::pair().map_err(LaunchError::Socket)?;
-            (Some(host), OwnedFd::from(guest), None)
+            (Some(host), OwnedFd::from(guest))
         }
-        AgentChannel::Detached { listener, log } => {
-            let null = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-                .map_err(LaunchError::Socket)?;
-            (None, listener, Some((OwnedFd::from(null), log)))
-        }
+        AgentChannel::Detached { listener } => (None, listener),
     };
-    let stdio_fds = stdio
-        .as_ref()
-        .map(|(null, log)| (null.as_raw_fd(), log.as_raw_fd()));
+    let null = dev_null().map_err(LaunchError::Socket)?;
+    let (gate_r, gate_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(LaunchError::Pipe)?;
+    // The child waits on this until the parent has written its id maps: it must be uid 0 of
+    // its user namespace when it execs, or exec drops the capabilities it needs to build its
+    // root.
+    let (maps_r, maps_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(LaunchError::Pipe)?;
+    // The child's report of a failed step before exec (close-on-exec: EOF once it has exec'd).
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(LaunchError::Pipe)?;
+
+    let sources = [
+        (0, high(&null)?),
+        (1, high(&l.console)?),
+        (2, high(&l.console)?),
+        (AGENT_FD, high(&agent_end)?),
+        (START_GATE_FD, high(&gate_r)?),
+        (MONITOR_FD, high(&l.monitor)?),
+    ];
+    let workspace = l.workspace.as_ref().map(high).transpose()?;
+    let placed: Vec<(RawFd, RawFd)> = sources
+        .iter()
+        .map(|(to, fd)| (*to, fd.as_raw_fd()))
+        .chain(workspace.as_ref().map(|w| (WORKSPACE_FD, w.as_raw_fd())))
+        .collect();
+    let first_closed = u32::try_from(placed.iter().map(|(to, _)| to + 1).max().unwrap_or(3))
+        .unwrap_or(FIRST_CLOSED as u32);
     // Everything the child needs is built here: after clone it only makes system calls.
-    let argv = init_argv(agent, cfg)?;
+    let argv = init_argv(l.agent, l.config)?;
     let envp = [
         CString::new(PATH_ENV).map_err(|e| LaunchError::Socket(std::io::Error::other(e)))?,
         c"RUST_LOG=warn".to_owned(),
     ];
-    let (go_r, go_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(LaunchError::Pipe)?;
-    // Above every fd the child places (0-4), so that no dup2 below can clobber another source.
-    let high = |fd: &OwnedFd| {
-        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(START_GATE_FD + 1))
-            .map_err(LaunchError::Pipe)
-    };
-    let guest_fd = high(&guest)?;
-    let go_fd = high(&go_r)?;
-    // Rootless: the child must be uid 0 of its user namespace when it execs, or exec drops the
-    // capabilities it needs to build its root; it waits here until the parent wrote its id maps.
-    let (maps_r, maps_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(LaunchError::Pipe)?;
     let maps_fd = maps_r.as_raw_fd();
+    let err_fd = err_w.as_raw_fd();
+    let mapped = matches!(l.identity, Identity::Mapped { .. });
     let child = || -> isize {
-        // SAFETY: read, dup2 and execve are async-signal-safe; argv/envp were built before the
-        // clone.
+        // Reports which step failed (and its errno) to the parent, then gives up.
+        let fail = |step: i32| -> isize {
+            let errno = nix::errno::Errno::last_raw();
+            let report = [step, errno];
+            // SAFETY: writing 8 bytes from a local array to our own pipe.
+            unsafe { libc::write(err_fd, report.as_ptr().cast(), 8) };
+            120 + step as isize
+        };
+        // SAFETY (whole block): read, setgroups, setres[ug]id, dup2, close_range, setsid and
+        // execve are async-signal-safe; everything they use was built before the clone.
         unsafe {
             let mut ready = 0u8;
-            if rootless && libc::read(maps_fd, (&raw mut ready).cast(), 1) != 1 {
-                return 123; // the parent could not map our ids
+            if libc::read(maps_fd, (&raw mut ready).cast(), 1) != 1 {
+                return fail(1); // the parent could not map our ids
             }
-            if let Some(fd) = netns_fd {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return 122; // never run in the host's network namespace
+            // As root the child is still host uid 0 (unmapped here, so shown as the overflow
+            // id) with the caller's groups: become the sandbox's own identity, no groups. Raw
+            // system calls: glibc's wrappers would try to change every thread of the parent,
+            // which this child of a raw clone still believes it has, and wait for them forever.
+            if mapped
+                && (libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
+                    || libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
+                    || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0)
+            {
+                return fail(2);
+            }
+            for (to, from) in &placed {
+                if libc::dup2(*from, *to) < 0 {
+                    return fail(3);
                 }
             }
-            if let Some((null, log)) = stdio_fds {
-                if libc::dup2(null, 0) < 0 || libc::dup2(log, 1) < 0 || libc::dup2(log, 2) < 0 {
-                    return 124;
-                }
+            // Every other descriptor the caller had, inherited or not, is gone.
+            if libc::syscall(libc::SYS_close_range, first_closed, u32::MAX, 0u32) != 0 {
+                return fail(4);
             }
-            if libc::dup2(guest_fd, 3) < 0 || libc::dup2(go_fd, START_GATE_FD) < 0 {
-                return 126;
+            // A session of its own: no controlling terminal, now or ever (it never opens one).
+            if libc::setsid() < 0 {
+                return fail(5);
             }
             let _ = nix::unistd::execve(&argv[0], &argv, &envp);
         }
-        127
+        fail(6)
     };
-    let mut flags = if rootless {
-        NAMESPACES | CloneFlags::CLONE_NEWUSER
-    } else {
-        NAMESPACES
-    };
-    if netns.is_some() {
+    let mut flags = NAMESPACES;
+    if l.netns.is_some() {
         flags.remove(CloneFlags::CLONE_NEWNET);
     }
     // cgroup v2: born in the group (clone3 + CLONE_INTO_CGROUP), so no migration — which would
     // wait for an RCU grace period — is needed. v1 has no such thing: the parent moves the child.
-    let into = match cgroup.filter(|cg| cg.version() == 2) {
+    let into = match l.cgroup.filter(|cg| cg.version() == 2) {
         Some(cg) => Some(cg.open_dir().map_err(LaunchError::Cgroup)?),
         None => None,
     };
-    let cloned = match &into {
+    let spawn = || match &into {
         Some(dir) => clone_into_cgroup(flags, dir, child),
         None => {
             let mut stack = vec![0u8; 256 << 10];
-            // SAFETY: the child runs only `child` (read, dup2, execve) on its own stack.
+            // SAFETY: the child runs only `child` (async-signal-safe calls) on its own stack.
             unsafe { nix::sched::clone(Box::new(child), &mut stack, flags, Some(libc::SIGCHLD)) }
         }
     };
-    // SAFETY: both were returned by fcntl above and are owned by nobody else; the child has its
-    // own copies.
-    unsafe {
-        drop(OwnedFd::from_raw_fd(guest_fd));
-        drop(OwnedFd::from_raw_fd(go_fd));
-    }
-    let pid = cloned.map_err(|e| match e {
-        nix::Error::EPERM | nix::Error::ENOSPC | nix::Error::EINVAL if rootless => {
-            LaunchError::NoUserNamespace(e)
-        }
-        e => LaunchError::Clone(e),
-    })?;
-    drop(guest);
-    drop(stdio);
-    drop(go_r);
+    let cloned = match l.netns {
+        None => spawn().map_err(|e| clone_error(e, rootless)),
+        // A network namespace is per thread: a thread of our own joins it, clones, and ends.
+        Some(netns) => std::thread::scope(|s| {
+            s.spawn(move || {
+                nix::sched::setns(netns, CloneFlags::CLONE_NEWNET).map_err(LaunchError::Netns)?;
+                spawn().map_err(|e| clone_error(e, rootless))
+            })
+            .join()
+            .unwrap_or(Err(LaunchError::Clone(nix::Error::EIO)))
+        }),
+    };
+    drop(sources);
+    drop(workspace);
+    let pid = cloned?;
+    drop(agent_end);
+    drop(null);
+    drop(gate_r);
     drop(maps_r);
+    drop(err_w);
     let kill = |pid| {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, None);
     };
-    if rootless {
-        let mapped = write_id_maps(pid).and_then(|()| {
-            nix::unistd::write(&maps_w, b"1")
-                .map(drop)
-                .map_err(std::io::Error::from)
-        });
-        if let Err(e) = mapped {
-            kill(pid);
-            return Err(LaunchError::IdMap(e));
-        }
+    let mapped_ok = write_id_maps(pid, l.identity).and_then(|()| {
+        nix::unistd::write(&maps_w, b"1")
+            .map(drop)
+            .map_err(std::io::Error::from)
+    });
+    if let Err(e) = mapped_ok {
+        kill(pid);
+        return Err(LaunchError::IdMap(e));
     }
-    if let Some(cg) = cgroup.filter(|_| into.is_none()) {
+    drop(maps_w);
+    if let Some(cg) = l.cgroup.filter(|_| into.is_none()) {
         if let Err(e) = cg.add(pid.as_raw()) {
             // Never opened, the gate keeps the init from serving; kill it and reap it.
             kill(pid);
             return Err(e.into());
         }
     }
-    if let Err(e) = nix::unistd::write(&go_w, b"1") {
+    // The child's steps before exec either fail (a report) or end in the exec (EOF).
+    let mut report = [0i32; 2];
+    // SAFETY: reading at most 8 bytes into a local array.
+    let n = unsafe { libc::read(err_r.as_raw_fd(), report.as_mut_ptr().cast(), 8) };
+    if n == 8 {
+        kill(pid);
+        return Err(LaunchError::Child {
+            step: CHILD_STEPS
+                .get(usize::try_from(report[0] - 1).unwrap_or(usize::MAX))
+                .copied()
+                .unwrap_or("an unknown step"),
+            source: std::io::Error::from_raw_os_error(report[1]),
+        });
+    }
+    if let Err(e) = nix::unistd::write(&gate_w, &[crate::init::START]) {
         kill(pid);
         return Err(LaunchError::Pipe(e));
     }
-    Ok(Launched { pid, socket: host })
+    Ok(Launched {
+        pid,
+        socket: host,
+        creator: gate_w,
+    })
 }
 
-/// Maps uid and gid 0 of the child's new user namespace to the caller's — the one mapping an
-/// unprivileged process may write (after denying `setgroups`, for the gid map).
-fn write_id_maps(pid: Pid) -> std::io::Result<()> {
+fn clone_error(e: nix::Error, rootless: bool) -> LaunchError {
+    match e {
+        nix::Error::EPERM | nix::Error::ENOSPC | nix::Error::EINVAL if rootless => {
+            LaunchError::NoUserNamespace(e)
+        }
+        e => LaunchError::Clone(e),
+    }
+}
+
+/// Writes the child's id maps: uid and gid 0 inside become the caller's (rootless, after
+/// denying `setgroups`, the one mapping an unprivileged process may write) or the sandbox's own
+/// identity (root).
+fn write_id_maps(pid: Pid, identity: Identity) -> std::io::Result<()> {
     let proc = format!("/proc/{pid}");
-    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    let (uid, gid) = match identity {
+        Identity::Caller => {
+            #[allow(clippy::disallowed_methods)] // called from a blocking context (see launch)
+            std::fs::write(format!("{proc}/setgroups"), "deny")?;
+            (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            )
+        }
+        Identity::Mapped { uid, gid } => (uid, gid),
+    };
     #[allow(clippy::disallowed_methods)] // called from a blocking context (see launch)
     {
-        std::fs::write(format!("{proc}/setgroups"), "deny")?;
         std::fs::write(format!("{proc}/uid_map"), format!("0 {uid} 1\n"))?;
         std::fs::write(format!("{proc}/gid_map"), format!("0 {gid} 1\n"))?;
     }

@@ -6,6 +6,7 @@
 //! `luminaguard-seccomp`, shared with the microVM backends.
 
 pub mod backend;
+pub mod idmap;
 pub mod init;
 pub mod landlock;
 pub mod launch;
