@@ -1,5 +1,6 @@
 //! The profiles, installed for real in a forked child: what they must deny fails with the right
-//! errno (and is audited), and what ordinary programs need still works.
+//! errno (and is audited), what ordinary programs need still works, and real dev workloads
+//! (shell, Python, git, make and cc, node, perl, tar) run unchanged.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -809,4 +810,214 @@ fn stacked_tenant_filters_cannot_undo_the_profile() {
     ]
     .map(|(p, v)| (p.to_owned(), v));
     assert_eq!(got, want);
+}
+
+/// Programs the workload script runs (tests/workload.sh).
+const WORKLOAD_PROGRAMS: &[&str] = &[
+    "sh", "timeout", "mktemp", "seq", "grep", "tr", "cat", "python3", "git", "make", "cc", "node",
+    "perl", "tar", "gzip", "gunzip",
+];
+
+/// `prog` found on `PATH`.
+fn which(prog: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
+
+/// Whether every workload program is here. In CI a missing one is a failure (scripts/setup
+/// installs them); elsewhere the test is skipped with a message.
+fn workload_programs_present() -> bool {
+    let missing: Vec<&str> = WORKLOAD_PROGRAMS
+        .iter()
+        .copied()
+        .filter(|p| which(p).is_none())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the workload test needs {missing:?} (scripts/setup installs them)"
+    );
+    eprintln!("skipped: the workload test needs {missing:?}");
+    false
+}
+
+/// Sets `IFF_UP` on `lo` (a new network namespace starts with it down).
+fn loopback_up() -> bool {
+    // SAFETY: a socket we close, and SIOCGIFFLAGS/SIOCSIFFLAGS on a zeroed, named ifreq.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return false;
+        }
+        let sock = OwnedFd::from_raw_fd(fd);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &raw mut req) < 0 {
+            return false;
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &raw const req) == 0
+    }
+}
+
+/// Runs tests/workload.sh under `profile` in a forked child (private mount and network
+/// namespaces, loopback up), with a supervisor recording denials when `audited`. Returns the
+/// exit status, the script's output (stdout and stderr) and the denials as `call comm arg0`.
+fn run_workload(profile: &str, audited: bool) -> (i32, String, Vec<String>) {
+    let profile = Profile::load(profile).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workload.sh");
+    let timeout = which("timeout").unwrap();
+    let cstr = |s: &str| CString::new(s).unwrap();
+    let argv = [
+        cstr(timeout.to_str().unwrap()),
+        cstr("-k"),
+        cstr("5"),
+        cstr("300"),
+        cstr("/bin/sh"),
+        cstr(script),
+    ];
+    let env = [
+        cstr(&format!("PATH={}", std::env::var("PATH").unwrap())),
+        cstr("LC_ALL=C"),
+    ];
+    let ptrs = |v: &[CString]| -> Vec<*const libc::c_char> {
+        v.iter()
+            .map(|c| c.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect()
+    };
+    let (argv_p, env_p) = (ptrs(&argv), ptrs(&env));
+    let (out_r, out_w) = pipe();
+    let (audit_r, audit_w) = pipe();
+    // SAFETY: the child sets itself up with raw system calls and execs or leaves with _exit;
+    // the supervisor it forks allocates, which glibc keeps safe after fork.
+    match unsafe { libc::fork() } {
+        0 => unsafe {
+            drop((out_r, audit_r));
+            if !go_private() || !loopback_up() {
+                libc::_exit(98);
+            }
+            if audited {
+                let Ok(Some(listener)) = profile.apply_audited() else {
+                    libc::_exit(97);
+                };
+                let parent = libc::getpid();
+                if libc::fork() == 0 {
+                    // The supervisor: it ends with the workload (its parent).
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    if libc::getppid() != parent {
+                        libc::_exit(0);
+                    }
+                    drop(out_w);
+                    let _ = luminaguard_seccomp::audit::supervise(&listener, |d| {
+                        write_all(
+                            &audit_w,
+                            &format!("{} {} {:#x}\n", d.syscall, d.comm, d.arg0),
+                        );
+                    });
+                    libc::_exit(0);
+                }
+            } else if profile.apply().is_err() {
+                libc::_exit(99);
+            }
+            drop(audit_w);
+            let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+            if libc::dup2(devnull, 0) < 0
+                || libc::dup2(out_w.as_raw_fd(), 1) < 0
+                || libc::dup2(out_w.as_raw_fd(), 2) < 0
+            {
+                libc::_exit(96);
+            }
+            libc::execve(argv_p[0], argv_p.as_ptr(), env_p.as_ptr());
+            libc::_exit(95);
+        },
+        pid if pid > 0 => {
+            drop((out_w, audit_w));
+            let denials = std::thread::spawn(move || {
+                let mut text = String::new();
+                std::fs::File::from(audit_r)
+                    .read_to_string(&mut text)
+                    .unwrap();
+                text
+            });
+            let mut out = Vec::new();
+            std::fs::File::from(out_r).read_to_end(&mut out).unwrap();
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            unsafe { libc::waitpid(pid, &raw mut status, 0) };
+            let denials = denials.join().unwrap();
+            (
+                status,
+                String::from_utf8_lossy(&out).into_owned(),
+                denials.lines().map(str::to_owned).collect(),
+            )
+        }
+        _ => panic!("fork failed"),
+    }
+}
+
+/// The lines tests/workload.sh prints when every program worked.
+const WORKLOAD_LINES: &[&str] = &[
+    "sh: 271 ab /",
+    "python: 4 child tmp 3 285",
+    "git: first",
+    "cc: 20",
+    "node: node-fs node-fs child 42",
+    "perl: 1,4,9",
+    "tar: hello hello",
+];
+
+fn check_workload(profile: &str, audited: bool, net: &str) -> Vec<String> {
+    let (status, out, denials) = run_workload(profile, audited);
+    let context = format!(
+        "under {profile} (status {status:#x}); output:\n{out}\ndenied (call comm arg0): {denials:#?}"
+    );
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the workload failed {context}"
+    );
+    let mut lines = out.lines();
+    for want in WORKLOAD_LINES.iter().copied().chain([net]) {
+        assert!(
+            lines.any(|l| l == want),
+            "{want:?} missing (or out of order) {context}"
+        );
+    }
+    eprintln!("workload under {profile}: denied {denials:?}");
+    denials
+}
+
+/// Shells, Python (threads, subprocess, sqlite3, multiprocessing), git, make and cc, node (fs,
+/// child_process, worker_threads, timers), perl, tar and gzip — unchanged under `default`, with
+/// the audit on, as the process sandbox runs it. The only denial is the workload's own probe of
+/// the network, which `default` turns off.
+#[test]
+fn real_workloads_run_unchanged_under_the_default_profile() {
+    if !luminaguard_testkit::privileged("the workloads run in private namespaces")
+        || !workload_programs_present()
+    {
+        return;
+    }
+    let denials = check_workload("default", true, "net: denied (Operation not permitted)");
+    let calls: Vec<&str> = denials
+        .iter()
+        .map(|d| d.split(' ').next().unwrap())
+        .collect();
+    assert!(calls.contains(&"socket"), "{denials:?}");
+}
+
+/// The same under `network`, whose loopback round trip works.
+#[test]
+fn real_workloads_run_unchanged_under_the_network_profile() {
+    if !luminaguard_testkit::privileged("the workloads run in private namespaces")
+        || !workload_programs_present()
+    {
+        return;
+    }
+    check_workload("network", false, "net: PING");
 }
