@@ -1,7 +1,7 @@
 //! What a profile costs each system call, side by side with no filter in the same run.
 //!
-//! `cargo bench -p luminaguard-seccomp --bench overhead [-- --quick] [-- --json NAME=FILE]`
-//! (no root needed: a filter only needs `no_new_privs`).
+//! `cargo bench -p luminaguard-seccomp --bench overhead [-- --quick] [-- --json NAME=FILE]
+//! [-- --exec 'SHELL COMMAND']` (no root needed: a filter only needs `no_new_privs`).
 //!
 //! For each configuration — no filter, each built-in profile, and any seccompiler JSON given with
 //! `--json` (e.g. an older profile, for a before/after) — a forked child installs the filter and
@@ -11,6 +11,9 @@
 //!   arguments, which the kernel's seccomp action cache answers without running the filter;
 //! - `ioctl(FIONREAD)` on a pipe and `openat` + `close` of `/dev/null`: calls with argument
 //!   filters, for which every filter runs (its linear syscall-number chain, then the conditions).
+//!
+//! With `--exec`, also the wall time of a whole command (`sh -c`, output discarded) under each
+//! configuration: what a real workload pays.
 //!
 //! The best of several rounds and of several passes over all configurations (interleaved, so load
 //! from elsewhere hits them alike; the best, because other load only ever adds time), in
@@ -140,6 +143,31 @@ fn in_child(profile: Option<&Profile>, n: u32, rounds: usize) -> Vec<f64> {
     }
 }
 
+/// Best wall time, in milliseconds, of `sh -c cmd` under each configuration, `passes` times each
+/// (interleaved).
+fn time_command(configs: &[(String, Option<Profile>)], cmd: &str, passes: usize) -> Vec<f64> {
+    use std::os::unix::process::CommandExt;
+    let mut best = vec![f64::INFINITY; configs.len()];
+    for _ in 0..passes {
+        for ((_, profile), best) in configs.iter().zip(&mut best) {
+            let mut c = std::process::Command::new("/bin/sh");
+            c.args(["-c", cmd])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            if let Some(p) = profile.clone() {
+                // SAFETY: Profile::apply only makes prctl/seccomp calls.
+                unsafe { c.pre_exec(move || p.apply().map_err(std::io::Error::other)) };
+            }
+            let start = Instant::now();
+            let status = c.status().unwrap();
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            assert!(status.success(), "{cmd:?} failed: {status:?}");
+            *best = best.min(ms);
+        }
+    }
+    best
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -176,15 +204,28 @@ fn main() {
         })
         .collect();
     let base = results[0].1.clone();
+    let exec = args
+        .windows(2)
+        .find(|w| w[0] == "--exec")
+        .map(|w| w[1].clone());
+    let walls = exec
+        .as_deref()
+        .map(|cmd| time_command(&configs, cmd, passes.max(3)));
     print!("{:<12}", "ns/call");
     for (probe, _) in PROBES {
         print!(" {probe:>24}");
     }
+    if walls.is_some() {
+        print!(" {:>24}", "--exec ms");
+    }
     println!();
-    for (name, ns) in &results {
+    for (i, (name, ns)) in results.iter().enumerate() {
         print!("{name:<12}");
         for (v, b) in ns.iter().zip(&base) {
             print!(" {:>24}", format!("{v:.1} ({:+.1})", v - b));
+        }
+        if let Some(w) = &walls {
+            print!(" {:>24}", format!("{:.1} (x{:.3})", w[i], w[i] / w[0]));
         }
         println!();
     }
