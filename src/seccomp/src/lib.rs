@@ -457,6 +457,22 @@ mod tests {
         ));
     }
 
+    /// docs/seccomp.md names every call a fragment lists and every call that must stay denied.
+    #[test]
+    fn the_docs_name_every_call_the_profiles_decide() {
+        let docs = include_str!("../../../docs/seccomp.md");
+        for (fragment, json) in FRAGMENTS {
+            let filters: BTreeMap<String, Filter> = serde_json::from_str(json).unwrap();
+            for rule in filters.values().flat_map(|f| &f.filter) {
+                let name = format!("`{}`", rule.syscall);
+                assert!(docs.contains(&name), "{fragment}: document {name}");
+            }
+        }
+        for call in NEVER {
+            assert!(docs.contains(&format!("`{call}`")), "document {call}");
+        }
+    }
+
     #[test]
     fn fragments_are_parsed_strictly() {
         // A misspelt key must not silently drop a condition (which would widen the allowlist).

@@ -1004,11 +1004,12 @@ fn real_workloads_run_unchanged_under_the_default_profile() {
         return;
     }
     let denials = check_workload("default", true, "net: denied (Operation not permitted)");
-    let calls: Vec<&str> = denials
-        .iter()
-        .map(|d| d.split(' ').next().unwrap())
-        .collect();
-    assert!(calls.contains(&"socket"), "{denials:?}");
+    // A workload that hits a denial and falls back still passes above; this catches that too.
+    assert!(!denials.is_empty(), "the network probe was not recorded");
+    assert!(
+        denials.iter().all(|d| d.starts_with("socket python3 0x2")),
+        "denied besides socket(AF_INET): {denials:#?}"
+    );
 }
 
 /// The same under `network`, whose loopback round trip works.
