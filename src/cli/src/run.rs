@@ -494,6 +494,11 @@ async fn explain_dead_sandbox(e: anyhow::Error, sandbox: &Sandbox) -> anyhow::Er
         "process" => "init",
         _ => "VMM",
     };
+    // Killed for want of memory is a reason a user can act on: say it.
+    let oom = match sandbox.oom_kills().await {
+        Ok(n) if n > 0 => " after the sandbox ran out of memory",
+        _ => "",
+    };
     let console = luminaguard_backend::console_tail(
         &sandbox
             .dir
@@ -506,7 +511,7 @@ async fn explain_dead_sandbox(e: anyhow::Error, sandbox: &Sandbox) -> anyhow::Er
         c => format!("\n--- last lines of the sandbox console ---\n{c}"),
     };
     e.context(format!(
-        "the sandbox's {what} (pid {}) has exited{console}",
+        "the sandbox's {what} (pid {}) has exited{oom}{console}",
         init.pid
     ))
 }
@@ -524,8 +529,9 @@ async fn run_in(sandbox: &Sandbox, spec: &SandboxSpec, args: &RunArgs) -> anyhow
         timeout_ms: Some(u64::try_from(spec.limits.exec_timeout.as_millis()).unwrap_or(u64::MAX)),
         ..Default::default()
     };
+    let before = crate::stream::oom_kills(sandbox).await;
     let status = crate::stream::exec_streamed(sandbox.client(), req, args.json).await?;
-    crate::stream::report_oom(sandbox, &status, spec.memory).await;
+    crate::stream::report_oom(sandbox, &status, before, Some(spec.memory)).await;
     crate::stream::report_denials(sandbox).await;
     Ok(crate::stream::exit_code(&status))
 }

@@ -259,7 +259,9 @@ async fn exec(args: ExecArgs, config: &Config) -> anyhow::Result<ExitCode> {
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         ..Default::default()
     };
+    let before = crate::stream::oom_kills(&sandbox).await;
     let status = crate::stream::exec_streamed(sandbox.client(), req, args.json).await?;
+    crate::stream::report_oom(&sandbox, &status, before, None).await;
     Ok(crate::stream::exit_code(&status))
 }
 

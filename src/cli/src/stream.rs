@@ -79,17 +79,25 @@ pub async fn report_denials(sandbox: &luminaguard_backend::Sandbox) {
     }
 }
 
-/// Says so on stderr when a SIGKILL came from the kernel's OOM killer rather than a timeout or a
-/// cancel.
+/// How many OOM kills the sandbox's cgroup has seen so far (0 when it cannot tell): taken before
+/// an exec, for [`report_oom`].
+pub async fn oom_kills(sandbox: &luminaguard_backend::Sandbox) -> u64 {
+    sandbox.oom_kills().await.unwrap_or(0)
+}
+
+/// Says so on stderr when a SIGKILL came from the kernel's OOM killer — the sandbox's cgroup
+/// counted a kill since `before` — rather than from a timeout or a cancel.
 pub async fn report_oom(
     sandbox: &luminaguard_backend::Sandbox,
     status: &ExitStatus,
-    limit: luminaguard_core::ByteSize,
+    before: u64,
+    limit: Option<luminaguard_core::ByteSize>,
 ) {
     if status.signal == Some(9) && !status.timed_out && !status.cancelled {
         match sandbox.oom_kills().await {
-            Ok(n) if n > 0 => {
-                eprintln!("luminaguard: the command was killed: out of memory (limit {limit})");
+            Ok(n) if n > before => {
+                let limit = limit.map(|l| format!(" (limit {l})")).unwrap_or_default();
+                eprintln!("luminaguard: the command was killed: out of memory{limit}");
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("cannot read the sandbox's OOM count: {e}"),

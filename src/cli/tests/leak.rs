@@ -1,5 +1,14 @@
-//! The leak test: 200 sandbox lifecycles, some owners SIGKILLed mid-exec and some mid-create, then
-//! `gc` — afterwards no sandbox directory, cgroup, mount or process remains. Root; required in CI.
+//! The leak test: 1,000 sandbox lifecycles — disposable (`run`) and long-lived (`sandbox
+//! create`) — with a third of the creating commands SIGKILLed at a random moment: before,
+//! during or after the create, or while the command runs. What must hold:
+//!
+//! - a create whose caller dies leaves nothing running: once the dust settles, every process
+//!   left belongs to a sandbox whose record says its create completed (handed over to its init);
+//! - `gc` removes every other sandbox's leftovers;
+//! - removing the completed ones leaves nothing at all: no sandbox directory, process, cgroup or
+//!   mount.
+//!
+//! Root; required in CI.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,30 +21,30 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use luminaguard_cgroup::Hierarchy;
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 const BIN: &str = env!("CARGO_BIN_EXE_luminaguard");
+const CYCLES: u32 = 1000;
 
-fn spawn_run(rt: &Path, argv: &[&str]) -> Child {
+fn spawn(rt: &Path, args: &[&str]) -> Child {
     Command::new(BIN)
         .arg("--runtime-dir")
         .arg(rt)
-        .arg("run")
-        .arg("--")
-        .args(argv)
+        .args(args)
         .env("RUST_LOG", "error")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
 }
 
-/// Polls (bounded) until `cond` holds — the thing waited for happens in another process.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+/// Polls (bounded) until `cond` holds — the thing waited for happens in other processes.
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -49,11 +58,42 @@ fn metas(rt: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn sandbox_processes(rt: &Path) -> Vec<(i32, String)> {
+/// Whether the process `p` (`{"pid", "start"}` of a record) is still the one recorded.
+fn alive(p: &serde_json::Value) -> bool {
+    let (Some(pid), Some(start)) = (p["pid"].as_i64(), p["start"].as_u64()) else {
+        return false;
+    };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    !matches!(fields.first(), Some(&("Z" | "X")))
+        && fields.get(19).and_then(|s| s.parse::<u64>().ok()) == Some(start)
+}
+
+/// The live processes a record names: its init and its helpers (keeper, resolver).
+fn live_processes(m: &serde_json::Value) -> Vec<i64> {
+    std::iter::once(&m["init"])
+        .chain(m["helpers"].as_array().into_iter().flatten())
+        .filter(|p| alive(p))
+        .filter_map(|p| p["pid"].as_i64())
+        .collect()
+}
+
+/// A create completed (and was handed over to its init) when the record's owner is its init.
+fn completed(m: &serde_json::Value) -> bool {
+    !m["init"].is_null() && m["owner"] == m["init"]
+}
+
+/// Every process that runs a sandbox init under `rt`, by its command line.
+fn sandbox_inits(rt: &Path) -> Vec<(i32, String)> {
     luminaguard_testkit::live_processes_matching(&["sandbox-init", rt.to_str().unwrap()])
 }
 
-/// Every sandbox cgroup on the host (`sb-*` under LuminaGuard's parent groups).
+/// Every sandbox cgroup on the host (`sb-*`, `lk-*` under LuminaGuard's parent groups).
 fn sandbox_groups() -> Vec<std::path::PathBuf> {
     let probe = Hierarchy::detect().unwrap().planned("probe").unwrap();
     probe
@@ -62,62 +102,102 @@ fn sandbox_groups() -> Vec<std::path::PathBuf> {
         .filter_map(|d| std::fs::read_dir(d.parent().unwrap()).ok())
         .flat_map(|d| d.flatten().map(|e| e.path()))
         .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("sb-"))
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with("sb-") || n.starts_with("lk-")
+            })
         })
         .collect()
 }
 
 #[test]
-fn two_hundred_cycles_with_killed_owners_leave_nothing_after_gc() {
+fn a_thousand_cycles_with_callers_killed_at_random_moments_leave_nothing() {
     if !luminaguard_testkit::privileged("the leak test") {
         return;
     }
     let rt_dir = tempfile::tempdir().unwrap();
     let rt = rt_dir.path();
     let groups_before = sandbox_groups();
-    let (mut killed_mid_exec, mut killed_mid_create) = (0, 0);
-    for i in 0..200 {
-        match i % 20 {
-            7 => {
-                // Owner killed while its command runs.
-                let mut run = spawn_run(rt, &["sleep", "100"]);
-                wait_for("a running sandbox", || {
-                    metas(rt).iter().any(|m| !m["init"].is_null())
-                });
-                run.kill().unwrap();
-                run.wait().unwrap();
-                killed_mid_exec += 1;
+    let seed: u64 = rand::random();
+    eprintln!("leak test seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let started = Instant::now();
+    let (mut killed, mut completed_creates) = (0u32, Vec::new());
+    for i in 0..CYCLES {
+        match i % 6 {
+            // A disposable sandbox, killed at any moment of create or command.
+            1 | 4 => {
+                let mut c = spawn(rt, &["run", "--", "sleep", "100"]);
+                std::thread::sleep(Duration::from_micros(rng.random_range(0..80_000)));
+                c.kill().unwrap();
+                c.wait().unwrap();
+                killed += 1;
             }
-            13 => {
-                // Owner killed while it is still creating the sandbox.
-                let mut run = spawn_run(rt, &["true"]);
-                wait_for("a sandbox record", || !metas(rt).is_empty());
-                run.kill().unwrap();
-                run.wait().unwrap();
-                killed_mid_create += 1;
+            // A long-lived sandbox's create, killed at any moment; if it got as far as printing
+            // the id, the sandbox is complete and stays.
+            3 => {
+                let name = format!("lk-{i}");
+                let mut c = spawn(rt, &["sandbox", "create", "--name", &name]);
+                std::thread::sleep(Duration::from_micros(rng.random_range(0..80_000)));
+                c.kill().unwrap();
+                let out = c.wait_with_output().unwrap();
+                if String::from_utf8_lossy(&out.stdout).trim() == name {
+                    completed_creates.push(name);
+                }
+                killed += 1;
+            }
+            // Whole lifecycles.
+            5 => {
+                let name = format!("lk-{i}");
+                let out = spawn(rt, &["sandbox", "create", "--name", &name])
+                    .wait_with_output()
+                    .unwrap();
+                assert!(out.status.success(), "cycle {i}: create {:?}", out.status);
+                let rm = spawn(rt, &["sandbox", "rm", &name]).wait().unwrap();
+                assert!(rm.success(), "cycle {i}: rm {rm:?}");
             }
             _ => {
-                let status = spawn_run(rt, &["true"]).wait().unwrap();
+                let status = spawn(rt, &["run", "--", "true"]).wait().unwrap();
                 assert!(status.success(), "cycle {i}: {status:?}");
             }
         }
     }
-    assert_eq!((killed_mid_exec, killed_mid_create), (10, 10));
-    // `run` collects dead owners' leftovers as it starts, so most are gone already; kill one more
-    // owner last, so that the explicit `gc` below has something to prove itself on.
-    let mut run = spawn_run(rt, &["sleep", "100"]);
-    wait_for("a running sandbox", || {
-        metas(rt).iter().any(|m| !m["init"].is_null())
-    });
-    run.kill().unwrap();
-    run.wait().unwrap();
-    assert_eq!(
-        metas(rt).len(),
-        1,
-        "the killed owner's sandbox should still be on disk before gc"
+    eprintln!(
+        "{CYCLES} cycles ({killed} callers killed, {} killed creates completed) in {:?}",
+        completed_creates.len(),
+        started.elapsed()
     );
 
+    // Once killed callers' sandboxes have wound down (by themselves: nothing has collected them
+    // yet), only completed sandboxes have anything running.
+    wait_for(
+        "abandoned sandboxes to end by themselves",
+        Duration::from_secs(30),
+        || {
+            metas(rt)
+                .iter()
+                .filter(|m| !completed(m))
+                .all(|m| live_processes(m).is_empty())
+        },
+    );
+    let running: Vec<String> = metas(rt)
+        .iter()
+        .filter(|m| !live_processes(m).is_empty())
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    for id in &running {
+        assert!(
+            id.starts_with("lk-"),
+            "a disposable sandbox outlived its killed caller: {id}"
+        );
+    }
+    assert_eq!(
+        sandbox_inits(rt).len(),
+        running.len(),
+        "sandbox inits running that no record accounts for"
+    );
+
+    // gc removes every leftover but the completed sandboxes, which stay usable.
     let out = Command::new(BIN)
         .arg("--runtime-dir")
         .arg(rt)
@@ -129,22 +209,30 @@ fn two_hundred_cycles_with_killed_owners_leave_nothing_after_gc() {
         "gc failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        report["removed"].as_array().map(Vec::len),
-        Some(1),
-        "{report}"
-    );
+    let mut left: Vec<String> = metas(rt)
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    left.sort();
+    let mut expected = running.clone();
+    expected.sort();
+    assert_eq!(left, expected, "gc kept or removed the wrong sandboxes");
+    for id in &running {
+        let rm = spawn(rt, &["sandbox", "rm", id]).wait().unwrap();
+        assert!(rm.success(), "rm {id}: {rm:?}");
+    }
 
-    // Nothing is left: no sandbox directory, no process, no mount, no cgroup.
-    let left: Vec<_> = std::fs::read_dir(rt.join("sandboxes"))
+    // Nothing is left: no sandbox directory, process, mount or cgroup.
+    let dirs: Vec<_> = std::fs::read_dir(rt.join("sandboxes"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
         .collect();
-    assert!(left.is_empty(), "sandbox directories left: {left:?}");
-    wait_for("sandbox processes to be gone", || {
-        sandbox_processes(rt).is_empty()
+    assert!(dirs.is_empty(), "sandbox directories left: {dirs:?}");
+    // Inits, and the keepers and other helpers (forks of the CLI: their command line names the
+    // runtime directory too).
+    wait_for("sandbox processes to be gone", Duration::from_secs(20), || {
+        luminaguard_testkit::live_processes_matching(&[rt.to_str().unwrap()]).is_empty()
     });
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
