@@ -9,13 +9,13 @@
 
 pub mod console;
 pub mod gc;
+pub mod hostfs;
 pub mod network;
 pub mod resolver;
 pub mod state;
 pub mod vmm_identity;
 
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -38,6 +38,10 @@ pub enum BackendError {
     NotRunning { id: String, state: SandboxState },
     #[error("invalid runtime directory: {0}")]
     Runtime(#[from] luminaguard_core::runtime::RuntimeDirError),
+    /// A host path that a sandbox or another user could redirect (a runtime directory that is
+    /// not ours, a link, …).
+    #[error(transparent)]
+    HostFs(#[from] hostfs::HostFsError),
     #[error("cannot {what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -312,25 +316,44 @@ pub async fn create_cgroup(
     Ok(tokio::task::spawn_blocking(move || hierarchy.create(&name, limits)).await??)
 }
 
-/// Creates `path` (or takes the one that exists) with mode 0711: only its owner may list or
-/// change it; others may only pass through to an entry they already know the name of — which
-/// an unprivileged VMM needs to reach its own sandbox directory (itself 0700, owned by it).
+/// Mode of the runtime root and `sandboxes/`: only their owner may list or change them; others
+/// may only pass through to an entry they already know the name of — which an unprivileged VMM
+/// needs to reach its own sandbox directory (itself 0700, owned by it).
+pub const PRIVATE_DIR_MODE: u32 = 0o711;
+
+/// Creates `path` (or takes the one that exists) with mode [`PRIVATE_DIR_MODE`]. An existing
+/// one must be a directory — not a link — owned by the effective uid and writable by no one
+/// else, or it is refused with what to do ([`hostfs::ensure_dir`]): whoever controls it
+/// controls every sandbox's socket and record.
 pub async fn create_private_dir(path: &Path) -> Result<(), BackendError> {
-    let io = |what| {
-        move |source| BackendError::Io {
-            what,
-            path: path.to_owned(),
-            source,
-        }
-    };
-    match tokio::fs::create_dir(path).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io("create")(e)),
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || hostfs::ensure_dir(&path, PRIVATE_DIR_MODE)).await??;
+    Ok(())
+}
+
+/// `<runtime root>/<name>` with `mode`, created (root included) or taken over under the same
+/// checks as [`create_private_dir`]: for the jail base, templates, … .
+pub async fn create_runtime_subdir(
+    runtime: &RuntimeDir,
+    name: &'static str,
+    mode: u32,
+) -> Result<PathBuf, BackendError> {
+    let root = runtime.root().to_owned();
+    Ok(tokio::task::spawn_blocking(move || {
+        let fd = hostfs::ensure_dir(&root, PRIVATE_DIR_MODE)?;
+        hostfs::ensure_subdir(&fd, &root, name, mode, hostfs::IfExists::Reuse)
+            .map(|_| root.join(name))
+    })
+    .await??)
+}
+
+/// Checks what exists of the runtime root and its `sandboxes/` as [`create_private_dir`] does,
+/// before anything in them (records, sockets) is believed. Blocking.
+pub fn check_runtime_blocking(runtime: &RuntimeDir) -> Result<(), hostfs::HostFsError> {
+    if let Some(fd) = hostfs::open_existing_dir(runtime.root())? {
+        hostfs::open_existing_subdir(&fd, runtime.root(), RuntimeDir::SANDBOXES)?;
     }
-    tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))
-        .await
-        .map_err(io("set the permissions of"))
+    Ok(())
 }
 
 /// `<runtime root>/jail`: where jailed VMMs' chroots are ([`SandboxMeta::chroot`]); the only
@@ -356,34 +379,35 @@ pub fn live_vmm_uids(runtime: &RuntimeDir) -> Vec<u32> {
         .collect()
 }
 
-/// Creates the runtime root and its `sandboxes/` directory (0711, see [`create_private_dir`])
-/// and `sandboxes/<id>/` (0700).
+/// Creates the runtime root and its `sandboxes/` directory ([`PRIVATE_DIR_MODE`], checked as
+/// [`create_private_dir`] checks them) and `sandboxes/<id>/` (0700), each through the
+/// descriptor of its parent: no path is looked up twice.
 /// Fails when the sandbox directory already exists.
 pub async fn create_sandbox_dir(
     runtime: &RuntimeDir,
     id: &SandboxId,
 ) -> Result<PathBuf, BackendError> {
+    use hostfs::IfExists;
     let dir = runtime.sandbox_dir(id)?;
-    create_private_dir(runtime.root()).await?;
-    create_private_dir(&runtime.sandboxes_dir()).await?;
-    match tokio::fs::create_dir(&dir).await {
-        Ok(()) => tokio::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .await
-            .map(|()| dir.clone())
-            .map_err(|source| BackendError::Io {
-                what: "set the permissions of",
-                path: dir,
-                source,
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            Err(BackendError::Exists(id.to_string()))
+    let root = runtime.root().to_owned();
+    let sandboxes = runtime.sandboxes_dir();
+    let id = id.clone();
+    tokio::task::spawn_blocking(move || {
+        let root_fd = hostfs::ensure_dir(&root, PRIVATE_DIR_MODE)?;
+        let sb_fd = hostfs::ensure_subdir(
+            &root_fd,
+            &root,
+            RuntimeDir::SANDBOXES,
+            PRIVATE_DIR_MODE,
+            IfExists::Reuse,
+        )?;
+        match hostfs::ensure_subdir(&sb_fd, &sandboxes, id.as_str(), 0o700, IfExists::Refuse) {
+            Ok(_) => Ok(dir),
+            Err(hostfs::HostFsError::Exists(_)) => Err(BackendError::Exists(id.to_string())),
+            Err(e) => Err(e.into()),
         }
-        Err(source) => Err(BackendError::Io {
-            what: "create",
-            path: dir,
-            source,
-        }),
-    }
+    })
+    .await?
 }
 
 /// One line of `sandbox ls`.
@@ -400,11 +424,13 @@ pub struct Listing {
     pub expires_in_ms: Option<u64>,
 }
 
-/// Every sandbox with a readable record under `runtime`, sorted by id. Blocking.
-pub fn list_blocking(runtime: &RuntimeDir) -> Vec<Listing> {
+/// Every sandbox with a readable record under `runtime`, sorted by id; refuses a runtime
+/// directory another user controls ([`check_runtime_blocking`]). Blocking.
+pub fn list_blocking(runtime: &RuntimeDir) -> Result<Vec<Listing>, hostfs::HostFsError> {
+    check_runtime_blocking(runtime)?;
     #[allow(clippy::disallowed_methods)] // blocking by contract
     let Ok(entries) = std::fs::read_dir(runtime.sandboxes_dir()) else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     let now = state::now_unix_ms();
     let mut out: Vec<Listing> = entries
@@ -421,7 +447,7 @@ pub fn list_blocking(runtime: &RuntimeDir) -> Vec<Listing> {
         })
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
-    out
+    Ok(out)
 }
 
 async fn load(
@@ -430,7 +456,13 @@ async fn load(
 ) -> Result<(PathBuf, SandboxMeta), BackendError> {
     let dir = runtime.sandbox_dir(id)?;
     let d = dir.clone();
-    match tokio::task::spawn_blocking(move || SandboxMeta::load_blocking(&d)).await? {
+    let rt = runtime.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        check_runtime_blocking(&rt)?;
+        Ok::<_, BackendError>(SandboxMeta::load_blocking(&d))
+    })
+    .await??;
+    match loaded {
         Ok(m) => Ok((dir, m)),
         Err(StateError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             Err(BackendError::NotFound(id.to_string()))

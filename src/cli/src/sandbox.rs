@@ -132,7 +132,7 @@ pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCod
             let runtime = config.runtime()?;
             let list =
                 tokio::task::spawn_blocking(move || luminaguard_backend::list_blocking(&runtime))
-                    .await?;
+                    .await??;
             if json {
                 println!("{}", serde_json::to_string(&list)?);
             } else {
@@ -162,7 +162,7 @@ pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCod
             let listing = {
                 let runtime = runtime.clone();
                 tokio::task::spawn_blocking(move || luminaguard_backend::list_blocking(&runtime))
-                    .await?
+                    .await??
             };
             let mut failed = false;
             let mut removed = Vec::new();
