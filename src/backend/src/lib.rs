@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use luminaguard_core::runtime::SandboxFile;
-use luminaguard_core::{RuntimeDir, SandboxId, SandboxSpec};
+use luminaguard_core::{Protected, RuntimeDir, SandboxId, SandboxSpec, Workspace};
 use luminaguard_protocol::{Client, ClientError, ClientOptions};
 
 pub use gc::{GcReport, RemoveError};
@@ -42,6 +42,9 @@ pub enum BackendError {
     /// not ours, a link, …).
     #[error(transparent)]
     HostFs(#[from] hostfs::HostFsError),
+    /// The workspace breaks the workspace rules (see [`luminaguard_core::workspace`]).
+    #[error(transparent)]
+    Workspace(#[from] luminaguard_core::WorkspaceError),
     #[error("cannot {what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -139,7 +142,9 @@ pub struct CreateRequest {
     pub id: SandboxId,
     pub spec: SandboxSpec,
     /// Host directory shared read-write at `/workspace` (`None`: a private scratch workspace).
-    pub workspace: Option<PathBuf>,
+    /// Only a [`Workspace`] — a resolved path that passed the workspace rules — can be given,
+    /// and [`begin_create`] checks it once more.
+    pub workspace: Option<Workspace>,
     /// Outlives the calling process (`sandbox create`), reachable again through [`attach`].
     pub persistent: bool,
     /// Run without cgroup limits (memory, PIDs, CPU). A weaker mode, only ever on explicit
@@ -248,13 +253,19 @@ pub trait Backend: Send + Sync {
     ) -> impl Future<Output = Result<Sandbox, BackendError>> + Send;
 }
 
-/// What every backend's `create` starts with: the sandbox's private directory and its record,
-/// saved before anything else exists. `prepare` fills in backend-specific fields first.
+/// What every backend's `create` starts with: the workspace checked once more (resolved again,
+/// against the rules and this runtime directory), then the sandbox's private directory and its
+/// record, saved before anything else exists. `prepare` fills in backend-specific fields first.
 pub async fn begin_create(
     req: &CreateRequest,
     backend: &'static str,
     prepare: impl FnOnce(&mut SandboxMeta),
 ) -> Result<(PathBuf, SandboxMeta), BackendError> {
+    if let Some(ws) = &req.workspace {
+        let ws = ws.clone();
+        let runtime = Protected::new(req.runtime.root(), "the runtime directory");
+        tokio::task::spawn_blocking(move || ws.recheck_blocking(&[runtime])).await??;
+    }
     let dir = create_sandbox_dir(&req.runtime, &req.id).await?;
     let Some(mut meta) = SandboxMeta::new(req.id.as_str(), backend, Some(req.spec.lifetime)) else {
         let _ = tokio::fs::remove_dir(&dir).await;

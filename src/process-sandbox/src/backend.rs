@@ -202,7 +202,7 @@ impl ProcessBackend {
         };
         let init = InitConfig {
             staging_root: staging,
-            workspace: req.workspace.clone(),
+            workspace: req.workspace.as_ref().map(|w| w.path().to_owned()),
             workspace_size: spec.scratch.bytes(),
             tmp_size: (spec.scratch.bytes() / 4).max(ByteSize::MIB),
             hostname: "luminaguard".into(),
