@@ -8,6 +8,7 @@
 //! every process, cgroup and file a backend created.
 
 pub mod console;
+pub mod copy;
 pub mod gc;
 pub mod hostfs;
 pub mod network;
