@@ -49,7 +49,9 @@ async fn sandbox(rt: &Path, ws: &Path) -> luminaguard_backend::Sandbox {
     let req = CreateRequest {
         id: luminaguard_core::SandboxId::generate(),
         spec,
-        workspace: Some(ws.to_owned()),
+        workspace: Some(
+            luminaguard_core::Workspace::resolve_blocking(ws, &Default::default()).unwrap(),
+        ),
         persistent: false,
         without_cgroup: false,
         runtime: luminaguard_core::RuntimeDir::new(rt).unwrap(),

@@ -59,6 +59,11 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Blocking; run it off the async executor.
 pub fn collect(runtime: &RuntimeDir) -> GcReport {
     let mut report = GcReport::default();
+    // Records in a directory another user controls would name their processes and paths.
+    if let Err(e) = crate::check_runtime_blocking(runtime) {
+        report.errors.push(e.to_string());
+        return report;
+    }
     #[allow(clippy::disallowed_methods)] // blocking by contract
     let Ok(entries) = std::fs::read_dir(runtime.sandboxes_dir()) else {
         return report;

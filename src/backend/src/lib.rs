@@ -8,7 +8,9 @@
 //! every process, cgroup and file a backend created.
 
 pub mod console;
+pub mod copy;
 pub mod gc;
+pub mod hostfs;
 pub mod network;
 pub mod resolver;
 pub mod seccomp_watch;
@@ -16,12 +18,11 @@ pub mod state;
 pub mod vmm_identity;
 
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use luminaguard_core::runtime::SandboxFile;
-use luminaguard_core::{RuntimeDir, SandboxId, SandboxSpec};
+use luminaguard_core::{Protected, RuntimeDir, SandboxId, SandboxSpec, Workspace};
 use luminaguard_protocol::message::{SeccompAudit, SeccompDenial};
 use luminaguard_protocol::{Client, ClientError, ClientOptions};
 
@@ -40,6 +41,13 @@ pub enum BackendError {
     NotRunning { id: String, state: SandboxState },
     #[error("invalid runtime directory: {0}")]
     Runtime(#[from] luminaguard_core::runtime::RuntimeDirError),
+    /// A host path that a sandbox or another user could redirect (a runtime directory that is
+    /// not ours, a link, …).
+    #[error(transparent)]
+    HostFs(#[from] hostfs::HostFsError),
+    /// The workspace breaks the workspace rules (see [`luminaguard_core::workspace`]).
+    #[error(transparent)]
+    Workspace(#[from] luminaguard_core::WorkspaceError),
     #[error("cannot {what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -139,7 +147,9 @@ pub struct CreateRequest {
     pub id: SandboxId,
     pub spec: SandboxSpec,
     /// Host directory shared read-write at `/workspace` (`None`: a private scratch workspace).
-    pub workspace: Option<PathBuf>,
+    /// Only a [`Workspace`] — a resolved path that passed the workspace rules — can be given,
+    /// and [`begin_create`] checks it once more.
+    pub workspace: Option<Workspace>,
     /// Outlives the calling process (`sandbox create`), reachable again through [`attach`].
     pub persistent: bool,
     /// Run without cgroup limits (memory, PIDs, CPU). A weaker mode, only ever on explicit
@@ -293,13 +303,19 @@ pub trait Backend: Send + Sync {
     ) -> impl Future<Output = Result<Sandbox, BackendError>> + Send;
 }
 
-/// What every backend's `create` starts with: the sandbox's private directory and its record,
-/// saved before anything else exists. `prepare` fills in backend-specific fields first.
+/// What every backend's `create` starts with: the workspace checked once more (resolved again,
+/// against the rules and this runtime directory), then the sandbox's private directory and its
+/// record, saved before anything else exists. `prepare` fills in backend-specific fields first.
 pub async fn begin_create(
     req: &CreateRequest,
     backend: &'static str,
     prepare: impl FnOnce(&mut SandboxMeta),
 ) -> Result<(PathBuf, SandboxMeta), BackendError> {
+    if let Some(ws) = &req.workspace {
+        let ws = ws.clone();
+        let runtime = Protected::new(req.runtime.root(), "the runtime directory");
+        tokio::task::spawn_blocking(move || ws.recheck_blocking(&[runtime])).await??;
+    }
     let dir = create_sandbox_dir(&req.runtime, &req.id).await?;
     let Some(mut meta) = SandboxMeta::new(req.id.as_str(), backend, Some(req.spec.lifetime)) else {
         let _ = tokio::fs::remove_dir(&dir).await;
@@ -383,25 +399,44 @@ pub async fn open_cgroup_procs(
     Ok(fds)
 }
 
-/// Creates `path` (or takes the one that exists) with mode 0711: only its owner may list or
-/// change it; others may only pass through to an entry they already know the name of — which
-/// an unprivileged VMM needs to reach its own sandbox directory (itself 0700, owned by it).
+/// Mode of the runtime root and `sandboxes/`: only their owner may list or change them; others
+/// may only pass through to an entry they already know the name of — which an unprivileged VMM
+/// needs to reach its own sandbox directory (itself 0700, owned by it).
+pub const PRIVATE_DIR_MODE: u32 = 0o711;
+
+/// Creates `path` (or takes the one that exists) with mode [`PRIVATE_DIR_MODE`]. An existing
+/// one must be a directory — not a link — owned by the effective uid and writable by no one
+/// else, or it is refused with what to do ([`hostfs::ensure_dir`]): whoever controls it
+/// controls every sandbox's socket and record.
 pub async fn create_private_dir(path: &Path) -> Result<(), BackendError> {
-    let io = |what| {
-        move |source| BackendError::Io {
-            what,
-            path: path.to_owned(),
-            source,
-        }
-    };
-    match tokio::fs::create_dir(path).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io("create")(e)),
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || hostfs::ensure_dir(&path, PRIVATE_DIR_MODE)).await??;
+    Ok(())
+}
+
+/// `<runtime root>/<name>` with `mode`, created (root included) or taken over under the same
+/// checks as [`create_private_dir`]: for the jail base, templates, … .
+pub async fn create_runtime_subdir(
+    runtime: &RuntimeDir,
+    name: &'static str,
+    mode: u32,
+) -> Result<PathBuf, BackendError> {
+    let root = runtime.root().to_owned();
+    Ok(tokio::task::spawn_blocking(move || {
+        let fd = hostfs::ensure_dir(&root, PRIVATE_DIR_MODE)?;
+        hostfs::ensure_subdir(&fd, &root, name, mode, hostfs::IfExists::Reuse)
+            .map(|_| root.join(name))
+    })
+    .await??)
+}
+
+/// Checks what exists of the runtime root and its `sandboxes/` as [`create_private_dir`] does,
+/// before anything in them (records, sockets) is believed. Blocking.
+pub fn check_runtime_blocking(runtime: &RuntimeDir) -> Result<(), hostfs::HostFsError> {
+    if let Some(fd) = hostfs::open_existing_dir(runtime.root())? {
+        hostfs::open_existing_subdir(&fd, runtime.root(), RuntimeDir::SANDBOXES)?;
     }
-    tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))
-        .await
-        .map_err(io("set the permissions of"))
+    Ok(())
 }
 
 /// `<runtime root>/jail`: where jailed VMMs' chroots are ([`SandboxMeta::chroot`]); the only
@@ -427,34 +462,35 @@ pub fn live_vmm_uids(runtime: &RuntimeDir) -> Vec<u32> {
         .collect()
 }
 
-/// Creates the runtime root and its `sandboxes/` directory (0711, see [`create_private_dir`])
-/// and `sandboxes/<id>/` (0700).
+/// Creates the runtime root and its `sandboxes/` directory ([`PRIVATE_DIR_MODE`], checked as
+/// [`create_private_dir`] checks them) and `sandboxes/<id>/` (0700), each through the
+/// descriptor of its parent: no path is looked up twice.
 /// Fails when the sandbox directory already exists.
 pub async fn create_sandbox_dir(
     runtime: &RuntimeDir,
     id: &SandboxId,
 ) -> Result<PathBuf, BackendError> {
+    use hostfs::IfExists;
     let dir = runtime.sandbox_dir(id)?;
-    create_private_dir(runtime.root()).await?;
-    create_private_dir(&runtime.sandboxes_dir()).await?;
-    match tokio::fs::create_dir(&dir).await {
-        Ok(()) => tokio::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .await
-            .map(|()| dir.clone())
-            .map_err(|source| BackendError::Io {
-                what: "set the permissions of",
-                path: dir,
-                source,
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            Err(BackendError::Exists(id.to_string()))
+    let root = runtime.root().to_owned();
+    let sandboxes = runtime.sandboxes_dir();
+    let id = id.clone();
+    tokio::task::spawn_blocking(move || {
+        let root_fd = hostfs::ensure_dir(&root, PRIVATE_DIR_MODE)?;
+        let sb_fd = hostfs::ensure_subdir(
+            &root_fd,
+            &root,
+            RuntimeDir::SANDBOXES,
+            PRIVATE_DIR_MODE,
+            IfExists::Reuse,
+        )?;
+        match hostfs::ensure_subdir(&sb_fd, &sandboxes, id.as_str(), 0o700, IfExists::Refuse) {
+            Ok(_) => Ok(dir),
+            Err(hostfs::HostFsError::Exists(_)) => Err(BackendError::Exists(id.to_string())),
+            Err(e) => Err(e.into()),
         }
-        Err(source) => Err(BackendError::Io {
-            what: "create",
-            path: dir,
-            source,
-        }),
-    }
+    })
+    .await?
 }
 
 /// One line of `sandbox ls`.
@@ -471,11 +507,13 @@ pub struct Listing {
     pub expires_in_ms: Option<u64>,
 }
 
-/// Every sandbox with a readable record under `runtime`, sorted by id. Blocking.
-pub fn list_blocking(runtime: &RuntimeDir) -> Vec<Listing> {
+/// Every sandbox with a readable record under `runtime`, sorted by id; refuses a runtime
+/// directory another user controls ([`check_runtime_blocking`]). Blocking.
+pub fn list_blocking(runtime: &RuntimeDir) -> Result<Vec<Listing>, hostfs::HostFsError> {
+    check_runtime_blocking(runtime)?;
     #[allow(clippy::disallowed_methods)] // blocking by contract
     let Ok(entries) = std::fs::read_dir(runtime.sandboxes_dir()) else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     let now = state::now_unix_ms();
     let mut out: Vec<Listing> = entries
@@ -492,7 +530,7 @@ pub fn list_blocking(runtime: &RuntimeDir) -> Vec<Listing> {
         })
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
-    out
+    Ok(out)
 }
 
 async fn load(
@@ -501,7 +539,13 @@ async fn load(
 ) -> Result<(PathBuf, SandboxMeta), BackendError> {
     let dir = runtime.sandbox_dir(id)?;
     let d = dir.clone();
-    match tokio::task::spawn_blocking(move || SandboxMeta::load_blocking(&d)).await? {
+    let rt = runtime.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        check_runtime_blocking(&rt)?;
+        Ok::<_, BackendError>(SandboxMeta::load_blocking(&d))
+    })
+    .await??;
+    match loaded {
         Ok(m) => Ok((dir, m)),
         Err(StateError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             Err(BackendError::NotFound(id.to_string()))

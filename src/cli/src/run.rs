@@ -7,8 +7,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use luminaguard_backend::{Backend, BackendError, CreateRequest, Sandbox};
+use luminaguard_core::config::ConfigPaths;
 use luminaguard_core::network::EgressRule;
-use luminaguard_core::{BackendChoice, ByteSize, Config, NetworkPolicy, SandboxId, SandboxSpec};
+use luminaguard_core::{
+    BackendChoice, ByteSize, Config, NetworkPolicy, RuntimeDir, SandboxId, SandboxSpec, Workspace,
+    WorkspacePolicy,
+};
 use luminaguard_firecracker::FirecrackerBackend;
 use luminaguard_process_sandbox::backend::ProcessBackend;
 use luminaguard_protocol::ClientOptions;
@@ -18,7 +22,9 @@ use luminaguard_qemu::{Accel, GuestImage, QemuBackend};
 /// Settings shared by every command that creates a sandbox.
 #[derive(Debug, Args)]
 pub struct SandboxArgs {
-    /// Host directory mounted read-write at /workspace (default: an empty tmpfs).
+    /// Host directory mounted read-write at /workspace (default: an empty tmpfs). Never `/`, a
+    /// system directory (or inside or above one), a shared one like /tmp or /home, or
+    /// LuminaGuard's own state (docs/configuration.md#workspaces).
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
     /// Memory limit (no swap), e.g. 512M.
@@ -103,15 +109,19 @@ impl SandboxArgs {
         persistent: bool,
     ) -> anyhow::Result<CreateRequest> {
         let spec = self.spec(config)?;
+        let runtime = config.runtime()?;
+        // Resolved and checked once, here; what the sandbox gets is the resolved path that
+        // passed (the create checks it again).
         let workspace = match &self.workspace {
-            Some(w) => Some(
-                tokio::fs::canonicalize(w)
-                    .await
-                    .with_context(|| format!("workspace {}", w.display()))?,
-            ),
+            Some(w) => {
+                let (w, policy) = (w.clone(), protected_state(&runtime));
+                Some(
+                    tokio::task::spawn_blocking(move || Workspace::resolve_blocking(&w, &policy))
+                        .await??,
+                )
+            }
             None => None,
         };
-        let runtime = config.runtime()?;
         let report = luminaguard_backend::collect_garbage(&runtime).await?;
         for e in &report.errors {
             tracing::warn!("gc: {e}");
@@ -131,6 +141,34 @@ impl SandboxArgs {
         })
     }
 }
+
+/// What a workspace may not be, contain or lie inside besides the system directories:
+/// LuminaGuard's own state — the runtime directory, the image store and Firecracker's compiled
+/// seccomp filters beside it, the user's configuration directory. A sandbox that could write
+/// these could reach every later sandbox.
+pub fn protected_state(runtime: &RuntimeDir) -> WorkspacePolicy {
+    let mut policy = WorkspacePolicy::new().protect(runtime.root(), "the runtime directory");
+    if let Ok(store) = image_store_root() {
+        policy = policy
+            .protect(
+                store.with_file_name(SECCOMP_CACHE),
+                "LuminaGuard's compiled seccomp filters",
+            )
+            .protect(store, "LuminaGuard's image store");
+    }
+    let env_path = |k: &str| std::env::var_os(k).map(PathBuf::from);
+    let paths = ConfigPaths::standard(
+        env_path("XDG_CONFIG_HOME").as_deref(),
+        env_path("HOME").as_deref(),
+    );
+    if let Some(dir) = paths.user.as_deref().and_then(std::path::Path::parent) {
+        policy = policy.protect(dir, "LuminaGuard's configuration");
+    }
+    policy
+}
+
+/// Where Firecracker's compiled seccomp filters are cached: beside the image store.
+const SECCOMP_CACHE: &str = "firecracker-seccomp";
 
 /// One of the backends this binary can run.
 #[derive(Debug)]
@@ -392,7 +430,7 @@ async fn firecracker_backend(
     if let Some(seccompiler) =
         luminaguard_firecracker::seccomp::find_seccompiler(Some(&firecracker)).await
     {
-        let cache = image_store_root()?.with_file_name("firecracker-seccomp");
+        let cache = image_store_root()?.with_file_name(SECCOMP_CACHE);
         backend = backend
             .with_custom_seccomp(&seccompiler, &cache)
             .await

@@ -1,15 +1,16 @@
 //! `luminaguard sandbox create|exec|cp|ls|rm`: sandboxes that live across several commands.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use luminaguard_backend::copy::{self, CopyError, CopyOptions, TerminationSignals};
 use luminaguard_backend::{Backend, Sandbox};
-use luminaguard_core::{Config, SandboxId};
+use luminaguard_core::{ByteSize, Config, SandboxId};
 use luminaguard_protocol::ClientOptions;
-use luminaguard_protocol::message::{ExecRequest, ReadFileRequest, WriteFileRequest};
+use luminaguard_protocol::message::ExecRequest;
 
 use crate::run::SandboxArgs;
 
@@ -19,7 +20,9 @@ pub enum SandboxCommand {
     Create(CreateArgs),
     /// Run a command in a sandbox, streaming stdio; exits with the command's status.
     Exec(ExecArgs),
-    /// Copy a file in or out: `cp FILE ID:/path` or `cp ID:/path FILE`.
+    /// Copy a regular file in or out: `cp FILE ID:/path` or `cp ID:/path FILE` (into a
+    /// directory: under its own name). Never through a symbolic link on the host; bounded in
+    /// size; all or nothing.
     Cp(CpArgs),
     /// Show the system calls the sandbox's seccomp policy denied (bounded record).
     Audit {
@@ -73,6 +76,10 @@ pub struct ExecArgs {
 
 #[derive(Debug, Args)]
 pub struct CpArgs {
+    /// Refuse a file larger than this, e.g. 64M (default: copy.max_size in the configuration,
+    /// 1G).
+    #[arg(long, value_name = "SIZE")]
+    max_size: Option<ByteSize>,
     src: String,
     dst: String,
 }
@@ -138,7 +145,7 @@ pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCod
             let runtime = config.runtime()?;
             let list =
                 tokio::task::spawn_blocking(move || luminaguard_backend::list_blocking(&runtime))
-                    .await?;
+                    .await??;
             if json {
                 println!("{}", serde_json::to_string(&list)?);
             } else {
@@ -168,7 +175,7 @@ pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCod
             let listing = {
                 let runtime = runtime.clone();
                 tokio::task::spawn_blocking(move || luminaguard_backend::list_blocking(&runtime))
-                    .await?
+                    .await??
             };
             let mut failed = false;
             let mut removed = Vec::new();
@@ -281,83 +288,46 @@ fn location(arg: &str) -> Location {
     Location::Host(PathBuf::from(arg))
 }
 
+/// `cp`: parses the two sides and hands the copy to [`luminaguard_backend::copy`], which does
+/// every check. SIGINT, SIGTERM and SIGHUP are caught from the start, so an interrupted copy
+/// removes what it began; the exit status is then 128 + the signal's number.
 async fn copy(args: CpArgs, config: &Config) -> anyhow::Result<ExitCode> {
-    match (location(&args.src), location(&args.dst)) {
-        (Location::Host(src), Location::Sandbox(id, dst)) => {
-            let sandbox = attach(config, &id, None).await?;
-            copy_in(&sandbox, &src, &dst).await?;
+    let mut signals =
+        TerminationSignals::install().context("catching SIGINT, SIGTERM and SIGHUP")?;
+    let opts = CopyOptions {
+        max_size: args.max_size.unwrap_or(config.copy.max_size),
+    };
+    let (src, dst) = (location(&args.src), location(&args.dst));
+    let id = match (&src, &dst) {
+        (Location::Host(_), Location::Sandbox(id, _))
+        | (Location::Sandbox(id, _), Location::Host(_)) => id.clone(),
+        _ => bail!("one side of cp must be a host path and the other ID:/path in a sandbox"),
+    };
+    let sandbox = tokio::select! {
+        stop = signals.recv() => return interrupted(CopyError::Interrupted(stop)),
+        attached = attach(config, &id, None) => attached?,
+    };
+    let copied = match (src, dst) {
+        (Location::Host(src), Location::Sandbox(_, dst)) => {
+            copy::copy_in(&sandbox, &src, &dst, opts, signals.recv()).await
         }
-        (Location::Sandbox(id, src), Location::Host(dst)) => {
-            let sandbox = attach(config, &id, None).await?;
-            copy_out(&sandbox, &src, &dst).await?;
+        (Location::Sandbox(_, src), Location::Host(dst)) => {
+            copy::copy_out(&sandbox, &src, &dst, opts, signals.recv()).await
         }
         _ => bail!("one side of cp must be a host path and the other ID:/path in a sandbox"),
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn copy_in(sandbox: &Sandbox, src: &Path, dst: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut file = tokio::fs::File::open(src)
-        .await
-        .with_context(|| format!("opening {}", src.display()))?;
-    let meta = file.metadata().await?;
-    if !meta.is_file() {
-        bail!(
-            "{} is not a regular file (only files are copied)",
-            src.display()
-        );
-    }
-    let req = WriteFileRequest {
-        path: dst.to_owned(),
-        mode: meta.permissions().mode() & 0o777,
-        parents: false,
     };
-    sandbox
-        .client()
-        .write_file_from(req, &mut file)
-        .await
-        .with_context(|| format!("writing {}:{dst}", sandbox.id))?;
-    Ok(())
-}
-
-/// Writes to a temporary file next to `dst` and renames it into place: a failed copy leaves no
-/// half-written file and does not clobber an existing one.
-async fn copy_out(sandbox: &Sandbox, src: &str, dst: &Path) -> anyhow::Result<()> {
-    let parent = match dst.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = dst
-        .file_name()
-        .with_context(|| format!("{} does not name a file", dst.display()))?;
-    let tmp = parent.join(format!(
-        ".{}.lg-cp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut file = tokio::fs::File::create(&tmp)
-        .await
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    let req = ReadFileRequest {
-        path: src.to_owned(),
-        offset: 0,
-        limit: None,
-    };
-    let copied = match sandbox.client().read_file_to(req, &mut file).await {
-        Ok(_) => file.sync_all().await.map_err(anyhow::Error::from),
-        Err(e) => Err(anyhow::Error::from(e).context(format!("reading {}:{src}", sandbox.id))),
-    };
-    drop(file);
     match copied {
-        Ok(()) => tokio::fs::rename(&tmp, dst)
-            .await
-            .with_context(|| format!("moving the copy into place at {}", dst.display())),
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            Err(e)
-        }
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.signal().is_some() => interrupted(e),
+        Err(e) => Err(e.into()),
     }
+}
+
+/// Reports a copy cut short by a signal; exits with 128 + its number, as the shell would.
+fn interrupted(e: CopyError) -> anyhow::Result<ExitCode> {
+    eprintln!("luminaguard: {e}");
+    let code = e.signal().map_or(1, |s| 128 + s as i32);
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
 fn short_duration(ms: u64) -> String {

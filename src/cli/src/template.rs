@@ -43,6 +43,9 @@ pub struct CreateArgs {
     json: bool,
 }
 
+/// The directory of the runtime root that holds templates.
+const TEMPLATES_DIR: &str = "templates";
+
 /// Where template `name` lives; refuses a name that is not one plain, short component.
 pub fn dir(runtime: &RuntimeDir, name: &str) -> anyhow::Result<PathBuf> {
     let ok = (1..=64).contains(&name.len())
@@ -56,7 +59,7 @@ pub fn dir(runtime: &RuntimeDir, name: &str) -> anyhow::Result<PathBuf> {
              or digit"
         );
     }
-    Ok(runtime.root().join("templates").join(name))
+    Ok(runtime.root().join(TEMPLATES_DIR).join(name))
 }
 
 /// The template `name`, read and checked.
@@ -112,10 +115,13 @@ async fn create(
             req.spec.backend
         );
     }
-    let parent = dest.parent().context("template directory has no parent")?;
-    tokio::fs::create_dir_all(parent)
-        .await
-        .with_context(|| format!("creating {}", parent.display()))?;
+    // `<runtime root>/templates`, made (or taken over) under the runtime directory's checks.
+    luminaguard_backend::create_runtime_subdir(
+        runtime,
+        TEMPLATES_DIR,
+        luminaguard_backend::PRIVATE_DIR_MODE,
+    )
+    .await?;
     let backend = crate::run::firecracker_for(&req.spec, args.sandbox.image.as_deref()).await?;
     let template = backend
         .create_template(req, &dest)
@@ -137,7 +143,7 @@ async fn create(
 }
 
 async fn ls(runtime: &RuntimeDir, json: bool) -> anyhow::Result<ExitCode> {
-    let base = runtime.root().join("templates");
+    let base = runtime.root().join(TEMPLATES_DIR);
     let mut found = Vec::new();
     match tokio::fs::read_dir(&base).await {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

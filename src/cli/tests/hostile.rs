@@ -227,7 +227,10 @@ fn the_seccomp_listener_and_pid1s_descriptors_are_out_of_reach() {
             .find_map(|l| l.strip_prefix("luminaguard: the sandbox's seccomp policy denied: "))
             .unwrap_or_else(|| panic!("{who:?}: no audit line: {stderr}"));
         for call in STILL_DENIED {
-            assert!(audit.contains(call), "{who:?}: {call} not on record: {audit}");
+            assert!(
+                audit.contains(call),
+                "{who:?}: {call} not on record: {audit}"
+            );
         }
         assert_eq!(host.sandboxes_left(), 0);
 
@@ -358,7 +361,10 @@ print "probe done\n";
 
 fn check_terminal(who: Who, screen: &str) {
     assert!(screen.contains("probe done"), "{who:?}: {screen}");
-    assert!(!screen.contains("GOT"), "{who:?}: reached the terminal:\n{screen}");
+    assert!(
+        !screen.contains("GOT"),
+        "{who:?}: reached the terminal:\n{screen}"
+    );
     assert!(!screen.contains("TERMINAL on"), "{who:?}: {screen}");
     assert!(
         screen.contains("tty_nr self=0 init=0"),
@@ -404,7 +410,14 @@ fn no_sandbox_process_ever_has_the_callers_terminal() {
         let status = on_terminal(&mut host.command(&args), &slave);
         assert!(status.success(), "{who:?}: {}", drain(&master));
         drain(&master);
-        let out = host.lg(&["sandbox", "exec", "term", "--", "perl", "/workspace/probe.pl"]);
+        let out = host.lg(&[
+            "sandbox",
+            "exec",
+            "term",
+            "--",
+            "perl",
+            "/workspace/probe.pl",
+        ]);
         check_terminal(who, &ok("exec", &out));
         assert_eq!(nix::sys::termios::tcgetattr(&slave).unwrap(), before);
         assert!(pending_input(&slave).is_empty(), "{who:?}: input injected");
@@ -453,8 +466,17 @@ fn inherited_descriptors_never_reach_the_sandbox() {
         }
         let out = cmd.stdin(Stdio::null()).output().unwrap();
         let stdout = text(&out.stdout);
-        let fds: Vec<&str> = stdout.lines().next().unwrap_or("").split_whitespace().collect();
-        assert_eq!(fds, ["0", "1", "2", "3"], "{who:?}: descriptors inside: {stdout}");
+        let fds: Vec<&str> = stdout
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            fds,
+            ["0", "1", "2", "3"],
+            "{who:?}: descriptors inside: {stdout}"
+        );
         assert!(!stdout.contains("host secret"), "{who:?}: {stdout}");
         assert_eq!(stdout.lines().last(), Some("0"), "{who:?}: {stdout}");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched\n");
@@ -579,7 +601,9 @@ fn memory_pressure_kills_the_tenant_never_the_agent() {
     );
     let exec = |script: &str| host.lg(&["sandbox", "exec", "mem", "--", "sh", "-c", script]);
     // A command cannot make itself less likely to be killed than the agent.
-    let out = exec("cat /proc/self/oom_score_adj; echo 0 > /proc/self/oom_score_adj && echo LOWERED; cat /proc/1/oom_score_adj");
+    let out = exec(
+        "cat /proc/self/oom_score_adj; echo 0 > /proc/self/oom_score_adj && echo LOWERED; cat /proc/1/oom_score_adj",
+    );
     let lines = ok("oom_score_adj", &out);
     assert!(!lines.contains("LOWERED"), "{lines}");
     assert_eq!(lines.lines().collect::<Vec<_>>(), ["500", "0"], "{lines}");
@@ -634,7 +658,10 @@ fn nothing_inside_can_write_into_the_host_through_pid1s_output() {
         let meta: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
         let init = meta["init"]["pid"].as_i64().unwrap();
-        for e in std::fs::read_dir(format!("/proc/{init}/fd")).unwrap().flatten() {
+        for e in std::fs::read_dir(format!("/proc/{init}/fd"))
+            .unwrap()
+            .flatten()
+        {
             let target = std::fs::read_link(e.path()).unwrap();
             let t = target.to_string_lossy();
             assert!(

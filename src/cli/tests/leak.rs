@@ -231,9 +231,11 @@ fn a_thousand_cycles_with_callers_killed_at_random_moments_leave_nothing() {
     assert!(dirs.is_empty(), "sandbox directories left: {dirs:?}");
     // Inits, and the keepers and other helpers (forks of the CLI: their command line names the
     // runtime directory too).
-    wait_for("sandbox processes to be gone", Duration::from_secs(20), || {
-        luminaguard_testkit::live_processes_matching(&[rt.to_str().unwrap()]).is_empty()
-    });
+    wait_for(
+        "sandbox processes to be gone",
+        Duration::from_secs(20),
+        || luminaguard_testkit::live_processes_matching(&[rt.to_str().unwrap()]).is_empty(),
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(rt.to_str().unwrap()),

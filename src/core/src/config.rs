@@ -45,6 +45,13 @@ pub enum ConfigError {
     Defaults(#[from] SpecError),
     #[error(transparent)]
     RuntimeDir(#[from] RuntimeDirError),
+    /// A merged setting has a value that cannot work.
+    #[error("{key} = {value}: {reason}")]
+    Value {
+        key: &'static str,
+        value: String,
+        reason: &'static str,
+    },
 }
 
 /// One source of configuration. Every field is optional; absent means "not set here".
@@ -57,6 +64,16 @@ pub struct ConfigLayer {
     pub log: Option<String>,
     #[serde(default)]
     pub defaults: DefaultsLayer,
+    #[serde(default)]
+    pub copy: CopyLayer,
+}
+
+/// `sandbox cp` settings a layer may set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyLayer {
+    /// Largest file `sandbox cp` copies, in either direction.
+    pub max_size: Option<ByteSize>,
 }
 
 /// Sandbox defaults a layer may set. Network policy is deliberately absent (see module docs).
@@ -134,6 +151,9 @@ impl ConfigLayer {
                     })?;
                     layer.defaults.exec_timeout = Some(d);
                 }
+                "LUMINAGUARD_COPY_MAX_SIZE" => {
+                    layer.copy.max_size = Some(parse("LUMINAGUARD_COPY_MAX_SIZE", v)?)
+                }
                 _ => {}
             }
         }
@@ -154,6 +174,9 @@ impl ConfigLayer {
                 lifetime: b.lifetime.or(a.lifetime),
                 exec_timeout: b.exec_timeout.or(a.exec_timeout),
                 pids: b.pids.or(a.pids),
+            },
+            copy: CopyLayer {
+                max_size: over.copy.max_size.or(self.copy.max_size),
             },
         }
     }
@@ -190,6 +213,31 @@ pub struct Config {
     pub log: String,
     /// Defaults for new sandboxes (always a valid spec with no network).
     pub defaults: SandboxSpec,
+    pub copy: CopyConfig,
+}
+
+/// How `sandbox cp` behaves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CopyConfig {
+    /// Largest file copied in either direction; a bigger one is refused and nothing is left
+    /// behind.
+    pub max_size: ByteSize,
+}
+
+impl CopyConfig {
+    /// 1 GiB: the size of a sandbox's default scratch workspace (so a default sandbox never
+    /// holds a file this refuses), big enough for build artefacts and logs, small enough that a
+    /// routine copy out of a sandbox that serves an endless or huge file cannot fill the
+    /// host's disk unnoticed.
+    pub const DEFAULT_MAX_SIZE: ByteSize = ByteSize(1 << 30);
+}
+
+impl Default for CopyConfig {
+    fn default() -> Self {
+        Self {
+            max_size: Self::DEFAULT_MAX_SIZE,
+        }
+    }
 }
 
 impl Config {
@@ -216,10 +264,19 @@ impl Config {
         spec.limits.exec_timeout = d.exec_timeout.unwrap_or(spec.limits.exec_timeout);
         spec.limits.pids = d.pids.unwrap_or(spec.limits.pids);
         spec.validate()?;
+        let max_size = merged.copy.max_size.unwrap_or(CopyConfig::DEFAULT_MAX_SIZE);
+        if max_size.bytes() == 0 {
+            return Err(ConfigError::Value {
+                key: "copy.max_size",
+                value: max_size.to_string(),
+                reason: "must be at least one byte",
+            });
+        }
         Ok(Self {
             runtime_dir,
             log: merged.log.unwrap_or_else(|| "info".to_owned()),
             defaults: spec,
+            copy: CopyConfig { max_size },
         })
     }
 
@@ -338,6 +395,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("absolute"), "{err}");
+    }
+
+    #[test]
+    fn copy_max_size_files_then_env_then_flags() {
+        let c = Config::resolve(0, None, []).unwrap();
+        assert_eq!(c.copy.max_size, ByteSize(1 << 30), "default");
+        let file = layer("[copy]\nmax_size = \"2M\"");
+        let c = Config::resolve(0, None, [file.clone()]).unwrap();
+        assert_eq!(c.copy.max_size, ByteSize::mib(2));
+        let env = ConfigLayer::from_env([("LUMINAGUARD_COPY_MAX_SIZE", "3M")]).unwrap();
+        let c = Config::resolve(0, None, [file.clone(), env.clone()]).unwrap();
+        assert_eq!(c.copy.max_size, ByteSize::mib(3));
+        let flags = ConfigLayer {
+            copy: CopyLayer {
+                max_size: Some(ByteSize::mib(4)),
+            },
+            ..Default::default()
+        };
+        let c = Config::resolve(0, None, [file, env, flags]).unwrap();
+        assert_eq!(c.copy.max_size, ByteSize::mib(4));
+
+        let err = ConfigLayer::from_env([("LUMINAGUARD_COPY_MAX_SIZE", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("LUMINAGUARD_COPY_MAX_SIZE"), "{err}");
+        let err = Config::resolve(0, None, [layer("[copy]\nmax_size = 0")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("copy.max_size"), "{err}");
+        assert!(
+            ConfigLayer::from_toml("[copy]\nmax = \"1M\"", Path::new("c.toml")).is_err(),
+            "unknown keys are errors"
+        );
     }
 
     #[test]

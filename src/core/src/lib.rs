@@ -10,6 +10,7 @@ pub mod network;
 pub mod runtime;
 pub mod size;
 pub mod spec;
+pub mod workspace;
 
 pub use config::{Config, ConfigError, ConfigLayer};
 pub use id::{IdError, SandboxId};
@@ -17,3 +18,4 @@ pub use network::{EgressRule, NetworkPolicy};
 pub use runtime::{RuntimeDir, RuntimeDirError};
 pub use size::ByteSize;
 pub use spec::{BackendChoice, Limits, Mount, SandboxSpec, SpecError};
+pub use workspace::{Protected, Workspace, WorkspaceError, WorkspacePolicy};

@@ -143,6 +143,25 @@ mod tests {
     }
 
     proptest! {
+        /// `N<unit>` in any case, with spaces around, is N times the unit's power of 1024; a
+        /// value that does not fit in 64 bits is refused, never wrapped.
+        #[test]
+        fn units_multiply_or_overflow(
+            n in any::<u32>().prop_map(u64::from),
+            (unit, shift) in prop::sample::select(vec![
+                ("", 0u32), ("b", 0), ("k", 10), ("KiB", 10), ("m", 20), ("MB", 20), ("G", 30),
+                ("gib", 30), ("T", 40), ("tB", 40),
+            ]),
+            big in any::<bool>(),
+        ) {
+            let n = if big { n << 32 } else { n };
+            let parsed = format!(" {n}{unit} ").parse::<ByteSize>();
+            match n.checked_mul(1 << shift) {
+                Some(v) => prop_assert_eq!(parsed, Ok(ByteSize(v))),
+                None => prop_assert!(matches!(parsed, Err(SizeError::Overflow(_)))),
+            }
+        }
+
         #[test]
         fn display_round_trips(n in any::<u64>()) {
             let s = ByteSize(n);

@@ -577,21 +577,15 @@ impl FirecrackerBackend {
             let version = tokio::task::spawn_blocking(CgroupVersion::detect).await??;
             Some(JailCgroups::for_limits(version, &limits(req)))
         };
-        let base = luminaguard_backend::jail_base(&req.runtime);
-        match tokio::fs::create_dir(&base).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(setup(
-                    "create the jail base",
-                    format!("{}: {e}", base.display()),
-                ));
-            }
-        }
-        use std::os::unix::fs::PermissionsExt as _;
-        tokio::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700))
-            .await
-            .map_err(|e| setup("create the jail base", format!("{}: {e}", base.display())))?;
+        // Created 0700, or taken over only if it is root's and writable by no one else: the
+        // jailer builds every chroot under it.
+        let base = luminaguard_backend::create_runtime_subdir(
+            &req.runtime,
+            luminaguard_backend::JAIL_DIR,
+            0o700,
+        )
+        .await?;
+        debug_assert_eq!(base, luminaguard_backend::jail_base(&req.runtime));
         j.chroot_base = Some(base);
         Ok(j)
     }

@@ -236,9 +236,9 @@ impl ProcessBackend {
         // and what the sandbox writes there belongs to that owner on the host.
         let (workspace, workspace_mount) = match (&req.workspace, &identity) {
             (None, _) => (WorkspaceSource::Scratch, None),
-            (Some(ws), None) => (WorkspaceSource::Bind(ws.clone()), None),
+            (Some(ws), None) => (WorkspaceSource::Bind(ws.path().to_owned()), None),
             (Some(ws), Some(who)) => {
-                let (ws, ids) = (ws.clone(), (who.uid, who.gid));
+                let (ws, ids) = (ws.path().to_owned(), (who.uid, who.gid));
                 let fd =
                     tokio::task::spawn_blocking(move || crate::idmap::idmapped_workspace(&ws, ids))
                         .await?
