@@ -72,11 +72,27 @@ pub fn collect(runtime: &RuntimeDir) -> GcReport {
     for entry in entries.flatten() {
         let dir = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
+        // A directory still being created: garbage once its creator is gone. Nothing but its
+        // record exists yet, so there is nothing else to remove.
+        if let Some(creator) = crate::creating_dir_owner(&name) {
+            if creator.alive() {
+                report.kept.push(name);
+                continue;
+            }
+            #[allow(clippy::disallowed_methods)] // blocking by contract
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => report.removed.push(name),
+                Err(e) => report
+                    .errors
+                    .push(format!("cannot remove {}: {e}", dir.display())),
+            }
+            continue;
+        }
         let meta = SandboxMeta::load_blocking(&dir).ok();
         let garbage = match &meta {
             Some(m) => m.is_garbage(now),
-            // No readable record: the owner died before writing it, so it created nothing else
-            // either — unless it is being written right now, which the age check rules out.
+            // No readable record (a sandbox directory is only ever published with one): left
+            // by an older LuminaGuard, or damaged; kept a while in case it is being replaced.
             None => older_than(&dir, UNRECORDED_GRACE),
         };
         if !garbage {

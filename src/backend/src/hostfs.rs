@@ -126,6 +126,13 @@ fn open_no_links(path: &Path, flags: OFlag) -> Result<OwnedFd, HostFsError> {
     })
 }
 
+/// An `O_PATH` handle on the directory `path`, with no link anywhere in the path: what a sandbox
+/// mounts as its workspace, taken once from the path that was checked (a resolved path has no
+/// link; one that appears later is someone's swap) and never looked up by name again.
+pub fn open_dir_no_links(path: &Path) -> Result<OwnedFd, HostFsError> {
+    open_no_links(path, OFlag::O_PATH | OFlag::O_DIRECTORY)
+}
+
 /// The error for a path that `RESOLVE_NO_SYMLINKS` refused, naming the first link on it.
 fn symlink_error(path: &Path) -> HostFsError {
     HostFsError::Symlink {

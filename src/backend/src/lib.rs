@@ -316,9 +316,7 @@ pub async fn begin_create(
         let runtime = Protected::new(req.runtime.root(), "the runtime directory");
         tokio::task::spawn_blocking(move || ws.recheck_blocking(&[runtime])).await??;
     }
-    let dir = create_sandbox_dir(&req.runtime, &req.id).await?;
     let Some(mut meta) = SandboxMeta::new(req.id.as_str(), backend, Some(req.spec.lifetime)) else {
-        let _ = tokio::fs::remove_dir(&dir).await;
         return Err(BackendError::Setup {
             backend,
             step: "identify the creating process",
@@ -327,10 +325,7 @@ pub async fn begin_create(
     };
     meta.persistent = req.persistent;
     prepare(&mut meta);
-    if let Err(e) = meta.save(&dir).await {
-        let _ = tokio::fs::remove_dir_all(&dir).await;
-        return Err(e.into());
-    }
+    let dir = create_sandbox_dir(&req.runtime, &req.id, &meta).await?;
     Ok((dir, meta))
 }
 
@@ -462,35 +457,88 @@ pub fn live_vmm_uids(runtime: &RuntimeDir) -> Vec<u32> {
         .collect()
 }
 
+/// Prefix of a sandbox directory still being created: `.new-<pid>-<start>-<n>`, naming the
+/// creating process (see [`creating_dir_owner`]).
+pub const CREATING_PREFIX: &str = ".new-";
+
+/// The creator a [`CREATING_PREFIX`] directory's name records.
+pub fn creating_dir_owner(name: &str) -> Option<ProcessRef> {
+    let mut parts = name.strip_prefix(CREATING_PREFIX)?.split('-');
+    let pid = parts.next()?.parse().ok()?;
+    let start = parts.next()?.parse().ok()?;
+    Some(ProcessRef { pid, start })
+}
+
 /// Creates the runtime root and its `sandboxes/` directory ([`PRIVATE_DIR_MODE`], checked as
-/// [`create_private_dir`] checks them) and `sandboxes/<id>/` (0700), each through the
-/// descriptor of its parent: no path is looked up twice.
+/// [`create_private_dir`] does) and `sandboxes/<id>/` (0700) holding `meta`'s record —
+/// atomically: the directory is made and the record written under a temporary name that names
+/// the creating process, then renamed into place, never over an existing one. So a sandbox
+/// directory always has a record, and a creator killed before the rename leaves only a
+/// temporary whose creator is visibly dead, which gc removes at once.
 /// Fails when the sandbox directory already exists.
 pub async fn create_sandbox_dir(
     runtime: &RuntimeDir,
     id: &SandboxId,
+    meta: &SandboxMeta,
 ) -> Result<PathBuf, BackendError> {
     use hostfs::IfExists;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = runtime.sandbox_dir(id)?;
     let root = runtime.root().to_owned();
     let sandboxes = runtime.sandboxes_dir();
-    let id = id.clone();
-    tokio::task::spawn_blocking(move || {
-        let root_fd = hostfs::ensure_dir(&root, PRIVATE_DIR_MODE)?;
-        let sb_fd = hostfs::ensure_subdir(
-            &root_fd,
-            &root,
-            RuntimeDir::SANDBOXES,
-            PRIVATE_DIR_MODE,
-            IfExists::Reuse,
-        )?;
-        match hostfs::ensure_subdir(&sb_fd, &sandboxes, id.as_str(), 0o700, IfExists::Refuse) {
-            Ok(_) => Ok(dir),
-            Err(hostfs::HostFsError::Exists(_)) => Err(BackendError::Exists(id.to_string())),
-            Err(e) => Err(e.into()),
+    let tmp_name = format!(
+        "{CREATING_PREFIX}{}-{}-{}",
+        meta.owner.pid,
+        meta.owner.start,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let tmp = sandboxes.join(&tmp_name);
+    let sb_fd = {
+        let (root, sandboxes, tmp_name) = (root.clone(), sandboxes.clone(), tmp_name.clone());
+        tokio::task::spawn_blocking(move || {
+            let root_fd = hostfs::ensure_dir(&root, PRIVATE_DIR_MODE)?;
+            let sb_fd = hostfs::ensure_subdir(
+                &root_fd,
+                &root,
+                RuntimeDir::SANDBOXES,
+                PRIVATE_DIR_MODE,
+                IfExists::Reuse,
+            )?;
+            hostfs::ensure_subdir(&sb_fd, &sandboxes, &tmp_name, 0o700, IfExists::Refuse)?;
+            Ok::<_, BackendError>(sb_fd)
+        })
+        .await??
+    };
+    let publish = async {
+        meta.save(&tmp).await?;
+        let (tmp_name, id) = (tmp_name.clone(), id.clone());
+        tokio::task::spawn_blocking(move || {
+            nix::fcntl::renameat2(
+                &sb_fd,
+                tmp_name.as_str(),
+                &sb_fd,
+                id.as_str(),
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            )
+            .map_err(|e| match e {
+                nix::Error::EEXIST => BackendError::Exists(id.to_string()),
+                e => BackendError::Io {
+                    what: "move into place",
+                    path: sandboxes.join(id.as_str()),
+                    source: e.into(),
+                },
+            })
+        })
+        .await?
+    };
+    match publish.await {
+        Ok(()) => Ok(dir),
+        Err(e) => {
+            let _ = tokio::fs::remove_dir_all(&tmp).await;
+            Err(e)
         }
-    })
-    .await?
+    }
 }
 
 /// One line of `sandbox ls`.

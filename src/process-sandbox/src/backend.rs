@@ -232,18 +232,28 @@ impl ProcessBackend {
             Some(n) => (Some(n.netns), n.resolv_conf),
             None => (None, None),
         };
-        // As root, the workspace is an idmapped mount: its owner is the sandbox's uid 0 inside,
-        // and what the sandbox writes there belongs to that owner on the host.
-        let (workspace, workspace_mount) = match (&req.workspace, &identity) {
-            (None, _) => (WorkspaceSource::Scratch, None),
-            (Some(ws), None) => (WorkspaceSource::Bind(ws.path().to_owned()), None),
-            (Some(ws), Some(who)) => {
-                let (ws, ids) = (ws.path().to_owned(), (who.uid, who.gid));
-                let fd =
-                    tokio::task::spawn_blocking(move || crate::idmap::idmapped_workspace(&ws, ids))
-                        .await?
-                        .map_err(|e| setup("mount the workspace", e))?;
-                (WorkspaceSource::Mount, Some(fd))
+        // The workspace is opened once, from the path that was checked, with no link anywhere
+        // on the way; the init mounts that very directory. As root it is an idmapped mount: its
+        // owner is the sandbox's uid 0 inside, and what the sandbox writes there belongs to
+        // that owner on the host.
+        let (workspace, workspace_fd) = match &req.workspace {
+            None => (WorkspaceSource::Scratch, None),
+            Some(ws) => {
+                let path = ws.path().to_owned();
+                let ids = identity.as_ref().map(|w| (w.uid, w.gid));
+                tokio::task::spawn_blocking(move || {
+                    let handle = luminaguard_backend::hostfs::open_dir_no_links(&path)
+                        .map_err(|e| setup("open the workspace", e))?;
+                    Ok::<_, BackendError>(match ids {
+                        None => (WorkspaceSource::Bind(path), Some(handle)),
+                        Some(ids) => {
+                            let tree = crate::idmap::idmapped_workspace(&handle, &path, ids)
+                                .map_err(|e| setup("mount the workspace", e))?;
+                            (WorkspaceSource::Mount, Some(tree))
+                        }
+                    })
+                })
+                .await??
             }
         };
         let init = InitConfig {
@@ -295,7 +305,7 @@ impl ProcessBackend {
                 identity: ids,
                 console,
                 monitor,
-                workspace: workspace_mount,
+                workspace: workspace_fd,
             })
         })
         .await?

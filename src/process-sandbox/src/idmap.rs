@@ -121,34 +121,34 @@ fn mapping_namespace(uid: (u32, u32), gid: (u32, u32)) -> Result<OwnedFd, IdmapE
     result
 }
 
-/// A detached mount of the directory `dir` through which its owner (on disk) is the host uid
-/// and gid `sandbox` (what the sandbox's uid and gid 0 are), `nosuid` and `nodev`. Root only;
-/// blocking.
-pub fn idmapped_workspace(dir: &Path, sandbox: (u32, u32)) -> Result<OwnedFd, IdmapError> {
+/// A detached mount of the directory `dir` (an `O_PATH` handle on it, taken when its path was
+/// checked; `path` names it in errors) through which its owner (on disk) is the host uid and gid
+/// `sandbox` (what the sandbox's uid and gid 0 are), `nosuid` and `nodev`. Root only; blocking.
+pub fn idmapped_workspace(
+    dir: &OwnedFd,
+    path: &Path,
+    sandbox: (u32, u32),
+) -> Result<OwnedFd, IdmapError> {
     use std::os::unix::fs::MetadataExt;
-    use std::os::unix::fs::OpenOptionsExt;
-    let open_err = |source| IdmapError::Open {
-        path: dir.to_owned(),
+    let meta = std::fs::File::from(dir.try_clone().map_err(|source| IdmapError::Open {
+        path: path.to_owned(),
         source,
-    };
-    // The directory checked is the one mounted: open it once, never by path again.
-    #[allow(clippy::disallowed_methods)] // blocking by contract
-    let handle = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(dir)
-        .map_err(open_err)?;
-    let meta = handle.metadata().map_err(open_err)?;
+    })?)
+    .metadata()
+    .map_err(|source| IdmapError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
     let userns = mapping_namespace((meta.uid(), sandbox.0), (meta.gid(), sandbox.1))?;
     let mount_err = |source| IdmapError::Mount {
-        path: dir.to_owned(),
+        path: path.to_owned(),
         source,
     };
     // SAFETY: an empty path relative to our own O_PATH descriptor; the kernel returns a new fd.
     let tree = unsafe {
         libc::syscall(
             libc::SYS_open_tree,
-            handle.as_raw_fd(),
+            dir.as_raw_fd(),
             c"".as_ptr(),
             OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH,
         )

@@ -37,8 +37,9 @@ use crate::privileges::{Rlimits, drop_privileges};
 pub enum WorkspaceSource {
     /// A private directory on the scratch tmpfs.
     Scratch,
-    /// This host directory, bound read-write by the init (rootless: the sandbox runs as the
-    /// caller, who owns it).
+    /// The host directory the launcher passed a handle on as [`crate::launch::WORKSPACE_FD`]
+    /// (named here for messages), bound read-write by the init (rootless: the sandbox runs as
+    /// the caller, who owns it). Bound from the handle, never looked up by name again.
     Bind(PathBuf),
     /// The detached, idmapped mount the launcher passed as [`crate::launch::WORKSPACE_FD`].
     Mount,
@@ -346,7 +347,10 @@ fn build_root(cfg: &InitConfig) -> Result<(), InitError> {
         WorkspaceSource::Bind(host) => step(
             format!("bind workspace {}", host.display()),
             mount(
-                Some(host.as_path()),
+                Some(Path::new(&format!(
+                    "/proc/self/fd/{}",
+                    crate::launch::WORKSPACE_FD
+                ))),
                 &ws,
                 NONE,
                 MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,

@@ -11,7 +11,7 @@
 //! | 3 | [`AGENT_FD`]: the host's connection(s) to the agent |
 //! | 4 | [`START_GATE_FD`]: the start gate and creator link (see [`crate::init::Gate`]) |
 //! | 5 | [`MONITOR_FD`]: where the init hands its seccomp listener to the keeper |
-//! | 6 | [`WORKSPACE_FD`]: an idmapped detached mount of the workspace, when there is one |
+//! | 6 | [`WORKSPACE_FD`]: the workspace (an idmapped detached mount, or a handle), if any |
 //!
 //! It runs in a session of its own (`setsid`): no sandbox process ever has a controlling
 //! terminal of the host's. Its uid 0 is an unprivileged host uid: the caller's when rootless, the
@@ -101,8 +101,8 @@ pub struct Launch<'a> {
     pub console: OwnedFd,
     /// Where the init sends its seccomp listener: the keeper's handoff pair end.
     pub monitor: OwnedFd,
-    /// A detached, idmapped mount of the workspace ([`crate::idmap`]) for the init to move into
-    /// place; `None` when the init binds the workspace itself (rootless) or has none.
+    /// The workspace: a detached, idmapped mount of it ([`crate::idmap`]) for the init to move
+    /// into place (root), or an `O_PATH` handle on it for the init to bind (rootless).
     pub workspace: Option<OwnedFd>,
 }
 
@@ -229,7 +229,7 @@ pub fn launch(l: Launch<'_>) -> Result<Launched, LaunchError> {
         CString::new(PATH_ENV).map_err(|e| LaunchError::Socket(std::io::Error::other(e)))?,
         c"RUST_LOG=warn".to_owned(),
     ];
-    let maps_fd = maps_r.as_raw_fd();
+    let (maps_fd, maps_w_fd) = (maps_r.as_raw_fd(), maps_w.as_raw_fd());
     let err_fd = err_w.as_raw_fd();
     let mapped = matches!(l.identity, Identity::Mapped { .. });
     let child = || -> isize {
@@ -244,6 +244,9 @@ pub fn launch(l: Launch<'_>) -> Result<Launched, LaunchError> {
         // SAFETY (whole block): read, setgroups, setres[ug]id, dup2, close_range, setsid and
         // execve are async-signal-safe; everything they use was built before the clone.
         unsafe {
+            // Our copy of the write end goes first: if the parent dies before it maps our ids,
+            // the read below sees end of file and this child exits instead of waiting forever.
+            libc::close(maps_w_fd);
             let mut ready = 0u8;
             if libc::read(maps_fd, (&raw mut ready).cast(), 1) != 1 {
                 return fail(1); // the parent could not map our ids
