@@ -30,6 +30,9 @@ pub use gc::{GcReport, RemoveError};
 pub use state::{ProcessRef, SandboxMeta, SandboxState, StateError};
 pub use vmm_identity::{VMM_ID_BASE, VMM_ID_RANGE, VmmIdentity};
 
+/// What a creator writes on its link to a sandbox to hand it over (see [`Sandbox::hand_over`]).
+pub const HANDED_OVER: u8 = b'H';
+
 /// Why a sandbox operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -183,12 +186,36 @@ impl Sandbox {
         }
     }
 
-    /// Keeps `link` open as long as this value lives: a descriptor whose closing tells the
-    /// sandbox its creator is gone, so that a sandbox meant to live as long as one command ends
-    /// with the process that created it, however that process ends.
+    /// Keeps `link` open as long as this value lives, or until [`Sandbox::hand_over`]: a
+    /// descriptor whose closing tells the sandbox its creator is gone, so that a sandbox ends
+    /// with the process that created it, however that process ends, until that process says
+    /// otherwise.
     pub fn with_creator_link(mut self, link: std::os::fd::OwnedFd) -> Self {
         self.creator_link = Some(link);
         self
+    }
+
+    /// Completes the create of a long-lived sandbox: from now on it lives as long as its init,
+    /// not as long as the creating process. Call it once the caller has been told the sandbox
+    /// exists (its id printed, recorded by whoever asked): a creator killed before this point
+    /// leaves nothing running. Recorded first (the owner becomes the init), then told to the
+    /// sandbox. Does nothing for a sandbox that is to live as long as its creator.
+    pub async fn hand_over(&mut self) -> Result<(), BackendError> {
+        if !self.meta.persistent {
+            return Ok(());
+        }
+        if let Some(init) = self.meta.init {
+            self.meta.owner = init;
+            self.meta.save(&self.dir).await?;
+        }
+        if let Some(link) = self.creator_link.take() {
+            nix::unistd::write(&link, &[HANDED_OVER]).map_err(|e| BackendError::Io {
+                what: "hand over",
+                path: self.dir.clone(),
+                source: e.into(),
+            })?;
+        }
+        Ok(())
     }
 
     /// The system calls the sandbox's seccomp policy denied, from the record its host-side

@@ -238,19 +238,33 @@ async fn create(args: CreateArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let id = args.name.unwrap_or_else(SandboxId::generate);
     let req = args.sandbox.request(config, id, true).await?;
     let backend = crate::run::backend(&req, &args.sandbox).await?;
-    let sandbox = backend.create(req).await.context("creating the sandbox")?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "id": sandbox.id.as_str(),
-                "backend": backend.name(),
-                "expires_unix_ms": sandbox.meta.expires_unix_ms,
-            })
-        );
+    let mut sandbox = backend.create(req).await.context("creating the sandbox")?;
+    let line = if args.json {
+        serde_json::json!({
+            "id": sandbox.id.as_str(),
+            "backend": backend.name(),
+            "expires_unix_ms": sandbox.meta.expires_unix_ms,
+        })
+        .to_string()
     } else {
-        println!("{}", sandbox.id);
+        sandbox.id.to_string()
+    };
+    // The caller learns the id first; only then does the sandbox outlive this command. Killed
+    // (or unable to say the id) before that, it leaves nothing running.
+    let printed = {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}").and_then(|()| out.flush())
+    };
+    if let Err(e) = printed {
+        let _ = sandbox.destroy().await;
+        return Err(anyhow::Error::from(e)
+            .context("printing the new sandbox's id (the sandbox was removed)"));
     }
+    sandbox
+        .hand_over()
+        .await
+        .context("handing the sandbox over")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -4,6 +4,7 @@
 //! agent, a sandbox spec read from a file, a configuration layer — is parsed into a type from this
 //! crate, and validated there, before anything else sees it.
 
+pub mod child;
 pub mod config;
 pub mod id;
 pub mod network;

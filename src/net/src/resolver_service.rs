@@ -247,15 +247,19 @@ pub async fn spawn(
         .map_err(spawn_err)?
         .into_std()
         .await;
-    let child = tokio::process::Command::new(exe)
-        .arg(SUBCOMMAND)
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg(SUBCOMMAND)
         .arg(json)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(log_file)
-        .process_group(0)
-        .spawn()
-        .map_err(spawn_err)?;
+        .stderr(log_file);
+    // SAFETY: detach_from_caller makes only async-signal-safe system calls.
+    unsafe {
+        // A session of its own (not only a process group): the resolver parses a sandbox's
+        // queries, and must never hold the caller's terminal or stray descriptors.
+        cmd.pre_exec(|| luminaguard_core::child::detach_from_caller(&[]));
+    }
+    let child = cmd.spawn().map_err(spawn_err)?;
     let pid = child.id().ok_or_else(|| ServiceError::NotReady {
         reason: "it exited at once".into(),
         log: String::new(),

@@ -187,8 +187,7 @@ impl ProcessBackend {
     }
 
     /// Everything after the record exists; on error the caller removes what the record names.
-    /// Returns the connection and, for a sandbox that lives as long as its creator, the creator
-    /// link to keep open meanwhile.
+    /// Returns the connection and the creator link (see [`Sandbox::with_creator_link`]).
     async fn start(
         &self,
         req: &CreateRequest,
@@ -351,19 +350,11 @@ impl ProcessBackend {
                 });
             }
         };
-        if !req.persistent {
-            // Lives as long as its creator: the link stays open until the sandbox is destroyed,
-            // or the creator dies.
-            return Ok((client, Some(launched.creator)));
-        }
-        // Complete: from now on the sandbox lives as long as its init, not as long as its
-        // creator — recorded first, then told to the init. A creator killed before this point
-        // leaves a sandbox that ends by itself (its link closes) and that gc collects.
-        meta.owner = meta.init.unwrap_or(meta.owner);
-        meta.save(dir).await?;
-        nix::unistd::write(&launched.creator, &[crate::init::HANDED_OVER])
-            .map_err(|e| setup("hand the sandbox over", e))?;
-        Ok((client, None))
+        // Until the creator hands it over (`Sandbox::hand_over`, once it has told its own
+        // caller the id), the sandbox lives only as long as the creator: the link stays open
+        // until then, and a creator killed before that point leaves a sandbox that ends by
+        // itself (its link closes) and that gc collects.
+        Ok((client, Some(launched.creator)))
     }
 
     /// Starts the sandbox's keeper (see `luminaguard_backend::console` and

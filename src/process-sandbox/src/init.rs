@@ -497,8 +497,9 @@ pub struct Gate(OwnedFd);
 
 /// The launcher's first byte on the gate: start.
 pub const START: u8 = b'S';
-/// The creator's last byte on the gate: the sandbox is handed over, it may outlive its creator.
-pub const HANDED_OVER: u8 = b'H';
+/// The creator's last byte on the gate: the sandbox is handed over, it may outlive its creator
+/// (`luminaguard_backend::Sandbox::hand_over`).
+pub const HANDED_OVER: u8 = luminaguard_backend::HANDED_OVER;
 
 impl Gate {
     fn take() -> Self {

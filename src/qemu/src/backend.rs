@@ -865,24 +865,18 @@ async fn spawn(
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err));
     // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe system calls (write, setsid, setgroups, setresgid, setresuid, prctl,
-    // fcntl) on memory allocated before the fork.
+    // async-signal-safe system calls (write, setsid, close_range, fcntl, setgroups, setresgid,
+    // setresuid, prctl) on memory allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            for &fd in &inherit {
-                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
             for fd in &fds {
                 // "0": the writing process itself.
                 if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            if detached && libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            // Never the caller's terminal or stray descriptors, detached or not.
+            luminaguard_core::child::detach_from_caller(&inherit)?;
             // Unprivileged from here on (the cgroup move above still needed root). Groups first,
             // then gid, then uid; the kernel clears PDEATHSIG on a credential change, so it is
             // set after.

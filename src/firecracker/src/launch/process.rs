@@ -354,8 +354,8 @@ async fn spawn_process(
     }
     let detached = cfg.lifetime == Lifetime::Detached;
     // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe system calls (setns, write, setsid, setgroups, setresgid, setresuid,
-    // prctl) on memory allocated before the fork.
+    // async-signal-safe system calls (setns, write, setsid, close_range, fcntl, setgroups,
+    // setresgid, setresuid, prctl) on memory allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
             // First, while still privileged (it needs CAP_SYS_ADMIN).
@@ -370,9 +370,8 @@ async fn spawn_process(
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            if detached && libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            // Never the caller's terminal or stray descriptors, detached or not.
+            luminaguard_core::child::detach_from_caller(&[])?;
             if let Some(who) = &who {
                 // Groups, then gid, then uid; the kernel clears PDEATHSIG on a credential
                 // change, so it is set after.
