@@ -231,28 +231,23 @@ impl ProcessBackend {
             Some(n) => (Some(n.netns), n.resolv_conf),
             None => (None, None),
         };
-        // The workspace is opened once, from the path that was checked, with no link anywhere
-        // on the way; the init mounts that very directory. As root it is an idmapped mount: its
-        // owner is the sandbox's uid 0 inside, and what the sandbox writes there belongs to
-        // that owner on the host.
-        let (workspace, workspace_fd) = match &req.workspace {
-            None => (WorkspaceSource::Scratch, None),
-            Some(ws) => {
-                let path = ws.path().to_owned();
-                let ids = identity.as_ref().map(|w| (w.uid, w.gid));
-                tokio::task::spawn_blocking(move || {
+        // As root, the workspace is an idmapped mount of the very directory that was checked
+        // (opened once, with no link anywhere on the way): its owner is the sandbox's uid 0
+        // inside, and what the sandbox writes there belongs to that owner on the host.
+        // Rootless, the init binds it (the sandbox runs as its owner).
+        let (workspace, workspace_fd) = match (&req.workspace, &identity) {
+            (None, _) => (WorkspaceSource::Scratch, None),
+            (Some(ws), None) => (WorkspaceSource::Bind(ws.path().to_owned()), None),
+            (Some(ws), Some(who)) => {
+                let (path, ids) = (ws.path().to_owned(), (who.uid, who.gid));
+                let tree = tokio::task::spawn_blocking(move || {
                     let handle = luminaguard_backend::hostfs::open_dir_no_links(&path)
                         .map_err(|e| setup("open the workspace", e))?;
-                    Ok::<_, BackendError>(match ids {
-                        None => (WorkspaceSource::Bind(path), Some(handle)),
-                        Some(ids) => {
-                            let tree = crate::idmap::idmapped_workspace(&handle, &path, ids)
-                                .map_err(|e| setup("mount the workspace", e))?;
-                            (WorkspaceSource::Mount, Some(tree))
-                        }
-                    })
+                    crate::idmap::idmapped_workspace(&handle, &path, ids)
+                        .map_err(|e| setup("mount the workspace", e))
                 })
-                .await??
+                .await??;
+                (WorkspaceSource::Mount, Some(tree))
             }
         };
         let init = InitConfig {

@@ -37,9 +37,9 @@ use crate::privileges::{Rlimits, drop_privileges};
 pub enum WorkspaceSource {
     /// A private directory on the scratch tmpfs.
     Scratch,
-    /// The host directory the launcher passed a handle on as [`crate::launch::WORKSPACE_FD`]
-    /// (named here for messages), bound read-write by the init (rootless: the sandbox runs as
-    /// the caller, who owns it). Bound from the handle, never looked up by name again.
+    /// This host directory (resolved: no link on its path), bound read-write by the init
+    /// (rootless: the sandbox runs as the caller, who owns it), opened with no link allowed
+    /// anywhere on the way.
     Bind(PathBuf),
     /// The detached, idmapped mount the launcher passed as [`crate::launch::WORKSPACE_FD`].
     Mount,
@@ -344,19 +344,34 @@ fn build_root(cfg: &InitConfig) -> Result<(), InitError> {
     }
     match &cfg.workspace {
         WorkspaceSource::Scratch => {}
-        WorkspaceSource::Bind(host) => step(
-            format!("bind workspace {}", host.display()),
-            mount(
-                Some(Path::new(&format!(
-                    "/proc/self/fd/{}",
-                    crate::launch::WORKSPACE_FD
-                ))),
-                &ws,
-                NONE,
-                MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                NONE,
-            ),
-        )?,
+        WorkspaceSource::Bind(host) => {
+            // Opened with no link anywhere on the path (the host checked its resolved form,
+            // which has none: a link now is a swap), and bound from that very descriptor.
+            let how = nix::fcntl::OpenHow::new()
+                .flags(
+                    nix::fcntl::OFlag::O_PATH
+                        | nix::fcntl::OFlag::O_DIRECTORY
+                        | nix::fcntl::OFlag::O_CLOEXEC,
+                )
+                .resolve(nix::fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS);
+            let dir = step(
+                format!("open workspace {}", host.display()),
+                nix::fcntl::openat2(nix::fcntl::AT_FDCWD, host.as_path(), how),
+            )?;
+            step(
+                format!("bind workspace {}", host.display()),
+                mount(
+                    Some(Path::new(&format!(
+                        "/proc/self/fd/{}",
+                        std::os::fd::AsRawFd::as_raw_fd(&dir)
+                    ))),
+                    &ws,
+                    NONE,
+                    MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    NONE,
+                ),
+            )?
+        }
         WorkspaceSource::Mount => step(
             "move the workspace mount into place",
             crate::idmap::move_into_place(crate::launch::WORKSPACE_FD, &ws),

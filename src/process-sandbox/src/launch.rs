@@ -11,7 +11,7 @@
 //! | 3 | [`AGENT_FD`]: the host's connection(s) to the agent |
 //! | 4 | [`START_GATE_FD`]: the start gate and creator link (see [`crate::init::Gate`]) |
 //! | 5 | [`MONITOR_FD`]: where the init hands its seccomp listener to the keeper |
-//! | 6 | [`WORKSPACE_FD`]: the workspace (an idmapped detached mount, or a handle), if any |
+//! | 6 | [`WORKSPACE_FD`]: an idmapped detached mount of the workspace, when there is one |
 //!
 //! It runs in a session of its own (`setsid`): no sandbox process ever has a controlling
 //! terminal of the host's. Its uid 0 is an unprivileged host uid: the caller's when rootless, the
@@ -101,8 +101,8 @@ pub struct Launch<'a> {
     pub console: OwnedFd,
     /// Where the init sends its seccomp listener: the keeper's handoff pair end.
     pub monitor: OwnedFd,
-    /// The workspace: a detached, idmapped mount of it ([`crate::idmap`]) for the init to move
-    /// into place (root), or an `O_PATH` handle on it for the init to bind (rootless).
+    /// A detached, idmapped mount of the workspace ([`crate::idmap`]) for the init to move into
+    /// place (root); `None` when the init binds the workspace itself (rootless) or has none.
     pub workspace: Option<OwnedFd>,
 }
 
