@@ -672,3 +672,54 @@ fn nothing_inside_can_write_into_the_host_through_pid1s_output() {
         ok("rm", &host.lg(&["sandbox", "rm", "flood"]));
     }
 }
+
+/// And what a tenant is there to do still works: shells, Python, git, cc, node, perl, tar run
+/// unchanged in a real sandbox — root-created and rootless, with the allowlist, Landlock, the
+/// user namespace, the shared scratch tmpfs — with nothing denied but the network probe.
+#[test]
+fn real_dev_workloads_run_unchanged_in_a_sandbox() {
+    if !luminaguard_testkit::privileged("the hostile-tenant suite")
+        || !luminaguard_testkit::workload::programs_present()
+    {
+        return;
+    }
+    for who in BOTH {
+        let host = Host::new(who);
+        let ws = owned_dir(who);
+        std::fs::write(
+            ws.path().join("workload.sh"),
+            luminaguard_testkit::workload::SCRIPT,
+        )
+        .unwrap();
+        let out = host.run(
+            &[
+                "--workspace",
+                ws.path().to_str().unwrap(),
+                "--timeout",
+                "120s",
+            ],
+            &["sh", "/workspace/workload.sh"],
+            "",
+        );
+        let stdout = text(&out.stdout);
+        let stderr = text(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{who:?}: {:?}\n{stdout}\n{stderr}",
+            out.status
+        );
+        luminaguard_testkit::workload::check_output(
+            &stdout,
+            "net: denied (Operation not permitted)",
+            &format!("({who:?}) stderr: {stderr}"),
+        );
+        let audit = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("luminaguard: the sandbox's seccomp policy denied: "))
+            .unwrap_or_else(|| panic!("{who:?}: the network probe was not recorded: {stderr}"));
+        assert_eq!(
+            audit, "socket x1",
+            "{who:?}: more than the network probe was denied"
+        );
+    }
+}

@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 
 use luminaguard_seccomp::Profile;
+use luminaguard_testkit::workload;
 
 /// What each probe got: 0 on success (or the value, for `no_new_privs`), else the errno.
 type Results = Vec<(&'static str, i32)>;
@@ -812,38 +813,6 @@ fn stacked_tenant_filters_cannot_undo_the_profile() {
     assert_eq!(got, want);
 }
 
-/// Programs the workload script runs (tests/workload.sh).
-const WORKLOAD_PROGRAMS: &[&str] = &[
-    "sh", "timeout", "mktemp", "seq", "grep", "tr", "cat", "python3", "git", "make", "cc", "node",
-    "perl", "tar", "gzip", "gunzip",
-];
-
-/// `prog` found on `PATH`.
-fn which(prog: &str) -> Option<std::path::PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
-}
-
-/// Whether every workload program is here. In CI a missing one is a failure (scripts/setup
-/// installs them); elsewhere the test is skipped with a message.
-fn workload_programs_present() -> bool {
-    let missing: Vec<&str> = WORKLOAD_PROGRAMS
-        .iter()
-        .copied()
-        .filter(|p| which(p).is_none())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "the workload test needs {missing:?} (scripts/setup installs them)"
-    );
-    eprintln!("skipped: the workload test needs {missing:?}");
-    false
-}
-
 /// Sets `IFF_UP` on `lo` (a new network namespace starts with it down).
 fn loopback_up() -> bool {
     // SAFETY: a socket we close, and SIOCGIFFLAGS/SIOCSIFFLAGS on a zeroed, named ifreq.
@@ -870,8 +839,8 @@ fn loopback_up() -> bool {
 /// exit status, the script's output (stdout and stderr) and the denials as `call comm arg0`.
 fn run_workload(profile: &str, audited: bool) -> (i32, String, Vec<String>) {
     let profile = Profile::load(profile).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workload.sh");
-    let timeout = which("timeout").unwrap();
+    let script = workload::SCRIPT_PATH;
+    let timeout = workload::which("timeout").unwrap();
     let cstr = |s: &str| CString::new(s).unwrap();
     let argv = [
         cstr(timeout.to_str().unwrap()),
@@ -961,17 +930,6 @@ fn run_workload(profile: &str, audited: bool) -> (i32, String, Vec<String>) {
     }
 }
 
-/// The lines tests/workload.sh prints when every program worked.
-const WORKLOAD_LINES: &[&str] = &[
-    "sh: 271 ab /",
-    "python: 4 child tmp 3 285",
-    "git: first",
-    "cc: 20",
-    "node: node-fs node-fs child 42",
-    "perl: 1,4,9",
-    "tar: hello hello",
-];
-
 fn check_workload(profile: &str, audited: bool, net: &str) -> Vec<String> {
     let (status, out, denials) = run_workload(profile, audited);
     let context = format!(
@@ -981,13 +939,7 @@ fn check_workload(profile: &str, audited: bool, net: &str) -> Vec<String> {
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "the workload failed {context}"
     );
-    let mut lines = out.lines();
-    for want in WORKLOAD_LINES.iter().copied().chain([net]) {
-        assert!(
-            lines.any(|l| l == want),
-            "{want:?} missing (or out of order) {context}"
-        );
-    }
+    workload::check_output(&out, net, &context);
     eprintln!("workload under {profile}: denied {denials:?}");
     denials
 }
@@ -999,7 +951,7 @@ fn check_workload(profile: &str, audited: bool, net: &str) -> Vec<String> {
 #[test]
 fn real_workloads_run_unchanged_under_the_default_profile() {
     if !luminaguard_testkit::privileged("the workloads run in private namespaces")
-        || !workload_programs_present()
+        || !workload::programs_present()
     {
         return;
     }
@@ -1016,7 +968,7 @@ fn real_workloads_run_unchanged_under_the_default_profile() {
 #[test]
 fn real_workloads_run_unchanged_under_the_network_profile() {
     if !luminaguard_testkit::privileged("the workloads run in private namespaces")
-        || !workload_programs_present()
+        || !workload::programs_present()
     {
         return;
     }

@@ -2,6 +2,7 @@
 //! Helpers shared by LuminaGuard's integration tests.
 
 pub mod netlab;
+pub mod workload;
 
 /// Whether a test that needs root may run. Outside CI a non-root run skips it with a message;
 /// in CI (`CI` set; CI runs as root) a missing privilege is a failure, never a silent skip.
