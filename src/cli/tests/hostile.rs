@@ -17,6 +17,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use luminaguard_testkit::terminal::{self, drain, pending_input};
 use luminaguard_testkit::text;
 
 const BIN: &str = env!("CARGO_BIN_EXE_luminaguard");
@@ -271,67 +272,9 @@ fn the_seccomp_listener_and_pid1s_descriptors_are_out_of_reach() {
     }
 }
 
-/// A pseudo-terminal pair, as a user's terminal: (master, slave).
-fn pty() -> (OwnedFd, OwnedFd) {
-    let p = nix::pty::openpty(None, None).unwrap();
-    (p.master, p.slave)
-}
-
-/// Runs `cmd` with the pty slave as its stdio and controlling terminal (a session of its own),
-/// as a shell in a terminal would.
+/// Runs `cmd` on the terminal `slave` (see [`terminal::on_terminal`]) to its end.
 fn on_terminal(cmd: &mut Command, slave: &OwnedFd) -> std::process::ExitStatus {
-    let fd = slave.as_raw_fd();
-    cmd.stdin(slave.try_clone().unwrap())
-        .stdout(slave.try_clone().unwrap())
-        .stderr(slave.try_clone().unwrap());
-    // SAFETY: setsid and ioctl are async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 || libc::ioctl(fd, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.status().unwrap()
-}
-
-/// What a user's shell would read next from its terminal, without waiting.
-fn pending_input(slave: &OwnedFd) -> Vec<u8> {
-    let flags = nix::fcntl::fcntl(slave, nix::fcntl::FcntlArg::F_GETFL).unwrap();
-    nix::fcntl::fcntl(
-        slave,
-        nix::fcntl::FcntlArg::F_SETFL(
-            nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK,
-        ),
-    )
-    .unwrap();
-    let mut buf = [0u8; 256];
-    match nix::unistd::read(slave, &mut buf) {
-        Ok(n) => buf[..n].to_vec(),
-        Err(_) => Vec::new(),
-    }
-}
-
-/// Everything the terminal printed so far.
-fn drain(master: &OwnedFd) -> String {
-    let flags = nix::fcntl::fcntl(master, nix::fcntl::FcntlArg::F_GETFL).unwrap();
-    nix::fcntl::fcntl(
-        master,
-        nix::fcntl::FcntlArg::F_SETFL(
-            nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK,
-        ),
-    )
-    .unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = nix::unistd::read(master, &mut buf) {
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    terminal::on_terminal(cmd, slave).status().unwrap()
 }
 
 /// Perl that tries to reach the terminal of whoever started the sandbox: its controlling
@@ -382,7 +325,7 @@ fn no_sandbox_process_ever_has_the_callers_terminal() {
         let ws = owned_dir(who);
         std::fs::write(ws.path().join("probe.pl"), TERMINAL).unwrap();
         let ws_s = ws.path().to_str().unwrap();
-        let (master, slave) = pty();
+        let (master, slave) = terminal::pty();
         let before = nix::sys::termios::tcgetattr(&slave).unwrap();
         // `run` from an interactive shell: the probe's output goes to the terminal (through the
         // CLI), the sandbox gets none of it.

@@ -701,3 +701,138 @@ fn a_microvm_resolves_and_reaches_only_allowed_names() {
     let resolvers = luminaguard_testkit::live_processes_matching(&[BIN, "dns-resolver"]);
     assert_eq!(resolvers, Vec::new());
 }
+
+/// The host side of a microVM holds nothing of whoever started it: QEMU, vhost-device-vsock and
+/// the console keeper run in sessions of their own, with no controlling terminal, and with none
+/// of the caller's stray descriptors — for `run` (whose VMM dies with it) as for a long-lived
+/// VM; and `sandbox cp` out of a VM never writes through a link on the host.
+#[test]
+fn a_microvms_host_side_holds_no_caller_terminal_or_descriptor() {
+    use luminaguard_testkit::terminal;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let Some(img) = image() else { return };
+    let _l = lock();
+    let groups = sandbox_groups();
+    let rt = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("secret");
+    std::fs::write(&secret, "host secret\n").unwrap();
+    let (master, slave) = terminal::pty();
+    let recorded = |rt: &Path| -> Vec<i32> {
+        let dir = std::fs::read_dir(rt.join("sandboxes"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
+        std::iter::once(&meta["init"])
+            .chain(meta["helpers"].as_array().unwrap())
+            .map(|p| i32::try_from(p["pid"].as_i64().unwrap()).unwrap())
+            .collect()
+    };
+    // `callers`: the session of the command that started the VM, when it still runs.
+    let check = |pids: &[i32], callers: Option<i32>, what: &str| {
+        assert!(pids.len() >= 3, "{what}: {pids:?}");
+        for &pid in pids {
+            let (session, tty) = terminal::session_and_tty(pid);
+            assert_eq!(tty, 0, "{what}: pid {pid} has a controlling terminal");
+            assert_ne!(
+                Some(session),
+                callers,
+                "{what}: pid {pid} is in the caller's session"
+            );
+            for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .flatten()
+            {
+                let target = std::fs::read_link(fd.path()).unwrap_or_default();
+                assert!(
+                    !target.starts_with(secrets.path()),
+                    "{what}: pid {pid} holds the caller's {}",
+                    target.display()
+                );
+            }
+        }
+    };
+    // The caller left a secret open (not close-on-exec) and runs on a terminal.
+    let file = std::fs::File::open(&secret).unwrap();
+    let raw = file.as_raw_fd();
+    let with_stray_fd = |cmd: &mut Command| {
+        // SAFETY: dup2 is async-signal-safe; the copy at 7 is not close-on-exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(raw, 7) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    };
+
+    // `run`: the VMM lives as long as the command.
+    let mut cmd = lg(img, rt.path());
+    cmd.args([
+        "run",
+        "--backend",
+        "qemu",
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 60",
+    ]);
+    with_stray_fd(&mut cmd);
+    let mut run = terminal::on_terminal(&mut cmd, &slave).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !terminal::drain(&master).contains("started") {
+        assert!(Instant::now() < deadline, "the VM did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (callers, _) = terminal::session_and_tty(i32::try_from(run.id()).unwrap());
+    check(&recorded(rt.path()), Some(callers), "run");
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let out = lg(img, rt.path()).arg("gc").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // A long-lived VM, created from the terminal.
+    let mut cmd = lg(img, rt.path());
+    cmd.args(["sandbox", "create", "--backend", "qemu", "--name", "vmhost"]);
+    with_stray_fd(&mut cmd);
+    let status = terminal::on_terminal(&mut cmd, &slave).status().unwrap();
+    assert!(status.success(), "{}", terminal::drain(&master));
+    check(&recorded(rt.path()), None, "sandbox create");
+    // `cp` out through a link the host side would follow: refused, the victim untouched.
+    let dest = tempfile::tempdir().unwrap();
+    let victim = secrets.path().join("victim");
+    std::fs::write(&victim, "untouched\n").unwrap();
+    std::os::unix::fs::symlink(&victim, dest.path().join("out")).unwrap();
+    std::os::unix::fs::symlink(secrets.path(), dest.path().join("sub")).unwrap();
+    for to in ["out", "sub/victim"] {
+        let out = lg(img, rt.path())
+            .args(["sandbox", "cp", "vmhost:/etc/hostname"])
+            .arg(dest.path().join(to))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "cp to {to} was accepted");
+        assert!(
+            text(&out.stderr).contains("link"),
+            "{to}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+    let out = lg(img, rt.path())
+        .args(["sandbox", "rm", "vmhost"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    drop(file);
+    assert!(
+        terminal::pending_input(&slave).is_empty(),
+        "input was injected"
+    );
+    assert_nothing_left(rt.path(), &groups);
+}

@@ -1,7 +1,8 @@
-#![allow(clippy::disallowed_methods)] // test helpers read procfs synchronously
+#![allow(clippy::disallowed_methods, clippy::panic)] // test helpers: procfs read synchronously; failing the calling test is the point
 //! Helpers shared by LuminaGuard's integration tests.
 
 pub mod netlab;
+pub mod terminal;
 pub mod workload;
 
 /// Whether a test that needs root may run. Outside CI a non-root run skips it with a message;
