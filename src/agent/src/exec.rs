@@ -227,13 +227,13 @@ fn build_command(req: &ExecRequest, confine: Option<&Confinement>) -> Command {
     cmd.stderr(Stdio::piped());
     let confine = confine.map(|c| c.landlock.as_ref().map(|fd| fd.as_raw_fd()));
     // SAFETY: runs in the forked child before exec and only makes async-signal-safe calls
-    // (setsid, prctl, signal, close_range, open/write/close, landlock), touching no memory
+    // (setsid, close_range, prctl, signal, open/write/close, landlock), touching no memory
     // shared with the parent.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            // A session of its own (the exec owns its tree; no terminal of anyone's), and
+            // nothing of the agent's beyond stdio, whatever its flags.
+            luminaguard_core::child::detach_from_caller(&[])?;
             // Dies with the agent (the spawner thread lives as long as the agent does).
             if libc::prctl(
                 libc::PR_SET_PDEATHSIG,
@@ -247,16 +247,6 @@ fn build_command(req: &ExecRequest, confine: Option<&Confinement>) -> Command {
             }
             // Rust ignores SIGPIPE in its own processes; children expect the default.
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            // Nothing of the agent's beyond stdio reaches the command, whatever its flags.
-            if libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
             if let Some(landlock) = confine {
                 confine_self(landlock)?;
             }

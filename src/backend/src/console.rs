@@ -120,22 +120,28 @@ const MARKER_END: &[u8] = b" bytes of console output dropped here]\n";
 /// The longest marker line: a 20-digit count.
 pub const MARKER_MAX: usize = MARKER_START.len() + 20 + MARKER_END.len();
 
-/// The marker line for `dropped` bytes, in `out`; returns its length. No allocation.
-fn marker(dropped: u64, out: &mut [u8; MARKER_MAX]) -> usize {
-    let mut digits = [0u8; 20];
-    let mut n = dropped;
-    let mut i = digits.len();
+/// `n` in decimal, written into the end of `buf`; returns the digits. No allocation.
+pub(crate) fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut n = n;
+    let mut i = buf.len();
     loop {
         i -= 1;
         // n % 10 < 10: the cast cannot truncate.
-        digits[i] = b'0' + (n % 10) as u8;
+        buf[i] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 || i == 0 {
             break;
         }
     }
+    &buf[i..]
+}
+
+/// The marker line for `dropped` bytes, in `out`; returns its length. No allocation.
+fn marker(dropped: u64, out: &mut [u8; MARKER_MAX]) -> usize {
+    let mut digits = [0u8; 20];
+    let digits = decimal(dropped, &mut digits);
     let mut len = 0;
-    for part in [MARKER_START, &digits[i..], MARKER_END] {
+    for part in [MARKER_START, digits, MARKER_END] {
         for b in part {
             out[len] = *b;
             len += 1;

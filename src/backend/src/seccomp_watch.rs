@@ -57,23 +57,11 @@ fn close(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
-/// Writes `/proc/<pid>/<leaf>` NUL-terminated into `out`. No allocation.
-fn proc_path(pid: u32, leaf: &[u8], out: &mut [u8; 48]) {
-    let mut digits = [0u8; 10];
-    let mut n = pid;
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        // n % 10 < 10: the cast cannot truncate.
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 || i == 0 {
-            break;
-        }
-    }
+/// `parts` joined, NUL-terminated, into `out` (cut short if they do not fit). No allocation.
+fn c_path(parts: &[&[u8]], out: &mut [u8; 48]) {
     let mut len = 0;
-    for part in [&b"/proc/"[..], &digits[i..], b"/", leaf, b"\0"] {
-        for b in part {
+    for part in parts {
+        for b in *part {
             if let Some(slot) = out.get_mut(len) {
                 *slot = *b;
                 len += 1;
@@ -81,7 +69,14 @@ fn proc_path(pid: u32, leaf: &[u8], out: &mut [u8; 48]) {
         }
     }
     // Always terminated, even if something above did not fit.
-    out[47] = 0;
+    out[len.min(47)] = 0;
+}
+
+/// Writes `/proc/<pid>/<leaf>` NUL-terminated into `out`. No allocation.
+fn proc_path(pid: u32, leaf: &[u8], out: &mut [u8; 48]) {
+    let mut digits = [0u8; 20];
+    let pid = crate::console::decimal(u64::from(pid), &mut digits);
+    c_path(&[b"/proc/", pid, b"/", leaf], out);
 }
 
 /// Reads up to `buf.len()` bytes of a small procfs file; how many.
@@ -204,28 +199,9 @@ fn answer(listener: RawFd, writer: &mut Writer) -> Result<(), i32> {
 /// Whether `fd` is a seccomp notification listener (what `/proc/self/fd/<fd>` names).
 fn is_listener(fd: RawFd) -> bool {
     let mut path = [0u8; 48];
-    let mut at = 0;
-    let mut digits = [0u8; 10];
-    let mut n = u32::try_from(fd).unwrap_or(0);
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        // n % 10 < 10: the cast cannot truncate.
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 || i == 0 {
-            break;
-        }
-    }
-    for part in [&b"/proc/self/fd/"[..], &digits[i..], b"\0"] {
-        for b in part {
-            if let Some(slot) = path.get_mut(at) {
-                *slot = *b;
-                at += 1;
-            }
-        }
-    }
-    path[47] = 0;
+    let mut digits = [0u8; 20];
+    let n = crate::console::decimal(u64::try_from(fd).unwrap_or(0), &mut digits);
+    c_path(&[b"/proc/self/fd/", n], &mut path);
     let mut target = [0u8; 64];
     // SAFETY: `path` is NUL-terminated; `target` is valid for its length.
     let n = unsafe { libc::readlink(path.as_ptr().cast(), target.as_mut_ptr().cast(), 64) };

@@ -1,8 +1,40 @@
-//! The unprivileged identity a microVM's VMM processes run as — one scheme for every microVM
-//! backend (QEMU, Firecracker), so uids are unique across both: [`crate::live_vmm_uids`] reads
-//! every backend's records.
+//! The unprivileged identity a sandbox's host-side processes run as — a microVM's VMM and
+//! helpers, a process sandbox's uid 0 and keeper — one scheme for every backend, so uids are
+//! unique across all: [`crate::live_vmm_uids`] reads every backend's records.
 
-use luminaguard_core::SandboxId;
+use std::path::Path;
+
+use luminaguard_core::{RuntimeDir, SandboxId};
+
+use crate::{BackendError, SandboxMeta};
+
+/// Picks sandbox `id`'s own identity (unique among the live sandboxes under `runtime`, with
+/// `kvm_group` as its one supplementary group), records it in `meta` (saved in `dir`) before
+/// anything runs as it, and — with `own_dir` — gives it the sandbox directory. Root only.
+pub async fn claim_identity(
+    runtime: &RuntimeDir,
+    id: &SandboxId,
+    dir: &Path,
+    meta: &mut SandboxMeta,
+    kvm_group: Option<u32>,
+    own_dir: bool,
+) -> Result<VmmIdentity, BackendError> {
+    let runtime = runtime.clone();
+    let taken = tokio::task::spawn_blocking(move || crate::live_vmm_uids(&runtime)).await?;
+    let who = VmmIdentity::for_sandbox(id, &taken, kvm_group);
+    meta.vmm_uid = Some(who.uid);
+    meta.save(dir).await?;
+    if own_dir {
+        std::os::unix::fs::chown(dir, Some(who.uid), Some(who.gid)).map_err(|source| {
+            BackendError::Io {
+                what: "give the sandbox's own user",
+                path: dir.to_owned(),
+                source,
+            }
+        })?;
+    }
+    Ok(who)
+}
 
 /// First uid/gid of the range VMMs run as, and its size: far above any account a distribution
 /// creates, and unmapped to any name.

@@ -397,16 +397,23 @@ impl FirecrackerBackend {
             Some(self.create_cgroup(req, dir, meta).await?)
         };
         let run_as = if nix_is_root() {
-            let who = self.identity(req).await?;
-            meta.vmm_uid = Some(who.uid);
-            meta.save(dir).await?;
-            if jailer.is_none() {
-                // A jailed VMM never sees the sandbox directory: it is chrooted, and its
-                // console and stderr are opened for it by the (root) launch.
-                std::os::unix::fs::chown(dir, Some(who.uid), Some(who.gid))
-                    .map_err(|e| setup("give the sandbox directory to the VMM's user", e))?;
-            }
-            Some(who)
+            let kvm_group = tokio::fs::metadata("/dev/kvm")
+                .await
+                .ok()
+                .map(|m| std::os::unix::fs::MetadataExt::gid(&m));
+            // A jailed VMM never sees the sandbox directory: it is chrooted, and its console
+            // and stderr are opened for it by the (root) launch.
+            Some(
+                luminaguard_backend::vmm_identity::claim_identity(
+                    &req.runtime,
+                    &req.id,
+                    dir,
+                    meta,
+                    kvm_group,
+                    jailer.is_none(),
+                )
+                .await?,
+            )
         } else {
             None
         };
@@ -588,20 +595,6 @@ impl FirecrackerBackend {
         debug_assert_eq!(base, luminaguard_backend::jail_base(&req.runtime));
         j.chroot_base = Some(base);
         Ok(j)
-    }
-
-    /// The VMM's unprivileged identity: a uid/gid of its own (not one a live VMM of any backend
-    /// holds), plus `/dev/kvm`'s group.
-    async fn identity(&self, req: &CreateRequest) -> Result<RunAs, BackendError> {
-        let runtime = req.runtime.clone();
-        let taken =
-            tokio::task::spawn_blocking(move || luminaguard_backend::live_vmm_uids(&runtime))
-                .await?;
-        let kvm_group = tokio::fs::metadata("/dev/kvm")
-            .await
-            .ok()
-            .map(|m| std::os::unix::fs::MetadataExt::gid(&m));
-        Ok(RunAs::for_sandbox(&req.id, &taken, kvm_group))
     }
 }
 

@@ -198,20 +198,17 @@ impl ProcessBackend {
         // Nothing in a sandbox is host root: as root, its uid 0 is an unprivileged uid of its
         // own, which also owns its directory (the init builds its root in there).
         let identity = if nix::unistd::geteuid().is_root() {
-            let runtime = req.runtime.clone();
-            let taken =
-                tokio::task::spawn_blocking(move || luminaguard_backend::live_vmm_uids(&runtime))
-                    .await?;
-            let who = VmmIdentity::for_sandbox(&req.id, &taken, None);
-            meta.vmm_uid = Some(who.uid);
-            meta.save(dir).await?;
-            nix::unistd::chown(
-                dir,
-                Some(nix::unistd::Uid::from_raw(who.uid)),
-                Some(nix::unistd::Gid::from_raw(who.gid)),
+            Some(
+                luminaguard_backend::vmm_identity::claim_identity(
+                    &req.runtime,
+                    &req.id,
+                    dir,
+                    meta,
+                    None,
+                    true,
+                )
+                .await?,
             )
-            .map_err(|e| setup("give the sandbox directory to the sandbox's user", e))?;
-            Some(who)
         } else {
             None
         };

@@ -331,10 +331,6 @@ impl QemuBackend {
         };
 
         // The VMM's own unprivileged identity; its sandbox directory becomes its own.
-        let runtime = req.runtime.clone();
-        let taken =
-            tokio::task::spawn_blocking(move || luminaguard_backend::live_vmm_uids(&runtime))
-                .await?;
         let kvm_group = match self.accel {
             Accel::Kvm => Some(
                 tokio::fs::metadata("/dev/kvm")
@@ -344,15 +340,15 @@ impl QemuBackend {
             ),
             Accel::Tcg => None,
         };
-        let who = VmmIdentity::for_sandbox(&req.id, &taken, kvm_group);
-        meta.vmm_uid = Some(who.uid);
-        meta.save(dir).await?;
-        nix::unistd::chown(
+        let who = luminaguard_backend::vmm_identity::claim_identity(
+            &req.runtime,
+            &req.id,
             dir,
-            Some(nix::unistd::Uid::from_raw(who.uid)),
-            Some(nix::unistd::Gid::from_raw(who.gid)),
+            meta,
+            kvm_group,
+            true,
         )
-        .map_err(|e| setup("give the sandbox directory to the VMM's user", e))?;
+        .await?;
         let vhost_socket = dir.join(VHOST_SOCKET);
         let uds = dir.join(SandboxFile::AgentSocket.file_name());
         let console = dir.join(SandboxFile::ConsoleLog.file_name());
