@@ -15,10 +15,11 @@
 //!
 //! The keeper is forked from the creating process (no program to find or install) and then only
 //! makes async-signal-safe system calls on memory allocated before the fork — the rules for the
-//! child of a multi-threaded process. It forks once more and the middle process exits, so the
-//! keeper is nobody's child here (no zombie, whoever creates sandboxes); it writes itself into
-//! the sandbox's cgroup, runs as the VMM's unprivileged identity, not dumpable, in a session of
-//! its own, with every other file descriptor closed. It ends when the VMM's end of the socket
+//! child of a multi-threaded process. One fork (a fork copies the creator's page tables: a
+//! second would double that on every create); a thread of the creator's reaps it, and once the
+//! creator is gone init (or the nearest subreaper) does. It writes itself into the sandbox's
+//! cgroup when given one, runs as the sandbox's unprivileged identity, not dumpable, in a
+//! session of its own, with every other file descriptor closed. It ends when the VMM's end of the socket
 //! pair closes (the VMM exited, for any reason) after writing what was left; `destroy` and `gc`
 //! kill it like any process the record names (backends list it in `meta.helpers`).
 //!
@@ -434,7 +435,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), ConsoleError> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// The middle process's report: the keeper's pid, or the step that failed and its errno.
+/// The keeper's report: its pid once set up, or the step that failed and its errno.
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
 struct Report {
@@ -496,8 +497,8 @@ impl Keeper {
 
 /// Starts the console keeper: it reads `input` (its end of the VMM's serial socket pair) and
 /// keeps what arrives in `log` (an empty file open for reading and writing) within `limits`,
-/// inside the cgroup whose `cgroup.procs` files are `cgroup_procs`, as `who`. Blocking (two forks
-/// and a wait for the middle one): call it from a blocking task.
+/// inside the cgroup whose `cgroup.procs` files are `cgroup_procs`, as `who`. Blocking (a fork,
+/// and a wait for the keeper's report that it is set up): call it from a blocking task.
 pub fn start_keeper(
     input: OwnedFd,
     log: OwnedFd,
@@ -536,6 +537,52 @@ pub fn start_console(
     who: Option<&VmmIdentity>,
     watch: Option<SeccompWatch>,
 ) -> impl std::future::Future<Output = Result<StartedConsole, ConsoleError>> + Send + use<> {
+    let pending = spawn_console(path, limits, cgroup_procs, who, watch);
+    async move {
+        let pending = pending?;
+        let vmm_end = pending.vmm_end;
+        let (process, keeper) = PendingConsole::started(pending.task).await?;
+        Ok(StartedConsole {
+            vmm_end,
+            process,
+            keeper,
+        })
+    }
+}
+
+/// A console whose keeper is being started: the socket pair's other end is ready at once, so
+/// the writer (a process sandbox's init) can start while the keeper is still being forked.
+#[derive(Debug)]
+pub struct PendingConsole {
+    /// The end the console is written into (see [`StartedConsole::vmm_end`]).
+    pub vmm_end: OwnedFd,
+    task: tokio::task::JoinHandle<Result<Keeper, ConsoleError>>,
+}
+
+impl PendingConsole {
+    /// Waits until the keeper runs: its pid and start time, for the sandbox's record.
+    pub async fn keeper(self) -> Result<(ProcessRef, Keeper), ConsoleError> {
+        Self::started(self.task).await
+    }
+
+    async fn started(
+        task: tokio::task::JoinHandle<Result<Keeper, ConsoleError>>,
+    ) -> Result<(ProcessRef, Keeper), ConsoleError> {
+        let keeper = task.await??;
+        let process = ProcessRef::of(keeper.pid).ok_or(ConsoleError::Gone(keeper.pid))?;
+        Ok((process, keeper))
+    }
+}
+
+/// [`start_console`], returning as soon as the socket pair exists, with the keeper's start (two
+/// forks and a wait, in the sandbox's cgroup) under way on a blocking thread.
+pub fn spawn_console(
+    path: &Path,
+    limits: ConsoleLimits,
+    cgroup_procs: &[OwnedFd],
+    who: Option<&VmmIdentity>,
+    watch: Option<SeccompWatch>,
+) -> Result<PendingConsole, ConsoleError> {
     // Its own copies: the task may outlive the caller's on an early return.
     let procs = cgroup_procs
         .iter()
@@ -544,57 +591,110 @@ pub fn start_console(
         .map_err(|source| ConsoleError::Sys {
             what: "duplicate the cgroup.procs descriptors",
             source,
-        });
+        })?;
+    // Both ends close-on-exec: only the VMM (which gets its end as a named descriptor or as
+    // stdout) and the keeper ever hold one.
+    let (keeper_end, vmm_end) =
+        std::os::unix::net::UnixStream::pair().map_err(|source| ConsoleError::Sys {
+            what: "create the serial socket pair",
+            source,
+        })?;
     let who = who.cloned();
     let path = path.to_owned();
-    let task = procs.map(|procs| {
-        tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::OpenOptionsExt;
-            // A new file, never one found there (nor what a link found there points to).
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(ConsoleError::Create { path, source }),
-            }
-            let log = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&path)
-                .map_err(|source| ConsoleError::Create {
-                    path: path.clone(),
-                    source,
-                })?;
-            // Both ends close-on-exec: only the VMM (which gets its end as a named descriptor or
-            // as stdout) and the keeper ever hold one.
-            let (keeper_end, vmm_end) =
-                std::os::unix::net::UnixStream::pair().map_err(|source| ConsoleError::Sys {
-                    what: "create the serial socket pair",
-                    source,
-                })?;
-            let raw: Vec<RawFd> = procs.iter().map(AsRawFd::as_raw_fd).collect();
-            let keeper = start(
-                OwnedFd::from(keeper_end),
-                OwnedFd::from(log),
-                limits,
-                &raw,
-                who.as_ref(),
-                watch,
-            )?;
-            Ok::<_, ConsoleError>((OwnedFd::from(vmm_end), keeper))
-        })
+    let task = tokio::task::spawn_blocking(move || {
+        let log = create_log(&path)?;
+        let raw: Vec<RawFd> = procs.iter().map(AsRawFd::as_raw_fd).collect();
+        start(
+            OwnedFd::from(keeper_end),
+            log,
+            limits,
+            &raw,
+            who.as_ref(),
+            watch,
+        )
     });
-    async move {
-        let (vmm_end, keeper) = task?.await??;
-        let process = ProcessRef::of(keeper.pid).ok_or(ConsoleError::Gone(keeper.pid))?;
-        Ok(StartedConsole {
-            vmm_end,
-            process,
-            keeper,
-        })
+    Ok(PendingConsole {
+        vmm_end: OwnedFd::from(vmm_end),
+        task,
+    })
+}
+
+/// The console log at `path`: a new file, mode 0600, replacing whatever was there (never one
+/// found there, nor what a link found there points to). Blocking.
+fn create_log(path: &Path) -> Result<OwnedFd, ConsoleError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    #[allow(clippy::disallowed_methods)] // blocking by contract
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(ConsoleError::Create {
+                path: path.to_owned(),
+                source,
+            });
+        }
     }
+    #[allow(clippy::disallowed_methods)] // blocking by contract
+    let log = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|source| ConsoleError::Create {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(OwnedFd::from(log))
+}
+
+/// The keeper of a process sandbox whose creator outlives it (`luminaguard run`; later, a
+/// daemon): a thread of the creator's rather than a process, so no fork lies on the create's
+/// path. The same loop as the keeper process ([`crate::seccomp_watch`]): it keeps the console
+/// written into the returned end in the log at `path`, and answers and records the seccomp
+/// notifications of the listener the sandbox hands over on `watch.handoff`; it ends when the
+/// console's writers are gone and the listener has no process left. Blocking (creates the
+/// log): call it from a blocking task.
+pub fn keep_in_thread(
+    path: &Path,
+    limits: ConsoleLimits,
+    watch: SeccompWatch,
+) -> Result<OwnedFd, ConsoleError> {
+    use std::os::fd::IntoRawFd;
+    let log = create_log(path)?;
+    let mut bounded = BoundedLog::new(log.as_raw_fd(), limits)?;
+    let (keeper_end, writer_end) =
+        std::os::unix::net::UnixStream::pair().map_err(|source| ConsoleError::Sys {
+            what: "create the console socket pair",
+            source,
+        })?;
+    let SeccompWatch {
+        handoff,
+        record,
+        mut writer,
+    } = watch;
+    std::thread::Builder::new()
+        .name("lg-keeper".into())
+        .spawn(move || {
+            let (mut buf, mut scratch) = (vec![0u8; BUF], vec![0u8; BUF]);
+            // The loop closes the handoff socket (and the listener it receives) itself.
+            let handoff = handoff.into_raw_fd();
+            crate::seccomp_watch::serve(
+                keeper_end.as_raw_fd(),
+                &mut bounded,
+                &mut buf,
+                &mut scratch,
+                handoff,
+                &mut writer,
+            );
+            drop((keeper_end, log, record));
+        })
+        .map_err(|source| ConsoleError::Sys {
+            what: "start the keeper thread",
+            source,
+        })?;
+    Ok(OwnedFd::from(writer_end))
 }
 
 /// [`start_keeper`], as `who` or (`None`) as the caller; with `watch`, also supervising a
@@ -628,15 +728,15 @@ fn start(
     // SAFETY: the child of this fork runs only async-signal-safe system calls on memory allocated
     // above, and leaves with `_exit`: it never returns into Rust code that could allocate, lock
     // or unwind.
-    let middle = unsafe { libc::fork() };
-    if middle < 0 {
+    let keeper = unsafe { libc::fork() };
+    if keeper < 0 {
         return Err(ConsoleError::Sys {
             what: "fork",
             source: std::io::Error::last_os_error(),
         });
     }
-    if middle == 0 {
-        // The middle process.
+    if keeper == 0 {
+        // The keeper.
         let w = report_w.as_raw_fd();
         let fail = |step: i32| -> ! {
             report(
@@ -667,36 +767,28 @@ fn start(
             {
                 fail(2);
             }
-            let keeper = libc::fork();
-            if keeper < 0 {
-                fail(3);
-            }
-            if keeper == 0 {
-                // The keeper.
-                libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
-                libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-                close_all_but(&keep_fds);
-                match writer.as_mut() {
-                    Some(w) => crate::seccomp_watch::serve(
-                        input_fd,
-                        &mut bounded,
-                        &mut buf,
-                        &mut scratch,
-                        handoff_fd,
-                        w,
-                    ),
-                    None => keep(input_fd, &mut bounded, &mut buf, &mut scratch),
-                }
-                libc::_exit(0);
-            }
+            libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
             report(
                 w,
                 Report {
-                    pid: keeper,
+                    pid: libc::getpid(),
                     step: -1,
                     errno: 0,
                 },
             );
+            close_all_but(&keep_fds);
+            match writer.as_mut() {
+                Some(w) => crate::seccomp_watch::serve(
+                    input_fd,
+                    &mut bounded,
+                    &mut buf,
+                    &mut scratch,
+                    handoff_fd,
+                    w,
+                ),
+                None => keep(input_fd, &mut bounded, &mut buf, &mut scratch),
+            }
             libc::_exit(0);
         }
     }
@@ -705,17 +797,16 @@ fn start(
     drop(input);
     drop(log);
     drop(watch);
-    let mut status = 0;
-    // SAFETY: waiting for our own child; `status` is writable.
-    while unsafe { libc::waitpid(middle, &mut status, 0) } < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(ConsoleError::Sys {
-                what: "wait for the middle process",
-                source: e,
-            });
-        }
-    }
+    // Reaped whenever it ends, on a plain thread of the creator's (a runtime's blocking pool
+    // would keep a short-lived creator from exiting): no zombie while the creator lives, and
+    // once it is gone, init (or the nearest subreaper) inherits it.
+    let reap = std::thread::Builder::new()
+        .name(format!("lg-reap-{keeper}"))
+        .spawn(move || {
+            let mut status = 0;
+            // SAFETY: waiting for our own child; `status` is writable.
+            while unsafe { libc::waitpid(keeper, &mut status, 0) } < 0 && errno() == libc::EINTR {}
+        });
     let mut r = Report {
         pid: 0,
         step: 4,
@@ -736,9 +827,17 @@ fn start(
             errno: libc::EIO,
         };
     }
-    if r.pid > 0 {
+    if let Err(source) = reap {
+        // SAFETY: killing our own child, which nothing else will reap.
+        unsafe { libc::kill(keeper, libc::SIGKILL) };
+        return Err(ConsoleError::Sys {
+            what: "start the keeper's reaper thread",
+            source,
+        });
+    }
+    if r.pid == keeper {
         return Ok(Keeper {
-            pid: r.pid,
+            pid: keeper,
             done: done_r,
         });
     }

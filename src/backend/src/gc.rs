@@ -260,20 +260,43 @@ pub fn collect_network(
 }
 
 /// Waits until `p` is no longer alive (a zombie counts as gone: it holds no resources but its
-/// pid, and its parent reaps it). Polls procfs: a process we are not the parent of offers no
-/// exit notification except a pidfd, and the pidfd of a zombie is readable at once anyway.
+/// pid, and its parent reaps it). Through a pidfd, which becomes readable when the process
+/// exits — whoever its parent is — so nothing is polled by sleeping.
 fn wait_gone(p: &ProcessRef, limit: Duration) -> Result<(), Duration> {
-    let start = std::time::Instant::now();
-    let mut pause = Duration::from_micros(200);
-    while p.alive() {
-        if start.elapsed() >= limit {
-            return Err(limit);
-        }
-        #[allow(clippy::disallowed_methods)] // blocking by contract; waiting on the kernel
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open takes integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p.pid, 0) };
+    let Ok(fd) = i32::try_from(fd) else {
+        return Ok(());
+    };
+    if fd < 0 {
+        // ESRCH: no such process at all.
+        return if p.alive() { Err(limit) } else { Ok(()) };
     }
-    Ok(())
+    // SAFETY: a new descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The pid may have been reused since the kill: only the recorded process is waited for
+    // (while it is alive, its pid cannot be reused, so the pidfd is its).
+    if !p.alive() {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        match unsafe { libc::poll(&raw mut pfd, 1, ms) } {
+            n if n > 0 => return Ok(()),
+            0 => return Err(limit),
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return if p.alive() { Err(limit) } else { Ok(()) },
+        }
+    }
 }
 
 #[cfg(test)]

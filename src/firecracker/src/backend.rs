@@ -495,7 +495,7 @@ impl FirecrackerBackend {
             ));
         };
         meta.init = Some(init);
-        // The console keeper is nobody's child: destroy and gc find it here.
+        // The console keeper outlives its creator: destroy and gc find it here.
         meta.helpers.extend(spawned.console_keeper());
         if req.persistent {
             // From now on the sandbox lives as long as its VMM, not as long as its creator.

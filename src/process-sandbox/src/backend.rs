@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use luminaguard_backend::console::ConsoleLimits;
+use luminaguard_backend::console::{ConsoleLimits, PendingConsole};
 use luminaguard_backend::resolver::{self, DnsOptions};
 use luminaguard_backend::seccomp_watch::SeccompWatch;
 use luminaguard_backend::{
@@ -20,7 +20,7 @@ use luminaguard_net::resolver_service;
 use luminaguard_protocol::{Client, ClientError, ClientOptions};
 
 use crate::init::{InitConfig, WorkspaceSource};
-use crate::launch::{AgentChannel, Identity, Launch, launch};
+use crate::launch::{AgentChannel, Identity, Launch, Launched, launch};
 
 const NAME: &str = "process";
 /// How long the sandbox's agent may take to answer the handshake.
@@ -265,9 +265,18 @@ impl ProcessBackend {
             lifetime_ms: u64::try_from(spec.lifetime.as_millis()).ok(),
             resolv_conf,
         };
-        let (console, monitor) = self
-            .start_keeper(dir, meta, cgroup.as_ref(), identity.as_ref())
+        // The keeper is forked while the init starts: the init's ends of its pairs exist at
+        // once, and what the init writes or hands over waits in them until the keeper reads.
+        let (keeper, monitor) = self
+            .start_keeper(dir, identity.as_ref(), req.persistent)
             .await?;
+        let console = match &keeper {
+            Keeper::Process(pending) => pending
+                .vmm_end
+                .try_clone()
+                .map_err(|e| setup("start the keeper", e))?,
+            Keeper::Thread(end) => end.try_clone().map_err(|e| setup("start the keeper", e))?,
+        };
         let sock = dir.join(SandboxFile::AgentSocket.file_name());
         let channel = if req.persistent {
             let listener = tokio::net::UnixListener::bind(&sock)
@@ -321,13 +330,28 @@ impl ProcessBackend {
             None => tokio::net::UnixStream::connect(&sock).await,
         }
         .map_err(|e| setup("connect to the agent", e))?;
-        let ready =
-            tokio::time::timeout(READY_TIMEOUT, Client::connect(stream, self.client.clone()))
+        let handshake =
+            tokio::time::timeout(READY_TIMEOUT, Client::connect(stream, self.client.clone()));
+        let ready = tokio::select! {
+            ready = handshake => ready.unwrap_or(Err(ClientError::Timeout {
+                what: "handshake",
+                after: READY_TIMEOUT,
+            })),
+            // It never got as far as the init: say where it stopped, at once.
+            e = Launched::failed_before_exec(launched.before_exec) => {
+                return Err(setup("launch the sandbox init", e));
+            }
+        };
+        // The keeper has been starting alongside; recorded once it runs (a creator killed
+        // before that leaves a keeper that ends by itself when the init's ends close).
+        if let Keeper::Process(pending) = keeper {
+            let (process, _keeper) = pending
+                .keeper()
                 .await
-                .unwrap_or(Err(ClientError::Timeout {
-                    what: "handshake",
-                    after: READY_TIMEOUT,
-                }));
+                .map_err(|e| setup("start the keeper", e))?;
+            meta.helpers.push(process);
+            meta.save(dir).await?;
+        }
         let client = match ready {
             Ok(client) => client,
             Err(source) => {
@@ -350,19 +374,24 @@ impl ProcessBackend {
     }
 
     /// Starts the sandbox's keeper (see `luminaguard_backend::console` and
-    /// `luminaguard_backend::seccomp_watch`), as the sandbox's own identity, in its cgroup, and
-    /// records it; returns the init's ends: its console, and where it hands its seccomp listener.
+    /// `luminaguard_backend::seccomp_watch`); returns it, and the init's end of the pair it
+    /// hands its seccomp listener over on.
+    ///
+    /// A sandbox that lives as long as its creator (`persistent` false) is kept by a thread of
+    /// the creator's: no fork on the create's path. One that outlives it gets a keeper process
+    /// of its own, run as the sandbox's identity and forked while the init starts; the caller
+    /// records it once it runs. Either stays in the creator's cgroup, not the sandbox's: on
+    /// cgroup v1 moving a process costs an RCU grace period (5–13 ms here) and a second move
+    /// would wait behind the init's, on the create's critical path. What it spends is bounded by
+    /// what the sandbox does inside its own limits (one record and one answer per denied call;
+    /// console bytes into a file of bounded size), and a keeper process is killed by pid like
+    /// any helper.
     async fn start_keeper(
         &self,
         dir: &Path,
-        meta: &mut SandboxMeta,
-        cgroup: Option<&luminaguard_cgroup::Cgroup>,
         who: Option<&VmmIdentity>,
-    ) -> Result<(OwnedFd, OwnedFd), BackendError> {
-        let procs = match cgroup {
-            Some(cg) => luminaguard_backend::open_cgroup_procs(cg).await?,
-            None => Vec::new(),
-        };
+        persistent: bool,
+    ) -> Result<(Keeper, OwnedFd), BackendError> {
         let record = dir.join(SandboxFile::SeccompRecord.file_name());
         let record = tokio::fs::OpenOptions::new()
             .read(true)
@@ -379,19 +408,41 @@ impl ProcessBackend {
             .map_err(|e| setup("create the handoff pair", e))?;
         let watch = SeccompWatch::new(OwnedFd::from(keeper_end), OwnedFd::from(record))
             .map_err(|e| setup("start the seccomp record", e))?;
-        let started = luminaguard_backend::console::start_console(
-            &dir.join(SandboxFile::ConsoleLog.file_name()),
-            ConsoleLimits::DEFAULT,
-            &procs,
-            who,
-            Some(watch),
-        )
-        .await
-        .map_err(|e| setup("start the keeper", e))?;
-        meta.helpers.push(started.process);
-        meta.save(dir).await?;
-        Ok((started.vmm_end, OwnedFd::from(init_end)))
+        let console = dir.join(SandboxFile::ConsoleLog.file_name());
+        let keeper = if persistent {
+            Keeper::Process(
+                luminaguard_backend::console::spawn_console(
+                    &console,
+                    ConsoleLimits::DEFAULT,
+                    &[],
+                    who,
+                    Some(watch),
+                )
+                .map_err(|e| setup("start the keeper", e))?,
+            )
+        } else {
+            Keeper::Thread(
+                tokio::task::spawn_blocking(move || {
+                    luminaguard_backend::console::keep_in_thread(
+                        &console,
+                        ConsoleLimits::DEFAULT,
+                        watch,
+                    )
+                })
+                .await?
+                .map_err(|e| setup("start the keeper", e))?,
+            )
+        };
+        Ok((keeper, OwnedFd::from(init_end)))
     }
+}
+
+/// A sandbox's keeper: a process being started, or a thread of the creator's already running
+/// (with the end the init's console is written into).
+#[derive(Debug)]
+enum Keeper {
+    Process(PendingConsole),
+    Thread(OwnedFd),
 }
 
 /// Memory kept out of the scratch tmpfs for the agent and the commands' own pages: a quarter of

@@ -116,6 +116,39 @@ pub struct Launched {
     /// The creator link: while the init has not been handed over, closing this ends the
     /// sandbox. Write [`crate::init::HANDED_OVER`] to let it outlive its creator.
     pub creator: OwnedFd,
+    /// Where the cloned child reports a step that failed before its exec (see
+    /// [`Launched::failed_before_exec`]).
+    pub before_exec: OwnedFd,
+}
+
+impl Launched {
+    /// Resolves only if the child failed before it could exec the init — with the step it
+    /// failed at — and never once it has exec'd: race it against the sandbox's handshake, so
+    /// that such a failure is reported at once, and by name.
+    pub async fn failed_before_exec(fd: OwnedFd) -> LaunchError {
+        use tokio::io::AsyncReadExt;
+        let mut report = [0u8; 8];
+        let read = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+            Ok(mut pipe) => pipe.read_exact(&mut report).await.is_ok(),
+            Err(_) => false,
+        };
+        if !read {
+            // End of file: the exec happened (the pipe is close-on-exec).
+            std::future::pending::<()>().await;
+        }
+        let word = |i: usize| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(report.get(i * 4..i * 4 + 4).unwrap_or(&[0; 4]));
+            i32::from_ne_bytes(b)
+        };
+        LaunchError::Child {
+            step: CHILD_STEPS
+                .get(usize::try_from(word(0) - 1).unwrap_or(usize::MAX))
+                .copied()
+                .unwrap_or("an unknown step"),
+            source: std::io::Error::from_raw_os_error(word(1)),
+        }
+    }
 }
 
 /// Namespaces every process sandbox gets (a user namespace, always: see [`Identity`]).
@@ -139,6 +172,36 @@ pub const MONITOR_FD: RawFd = 5;
 pub const WORKSPACE_FD: RawFd = 6;
 /// The first descriptor the init does not get.
 const FIRST_CLOSED: RawFd = 7;
+
+/// A NULL-terminated array of pointers into `CString`s that outlive it, for `execve`, built
+/// before the clone and only read by the child.
+struct PtrArray(Vec<*const libc::c_char>);
+
+impl PtrArray {
+    fn of(strings: &[CString]) -> Self {
+        Self(
+            strings
+                .iter()
+                .map(|s| s.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect(),
+        )
+    }
+
+    fn first(&self) -> *const libc::c_char {
+        self.0.first().copied().unwrap_or(std::ptr::null())
+    }
+
+    fn as_ptr(&self) -> *const *const libc::c_char {
+        self.0.as_ptr()
+    }
+}
+
+// SAFETY: the pointers are only read — by the child of a fork-like clone, possibly made on
+// another thread — while the `CString`s they point into are alive in the launching function.
+unsafe impl Send for PtrArray {}
+// SAFETY: as above; nothing writes through them.
+unsafe impl Sync for PtrArray {}
 
 /// The child's steps before exec, as it reports a failure (step 1 first).
 const CHILD_STEPS: [&str; 6] = [
@@ -229,6 +292,10 @@ pub fn launch(l: Launch<'_>) -> Result<Launched, LaunchError> {
         CString::new(PATH_ENV).map_err(|e| LaunchError::Socket(std::io::Error::other(e)))?,
         c"RUST_LOG=warn".to_owned(),
     ];
+    // The exec's NULL-terminated pointer arrays, built here: the child must not allocate (a
+    // lock another thread held at the clone would be held for ever in the child).
+    let argv_ptrs = PtrArray::of(&argv);
+    let envp_ptrs = PtrArray::of(&envp);
     let (maps_fd, maps_w_fd) = (maps_r.as_raw_fd(), maps_w.as_raw_fd());
     let err_fd = err_w.as_raw_fd();
     let mapped = matches!(l.identity, Identity::Mapped { .. });
@@ -247,6 +314,16 @@ pub fn launch(l: Launch<'_>) -> Result<Launched, LaunchError> {
             // Our copy of the write end goes first: if the parent dies before it maps our ids,
             // the read below sees end of file and this child exits instead of waiting forever.
             libc::close(maps_w_fd);
+            // Meanwhile (the parent is writing the maps) what needs no id: descriptors, session.
+            for (to, from) in &placed {
+                if libc::dup2(*from, *to) < 0 {
+                    return fail(3);
+                }
+            }
+            // A session of its own: no controlling terminal, now or ever (it never opens one).
+            if libc::setsid() < 0 {
+                return fail(5);
+            }
             let mut ready = 0u8;
             if libc::read(maps_fd, (&raw mut ready).cast(), 1) != 1 {
                 return fail(1); // the parent could not map our ids
@@ -262,20 +339,11 @@ pub fn launch(l: Launch<'_>) -> Result<Launched, LaunchError> {
             {
                 return fail(2);
             }
-            for (to, from) in &placed {
-                if libc::dup2(*from, *to) < 0 {
-                    return fail(3);
-                }
-            }
             // Every other descriptor the caller had, inherited or not, is gone.
             if libc::syscall(libc::SYS_close_range, first_closed, u32::MAX, 0u32) != 0 {
                 return fail(4);
             }
-            // A session of its own: no controlling terminal, now or ever (it never opens one).
-            if libc::setsid() < 0 {
-                return fail(5);
-            }
-            let _ = nix::unistd::execve(&argv[0], &argv, &envp);
+            libc::execve(argv_ptrs.first(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
         }
         fail(6)
     };
@@ -338,20 +406,8 @@ pub fn launch(l: Launch<'_>) -> Result<Launched, LaunchError> {
             return Err(e.into());
         }
     }
-    // The child's steps before exec either fail (a report) or end in the exec (EOF).
-    let mut report = [0i32; 2];
-    // SAFETY: reading at most 8 bytes into a local array.
-    let n = unsafe { libc::read(err_r.as_raw_fd(), report.as_mut_ptr().cast(), 8) };
-    if n == 8 {
-        kill(pid);
-        return Err(LaunchError::Child {
-            step: CHILD_STEPS
-                .get(usize::try_from(report[0] - 1).unwrap_or(usize::MAX))
-                .copied()
-                .unwrap_or("an unknown step"),
-            source: std::io::Error::from_raw_os_error(report[1]),
-        });
-    }
+    // Not waited for: a child that fails before its exec says so on `err_r`, which the caller
+    // reads only if the sandbox does not come up (`Launched::failed_before_exec`).
     if let Err(e) = nix::unistd::write(&gate_w, &[crate::init::START]) {
         kill(pid);
         return Err(LaunchError::Pipe(e));
@@ -360,6 +416,7 @@ pub fn launch(l: Launch<'_>) -> Result<Launched, LaunchError> {
         pid,
         socket: host,
         creator: gate_w,
+        before_exec: err_r,
     })
 }
 

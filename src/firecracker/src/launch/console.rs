@@ -38,7 +38,7 @@ pub const CONSOLE_DRAIN: Duration = Duration::from_secs(1);
 /// The keeper of a VM's `console.log`.
 #[derive(Debug)]
 pub struct ConsoleKeeper {
-    /// The keeper, by pid and start time. It is nobody's child: record it (a sandbox's
+    /// The keeper, by pid and start time. It outlives its creator: record it (a sandbox's
     /// `meta.helpers`) so that `destroy` and `gc` kill it.
     pub process: ProcessRef,
     keeper: Keeper,
