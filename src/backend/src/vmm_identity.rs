@@ -9,8 +9,9 @@ use luminaguard_core::{RuntimeDir, SandboxId};
 use crate::{BackendError, SandboxMeta};
 
 /// Picks sandbox `id`'s own identity (unique among the live sandboxes under `runtime`, with
-/// `kvm_group` as its one supplementary group), records it in `meta` (saved in `dir`) before
-/// anything runs as it, and — with `own_dir` — gives it the sandbox directory. Root only.
+/// `kvm_group` as its one supplementary group), records it in `meta` — the caller saves the
+/// record before anything runs as it — and, with `own_dir`, gives it the sandbox directory.
+/// Root only.
 pub async fn claim_identity(
     runtime: &RuntimeDir,
     id: &SandboxId,
@@ -23,7 +24,6 @@ pub async fn claim_identity(
     let taken = tokio::task::spawn_blocking(move || crate::live_vmm_uids(&runtime)).await?;
     let who = VmmIdentity::for_sandbox(id, &taken, kvm_group);
     meta.vmm_uid = Some(who.uid);
-    meta.save(dir).await?;
     if own_dir {
         std::os::unix::fs::chown(dir, Some(who.uid), Some(who.gid)).map_err(|source| {
             BackendError::Io {

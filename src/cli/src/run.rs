@@ -567,9 +567,9 @@ async fn run_in(sandbox: &Sandbox, spec: &SandboxSpec, args: &RunArgs) -> anyhow
         timeout_ms: Some(u64::try_from(spec.limits.exec_timeout.as_millis()).unwrap_or(u64::MAX)),
         ..Default::default()
     };
-    let before = crate::stream::oom_kills(sandbox).await;
     let status = crate::stream::exec_streamed(sandbox.client(), req, args.json).await?;
-    crate::stream::report_oom(sandbox, &status, before, Some(spec.memory)).await;
+    // A fresh sandbox: every OOM kill its cgroup counted was this command's.
+    crate::stream::report_oom(sandbox, &status, 0, Some(spec.memory)).await;
     crate::stream::report_denials(sandbox).await;
     Ok(crate::stream::exit_code(&status))
 }

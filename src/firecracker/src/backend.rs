@@ -417,6 +417,7 @@ impl FirecrackerBackend {
         } else {
             None
         };
+        meta.save(dir).await?;
         let network = self
             .create_network(req, dir, meta, run_as.as_ref(), cgroup.as_ref())
             .await?;

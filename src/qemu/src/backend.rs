@@ -349,6 +349,7 @@ impl QemuBackend {
             true,
         )
         .await?;
+        meta.save(dir).await?;
         let vhost_socket = dir.join(VHOST_SOCKET);
         let uds = dir.join(SandboxFile::AgentSocket.file_name());
         let console = dir.join(SandboxFile::ConsoleLog.file_name());
