@@ -13,7 +13,8 @@
 //!   filters, for which every filter runs (its linear syscall-number chain, then the conditions).
 //!
 //! With `--exec`, also the wall time of a whole command (`sh -c`, output discarded) under each
-//! configuration: what a real workload pays.
+//! configuration: what a real workload pays. Last, what compiling each built-in profile costs
+//! (`Profile::load`, once per sandbox start).
 //!
 //! The best of several rounds and of several passes over all configurations (interleaved, so load
 //! from elsewhere hits them alike; the best, because other load only ever adds time), in
@@ -228,5 +229,17 @@ fn main() {
             print!(" {:>24}", format!("{:.1} (x{:.3})", w[i], w[i] / w[0]));
         }
         println!();
+    }
+    // What a sandbox's init pays once per start: compiling the profile (JSON to BPF).
+    let loads = if quick { 20 } else { 200 };
+    for name in Profile::builtin_names() {
+        let start = Instant::now();
+        for _ in 0..loads {
+            std::hint::black_box(Profile::load(name).unwrap());
+        }
+        println!(
+            "Profile::load({name}): {:.0} µs (once per sandbox start)",
+            start.elapsed().as_secs_f64() * 1e6 / f64::from(loads)
+        );
     }
 }
