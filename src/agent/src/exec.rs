@@ -39,10 +39,7 @@ pub async fn run(
     validate(&req)?;
     let started_at = Instant::now();
     let cmd = build_command(&req, confine);
-    let (mut child, exit_rx) = reaper
-        .spawn(cmd)
-        .await
-        .map_err(|e| ErrorReply::new(ErrorCode::SpawnFailed, e.to_string()))?;
+    let (mut child, exit_rx) = reaper.spawn(cmd).await.map_err(|e| spawn_error(&req, e))?;
     let pid = child.id() as i32;
     // The child is a session leader, so its session id is its pid.
     let sid = pid;
@@ -139,6 +136,30 @@ pub async fn run(
     }))
 }
 
+/// What a failed spawn tells the host: the shell's distinction between a program that is not
+/// there (127) and one that cannot be run (126), each in plain words, or the error as it was.
+fn spawn_error(req: &ExecRequest, e: crate::reaper::ReaperError) -> ErrorReply {
+    let program = req.argv.first().map(String::as_str).unwrap_or_default();
+    let errno = match &e {
+        crate::reaper::ReaperError::Spawn { source, .. } => source.raw_os_error(),
+        _ => None,
+    };
+    match errno {
+        Some(libc::ENOENT) => ErrorReply::new(
+            ErrorCode::CommandNotFound,
+            format!("{program}: command not found"),
+        ),
+        Some(libc::EACCES | libc::ENOEXEC | libc::EISDIR | libc::EPERM) => ErrorReply::new(
+            ErrorCode::NotExecutable,
+            format!(
+                "{program}: cannot run it: {}",
+                std::io::Error::from_raw_os_error(errno.unwrap_or(0))
+            ),
+        ),
+        _ => ErrorReply::new(ErrorCode::SpawnFailed, e.to_string()),
+    }
+}
+
 fn validate(req: &ExecRequest) -> Result<(), ErrorReply> {
     let bad = |m: String| Err(ErrorReply::new(ErrorCode::InvalidRequest, m));
     if req.argv.is_empty() || req.argv[0].is_empty() {
@@ -161,6 +182,12 @@ fn validate(req: &ExecRequest) -> Result<(), ErrorReply> {
             return bad(format!(
                 "working directory {cwd:?} must be an absolute path"
             ));
+        }
+        // Checked here so that a missing program and a missing directory (both ENOENT from
+        // the spawn) are told apart.
+        #[allow(clippy::disallowed_methods)] // one stat, before the spawn
+        if !std::path::Path::new(cwd).is_dir() {
+            return bad(format!("working directory {cwd:?} does not exist"));
         }
     }
     Ok(())

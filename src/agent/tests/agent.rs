@@ -169,7 +169,23 @@ async fn exit_codes_and_signals_are_reported() {
         .exec_output(exec(&["/nonexistent/program"]), None)
         .await
         .unwrap_err();
-    assert_eq!(err.remote_code(), Some(ErrorCode::SpawnFailed), "{err}");
+    assert_eq!(err.remote_code(), Some(ErrorCode::CommandNotFound), "{err}");
+    assert!(
+        err.to_string()
+            .contains("/nonexistent/program: command not found"),
+        "{err}"
+    );
+    // Not a program (a shell's 126), and a missing working directory told apart from both.
+    let err = c
+        .exec_output(exec(&["/etc/passwd"]), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.remote_code(), Some(ErrorCode::NotExecutable), "{err}");
+    let mut req = exec(&["/bin/true"]);
+    req.cwd = Some("/nonexistent/dir".into());
+    let err = c.exec_output(req, None).await.unwrap_err();
+    assert_eq!(err.remote_code(), Some(ErrorCode::InvalidRequest), "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
     let err = c.exec_output(exec(&[]), None).await.unwrap_err();
     assert_eq!(err.remote_code(), Some(ErrorCode::InvalidRequest));
     // env, clear_env and cwd

@@ -90,7 +90,7 @@ enum Op {
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string(v)?);
+    outln!("{}", serde_json::to_string(v)?);
     Ok(())
 }
 
@@ -201,7 +201,7 @@ pub async fn run(args: DebugArgs, config: &Config) -> anyhow::Result<ExitCode> {
                 print_json(&serde_json::json!({ "entries": listed, "truncated": truncated }))?;
             } else {
                 for e in &entries {
-                    println!(
+                    outln!(
                         "{:>4o} {:>10} {:<7} {}",
                         e.mode,
                         e.size,
@@ -223,9 +223,13 @@ pub async fn run(args: DebugArgs, config: &Config) -> anyhow::Result<ExitCode> {
                     "uid": st.uid, "gid": st.gid, "mtime_unix_ms": st.mtime_unix_ms, "symlink_target": st.symlink_target,
                 }))?;
             } else {
-                println!(
+                outln!(
                     "{path}: {:?}, {} bytes, mode {:o}, uid {}, gid {}",
-                    st.kind, st.size, st.mode, st.uid, st.gid
+                    st.kind,
+                    st.size,
+                    st.mode,
+                    st.uid,
+                    st.gid
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -247,21 +251,21 @@ pub async fn run(args: DebugArgs, config: &Config) -> anyhow::Result<ExitCode> {
                     "mem_available_bytes": i.mem_available_bytes, "cpus": i.cpus, "protocol_version": client.peer().version,
                 }))?;
             } else {
-                println!(
+                outln!(
                     "agent {} (protocol {}), pid {}{}",
                     i.agent_version,
                     client.peer().version,
                     i.pid,
                     if i.is_pid1 { " (init)" } else { "" }
                 );
-                println!(
+                outln!(
                     "kernel {} on {}, {} cpus, up {:.1}s",
                     i.kernel_release,
                     i.hostname,
                     i.cpus,
                     i.uptime_ms as f64 / 1000.0
                 );
-                println!(
+                outln!(
                     "memory {} MiB available of {} MiB",
                     i.mem_available_bytes >> 20,
                     i.mem_total_bytes >> 20
@@ -274,7 +278,7 @@ pub async fn run(args: DebugArgs, config: &Config) -> anyhow::Result<ExitCode> {
             if args.json {
                 print_json(&serde_json::json!({ "rtt_us": rtt.as_micros() }))?;
             } else {
-                println!("pong in {rtt:?}");
+                outln!("pong in {rtt:?}");
             }
             Ok(ExitCode::SUCCESS)
         }

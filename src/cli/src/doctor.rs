@@ -471,48 +471,48 @@ pub async fn run(args: DoctorArgs, config: &Config) -> anyhow::Result<ExitCode> 
         network,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let mark = |ok: bool| if ok { "yes" } else { "no " };
-        println!(
+        outln!(
             "process      {}  {}",
             mark(report.process.verdict.usable),
             report.process.verdict.notes.join("; ")
         );
-        println!(
+        outln!(
             "qemu         {}  {}",
             mark(report.qemu.verdict.usable),
             report.qemu.verdict.notes.join("; ")
         );
         let q = &report.qemu;
-        println!(
+        outln!(
             "               qemu: {} ({})",
             show_path(&q.qemu.path),
             q.qemu.version.as_deref().unwrap_or("-")
         );
-        println!(
+        outln!(
             "               vhost-device-vsock: {} ({})",
             show_path(&q.vhost_device_vsock.path),
             q.vhost_device_vsock.version.as_deref().unwrap_or("-")
         );
-        println!("               KVM: {} -> accel {}", q.kvm, q.accel);
+        outln!("               KVM: {} -> accel {}", q.kvm, q.accel);
         if let Some(khz) = q.tsc_khz {
-            println!("               host TSC: {khz} kHz");
+            outln!("               host TSC: {khz} kHz");
         }
         match &q.image {
-            Some(i) => println!(
+            Some(i) => outln!(
                 "               image: {} ({}) in {}",
                 i.digest,
                 i.kernel_release,
                 show_path(&q.image_store)
             ),
-            None => println!(
+            None => outln!(
                 "               image: none in {}",
                 show_path(&q.image_store)
             ),
         }
         let f = &report.firecracker;
-        println!(
+        outln!(
             "firecracker  {}  {}",
             mark(f.verdict.usable),
             f.verdict.notes.join("; ")
@@ -522,23 +522,24 @@ pub async fn run(args: DoctorArgs, config: &Config) -> anyhow::Result<ExitCode> 
             ("jailer", &f.jailer),
             ("seccompiler-bin", &f.seccompiler),
         ] {
-            println!(
+            outln!(
                 "               {name}: {} ({})",
                 show_path(&p.path),
                 p.version.as_deref().unwrap_or("-")
             );
         }
-        println!("               seccomp: {}", f.seccomp_filter);
-        println!(
+        outln!("               seccomp: {}", f.seccomp_filter);
+        outln!(
             "network      {}  {}",
             mark(report.network.verdict.usable),
             report.network.verdict.notes.join("; ")
         );
-        println!(
+        outln!(
             "auto         -> {} ({})",
-            report.auto.backend, report.auto.why
+            report.auto.backend,
+            report.auto.why
         );
-        println!(
+        outln!(
             "default      {} ({})",
             report.default_backend,
             if report.default_usable {

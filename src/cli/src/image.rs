@@ -393,12 +393,12 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
                 .map(|(s, d)| (*s, d.as_millis()))
                 .collect(),
         };
-        println!("{}", serde_json::to_string(&out)?);
+        outln!("{}", serde_json::to_string(&out)?);
     } else {
         if built.reused {
             eprintln!("image already built from these inputs");
         }
-        println!("{}", built.image.digest);
+        outln!("{}", built.image.digest);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -417,18 +417,20 @@ fn ls(store: &Store, json: bool) -> anyhow::Result<ExitCode> {
     }
     if json {
         let list: Vec<ImageJson> = images.iter().map(ImageJson::from).collect();
-        println!("{}", serde_json::to_string(&list)?);
+        outln!("{}", serde_json::to_string(&list)?);
     } else {
-        println!(
+        outln!(
             "{:<14} {:<24} {:>12}  CREATED BY",
-            "IMAGE", "KERNEL", "ROOTFS"
+            "IMAGE",
+            "KERNEL",
+            "ROOTFS"
         );
         for image in &images {
             let rootfs = image
                 .manifest
                 .artifact(ArtifactKind::Rootfs)
                 .map_or("-".to_owned(), |a| format!("{} MiB", a.size >> 20));
-            println!(
+            outln!(
                 "{:<14} {:<24} {:>12}  {}",
                 image.digest.short(),
                 image.manifest.kernel_release,
@@ -457,10 +459,10 @@ fn rm(store: &Store, digests: &[String], json: bool) -> anyhow::Result<ExitCode>
         }
     }
     if json {
-        println!("{}", serde_json::json!({ "removed": removed }));
+        outln!("{}", serde_json::json!({ "removed": removed }));
     } else {
         for digest in &removed {
-            println!("removed {digest}");
+            outln!("removed {digest}");
         }
     }
     Ok(if failed {

@@ -1,5 +1,7 @@
 //! `luminaguard`: the command-line face of LuminaGuard.
 
+#[macro_use]
+mod out;
 mod debug;
 mod doctor;
 mod image;
@@ -30,6 +32,9 @@ struct Cli {
     /// Runtime directory (overrides config and LUMINAGUARD_RUNTIME_DIR).
     #[arg(long, global = true, value_name = "DIR")]
     runtime_dir: Option<PathBuf>,
+    /// Say more on stderr: -v what LuminaGuard decides (which backend, why), -vv its steps.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -107,6 +112,11 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     }
     let flags = ConfigLayer {
         runtime_dir: cli.runtime_dir.clone(),
+        log: match cli.verbose {
+            0 => None,
+            1 => Some("info".to_owned()),
+            _ => Some("debug".to_owned()),
+        },
         ..Default::default()
     };
     let uid = nix::unistd::getuid().as_raw();
@@ -139,6 +149,9 @@ fn main() -> ExitCode {
     }
     match run(cli) {
         Ok(code) => code,
+        Err(e) if e.is::<stream::StdoutClosed>() => {
+            ExitCode::from(u8::try_from(out::CLOSED_STDOUT).unwrap_or(1))
+        }
         Err(e) => {
             eprintln!("luminaguard: {e:#}");
             ExitCode::from(1)
@@ -157,20 +170,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 protocol_max: luminaguard_protocol::handshake::MAX_VERSION,
             };
             if json {
-                println!("{}", serde_json::to_string(&v)?);
+                outln!("{}", serde_json::to_string(&v)?);
             } else {
-                println!(
+                outln!(
                     "luminaguard {} (protocol {}..={})",
-                    v.luminaguard, v.protocol_min, v.protocol_max
+                    v.luminaguard,
+                    v.protocol_min,
+                    v.protocol_max
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Show { json }) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&config)?);
+                outln!("{}", serde_json::to_string_pretty(&config)?);
             } else {
-                print!("{}", toml::to_string_pretty(&config)?);
+                out!("{}", toml::to_string_pretty(&config)?);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -191,10 +206,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             if json {
-                println!("{}", serde_json::to_string(&report)?);
+                outln!("{}", serde_json::to_string(&report)?);
             } else {
                 for id in &report.removed {
-                    println!("removed {id}");
+                    outln!("removed {id}");
                 }
                 for e in &report.errors {
                     eprintln!("luminaguard: gc: {e}");

@@ -58,12 +58,15 @@ pub struct SandboxArgs {
     #[arg(long, value_name = "NAME")]
     pub template: Option<String>,
     /// Allow outbound connections to DEST (repeatable): an address or CIDR (any port, any
-    /// protocol) or ADDR:PORT (that TCP/UDP port). Without --net the sandbox has no network at
-    /// all. Private, loopback, link-local and cloud-metadata addresses and the host's own stay
+    /// protocol), ADDR:PORT (that TCP/UDP port), or a domain — NAME, NAME:PORT, or *.NAME for
+    /// its subdomains — resolved by the sandbox's own DNS-pinning resolver, which lets through
+    /// only the addresses it answered. Without --net the sandbox has no network at all.
+    /// Private, loopback, link-local and cloud-metadata addresses and the host's own stay
     /// unreachable unless a --net entry lies inside them. Needs root.
     #[arg(long = "net", value_name = "DEST")]
     pub net_allow: Vec<EgressRule>,
-    /// Never allow DEST, whatever --net allows (repeatable).
+    /// Never allow DEST (an address, CIDR, ADDR:PORT or domain, as for --net), whatever --net
+    /// allows (repeatable).
     #[arg(long = "net-deny", value_name = "DEST", requires = "net_allow")]
     pub net_deny: Vec<EgressRule>,
 }

@@ -124,19 +124,23 @@ pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCod
             );
             let audit = luminaguard_backend::seccomp_audit(&dir).await?;
             if json {
-                println!("{}", serde_json::to_string(&audit)?);
+                outln!("{}", serde_json::to_string(&audit)?);
             } else {
                 if !audit.enabled {
-                    println!("no seccomp audit in this sandbox");
+                    outln!("no seccomp audit in this sandbox");
                 }
                 for d in &audit.recent {
-                    println!(
+                    outln!(
                         "{} pid {} ({}) {} arg0={:#x}",
-                        d.unix_ms, d.pid, d.comm, d.syscall, d.arg0
+                        d.unix_ms,
+                        d.pid,
+                        d.comm,
+                        d.syscall,
+                        d.arg0
                     );
                 }
                 if audit.dropped > 0 {
-                    println!("({} older denials not kept in detail)", audit.dropped);
+                    outln!("({} older denials not kept in detail)", audit.dropped);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -147,11 +151,14 @@ pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCod
                 tokio::task::spawn_blocking(move || luminaguard_backend::list_blocking(&runtime))
                     .await??;
             if json {
-                println!("{}", serde_json::to_string(&list)?);
+                outln!("{}", serde_json::to_string(&list)?);
             } else {
-                println!(
+                outln!(
                     "{:<24} {:<8} {:>10} {:<9} EXPIRES IN",
-                    "ID", "BACKEND", "AGE", "STATE"
+                    "ID",
+                    "BACKEND",
+                    "AGE",
+                    "STATE"
                 );
                 for s in list {
                     let expires = s.expires_in_ms.map_or_else(|| "-".into(), short_duration);
@@ -159,7 +166,7 @@ pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCod
                         Some(accel) => format!("{}/{accel}", s.backend),
                         None => s.backend.clone(),
                     };
-                    println!(
+                    outln!(
                         "{:<24} {:<8} {:>10} {:<9} {expires}",
                         s.id,
                         backend,
@@ -192,7 +199,7 @@ pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCod
                 }
             }
             if json {
-                println!("{}", serde_json::json!({ "removed": removed }));
+                outln!("{}", serde_json::json!({ "removed": removed }));
             }
             Ok(if failed {
                 ExitCode::from(1)

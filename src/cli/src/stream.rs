@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use anyhow::bail;
-use luminaguard_protocol::message::{ExecRequest, ExitStatus};
-use luminaguard_protocol::{Client, ExecEvent};
+use luminaguard_protocol::message::{ErrorCode, ExecRequest, ExitStatus};
+use luminaguard_protocol::{Client, ClientError, ExecEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Runs `req`, streaming its output; returns how it ended. With `json`, the status is also
@@ -22,9 +22,13 @@ pub async fn exec_streamed(
     let (mut out, mut err) = (tokio::io::stdout(), tokio::io::stderr());
     loop {
         tokio::select! {
-            ev = e.next() => match ev? {
+            ev = e.next() => match ev.or_else(not_started)? {
                 Some(ExecEvent::Started { pid }) => tracing::debug!(pid, "started"),
-                Some(ExecEvent::Stdout(b)) => { out.write_all(&b).await?; out.flush().await?; }
+                Some(ExecEvent::Stdout(b)) => {
+                    if let Err(e) = async { out.write_all(&b).await?; out.flush().await }.await {
+                        return Err(closed_or(e));
+                    }
+                }
                 Some(ExecEvent::Stderr(b)) => { err.write_all(&b).await?; err.flush().await?; }
                 Some(ExecEvent::Exited(status)) => {
                     if json {
@@ -55,6 +59,37 @@ pub async fn exec_streamed(
                 }
             }
         }
+    }
+}
+
+/// A command that could not start ends as a shell's would: its name and why on stderr, status
+/// 127 (not found) or 126 (not runnable).
+fn not_started(e: ClientError) -> Result<Option<ExecEvent>, ClientError> {
+    let code = match e.remote_code() {
+        Some(ErrorCode::CommandNotFound) => 127,
+        Some(ErrorCode::NotExecutable) => 126,
+        _ => return Err(e),
+    };
+    if let ClientError::Remote(reply) = &e {
+        eprintln!("luminaguard: {}", reply.message);
+    }
+    Ok(Some(ExecEvent::Exited(ExitStatus {
+        code: Some(code),
+        ..Default::default()
+    })))
+}
+
+/// Our stdout was closed by its reader (`luminaguard run -- yes | head -1`): the program ends
+/// quietly, after tearing the sandbox down, with [`crate::out::CLOSED_STDOUT`].
+#[derive(Debug, thiserror::Error)]
+#[error("stdout closed")]
+pub struct StdoutClosed;
+
+fn closed_or(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        anyhow::Error::new(StdoutClosed)
+    } else {
+        anyhow::Error::new(e).context("writing the command's output to stdout")
     }
 }
 

@@ -128,7 +128,7 @@ async fn create(
         .await
         .with_context(|| format!("making template {}", args.name))?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "name": args.name,
@@ -137,7 +137,7 @@ async fn create(
             })
         );
     } else {
-        println!("{}", args.name);
+        outln!("{}", args.name);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -166,11 +166,11 @@ async fn ls(runtime: &RuntimeDir, json: bool) -> anyhow::Result<ExitCode> {
                 |(name, t)| serde_json::json!({"name": name, "dir": t.dir, "manifest": t.manifest}),
             )
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        outln!("{}", serde_json::Value::Array(list));
     } else {
         for (name, t) in &found {
             let m = &t.manifest;
-            println!(
+            outln!(
                 "{name}\t{} vCPU, {} MiB, {}{}",
                 m.vcpus,
                 m.memory_mib,

@@ -479,3 +479,72 @@ fn doctor_names_the_firecracker_seccomp_filter_run_would_use() {
         "{custom}"
     );
 }
+
+/// What a user sees of a run: only the command's output on stderr (LuminaGuard's own logs are
+/// quiet unless asked for with -v), shell exit statuses for a command that cannot start, and a
+/// closed stdout ending the program quietly (`… | head -1`), the sandbox torn down.
+#[test]
+fn a_run_behaves_like_a_command_in_a_shell() {
+    if !luminaguard_testkit::privileged("the process sandbox") {
+        return;
+    }
+    let rt = tempfile::tempdir().unwrap();
+    let quiet = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--runtime-dir")
+            .arg(rt.path())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = quiet(&["run", "--", "sh", "-c", "echo to-stderr >&2"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "to-stderr\n");
+    let out = quiet(&["-v", "run", "--", "true"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("auto:"),
+        "-v says which backend and why: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (argv, code, says) in [
+        ("/no/such/binary", 127, "/no/such/binary: command not found"),
+        ("/etc/passwd", 126, "/etc/passwd: cannot run it"),
+    ] {
+        let out = quiet(&["run", "--", argv]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{argv}: {stderr}");
+        assert!(stderr.contains(says), "{argv}: {stderr}");
+        assert!(!stderr.contains("agent error"), "{argv}: {stderr}");
+    }
+    // stdout closed before anything is written: a pipeline's reader that left at once.
+    for args in [
+        &["run", "--", "seq", "1000000"][..],
+        &["sandbox", "ls"][..],
+        &["version", "--json"][..],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(BIN)
+            .arg("--runtime-dir")
+            .arg(rt.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?} was not quiet: {stderr}");
+    }
+    assert_eq!(
+        std::fs::read_dir(rt.path().join("sandboxes"))
+            .unwrap()
+            .count(),
+        0,
+        "a sandbox was left behind"
+    );
+}

@@ -274,7 +274,8 @@ impl Config {
         }
         Ok(Self {
             runtime_dir,
-            log: merged.log.unwrap_or_else(|| "info".to_owned()),
+            // Quiet by default: stderr belongs to the commands run in sandboxes.
+            log: merged.log.unwrap_or_else(|| "warn".to_owned()),
             defaults: spec,
             copy: CopyConfig { max_size },
         })

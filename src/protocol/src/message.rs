@@ -396,4 +396,9 @@ pub enum ErrorCode {
     /// The agent is shutting down.
     ShuttingDown,
     Internal,
+    /// The program to run does not exist (a shell's exit status 127). Appended, so that the
+    /// codes before it keep their wire values.
+    CommandNotFound,
+    /// The program exists but cannot be run: not executable, not a program (a shell's 126).
+    NotExecutable,
 }
