@@ -351,6 +351,7 @@ pub async fn begin_create(
         });
     };
     meta.persistent = req.persistent;
+    meta.spec = Some(req.spec.clone());
     prepare(&mut meta);
     let dir = create_sandbox_dir(&req.runtime, &req.id, &meta).await?;
     Ok((dir, meta))

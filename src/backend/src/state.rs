@@ -105,6 +105,10 @@ pub struct SandboxMeta {
     /// leaving through this uplink; recorded before any of it exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<luminaguard_net::Uplink>,
+    /// What the sandbox was created with: every later exec applies the same defaults (timeout,
+    /// environment) and reports against the same limits. `None` in records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<luminaguard_core::SandboxSpec>,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -136,6 +140,7 @@ impl SandboxMeta {
             vmm_uid: None,
             chroot: None,
             net: None,
+            spec: None,
         })
     }
 

@@ -16,7 +16,6 @@ use luminaguard_core::{
 use luminaguard_firecracker::FirecrackerBackend;
 use luminaguard_process_sandbox::backend::ProcessBackend;
 use luminaguard_protocol::ClientOptions;
-use luminaguard_protocol::message::ExecRequest;
 use luminaguard_qemu::{Accel, GuestImage, QemuBackend};
 
 /// Settings shared by every command that creates a sandbox.
@@ -491,88 +490,25 @@ pub async fn run(args: RunArgs, config: &Config) -> anyhow::Result<ExitCode> {
         .sandbox
         .request(config, SandboxId::generate(), false)
         .await?;
-    let spec = req.spec.clone();
     let sandbox = backend(&req, &args.sandbox)
         .await?
         .create(req)
         .await
         .context("starting the sandbox")?;
-    let result = run_in(&sandbox, &spec, &args).await;
-    let result = match result {
-        Err(e) => Err(explain_dead_sandbox(e, &sandbox).await),
-        ok => ok,
-    };
+    let result = crate::stream::exec_in(
+        &sandbox,
+        crate::stream::ExecOptions {
+            argv: args.argv.clone(),
+            env: Vec::new(),
+            cwd: "/workspace".into(),
+            timeout: None,
+            json: args.json,
+            fresh: true,
+        },
+    )
+    .await;
     if let Err(e) = sandbox.destroy().await {
         eprintln!("luminaguard: cleanup: {e}");
     }
     result
-}
-
-/// How long a failed exec waits to see whether the sandbox's init or VMM is exiting too.
-const DEATH_WAIT: Duration = Duration::from_secs(2);
-
-/// An exec that failed because the sandbox itself died (its VMM was killed, its guest crashed)
-/// says so, with the end of the sandbox's console.
-async fn explain_dead_sandbox(e: anyhow::Error, sandbox: &Sandbox) -> anyhow::Error {
-    let Some(init) = sandbox.meta.init else {
-        return e;
-    };
-    // A refused command (not found, …) leaves the connection open: nothing died.
-    if !sandbox.client().is_closed() {
-        return e;
-    }
-    // The connection can drop a moment before the process is gone.
-    let start = tokio::time::Instant::now();
-    let mut pause = Duration::from_millis(1);
-    while init.alive() {
-        if start.elapsed() >= DEATH_WAIT {
-            return e;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
-    let what = match sandbox.meta.backend.as_str() {
-        "process" => "init",
-        _ => "VMM",
-    };
-    // Killed for want of memory is a reason a user can act on: say it.
-    let oom = match sandbox.oom_kills().await {
-        Ok(n) if n > 0 => " after the sandbox ran out of memory",
-        _ => "",
-    };
-    let console = luminaguard_backend::console_tail(
-        &sandbox
-            .dir
-            .join(luminaguard_core::runtime::SandboxFile::ConsoleLog.file_name()),
-        2048,
-    )
-    .await;
-    let console = match console.trim() {
-        "" => String::new(),
-        c => format!("\n--- last lines of the sandbox console ---\n{c}"),
-    };
-    e.context(format!(
-        "the sandbox's {what} (pid {}) has exited{oom}{console}",
-        init.pid
-    ))
-}
-
-async fn run_in(sandbox: &Sandbox, spec: &SandboxSpec, args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let req = ExecRequest {
-        argv: args.argv.clone(),
-        env: spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        cwd: Some("/workspace".into()),
-        stdin: true,
-        timeout_ms: Some(u64::try_from(spec.limits.exec_timeout.as_millis()).unwrap_or(u64::MAX)),
-        ..Default::default()
-    };
-    let status = crate::stream::exec_streamed(sandbox.client(), req, args.json).await?;
-    // A fresh sandbox: every OOM kill its cgroup counted was this command's.
-    crate::stream::report_oom(sandbox, &status, 0, Some(spec.memory)).await;
-    crate::stream::report_denials(sandbox).await;
-    Ok(crate::stream::exit_code(&status))
 }

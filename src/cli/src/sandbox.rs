@@ -10,7 +10,6 @@ use luminaguard_backend::copy::{self, CopyError, CopyOptions, TerminationSignals
 use luminaguard_backend::{Backend, Sandbox};
 use luminaguard_core::{ByteSize, Config, SandboxId};
 use luminaguard_protocol::ClientOptions;
-use luminaguard_protocol::message::ExecRequest;
 
 use crate::run::SandboxArgs;
 
@@ -58,7 +57,8 @@ pub struct CreateArgs {
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     id: SandboxId,
-    /// Kill the command's whole process tree after this long (default: the sandbox's setting).
+    /// Kill the command's whole process tree after this long (default: the sandbox's own, as
+    /// created).
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
     /// Working directory inside the sandbox.
@@ -94,19 +94,8 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     Ok((k.to_owned(), v.to_owned()))
 }
 
-/// Default exec timeout when attaching: the sandbox's own default is not recorded on the host.
-const ATTACH_EXEC_TIMEOUT: Duration = Duration::from_secs(600);
-
-async fn attach(
-    config: &Config,
-    id: &SandboxId,
-    timeout: Option<Duration>,
-) -> anyhow::Result<Sandbox> {
-    let opts = ClientOptions {
-        default_exec_timeout: timeout.unwrap_or(ATTACH_EXEC_TIMEOUT),
-        ..Default::default()
-    };
-    Ok(luminaguard_backend::attach(&config.runtime()?, id, opts).await?)
+async fn attach(config: &Config, id: &SandboxId) -> anyhow::Result<Sandbox> {
+    Ok(luminaguard_backend::attach(&config.runtime()?, id, ClientOptions::default()).await?)
 }
 
 pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCode> {
@@ -276,21 +265,19 @@ async fn create(args: CreateArgs, config: &Config) -> anyhow::Result<ExitCode> {
 }
 
 async fn exec(args: ExecArgs, config: &Config) -> anyhow::Result<ExitCode> {
-    let sandbox = attach(config, &args.id, args.timeout).await?;
-    let req = ExecRequest {
-        argv: args.argv,
-        env: args.env,
-        cwd: Some(args.cwd),
-        stdin: true,
-        timeout_ms: args
-            .timeout
-            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-        ..Default::default()
-    };
-    let before = crate::stream::oom_kills(&sandbox).await;
-    let status = crate::stream::exec_streamed(sandbox.client(), req, args.json).await?;
-    crate::stream::report_oom(&sandbox, &status, before, None).await;
-    Ok(crate::stream::exit_code(&status))
+    let sandbox = attach(config, &args.id).await?;
+    crate::stream::exec_in(
+        &sandbox,
+        crate::stream::ExecOptions {
+            argv: args.argv,
+            env: args.env,
+            cwd: args.cwd,
+            timeout: args.timeout,
+            json: args.json,
+            fresh: false,
+        },
+    )
+    .await
 }
 
 /// One side of `cp`: a host path, or `ID:/absolute/path` inside a sandbox.
@@ -326,7 +313,7 @@ async fn copy(args: CpArgs, config: &Config) -> anyhow::Result<ExitCode> {
     };
     let sandbox = tokio::select! {
         stop = signals.recv() => return interrupted(CopyError::Interrupted(stop)),
-        attached = attach(config, &id, None) => attached?,
+        attached = attach(config, &id) => attached?,
     };
     let copied = match (src, dst) {
         (Location::Host(src), Location::Sandbox(_, dst)) => {

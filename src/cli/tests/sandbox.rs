@@ -185,6 +185,28 @@ fn long_lived_sandbox_across_commands() {
         !mounts.is_empty() && mounts.iter().all(|d| d["comm"] == "mount"),
         "{audit}"
     );
+    // Each exec reports its own denials, not the sandbox's running total.
+    for _ in 0..2 {
+        let out = lg(
+            rt,
+            &[
+                "sandbox",
+                "exec",
+                &id,
+                "--",
+                "perl",
+                "-e",
+                "syscall(165, 0, 0, 0, 0, 0)",
+            ],
+        );
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("seccomp policy denied: mount x1\n"),
+            "{stderr}"
+        );
+    }
+    let out = lg(rt, &["sandbox", "exec", &id, "--", "true"]);
+    assert_eq!(text(&out.stderr), "", "a clean exec reports nothing");
 
     // Files in and out.
     let host = tempfile::tempdir().unwrap();
@@ -242,6 +264,20 @@ fn long_lived_sandbox_across_commands() {
     assert!(!cgroups.is_empty());
     ok(&lg(rt, &["sandbox", "rm", &id]));
     gone(rt, &id, pid, &cgroups);
+
+    // An exec applies the sandbox's own defaults, as created (its timeout here), not the
+    // attaching command's.
+    let id = ok(&lg(rt, &["sandbox", "create", "--timeout", "500ms"]))
+        .trim()
+        .to_owned();
+    let out = lg(rt, &["sandbox", "exec", &id, "--", "sleep", "30"]);
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("timed out"),
+        "{}",
+        text(&out.stderr)
+    );
+    ok(&lg(rt, &["sandbox", "rm", &id]));
     let out = lg(rt, &["sandbox", "exec", &id, "--", "true"]);
     assert!(
         !out.status.success() && text(&out.stderr).contains("does not exist"),
