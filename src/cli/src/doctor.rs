@@ -151,7 +151,7 @@ async fn program(name: &str) -> Program {
 
 async fn network_report() -> NetworkReport {
     use luminaguard_net::cmd::{self, Netns};
-    let uplink = crate::run::uplink();
+    let uplink = luminaguard_service::host::uplink_from_env();
     let mut nft = program("nft").await;
     if nft.error.is_some() {
         nft.error = Some("nft not found on PATH (scripts/setup installs nftables)".into());
@@ -165,7 +165,7 @@ async fn network_report() -> NetworkReport {
         .await
         .ok()
         .map(|out| String::from_utf8_lossy(&out).trim() == "1");
-    let dns_upstream = match crate::run::dns_upstream() {
+    let dns_upstream = match luminaguard_service::host::dns_upstream_from_env() {
         Ok(Some(u)) => Ok(u),
         Ok(None) => luminaguard_net::resolver_service::upstream_for(&uplink)
             .await
@@ -280,8 +280,13 @@ async fn qemu_report() -> QemuReport {
     let (kvm, tsc, store, image) = tokio::task::spawn_blocking(|| {
         let kvm = luminaguard_qemu::kvm::probe();
         let tsc = luminaguard_qemu::tsc::host_tsc_khz();
-        let store = crate::run::image_store_root().ok();
-        let image = crate::run::find_image(None).map_err(|e| format!("{e:#}"));
+        let store = luminaguard_service::host::image_store_from_env();
+        let image = match &store {
+            Some(root) => {
+                luminaguard_service::host::find_image(root, None).map_err(|e| e.to_string())
+            }
+            None => Err("no image store: set LUMINAGUARD_IMAGE_STORE or HOME".into()),
+        };
         (kvm, tsc, store, image)
     })
     .await
@@ -346,16 +351,16 @@ async fn qemu_report() -> QemuReport {
     }
 }
 
-/// `auto`'s pick from what the reports found (the rule `run` applies, [`crate::pick`]).
+/// `auto`'s pick from what the reports found (the rule `run` applies, [`luminaguard_service::pick`]).
 fn auto_pick(process: &ProcessReport, qemu: &QemuReport, fc: &FirecrackerReport) -> Pick {
-    let facts = crate::pick::HostFacts {
+    let facts = luminaguard_service::pick::HostFacts {
         kvm: qemu.kvm.is_usable(),
         image: qemu.image.is_some(),
         vmlinux: qemu.image.as_ref().is_some_and(|i| i.vmlinux),
         firecracker: fc.firecracker.error.is_none(),
         qemu: qemu.qemu.error.is_none() && qemu.vhost_device_vsock.error.is_none(),
     };
-    let (backend, why) = crate::pick::auto_backend(facts);
+    let (backend, why) = luminaguard_service::pick::auto_backend(facts);
     Pick {
         backend,
         why: if backend == BackendChoice::Process && !process.verdict.usable {

@@ -5,7 +5,6 @@ mod out;
 mod debug;
 mod doctor;
 mod image;
-mod pick;
 mod run;
 mod sandbox;
 mod stream;
@@ -18,6 +17,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use luminaguard_core::Config;
 use luminaguard_core::config::{ConfigLayer, ConfigPaths};
+use luminaguard_service::Service;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -192,19 +192,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(cmd) => image::run(cmd),
         Command::Debug(args) => with_runtime(debug::run(args, &config)),
         Command::Doctor(args) => with_runtime(doctor::run(args, &config)),
-        Command::Run(args) => with_runtime(run::run(args, &config)),
-        Command::Sandbox(cmd) => with_runtime(sandbox::run(cmd, &config)),
-        Command::Template(cmd) => with_runtime(template::run(cmd, &config)),
+        Command::Run(args) => with_runtime(async { run::run(args, &Service::new(config)?).await }),
+        Command::Sandbox(cmd) => {
+            with_runtime(async { sandbox::run(cmd, &Service::new(config)?).await })
+        }
+        Command::Template(cmd) => {
+            with_runtime(async { template::run(cmd, &Service::new(config)?).await })
+        }
         Command::Gc { json } => {
-            let runtime = config.runtime()?;
-            let mut report = luminaguard_backend::gc::collect(&runtime);
-            // Network objects nobody's record names (a runtime directory removed by hand).
-            if nix::unistd::geteuid().is_root() {
-                match luminaguard_backend::gc::collect_network(&runtime, &run::uplink()) {
-                    Ok(removed) => report.removed.extend(removed),
-                    Err(e) => report.errors.push(e),
-                }
-            }
+            let service = Service::new(config)?;
+            let report = with_runtime(async { Ok(service.gc().await) })?;
             if json {
                 outln!("{}", serde_json::to_string(&report)?);
             } else {
@@ -227,7 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn with_runtime(job: impl Future<Output = anyhow::Result<ExitCode>>) -> anyhow::Result<ExitCode> {
+fn with_runtime<T>(job: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -7,9 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use luminaguard_backend::copy::{self, CopyError, CopyOptions, TerminationSignals};
-use luminaguard_backend::{Backend, Sandbox};
-use luminaguard_core::{ByteSize, Config, SandboxId};
-use luminaguard_protocol::ClientOptions;
+use luminaguard_core::{ByteSize, SandboxId};
+use luminaguard_service::Service;
 
 use crate::run::SandboxArgs;
 
@@ -94,24 +93,13 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     Ok((k.to_owned(), v.to_owned()))
 }
 
-async fn attach(config: &Config, id: &SandboxId) -> anyhow::Result<Sandbox> {
-    Ok(luminaguard_backend::attach(&config.runtime()?, id, ClientOptions::default()).await?)
-}
-
-pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCode> {
+pub async fn run(cmd: SandboxCommand, service: &Service) -> anyhow::Result<ExitCode> {
     match cmd {
-        SandboxCommand::Create(args) => create(args, config).await,
-        SandboxCommand::Exec(args) => exec(args, config).await,
-        SandboxCommand::Cp(args) => copy(args, config).await,
+        SandboxCommand::Create(args) => create(args, service).await,
+        SandboxCommand::Exec(args) => exec(args, service).await,
+        SandboxCommand::Cp(args) => copy(args, service).await,
         SandboxCommand::Audit { id, json } => {
-            // The record is the host-side supervisor's: read from disk, not asked of the sandbox
-            // (and still there after its last process ended, until it is removed).
-            let dir = config.runtime()?.sandbox_dir(&id)?;
-            anyhow::ensure!(
-                tokio::fs::try_exists(&dir).await?,
-                "sandbox {id} does not exist"
-            );
-            let audit = luminaguard_backend::seccomp_audit(&dir).await?;
+            let audit = service.seccomp_audit(&id).await?;
             if json {
                 outln!("{}", serde_json::to_string(&audit)?);
             } else {
@@ -135,10 +123,7 @@ pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         SandboxCommand::Ls { json } => {
-            let runtime = config.runtime()?;
-            let list =
-                tokio::task::spawn_blocking(move || luminaguard_backend::list_blocking(&runtime))
-                    .await??;
+            let list = service.list().await?;
             if json {
                 outln!("{}", serde_json::to_string(&list)?);
             } else {
@@ -167,19 +152,10 @@ pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         SandboxCommand::Rm { ids, json } => {
-            let runtime = config.runtime()?;
-            let listing = {
-                let runtime = runtime.clone();
-                tokio::task::spawn_blocking(move || luminaguard_backend::list_blocking(&runtime))
-                    .await??
-            };
             let mut failed = false;
             let mut removed = Vec::new();
             for id in ids {
-                let vm = listing
-                    .iter()
-                    .any(|l| l.id == id.as_str() && l.accel.is_some());
-                match remove(&runtime, &id, vm).await {
+                match service.destroy(&id).await {
                     Ok(()) => removed.push(id.to_string()),
                     Err(e) => {
                         failed = true;
@@ -199,46 +175,15 @@ pub async fn run(cmd: SandboxCommand, config: &Config) -> anyhow::Result<ExitCod
     }
 }
 
-/// How long `rm` tries to reach a microVM's agent to power it off before killing it.
-const RM_ATTACH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Removes sandbox `id`. A microVM (`vm`) is first asked to power off through its agent (within
-/// [`luminaguard_qemu::backend::SHUTDOWN_GRACE`]); then, and for every other sandbox, whatever
-/// the record names is killed and removed.
-async fn remove(
-    runtime: &luminaguard_core::RuntimeDir,
-    id: &SandboxId,
-    vm: bool,
-) -> Result<(), luminaguard_backend::BackendError> {
-    if vm {
-        let attached = tokio::time::timeout(
-            RM_ATTACH_TIMEOUT,
-            luminaguard_backend::attach(runtime, id, ClientOptions::default()),
-        )
-        .await;
-        match attached {
-            Ok(Ok(sandbox)) => {
-                return sandbox
-                    .with_graceful_shutdown(luminaguard_qemu::backend::SHUTDOWN_GRACE)
-                    .destroy()
-                    .await;
-            }
-            Ok(Err(e)) => tracing::debug!(%id, error = %e, "no agent to power off; killing"),
-            Err(_) => tracing::debug!(%id, "agent did not answer in time; killing"),
-        }
-    }
-    luminaguard_backend::destroy(runtime, id).await
-}
-
-async fn create(args: CreateArgs, config: &Config) -> anyhow::Result<ExitCode> {
-    let id = args.name.unwrap_or_else(SandboxId::generate);
-    let req = args.sandbox.request(config, id, true).await?;
-    let backend = crate::run::backend(&req, &args.sandbox).await?;
-    let mut sandbox = backend.create(req).await.context("creating the sandbox")?;
+async fn create(args: CreateArgs, service: &Service) -> anyhow::Result<ExitCode> {
+    let mut sandbox = service
+        .create(args.sandbox.options(args.name, true))
+        .await
+        .context("creating the sandbox")?;
     let line = if args.json {
         serde_json::json!({
             "id": sandbox.id.as_str(),
-            "backend": backend.name(),
+            "backend": sandbox.meta.backend,
             "expires_unix_ms": sandbox.meta.expires_unix_ms,
         })
         .to_string()
@@ -264,8 +209,8 @@ async fn create(args: CreateArgs, config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn exec(args: ExecArgs, config: &Config) -> anyhow::Result<ExitCode> {
-    let sandbox = attach(config, &args.id).await?;
+async fn exec(args: ExecArgs, service: &Service) -> anyhow::Result<ExitCode> {
+    let sandbox = service.attach(&args.id).await?;
     crate::stream::exec_in(
         &sandbox,
         crate::stream::ExecOptions {
@@ -299,7 +244,8 @@ fn location(arg: &str) -> Location {
 /// `cp`: parses the two sides and hands the copy to [`luminaguard_backend::copy`], which does
 /// every check. SIGINT, SIGTERM and SIGHUP are caught from the start, so an interrupted copy
 /// removes what it began; the exit status is then 128 + the signal's number.
-async fn copy(args: CpArgs, config: &Config) -> anyhow::Result<ExitCode> {
+async fn copy(args: CpArgs, service: &Service) -> anyhow::Result<ExitCode> {
+    let config = service.config();
     let mut signals =
         TerminationSignals::install().context("catching SIGINT, SIGTERM and SIGHUP")?;
     let opts = CopyOptions {
@@ -313,7 +259,7 @@ async fn copy(args: CpArgs, config: &Config) -> anyhow::Result<ExitCode> {
     };
     let sandbox = tokio::select! {
         stop = signals.recv() => return interrupted(CopyError::Interrupted(stop)),
-        attached = attach(config, &id) => attached?,
+        attached = service.attach(&id) => attached?,
     };
     let copied = match (src, dst) {
         (Location::Host(src), Location::Sandbox(_, dst)) => {

@@ -1,7 +1,7 @@
 //! What `auto` picks: the strongest isolation that is fast on this host (design brief §3) —
 //! Firecracker with KVM, else QEMU with KVM, else the process sandbox. QEMU under TCG is real
 //! isolation but seconds per boot, so `auto` never picks it; `--backend qemu` does. One rule,
-//! used by `run`/`sandbox create` and by `doctor`, which shows the pick and why.
+//! used by every create and by `doctor`, which shows the pick and why.
 
 use luminaguard_core::BackendChoice;
 

@@ -1,0 +1,99 @@
+//! What the service answers when it cannot do what was asked: a typed error whose
+//! [`ErrorCode`] is stable — the daemon maps it to an HTTP status, the CLI to its message and
+//! exit status — and whose message says what failed on what.
+
+use luminaguard_backend::BackendError;
+
+/// The kind of failure, for callers that act on it rather than print it. Stable: new kinds
+/// are added, none is renamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    /// No such sandbox (or template, image) — or not one the caller may see.
+    NotFound,
+    /// It exists already, or is in a state that does not allow this.
+    Conflict,
+    /// The request's settings are not acceptable (limits, workspace, network, names).
+    InvalidSpec,
+    /// The caller may not do this.
+    Forbidden,
+    /// This host cannot do it (no KVM that runs guests, no QEMU, no Firecracker, no image, no
+    /// privilege for a network policy).
+    HostUnsupported,
+    /// Anything else: LuminaGuard or the host failed.
+    Internal,
+}
+
+impl ErrorCode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NotFound => "not-found",
+            Self::Conflict => "conflict",
+            Self::InvalidSpec => "invalid-spec",
+            Self::Forbidden => "forbidden",
+            Self::HostUnsupported => "host-unsupported",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why the service refused or failed a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("invalid sandbox settings: {0}")]
+    Spec(#[from] luminaguard_core::SpecError),
+    #[error(transparent)]
+    Workspace(#[from] luminaguard_core::WorkspaceError),
+    #[error("{0}")]
+    InvalidSpec(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    HostUnsupported(String),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("invalid runtime directory: {0}")]
+    Runtime(#[from] luminaguard_core::RuntimeDirError),
+    #[error("{what}: {reason}")]
+    Internal { what: &'static str, reason: String },
+}
+
+impl ServiceError {
+    /// The stable kind of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Spec(_) | Self::Workspace(_) | Self::InvalidSpec(_) => ErrorCode::InvalidSpec,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::Conflict(_) => ErrorCode::Conflict,
+            Self::HostUnsupported(_) => ErrorCode::HostUnsupported,
+            Self::Backend(e) => match e {
+                BackendError::NotFound(_) => ErrorCode::NotFound,
+                BackendError::Exists(_) | BackendError::NotRunning { .. } => ErrorCode::Conflict,
+                BackendError::Workspace(_) => ErrorCode::InvalidSpec,
+                _ => ErrorCode::Internal,
+            },
+            Self::Runtime(_) | Self::Internal { .. } => ErrorCode::Internal,
+        }
+    }
+
+    pub(crate) fn internal(what: &'static str, reason: impl std::fmt::Display) -> Self {
+        Self::Internal {
+            what,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for ServiceError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Self::internal("a blocking task failed", e)
+    }
+}
