@@ -54,6 +54,7 @@ async fn sandbox(rt: &Path, ws: &Path) -> luminaguard_backend::Sandbox {
         ),
         persistent: false,
         without_cgroup: false,
+        user: None,
         runtime: luminaguard_core::RuntimeDir::new(rt).unwrap(),
     };
     ProcessBackend::new(AGENT.into(), ClientOptions::default())

@@ -159,6 +159,9 @@ pub struct CreateRequest {
     /// request — e.g. rootless on a host that delegates no cgroup to the user.
     pub without_cgroup: bool,
     pub runtime: RuntimeDir,
+    /// The user the sandbox belongs to: who may see and use it through a service that serves
+    /// several users. `None`: the creating process's effective uid.
+    pub user: Option<u32>,
 }
 
 /// A running sandbox and a connection to its agent.
@@ -352,6 +355,7 @@ pub async fn begin_create(
     };
     meta.persistent = req.persistent;
     meta.spec = Some(req.spec.clone());
+    meta.user = Some(req.user.unwrap_or_else(|| nix::unistd::geteuid().as_raw()));
     prepare(&mut meta);
     let dir = create_sandbox_dir(&req.runtime, &req.id, &meta).await?;
     Ok((dir, meta))
@@ -579,6 +583,9 @@ pub struct Listing {
     pub accel: Option<String>,
     pub state: SandboxState,
     pub persistent: bool,
+    /// The user it belongs to (`None`: a record of an older version, root's alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<u32>,
     pub age_ms: u64,
     pub expires_in_ms: Option<u64>,
 }
@@ -595,18 +602,34 @@ pub fn list_blocking(runtime: &RuntimeDir) -> Result<Vec<Listing>, hostfs::HostF
     let mut out: Vec<Listing> = entries
         .flatten()
         .filter_map(|e| SandboxMeta::load_blocking(&e.path()).ok())
-        .map(|m| Listing {
-            state: m.state(now),
-            age_ms: now.saturating_sub(m.created_unix_ms),
-            expires_in_ms: m.expires_unix_ms.map(|e| e.saturating_sub(now)),
+        .map(|m| Listing::new(m, now))
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+impl Listing {
+    /// The listing of the sandbox `meta` records, at `now_unix_ms`.
+    pub fn new(m: SandboxMeta, now_unix_ms: u64) -> Self {
+        Self {
+            state: m.state(now_unix_ms),
+            age_ms: now_unix_ms.saturating_sub(m.created_unix_ms),
+            expires_in_ms: m.expires_unix_ms.map(|e| e.saturating_sub(now_unix_ms)),
             id: m.id,
             backend: m.backend,
             accel: m.accel,
             persistent: m.persistent,
-        })
-        .collect();
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(out)
+            user: m.user,
+        }
+    }
+}
+
+/// The record of sandbox `id` and its directory; [`BackendError::NotFound`] when there is none.
+pub async fn record(
+    runtime: &RuntimeDir,
+    id: &SandboxId,
+) -> Result<(PathBuf, SandboxMeta), BackendError> {
+    load(runtime, id).await
 }
 
 async fn load(

@@ -109,6 +109,10 @@ pub struct SandboxMeta {
     /// environment) and reports against the same limits. `None` in records of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<luminaguard_core::SandboxSpec>,
+    /// The user the sandbox belongs to (see `CreateRequest::user`); `None` in records of older
+    /// versions, which only root may use through a service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<u32>,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -141,6 +145,7 @@ impl SandboxMeta {
             chroot: None,
             net: None,
             spec: None,
+            user: None,
         })
     }
 

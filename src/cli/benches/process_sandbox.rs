@@ -89,6 +89,7 @@ fn main() {
             workspace: None,
             persistent: false,
             without_cgroup: false,
+            user: None,
             runtime: RuntimeDir::new(rt_dir.path()).unwrap(),
         };
         let sandbox = ProcessBackend::new(LG.into(), ClientOptions::default())

@@ -138,8 +138,8 @@ pub async fn run(args: DebugArgs, config: &Config) -> anyhow::Result<ExitCode> {
                 timeout_ms,
                 ..Default::default()
             };
-            let status = crate::stream::exec_streamed(&client, req, args.json).await?;
-            Ok(crate::stream::exit_code(&status))
+            let exec = Raw(client.exec(req).await?);
+            crate::stream::exec_streamed(exec, stdin, args.json).await
         }
         Op::Read { path, output } => {
             let req = ReadFileRequest {
@@ -313,5 +313,27 @@ async fn connect(path: &std::path::Path, timeout: Duration) -> anyhow::Result<Un
                 });
             }
         }
+    }
+}
+
+/// An exec straight from an agent, rendered like one through the service.
+struct Raw(luminaguard_protocol::ExecStream);
+
+impl crate::stream::Running for Raw {
+    async fn next(&mut self) -> anyhow::Result<Option<luminaguard_service::ExecOutput>> {
+        use luminaguard_protocol::ExecEvent;
+        use luminaguard_service::{ExecOutput, ExitReport};
+        Ok(self.0.next().await?.map(|e| match e {
+            ExecEvent::Started { pid } => ExecOutput::Started { pid },
+            ExecEvent::Stdout(b) => ExecOutput::Stdout(b),
+            ExecEvent::Stderr(b) => ExecOutput::Stderr(b),
+            ExecEvent::Exited(s) => ExecOutput::Exit(ExitReport::from(&s)),
+        }))
+    }
+    async fn write_stdin(&self, data: &[u8]) -> anyhow::Result<()> {
+        Ok(self.0.write_stdin(data).await?)
+    }
+    async fn close_stdin(&self) -> anyhow::Result<()> {
+        Ok(self.0.close_stdin().await?)
     }
 }

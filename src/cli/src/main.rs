@@ -201,7 +201,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Gc { json } => {
             let service = Service::new(config)?;
-            let report = with_runtime(async { Ok(service.gc().await) })?;
+            let caller = luminaguard_service::Caller::current();
+            let report = with_runtime(async { Ok(service.gc(&caller).await?) })?;
             if json {
                 outln!("{}", serde_json::to_string(&report)?);
             } else {

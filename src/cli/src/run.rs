@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use luminaguard_core::network::EgressRule;
 use luminaguard_core::{BackendChoice, ByteSize, SandboxId};
-use luminaguard_service::{CreateOptions, Service};
+use luminaguard_service::{Caller, CreateOptions, ExecOptions, Service};
 
 /// Settings shared by every command that creates a sandbox.
 #[derive(Debug, Args)]
@@ -102,23 +102,24 @@ pub struct RunArgs {
 }
 
 pub async fn run(args: RunArgs, service: &Service) -> anyhow::Result<ExitCode> {
-    let sandbox = service
-        .create(args.sandbox.options(None, false))
+    let caller = Caller::current();
+    let id = service
+        .create(&caller, args.sandbox.options(None, false))
+        .await
+        .context("starting the sandbox")?
+        .commit()
         .await
         .context("starting the sandbox")?;
-    let result = crate::stream::exec_in(
-        &sandbox,
-        crate::stream::ExecOptions {
-            argv: args.argv.clone(),
-            env: Vec::new(),
-            cwd: "/workspace".into(),
-            timeout: None,
-            json: args.json,
-            fresh: true,
-        },
-    )
-    .await;
-    if let Err(e) = sandbox.destroy().await {
+    let opts = ExecOptions {
+        argv: args.argv,
+        stdin: true,
+        ..ExecOptions::default()
+    };
+    let result = match service.exec(&caller, &id, opts).await {
+        Ok(exec) => crate::stream::exec_streamed(exec, true, args.json).await,
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = service.destroy(&caller, &id).await {
         eprintln!("luminaguard: cleanup: {e}");
     }
     result

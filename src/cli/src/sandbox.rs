@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use luminaguard_backend::copy::{self, CopyError, CopyOptions, TerminationSignals};
+use luminaguard_backend::copy::{CopyError, CopyOptions, TerminationSignals};
 use luminaguard_core::{ByteSize, SandboxId};
-use luminaguard_service::Service;
+use luminaguard_service::{Caller, ExecOptions, Service, ServiceError};
 
 use crate::run::SandboxArgs;
 
@@ -94,12 +94,13 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 pub async fn run(cmd: SandboxCommand, service: &Service) -> anyhow::Result<ExitCode> {
+    let caller = &Caller::current();
     match cmd {
-        SandboxCommand::Create(args) => create(args, service).await,
-        SandboxCommand::Exec(args) => exec(args, service).await,
+        SandboxCommand::Create(args) => create(args, service, caller).await,
+        SandboxCommand::Exec(args) => exec(args, service, caller).await,
         SandboxCommand::Cp(args) => copy(args, service).await,
         SandboxCommand::Audit { id, json } => {
-            let audit = service.seccomp_audit(&id).await?;
+            let audit = service.seccomp_audit(caller, &id).await?;
             if json {
                 outln!("{}", serde_json::to_string(&audit)?);
             } else {
@@ -123,7 +124,7 @@ pub async fn run(cmd: SandboxCommand, service: &Service) -> anyhow::Result<ExitC
             Ok(ExitCode::SUCCESS)
         }
         SandboxCommand::Ls { json } => {
-            let list = service.list().await?;
+            let list = service.list(caller).await?;
             if json {
                 outln!("{}", serde_json::to_string(&list)?);
             } else {
@@ -155,7 +156,7 @@ pub async fn run(cmd: SandboxCommand, service: &Service) -> anyhow::Result<ExitC
             let mut failed = false;
             let mut removed = Vec::new();
             for id in ids {
-                match service.destroy(&id).await {
+                match service.destroy(caller, &id).await {
                     Ok(()) => removed.push(id.to_string()),
                     Err(e) => {
                         failed = true;
@@ -175,20 +176,20 @@ pub async fn run(cmd: SandboxCommand, service: &Service) -> anyhow::Result<ExitC
     }
 }
 
-async fn create(args: CreateArgs, service: &Service) -> anyhow::Result<ExitCode> {
-    let mut sandbox = service
-        .create(args.sandbox.options(args.name, true))
+async fn create(args: CreateArgs, service: &Service, caller: &Caller) -> anyhow::Result<ExitCode> {
+    let sandbox = service
+        .create(caller, args.sandbox.options(args.name, true))
         .await
         .context("creating the sandbox")?;
     let line = if args.json {
         serde_json::json!({
-            "id": sandbox.id.as_str(),
-            "backend": sandbox.meta.backend,
-            "expires_unix_ms": sandbox.meta.expires_unix_ms,
+            "id": sandbox.id().as_str(),
+            "backend": sandbox.meta().backend,
+            "expires_unix_ms": sandbox.meta().expires_unix_ms,
         })
         .to_string()
     } else {
-        sandbox.id.to_string()
+        sandbox.id().to_string()
     };
     // The caller learns the id first; only then does the sandbox outlive this command. Killed
     // (or unable to say the id) before that, it leaves nothing running.
@@ -198,31 +199,24 @@ async fn create(args: CreateArgs, service: &Service) -> anyhow::Result<ExitCode>
         writeln!(out, "{line}").and_then(|()| out.flush())
     };
     if let Err(e) = printed {
-        let _ = sandbox.destroy().await;
+        let _ = sandbox.discard().await;
         return Err(anyhow::Error::from(e)
             .context("printing the new sandbox's id (the sandbox was removed)"));
     }
-    sandbox
-        .hand_over()
-        .await
-        .context("handing the sandbox over")?;
+    sandbox.commit().await.context("handing the sandbox over")?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn exec(args: ExecArgs, service: &Service) -> anyhow::Result<ExitCode> {
-    let sandbox = service.attach(&args.id).await?;
-    crate::stream::exec_in(
-        &sandbox,
-        crate::stream::ExecOptions {
-            argv: args.argv,
-            env: args.env,
-            cwd: args.cwd,
-            timeout: args.timeout,
-            json: args.json,
-            fresh: false,
-        },
-    )
-    .await
+async fn exec(args: ExecArgs, service: &Service, caller: &Caller) -> anyhow::Result<ExitCode> {
+    let opts = ExecOptions {
+        argv: args.argv,
+        env: args.env,
+        cwd: Some(args.cwd),
+        timeout: args.timeout,
+        stdin: true,
+    };
+    let exec = service.exec(caller, &args.id, opts).await?;
+    crate::stream::exec_streamed(exec, true, args.json).await
 }
 
 /// One side of `cp`: a host path, or `ID:/absolute/path` inside a sandbox.
@@ -257,22 +251,23 @@ async fn copy(args: CpArgs, service: &Service) -> anyhow::Result<ExitCode> {
         | (Location::Sandbox(id, _), Location::Host(_)) => id.clone(),
         _ => bail!("one side of cp must be a host path and the other ID:/path in a sandbox"),
     };
-    let sandbox = tokio::select! {
-        stop = signals.recv() => return interrupted(CopyError::Interrupted(stop)),
-        attached = service.attach(&id) => attached?,
-    };
+    let caller = Caller::current();
     let copied = match (src, dst) {
         (Location::Host(src), Location::Sandbox(_, dst)) => {
-            copy::copy_in(&sandbox, &src, &dst, opts, signals.recv()).await
+            service
+                .copy_in(&caller, &id, &src, &dst, opts, signals.recv())
+                .await
         }
         (Location::Sandbox(_, src), Location::Host(dst)) => {
-            copy::copy_out(&sandbox, &src, &dst, opts, signals.recv()).await
+            service
+                .copy_out(&caller, &id, &src, &dst, opts, signals.recv())
+                .await
         }
         _ => bail!("one side of cp must be a host path and the other ID:/path in a sandbox"),
     };
     match copied {
         Ok(_) => Ok(ExitCode::SUCCESS),
-        Err(e) if e.signal().is_some() => interrupted(e),
+        Err(ServiceError::Copy(e)) if e.signal().is_some() => interrupted(e),
         Err(e) => Err(e.into()),
     }
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use luminaguard_service::Service;
+use luminaguard_service::{Caller, Service};
 
 use crate::run::SandboxArgs;
 
@@ -39,10 +39,11 @@ pub struct CreateArgs {
 }
 
 pub async fn run(cmd: TemplateCommand, service: &Service) -> anyhow::Result<ExitCode> {
+    let caller = &Caller::current();
     match cmd {
         TemplateCommand::Create(args) => {
             let template = service
-                .create_template(&args.name, &args.sandbox.options(None, false))
+                .create_template(caller, &args.name, &args.sandbox.options(None, false))
                 .await
                 .with_context(|| format!("making template {}", args.name))?;
             if args.json {
@@ -59,18 +60,18 @@ pub async fn run(cmd: TemplateCommand, service: &Service) -> anyhow::Result<Exit
             }
             Ok(ExitCode::SUCCESS)
         }
-        TemplateCommand::Ls { json } => ls(service, json).await,
+        TemplateCommand::Ls { json } => ls(service, caller, json).await,
         TemplateCommand::Rm { names } => {
             for name in &names {
-                service.remove_template(name).await?;
+                service.remove_template(caller, name).await?;
             }
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-async fn ls(service: &Service, json: bool) -> anyhow::Result<ExitCode> {
-    let found = service.templates().await?;
+async fn ls(service: &Service, caller: &Caller, json: bool) -> anyhow::Result<ExitCode> {
+    let found = service.templates(caller).await?;
     if json {
         let list: Vec<_> = found
             .iter()

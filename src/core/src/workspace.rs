@@ -123,6 +123,10 @@ fn resolve_existing_prefix(path: &Path) -> PathBuf {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkspacePolicy {
     protected: Vec<Protected>,
+    /// `Some(uid)`: the workspace must be owned by this user — the caller a service acts for,
+    /// so that nobody can hand a sandbox (which a more privileged service creates) a directory
+    /// that is not theirs.
+    owner: Option<u32>,
 }
 
 /// How a workspace stands to a path it may not touch.
@@ -148,6 +152,8 @@ pub enum Rule {
     },
     /// Exactly one of [`SHARED_DIRS`].
     Shared { dir: &'static str },
+    /// Not owned by the user the sandbox is for.
+    NotOwned { owner: u32, required: u32 },
     /// A [`Protected`] path.
     Protected {
         path: PathBuf,
@@ -175,6 +181,11 @@ impl fmt::Display for Rule {
                      one, no parent of one)"
                 )
             }
+            Self::NotOwned { owner, required } => write!(
+                f,
+                "it is owned by uid {owner}, not by uid {required} who asked for it (rule: a \
+                 workspace is the caller's own directory)"
+            ),
             Self::Shared { dir } => write!(
                 f,
                 "it is {dir}, a directory shared by every user and service (rule: no shared \
@@ -280,6 +291,24 @@ impl WorkspacePolicy {
         &self.protected
     }
 
+    /// Also requires the workspace to be owned by `uid`.
+    pub fn owned_by(mut self, uid: u32) -> Self {
+        self.owner = Some(uid);
+        self
+    }
+
+    /// The ownership rule, on the resolved directory's metadata.
+    fn check_owner(&self, meta: &std::fs::Metadata) -> Result<(), Rule> {
+        use std::os::unix::fs::MetadataExt;
+        match self.owner {
+            Some(required) if meta.uid() != required => Err(Rule::NotOwned {
+                owner: meta.uid(),
+                required,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The rules, on an already resolved path (pure: no file system access). `Ok` when `ws`
     /// may be a workspace; otherwise the first rule it breaks: the whole host, a system
     /// directory (inside, or containing one), a shared directory, protected state.
@@ -362,10 +391,18 @@ impl Workspace {
                 .cloned()
                 .map(Protected::resolved_blocking)
                 .collect(),
+            owner: policy.owner,
         };
         policy.refuse(given, &path)?;
         match std::fs::metadata(&path) {
-            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.is_dir() => {
+                policy
+                    .check_owner(&m)
+                    .map_err(|rule| WorkspaceError::Refused {
+                        workspace: shown(Some(&path)),
+                        rule,
+                    })?;
+            }
             Ok(_) => return Err(WorkspaceError::NotADirectory(shown(Some(&path)))),
             Err(source) => {
                 return Err(WorkspaceError::Resolve {
@@ -404,7 +441,23 @@ impl Workspace {
         policy
             .protected
             .extend(also.iter().cloned().map(Protected::resolved_blocking));
-        policy.refuse(&self.path, &self.path)
+        policy.refuse(&self.path, &self.path)?;
+        let meta = std::fs::metadata(&self.path).map_err(|source| WorkspaceError::Resolve {
+            given: Shown {
+                given: self.path.clone(),
+                resolved: None,
+            },
+            source,
+        })?;
+        policy
+            .check_owner(&meta)
+            .map_err(|rule| WorkspaceError::Refused {
+                workspace: Shown {
+                    given: self.path.clone(),
+                    resolved: None,
+                },
+                rule,
+            })
     }
 }
 
@@ -581,6 +634,34 @@ mod tests {
             matches!(&err, WorkspaceError::Changed { now, .. } if now == Path::new("/etc")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_owner_rule_refuses_a_directory_of_another_user_at_resolve_and_recheck() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mine = std::fs::metadata(dir.path()).unwrap().uid();
+        let other = mine.wrapping_add(1);
+        let ws = Workspace::resolve_blocking(dir.path(), &WorkspacePolicy::new().owned_by(mine))
+            .unwrap();
+        ws.recheck_blocking(&[]).unwrap();
+        let err = Workspace::resolve_blocking(dir.path(), &WorkspacePolicy::new().owned_by(other))
+            .unwrap_err();
+        assert!(
+            matches!(&err, WorkspaceError::Refused { rule: Rule::NotOwned { owner, required }, .. }
+                if *owner == mine && *required == other),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("the caller's own directory"),
+            "{err}"
+        );
+        // The rule travels with the workspace: a recheck applies it again.
+        let ws = Workspace {
+            path: std::fs::canonicalize(dir.path()).unwrap(),
+            policy: WorkspacePolicy::new().owned_by(other),
+        };
+        assert!(ws.recheck_blocking(&[]).is_err());
     }
 
     fn component() -> impl Strategy<Value = String> {

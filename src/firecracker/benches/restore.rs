@@ -67,6 +67,7 @@ fn request(runtime: &RuntimeDir, id: &str) -> CreateRequest {
         persistent: false,
         // SAFETY: geteuid has no preconditions.
         without_cgroup: unsafe { libc::geteuid() } != 0,
+        user: None,
         runtime: runtime.clone(),
     }
 }

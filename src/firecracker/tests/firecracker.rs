@@ -882,6 +882,7 @@ fn request(fx: &BackendFixture, id: &str, persistent: bool, without_cgroup: bool
         workspace: None,
         persistent,
         without_cgroup,
+        user: None,
         runtime: fx.runtime.clone(),
     }
 }
@@ -1405,6 +1406,7 @@ async fn real_firecracker_boots_a_sandbox_and_destroys_it() {
         workspace: None,
         persistent: false,
         without_cgroup: !is_root(),
+        user: None,
         runtime,
     };
     let (sandbox, timings) = backend.create_timed(req).await.unwrap();

@@ -99,6 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             workspace: None,
             persistent: false,
             without_cgroup: false,
+            user: None,
             runtime: runtime.clone(),
         };
         let (sandbox, t) = backend.create_timed(req).await?;

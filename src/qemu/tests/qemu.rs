@@ -57,6 +57,7 @@ fn request(rt: &Path) -> CreateRequest {
         workspace: None,
         persistent: false,
         without_cgroup: false,
+        user: None,
         runtime: RuntimeDir::new(rt.join("rt")).unwrap(),
     }
 }

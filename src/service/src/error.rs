@@ -3,6 +3,8 @@
 //! exit status — and whose message says what failed on what.
 
 use luminaguard_backend::BackendError;
+use luminaguard_backend::copy::CopyError;
+use luminaguard_protocol::message::ErrorCode as AgentCode;
 
 /// The kind of failure, for callers that act on it rather than print it. Stable: new kinds
 /// are added, none is renamed.
@@ -22,6 +24,8 @@ pub enum ErrorCode {
     HostUnsupported,
     /// Anything else: LuminaGuard or the host failed.
     Internal,
+    /// More data than the limit allows (a file over the size limit).
+    TooLarge,
 }
 
 impl ErrorCode {
@@ -33,6 +37,7 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::HostUnsupported => "host-unsupported",
             Self::Internal => "internal",
+            Self::TooLarge => "too-large",
         }
     }
 }
@@ -57,6 +62,21 @@ pub enum ServiceError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(transparent)]
+    Copy(#[from] luminaguard_backend::copy::CopyError),
+    /// The sandbox died under a request (its VMM was killed, its guest crashed, …).
+    #[error("sandbox {id}: {detail}")]
+    SandboxDied { id: String, detail: String },
+    /// The sandbox's agent refused or failed a request.
+    #[error("sandbox {id}: {source}")]
+    Agent {
+        id: String,
+        source: luminaguard_protocol::ClientError,
+    },
+    #[error("{0}")]
     HostUnsupported(String),
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -73,6 +93,18 @@ impl ServiceError {
             Self::Spec(_) | Self::Workspace(_) | Self::InvalidSpec(_) => ErrorCode::InvalidSpec,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Conflict(_) => ErrorCode::Conflict,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::TooLarge(_) => ErrorCode::TooLarge,
+            Self::Copy(e) => match e {
+                CopyError::TooLarge { .. } => ErrorCode::TooLarge,
+                CopyError::Host(_) | CopyError::NotRegular { .. } | CopyError::NoFileName(_) => {
+                    ErrorCode::InvalidSpec
+                }
+                CopyError::Sandbox { error, .. } => agent_code(error),
+                CopyError::Interrupted(_) | CopyError::Task(_) => ErrorCode::Internal,
+            },
+            Self::SandboxDied { .. } => ErrorCode::Internal,
+            Self::Agent { source, .. } => agent_code(source),
             Self::HostUnsupported(_) => ErrorCode::HostUnsupported,
             Self::Backend(e) => match e {
                 BackendError::NotFound(_) => ErrorCode::NotFound,
@@ -84,11 +116,32 @@ impl ServiceError {
         }
     }
 
+    pub(crate) fn agent(
+        id: &luminaguard_core::SandboxId,
+        source: luminaguard_protocol::ClientError,
+    ) -> Self {
+        Self::Agent {
+            id: id.to_string(),
+            source,
+        }
+    }
+
     pub(crate) fn internal(what: &'static str, reason: impl std::fmt::Display) -> Self {
         Self::Internal {
             what,
             reason: reason.to_string(),
         }
+    }
+}
+
+/// The kind of an agent's refusal.
+fn agent_code(e: &luminaguard_protocol::ClientError) -> ErrorCode {
+    match e.remote_code() {
+        Some(AgentCode::NotFound) => ErrorCode::NotFound,
+        Some(AgentCode::PermissionDenied) => ErrorCode::Forbidden,
+        Some(AgentCode::AlreadyExists) => ErrorCode::Conflict,
+        Some(AgentCode::InvalidRequest) => ErrorCode::InvalidSpec,
+        _ => ErrorCode::Internal,
     }
 }
 

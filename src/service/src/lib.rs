@@ -1,26 +1,37 @@
-//! The sandbox service: the one sandbox manager every caller goes through — the CLI now; the
-//! daemon, the MCP server and gateway, and the agent loop as they come. A front-end parses what
-//! its user said into these library types, calls the service, and renders the answer; it never
-//! constructs a backend or a `CreateRequest` itself, so whatever the service enforces (the spec
-//! validated, the workspace checked, leftovers collected before a create) no caller can skip.
+//! The sandbox service: the one sandbox manager every caller goes through — the CLI, the
+//! daemon, and the MCP server and gateway and the agent loop as they come. A front-end parses
+//! what its user said into these library types, calls the service, and renders the answer; it
+//! never constructs a backend or a `CreateRequest` itself, so whatever the service enforces
+//! (the owner rule, the spec validated, the workspace checked, leftovers collected before a
+//! create) no caller can skip.
 //!
-//! - [`Service::create`] makes a sandbox from the configured defaults and a [`CreateOptions`]:
-//!   the spec validated, the workspace resolved and checked, the backend picked (`auto`) and
-//!   made for the host ([`backends`]), with the image or template asked for;
-//! - [`Service::attach`], [`Service::list`], [`Service::destroy`], [`Service::gc`],
-//!   [`Service::seccomp_audit`] work from the sandboxes' records;
+//! - every method acts for a [`Caller`] and names its [`Action`], which [`Service::admit`]
+//!   judges first: a caller sees and touches only its own sandboxes (root: all); shared state
+//!   (templates) is the service user's;
+//! - [`Service::create`] makes a sandbox from the configured defaults and a [`CreateOptions`]
+//!   (spec validated, workspace resolved and checked, backend picked and made for the host);
+//! - [`Service::exec`] runs a command with the sandbox's recorded defaults and reports how it
+//!   ended ([`exec`]); [`Service::read_file`] and [`Service::write_file`] stream files;
+//! - [`Service::get`], [`Service::list`], [`Service::destroy`], [`Service::gc`],
+//!   [`Service::expire`], [`Service::seccomp_audit`] work from the sandboxes' records;
 //! - errors are [`ServiceError`]s with a stable [`ErrorCode`].
 
+mod action;
 pub mod backends;
+mod caller;
 mod error;
+pub mod exec;
+mod files;
 pub mod host;
+mod live;
 pub mod pick;
 pub mod templates;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use luminaguard_backend::{Backend, CreateRequest, GcReport, Listing, Sandbox};
+use luminaguard_backend::{Backend, BackendError, CreateRequest, GcReport, Listing, Sandbox};
 use luminaguard_core::network::EgressRule;
 use luminaguard_core::{
     BackendChoice, ByteSize, Config, NetworkPolicy, RuntimeDir, SandboxId, SandboxSpec, Workspace,
@@ -28,9 +39,13 @@ use luminaguard_core::{
 use luminaguard_protocol::ClientOptions;
 use luminaguard_protocol::message::SeccompAudit;
 
+pub use action::Action;
 pub use backends::AnyBackend;
+pub use caller::Caller;
 pub use error::{ErrorCode, ServiceError};
+pub use exec::{Exec, ExecOptions, ExecOutput, ExitReport};
 pub use host::HostSettings;
+pub use luminaguard_backend::SandboxState;
 
 /// What a caller asks for when it creates a sandbox: each `None` takes the configured default.
 #[derive(Debug, Clone, Default)]
@@ -62,12 +77,58 @@ pub struct CreateOptions {
     pub net_deny: Vec<EgressRule>,
 }
 
-/// The sandbox manager.
+/// The sandbox manager. Cheap to clone; clones share the connections to sandboxes.
 #[derive(Debug, Clone)]
 pub struct Service {
     config: Config,
     runtime: RuntimeDir,
     host: HostSettings,
+    /// The user this service runs as: workspaces of other callers must be their own.
+    euid: u32,
+    live: Arc<live::Live>,
+}
+
+/// A sandbox just created, not yet given to its caller. [`Pending::commit`] makes it the
+/// caller's (a long-lived one then outlives this process); dropped instead, it ends — a caller
+/// that fails or is killed before it has told its user the id leaves nothing running.
+#[derive(Debug)]
+pub struct Pending {
+    service: Service,
+    sandbox: Sandbox,
+}
+
+impl Pending {
+    pub fn id(&self) -> &SandboxId {
+        &self.sandbox.id
+    }
+
+    /// Its record as created.
+    pub fn meta(&self) -> &luminaguard_backend::state::SandboxMeta {
+        &self.sandbox.meta
+    }
+
+    /// Removes it now (rather than letting it end on its own when dropped).
+    pub async fn discard(self) -> Result<(), ServiceError> {
+        Ok(self.sandbox.destroy().await?)
+    }
+
+    /// Hands the sandbox over (a long-lived one now lives as long as its init or VMM) and keeps
+    /// its connection for the caller's requests.
+    pub async fn commit(mut self) -> Result<SandboxId, ServiceError> {
+        self.sandbox.hand_over().await?;
+        let id = self.sandbox.id.clone();
+        if self
+            .service
+            .live
+            .insert(live::Entry::new(self.sandbox, true))
+            .is_none()
+        {
+            return Err(ServiceError::Backend(BackendError::NotFound(
+                id.to_string(),
+            )));
+        }
+        Ok(id)
+    }
 }
 
 impl Service {
@@ -83,6 +144,8 @@ impl Service {
             config,
             runtime,
             host,
+            euid: nix::unistd::geteuid().as_raw(),
+            live: Arc::default(),
         })
     }
 
@@ -96,6 +159,33 @@ impl Service {
 
     pub fn host(&self) -> &HostSettings {
         &self.host
+    }
+
+    /// How many sandboxes this service holds a connection to.
+    pub fn connected(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Judges `action` for `caller`, before anything runs: a sandbox the caller may not use is
+    /// reported as not existing (whether it does is not the caller's business); shared state is
+    /// changed only by the service's own user or root.
+    pub async fn admit(&self, caller: &Caller, action: &Action) -> Result<(), ServiceError> {
+        if action.is_shared_state() && !(caller.is_root() || caller.uid == self.euid) {
+            return Err(ServiceError::Forbidden(format!(
+                "only root or uid {} may change templates",
+                self.euid
+            )));
+        }
+        if let Some(id) = action.sandbox() {
+            let (_, meta) = luminaguard_backend::record(&self.runtime, id).await?;
+            if !caller.may_use(meta.user) {
+                return Err(ServiceError::Backend(BackendError::NotFound(
+                    id.to_string(),
+                )));
+            }
+        }
+        tracing::debug!(?caller, ?action, "admitted");
+        Ok(())
     }
 
     /// The configured defaults with `opts` applied, validated.
@@ -133,15 +223,30 @@ impl Service {
         Ok(spec)
     }
 
-    /// What a backend's `create` needs for `opts`: the spec, the workspace resolved and checked
-    /// against the system and LuminaGuard's own state (what the sandbox gets is the resolved
-    /// path that passed; the create checks it again). Also removes leftovers of dead sandboxes
-    /// first (cheap when there are none).
-    pub async fn request(&self, opts: &CreateOptions) -> Result<CreateRequest, ServiceError> {
+    /// What a backend's `create` needs for `opts`, for `caller`: the spec, the workspace
+    /// resolved and checked against the system, LuminaGuard's own state and — for a caller
+    /// other than this service's user — the caller's ownership (what the sandbox gets is the
+    /// resolved path that passed; the create checks it again). Also removes leftovers of dead
+    /// sandboxes first (cheap when there are none).
+    pub async fn request(
+        &self,
+        caller: &Caller,
+        opts: &CreateOptions,
+    ) -> Result<CreateRequest, ServiceError> {
         let spec = self.spec(opts)?;
         let workspace = match &opts.workspace {
             Some(w) => {
-                let (w, policy) = (w.clone(), self.host.protected_state(&self.runtime));
+                let mut policy = self.host.protected_state(&self.runtime);
+                if caller.uid != self.euid {
+                    if !w.is_absolute() {
+                        return Err(ServiceError::InvalidSpec(format!(
+                            "workspace {}: give an absolute path",
+                            w.display()
+                        )));
+                    }
+                    policy = policy.owned_by(caller.uid);
+                }
+                let w = w.clone();
                 Some(
                     tokio::task::spawn_blocking(move || Workspace::resolve_blocking(&w, &policy))
                         .await??,
@@ -163,13 +268,19 @@ impl Service {
             persistent: opts.persistent,
             without_cgroup: opts.no_cgroup,
             runtime: self.runtime.clone(),
+            user: Some(caller.uid),
         })
     }
 
-    /// Creates a sandbox and returns once its agent answers. A persistent one is handed over
-    /// only by [`Sandbox::hand_over`] — until then it ends with the caller.
-    pub async fn create(&self, opts: CreateOptions) -> Result<Sandbox, ServiceError> {
-        let req = self.request(&opts).await?;
+    /// Creates a sandbox for `caller` and returns once its agent answers; it is the caller's
+    /// once [`Pending::commit`]ted.
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        opts: CreateOptions,
+    ) -> Result<Pending, ServiceError> {
+        self.admit(caller, &Action::Create { pool: None }).await?;
+        let req = self.request(caller, &opts).await?;
         let backend = backends::backend(
             &self.host,
             &self.runtime,
@@ -178,7 +289,10 @@ impl Service {
             opts.template.as_deref(),
         )
         .await?;
-        Ok(backend.create(req).await?)
+        Ok(Pending {
+            service: self.clone(),
+            sandbox: backend.create(req).await?,
+        })
     }
 
     /// The Firecracker backend for `spec` (template making).
@@ -195,52 +309,129 @@ impl Service {
         backends::host_facts(&self.host, image).await
     }
 
-    /// A connection to the running, long-lived sandbox `id`.
-    pub async fn attach(&self, id: &SandboxId) -> Result<Sandbox, ServiceError> {
-        Ok(luminaguard_backend::attach(&self.runtime, id, ClientOptions::default()).await?)
+    /// The connection to sandbox `id` (admitted already): the one this service holds, or a new
+    /// one to a running long-lived sandbox, kept for the next request.
+    async fn connection(&self, id: &SandboxId) -> Result<Arc<live::Entry>, ServiceError> {
+        if let Some(entry) = self.live.get(id) {
+            return Ok(entry);
+        }
+        let sandbox =
+            luminaguard_backend::attach(&self.runtime, id, ClientOptions::default()).await?;
+        self.live
+            .insert(live::Entry::new(sandbox, false))
+            .ok_or_else(|| ServiceError::Backend(BackendError::NotFound(id.to_string())))
     }
 
-    /// Every sandbox, sorted by id.
-    pub async fn list(&self) -> Result<Vec<Listing>, ServiceError> {
+    /// Runs a command in sandbox `id` (see [`exec`]).
+    pub async fn exec(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+        opts: ExecOptions,
+    ) -> Result<Exec, ServiceError> {
+        let action = Action::Exec {
+            id: id.clone(),
+            argv: opts.argv.clone(),
+        };
+        self.admit(caller, &action).await?;
+        if opts.argv.is_empty() {
+            return Err(ServiceError::InvalidSpec(
+                "no command to run (empty argv)".into(),
+            ));
+        }
+        Exec::start(self.connection(id).await?, opts).await
+    }
+
+    /// Sandbox `id` as a listing shows it.
+    pub async fn get(&self, caller: &Caller, id: &SandboxId) -> Result<Listing, ServiceError> {
+        self.admit(caller, &Action::Get { id: id.clone() }).await?;
+        let (_, meta) = luminaguard_backend::record(&self.runtime, id).await?;
+        Ok(Listing::new(
+            meta,
+            luminaguard_backend::state::now_unix_ms(),
+        ))
+    }
+
+    /// The caller's sandboxes (root: every sandbox), sorted by id.
+    pub async fn list(&self, caller: &Caller) -> Result<Vec<Listing>, ServiceError> {
+        self.admit(caller, &Action::List).await?;
         let runtime = self.runtime.clone();
         let listing =
             tokio::task::spawn_blocking(move || luminaguard_backend::list_blocking(&runtime))
                 .await?;
-        Ok(listing.map_err(luminaguard_backend::BackendError::from)?)
+        let mut listing = listing.map_err(BackendError::from)?;
+        listing.retain(|l| caller.may_use(l.user));
+        Ok(listing)
     }
 
     /// Removes sandbox `id`: every process, cgroup and file it has. A microVM is first asked to
     /// power off through its agent (within [`luminaguard_qemu::backend::SHUTDOWN_GRACE`]); then,
-    /// and for every other sandbox, whatever the record names is killed and removed.
-    pub async fn destroy(&self, id: &SandboxId) -> Result<(), ServiceError> {
-        let vm = self
-            .list()
-            .await?
-            .iter()
-            .any(|l| l.id == id.as_str() && l.accel.is_some());
-        if vm {
-            let attached = tokio::time::timeout(
+    /// and for every other sandbox, whatever the record names is killed and removed. Commands
+    /// running in it end (cancelled). A second destroy while one runs is refused.
+    pub async fn destroy(&self, caller: &Caller, id: &SandboxId) -> Result<(), ServiceError> {
+        self.admit(caller, &Action::Destroy { id: id.clone() })
+            .await?;
+        let Ok(entry) = self.live.begin_destroy(id) else {
+            return Err(ServiceError::Conflict(format!(
+                "sandbox {id} is being destroyed already"
+            )));
+        };
+        let result = self.destroy_now(id, entry).await;
+        self.live.end_destroy(id);
+        result
+    }
+
+    async fn destroy_now(
+        &self,
+        id: &SandboxId,
+        entry: Option<Arc<live::Entry>>,
+    ) -> Result<(), ServiceError> {
+        // The connection this service holds, when no request is using it; else a new one.
+        let sandbox = match entry.map(Arc::try_unwrap) {
+            Some(Ok(entry)) => Some(entry.sandbox),
+            Some(Err(_)) | None => None,
+        };
+        let (_, meta) = luminaguard_backend::record(&self.runtime, id).await?;
+        if meta.accel.is_none() {
+            // A process sandbox: nothing to power off; killing it is its shutdown.
+            match sandbox {
+                Some(s) => s.destroy().await?,
+                None => luminaguard_backend::destroy(&self.runtime, id).await?,
+            }
+            return Ok(());
+        }
+        let sandbox = match sandbox {
+            Some(s) => Some(s),
+            None => match tokio::time::timeout(
                 RM_ATTACH_TIMEOUT,
                 luminaguard_backend::attach(&self.runtime, id, ClientOptions::default()),
             )
-            .await;
-            match attached {
-                Ok(Ok(sandbox)) => {
-                    return Ok(sandbox
-                        .with_graceful_shutdown(luminaguard_qemu::backend::SHUTDOWN_GRACE)
-                        .destroy()
-                        .await?);
+            .await
+            {
+                Ok(Ok(sandbox)) => Some(sandbox),
+                Ok(Err(e)) => {
+                    tracing::debug!(%id, error = %e, "no agent to power off; killing");
+                    None
                 }
-                Ok(Err(e)) => tracing::debug!(%id, error = %e, "no agent to power off; killing"),
-                Err(_) => tracing::debug!(%id, "agent did not answer in time; killing"),
-            }
+                Err(_) => {
+                    tracing::debug!(%id, "agent did not answer in time; killing");
+                    None
+                }
+            },
+        };
+        match sandbox {
+            Some(s) => Ok(s
+                .with_graceful_shutdown(luminaguard_qemu::backend::SHUTDOWN_GRACE)
+                .destroy()
+                .await?),
+            None => Ok(luminaguard_backend::destroy(&self.runtime, id).await?),
         }
-        Ok(luminaguard_backend::destroy(&self.runtime, id).await?)
     }
 
     /// Removes what sandboxes whose owner died, or whose lifetime ended, left behind; as root
     /// also network objects no record names (a runtime directory removed by hand).
-    pub async fn gc(&self) -> GcReport {
+    pub async fn gc(&self, caller: &Caller) -> Result<GcReport, ServiceError> {
+        self.admit(caller, &Action::Gc).await?;
         let (runtime, uplink) = (self.runtime.clone(), self.host.uplink.clone());
         let collected = tokio::task::spawn_blocking(move || {
             let mut report = luminaguard_backend::gc::collect(&runtime);
@@ -253,21 +444,41 @@ impl Service {
             report
         })
         .await;
-        collected.unwrap_or_else(|e| GcReport {
+        Ok(collected.unwrap_or_else(|e| GcReport {
             errors: vec![format!("gc failed: {e}")],
             ..GcReport::default()
-        })
+        }))
+    }
+
+    /// Lets go of every connection this service holds, as a daemon does when it stops: a
+    /// disposable sandbox (a one-shot run still in flight) is destroyed, a long-lived one is left
+    /// running for the next service to find; with `destroy_all`, every one is destroyed.
+    pub async fn close(&self, destroy_all: bool) {
+        for entry in self.live.drain() {
+            let id = entry.sandbox.id.clone();
+            if !destroy_all && entry.sandbox.meta.persistent {
+                continue;
+            }
+            if self.live.begin_destroy(&id).is_err() {
+                continue;
+            }
+            if let Err(e) = self.destroy_now(&id, Some(entry)).await {
+                tracing::warn!(%id, error = %e, "destroying a sandbox at shutdown");
+            }
+            self.live.end_destroy(&id);
+        }
     }
 
     /// The system calls sandbox `id`'s seccomp policy denied, from the record its host-side
     /// supervisor keeps (readable after its last process is gone, until it is removed).
-    pub async fn seccomp_audit(&self, id: &SandboxId) -> Result<SeccompAudit, ServiceError> {
+    pub async fn seccomp_audit(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+    ) -> Result<SeccompAudit, ServiceError> {
+        self.admit(caller, &Action::Audit { id: id.clone() })
+            .await?;
         let dir = self.runtime.sandbox_dir(id)?;
-        if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
-            return Err(ServiceError::NotFound(format!(
-                "sandbox {id} does not exist"
-            )));
-        }
         Ok(luminaguard_backend::seccomp_audit(&dir).await?)
     }
 }

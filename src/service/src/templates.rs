@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use luminaguard_core::{BackendChoice, RuntimeDir};
 use luminaguard_firecracker::Template;
 
-use crate::{CreateOptions, Service, ServiceError};
+use crate::{Action, Caller, CreateOptions, Service, ServiceError};
 
 /// The directory of the runtime root that holds templates.
 pub const TEMPLATES_DIR: &str = "templates";
@@ -53,16 +53,21 @@ impl Service {
     /// the snapshot as template `name`; the sandbox itself is removed.
     pub async fn create_template(
         &self,
+        caller: &Caller,
         name: &str,
         opts: &CreateOptions,
     ) -> Result<Template, ServiceError> {
+        let action = Action::CreateTemplate {
+            name: name.to_owned(),
+        };
+        self.admit(caller, &action).await?;
         let dest = dir(self.runtime(), name)?;
         if opts.template.is_some() {
             return Err(ServiceError::InvalidSpec(
                 "a template is made by booting: a template to restore from does not apply".into(),
             ));
         }
-        let req = self.request(opts).await?;
+        let req = self.request(caller, opts).await?;
         if !matches!(
             req.spec.backend,
             BackendChoice::Auto | BackendChoice::Firecracker
@@ -91,7 +96,11 @@ impl Service {
     }
 
     /// Every readable template, sorted by name (unreadable ones are logged and left out).
-    pub async fn templates(&self) -> Result<Vec<(String, Template)>, ServiceError> {
+    pub async fn templates(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<(String, Template)>, ServiceError> {
+        self.admit(caller, &Action::ListTemplates).await?;
         let base = self.runtime().root().join(TEMPLATES_DIR);
         let mut found = Vec::new();
         let mut entries = match tokio::fs::read_dir(&base).await {
@@ -117,7 +126,11 @@ impl Service {
     /// Removes template `name` — or what a template create killed half-way left: any
     /// directory of that name under templates/, never a symbolic link's target. Sandboxes
     /// restored from it keep running.
-    pub async fn remove_template(&self, name: &str) -> Result<(), ServiceError> {
+    pub async fn remove_template(&self, caller: &Caller, name: &str) -> Result<(), ServiceError> {
+        let action = Action::RemoveTemplate {
+            name: name.to_owned(),
+        };
+        self.admit(caller, &action).await?;
         let dir = dir(self.runtime(), name)?;
         match tokio::fs::symlink_metadata(&dir).await {
             Ok(m) if m.is_dir() => tokio::fs::remove_dir_all(&dir)

@@ -80,6 +80,7 @@ fn request(fx: &Fixture, id: &str, persistent: bool) -> CreateRequest {
         workspace: None,
         persistent,
         without_cgroup: false,
+        user: None,
         runtime: fx.runtime.clone(),
     }
 }

@@ -188,6 +188,7 @@ async fn real_firecracker_restores_sandboxes_that_draw_different_random_numbers(
         workspace: None,
         persistent: false,
         without_cgroup: !is_root(),
+        user: None,
         runtime: runtime.clone(),
     };
     let (booted, boot) = backend.create_timed(req("fc-real-boot")).await.unwrap();

@@ -1,0 +1,59 @@
+//! Who a request comes from. The service acts for a caller and applies the owner rule to every
+//! request: a caller sees and touches only the sandboxes it created; root sees all.
+
+/// The user a request is made for: this process's own user for the in-process CLI, the peer
+/// credentials of the connection (`SO_PEERCRED`) for the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    /// The calling process, when known (for logs and the audit trail; never for decisions, as
+    /// a pid can be reused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+}
+
+impl Caller {
+    /// This process: its effective uid and gid.
+    pub fn current() -> Self {
+        Self {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            pid: i32::try_from(std::process::id()).ok(),
+        }
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+
+    /// Whether this caller may see and use a sandbox that belongs to `user` (`None`: a record
+    /// of an older version, root's alone).
+    pub fn may_use(&self, user: Option<u32>) -> bool {
+        self.is_root() || user == Some(self.uid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_uses_its_own_sandboxes_and_root_uses_all() {
+        let user = Caller {
+            uid: 1000,
+            gid: 1000,
+            pid: None,
+        };
+        let root = Caller {
+            uid: 0,
+            gid: 0,
+            pid: None,
+        };
+        assert!(user.may_use(Some(1000)));
+        assert!(!user.may_use(Some(1001)));
+        assert!(!user.may_use(Some(0)));
+        assert!(!user.may_use(None));
+        assert!(root.may_use(Some(1000)) && root.may_use(None));
+    }
+}
