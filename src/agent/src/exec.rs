@@ -351,11 +351,10 @@ async fn pump(
             r = pipe.read(&mut buf) => match r {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    if let Some(reply) = forward(n, &buf) {
-                        if out.send(id, &reply).await.is_err() {
+                    if let Some(reply) = forward(n, &buf)
+                        && out.send(id, &reply).await.is_err() {
                             return;
                         }
-                    }
                 }
             },
         }
@@ -370,10 +369,10 @@ async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 drained += n;
-                if let Some(reply) = forward(n, &buf) {
-                    if out.send(id, &reply).await.is_err() {
-                        return;
-                    }
+                if let Some(reply) = forward(n, &buf)
+                    && out.send(id, &reply).await.is_err()
+                {
+                    return;
                 }
             }
         }

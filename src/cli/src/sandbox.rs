@@ -227,10 +227,10 @@ enum Location {
 }
 
 fn location(arg: &str) -> Location {
-    if let Some((id, path)) = arg.split_once(':') {
-        if let (Ok(id), true) = (id.parse::<SandboxId>(), path.starts_with('/')) {
-            return Location::Sandbox(id, path.to_owned());
-        }
+    if let Some((id, path)) = arg.split_once(':')
+        && let (Ok(id), true) = (id.parse::<SandboxId>(), path.starts_with('/'))
+    {
+        return Location::Sandbox(id, path.to_owned());
     }
     Location::Host(PathBuf::from(arg))
 }

@@ -210,10 +210,10 @@ impl SandboxSpec {
                 return Err(SpecError::EnvValue(k.clone()));
             }
         }
-        if let NetworkPolicy::Egress { allow, .. } = &self.network {
-            if allow.is_empty() {
-                return Err(SpecError::NetworkWithoutPolicy);
-            }
+        if let NetworkPolicy::Egress { allow, .. } = &self.network
+            && allow.is_empty()
+        {
+            return Err(SpecError::NetworkWithoutPolicy);
         }
         Ok(())
     }
@@ -272,7 +272,7 @@ fn is_absolute_normal(p: &Path) -> bool {
 }
 
 /// Durations in files as `"30s"`, `"5m"`, `"1h 30m"` (humantime).
-pub(crate) mod duration_text {
+pub mod duration_text {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};

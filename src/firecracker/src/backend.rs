@@ -279,10 +279,10 @@ impl FirecrackerBackend {
             .await
             .map_err(|e| setup(TEMPLATE_STEP, format!("{}: {e}", dest.display())))?;
         let made = self.snapshot_fresh(&req, dest).await;
-        if made.is_err() {
-            if let Err(e) = tokio::fs::remove_dir_all(dest).await {
-                tracing::warn!(dest = %dest.display(), error = %e, "cannot remove a failed template");
-            }
+        if made.is_err()
+            && let Err(e) = tokio::fs::remove_dir_all(dest).await
+        {
+            tracing::warn!(dest = %dest.display(), error = %e, "cannot remove a failed template");
         }
         made
     }

@@ -260,18 +260,18 @@ pub async fn restore(cfg: &LaunchConfig, from: &RestoreFrom) -> Result<Launched,
                 },
             });
         }
-        if let Some(who) = &cfg.run_as {
-            if let Err(source) = std::os::unix::fs::chown(&dst, Some(who.uid), Some(who.gid)) {
-                return Err(LaunchError {
-                    vm_id: cfg.vm_id.to_string(),
-                    step: Step::Prepare,
-                    cause: Cause::Io {
-                        what: "chown",
-                        path: dst,
-                        source,
-                    },
-                });
-            }
+        if let Some(who) = &cfg.run_as
+            && let Err(source) = std::os::unix::fs::chown(&dst, Some(who.uid), Some(who.gid))
+        {
+            return Err(LaunchError {
+                vm_id: cfg.vm_id.to_string(),
+                step: Step::Prepare,
+                cause: Cause::Io {
+                    what: "chown",
+                    path: dst,
+                    source,
+                },
+            });
         }
         cfg.scratch = Some(dst);
     }

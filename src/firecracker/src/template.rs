@@ -102,10 +102,10 @@ impl TemplateManifest {
     /// difference.
     pub fn check(&self, dir: &Path, want: &Wanted<'_>) -> Result<(), TemplateError> {
         let mut diffs = Vec::new();
-        if let (Some(have), Some(want)) = (&self.image, want.image) {
-            if have != want {
-                diffs.push(format!("image {have}, not {want}"));
-            }
+        if let (Some(have), Some(want)) = (&self.image, want.image)
+            && have != want
+        {
+            diffs.push(format!("image {have}, not {want}"));
         }
         if self.vcpus != want.vcpus {
             diffs.push(format!("{} vCPUs, not {}", self.vcpus, want.vcpus));

@@ -210,12 +210,11 @@ impl Vmm {
 
 impl Drop for Vmm {
     fn drop(&mut self) {
-        if self.kill_on_drop {
-            if let Kind::Tracked { pidfd } = &self.kind {
-                if let Err(e) = pidfd_signal(pidfd.get_ref(), libc::SIGKILL) {
-                    tracing::warn!(pid = self.pid, error = %e, "cannot kill firecracker on drop");
-                }
-            }
+        if self.kill_on_drop
+            && let Kind::Tracked { pidfd } = &self.kind
+            && let Err(e) = pidfd_signal(pidfd.get_ref(), libc::SIGKILL)
+        {
+            tracing::warn!(pid = self.pid, error = %e, "cannot kill firecracker on drop");
         }
     }
 }

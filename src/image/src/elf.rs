@@ -182,7 +182,7 @@ pub(crate) mod tests {
             placed.push((out.len(), data.len()));
             out.extend_from_slice(data);
         }
-        while out.len() % 8 != 0 {
+        while !out.len().is_multiple_of(8) {
             out.push(0);
         }
         let shoff = out.len();

@@ -65,10 +65,10 @@ fn vhost_device_vsock() -> PathBuf {
 /// The host TSC frequency in kHz for the guest's `tsc_early_khz` (without it some TCG boots
 /// hang calibrating): sysfs when the kernel exports it, else /proc/cpuinfo's "cpu MHz".
 fn tsc_khz() -> (u64, &'static str) {
-    if let Ok(s) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz") {
-        if let Ok(khz) = s.trim().parse() {
-            return (khz, "sysfs tsc_freq_khz");
-        }
+    if let Ok(s) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
+        && let Ok(khz) = s.trim().parse()
+    {
+        return (khz, "sysfs tsc_freq_khz");
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
     let mhz: f64 = cpuinfo

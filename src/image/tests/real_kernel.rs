@@ -87,10 +87,10 @@ fn the_real_bzimage_yields_an_x86_64_vmlinux_and_its_release() {
     );
     // Debian builds its cloud kernel with CONFIG_KERNEL_LZ4.
     let config = std::fs::read_to_string(k.vmlinuz.with_file_name(format!("config-{}", k.release)));
-    if let Ok(config) = config {
-        if config.lines().any(|l| l == "CONFIG_KERNEL_LZ4=y") {
-            assert_eq!(codec, Codec::Lz4Legacy);
-        }
+    if let Ok(config) = config
+        && config.lines().any(|l| l == "CONFIG_KERNEL_LZ4=y")
+    {
+        assert_eq!(codec, Codec::Lz4Legacy);
     }
 
     let elf = vmlinux::extract_vmlinux(&bz).unwrap();

@@ -300,10 +300,10 @@ pub async fn uplinks(netns: Netns<'_>) -> Result<Vec<(String, Ipv4Addr)>, NftErr
     for item in v["nftables"].as_array().into_iter().flatten() {
         for elem in item["set"]["elem"].as_array().into_iter().flatten() {
             let parts = &elem["concat"];
-            if let (Some(link), Some(addr)) = (parts[0].as_str(), parts[1].as_str()) {
-                if let Ok(a) = addr.parse() {
-                    out.push((link.to_owned(), a));
-                }
+            if let (Some(link), Some(addr)) = (parts[0].as_str(), parts[1].as_str())
+                && let Ok(a) = addr.parse()
+            {
+                out.push((link.to_owned(), a));
             }
         }
     }

@@ -586,28 +586,28 @@ pub async fn remove(names: &NetNames, uplink: &Uplink) -> Result<(), NetError> {
         first.get_or_insert(NetError::Remove { what, reason });
     };
     // A missing uplink namespace (a test's fake one, already gone) holds nothing to remove.
-    if uplink_ns_exists(uplink).await {
-        if let Err(e) = nft::remove_uplink(uplink.ns(), &names.uplink_host).await {
-            fail(
-                format!(
-                    "uplink {} in table {}",
-                    names.uplink_host,
-                    nft::UPLINK_TABLE
-                ),
-                e.to_string(),
-            );
-        }
+    if uplink_ns_exists(uplink).await
+        && let Err(e) = nft::remove_uplink(uplink.ns(), &names.uplink_host).await
+    {
+        fail(
+            format!(
+                "uplink {} in table {}",
+                names.uplink_host,
+                nft::UPLINK_TABLE
+            ),
+            e.to_string(),
+        );
     }
-    if let Err(e) = ip(uplink.ns(), &["link", "del", &names.uplink_host]).await {
-        if link_exists(uplink, &names.uplink_host).await {
-            fail(format!("link {}", names.uplink_host), e);
-        }
+    if let Err(e) = ip(uplink.ns(), &["link", "del", &names.uplink_host]).await
+        && link_exists(uplink, &names.uplink_host).await
+    {
+        fail(format!("link {}", names.uplink_host), e);
     }
     for ns in [&names.sandbox_netns, &names.router_netns] {
-        if let Err(e) = ip(Netns::Current, &["netns", "del", ns]).await {
-            if tokio::fs::try_exists(netns_path(ns)).await.unwrap_or(true) {
-                fail(format!("network namespace {ns}"), e);
-            }
+        if let Err(e) = ip(Netns::Current, &["netns", "del", ns]).await
+            && tokio::fs::try_exists(netns_path(ns)).await.unwrap_or(true)
+        {
+            fail(format!("network namespace {ns}"), e);
         }
     }
     first.map_or(Ok(()), Err)
@@ -685,12 +685,11 @@ pub async fn leftovers(live: &[SandboxId], uplink: &Uplink) -> Result<Leftovers,
     )
     .map_err(|e| listing("links", e.to_string()))?;
     for l in links.as_array().into_iter().flatten() {
-        if let Some(name) = l["ifname"].as_str() {
-            if is_hashed(name, crate::names::UPLINK_PREFIX, 12)
-                && !keep.iter().any(|k| k.uplink_host == name)
-            {
-                found.links.push(name.to_owned());
-            }
+        if let Some(name) = l["ifname"].as_str()
+            && is_hashed(name, crate::names::UPLINK_PREFIX, 12)
+            && !keep.iter().any(|k| k.uplink_host == name)
+        {
+            found.links.push(name.to_owned());
         }
     }
     let registered = nft::uplinks(uplink.ns())
@@ -716,13 +715,13 @@ pub async fn remove_leftovers(found: &Leftovers, uplink: &Uplink) -> Result<(), 
         }
     }
     for l in &found.links {
-        if let Err(e) = ip(uplink.ns(), &["link", "del", l]).await {
-            if link_exists(uplink, l).await {
-                first.get_or_insert(NetError::Remove {
-                    what: format!("link {l}"),
-                    reason: e,
-                });
-            }
+        if let Err(e) = ip(uplink.ns(), &["link", "del", l]).await
+            && link_exists(uplink, l).await
+        {
+            first.get_or_insert(NetError::Remove {
+                what: format!("link {l}"),
+                reason: e,
+            });
         }
     }
     for ns in &found.netns {

@@ -529,10 +529,12 @@ fn udp_probe(vm: &mut Vm, dst: std::net::Ipv4Addr, port: u16, sport: u16) -> Ans
     let data = format!("hello from the vm to {dst}:{port}").into_bytes();
     vm.send(&frames::udp(vm.ip, sport, dst, port, &data));
     vm.receive(WAIT, |p| {
-        if let Some((from, to, got)) = p.udp() {
-            if p.src == dst && from == port && to == sport {
-                return Some(Answer::Echo(got.to_vec()));
-            }
+        if let Some((from, to, got)) = p.udp()
+            && p.src == dst
+            && from == port
+            && to == sport
+        {
+            return Some(Answer::Echo(got.to_vec()));
         }
         match p.unreachable() {
             Some((13, d, dp)) if d == dst && dp == port => Some(Answer::Prohibited),
@@ -546,10 +548,13 @@ fn tcp_probe(vm: &mut Vm, dst: std::net::Ipv4Addr, port: u16, sport: u16) -> Ans
     vm.send(&frames::tcp(vm.ip, sport, dst, port, 0x4c47_0001, 0x02));
     let answer = vm
         .receive(WAIT, |p| {
-            if let Some((from, to, flags)) = p.tcp() {
-                if p.src == dst && from == port && to == sport && flags & 0x12 == 0x12 {
-                    return Some(Answer::SynAck);
-                }
+            if let Some((from, to, flags)) = p.tcp()
+                && p.src == dst
+                && from == port
+                && to == sport
+                && flags & 0x12 == 0x12
+            {
+                return Some(Answer::SynAck);
             }
             match p.unreachable() {
                 Some((13, d, dp)) if d == dst && dp == port => Some(Answer::Prohibited),

@@ -399,12 +399,12 @@ pub fn launch(l: Launch<'_>) -> Result<Launched, LaunchError> {
         return Err(LaunchError::IdMap(e));
     }
     drop(maps_w);
-    if let Some(cg) = l.cgroup.filter(|_| into.is_none()) {
-        if let Err(e) = cg.add(pid.as_raw()) {
-            // Never opened, the gate keeps the init from serving; kill it and reap it.
-            kill(pid);
-            return Err(e.into());
-        }
+    if let Some(cg) = l.cgroup.filter(|_| into.is_none())
+        && let Err(e) = cg.add(pid.as_raw())
+    {
+        // Never opened, the gate keeps the init from serving; kill it and reap it.
+        kill(pid);
+        return Err(e.into());
     }
     // Not waited for: a child that fails before its exec says so on `err_r`, which the caller
     // reads only if the sandbox does not come up (`Launched::failed_before_exec`).

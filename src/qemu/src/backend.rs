@@ -704,11 +704,11 @@ async fn wait_for_listening(console: &Path, limit: Duration) {
     let start = Instant::now();
     let mut pause = Duration::from_millis(2);
     while start.elapsed() < limit {
-        if let Ok(text) = read_head(console, CONSOLE_HINT_MAX).await {
-            if console_says_listening(&text, AGENT_VSOCK_PORT) {
-                tracing::trace!(elapsed = ?start.elapsed(), "the agent says it listens");
-                return;
-            }
+        if let Ok(text) = read_head(console, CONSOLE_HINT_MAX).await
+            && console_says_listening(&text, AGENT_VSOCK_PORT)
+        {
+            tracing::trace!(elapsed = ?start.elapsed(), "the agent says it listens");
+            return;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(20));

@@ -62,16 +62,16 @@ pub fn host_tsc_khz_cached(cache: &Path) -> Option<(u64, TscSource)> {
         let boot = boot.as_deref().map(str::trim).filter(|b| !b.is_empty());
         #[allow(clippy::disallowed_methods)] // one small file, once per process
         let cached = std::fs::read_to_string(cache).ok();
-        if let (Some(boot), Some(text)) = (boot, cached.as_deref()) {
-            if let Some(khz) = parse_cache(text, boot) {
-                return Some((khz, TscSource::Measured));
-            }
+        if let (Some(boot), Some(text)) = (boot, cached.as_deref())
+            && let Some(khz) = parse_cache(text, boot)
+        {
+            return Some((khz, TscSource::Measured));
         }
         let (khz, source) = host_tsc_khz()?;
-        if let (Some(boot), TscSource::Measured) = (boot, source) {
-            if let Err(e) = write_cache(cache, boot, khz) {
-                tracing::debug!(path = %cache.display(), error = %e, "cannot cache the TSC frequency");
-            }
+        if let (Some(boot), TscSource::Measured) = (boot, source)
+            && let Err(e) = write_cache(cache, boot, khz)
+        {
+            tracing::debug!(path = %cache.display(), error = %e, "cannot cache the TSC frequency");
         }
         Some((khz, source))
     })

@@ -307,7 +307,7 @@ pub fn read(path: &Path) -> Result<Option<AuditLog>, RecordError> {
         let before = u64_le(&image, SEQ);
         let mut after = [0u8; 8];
         file.read_exact_at(&mut after, SEQ).map_err(io)?;
-        if before % 2 == 0 && before == u64::from_le_bytes(after) {
+        if before.is_multiple_of(2) && before == u64::from_le_bytes(after) {
             return decode(path, &image).map(Some);
         }
         image.resize(usize::try_from(FILE_LEN).unwrap_or(0), 0);

@@ -161,10 +161,11 @@ impl Drop for HostListener {
             .ok()
             .filter(|m| m.file_type().is_socket())
             .map(|m| (m.dev(), m.ino()));
-        if ours.is_some() && ours == self.identity {
-            if let Err(e) = std::fs::remove_file(&self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e, "vsock: cannot remove listener socket");
-            }
+        if ours.is_some()
+            && ours == self.identity
+            && let Err(e) = std::fs::remove_file(&self.path)
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "vsock: cannot remove listener socket");
         }
     }
 }

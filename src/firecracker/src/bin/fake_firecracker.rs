@@ -164,11 +164,11 @@ fn main() -> ExitCode {
         },
         Err(_) => Plan::default(),
     };
-    if let Some((root, uid, gid)) = &jail {
-        if let Err(e) = enter_jail(root, *uid, *gid) {
-            eprintln!("fake firecracker: {e}");
-            return ExitCode::from(1);
-        }
+    if let Some((root, uid, gid)) = &jail
+        && let Err(e) = enter_jail(root, *uid, *gid)
+    {
+        eprintln!("fake firecracker: {e}");
+        return ExitCode::from(1);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -184,11 +184,11 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: Args, plan: Plan, record: std::fs::File) -> ExitCode {
-    if let Some(filter) = &args.seccomp_filter {
-        if let Err(e) = tokio::fs::metadata(filter).await {
-            eprintln!("Seccomp error: cannot open {}: {e}", filter.display());
-            return ExitCode::from(1);
-        }
+    if let Some(filter) = &args.seccomp_filter
+        && let Err(e) = tokio::fs::metadata(filter).await
+    {
+        eprintln!("Seccomp error: cannot open {}: {e}", filter.display());
+        return ExitCode::from(1);
     }
     match &plan.startup {
         Startup::Serve => {}

@@ -249,10 +249,10 @@ pub(crate) async fn wait_for_agent(
             "CONNECT 1024 to be answered"
         };
         let attempt = async {
-            if let Some(ready) = &ready {
-                if let Err(e) = ready.accept().await {
-                    return Err(Cause::Listen(e));
-                }
+            if let Some(ready) = &ready
+                && let Err(e) = ready.accept().await
+            {
+                return Err(Cause::Listen(e));
             }
             waiting_for = "CONNECT 1024 to be answered";
             let left = t.boot.saturating_sub(t_boot.elapsed());
@@ -347,9 +347,9 @@ pub(crate) async fn teardown(
             Err(e) => tracing::warn!(path = %socket.display(), error = %e, "cannot remove socket"),
         }
     }
-    if let Some(jail) = jail {
-        if let Err(e) = jail.remove().await {
-            tracing::warn!(error = %e, "cannot remove the jail");
-        }
+    if let Some(jail) = jail
+        && let Err(e) = jail.remove().await
+    {
+        tracing::warn!(error = %e, "cannot remove the jail");
     }
 }

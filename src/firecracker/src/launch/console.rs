@@ -69,10 +69,10 @@ fn kill(process: ProcessRef) {
     let Ok(fd) = vmm::pidfd_open(pid) else {
         return;
     };
-    if process.alive() {
-        if let Err(e) = vmm::pidfd_signal(&fd, libc::SIGKILL) {
-            tracing::warn!(pid, error = %e, "cannot kill the console keeper");
-        }
+    if process.alive()
+        && let Err(e) = vmm::pidfd_signal(&fd, libc::SIGKILL)
+    {
+        tracing::warn!(pid, error = %e, "cannot kill the console keeper");
     }
 }
 

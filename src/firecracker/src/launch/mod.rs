@@ -111,10 +111,10 @@ pub async fn spawn(cfg: &LaunchConfig) -> Result<Spawned, LaunchError> {
                 // Nothing writes to its socket any more: it ends by itself.
                 keeper.stop(console::CONSOLE_DRAIN).await;
             }
-            if let Some(jail) = &jail {
-                if let Err(e) = jail.remove().await {
-                    tracing::warn!(error = %e, "cannot remove the jail after a failed spawn");
-                }
+            if let Some(jail) = &jail
+                && let Err(e) = jail.remove().await
+            {
+                tracing::warn!(error = %e, "cannot remove the jail after a failed spawn");
             }
             return Err(fail(e));
         }
@@ -127,11 +127,11 @@ pub async fn spawn(cfg: &LaunchConfig) -> Result<Spawned, LaunchError> {
         console: keeper,
         t0,
     };
-    if let (Some(keeper), Some(jail)) = (&spawned.console, &spawned.jail) {
-        if let Err(cause) = console::join_jail_cgroup(keeper, jail).await {
-            spawned.abort().await;
-            return Err(fail((Step::Jailer, cause)));
-        }
+    if let (Some(keeper), Some(jail)) = (&spawned.console, &spawned.jail)
+        && let Err(cause) = console::join_jail_cgroup(keeper, jail).await
+    {
+        spawned.abort().await;
+        return Err(fail((Step::Jailer, cause)));
     }
     Ok(spawned)
 }
@@ -216,10 +216,8 @@ impl Launched {
     /// it was sent last (killing it if it does not). Returns the exit's description.
     pub async fn stop(mut self, kill: bool) -> String {
         drop(self.agent);
-        if kill {
-            if let Err(e) = self.vmm.start_kill() {
-                tracing::warn!(error = %e, "cannot kill firecracker");
-            }
+        if kill && let Err(e) = self.vmm.start_kill() {
+            tracing::warn!(error = %e, "cannot kill firecracker");
         }
         let status = self.vmm.wait().await;
         let jail = self.jail.as_ref();

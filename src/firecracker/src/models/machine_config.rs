@@ -51,7 +51,7 @@ impl MachineConfiguration {
                 self.vcpu_count
             ));
         }
-        if self.smt == Some(true) && self.vcpu_count != 1 && self.vcpu_count % 2 != 0 {
+        if self.smt == Some(true) && self.vcpu_count != 1 && !self.vcpu_count.is_multiple_of(2) {
             return Err(format!(
                 "with SMT, vcpu_count must be 1 or even, not {}",
                 self.vcpu_count
@@ -60,7 +60,7 @@ impl MachineConfiguration {
         if self.mem_size_mib == 0 {
             return Err("mem_size_mib is 0".into());
         }
-        if self.huge_pages == Some(HugePages::Hugetlbfs2M) && self.mem_size_mib % 2 != 0 {
+        if self.huge_pages == Some(HugePages::Hugetlbfs2M) && !self.mem_size_mib.is_multiple_of(2) {
             return Err(format!(
                 "with 2M huge pages, mem_size_mib must be even, not {}",
                 self.mem_size_mib

@@ -295,41 +295,41 @@ impl ModuleTree {
         let mut visiting: BTreeSet<String> = BTreeSet::new();
         let mut next = Some((root.to_owned(), None::<String>));
         loop {
-            if let Some((name, parent)) = next.take() {
-                if !done.contains(&name) {
-                    if visiting.contains(&name) {
-                        let at = stack
-                            .iter()
-                            .position(|(m, _, _)| m.name == name)
-                            .unwrap_or_default();
-                        let mut chain: Vec<String> =
-                            stack[at..].iter().map(|(m, _, _)| m.name.clone()).collect();
-                        chain.push(name);
-                        return Err(ModulesError::Cycle {
-                            chain,
+            if let Some((name, parent)) = next.take()
+                && !done.contains(&name)
+            {
+                if visiting.contains(&name) {
+                    let at = stack
+                        .iter()
+                        .position(|(m, _, _)| m.name == name)
+                        .unwrap_or_default();
+                    let mut chain: Vec<String> =
+                        stack[at..].iter().map(|(m, _, _)| m.name.clone()).collect();
+                    chain.push(name);
+                    return Err(ModulesError::Cycle {
+                        chain,
+                        dir: self.dir.clone(),
+                    });
+                }
+                if self.builtin.contains(&name) {
+                    out.builtin.push(name.clone());
+                    done.insert(name);
+                } else if let Some(module) = self.module(&name) {
+                    let deps = self.deps_of(&module)?;
+                    visiting.insert(name);
+                    stack.push((module, deps, 0));
+                } else {
+                    return Err(match parent {
+                        None => ModulesError::NotFound {
+                            name,
                             dir: self.dir.clone(),
-                        });
-                    }
-                    if self.builtin.contains(&name) {
-                        out.builtin.push(name.clone());
-                        done.insert(name);
-                    } else if let Some(module) = self.module(&name) {
-                        let deps = self.deps_of(&module)?;
-                        visiting.insert(name);
-                        stack.push((module, deps, 0));
-                    } else {
-                        return Err(match parent {
-                            None => ModulesError::NotFound {
-                                name,
-                                dir: self.dir.clone(),
-                            },
-                            Some(module) => ModulesError::MissingDependency {
-                                module,
-                                dependency: name,
-                                dir: self.dir.clone(),
-                            },
-                        });
-                    }
+                        },
+                        Some(module) => ModulesError::MissingDependency {
+                            module,
+                            dependency: name,
+                            dir: self.dir.clone(),
+                        },
+                    });
                 }
             }
             let Some((module, deps, visited)) = stack.last_mut() else {

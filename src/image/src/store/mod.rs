@@ -156,10 +156,10 @@ struct Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if !self.keep {
-            if let Err(e) = std::fs::remove_dir_all(&self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e, "removing staging directory");
-            }
+        if !self.keep
+            && let Err(e) = std::fs::remove_dir_all(&self.path)
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "removing staging directory");
         }
     }
 }

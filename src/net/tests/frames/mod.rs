@@ -239,12 +239,11 @@ impl Vm {
                     }
                 }
                 ETH_IPV4 => {
-                    if let Some(p) = Packet::parse(body) {
-                        if p.dst == self.ip {
-                            if let Some(t) = want(&p) {
-                                return Some(t);
-                            }
-                        }
+                    if let Some(p) = Packet::parse(body)
+                        && p.dst == self.ip
+                        && let Some(t) = want(&p)
+                    {
+                        return Some(t);
                     }
                 }
                 _ => {} // IPv6 neighbour discovery and the like
