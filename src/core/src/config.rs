@@ -66,6 +66,31 @@ pub struct ConfigLayer {
     pub defaults: DefaultsLayer,
     #[serde(default)]
     pub copy: CopyLayer,
+    #[serde(default)]
+    pub daemon: DaemonLayer,
+}
+
+/// `luminaguard daemon` settings a layer may set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonLayer {
+    /// The API socket (default `<runtime_dir>/api.sock`).
+    pub socket: Option<PathBuf>,
+    /// The group whose members may connect (besides root).
+    pub group: Option<String>,
+    /// Most connections at once; more wait to be accepted.
+    pub max_connections: Option<u32>,
+    /// How long a client has to send a request's headers, and its body.
+    #[serde(default, with = "duration_text::option")]
+    pub request_timeout: Option<Duration>,
+    /// Largest JSON request body.
+    pub max_body: Option<ByteSize>,
+    /// How long a stopping daemon lets requests in flight finish.
+    #[serde(default, with = "duration_text::option")]
+    pub shutdown_grace: Option<Duration>,
+    /// Destroy every sandbox when the daemon stops (default: leave long-lived ones running for
+    /// the next daemon).
+    pub destroy_on_exit: Option<bool>,
 }
 
 /// `sandbox cp` settings a layer may set.
@@ -154,6 +179,8 @@ impl ConfigLayer {
                 "LUMINAGUARD_COPY_MAX_SIZE" => {
                     layer.copy.max_size = Some(parse("LUMINAGUARD_COPY_MAX_SIZE", v)?)
                 }
+                "LUMINAGUARD_DAEMON_SOCKET" => layer.daemon.socket = Some(PathBuf::from(v)),
+                "LUMINAGUARD_DAEMON_GROUP" => layer.daemon.group = Some(v),
                 _ => {}
             }
         }
@@ -178,6 +205,21 @@ impl ConfigLayer {
             copy: CopyLayer {
                 max_size: over.copy.max_size.or(self.copy.max_size),
             },
+            daemon: self.daemon.merge(over.daemon),
+        }
+    }
+}
+
+impl DaemonLayer {
+    fn merge(self, over: Self) -> Self {
+        Self {
+            socket: over.socket.or(self.socket),
+            group: over.group.or(self.group),
+            max_connections: over.max_connections.or(self.max_connections),
+            request_timeout: over.request_timeout.or(self.request_timeout),
+            max_body: over.max_body.or(self.max_body),
+            shutdown_grace: over.shutdown_grace.or(self.shutdown_grace),
+            destroy_on_exit: over.destroy_on_exit.or(self.destroy_on_exit),
         }
     }
 }
@@ -214,6 +256,29 @@ pub struct Config {
     /// Defaults for new sandboxes (always a valid spec with no network).
     pub defaults: SandboxSpec,
     pub copy: CopyConfig,
+    pub daemon: DaemonConfig,
+}
+
+/// How `luminaguard daemon` serves its API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DaemonConfig {
+    /// The API socket: `0660`, owned by root and [`DaemonConfig::group`].
+    pub socket: PathBuf,
+    /// Members of this group (and root) may connect; each sees only its own sandboxes.
+    pub group: String,
+    pub max_connections: u32,
+    #[serde(with = "duration_text")]
+    pub request_timeout: Duration,
+    pub max_body: ByteSize,
+    #[serde(with = "duration_text")]
+    pub shutdown_grace: Duration,
+    pub destroy_on_exit: bool,
+}
+
+impl DaemonConfig {
+    /// The socket's file name in the runtime directory, by default.
+    pub const SOCKET_NAME: &'static str = "api.sock";
+    pub const DEFAULT_GROUP: &'static str = "luminaguard";
 }
 
 /// How `sandbox cp` behaves.
@@ -272,12 +337,34 @@ impl Config {
                 reason: "must be at least one byte",
             });
         }
+        let d = merged.daemon;
+        let daemon = DaemonConfig {
+            socket: d
+                .socket
+                .unwrap_or_else(|| runtime_dir.join(DaemonConfig::SOCKET_NAME)),
+            group: d
+                .group
+                .unwrap_or_else(|| DaemonConfig::DEFAULT_GROUP.to_owned()),
+            max_connections: d.max_connections.unwrap_or(256),
+            request_timeout: d.request_timeout.unwrap_or(Duration::from_secs(10)),
+            max_body: d.max_body.unwrap_or(ByteSize(1 << 20)),
+            shutdown_grace: d.shutdown_grace.unwrap_or(Duration::from_secs(30)),
+            destroy_on_exit: d.destroy_on_exit.unwrap_or(false),
+        };
+        if daemon.max_connections == 0 {
+            return Err(ConfigError::Value {
+                key: "daemon.max_connections",
+                value: "0".into(),
+                reason: "must be at least 1",
+            });
+        }
         Ok(Self {
             runtime_dir,
             // Quiet by default: stderr belongs to the commands run in sandboxes.
             log: merged.log.unwrap_or_else(|| "warn".to_owned()),
             defaults: spec,
             copy: CopyConfig { max_size },
+            daemon,
         })
     }
 

@@ -109,6 +109,7 @@ impl From<&ExitStatus> for ExitReport {
 #[derive(Debug)]
 pub struct Exec {
     entry: Arc<Entry>,
+    events: Arc<crate::events::Bus>,
     stream: ExecStream,
     /// The sandbox's OOM kills and seccomp denials before the command (`None`: a sandbox that
     /// had run nothing, whose every count is this command's).
@@ -117,7 +118,11 @@ pub struct Exec {
 }
 
 impl Exec {
-    pub(crate) async fn start(entry: Arc<Entry>, opts: ExecOptions) -> Result<Self, ServiceError> {
+    pub(crate) async fn start(
+        entry: Arc<Entry>,
+        events: Arc<crate::events::Bus>,
+        opts: ExecOptions,
+    ) -> Result<Self, ServiceError> {
         let sandbox = &entry.sandbox;
         let spec = sandbox.meta.spec.as_ref();
         let mut env: Vec<(String, String)> = spec
@@ -150,6 +155,7 @@ impl Exec {
         };
         Ok(Self {
             entry,
+            events,
             stream,
             before,
             done: false,
@@ -228,6 +234,13 @@ impl Exec {
             match self.entry.sandbox.oom_kills().await {
                 Ok(n) if n > oom_before => {
                     report.oom_killed = true;
+                    let meta = &self.entry.sandbox.meta;
+                    self.events.send(
+                        crate::EventKind::OomKilled,
+                        &self.entry.sandbox.id,
+                        meta.user,
+                        &meta.backend,
+                    );
                     report.memory_limit = self.entry.sandbox.meta.spec.as_ref().map(|s| s.memory);
                 }
                 Ok(_) => {}

@@ -20,6 +20,7 @@ mod action;
 pub mod backends;
 mod caller;
 mod error;
+pub mod events;
 pub mod exec;
 mod files;
 pub mod host;
@@ -43,6 +44,7 @@ pub use action::Action;
 pub use backends::AnyBackend;
 pub use caller::Caller;
 pub use error::{ErrorCode, ServiceError};
+pub use events::{Event, EventKind};
 pub use exec::{Exec, ExecOptions, ExecOutput, ExitReport};
 pub use host::HostSettings;
 pub use luminaguard_backend::SandboxState;
@@ -86,6 +88,7 @@ pub struct Service {
     /// The user this service runs as: workspaces of other callers must be their own.
     euid: u32,
     live: Arc<live::Live>,
+    events: Arc<events::Bus>,
 }
 
 /// A sandbox just created, not yet given to its caller. [`Pending::commit`] makes it the
@@ -117,6 +120,7 @@ impl Pending {
     pub async fn commit(mut self) -> Result<SandboxId, ServiceError> {
         self.sandbox.hand_over().await?;
         let id = self.sandbox.id.clone();
+        let (user, backend) = (self.sandbox.meta.user, self.sandbox.meta.backend.clone());
         if self
             .service
             .live
@@ -127,6 +131,9 @@ impl Pending {
                 id.to_string(),
             )));
         }
+        self.service
+            .events
+            .send(EventKind::Created, &id, user, &backend);
         Ok(id)
     }
 }
@@ -146,6 +153,7 @@ impl Service {
             host,
             euid: nix::unistd::geteuid().as_raw(),
             live: Arc::default(),
+            events: Arc::default(),
         })
     }
 
@@ -159,6 +167,11 @@ impl Service {
 
     pub fn host(&self) -> &HostSettings {
         &self.host
+    }
+
+    /// Events from now on (see [`events`]).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
     }
 
     /// How many sandboxes this service holds a connection to.
@@ -339,7 +352,7 @@ impl Service {
                 "no command to run (empty argv)".into(),
             ));
         }
-        Exec::start(self.connection(id).await?, opts).await
+        Exec::start(self.connection(id).await?, Arc::clone(&self.events), opts).await
     }
 
     /// Sandbox `id` as a listing shows it.
@@ -378,27 +391,33 @@ impl Service {
         };
         let result = self.destroy_now(id, entry).await;
         self.live.end_destroy(id);
-        result
+        if let Ok((user, backend)) = &result {
+            self.events.send(EventKind::Destroyed, id, *user, backend);
+        }
+        result.map(drop)
     }
 
+    /// Destroys `id` (its destroy begun in [`live::Live`]); returns whose it was and its
+    /// backend, for the event.
     async fn destroy_now(
         &self,
         id: &SandboxId,
         entry: Option<Arc<live::Entry>>,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<(Option<u32>, String), ServiceError> {
         // The connection this service holds, when no request is using it; else a new one.
         let sandbox = match entry.map(Arc::try_unwrap) {
             Some(Ok(entry)) => Some(entry.sandbox),
             Some(Err(_)) | None => None,
         };
         let (_, meta) = luminaguard_backend::record(&self.runtime, id).await?;
+        let whose = (meta.user, meta.backend.clone());
         if meta.accel.is_none() {
             // A process sandbox: nothing to power off; killing it is its shutdown.
             match sandbox {
                 Some(s) => s.destroy().await?,
                 None => luminaguard_backend::destroy(&self.runtime, id).await?,
             }
-            return Ok(());
+            return Ok(whose);
         }
         let sandbox = match sandbox {
             Some(s) => Some(s),
@@ -420,12 +439,14 @@ impl Service {
             },
         };
         match sandbox {
-            Some(s) => Ok(s
-                .with_graceful_shutdown(luminaguard_qemu::backend::SHUTDOWN_GRACE)
-                .destroy()
-                .await?),
-            None => Ok(luminaguard_backend::destroy(&self.runtime, id).await?),
+            Some(s) => {
+                s.with_graceful_shutdown(luminaguard_qemu::backend::SHUTDOWN_GRACE)
+                    .destroy()
+                    .await?
+            }
+            None => luminaguard_backend::destroy(&self.runtime, id).await?,
         }
+        Ok(whose)
     }
 
     /// Removes what sandboxes whose owner died, or whose lifetime ended, left behind; as root
@@ -450,6 +471,49 @@ impl Service {
         }))
     }
 
+    /// Destroys every sandbox whose lifetime is over (whoever it belongs to: expiry is the
+    /// service's own duty, not a caller's request) and returns them; and when the next one
+    /// will be due, if any sandbox has a lifetime. A microVM does not stop itself at the end of
+    /// its lifetime: this is what ends it.
+    pub async fn expire(&self) -> (Vec<SandboxId>, Option<Duration>) {
+        let runtime = self.runtime.clone();
+        let listing =
+            tokio::task::spawn_blocking(move || luminaguard_backend::list_blocking(&runtime))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+        let mut expired = Vec::new();
+        let mut next: Option<u64> = None;
+        for l in listing {
+            let Ok(id) = l.id.parse::<SandboxId>() else {
+                continue;
+            };
+            match l.expires_in_ms {
+                Some(0) => {}
+                Some(ms) => {
+                    next = Some(next.map_or(ms, |n| n.min(ms)));
+                    continue;
+                }
+                None => continue,
+            }
+            let Ok(entry) = self.live.begin_destroy(&id) else {
+                continue;
+            };
+            match self.destroy_now(&id, entry).await {
+                Ok((user, backend)) => {
+                    self.events.send(EventKind::Expired, &id, user, &backend);
+                    expired.push(id.clone());
+                }
+                // Gone in the meantime (its own init ended it and a gc removed it).
+                Err(ServiceError::Backend(BackendError::NotFound(_))) => {}
+                Err(e) => tracing::warn!(%id, error = %e, "destroying an expired sandbox"),
+            }
+            self.live.end_destroy(&id);
+        }
+        (expired, next.map(Duration::from_millis))
+    }
+
     /// Lets go of every connection this service holds, as a daemon does when it stops: a
     /// disposable sandbox (a one-shot run still in flight) is destroyed, a long-lived one is left
     /// running for the next service to find; with `destroy_all`, every one is destroyed.
@@ -462,8 +526,9 @@ impl Service {
             if self.live.begin_destroy(&id).is_err() {
                 continue;
             }
-            if let Err(e) = self.destroy_now(&id, Some(entry)).await {
-                tracing::warn!(%id, error = %e, "destroying a sandbox at shutdown");
+            match self.destroy_now(&id, Some(entry)).await {
+                Ok((user, backend)) => self.events.send(EventKind::Destroyed, &id, user, &backend),
+                Err(e) => tracing::warn!(%id, error = %e, "destroying a sandbox at shutdown"),
             }
             self.live.end_destroy(&id);
         }

@@ -1,0 +1,276 @@
+//! The bodies of the API's requests and responses. Requests refuse unknown fields (a typo is
+//! an error, not a silently ignored setting); responses may grow fields.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use luminaguard_core::spec::duration_text;
+use luminaguard_core::{BackendChoice, ByteSize, EgressRule, SandboxId};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::chunk::Chunk;
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+    /// The daemon's version.
+    pub version: String,
+}
+
+/// Every failed request's body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable code: `not-found`, `conflict`, `invalid-spec`, `forbidden`, `host-unsupported`,
+    /// `internal`, `too-large`, `bad-request`, `unauthorized`, `unavailable`.
+    pub error: String,
+    /// What failed, on what, in words.
+    pub detail: String,
+}
+
+/// `POST /v1/sandboxes`: the settings of `luminaguard sandbox create`. Each absent field takes
+/// the daemon's configured default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandbox {
+    /// The sandbox's id: 1–64 of letters, digits, `-`, `_` (default: generated).
+    #[schema(value_type = Option<String>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<SandboxId>,
+    /// `auto`, `process`, `qemu` or `firecracker`.
+    #[schema(value_type = Option<String>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendChoice>,
+    /// Memory limit, e.g. `512M`.
+    #[schema(value_type = Option<String>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ByteSize>,
+    /// Most processes and threads at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+    /// CPU quota in whole CPUs (a microVM's vCPUs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// Default per-command timeout, e.g. `30s`.
+    #[schema(value_type = Option<String>)]
+    #[serde(
+        default,
+        with = "duration_text::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// The sandbox is destroyed this long after it starts, e.g. `15m`.
+    #[schema(value_type = Option<String>)]
+    #[serde(
+        default,
+        with = "duration_text::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub lifetime: Option<Duration>,
+    /// A host directory the caller owns, shared read-write at `/workspace`: an absolute path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// Egress allowed: addresses, CIDRs, `ADDR:PORT`, domains (`NAME`, `NAME:PORT`,
+    /// `*.NAME`). Empty: no network at all.
+    #[schema(value_type = Vec<String>)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net: Vec<EgressRule>,
+    /// Egress never allowed, whatever `net` allows.
+    #[schema(value_type = Vec<String>)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net_deny: Vec<EgressRule>,
+    /// Guest image for a microVM: a digest or a unique prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Restore from this template instead of booting (Firecracker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Take a ready sandbox from this warm pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Without memory, PID and CPU limits (only ever on explicit request).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_cgroup: bool,
+}
+
+/// A sandbox, as `luminaguard sandbox ls --json` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxView {
+    pub id: String,
+    /// `process`, `qemu`, `firecracker`.
+    pub backend: String,
+    /// How a microVM's guest code runs: `kvm` or `tcg`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
+    /// `starting`, `running`, `expired`, `exited`.
+    pub state: String,
+    /// Lives across commands (every sandbox made through the API does).
+    pub persistent: bool,
+    /// The uid it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<u32>,
+    pub age_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_ms: Option<u64>,
+}
+
+/// `POST /v1/sandboxes/{id}/exec`: one command.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecBody {
+    /// The program and its arguments (the program is looked up on the sandbox's `PATH`).
+    pub argv: Vec<String>,
+    /// Added to (and overriding) the sandbox's environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (default `/workspace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Kill the command's process tree after this long (default: the sandbox's).
+    #[schema(value_type = Option<String>)]
+    #[serde(
+        default,
+        with = "duration_text::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// The command's whole stdin, as text (default: empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// The command's stdin stays open for `PUT /v1/sandboxes/{id}/execs/{exec}/stdin` (the
+    /// exec id is in the `started` event); it ends with that request's body.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin_stream: bool,
+}
+
+/// `POST /v1/run`: a disposable sandbox for one command, destroyed when it ends (or when the
+/// client goes away).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunBody {
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(
+        default,
+        with = "duration_text::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin_stream: bool,
+    /// The sandbox's settings (`name` does not apply).
+    #[serde(default)]
+    pub sandbox: CreateSandbox,
+}
+
+impl RunBody {
+    /// The sandbox's settings and the command.
+    pub fn split(self) -> (CreateSandbox, ExecBody) {
+        (
+            self.sandbox,
+            ExecBody {
+                argv: self.argv,
+                env: self.env,
+                cwd: self.cwd,
+                timeout: self.timeout,
+                stdin: self.stdin,
+                stdin_stream: self.stdin_stream,
+            },
+        )
+    }
+}
+
+/// One line of an exec's response (`application/x-ndjson`): `started`, then `stdout` and
+/// `stderr` chunks as the command prints them, then one `exit` — or one `error` if the sandbox
+/// failed underneath the command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ExecEvent {
+    Started {
+        /// The command's pid in the sandbox.
+        pid: u32,
+        /// The exec's id, for its stdin stream.
+        exec: String,
+        /// The sandbox it runs in (for `POST /v1/run`, the one made for it).
+        sandbox: String,
+    },
+    Stdout(Chunk),
+    Stderr(Chunk),
+    Exit(ExitView),
+    Error(ErrorBody),
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExitView {
+    /// Exit code, when it exited.
+    pub code: Option<i32>,
+    /// The signal that killed it, when one did.
+    pub signal: Option<i32>,
+    /// Killed for running past its timeout.
+    pub timed_out: bool,
+    /// Killed because the sandbox is stopping, or the client went away.
+    pub cancelled: bool,
+    /// Output beyond the limit was dropped.
+    pub output_truncated: bool,
+    pub duration_ms: u64,
+    /// Killed by the kernel's OOM killer.
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// The sandbox's memory limit, when `oom_killed`.
+    #[schema(value_type = Option<String>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<ByteSize>,
+    /// System calls the seccomp policy denied while it ran, with counts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub seccomp_denied: BTreeMap<String, u64>,
+    /// Why the command never started (code 127: not found; 126: not runnable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ExitView {
+    /// The shell convention: the code, or 128 + signal.
+    pub fn shell_code(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            (None, None) => 255,
+        }
+    }
+}
+
+/// `GET /v1/events` (server-sent events): what happened to a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    /// `created`, `destroyed`, `expired`, `oom-killed`.
+    pub kind: String,
+    pub sandbox: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<u32>,
+    pub unix_ms: u64,
+}
+
+/// `POST /v1/gc`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GcView {
+    /// Sandboxes (and network objects) removed.
+    pub removed: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// `PUT /v1/sandboxes/{id}/files`: what was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Written {
+    pub path: String,
+    pub bytes: u64,
+}
