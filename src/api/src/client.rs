@@ -14,7 +14,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::V1;
 use crate::types::{
-    CreateSandbox, ErrorBody, ExecBody, ExecEvent, GcView, Health, RunBody, SandboxView, Written,
+    AuditView, CreateSandbox, ErrorBody, ExecBody, ExecEvent, GcView, Health, RunBody, SandboxView,
+    Written,
 };
 
 /// Why a request to the daemon failed.
@@ -150,7 +151,7 @@ impl Client {
     }
 
     /// The sandbox's seccomp record, as `sandbox audit --json` prints it.
-    pub async fn audit(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+    pub async fn audit(&self, id: &str) -> Result<AuditView, ClientError> {
         self.json(Method::GET, &sandbox_path(id, "/audit"), None::<&()>)
             .await
     }

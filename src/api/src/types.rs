@@ -274,3 +274,29 @@ pub struct Written {
     pub path: String,
     pub bytes: u64,
 }
+
+/// `GET /v1/sandboxes/{id}/audit`: the system calls the sandbox's seccomp policy denied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditView {
+    /// Whether denials are recorded (not in a microVM, whose boundary is the VM).
+    pub enabled: bool,
+    /// The most recent denials, oldest first.
+    pub recent: Vec<DenialView>,
+    /// Every denial since the sandbox started: `[system call, count]` pairs.
+    #[schema(value_type = Vec<Vec<serde_json::Value>>)]
+    pub counts: Vec<(String, u64)>,
+    /// Denials older than those in `recent`, no longer kept in detail.
+    pub dropped: u64,
+}
+
+/// One denied system call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DenialView {
+    pub unix_ms: u64,
+    /// Pid inside the sandbox.
+    pub pid: u32,
+    pub comm: String,
+    pub syscall: String,
+    /// The first argument (e.g. the address family of a denied `socket`).
+    pub arg0: u64,
+}

@@ -2,6 +2,7 @@
 
 #[macro_use]
 mod out;
+mod daemon;
 mod debug;
 mod doctor;
 mod image;
@@ -57,6 +58,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the sandbox API on a Unix socket (HTTP/1.1 + JSON under /v1).
+    Daemon(daemon::DaemonArgs),
     /// Run the guest agent (what runs inside every sandbox).
     Agent(luminaguard_agent::AgentArgs),
     /// First process of a process sandbox (started by `run`, not by hand).
@@ -190,6 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Image(cmd) => image::run(cmd),
+        Command::Daemon(args) => daemon::run(args, config),
         Command::Debug(args) => with_runtime(debug::run(args, &config)),
         Command::Doctor(args) => with_runtime(doctor::run(args, &config)),
         Command::Run(args) => with_runtime(async { run::run(args, &Service::new(config)?).await }),

@@ -503,6 +503,40 @@ impl ReplyStream {
     pub fn is_done(&self) -> bool {
         self.done
     }
+
+    /// A handle that sends this stream's input from elsewhere (another task) while its replies
+    /// are read here.
+    pub fn input(&self) -> InputHandle {
+        InputHandle {
+            id: self.id,
+            client: self.client.clone(),
+        }
+    }
+}
+
+/// Sends input to one open stream (see [`ReplyStream::input`]). Input sent after the stream
+/// ended is dropped by the agent.
+#[derive(Debug, Clone)]
+pub struct InputHandle {
+    id: u64,
+    client: Client,
+}
+
+impl InputHandle {
+    /// Sends bytes, split into frame-sized chunks.
+    pub async fn send(&self, data: &[u8]) -> Result<(), ClientError> {
+        for chunk in data.chunks(MAX_CHUNK) {
+            self.client
+                .send_control(self.id, &Request::Input(Bytes::copy_from_slice(chunk)))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the stream's input.
+    pub async fn end(&self) -> Result<(), ClientError> {
+        self.client.send_control(self.id, &Request::InputEnd).await
+    }
 }
 
 impl Drop for ReplyStream {

@@ -19,7 +19,7 @@ pub mod ops;
 pub mod pool;
 pub mod writer;
 
-pub use client::{Client, ClientError, ClientOptions, PeerInfo, ReplyStream};
+pub use client::{Client, ClientError, ClientOptions, InputHandle, PeerInfo, ReplyStream};
 pub use frame::{Frame, FrameCodec, FrameError, Incoming, MAX_CHUNK, MAX_FRAME_LEN};
 pub use message::{
     DirEntry, ErrorCode, ErrorReply, ExecRequest, ExitStatus, FileKind, FileStat, GuestInfo,

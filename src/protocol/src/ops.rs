@@ -62,6 +62,11 @@ impl ExecStream {
         self.stream.end_input().await
     }
 
+    /// A handle for the command's stdin usable from another task.
+    pub fn stdin(&self) -> crate::client::InputHandle {
+        self.stream.input()
+    }
+
     /// Kills the process tree; an `Exited` event with `cancelled` follows.
     pub async fn cancel(&self) -> Result<(), ClientError> {
         self.stream.cancel().await

@@ -214,6 +214,14 @@ impl Exec {
             .map_err(|e| self.agent_error(e))
     }
 
+    /// The command's stdin, writable from another task while this one reads the output.
+    pub fn stdin(&self) -> Stdin {
+        Stdin {
+            input: self.stream.stdin(),
+            id: self.entry.sandbox.id.clone(),
+        }
+    }
+
     /// Kills the command; its [`ExecOutput::Exit`] (with `cancelled`) still follows.
     pub async fn cancel(&self) -> Result<(), ServiceError> {
         self.stream.cancel().await.map_err(|e| self.agent_error(e))
@@ -262,6 +270,30 @@ impl Exec {
             Err(e) => tracing::warn!("cannot read the sandbox's seccomp audit: {e}"),
         }
         report
+    }
+}
+
+/// A running command's stdin (see [`Exec::stdin`]).
+#[derive(Debug, Clone)]
+pub struct Stdin {
+    input: luminaguard_protocol::InputHandle,
+    id: luminaguard_core::SandboxId,
+}
+
+impl Stdin {
+    pub async fn write(&self, data: &[u8]) -> Result<(), ServiceError> {
+        self.input
+            .send(data)
+            .await
+            .map_err(|e| ServiceError::agent(&self.id, e))
+    }
+
+    /// Ends the stdin (the command reads end-of-file).
+    pub async fn close(&self) -> Result<(), ServiceError> {
+        self.input
+            .end()
+            .await
+            .map_err(|e| ServiceError::agent(&self.id, e))
     }
 }
 

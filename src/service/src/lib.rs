@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use luminaguard_backend::{Backend, BackendError, CreateRequest, GcReport, Listing, Sandbox};
+use luminaguard_backend::{Backend, BackendError, CreateRequest, Sandbox};
 use luminaguard_core::network::EgressRule;
 use luminaguard_core::{
     BackendChoice, ByteSize, Config, NetworkPolicy, RuntimeDir, SandboxId, SandboxSpec, Workspace,
@@ -45,9 +45,9 @@ pub use backends::AnyBackend;
 pub use caller::Caller;
 pub use error::{ErrorCode, ServiceError};
 pub use events::{Event, EventKind};
-pub use exec::{Exec, ExecOptions, ExecOutput, ExitReport};
+pub use exec::{Exec, ExecOptions, ExecOutput, ExitReport, Stdin};
 pub use host::HostSettings;
-pub use luminaguard_backend::SandboxState;
+pub use luminaguard_backend::{GcReport, Listing, SandboxState};
 
 /// What a caller asks for when it creates a sandbox: each `None` takes the configured default.
 #[derive(Debug, Clone, Default)]
@@ -172,6 +172,12 @@ impl Service {
     /// Events from now on (see [`events`]).
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Makes the runtime directory (or takes it over, if it is ours) before anything else is
+    /// put in it (the daemon's socket).
+    pub async fn prepare_runtime(&self) -> Result<(), ServiceError> {
+        Ok(luminaguard_backend::create_private_dir(self.runtime.root()).await?)
     }
 
     /// How many sandboxes this service holds a connection to.
@@ -375,6 +381,25 @@ impl Service {
         let mut listing = listing.map_err(BackendError::from)?;
         listing.retain(|l| caller.may_use(l.user));
         Ok(listing)
+    }
+
+    /// How many running sandboxes there are, per backend — every user's, for the daemon's
+    /// metrics (numbers only; no caller sees another's sandboxes through this).
+    pub async fn census(&self) -> std::collections::BTreeMap<String, u64> {
+        let runtime = self.runtime.clone();
+        let listing =
+            tokio::task::spawn_blocking(move || luminaguard_backend::list_blocking(&runtime))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+        let mut counts = std::collections::BTreeMap::new();
+        for l in listing {
+            if l.state == SandboxState::Running {
+                *counts.entry(l.backend).or_insert(0) += 1;
+            }
+        }
+        counts
     }
 
     /// Removes sandbox `id`: every process, cgroup and file it has. A microVM is first asked to

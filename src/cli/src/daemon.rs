@@ -1,0 +1,72 @@
+//! `luminaguard daemon`: serve the sandbox service's API on a Unix socket until SIGTERM or
+//! SIGINT (see `luminaguard_daemon`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use luminaguard_core::Config;
+use luminaguard_service::Service;
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// The API socket (default: daemon.socket in the configuration, `<runtime_dir>/api.sock`).
+    /// Ignored when systemd passes the listening socket (socket activation).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+pub fn run(args: DaemonArgs, mut config: Config) -> anyhow::Result<ExitCode> {
+    if let Some(socket) = args.socket {
+        config.daemon.socket = socket;
+    }
+    let service = Service::new(config.clone())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        service
+            .prepare_runtime()
+            .await
+            .context("preparing the runtime directory")?;
+        let socket = config.daemon.socket.clone();
+        let group = config.daemon.group.clone();
+        let bound = tokio::task::spawn_blocking(move || {
+            if let Some(bound) = luminaguard_daemon::listen::from_systemd()? {
+                return Ok(bound);
+            }
+            let gid = match nix::unistd::Group::from_name(&group) {
+                Ok(Some(g)) => Some(g.gid.as_raw()),
+                _ => None,
+            };
+            luminaguard_daemon::listen::bind_blocking(&socket, gid)
+        })
+        .await??;
+        luminaguard_daemon::run(service, bound, stop_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    rt.shutdown_background();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves at the first SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            tracing::error!("cannot catch SIGTERM/SIGINT: the daemon stops only when killed");
+            std::future::pending::<()>().await;
+        }
+    }
+    tracing::info!("stopping");
+}

@@ -1,0 +1,602 @@
+//! The routes of API version 1 and the OpenAPI document generated from them. Handlers are thin:
+//! parse, call the service (which judges and does everything), render.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Extension, FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use futures_util::StreamExt;
+use luminaguard_api::types::{
+    AuditView, CreateSandbox, DenialView, ErrorBody, EventView, ExecBody, ExecEvent, ExitView,
+    GcView, Health, RunBody, SandboxView, Written,
+};
+use luminaguard_core::SandboxId;
+use luminaguard_service::{Caller, CreateOptions, ExecOptions};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncReadExt;
+use utoipa::OpenApi;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::execs::{self, After, StdinPlan};
+
+/// The OpenAPI document of this API, generated from the handlers and types below.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "LuminaGuard",
+        description = "Sandboxes for AI agents' actions: create, run commands, move files, destroy. \
+                       Served on a Unix socket; the peer's uid is the caller, and each caller \
+                       sees only its own sandboxes."
+    ),
+    paths(
+        health, openapi, create, list, get_one, destroy, exec, exec_stdin, read_file, write_file,
+        audit, run, gc, events, metrics
+    ),
+    components(schemas(
+        Health,
+        ErrorBody,
+        CreateSandbox,
+        SandboxView,
+        ExecBody,
+        RunBody,
+        ExecEvent,
+        ExitView,
+        EventView,
+        GcView,
+        Written,
+        AuditView,
+        DenialView,
+        luminaguard_api::chunk::Chunk
+    ))
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+/// Every route, with its body limits; requests without a route get a JSON 404.
+pub fn router(st: AppState) -> Router {
+    let json_limit =
+        usize::try_from(st.service.config().daemon.max_body.bytes()).unwrap_or(usize::MAX);
+    let streamed = Router::new()
+        .route("/v1/sandboxes/{id}/files", get(read_file).put(write_file))
+        .route("/v1/sandboxes/{id}/execs/{exec}/stdin", put(exec_stdin))
+        .layer(DefaultBodyLimit::disable());
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/sandboxes", post(create).get(list))
+        .route("/v1/sandboxes/{id}", get(get_one).delete(destroy))
+        .route("/v1/sandboxes/{id}/exec", post(exec))
+        .route("/v1/sandboxes/{id}/audit", get(audit))
+        .route("/v1/run", post(run))
+        .route("/v1/gc", post(gc))
+        .route("/v1/events", get(events))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(json_limit))
+        .merge(streamed)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(st)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!("no route {} {}", req.method(), req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "bad-request",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+/// A JSON body, whatever its content type says (curl's `-d` sends a form type); an empty body
+/// is `{}`. Malformed JSON, unknown fields and wrong types are a 400 that says where; a body
+/// over the limit a 413.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+            let status = rej.status();
+            let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "too-large"
+            } else {
+                "bad-request"
+            };
+            ApiError::new(status, code, rej.body_text())
+        })?;
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(text)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+fn sandbox_id(id: &str) -> Result<SandboxId, ApiError> {
+    id.parse()
+        .map_err(|e| ApiError::bad_request(format!("invalid sandbox id: {e}")))
+}
+
+/// The wire form of a listing.
+fn view(l: luminaguard_service::Listing) -> SandboxView {
+    SandboxView {
+        id: l.id,
+        backend: l.backend,
+        accel: l.accel,
+        state: l.state.to_string(),
+        persistent: l.persistent,
+        user: l.user,
+        age_ms: l.age_ms,
+        expires_in_ms: l.expires_in_ms,
+    }
+}
+
+/// What a create body asks the service for.
+fn options(body: CreateSandbox, persistent: bool) -> CreateOptions {
+    CreateOptions {
+        id: body.name,
+        persistent,
+        workspace: body.workspace.map(PathBuf::from),
+        memory: body.memory,
+        pids: body.pids,
+        cpus: body.cpus,
+        timeout: body.timeout,
+        lifetime: body.lifetime,
+        no_cgroup: body.no_cgroup,
+        backend: body.backend,
+        image: body.image,
+        template: body.template,
+        net_allow: body.net,
+        net_deny: body.net_deny,
+    }
+}
+
+/// Creates and commits a sandbox for `caller`, timing it.
+async fn make(
+    st: &AppState,
+    caller: &Caller,
+    body: CreateSandbox,
+    persistent: bool,
+) -> Result<SandboxId, ApiError> {
+    if let Some(pool) = &body.pool {
+        return Err(ApiError::not_found(format!("no pool named {pool}")));
+    }
+    let started = Instant::now();
+    let pending = st.service.create(caller, options(body, persistent)).await?;
+    let id = pending.commit().await?;
+    st.metrics
+        .create_seconds
+        .observe(started.elapsed().as_secs_f64());
+    Ok(id)
+}
+
+/// The exec settings of a body, and how its stdin is fed.
+fn exec_options(body: ExecBody) -> Result<(ExecOptions, StdinPlan), ApiError> {
+    if body.argv.is_empty() {
+        return Err(ApiError::bad_request(
+            "argv is empty: name a program to run",
+        ));
+    }
+    let plan = match (body.stdin, body.stdin_stream) {
+        (Some(_), true) => {
+            return Err(ApiError::bad_request(
+                "give stdin as text or as a stream (stdin_stream), not both",
+            ));
+        }
+        (Some(text), false) => StdinPlan::Text(text),
+        (None, true) => StdinPlan::Stream,
+        (None, false) => StdinPlan::None,
+    };
+    let opts = ExecOptions {
+        argv: body.argv,
+        env: body.env.into_iter().collect(),
+        cwd: body.cwd,
+        timeout: body.timeout,
+        stdin: !matches!(plan, StdinPlan::None),
+    };
+    Ok((opts, plan))
+}
+
+/// The daemon answers.
+#[utoipa::path(get, path = "/v1/health", responses((status = 200, body = Health)))]
+async fn health() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", responses((status = 200, description = "The OpenAPI 3 document")))]
+async fn openapi() -> Response {
+    match ApiDoc::openapi().to_json() {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            .into_response(),
+    }
+}
+
+/// Create a sandbox that lives until it is destroyed or its lifetime ends.
+#[utoipa::path(post, path = "/v1/sandboxes", request_body = CreateSandbox,
+    responses((status = 201, body = SandboxView), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+async fn create(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody<CreateSandbox>,
+) -> Result<(StatusCode, axum::Json<SandboxView>), ApiError> {
+    let id = make(&st, &caller, body, true).await?;
+    let listing = st.service.get(&caller, &id).await?;
+    Ok((StatusCode::CREATED, axum::Json(view(listing))))
+}
+
+/// The caller's sandboxes (root: everyone's).
+#[utoipa::path(get, path = "/v1/sandboxes", responses((status = 200, body = Vec<SandboxView>)))]
+async fn list(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<axum::Json<Vec<SandboxView>>, ApiError> {
+    let list = st.service.list(&caller).await?;
+    Ok(axum::Json(list.into_iter().map(view).collect()))
+}
+
+/// One sandbox.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = SandboxView), (status = 404, body = ErrorBody)))]
+async fn get_one(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<SandboxView>, ApiError> {
+    let id = sandbox_id(&id)?;
+    Ok(axum::Json(view(st.service.get(&caller, &id).await?)))
+}
+
+/// Destroy a sandbox: every process, cgroup and file it has.
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn destroy(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = sandbox_id(&id)?;
+    st.service.destroy(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Run a command in a sandbox; its output streams back as NDJSON events.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", params(("id" = String, Path)),
+    request_body = ExecBody,
+    responses((status = 200, content_type = "application/x-ndjson", body = ExecEvent,
+        description = "One event per line: started, stdout/stderr chunks, then exit (or error)"),
+        (status = "4XX", body = ErrorBody)))]
+async fn exec(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ExecBody>,
+) -> Result<Response, ApiError> {
+    let id = sandbox_id(&id)?;
+    let (opts, plan) = exec_options(body)?;
+    let exec = st.service.exec(&caller, &id, opts).await?;
+    Ok(execs::respond(st, caller, id, exec, plan, After::Nothing))
+}
+
+/// Stream the stdin of a command started with `stdin_stream` (the request body; its end is
+/// the command's end-of-file).
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/execs/{exec}/stdin",
+    params(("id" = String, Path), ("exec" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn exec_stdin(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, exec)): Path<(String, String)>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let id = sandbox_id(&id)?;
+    let tx = st.execs.take(&caller, &id, &exec)?;
+    let idle = st.service.config().daemon.request_timeout;
+    let mut frames = body.into_data_stream();
+    loop {
+        let frame = match tokio::time::timeout(idle, frames.next()).await {
+            Err(_) => return Err(slow_body(idle)),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::bad_request(format!("reading the body: {e}")));
+            }
+            Ok(Some(Ok(b))) => b,
+        };
+        if tx.send(frame).await.is_err() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("command {exec} has ended"),
+            ));
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn slow_body(idle: std::time::Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "bad-request",
+        format!("no body data for {idle:?}: giving up on the request"),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQuery {
+    path: String,
+    /// Octal permission bits of a new file (default 644).
+    mode: Option<String>,
+}
+
+/// Download a file from a sandbox (streamed).
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files",
+    params(("id" = String, Path), ("path" = String, Query, description = "Absolute path in the sandbox")),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+async fn read_file(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+) -> Result<Response, ApiError> {
+    let id = sandbox_id(&id)?;
+    let max = st.service.config().copy.max_size.bytes();
+    let (mut w, mut r) = tokio::io::duplex(256 << 10);
+    let service = st.service.clone();
+    let (task_id, path) = (id.clone(), q.path.clone());
+    let mut task = tokio::spawn(async move {
+        let read = service
+            .read_file(&caller, &task_id, &path, max, &mut w)
+            .await;
+        drop(w);
+        read
+    });
+    // The first bytes, or the failure: an error before any data gets its own status.
+    let mut first = vec![0u8; 64 << 10];
+    let n = r
+        .read(&mut first)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    if n == 0 {
+        (&mut task).await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+        return Ok(octets(Body::empty()));
+    }
+    first.truncate(n);
+    let rest = tokio_util::io::ReaderStream::new(r);
+    // After the data: the read's own result (a failure part-way aborts the response, so the
+    // client sees a truncated transfer, never a short file that looks whole).
+    let tail = futures_util::stream::once(async move {
+        match task.await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(Err(std::io::Error::other(e.to_string()))),
+            Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
+        }
+    })
+    .filter_map(|x| async move { x });
+    let stream = futures_util::stream::once(async move { Ok(Bytes::from(first)) })
+        .chain(rest)
+        .chain(tail);
+    Ok(octets(Body::from_stream(stream)))
+}
+
+fn octets(body: Body) -> Response {
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    resp
+}
+
+/// Upload a file into a sandbox (streamed; all or nothing).
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/files",
+    params(("id" = String, Path), ("path" = String, Query, description = "Absolute path in the sandbox"),
+        ("mode" = Option<String>, Query, description = "Octal permissions of a new file (default 644)")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, body = Written), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+async fn write_file(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+    body: Body,
+) -> Result<axum::Json<Written>, ApiError> {
+    let id = sandbox_id(&id)?;
+    let mode = match &q.mode {
+        None => 0o644,
+        Some(m) => u32::from_str_radix(m, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("mode {m:?} is not octal permissions (e.g. 644)"))
+            })?,
+    };
+    let max = st.service.config().copy.max_size.bytes();
+    let idle = st.service.config().daemon.request_timeout;
+    let frames = body
+        .into_data_stream()
+        .map(|r| r.map_err(std::io::Error::other));
+    let frames = idle_limited(frames, idle);
+    let reader = tokio_util::io::StreamReader::new(Box::pin(frames));
+    let bytes = st
+        .service
+        .write_file(&caller, &id, &q.path, mode, max, reader)
+        .await?;
+    Ok(axum::Json(Written {
+        path: q.path,
+        bytes,
+    }))
+}
+
+/// A body stream that fails when no data arrives for `idle`: a client sending a byte now and
+/// then does not hold a request open for ever.
+fn idle_limited(
+    frames: impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    idle: std::time::Duration,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    let frames = Box::pin(frames);
+    futures_util::stream::unfold(Some(frames), move |state| async move {
+        let mut frames = state?;
+        match tokio::time::timeout(idle, frames.next()).await {
+            Ok(Some(item)) => Some((item, Some(frames))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no body data for {idle:?}"),
+                )),
+                None,
+            )),
+        }
+    })
+}
+
+/// The system calls a sandbox's seccomp policy denied.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/audit", params(("id" = String, Path)),
+    responses((status = 200, body = AuditView), (status = 404, body = ErrorBody)))]
+async fn audit(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<AuditView>, ApiError> {
+    let id = sandbox_id(&id)?;
+    let a = st.service.seccomp_audit(&caller, &id).await?;
+    Ok(axum::Json(AuditView {
+        enabled: a.enabled,
+        recent: a
+            .recent
+            .into_iter()
+            .map(|d| DenialView {
+                unix_ms: d.unix_ms,
+                pid: d.pid,
+                comm: d.comm,
+                syscall: d.syscall,
+                arg0: d.arg0,
+            })
+            .collect(),
+        counts: a.counts,
+        dropped: a.dropped,
+    }))
+}
+
+/// One command in a disposable sandbox: create, run (output streamed as for exec), destroy.
+#[utoipa::path(post, path = "/v1/run", request_body = RunBody,
+    responses((status = 200, content_type = "application/x-ndjson", body = ExecEvent),
+        (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+async fn run(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody<RunBody>,
+) -> Result<Response, ApiError> {
+    let (sandbox, exec_body) = body.split();
+    if sandbox.name.is_some() {
+        return Err(ApiError::bad_request("a one-shot sandbox takes no name"));
+    }
+    let (opts, plan) = exec_options(exec_body)?;
+    let id = make(&st, &caller, sandbox, false).await?;
+    let exec = match st.service.exec(&caller, &id, opts).await {
+        Ok(exec) => exec,
+        Err(e) => {
+            if let Err(d) = st.service.destroy(&caller, &id).await {
+                tracing::warn!(%id, error = %d, "destroying a one-shot sandbox");
+            }
+            return Err(e.into());
+        }
+    };
+    Ok(execs::respond(st, caller, id, exec, plan, After::Destroy))
+}
+
+/// Collect what dead and expired sandboxes left behind.
+#[utoipa::path(post, path = "/v1/gc", responses((status = 200, body = GcView)))]
+async fn gc(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<axum::Json<GcView>, ApiError> {
+    let report = st.service.gc(&caller).await?;
+    Ok(axum::Json(GcView {
+        removed: report.removed,
+        errors: report.errors,
+    }))
+}
+
+/// What happens to the caller's sandboxes (root: everyone's), as server-sent events.
+#[utoipa::path(get, path = "/v1/events",
+    responses((status = 200, content_type = "text/event-stream", body = EventView)))]
+async fn events(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
+    let rx = st.service.subscribe();
+    let stream = futures_util::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) if caller.may_use(e.user) => {
+                    let view = EventView {
+                        kind: e.kind.as_str().to_owned(),
+                        sandbox: e.sandbox.to_string(),
+                        user: e.user,
+                        unix_ms: e.unix_ms,
+                    };
+                    let event = SseEvent::default()
+                        .event(e.kind.as_str())
+                        .json_data(&view)
+                        .unwrap_or_default();
+                    return Some((Ok(event), rx));
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let event = SseEvent::default().event("lagged").data(n.to_string());
+                    return Some((Ok(event), rx));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// Prometheus metrics (text format).
+#[utoipa::path(get, path = "/metrics",
+    responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
+async fn metrics(State(st): State<AppState>) -> Response {
+    let census = st.service.census().await;
+    st.metrics.sandboxes.clear();
+    for (backend, n) in census {
+        st.metrics
+            .sandboxes
+            .get_or_create(&crate::metrics::Backend { backend })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,146 @@
+//! `luminaguard daemon`: the sandbox service behind an HTTP/1.1 + JSON API on a Unix socket.
+//!
+//! - [`listen`]: the socket — bound `0660 root:<group>`, or passed by systemd;
+//! - [`auth`]: who may connect (root, the daemon's user, the group's members), by peer
+//!   credentials; each connection acts as its peer's uid;
+//! - [`server`]: connections, bounded, with request deadlines and a graceful stop;
+//! - [`api`]: the routes of `/v1` and the OpenAPI document generated from them;
+//! - [`execs`]: command output streamed as NDJSON, stdin streamed in;
+//! - [`metrics`]: `GET /metrics`.
+//!
+//! Every request goes through the [`Service`], which applies the owner rule and everything
+//! else; the daemon adds transport, not policy.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod execs;
+pub mod listen;
+pub mod metrics;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use luminaguard_service::{EventKind, Service};
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub service: Service,
+    pub execs: Arc<execs::Registry>,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+impl AppState {
+    pub fn new(service: Service) -> Self {
+        Self {
+            service,
+            execs: Arc::default(),
+            metrics: Arc::default(),
+        }
+    }
+}
+
+/// How often dead sandboxes' leftovers are collected, at most this long between expiry checks.
+const HOUSEKEEPING: Duration = Duration::from_secs(30);
+
+/// Runs the daemon on `bound` until `shutdown` resolves: serves the API, expires sandboxes
+/// whose lifetime ends (the moment it ends), collects leftovers of dead ones, counts events.
+/// When it returns, the socket is removed and the service has let go of its sandboxes (or
+/// destroyed them all, with `daemon.destroy_on_exit`).
+pub async fn run(
+    service: Service,
+    bound: listen::Bound,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let config = service.config().daemon.clone();
+    let group = config.group.clone();
+    let auth = Arc::new(
+        tokio::task::spawn_blocking(move || auth::Authorizer::new_blocking(&group))
+            .await
+            .map_err(std::io::Error::other)?,
+    );
+    bound.listener.set_nonblocking(true)?;
+    let std_listener = bound.listener.try_clone()?;
+    let listener = tokio::net::UnixListener::from_std(std_listener)?;
+    let st = AppState::new(service.clone());
+    let housekeeping = tokio::spawn(housekeep(st.clone()));
+    let counting = tokio::spawn(count_events(st.clone()));
+    let limits = server::Limits {
+        max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
+        request_timeout: config.request_timeout,
+        shutdown_grace: config.shutdown_grace,
+    };
+    tracing::info!(socket = %config.socket.display(), "serving the API");
+    server::serve(
+        listener,
+        api::router(st.clone()),
+        auth,
+        Arc::clone(&st.metrics),
+        limits,
+        shutdown,
+    )
+    .await;
+    housekeeping.abort();
+    counting.abort();
+    tokio::task::spawn_blocking(move || bound.remove_blocking())
+        .await
+        .map_err(std::io::Error::other)?;
+    service.close(config.destroy_on_exit).await;
+    Ok(())
+}
+
+/// Expires sandboxes when their lifetime ends, and collects leftovers of dead ones now and
+/// then.
+async fn housekeep(st: AppState) {
+    let root = luminaguard_service::Caller {
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+        pid: None,
+    };
+    let mut last_gc = tokio::time::Instant::now();
+    loop {
+        let (expired, next) = st.service.expire().await;
+        for id in expired {
+            tracing::info!(%id, "sandbox expired");
+        }
+        if last_gc.elapsed() >= HOUSEKEEPING {
+            if let Ok(report) = st.service.gc(&root).await {
+                for e in report.errors {
+                    tracing::warn!("gc: {e}");
+                }
+            }
+            last_gc = tokio::time::Instant::now();
+        }
+        // Until the next lifetime ends (a little after, so it is over), or the next round.
+        let wait = next
+            .map(|d| d + Duration::from_millis(5))
+            .unwrap_or(HOUSEKEEPING)
+            .min(HOUSEKEEPING);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Counts the service's events into the metrics.
+async fn count_events(st: AppState) {
+    let mut rx = st.service.subscribe();
+    loop {
+        match rx.recv().await {
+            Ok(e) => {
+                let kind = match e.kind {
+                    EventKind::Created => "created",
+                    EventKind::Destroyed => "destroyed",
+                    EventKind::Expired => "expired",
+                    EventKind::OomKilled => "oom-killed",
+                };
+                st.metrics
+                    .events
+                    .get_or_create(&metrics::Kind { kind: kind.into() })
+                    .inc();
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
