@@ -17,6 +17,7 @@ pub mod error;
 pub mod execs;
 pub mod listen;
 pub mod metrics;
+pub mod notify;
 pub mod server;
 
 use std::sync::Arc;
@@ -73,6 +74,7 @@ pub async fn run(
         shutdown_grace: config.shutdown_grace,
     };
     tracing::info!(socket = %config.socket.display(), "serving the API");
+    notify::ready();
     server::serve(
         listener,
         api::router(st.clone()),

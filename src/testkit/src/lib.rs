@@ -1,6 +1,7 @@
 #![allow(clippy::disallowed_methods, clippy::panic)] // test helpers: procfs read synchronously; failing the calling test is the point
 //! Helpers shared by LuminaGuard's integration tests.
 
+pub mod daemon;
 pub mod netlab;
 pub mod terminal;
 pub mod workload;
