@@ -2,11 +2,15 @@
 //! parse, call the service (which judges and does everything), render.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Extension, FromRequest, Path, Query, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, Extension, FromRequest, FromRequestParts, Path, Query, Request, State,
+};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -125,6 +129,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         serde_json::from_slice(text)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// A query string, whose errors are JSON like every other.
+#[derive(Debug)]
+pub struct Params<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| Params(q))
+            .map_err(|rej| ApiError::bad_request(rej.body_text()))
     }
 }
 
@@ -359,7 +381,7 @@ async fn read_file(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    Query(q): Query<FileQuery>,
+    Params(q): Params<FileQuery>,
 ) -> Result<Response, ApiError> {
     let id = sandbox_id(&id)?;
     let max = st.service.config().copy.max_size.bytes();
@@ -422,7 +444,7 @@ async fn write_file(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    Query(q): Query<FileQuery>,
+    Params(q): Params<FileQuery>,
     body: Body,
 ) -> Result<axum::Json<Written>, ApiError> {
     let id = sandbox_id(&id)?;
@@ -440,37 +462,48 @@ async fn write_file(
     let frames = body
         .into_data_stream()
         .map(|r| r.map_err(std::io::Error::other));
-    let frames = idle_limited(frames, idle);
+    let stalled = Arc::new(AtomicBool::new(false));
+    let frames = idle_limited(frames, idle, Arc::clone(&stalled));
     let reader = tokio_util::io::StreamReader::new(Box::pin(frames));
-    let bytes = st
+    let written = st
         .service
         .write_file(&caller, &id, &q.path, mode, max, reader)
-        .await?;
+        .await;
+    // A body that stopped arriving is the client's failure, whatever the copy made of it.
+    let bytes = match written {
+        Err(_) if stalled.load(Ordering::Relaxed) => return Err(slow_body(idle)),
+        w => w?,
+    };
     Ok(axum::Json(Written {
         path: q.path,
         bytes,
     }))
 }
 
-/// A body stream that fails when no data arrives for `idle`: a client sending a byte now and
-/// then does not hold a request open for ever.
+/// A body stream that fails (and sets `stalled`) when no data arrives for `idle`: a client
+/// that stops sending does not hold a request open for ever.
 fn idle_limited(
     frames: impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
     idle: std::time::Duration,
+    stalled: Arc<AtomicBool>,
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
     let frames = Box::pin(frames);
-    futures_util::stream::unfold(Some(frames), move |state| async move {
-        let mut frames = state?;
-        match tokio::time::timeout(idle, frames.next()).await {
-            Ok(Some(item)) => Some((item, Some(frames))),
-            Ok(None) => None,
-            Err(_) => Some((
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no body data for {idle:?}"),
-                )),
-                None,
-            )),
+    futures_util::stream::unfold(Some(frames), move |state| {
+        let stalled = Arc::clone(&stalled);
+        async move {
+            let mut frames = state?;
+            match tokio::time::timeout(idle, frames.next()).await {
+                Ok(Some(item)) => Some((item, Some(frames))),
+                Ok(None) => None,
+                Err(_) => {
+                    stalled.store(true, Ordering::Relaxed);
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no body data for {idle:?}"),
+                    );
+                    Some((Err(e), None))
+                }
+            }
         }
     })
 }

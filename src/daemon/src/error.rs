@@ -41,6 +41,10 @@ impl ApiError {
 }
 
 /// The status for a service error's kind.
+/// The stable code of a failed response, attached to it as an extension.
+#[derive(Debug, Clone, Copy)]
+pub struct Failed(pub &'static str);
+
 pub fn status(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
@@ -65,7 +69,10 @@ impl From<ServiceError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut resp = (self.status, axum::Json(self.body())).into_response();
+        // For the metrics, which count failures by their stable code.
+        resp.extensions_mut().insert(Failed(self.code));
+        resp
     }
 }
 

@@ -73,7 +73,10 @@ pub async fn run(
         request_timeout: config.request_timeout,
         shutdown_grace: config.shutdown_grace,
     };
-    tracing::info!(socket = %config.socket.display(), "serving the API");
+    match bound.path() {
+        Some(path) => tracing::info!(socket = %path.display(), "serving the API"),
+        None => tracing::info!("serving the API on the socket systemd passed"),
+    }
     notify::ready();
     server::serve(
         listener,
@@ -101,19 +104,21 @@ async fn housekeep(st: AppState) {
         gid: nix::unistd::getegid().as_raw(),
         pid: None,
     };
-    let mut last_gc = tokio::time::Instant::now();
+    // The first round collects at once what a crashed predecessor left (its one-shot
+    // sandboxes, their network objects).
+    let mut last_gc: Option<tokio::time::Instant> = None;
     loop {
         let (expired, next) = st.service.expire().await;
         for id in expired {
             tracing::info!(%id, "sandbox expired");
         }
-        if last_gc.elapsed() >= HOUSEKEEPING {
+        if last_gc.is_none_or(|t| t.elapsed() >= HOUSEKEEPING) {
             if let Ok(report) = st.service.gc(&root).await {
                 for e in report.errors {
                     tracing::warn!("gc: {e}");
                 }
             }
-            last_gc = tokio::time::Instant::now();
+            last_gc = Some(tokio::time::Instant::now());
         }
         // Until the next lifetime ends (a little after, so it is over), or the next round.
         let wait = next

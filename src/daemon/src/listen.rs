@@ -39,6 +39,11 @@ pub struct Bound {
 }
 
 impl Bound {
+    /// The socket file the daemon made (none when systemd passed the socket).
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.made.as_ref().map(|(p, _, _)| p.as_path())
+    }
+
     /// Removes the socket file the daemon made, if it is still the one it made (a newer
     /// daemon's socket at the same path is left alone).
     pub fn remove_blocking(&self) {
@@ -76,6 +81,14 @@ pub fn from_systemd() -> Result<Option<Bound>, ListenError> {
     }
     if TAKEN.swap(true, Ordering::SeqCst) {
         return Ok(None);
+    }
+    // Open at all? (Wrapping a closed descriptor in an `OwnedFd` would abort when it drops.)
+    // SAFETY: fcntl(F_GETFD) takes an integer and touches no memory; on a closed descriptor it
+    // fails with EBADF.
+    if unsafe { libc::fcntl(SD_LISTEN_FDS_START, libc::F_GETFD) } < 0 {
+        return Err(ListenError::NotAListener(format!(
+            "LISTEN_FDS=1, but descriptor {SD_LISTEN_FDS_START} is not open"
+        )));
     }
     // SAFETY: systemd passed fd 3 to this process for us (LISTEN_PID is our pid, LISTEN_FDS is
     // 1); nothing else in the process owns it, and `TAKEN` makes this the only time it is

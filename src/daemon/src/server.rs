@@ -142,11 +142,13 @@ async fn connection(
                 )),
             };
             if resp.status().is_client_error() || resp.status().is_server_error() {
+                let code = match resp.extensions().get::<crate::error::Failed>() {
+                    Some(f) => f.0.to_owned(),
+                    None => resp.status().as_u16().to_string(),
+                };
                 metrics
                     .errors
-                    .get_or_create(&crate::metrics::Code {
-                        code: resp.status().as_u16().to_string(),
-                    })
+                    .get_or_create(&crate::metrics::Code { code })
                     .inc();
             }
             Ok::<_, std::convert::Infallible>(resp)

@@ -543,15 +543,36 @@ impl Service {
     /// disposable sandbox (a one-shot run still in flight) is destroyed, a long-lived one is left
     /// running for the next service to find; with `destroy_all`, every one is destroyed.
     pub async fn close(&self, destroy_all: bool) {
+        let mut doomed: Vec<(SandboxId, Option<Arc<live::Entry>>)> = Vec::new();
         for entry in self.live.drain() {
-            let id = entry.sandbox.id.clone();
-            if !destroy_all && entry.sandbox.meta.persistent {
-                continue;
+            if destroy_all || !entry.sandbox.meta.persistent {
+                doomed.push((entry.sandbox.id.clone(), Some(entry)));
             }
+        }
+        if destroy_all {
+            // Also those this service never connected to (made before a restart).
+            let runtime = self.runtime.clone();
+            let listing =
+                tokio::task::spawn_blocking(move || luminaguard_backend::list_blocking(&runtime))
+                    .await;
+            match listing {
+                Ok(Ok(listing)) => doomed.extend(
+                    listing
+                        .into_iter()
+                        .filter_map(|l| l.id.parse().ok())
+                        .filter(|id| !doomed.iter().any(|(d, _)| d == id))
+                        .map(|id| (id, None))
+                        .collect::<Vec<_>>(),
+                ),
+                Ok(Err(e)) => tracing::warn!(error = %e, "listing sandboxes at shutdown"),
+                Err(e) => tracing::warn!(error = %e, "listing sandboxes at shutdown"),
+            }
+        }
+        for (id, entry) in doomed {
             if self.live.begin_destroy(&id).is_err() {
                 continue;
             }
-            match self.destroy_now(&id, Some(entry)).await {
+            match self.destroy_now(&id, entry).await {
                 Ok((user, backend)) => self.events.send(EventKind::Destroyed, &id, user, &backend),
                 Err(e) => tracing::warn!(%id, error = %e, "destroying a sandbox at shutdown"),
             }

@@ -38,8 +38,8 @@ impl Daemon {
     ) -> Self {
         let notify = runtime.with_extension("notify");
         let _ = std::fs::remove_file(&notify);
-        let listener = UnixDatagram::bind(&notify)
-            .unwrap_or_else(|e| panic!("binding {notify:?}: {e}"));
+        let listener =
+            UnixDatagram::bind(&notify).unwrap_or_else(|e| panic!("binding {notify:?}: {e}"));
         listener
             .set_read_timeout(Some(READY_TIMEOUT))
             .unwrap_or_else(|e| panic!("{e}"));
@@ -52,15 +52,25 @@ impl Daemon {
             .env("NOTIFY_SOCKET", &notify)
             .stdin(Stdio::null());
         adjust(&mut cmd);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting the daemon: {e}"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the daemon: {e}"));
+        let mut child = child;
         let mut buf = [0u8; 64];
-        match listener.recv(&mut buf) {
-            Ok(n) if &buf[..n] == b"READY=1" => {}
-            Ok(n) => panic!(
+        let failed = match listener.recv(&mut buf) {
+            Ok(n) if &buf[..n] == b"READY=1" => None,
+            Ok(n) => Some(format!(
                 "unexpected notification {:?}",
                 String::from_utf8_lossy(&buf[..n])
-            ),
-            Err(e) => panic!("the daemon did not say it was ready within {READY_TIMEOUT:?}: {e}"),
+            )),
+            Err(e) => Some(format!(
+                "the daemon did not say it was ready within {READY_TIMEOUT:?}: {e}"
+            )),
+        };
+        if let Some(why) = failed {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("{why} (daemon: {status:?})");
         }
         let _ = std::fs::remove_file(&notify);
         Self {

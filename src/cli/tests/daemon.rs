@@ -1,0 +1,937 @@
+//! `luminaguard daemon`, driven the way operators and programs drive it: curl on its socket,
+//! raw HTTP from clients that misbehave, other users, crashes and restarts, systemd socket
+//! activation. Every test uses the process backend (fast, and the same service path as the
+//! microVMs). Root only; required in CI.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)] // test code
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use luminaguard_testkit::daemon::Daemon;
+use luminaguard_testkit::{live_processes_matching, privileged, text};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_luminaguard");
+
+/// The configuration every test starts from: the process backend, quiet logs.
+const BASE: &str = "log = \"error\"\n[defaults]\nbackend = \"process\"\n";
+
+struct Env {
+    _dir: tempfile::TempDir,
+    runtime: PathBuf,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    // Other users reach the socket through this directory (the runtime directory itself is
+    // made `0711` by the daemon).
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let runtime = dir.path().join("rt");
+    Env { _dir: dir, runtime }
+}
+
+fn start(e: &Env, extra: &str) -> Daemon {
+    Daemon::start(Path::new(BIN), &e.runtime, &format!("{BASE}{extra}"))
+}
+
+/// An HTTP exchange through curl: status and body.
+struct Reply {
+    status: u16,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: not JSON (status {}): {}", self.status, self.body))
+    }
+
+    /// The NDJSON lines of an exec.
+    fn events(&self) -> Vec<Value> {
+        self.body
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    /// The stdout of an exec's events, and its exit event.
+    fn exec(&self) -> (String, Value) {
+        assert_eq!(self.status, 200, "{}", self.body);
+        let events = self.events();
+        let stdout: String = events
+            .iter()
+            .filter(|e| e["event"] == "stdout")
+            .map(|e| e["data"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        let exit = events
+            .iter()
+            .find(|e| e["event"] == "exit")
+            .unwrap_or_else(|| panic!("no exit event: {}", self.body))
+            .clone();
+        (stdout, exit)
+    }
+}
+
+/// `curl --unix-socket SOCKET -X METHOD http://lg/PATH` with `body` (if any), as `as_user`
+/// (uid, gid) when given.
+fn curl_as(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    as_user: Option<(u32, u32)>,
+) -> Output {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "60",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+    ])
+    .arg("--unix-socket")
+    .arg(sock)
+    .arg(format!("http://lg{path}"))
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    if body.is_some() {
+        cmd.args([
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            "@-",
+        ]);
+    }
+    if let Some((uid, gid)) = as_user {
+        cmd.uid(uid).gid(gid);
+    }
+    let mut child = cmd.spawn().expect("curl (scripts/setup installs it)");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(body.unwrap_or_default()).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+fn curl(sock: &Path, method: &str, path: &str, body: Option<&str>) -> Reply {
+    reply(curl_as(sock, method, path, body.map(str::as_bytes), None))
+}
+
+fn reply(out: Output) -> Reply {
+    let all = text(&out.stdout);
+    let (body, code) = all.rsplit_once('\n').unwrap_or(("", &all));
+    Reply {
+        status: code.trim().parse().unwrap_or_else(|_| {
+            panic!(
+                "curl gave no status (exit {:?}): {all} {}",
+                out.status,
+                text(&out.stderr)
+            )
+        }),
+        body: body.to_owned(),
+    }
+}
+
+fn create(sock: &Path, body: Value) -> String {
+    let r = curl(sock, "POST", "/v1/sandboxes", Some(&body.to_string()));
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json()["id"].as_str().unwrap().to_owned()
+}
+
+fn exec(sock: &Path, id: &str, body: Value) -> Reply {
+    curl(
+        sock,
+        "POST",
+        &format!("/v1/sandboxes/{id}/exec"),
+        Some(&body.to_string()),
+    )
+}
+
+fn ids(sock: &Path) -> Vec<String> {
+    let r = curl(sock, "GET", "/v1/sandboxes", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn healthy(sock: &Path) {
+    let r = curl(sock, "GET", "/v1/health", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["status"], "ok");
+}
+
+/// Polls `cond` until it holds, failing after `limit` with `what`.
+fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A raw HTTP/1.1 request on a fresh connection, returned open after the request is written.
+fn raw(sock: &Path, method: &str, path: &str, body: &str) -> UnixStream {
+    let mut s = UnixStream::connect(sock).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: lg\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    s
+}
+
+/// Reads from `s` until `needle` has been seen (or the connection ends).
+fn read_until(s: &mut UnixStream, needle: &str) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !text(&seen).contains(needle) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("reading for {needle:?}: {e}; so far: {}", text(&seen)),
+        }
+    }
+    text(&seen)
+}
+
+#[test]
+fn the_api_creates_runs_streams_files_and_destroys_over_its_socket() {
+    if !privileged("the daemon test") {
+        return;
+    }
+    let e = env();
+    let d = start(&e, "");
+    let sock = &d.socket;
+    let mode = std::fs::metadata(sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o660, "the socket is group-shared only");
+    healthy(sock);
+
+    let id = create(sock, json!({"name": "api-1", "memory": "256M"}));
+    assert_eq!(id, "api-1");
+    let view = curl(sock, "GET", "/v1/sandboxes/api-1", None).json();
+    assert_eq!(view["backend"], "process");
+    assert_eq!(view["persistent"], true);
+    assert_eq!(view["user"], 0);
+    // The same name again is a conflict, and the first one is untouched.
+    let dup = curl(sock, "POST", "/v1/sandboxes", Some(r#"{"name":"api-1"}"#));
+    assert_eq!(
+        (dup.status, dup.json()["error"].as_str()),
+        (409, Some("conflict"))
+    );
+
+    // Output, exit codes, stdin, env, cwd.
+    let (out, exit) = exec(
+        sock,
+        &id,
+        json!({"argv": ["sh", "-c", "echo hello; exit 3"]}),
+    )
+    .exec();
+    assert_eq!((out.as_str(), exit["code"].as_i64()), ("hello\n", Some(3)));
+    let (out, _) = exec(
+        sock,
+        &id,
+        json!({"argv": ["sh", "-c", "cat; echo $GREETING; pwd"], "stdin": "from stdin\n",
+               "env": {"GREETING": "hi"}, "cwd": "/tmp"}),
+    )
+    .exec();
+    assert_eq!(out, "from stdin\nhi\n/tmp\n");
+    // State persists between execs of a long-lived sandbox.
+    exec(
+        sock,
+        &id,
+        json!({"argv": ["sh", "-c", "echo kept > /tmp/state"]}),
+    )
+    .exec();
+    let (out, _) = exec(sock, &id, json!({"argv": ["cat", "/tmp/state"]})).exec();
+    assert_eq!(out, "kept\n");
+    // A missing program is 127 with the reason, not a bare failure.
+    let (_, exit) = exec(sock, &id, json!({"argv": ["no-such-program"]})).exec();
+    assert_eq!(exit["code"], 127);
+    assert!(
+        exit["error"].as_str().unwrap().contains("no-such-program"),
+        "{exit}"
+    );
+    // Binary output arrives intact (base64 where it is not UTF-8).
+    let r = exec(sock, &id, json!({"argv": ["printf", "\\377\\000ok"]}));
+    let chunk = r
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "stdout")
+        .unwrap();
+    assert!(chunk.get("data_base64").is_some(), "{chunk}");
+
+    // Files both ways, binary-safe.
+    let payload: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    let put = Command::new("curl")
+        .args([
+            "-sS",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "PUT",
+            "--data-binary",
+            "@-",
+        ])
+        .arg("--unix-socket")
+        .arg(sock)
+        .arg("http://lg/v1/sandboxes/api-1/files?path=/tmp/blob&mode=640")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut put = put;
+    put.stdin.take().unwrap().write_all(&payload).unwrap();
+    let put = reply(put.wait_with_output().unwrap());
+    assert_eq!(put.status, 200, "{}", put.body);
+    assert_eq!(put.json()["bytes"], 300_000);
+    let got = Command::new("curl")
+        .args(["-sS", "--fail"])
+        .arg("--unix-socket")
+        .arg(sock)
+        .arg("http://lg/v1/sandboxes/api-1/files?path=/tmp/blob")
+        .output()
+        .unwrap();
+    assert!(got.status.success(), "{}", text(&got.stderr));
+    assert!(got.stdout == payload, "the file came back different");
+    let (out, _) = exec(
+        sock,
+        &id,
+        json!({"argv": ["stat", "-c", "%a %s", "/tmp/blob"]}),
+    )
+    .exec();
+    assert_eq!(out, "640 300000\n");
+    let missing = curl(
+        sock,
+        "GET",
+        "/v1/sandboxes/api-1/files?path=/tmp/nope",
+        None,
+    );
+    assert_eq!(missing.status, 404, "{}", missing.body);
+
+    // A one-shot run: its sandbox exists for the command only.
+    let r = curl(
+        sock,
+        "POST",
+        "/v1/run",
+        Some(&json!({"argv": ["sh", "-c", "echo once; hostname"]}).to_string()),
+    );
+    let (out, exit) = r.exec();
+    assert!(out.starts_with("once\n"), "{out}");
+    assert_eq!(exit["code"], 0);
+    let run_id = r.events()[0]["sandbox"].as_str().unwrap().to_owned();
+    assert!(
+        !ids(sock).contains(&run_id),
+        "the run's sandbox outlived it"
+    );
+
+    // Seccomp denials are on the sandbox's record.
+    let audit = curl(sock, "GET", "/v1/sandboxes/api-1/audit", None);
+    assert_eq!(audit.status, 200, "{}", audit.body);
+    assert_eq!(audit.json()["enabled"], true);
+
+    let gone = curl(sock, "DELETE", "/v1/sandboxes/api-1", None);
+    assert_eq!(gone.status, 204, "{}", gone.body);
+    let again = curl(sock, "GET", "/v1/sandboxes/api-1", None);
+    assert_eq!(
+        (again.status, again.json()["error"].as_str()),
+        (404, Some("not-found"))
+    );
+    assert!(ids(sock).is_empty());
+    assert!(
+        !e.runtime.join("sandboxes/api-1").exists(),
+        "the record outlived the sandbox"
+    );
+}
+
+#[test]
+fn malformed_hostile_and_oversized_requests_get_clear_errors_and_nothing_is_lost() {
+    if !privileged("the daemon test") {
+        return;
+    }
+    let e = env();
+    let mut d = start(&e, "[daemon]\nmax_body = \"64K\"\n");
+    let sock = d.socket.clone();
+    let id = create(&sock, json!({"name": "survivor"}));
+    let big = format!(
+        r#"{{"argv": ["true"], "stdin": "{}"}}"#,
+        "x".repeat(100_000)
+    );
+    let cases: &[(&str, &str, Option<&str>, u16, &str)] = &[
+        (
+            "POST",
+            "/v1/sandboxes",
+            Some("{not json"),
+            400,
+            "bad-request",
+        ),
+        (
+            "POST",
+            "/v1/sandboxes",
+            Some(r#"{"nmae":"x"}"#),
+            400,
+            "bad-request",
+        ),
+        (
+            "POST",
+            "/v1/sandboxes",
+            Some(r#"{"memory": true}"#),
+            400,
+            "bad-request",
+        ),
+        (
+            "POST",
+            "/v1/sandboxes",
+            Some(r#"{"memory": "lots"}"#),
+            400,
+            "bad-request",
+        ),
+        (
+            "POST",
+            "/v1/sandboxes",
+            Some(r#"{"name": "../../etc"}"#),
+            400,
+            "bad-request",
+        ),
+        (
+            "POST",
+            "/v1/sandboxes",
+            Some(r#"{"backend": "docker"}"#),
+            400,
+            "bad-request",
+        ),
+        (
+            "POST",
+            "/v1/sandboxes",
+            Some(r#"{"workspace": "relative/dir"}"#),
+            422,
+            "invalid-spec",
+        ),
+        (
+            "POST",
+            "/v1/sandboxes",
+            Some(r#"{"workspace": "/no/such/dir"}"#),
+            422,
+            "invalid-spec",
+        ),
+        (
+            "POST",
+            "/v1/sandboxes",
+            Some(r#"{"pool": "nope"}"#),
+            404,
+            "not-found",
+        ),
+        (
+            "GET",
+            "/v1/sandboxes/..%2F..%2Fetc",
+            None,
+            400,
+            "bad-request",
+        ),
+        ("GET", "/v1/sandboxes/nobody-here", None, 404, "not-found"),
+        (
+            "DELETE",
+            "/v1/sandboxes/nobody-here",
+            None,
+            404,
+            "not-found",
+        ),
+        (
+            "POST",
+            "/v1/sandboxes/survivor/exec",
+            Some(r#"{"argv": []}"#),
+            400,
+            "bad-request",
+        ),
+        (
+            "POST",
+            "/v1/sandboxes/survivor/exec",
+            Some(r#"{"argv": "ls"}"#),
+            400,
+            "bad-request",
+        ),
+        (
+            "POST",
+            "/v1/sandboxes/survivor/exec",
+            Some(&big),
+            413,
+            "too-large",
+        ),
+        (
+            "GET",
+            "/v1/sandboxes/survivor/files",
+            None,
+            400,
+            "bad-request",
+        ),
+        (
+            "GET",
+            "/v1/sandboxes/survivor/files?path=relative",
+            None,
+            422,
+            "invalid-spec",
+        ),
+        (
+            "PUT",
+            "/v1/sandboxes/survivor/execs/nope/stdin",
+            Some(""),
+            404,
+            "not-found",
+        ),
+        ("GET", "/v1/nothing-here", None, 404, "not-found"),
+        ("PATCH", "/v1/sandboxes", Some("{}"), 405, "bad-request"),
+    ];
+    for (method, path, body, status, code) in cases {
+        let r = curl(&sock, method, path, *body);
+        let what = format!("{method} {path} {:?}", body.map(|b| &b[..b.len().min(60)]));
+        assert_eq!(r.status, *status, "{what}: {}", r.body);
+        let err = r.json();
+        assert_eq!(err["error"], *code, "{what}: {}", r.body);
+        assert!(
+            err["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{what}: no detail: {}",
+            r.body
+        );
+    }
+    // Bytes that are not HTTP at all, a request head that never ends, a connection cut in
+    // the middle of a body: each costs only its own connection.
+    let mut garbage = UnixStream::connect(&sock).unwrap();
+    garbage
+        .write_all(b"\x00\x01\x02 NOT HTTP \xff\r\n\r\n")
+        .unwrap();
+    let answer = read_until(&mut garbage, "\r\n\r\n");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+    let mut huge_head = UnixStream::connect(&sock).unwrap();
+    let _ = huge_head
+        .write_all(format!("GET /v1/health HTTP/1.1\r\nx: {}\r\n", "a".repeat(1 << 20)).as_bytes());
+    drop(huge_head);
+    let mut half = UnixStream::connect(&sock).unwrap();
+    half.write_all(b"POST /v1/sandboxes HTTP/1.1\r\nhost: lg\r\ncontent-length: 500\r\n\r\n{\"na")
+        .unwrap();
+    drop(half);
+
+    // The daemon is still there, and so is the sandbox.
+    healthy(&sock);
+    let (out, _) = exec(&sock, &id, json!({"argv": ["echo", "still here"]})).exec();
+    assert_eq!(out, "still here\n");
+    assert_eq!(ids(&sock), vec!["survivor".to_owned()]);
+    let metrics = curl(&sock, "GET", "/metrics", None);
+    assert!(
+        metrics
+            .body
+            .contains("luminaguard_api_errors_total{code=\"bad-request\"}"),
+        "{}",
+        metrics.body
+    );
+    assert!(d.child.try_wait().unwrap().is_none(), "the daemon died");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn a_client_that_goes_away_takes_its_command_and_its_run_sandbox_with_it() {
+    if !privileged("the daemon test") {
+        return;
+    }
+    let e = env();
+    let d = start(&e, "");
+    let sock = &d.socket;
+    let id = create(sock, json!({"name": "dropped"}));
+
+    let mut s = raw(
+        sock,
+        "POST",
+        &format!("/v1/sandboxes/{id}/exec"),
+        r#"{"argv": ["sh", "-c", "exec sleep 4101"]}"#,
+    );
+    read_until(&mut s, "\"started\"");
+    assert_eq!(live_processes_matching(&["sleep", "4101"]).len(), 1);
+    drop(s);
+    eventually(
+        Duration::from_secs(20),
+        "the command outlived its client",
+        || live_processes_matching(&["sleep", "4101"]).is_empty(),
+    );
+    // The sandbox itself stays: only the command belonged to the connection.
+    let (out, _) = exec(sock, &id, json!({"argv": ["echo", "ok"]})).exec();
+    assert_eq!(out, "ok\n");
+
+    let mut s = raw(
+        sock,
+        "POST",
+        "/v1/run",
+        r#"{"argv": ["sh", "-c", "exec sleep 4102"]}"#,
+    );
+    let head = read_until(&mut s, "\"started\"");
+    assert!(head.contains("\"sandbox\""), "{head}");
+    drop(s);
+    eventually(
+        Duration::from_secs(20),
+        "the run's command outlived its client",
+        || live_processes_matching(&["sleep", "4102"]).is_empty(),
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the run's sandbox outlived its client",
+        || ids(sock) == vec![id.clone()],
+    );
+}
+
+#[test]
+fn a_stalled_client_is_cut_off_while_others_are_served() {
+    if !privileged("the daemon test") {
+        return;
+    }
+    let e = env();
+    let d = start(&e, "[daemon]\nrequest_timeout = \"1s\"\n");
+    let sock = &d.socket;
+    let id = create(sock, json!({"name": "busy"}));
+    // A request head that never ends.
+    let mut slow_head = UnixStream::connect(sock).unwrap();
+    slow_head
+        .write_all(b"GET /v1/health HTTP/1.1\r\nhost: lg\r\n")
+        .unwrap();
+    // A file upload whose body stops arriving.
+    let mut slow_body = UnixStream::connect(sock).unwrap();
+    slow_body
+        .write_all(
+            b"PUT /v1/sandboxes/busy/files?path=/tmp/f HTTP/1.1\r\nhost: lg\r\ncontent-length: 1000\r\n\r\nfirst bytes",
+        )
+        .unwrap();
+    // Others are served meanwhile.
+    healthy(sock);
+    let (out, _) = exec(sock, &id, json!({"argv": ["echo", "served"]})).exec();
+    assert_eq!(out, "served\n");
+    // Both stalled connections end, the body with an error that says why.
+    let head = read_until(&mut slow_head, "\r\n\r\n");
+    assert!(
+        head.is_empty() || head.starts_with("HTTP/1.1 408"),
+        "{head}"
+    );
+    let body = read_until(&mut slow_body, "}");
+    assert!(
+        body.contains("408") || body.contains("stalled") || body.is_empty(),
+        "{body}"
+    );
+    // The half-written file was not left in place.
+    let (out, _) = exec(
+        sock,
+        &id,
+        json!({"argv": ["sh", "-c", "ls /tmp/f 2>&1 || true"]}),
+    )
+    .exec();
+    assert!(out.contains("No such file"), "{out}");
+    healthy(sock);
+}
+
+#[test]
+fn users_see_and_touch_only_their_own_sandboxes_and_workspaces() {
+    if !privileged("the daemon test") {
+        return;
+    }
+    let e = env();
+    // `nogroup` exists on every Debian; its members (by primary gid here) may connect.
+    let d = start(&e, "[daemon]\ngroup = \"nogroup\"\n");
+    let sock = &d.socket;
+    let alice = Some((1000, 65534));
+    let bob = Some((1001, 65534));
+    let as_user = |who, method, path: &str, body: Option<String>| {
+        reply(curl_as(
+            sock,
+            method,
+            path,
+            body.as_deref().map(str::as_bytes),
+            who,
+        ))
+    };
+
+    // Alice's workspace is hers; root's directory is not.
+    let ws = e.runtime.with_extension("alice-ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::os::unix::fs::chown(&ws, Some(1000), Some(1000)).unwrap();
+    let foreign = e.runtime.with_extension("root-ws");
+    std::fs::create_dir(&foreign).unwrap();
+    let r = as_user(
+        alice,
+        "POST",
+        "/v1/sandboxes",
+        Some(json!({"name": "alices", "workspace": ws}).to_string()),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["user"], 1000);
+    let r = as_user(
+        alice,
+        "POST",
+        "/v1/sandboxes",
+        Some(json!({"name": "stolen", "workspace": foreign}).to_string()),
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("owned"), "{}", r.body);
+    let r = as_user(
+        alice,
+        "POST",
+        "/v1/sandboxes/alices/exec",
+        Some(json!({"argv": ["sh", "-c", "echo mine > /workspace/f; id -u"]}).to_string()),
+    );
+    r.exec();
+    assert_eq!(std::fs::read_to_string(ws.join("f")).unwrap(), "mine\n");
+
+    // Bob sees none of it, and cannot tell it exists.
+    let r = as_user(bob, "GET", "/v1/sandboxes", None);
+    assert_eq!(r.json(), json!([]));
+    for (method, path, body) in [
+        ("GET", "/v1/sandboxes/alices", None),
+        ("DELETE", "/v1/sandboxes/alices", None),
+        (
+            "POST",
+            "/v1/sandboxes/alices/exec",
+            Some(r#"{"argv":["true"]}"#.to_owned()),
+        ),
+        ("GET", "/v1/sandboxes/alices/files?path=/workspace/f", None),
+        (
+            "PUT",
+            "/v1/sandboxes/alices/files?path=/workspace/f",
+            Some("bob was here".to_owned()),
+        ),
+        ("GET", "/v1/sandboxes/alices/audit", None),
+    ] {
+        let r = as_user(bob, method, path, body);
+        assert_eq!(r.status, 404, "bob: {method} {path}: {}", r.body);
+    }
+    // Bob's own sandbox is his; root sees both.
+    let r = as_user(
+        bob,
+        "POST",
+        "/v1/sandboxes",
+        Some(json!({"name": "bobs"}).to_string()),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = as_user(alice, "GET", "/v1/sandboxes", None);
+    let mine: Vec<_> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].clone())
+        .collect();
+    assert_eq!(mine, vec![json!("alices")]);
+    let mut all = ids(sock);
+    all.sort();
+    assert_eq!(all, vec!["alices".to_owned(), "bobs".to_owned()]);
+    // Anyone may collect the dead; nobody's gc touches a live sandbox.
+    let r = as_user(bob, "POST", "/v1/gc", Some("{}".to_owned()));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        ids(sock).len(),
+        2,
+        "bob's gc touched someone else's sandbox"
+    );
+
+    // A user outside the group cannot even connect.
+    let out = curl_as(sock, "GET", "/v1/health", None, Some((1002, 1002)));
+    assert!(
+        !out.status.success(),
+        "uid 1002 got in: {}",
+        text(&out.stdout)
+    );
+    assert_eq!(std::fs::read_to_string(ws.join("f")).unwrap(), "mine\n");
+}
+
+#[test]
+fn a_crashed_daemon_restarts_finds_long_lived_sandboxes_and_collects_one_shot_ones() {
+    if !privileged("the daemon test") {
+        return;
+    }
+    let e = env();
+    let mut d = start(&e, "");
+    let id = create(&d.socket, json!({"name": "lives-on"}));
+    exec(
+        &d.socket,
+        &id,
+        json!({"argv": ["sh", "-c", "echo before > /tmp/mark"]}),
+    )
+    .exec();
+    let mut s = raw(
+        &d.socket,
+        "POST",
+        "/v1/run",
+        r#"{"argv": ["sh", "-c", "exec sleep 4103"]}"#,
+    );
+    let head = read_until(&mut s, "\"started\"");
+    let run_id = head
+        .split("\"sandbox\":\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .unwrap()
+        .to_owned();
+    d.kill();
+    drop(s);
+
+    let d = d.restart();
+    let sock = &d.socket;
+    let (out, _) = exec(sock, &id, json!({"argv": ["cat", "/tmp/mark"]})).exec();
+    assert_eq!(out, "before\n", "the long-lived sandbox lost its state");
+    eventually(
+        Duration::from_secs(30),
+        "the dead daemon's run sandbox was not collected",
+        || !ids(sock).contains(&run_id) && !e.runtime.join("sandboxes").join(&run_id).exists(),
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the dead daemon's command lives on",
+        || live_processes_matching(&["sleep", "4103"]).is_empty(),
+    );
+    assert_eq!(ids(sock), vec![id]);
+}
+
+#[test]
+fn sigterm_lets_running_commands_finish_and_keeps_or_destroys_sandboxes_as_configured() {
+    if !privileged("the daemon test") {
+        return;
+    }
+    let e = env();
+    let mut d = start(&e, "");
+    let id = create(&d.socket, json!({"name": "kept"}));
+    let mut s = raw(
+        &d.socket,
+        "POST",
+        &format!("/v1/sandboxes/{id}/exec"),
+        r#"{"argv": ["sh", "-c", "sleep 1; echo finished"]}"#,
+    );
+    read_until(&mut s, "\"started\"");
+    let status = d.stop();
+    assert!(status.success(), "{status:?}");
+    let rest = read_until(&mut s, "\"exit\"");
+    assert!(
+        rest.contains("finished"),
+        "the command was cut short: {rest}"
+    );
+    assert!(!d.socket.exists(), "the socket outlived the daemon");
+    // Kept across a restart by default …
+    let mut d = d.restart();
+    assert_eq!(ids(&d.socket), vec![id.clone()]);
+    d.stop();
+
+    // … destroyed at stop with `destroy_on_exit`.
+    let mut d = start(&e, "[daemon]\ndestroy_on_exit = true\n");
+    assert_eq!(ids(&d.socket), vec![id.clone()]);
+    assert!(d.stop().success());
+    assert!(
+        !e.runtime.join("sandboxes").join(&id).exists(),
+        "destroy_on_exit left the sandbox"
+    );
+}
+
+#[test]
+fn systemd_socket_activation_serves_the_socket_it_is_given() {
+    if !privileged("the daemon test") {
+        return;
+    }
+    let e = env();
+    std::fs::create_dir_all(&e.runtime).unwrap();
+    let path = e.runtime.with_extension("activated.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    use std::os::fd::AsRawFd;
+    let fd = listener.as_raw_fd();
+    let config = e.runtime.with_extension("toml");
+    std::fs::write(&config, BASE).unwrap();
+    let mut d = Daemon::start_with(Path::new(BIN), &e.runtime, &config, |cmd| {
+        // systemd's protocol: the socket is fd 3, LISTEN_FDS=1, LISTEN_PID the daemon's pid
+        // (the shell's, which `exec`s the daemon).
+        let program = cmd.get_program().to_owned();
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+        *cmd = {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
+                .arg(program)
+                .args(args)
+                .env("NOTIFY_SOCKET", e.runtime.with_extension("notify"))
+                .stdin(Stdio::null());
+            // SAFETY: dup2 and fcntl are async-signal-safe; it only touches the child's descriptor table.
+            unsafe {
+                sh.pre_exec(move || {
+                    // (When `fd` is 3 already, dup2 is a no-op: clear close-on-exec anyway.)
+                    if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            sh
+        };
+    });
+    drop(listener);
+    // It serves the socket it was given, and does not make one of its own.
+    healthy(&path);
+    assert!(!e.runtime.join("api.sock").exists());
+    let id = create(&path, json!({}));
+    let (out, _) = exec(&path, &id, json!({"argv": ["echo", "activated"]})).exec();
+    assert_eq!(out, "activated\n");
+    assert!(d.stop().success());
+    // The socket is systemd's: it stays for the next activation.
+    assert!(path.exists());
+}
+
+#[test]
+fn events_stream_what_happens_and_metrics_count_it() {
+    if !privileged("the daemon test") {
+        return;
+    }
+    let e = env();
+    let d = start(&e, "");
+    let sock = &d.socket;
+    let mut sse = Command::new("curl")
+        .args(["-sSN", "--max-time", "60"])
+        .arg("--unix-socket")
+        .arg(sock)
+        .arg("http://lg/v1/events")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stream = sse.stdout.take().unwrap();
+    // The subscription is live once the response has begun; a first sandbox proves it.
+    let id = create(sock, json!({"name": "watched", "lifetime": "2s"}));
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !text(&seen).contains("event: expired") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "the event stream ended: {}", text(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let _ = sse.kill();
+    let _ = sse.wait();
+    let seen = text(&seen);
+    assert!(seen.contains("event: created"), "{seen}");
+    assert!(seen.contains(&format!("\"sandbox\":\"{id}\"")), "{seen}");
+    // Expiry happened when the lifetime ended, not at some later gc.
+    assert!(ids(sock).is_empty());
+    let metrics = curl(sock, "GET", "/metrics", None).body;
+    for line in [
+        "luminaguard_sandbox_events_total{kind=\"created\"} 1",
+        "luminaguard_sandbox_events_total{kind=\"expired\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    let doc = curl(sock, "GET", "/v1/openapi.json", None).json();
+    assert!(doc["paths"]["/v1/sandboxes/{id}/exec"].is_object(), "{doc}");
+}
