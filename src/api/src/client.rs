@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::V1;
 use crate::types::{
     AuditView, CreateSandbox, ErrorBody, ExecBody, ExecEvent, GcView, Health, RunBody, SandboxView,
-    Written,
+    StatView, Written,
 };
 
 /// Why a request to the daemon failed.
@@ -182,6 +182,15 @@ impl Client {
         Ok(())
     }
 
+    /// What is at `path` in sandbox `id` (symbolic links followed with `follow`).
+    pub async fn stat(&self, id: &str, path: &str, follow: bool) -> Result<StatView, ClientError> {
+        let uri = sandbox_path(
+            id,
+            &format!("/stat?path={}&follow={follow}", query_escape(path)),
+        );
+        self.json(Method::GET, &uri, None::<&()>).await
+    }
+
     /// Streams file `path` of sandbox `id` into `out`; returns the byte count.
     pub async fn read_file<W: AsyncWrite + Unpin>(
         &self,
@@ -213,14 +222,29 @@ impl Client {
         Ok(n)
     }
 
-    /// Writes file `path` of sandbox `id` from `src`, all or nothing.
+    /// Writes file `path` of sandbox `id` from `src`, all or nothing (a new file gets mode
+    /// 644).
     pub async fn write_file<R: AsyncRead + Send + Sync + 'static>(
         &self,
         id: &str,
         path: &str,
         src: R,
     ) -> Result<Written, ClientError> {
-        let uri = sandbox_path(id, &format!("/files?path={}", query_escape(path)));
+        self.write_file_mode(id, path, 0o644, src).await
+    }
+
+    /// [`Client::write_file`] with the permission bits a new file gets.
+    pub async fn write_file_mode<R: AsyncRead + Send + Sync + 'static>(
+        &self,
+        id: &str,
+        path: &str,
+        mode: u32,
+        src: R,
+    ) -> Result<Written, ClientError> {
+        let uri = sandbox_path(
+            id,
+            &format!("/files?path={}&mode={:o}", query_escape(path), mode & 0o777),
+        );
         let resp = self
             .send(Self::request(Method::PUT, &uri, reader_body(src))?)
             .await?;

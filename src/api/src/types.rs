@@ -112,7 +112,8 @@ pub struct SandboxView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<u32>,
     pub age_ms: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `null`: no lifetime.
+    #[serde(default)]
     pub expires_in_ms: Option<u64>,
 }
 
@@ -266,6 +267,21 @@ pub struct GcView {
     /// Sandboxes (and network objects) removed.
     pub removed: Vec<String>,
     pub errors: Vec<String>,
+}
+
+/// `GET /v1/sandboxes/{id}/stat`: what is at a path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StatView {
+    /// `file`, `dir`, `symlink`, `other`.
+    pub kind: String,
+    pub size: u64,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_unix_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symlink_target: Option<String>,
 }
 
 /// `PUT /v1/sandboxes/{id}/files`: what was written.

@@ -85,6 +85,9 @@ pub enum CopyError {
         what: String,
         error: ClientError,
     },
+    /// The service (or the daemon) that was to do the copy refused it.
+    #[error("{0}")]
+    Remote(String),
     /// Abandoned part-way.
     #[error("{0}: the copy was abandoned and its partial file removed")]
     Interrupted(Stop),

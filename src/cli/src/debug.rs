@@ -330,10 +330,10 @@ impl crate::stream::Running for Raw {
             ExecEvent::Exited(s) => ExecOutput::Exit(ExitReport::from(&s)),
         }))
     }
-    async fn write_stdin(&self, data: &[u8]) -> anyhow::Result<()> {
+    async fn write_stdin(&mut self, data: &[u8]) -> anyhow::Result<()> {
         Ok(self.0.write_stdin(data).await?)
     }
-    async fn close_stdin(&self) -> anyhow::Result<()> {
+    async fn close_stdin(&mut self) -> anyhow::Result<()> {
         Ok(self.0.close_stdin().await?)
     }
 }

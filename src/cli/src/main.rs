@@ -5,6 +5,7 @@ mod out;
 mod daemon;
 mod debug;
 mod doctor;
+mod front;
 mod image;
 mod run;
 mod sandbox;
@@ -36,6 +37,10 @@ struct Cli {
     /// Say more on stderr: -v what LuminaGuard decides (which backend, why), -vv its steps.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Do not use a running daemon: manage sandboxes in this process (by default `run`,
+    /// `sandbox …` and `gc` go through the daemon when one answers on its socket).
+    #[arg(long, global = true)]
+    no_daemon: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -165,6 +170,14 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = load_config(&cli)?;
     luminaguard_agent::init_tracing(&config.log);
+    // The system daemon is also tried when nothing points this command elsewhere.
+    let daemon = front::Choice {
+        never: cli.no_daemon,
+        system_too: cli.runtime_dir.is_none()
+            && cli.config.is_none()
+            && std::env::var_os("LUMINAGUARD_RUNTIME_DIR").is_none()
+            && std::env::var_os("LUMINAGUARD_DAEMON_SOCKET").is_none(),
+    };
     match cli.command {
         Command::Version { json } => {
             let v = VersionInfo {
@@ -196,17 +209,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Daemon(args) => daemon::run(args, config),
         Command::Debug(args) => with_runtime(debug::run(args, &config)),
         Command::Doctor(args) => with_runtime(doctor::run(args, &config)),
-        Command::Run(args) => with_runtime(async { run::run(args, &Service::new(config)?).await }),
-        Command::Sandbox(cmd) => {
-            with_runtime(async { sandbox::run(cmd, &Service::new(config)?).await })
+        Command::Run(args) => {
+            with_runtime(async { run::run(args, &front(config, &daemon).await?).await })
         }
+        Command::Sandbox(cmd) => with_runtime(async {
+            let front = front(config.clone(), &daemon).await?;
+            sandbox::run(cmd, &front, &config).await
+        }),
         Command::Template(cmd) => {
             with_runtime(async { template::run(cmd, &Service::new(config)?).await })
         }
         Command::Gc { json } => {
-            let service = Service::new(config)?;
-            let caller = luminaguard_service::Caller::current();
-            let report = with_runtime(async { Ok(service.gc(&caller).await?) })?;
+            let report = with_runtime(async { front(config, &daemon).await?.gc().await })?;
             if json {
                 outln!("{}", serde_json::to_string(&report)?);
             } else {
@@ -227,6 +241,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             unreachable_agent()
         }
     }
+}
+
+async fn front(config: Config, choice: &front::Choice) -> anyhow::Result<front::Front> {
+    front::Front::open(config, choice).await
 }
 
 fn with_runtime<T>(job: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {

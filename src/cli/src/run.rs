@@ -4,11 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use luminaguard_core::network::EgressRule;
 use luminaguard_core::{BackendChoice, ByteSize, SandboxId};
-use luminaguard_service::{Caller, CreateOptions, ExecOptions, Service};
+use luminaguard_service::{CreateOptions, ExecOptions};
+
+use crate::front::Front;
 
 /// Settings shared by every command that creates a sandbox.
 #[derive(Debug, Args)]
@@ -101,25 +102,18 @@ pub struct RunArgs {
     argv: Vec<String>,
 }
 
-pub async fn run(args: RunArgs, service: &Service) -> anyhow::Result<ExitCode> {
-    let caller = Caller::current();
-    let id = service
-        .create(&caller, args.sandbox.options(None, false))
-        .await
-        .context("starting the sandbox")?
-        .commit()
-        .await
-        .context("starting the sandbox")?;
+pub async fn run(args: RunArgs, front: &Front) -> anyhow::Result<ExitCode> {
     let opts = ExecOptions {
         argv: args.argv,
         stdin: true,
         ..ExecOptions::default()
     };
-    let result = match service.exec(&caller, &id, opts).await {
+    let (id, exec) = front.run(args.sandbox.options(None, false), opts).await?;
+    let result = match exec {
         Ok(exec) => crate::stream::exec_streamed(exec, true, args.json).await,
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     };
-    if let Err(e) = service.destroy(&caller, &id).await {
+    if let Err(e) = front.finish_run(id).await {
         eprintln!("luminaguard: cleanup: {e}");
     }
     result

@@ -7,9 +7,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use luminaguard_backend::copy::{CopyError, CopyOptions, TerminationSignals};
-use luminaguard_core::{ByteSize, SandboxId};
-use luminaguard_service::{Caller, ExecOptions, Service, ServiceError};
+use luminaguard_core::{ByteSize, Config, SandboxId};
+use luminaguard_service::ExecOptions;
 
+use crate::front::Front;
 use crate::run::SandboxArgs;
 
 #[derive(Debug, Subcommand)]
@@ -93,14 +94,13 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     Ok((k.to_owned(), v.to_owned()))
 }
 
-pub async fn run(cmd: SandboxCommand, service: &Service) -> anyhow::Result<ExitCode> {
-    let caller = &Caller::current();
+pub async fn run(cmd: SandboxCommand, front: &Front, config: &Config) -> anyhow::Result<ExitCode> {
     match cmd {
-        SandboxCommand::Create(args) => create(args, service, caller).await,
-        SandboxCommand::Exec(args) => exec(args, service, caller).await,
-        SandboxCommand::Cp(args) => copy(args, service).await,
+        SandboxCommand::Create(args) => create(args, front).await,
+        SandboxCommand::Exec(args) => exec(args, front).await,
+        SandboxCommand::Cp(args) => copy(args, front, config).await,
         SandboxCommand::Audit { id, json } => {
-            let audit = service.seccomp_audit(caller, &id).await?;
+            let audit = front.audit(&id).await?;
             if json {
                 outln!("{}", serde_json::to_string(&audit)?);
             } else {
@@ -124,7 +124,7 @@ pub async fn run(cmd: SandboxCommand, service: &Service) -> anyhow::Result<ExitC
             Ok(ExitCode::SUCCESS)
         }
         SandboxCommand::Ls { json } => {
-            let list = service.list(caller).await?;
+            let list = front.list().await?;
             if json {
                 outln!("{}", serde_json::to_string(&list)?);
             } else {
@@ -146,7 +146,7 @@ pub async fn run(cmd: SandboxCommand, service: &Service) -> anyhow::Result<ExitC
                         s.id,
                         backend,
                         short_duration(s.age_ms),
-                        s.state.to_string()
+                        s.state
                     );
                 }
             }
@@ -156,7 +156,7 @@ pub async fn run(cmd: SandboxCommand, service: &Service) -> anyhow::Result<ExitC
             let mut failed = false;
             let mut removed = Vec::new();
             for id in ids {
-                match service.destroy(caller, &id).await {
+                match front.destroy(&id).await {
                     Ok(()) => removed.push(id.to_string()),
                     Err(e) => {
                         failed = true;
@@ -176,20 +176,20 @@ pub async fn run(cmd: SandboxCommand, service: &Service) -> anyhow::Result<ExitC
     }
 }
 
-async fn create(args: CreateArgs, service: &Service, caller: &Caller) -> anyhow::Result<ExitCode> {
-    let sandbox = service
-        .create(caller, args.sandbox.options(args.name, true))
+async fn create(args: CreateArgs, front: &Front) -> anyhow::Result<ExitCode> {
+    let sandbox = front
+        .create(args.sandbox.options(args.name, true))
         .await
         .context("creating the sandbox")?;
     let line = if args.json {
         serde_json::json!({
-            "id": sandbox.id().as_str(),
-            "backend": sandbox.meta().backend,
-            "expires_unix_ms": sandbox.meta().expires_unix_ms,
+            "id": sandbox.id(),
+            "backend": sandbox.backend(),
+            "expires_unix_ms": sandbox.expires_unix_ms(),
         })
         .to_string()
     } else {
-        sandbox.id().to_string()
+        sandbox.id()
     };
     // The caller learns the id first; only then does the sandbox outlive this command. Killed
     // (or unable to say the id) before that, it leaves nothing running.
@@ -207,7 +207,7 @@ async fn create(args: CreateArgs, service: &Service, caller: &Caller) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
-async fn exec(args: ExecArgs, service: &Service, caller: &Caller) -> anyhow::Result<ExitCode> {
+async fn exec(args: ExecArgs, front: &Front) -> anyhow::Result<ExitCode> {
     let opts = ExecOptions {
         argv: args.argv,
         env: args.env,
@@ -215,7 +215,7 @@ async fn exec(args: ExecArgs, service: &Service, caller: &Caller) -> anyhow::Res
         timeout: args.timeout,
         stdin: true,
     };
-    let exec = service.exec(caller, &args.id, opts).await?;
+    let exec = front.exec(&args.id, opts).await?;
     crate::stream::exec_streamed(exec, true, args.json).await
 }
 
@@ -238,36 +238,24 @@ fn location(arg: &str) -> Location {
 /// `cp`: parses the two sides and hands the copy to [`luminaguard_backend::copy`], which does
 /// every check. SIGINT, SIGTERM and SIGHUP are caught from the start, so an interrupted copy
 /// removes what it began; the exit status is then 128 + the signal's number.
-async fn copy(args: CpArgs, service: &Service) -> anyhow::Result<ExitCode> {
-    let config = service.config();
+async fn copy(args: CpArgs, front: &Front, config: &Config) -> anyhow::Result<ExitCode> {
     let mut signals =
         TerminationSignals::install().context("catching SIGINT, SIGTERM and SIGHUP")?;
     let opts = CopyOptions {
         max_size: args.max_size.unwrap_or(config.copy.max_size),
     };
-    let (src, dst) = (location(&args.src), location(&args.dst));
-    let id = match (&src, &dst) {
-        (Location::Host(_), Location::Sandbox(id, _))
-        | (Location::Sandbox(id, _), Location::Host(_)) => id.clone(),
-        _ => bail!("one side of cp must be a host path and the other ID:/path in a sandbox"),
-    };
-    let caller = Caller::current();
-    let copied = match (src, dst) {
-        (Location::Host(src), Location::Sandbox(_, dst)) => {
-            service
-                .copy_in(&caller, &id, &src, &dst, opts, signals.recv())
-                .await
+    let copied = match (location(&args.src), location(&args.dst)) {
+        (Location::Host(src), Location::Sandbox(id, dst)) => {
+            front.copy_in(&id, &src, &dst, opts, signals.recv()).await
         }
-        (Location::Sandbox(_, src), Location::Host(dst)) => {
-            service
-                .copy_out(&caller, &id, &src, &dst, opts, signals.recv())
-                .await
+        (Location::Sandbox(id, src), Location::Host(dst)) => {
+            front.copy_out(&id, &src, &dst, opts, signals.recv()).await
         }
         _ => bail!("one side of cp must be a host path and the other ID:/path in a sandbox"),
     };
     match copied {
-        Ok(_) => Ok(ExitCode::SUCCESS),
-        Err(ServiceError::Copy(e)) if e.signal().is_some() => interrupted(e),
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.signal().is_some() => interrupted(e),
         Err(e) => Err(e.into()),
     }
 }

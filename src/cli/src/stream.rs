@@ -4,27 +4,15 @@
 use std::process::ExitCode;
 
 use anyhow::bail;
-use luminaguard_service::{Exec, ExecOutput, ExitReport};
+use luminaguard_service::{ExecOutput, ExitReport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A running command whose output we render: through the service, or (`debug`) straight from
 /// an agent.
 pub trait Running {
     async fn next(&mut self) -> anyhow::Result<Option<ExecOutput>>;
-    async fn write_stdin(&self, data: &[u8]) -> anyhow::Result<()>;
-    async fn close_stdin(&self) -> anyhow::Result<()>;
-}
-
-impl Running for Exec {
-    async fn next(&mut self) -> anyhow::Result<Option<ExecOutput>> {
-        Ok(Exec::next(self).await?)
-    }
-    async fn write_stdin(&self, data: &[u8]) -> anyhow::Result<()> {
-        Ok(Exec::write_stdin(self, data).await?)
-    }
-    async fn close_stdin(&self) -> anyhow::Result<()> {
-        Ok(Exec::close_stdin(self).await?)
-    }
+    async fn write_stdin(&mut self, data: &[u8]) -> anyhow::Result<()>;
+    async fn close_stdin(&mut self) -> anyhow::Result<()>;
 }
 
 /// Streams `exec`'s output to our stdout and stderr and (with `stdin`) our stdin to it, until
@@ -32,17 +20,22 @@ impl Running for Exec {
 /// belongs to the command). Returns the shell's exit code for it.
 pub async fn exec_streamed(
     mut exec: impl Running,
-    stdin: bool,
+    forward_stdin: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let mut stdin_open = stdin;
+    // Our stdin is forwarded once the command has started (through the daemon, its stdin
+    // stream can be opened only then).
+    let mut stdin_open = false;
     let mut stdin = tokio::io::stdin();
     let mut buf = vec![0u8; 64 << 10];
     let (mut out, mut err) = (tokio::io::stdout(), tokio::io::stderr());
     loop {
         tokio::select! {
             ev = exec.next() => match ev? {
-                Some(ExecOutput::Started { pid }) => tracing::debug!(pid, "started"),
+                Some(ExecOutput::Started { pid }) => {
+                    tracing::debug!(pid, "started");
+                    stdin_open = forward_stdin;
+                }
                 Some(ExecOutput::Stdout(b)) => {
                     if let Err(e) = async { out.write_all(&b).await?; out.flush().await }.await {
                         return Err(closed_or(e));

@@ -935,3 +935,152 @@ fn events_stream_what_happens_and_metrics_count_it() {
     let doc = curl(sock, "GET", "/v1/openapi.json", None).json();
     assert!(doc["paths"]["/v1/sandboxes/{id}/exec"].is_object(), "{doc}");
 }
+
+/// `luminaguard ARGS` with `stdin`, on runtime directory `rt`.
+fn cli(rt: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("--runtime-dir")
+        .arg(rt)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn the_cli_says_and_exits_the_same_through_the_daemon_as_without_it() {
+    if !privileged("the daemon test") {
+        return;
+    }
+    let e = env();
+    let d = start(&e, "");
+    let local_rt = e.runtime.with_extension("local");
+    let host = e.runtime.with_extension("files");
+    std::fs::create_dir_all(host.join("out-daemon")).unwrap();
+    std::fs::create_dir_all(host.join("out-local")).unwrap();
+    let blob: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(host.join("blob"), &blob).unwrap();
+    std::fs::set_permissions(host.join("blob"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let blob_path = host.join("blob").to_str().unwrap().to_owned();
+
+    // Each step: arguments (`{out}` is a host directory of that side's own), stdin.
+    let steps: &[(&[&str], &[u8])] = &[
+        (
+            &["run", "--", "sh", "-c", "echo out; echo err >&2; exit 7"],
+            b"",
+        ),
+        (&["run", "--", "cat"], b"piped\nthrough\n"),
+        (&["run", "--", "no-such-program", "x"], b""),
+        (&["run", "--timeout", "1s", "--", "sleep", "30"], b""),
+        (&["run", "--json", "--", "true"], b""),
+        (&["sandbox", "create", "--name", "same"], b""),
+        (&["sandbox", "create", "--name", "same"], b""),
+        (
+            &[
+                "sandbox",
+                "exec",
+                "same",
+                "--",
+                "sh",
+                "-c",
+                "cat > /tmp/f; wc -c < /tmp/f",
+            ],
+            b"some input",
+        ),
+        (
+            &[
+                "sandbox",
+                "exec",
+                "-e",
+                "A=1",
+                "--cwd",
+                "/tmp",
+                "same",
+                "--",
+                "sh",
+                "-c",
+                "echo $A; pwd; cat f",
+            ],
+            b"",
+        ),
+        (&["sandbox", "cp", &blob_path, "same:/tmp/"], b""),
+        (
+            &[
+                "sandbox",
+                "exec",
+                "same",
+                "--",
+                "stat",
+                "-c",
+                "%s %a",
+                "/tmp/blob",
+            ],
+            b"",
+        ),
+        (&["sandbox", "cp", "same:/tmp/blob", "{out}"], b""),
+        (&["sandbox", "cp", "same:/tmp", "{out}"], b""),
+        (&["sandbox", "cp", "same:/tmp/missing", "{out}"], b""),
+        (&["sandbox", "exec", "nobody", "--", "true"], b""),
+        (&["sandbox", "audit", "same"], b""),
+        (&["sandbox", "rm", "same", "nobody"], b""),
+        (&["sandbox", "ls"], b""),
+    ];
+    for (args, stdin) in steps {
+        let side = |rt: &Path, flag: Option<&str>, out: &str| {
+            let out_dir = host.join(out);
+            let out_dir = out_dir.to_str().unwrap().to_owned();
+            let mut full: Vec<&str> = flag.into_iter().collect();
+            full.extend(
+                args.iter()
+                    .map(|a| if *a == "{out}" { out_dir.as_str() } else { a }),
+            );
+            let o = cli(rt, &full, stdin);
+            let masked = |b: &[u8]| {
+                text(b)
+                    .replace(&out_dir, "{out}")
+                    .lines()
+                    .map(|l| {
+                        // Durations differ run to run.
+                        l.split("\"duration_ms\":").next().unwrap().to_owned()
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            (o.status.code(), masked(&o.stdout), masked(&o.stderr))
+        };
+        let via_daemon = side(&e.runtime, None, "out-daemon");
+        let local = side(&local_rt, Some("--no-daemon"), "out-local");
+        assert_eq!(
+            via_daemon,
+            local,
+            "`luminaguard {}` differs",
+            args.join(" ")
+        );
+    }
+    // Same bytes and mode copied out both ways.
+    for side in ["out-daemon", "out-local"] {
+        let got = host.join(side).join("blob");
+        assert!(
+            std::fs::read(&got).unwrap() == blob,
+            "{side}: the copy differs"
+        );
+        let mode = std::fs::metadata(&got).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640 & !0o022, "{side}");
+    }
+    // And the daemon really served the first side.
+    let metrics = curl(&d.socket, "GET", "/metrics", None).body;
+    let served: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("luminaguard_sandbox_events_total{kind=\"created\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        served >= 6,
+        "the daemon created {served} sandboxes:\n{metrics}"
+    );
+}

@@ -18,7 +18,7 @@ use axum::routing::{get, post, put};
 use futures_util::StreamExt;
 use luminaguard_api::types::{
     AuditView, CreateSandbox, DenialView, ErrorBody, EventView, ExecBody, ExecEvent, ExitView,
-    GcView, Health, RunBody, SandboxView, Written,
+    GcView, Health, RunBody, SandboxView, StatView, Written,
 };
 use luminaguard_core::SandboxId;
 use luminaguard_service::{Caller, CreateOptions, ExecOptions};
@@ -42,7 +42,7 @@ use crate::execs::{self, After, StdinPlan};
     ),
     paths(
         health, openapi, create, list, get_one, destroy, exec, exec_stdin, read_file, write_file,
-        audit, run, gc, events, metrics
+        stat, audit, run, gc, events, metrics
     ),
     components(schemas(
         Health,
@@ -56,6 +56,7 @@ use crate::execs::{self, After, StdinPlan};
         EventView,
         GcView,
         Written,
+        StatView,
         AuditView,
         DenialView,
         luminaguard_api::chunk::Chunk
@@ -79,6 +80,7 @@ pub fn router(st: AppState) -> Router {
         .route("/v1/sandboxes/{id}", get(get_one).delete(destroy))
         .route("/v1/sandboxes/{id}/exec", post(exec))
         .route("/v1/sandboxes/{id}/audit", get(audit))
+        .route("/v1/sandboxes/{id}/stat", get(stat))
         .route("/v1/run", post(run))
         .route("/v1/gc", post(gc))
         .route("/v1/events", get(events))
@@ -155,8 +157,8 @@ fn sandbox_id(id: &str) -> Result<SandboxId, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid sandbox id: {e}")))
 }
 
-/// The wire form of a listing.
-fn view(l: luminaguard_service::Listing) -> SandboxView {
+/// The wire form of a listing (also what `sandbox ls --json` prints without a daemon).
+pub fn view(l: luminaguard_service::Listing) -> SandboxView {
     SandboxView {
         id: l.id,
         backend: l.backend,
@@ -506,6 +508,48 @@ fn idle_limited(
             }
         }
     })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatQuery {
+    path: String,
+    /// Follow a symbolic link at `path` (default true).
+    follow: Option<bool>,
+}
+
+/// What is at a path in a sandbox.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/stat",
+    params(("id" = String, Path), ("path" = String, Query, description = "Absolute path in the sandbox"),
+        ("follow" = Option<bool>, Query, description = "Follow a symbolic link (default true)")),
+    responses((status = 200, body = StatView), (status = 404, body = ErrorBody)))]
+async fn stat(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Params(q): Params<StatQuery>,
+) -> Result<axum::Json<StatView>, ApiError> {
+    use luminaguard_protocol::message::FileKind;
+    let id = sandbox_id(&id)?;
+    let s = st
+        .service
+        .stat(&caller, &id, &q.path, q.follow.unwrap_or(true))
+        .await?;
+    Ok(axum::Json(StatView {
+        kind: match s.kind {
+            FileKind::File => "file",
+            FileKind::Dir => "dir",
+            FileKind::Symlink => "symlink",
+            FileKind::Other => "other",
+        }
+        .to_owned(),
+        size: s.size,
+        mode: s.mode,
+        uid: s.uid,
+        gid: s.gid,
+        mtime_unix_ms: s.mtime_unix_ms,
+        symlink_target: s.symlink_target,
+    }))
 }
 
 /// The system calls a sandbox's seccomp policy denied.

@@ -101,7 +101,9 @@ impl ServiceError {
                     ErrorCode::InvalidSpec
                 }
                 CopyError::Sandbox { error, .. } => agent_code(error),
-                CopyError::Interrupted(_) | CopyError::Task(_) => ErrorCode::Internal,
+                CopyError::Interrupted(_) | CopyError::Task(_) | CopyError::Remote(_) => {
+                    ErrorCode::Internal
+                }
             },
             Self::SandboxDied { .. } => ErrorCode::Internal,
             Self::Agent { source, .. } => agent_code(source),

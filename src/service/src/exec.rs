@@ -114,6 +114,8 @@ pub struct Exec {
     /// The sandbox's OOM kills and seccomp denials before the command (`None`: a sandbox that
     /// had run nothing, whose every count is this command's).
     before: Option<(u64, Vec<(String, u64)>)>,
+    /// The exit status, once received (reported by the call to [`Exec::next`] that completes).
+    exited: Option<ExitStatus>,
     done: bool,
 }
 
@@ -158,14 +160,22 @@ impl Exec {
             events,
             stream,
             before,
+            exited: None,
             done: false,
         })
     }
 
     /// The next thing the command produced; `Ok(None)` after [`ExecOutput::Exit`].
+    /// Cancellation-safe (callers `select!` on it): an exit status received but not yet
+    /// reported is kept until a call completes.
     pub async fn next(&mut self) -> Result<Option<ExecOutput>, ServiceError> {
         if self.done {
             return Ok(None);
+        }
+        if let Some(status) = self.exited.clone() {
+            let report = self.report(&status).await;
+            self.done = true;
+            return Ok(Some(ExecOutput::Exit(report)));
         }
         let event = match self.stream.next().await {
             Ok(event) => event,
@@ -185,8 +195,11 @@ impl Exec {
             Some(ExecEvent::Stdout(b)) => ExecOutput::Stdout(b),
             Some(ExecEvent::Stderr(b)) => ExecOutput::Stderr(b),
             Some(ExecEvent::Exited(status)) => {
+                // Kept first: the report below awaits, and may be cancelled.
+                self.exited = Some(status.clone());
+                let report = self.report(&status).await;
                 self.done = true;
-                ExecOutput::Exit(self.report(&status).await)
+                ExecOutput::Exit(report)
             }
             None => {
                 self.done = true;

@@ -3,7 +3,7 @@
 
 use luminaguard_backend::copy::{self, CopyError, CopyOptions, CopyReport, Stop};
 use luminaguard_core::SandboxId;
-use luminaguard_protocol::message::{ReadFileRequest, WriteFileRequest};
+use luminaguard_protocol::message::{FileStat, ReadFileRequest, WriteFileRequest};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use crate::{Action, Caller, Service, ServiceError};
@@ -42,6 +42,28 @@ impl Service {
             )));
         }
         Ok(n)
+    }
+
+    /// What is at `path` in sandbox `id` (symbolic links followed with `follow`).
+    pub async fn stat(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+        path: &str,
+        follow: bool,
+    ) -> Result<FileStat, ServiceError> {
+        let action = Action::ReadFile {
+            id: id.clone(),
+            path: path.to_owned(),
+        };
+        self.admit(caller, &action).await?;
+        let entry = self.connection(id).await?;
+        entry
+            .sandbox
+            .client()
+            .stat(path, follow)
+            .await
+            .map_err(|e| ServiceError::agent(id, e))
     }
 
     /// Writes file `path` of sandbox `id` from `src` (created with `mode`, or replaced), all or

@@ -1,0 +1,579 @@
+//! Where the CLI's requests go: to the daemon when one answers on its socket (the sandboxes
+//! are then the daemon's, and outlive this command), else to the sandbox service in this
+//! process. The rendering, messages and exit codes are the same either way; `--no-daemon`
+//! forces the second.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use luminaguard_api::client::{Client, ExecEvents};
+use luminaguard_api::types::{
+    AuditView, CreateSandbox, ExecBody, ExecEvent, ExitView, GcView, RunBody, SandboxView,
+};
+use luminaguard_backend::copy::{CopyError, CopyOptions, Stop};
+use luminaguard_backend::hostfs::{self, Destination};
+use luminaguard_core::{Config, SandboxId};
+use luminaguard_protocol::message::{SeccompAudit, SeccompDenial};
+use luminaguard_service::{
+    Caller, CreateOptions, Exec, ExecOptions, ExecOutput, ExitReport, Pending, Service,
+};
+use tokio::io::{AsyncWriteExt, DuplexStream};
+
+use crate::stream::Running;
+
+/// The system daemon's socket, tried by users whose own runtime directory has no daemon.
+const SYSTEM_SOCKET: &str = "/run/luminaguard/api.sock";
+
+/// Whether to look for a daemon, and where.
+#[derive(Debug, Clone, Copy)]
+pub struct Choice {
+    /// `--no-daemon`.
+    pub never: bool,
+    /// Also try the system daemon's socket.
+    pub system_too: bool,
+}
+
+/// The CLI's way to the sandboxes.
+pub enum Front {
+    Local(Box<Service>, Caller),
+    Daemon(Client),
+}
+
+impl Front {
+    /// The daemon, if one answers on `config.daemon.socket` (or, with `system_too`, on the
+    /// system daemon's socket); else the service in this process.
+    pub async fn open(config: Config, choice: &Choice) -> anyhow::Result<Self> {
+        if !choice.never {
+            let mut candidates = vec![config.daemon.socket.clone()];
+            if choice.system_too && Path::new(SYSTEM_SOCKET) != config.daemon.socket {
+                candidates.push(PathBuf::from(SYSTEM_SOCKET));
+            }
+            for socket in candidates {
+                match tokio::net::UnixStream::connect(&socket).await {
+                    Ok(_) => {
+                        tracing::debug!(socket = %socket.display(), "using the daemon");
+                        return Ok(Self::Daemon(Client::new(socket)));
+                    }
+                    Err(e) => {
+                        tracing::debug!(socket = %socket.display(), error = %e, "no daemon")
+                    }
+                }
+            }
+        }
+        Ok(Self::Local(Box::new(Service::new(config)?), Caller::current()))
+    }
+
+    /// Creates a sandbox; it is the caller's to [`Created::commit`] (or discard).
+    pub async fn create(&self, opts: CreateOptions) -> anyhow::Result<Created> {
+        match self {
+            Self::Local(service, caller) => Ok(Created::Local(Box::new(service.create(caller, opts).await?))),
+            Self::Daemon(client) => {
+                let view = client.create(&create_body(opts)?).await?;
+                Ok(Created::Daemon(client.clone(), view))
+            }
+        }
+    }
+
+    /// Starts a command in sandbox `id`.
+    pub async fn exec(&self, id: &SandboxId, opts: ExecOptions) -> anyhow::Result<Execution> {
+        match self {
+            Self::Local(service, caller) => {
+                Ok(Execution::Local(service.exec(caller, id, opts).await?))
+            }
+            Self::Daemon(client) => {
+                let stdin = opts.stdin;
+                let events = client.exec(id.as_str(), &exec_body(opts)).await?;
+                Ok(Execution::remote(client, events, stdin))
+            }
+        }
+    }
+
+    /// A disposable sandbox for one command: created, the command started, and — whatever
+    /// happens to it — destroyed by [`Front::finish_run`] (through the daemon: when the
+    /// command's response ends).
+    pub async fn run(
+        &self,
+        create: CreateOptions,
+        exec: ExecOptions,
+    ) -> anyhow::Result<(Option<SandboxId>, anyhow::Result<Execution>)> {
+        match self {
+            Self::Local(service, caller) => {
+                let id = service
+                    .create(caller, create)
+                    .await
+                    .context("starting the sandbox")?
+                    .commit()
+                    .await
+                    .context("starting the sandbox")?;
+                let exec = service.exec(caller, &id, exec).await;
+                Ok((Some(id), exec.map(Execution::Local).map_err(Into::into)))
+            }
+            Self::Daemon(client) => {
+                let stdin = exec.stdin;
+                let ExecBody {
+                    argv,
+                    env,
+                    cwd,
+                    timeout,
+                    stdin: text,
+                    stdin_stream,
+                } = exec_body(exec);
+                let body = RunBody {
+                    argv,
+                    env,
+                    cwd,
+                    timeout,
+                    stdin: text,
+                    stdin_stream,
+                    sandbox: create_body(create)?,
+                };
+                let events = client.run(&body).await.context("starting the sandbox")?;
+                Ok((None, Ok(Execution::remote(client, events, stdin))))
+            }
+        }
+    }
+
+    /// Destroys what [`Front::run`] made (through the daemon there is nothing left to do).
+    pub async fn finish_run(&self, id: Option<SandboxId>) -> anyhow::Result<()> {
+        if let (Self::Local(service, caller), Some(id)) = (self, id) {
+            service.destroy(caller, &id).await?;
+        }
+        Ok(())
+    }
+
+    /// The caller's sandboxes, in the API's form (what `sandbox ls --json` prints).
+    pub async fn list(&self) -> anyhow::Result<Vec<SandboxView>> {
+        match self {
+            Self::Local(service, caller) => Ok(service
+                .list(caller)
+                .await?
+                .into_iter()
+                .map(luminaguard_daemon::api::view)
+                .collect()),
+            Self::Daemon(client) => Ok(client.list().await?),
+        }
+    }
+
+    pub async fn destroy(&self, id: &SandboxId) -> anyhow::Result<()> {
+        match self {
+            Self::Local(service, caller) => Ok(service.destroy(caller, id).await?),
+            Self::Daemon(client) => Ok(client.destroy(id.as_str()).await?),
+        }
+    }
+
+    pub async fn gc(&self) -> anyhow::Result<GcView> {
+        match self {
+            Self::Local(service, caller) => {
+                let r = service.gc(caller).await?;
+                Ok(GcView {
+                    removed: r.removed,
+                    errors: r.errors,
+                })
+            }
+            Self::Daemon(client) => Ok(client.gc().await?),
+        }
+    }
+
+    pub async fn audit(&self, id: &SandboxId) -> anyhow::Result<SeccompAudit> {
+        match self {
+            Self::Local(service, caller) => Ok(service.seccomp_audit(caller, id).await?),
+            Self::Daemon(client) => Ok(audit(client.audit(id.as_str()).await?)),
+        }
+    }
+
+    /// `cp` into a sandbox. Through the daemon, this process reads the host file (with the
+    /// same refusals: links, non-regular files, over-size) — the daemon never opens a client's
+    /// host paths.
+    pub async fn copy_in(
+        &self,
+        id: &SandboxId,
+        src: &Path,
+        dst: &str,
+        opts: CopyOptions,
+        stop: impl Future<Output = Stop>,
+    ) -> Result<(), CopyError> {
+        match self {
+            Self::Local(service, caller) => service
+                .copy_in(caller, id, src, dst, opts, stop)
+                .await
+                .map(drop)
+                .map_err(into_copy_error),
+            Self::Daemon(client) => tokio::select! {
+                biased;
+                why = stop => Err(CopyError::Interrupted(why)),
+                done = remote_copy_in(client, id, src, dst, opts) => done,
+            },
+        }
+    }
+
+    /// `cp` out of a sandbox; the host side is written by this process, all or nothing.
+    pub async fn copy_out(
+        &self,
+        id: &SandboxId,
+        src: &str,
+        dst: &Path,
+        opts: CopyOptions,
+        stop: impl Future<Output = Stop>,
+    ) -> Result<(), CopyError> {
+        match self {
+            Self::Local(service, caller) => service
+                .copy_out(caller, id, src, dst, opts, stop)
+                .await
+                .map(drop)
+                .map_err(into_copy_error),
+            Self::Daemon(client) => {
+                let (temp, mode) = tokio::select! {
+                    biased;
+                    why = stop => return Err(CopyError::Interrupted(why)),
+                    done = remote_copy_out(client, id, src, dst, opts) => done?,
+                };
+                tokio::task::spawn_blocking(move || temp.commit(mode)).await??;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A copy's failure as a [`CopyError`] (others, e.g. not found, wrapped as the sandbox's).
+fn into_copy_error(e: luminaguard_service::ServiceError) -> CopyError {
+    match e {
+        luminaguard_service::ServiceError::Copy(e) => e,
+        other => CopyError::Remote(other.to_string()),
+    }
+}
+
+/// A daemon's refusal of one step of a copy, worded as the in-process copy words it.
+fn step_failed(
+    op: &str,
+    id: &SandboxId,
+    path: &str,
+) -> impl Fn(luminaguard_api::client::ClientError) -> CopyError {
+    let (op, id, path) = (op.to_owned(), id.clone(), path.to_owned());
+    move |e| {
+        let detail = e.to_string();
+        let prefix = format!("sandbox {id}: ");
+        let detail = detail.strip_prefix(&prefix).unwrap_or(&detail);
+        CopyError::Remote(format!("cannot {op} {id}:{path}: {detail}"))
+    }
+}
+
+async fn remote_copy_in(
+    client: &Client,
+    id: &SandboxId,
+    src: &Path,
+    dst: &str,
+    opts: CopyOptions,
+) -> Result<(), CopyError> {
+    let limit = opts.max_size.bytes();
+    let path = src.to_owned();
+    let source = tokio::task::spawn_blocking(move || hostfs::open_source(&path)).await??;
+    if source.len > limit {
+        return Err(CopyError::TooLarge {
+            what: src.display().to_string(),
+            size: Some(source.len),
+            limit: opts.max_size,
+        });
+    }
+    let into = dst.ends_with('/')
+        || match client.stat(id.as_str(), dst, true).await {
+            Ok(st) => st.kind == "dir",
+            Err(e) if e.code() == Some("not-found") => false,
+            Err(e) => return Err(step_failed("stat", id, dst)(e)),
+        };
+    let target = if into {
+        let name = src
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+            .ok_or_else(|| CopyError::NoFileName(src.display().to_string()))?;
+        format!("{}/{name}", dst.trim_end_matches('/'))
+    } else {
+        dst.to_owned()
+    };
+    let file = tokio::fs::File::from_std(source.file);
+    // At most one byte over the limit is sent: a file that grew is refused by the daemon's
+    // own limit or by the count below.
+    let capped = tokio::io::AsyncReadExt::take(file, limit.saturating_add(1));
+    let written = client
+        .write_file_mode(id.as_str(), &target, source.mode & 0o777, capped)
+        .await
+        .map_err(step_failed("write", id, &target))?;
+    if written.bytes > limit {
+        return Err(CopyError::TooLarge {
+            what: src.display().to_string(),
+            size: None,
+            limit: opts.max_size,
+        });
+    }
+    Ok(())
+}
+
+async fn remote_copy_out(
+    client: &Client,
+    id: &SandboxId,
+    src: &str,
+    dst: &Path,
+    opts: CopyOptions,
+) -> Result<(hostfs::TempFile, u32), CopyError> {
+    let what = format!("{id}:{src}");
+    let limit = opts.max_size.bytes();
+    let st = client
+        .stat(id.as_str(), src, true)
+        .await
+        .map_err(step_failed("stat", id, src))?;
+    let kind = match st.kind.as_str() {
+        "file" => None,
+        "dir" => Some("a directory"),
+        "symlink" => Some("a dangling symbolic link"),
+        _ => Some("a fifo, device or socket"),
+    };
+    if let Some(kind) = kind {
+        return Err(CopyError::NotRegular { what, kind });
+    }
+    if st.size > limit {
+        return Err(CopyError::TooLarge {
+            what,
+            size: Some(st.size),
+            limit: opts.max_size,
+        });
+    }
+    let name = Path::new(src).file_name().map(ToOwned::to_owned);
+    let dst = dst.to_owned();
+    let (temp, umask) = tokio::task::spawn_blocking(move || {
+        Destination::resolve(&dst, name.as_deref())?
+            .into_temp()
+            .map(|t| (t, hostfs::umask()))
+    })
+    .await??;
+    let mut out = tokio::fs::File::from_std(temp.writer()?);
+    let n = client
+        .read_file(id.as_str(), src, &mut out)
+        .await
+        .map_err(step_failed("copy", id, src))?;
+    if n > limit {
+        return Err(CopyError::TooLarge {
+            what,
+            size: None,
+            limit: opts.max_size,
+        });
+    }
+    Ok((temp, st.mode & 0o777 & !umask))
+}
+
+/// A sandbox just made, not yet handed over.
+pub enum Created {
+    Local(Box<Pending>),
+    Daemon(Client, SandboxView),
+}
+
+impl Created {
+    pub fn id(&self) -> String {
+        match self {
+            Self::Local(p) => p.id().to_string(),
+            Self::Daemon(_, v) => v.id.clone(),
+        }
+    }
+
+    pub fn backend(&self) -> String {
+        match self {
+            Self::Local(p) => p.meta().backend.clone(),
+            Self::Daemon(_, v) => v.backend.clone(),
+        }
+    }
+
+    pub fn expires_unix_ms(&self) -> Option<u64> {
+        match self {
+            Self::Local(p) => p.meta().expires_unix_ms,
+            Self::Daemon(_, v) => v
+                .expires_in_ms
+                .map(|left| luminaguard_backend::state::now_unix_ms().saturating_add(left)),
+        }
+    }
+
+    /// The sandbox outlives this command from now on.
+    pub async fn commit(self) -> anyhow::Result<()> {
+        if let Self::Local(p) = self {
+            p.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// The sandbox is removed.
+    pub async fn discard(self) -> anyhow::Result<()> {
+        match self {
+            Self::Local(p) => Ok(p.discard().await?),
+            Self::Daemon(client, v) => Ok(client.destroy(&v.id).await?),
+        }
+    }
+}
+
+/// What the CLI's flags ask for, as the API's body. A relative workspace is made absolute
+/// here: the daemon resolves nothing against its own working directory.
+fn create_body(o: CreateOptions) -> anyhow::Result<CreateSandbox> {
+    let workspace = match o.workspace {
+        None => None,
+        Some(w) => Some(
+            std::path::absolute(&w)
+                .with_context(|| format!("resolving workspace {}", w.display()))?
+                .to_str()
+                .with_context(|| format!("workspace {} is not UTF-8", w.display()))?
+                .to_owned(),
+        ),
+    };
+    Ok(CreateSandbox {
+        name: o.id,
+        backend: o.backend,
+        memory: o.memory,
+        pids: o.pids,
+        cpus: o.cpus,
+        timeout: o.timeout,
+        lifetime: o.lifetime,
+        workspace,
+        net: o.net_allow,
+        net_deny: o.net_deny,
+        image: o.image,
+        template: o.template,
+        pool: None,
+        no_cgroup: o.no_cgroup,
+    })
+}
+
+fn exec_body(o: ExecOptions) -> ExecBody {
+    ExecBody {
+        argv: o.argv,
+        env: o.env.into_iter().collect(),
+        cwd: o.cwd,
+        timeout: o.timeout,
+        stdin: None,
+        stdin_stream: o.stdin,
+    }
+}
+
+fn audit(a: AuditView) -> SeccompAudit {
+    SeccompAudit {
+        enabled: a.enabled,
+        recent: a
+            .recent
+            .into_iter()
+            .map(|d| SeccompDenial {
+                unix_ms: d.unix_ms,
+                pid: d.pid,
+                comm: d.comm,
+                syscall: d.syscall,
+                arg0: d.arg0,
+            })
+            .collect(),
+        counts: a.counts,
+        dropped: a.dropped,
+    }
+}
+
+fn report(v: ExitView) -> ExitReport {
+    ExitReport {
+        code: v.code,
+        signal: v.signal,
+        timed_out: v.timed_out,
+        cancelled: v.cancelled,
+        output_truncated: v.output_truncated,
+        duration_ms: v.duration_ms,
+        oom_killed: v.oom_killed,
+        memory_limit: v.memory_limit,
+        seccomp_denied: v.seccomp_denied,
+        error: v.error,
+    }
+}
+
+/// A running command, here or in the daemon.
+pub enum Execution {
+    Local(Exec),
+    Remote(Box<Remote>),
+}
+
+/// A command the daemon runs: its events from the exec's response, its stdin sent as a second
+/// request once the command has started (its exec id is in the `started` event).
+pub struct Remote {
+    client: Client,
+    events: ExecEvents,
+    /// Our end of the stdin stream (`None`: closed, or no stdin).
+    stdin: Option<DuplexStream>,
+    /// The other end, until the command has started.
+    stdin_source: Option<DuplexStream>,
+}
+
+/// How much of our stdin may be in flight to the daemon.
+const STDIN_BUFFER: usize = 256 << 10;
+
+impl Execution {
+    fn remote(client: &Client, events: ExecEvents, stdin: bool) -> Self {
+        let (ours, theirs) = if stdin {
+            let (a, b) = tokio::io::duplex(STDIN_BUFFER);
+            (Some(a), Some(b))
+        } else {
+            (None, None)
+        };
+        Self::Remote(Box::new(Remote {
+            client: client.clone(),
+            events,
+            stdin: ours,
+            stdin_source: theirs,
+        }))
+    }
+}
+
+impl Running for Execution {
+    async fn next(&mut self) -> anyhow::Result<Option<ExecOutput>> {
+        let r = match self {
+            Self::Local(e) => return Ok(e.next().await?),
+            Self::Remote(r) => r,
+        };
+        let Some(event) = r.events.next().await? else {
+            return Ok(None);
+        };
+        Ok(Some(match event {
+            ExecEvent::Started { pid, exec, sandbox } => {
+                if let Some(source) = r.stdin_source.take() {
+                    let client = r.client.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = client.exec_stdin(&sandbox, &exec, source).await {
+                            tracing::debug!(error = %e, "sending stdin");
+                        }
+                    });
+                }
+                ExecOutput::Started { pid }
+            }
+            ExecEvent::Stdout(c) => ExecOutput::Stdout(Bytes::from(c.bytes()?)),
+            ExecEvent::Stderr(c) => ExecOutput::Stderr(Bytes::from(c.bytes()?)),
+            ExecEvent::Exit(v) => ExecOutput::Exit(report(v)),
+            ExecEvent::Error(e) => bail!("{}", e.detail),
+        }))
+    }
+
+    async fn write_stdin(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        match self {
+            Self::Local(e) => Ok(e.write_stdin(data).await?),
+            Self::Remote(r) => {
+                if let Some(w) = &mut r.stdin
+                    && w.write_all(data).await.is_err()
+                {
+                    // The command no longer reads (it ended, or closed its stdin): the rest
+                    // of ours is dropped, as a pipe to it would.
+                    r.stdin = None;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn close_stdin(&mut self) -> anyhow::Result<()> {
+        match self {
+            Self::Local(e) => Ok(e.close_stdin().await?),
+            Self::Remote(r) => {
+                if let Some(mut w) = r.stdin.take() {
+                    let _ = w.shutdown().await;
+                }
+                Ok(())
+            }
+        }
+    }
+}
