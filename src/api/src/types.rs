@@ -115,6 +115,9 @@ pub struct SandboxView {
     /// `null`: no lifetime.
     #[serde(default)]
     pub expires_in_ms: Option<u64>,
+    /// The warm pool it waits in (only the daemon's own user and root see those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// `POST /v1/sandboxes/{id}/exec`: one command.

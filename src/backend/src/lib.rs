@@ -588,6 +588,9 @@ pub struct Listing {
     pub user: Option<u32>,
     pub age_ms: u64,
     pub expires_in_ms: Option<u64>,
+    /// The warm pool it waits in, until handed out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// Every sandbox with a readable record under `runtime`, sorted by id; refuses a runtime
@@ -620,6 +623,7 @@ impl Listing {
             accel: m.accel,
             persistent: m.persistent,
             user: m.user,
+            pool: m.pool,
         }
     }
 }

@@ -113,6 +113,9 @@ pub struct SandboxMeta {
     /// versions, which only root may use through a service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<u32>,
+    /// `Some(pool)`: made ahead for a warm pool, not yet handed out (see the service's pools).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -146,6 +149,7 @@ impl SandboxMeta {
             net: None,
             spec: None,
             user: None,
+            pool: None,
         })
     }
 

@@ -61,13 +61,19 @@ impl Front {
                 }
             }
         }
-        Ok(Self::Local(Box::new(Service::new(config)?), Caller::current()))
+        Ok(Self::Local(
+            Box::new(Service::new(config)?),
+            Caller::current(),
+        ))
     }
 
     /// Creates a sandbox; it is the caller's to [`Created::commit`] (or discard).
     pub async fn create(&self, opts: CreateOptions) -> anyhow::Result<Created> {
+        self.pools_need_daemon(&opts)?;
         match self {
-            Self::Local(service, caller) => Ok(Created::Local(Box::new(service.create(caller, opts).await?))),
+            Self::Local(service, caller) => Ok(Created::Local(Box::new(
+                service.create(caller, opts).await?,
+            ))),
             Self::Daemon(client) => {
                 let view = client.create(&create_body(opts)?).await?;
                 Ok(Created::Daemon(client.clone(), view))
@@ -97,6 +103,7 @@ impl Front {
         create: CreateOptions,
         exec: ExecOptions,
     ) -> anyhow::Result<(Option<SandboxId>, anyhow::Result<Execution>)> {
+        self.pools_need_daemon(&create)?;
         match self {
             Self::Local(service, caller) => {
                 let id = service
@@ -132,6 +139,17 @@ impl Front {
                 Ok((None, Ok(Execution::remote(client, events, stdin))))
             }
         }
+    }
+
+    /// Pools are the daemon's: without one, `--pool` is an error, not a cold sandbox.
+    fn pools_need_daemon(&self, opts: &CreateOptions) -> anyhow::Result<()> {
+        if let (Self::Local(..), Some(pool)) = (self, &opts.pool) {
+            bail!(
+                "--pool {pool}: warm pools are kept by the daemon, and none answers on its \
+                 socket (start one with `luminaguard daemon`)"
+            );
+        }
+        Ok(())
     }
 
     /// Destroys what [`Front::run`] made (through the daemon there is nothing left to do).
@@ -434,7 +452,7 @@ fn create_body(o: CreateOptions) -> anyhow::Result<CreateSandbox> {
         net_deny: o.net_deny,
         image: o.image,
         template: o.template,
-        pool: None,
+        pool: o.pool,
         no_cgroup: o.no_cgroup,
     })
 }

@@ -61,6 +61,11 @@ pub struct SandboxArgs {
     /// allows (repeatable).
     #[arg(long = "net-deny", value_name = "DEST", requires = "net_allow")]
     pub net_deny: Vec<EgressRule>,
+    /// Take a ready sandbox from the daemon's warm pool NAME (`[pools.NAME]` in its
+    /// configuration): at once, with the pool's settings. Other settings given must be the
+    /// pool's. Needs a running daemon.
+    #[arg(long, value_name = "NAME")]
+    pub pool: Option<String>,
 }
 
 impl SandboxArgs {
@@ -86,6 +91,7 @@ impl SandboxArgs {
             template: self.template.clone(),
             net_allow: self.net_allow.clone(),
             net_deny: self.net_deny.clone(),
+            pool: self.pool.clone(),
         }
     }
 }

@@ -141,12 +141,17 @@ pub async fn run(cmd: SandboxCommand, front: &Front, config: &Config) -> anyhow:
                         Some(accel) => format!("{}/{accel}", s.backend),
                         None => s.backend.clone(),
                     };
+                    // A pool's ready sandbox says which pool it waits in.
+                    let state = match &s.pool {
+                        Some(_) => "pooled".to_owned(),
+                        None => s.state.clone(),
+                    };
                     outln!(
                         "{:<24} {:<8} {:>10} {:<9} {expires}",
                         s.id,
                         backend,
                         short_duration(s.age_ms),
-                        s.state
+                        state
                     );
                 }
             }

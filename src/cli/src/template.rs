@@ -15,7 +15,7 @@ use crate::run::SandboxArgs;
 pub enum TemplateCommand {
     /// Boot a Firecracker sandbox with these settings, snapshot it once its agent answers, and
     /// keep the snapshot as template NAME; the sandbox itself is removed.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List templates: name, what VM they hold.
     Ls {
         #[arg(long)]

@@ -1084,3 +1084,216 @@ fn the_cli_says_and_exits_the_same_through_the_daemon_as_without_it() {
         "the daemon created {served} sandboxes:\n{metrics}"
     );
 }
+
+/// The pool members a root caller sees (id → pool).
+fn pooled(sock: &Path) -> Vec<String> {
+    let r = curl(sock, "GET", "/v1/sandboxes", None);
+    r.json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s.get("pool").is_some())
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn pool_ready(sock: &Path, pool: &str) -> u64 {
+    let metrics = curl(sock, "GET", "/metrics", None).body;
+    let line = format!("luminaguard_pool_ready{{pool=\"{pool}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn warm_pools_hand_out_ready_sandboxes_once_refill_and_refuse_other_settings() {
+    if !privileged("the daemon test") {
+        return;
+    }
+    let e = env();
+    let mut d = start(
+        &e,
+        "[daemon]\ngroup = \"nogroup\"\n[pools.fast]\nsize = 2\nmemory = \"256M\"\nlifetime = \"5m\"\n",
+    );
+    let sock = d.socket.clone();
+    eventually(Duration::from_secs(60), "the pool never filled", || {
+        pooled(&sock).len() == 2 && pool_ready(&sock, "fast") == 2
+    });
+    let mut seen: std::collections::BTreeSet<String> = pooled(&sock).into_iter().collect();
+    let ls = cli(&e.runtime, &["sandbox", "ls"], b"");
+    assert_eq!(
+        text(&ls.stdout).matches(" pooled ").count(),
+        2,
+        "{}",
+        text(&ls.stdout)
+    );
+
+    // `run --pool`: served by a ready member, which is gone afterwards and replaced.
+    let out = cli(
+        &e.runtime,
+        &[
+            "run",
+            "--pool",
+            "fast",
+            "--",
+            "sh",
+            "-c",
+            "echo from the pool",
+        ],
+        b"",
+    );
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).as_str()),
+        (Some(0), "from the pool\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    eventually(Duration::from_secs(60), "the pool was not refilled", || {
+        pooled(&sock).len() == 2
+    });
+    let now: std::collections::BTreeSet<String> = pooled(&sock).into_iter().collect();
+    assert_eq!(
+        now.difference(&seen).count(),
+        1,
+        "exactly one new member: {seen:?} → {now:?}"
+    );
+    let used: Vec<String> = seen.difference(&now).cloned().collect();
+    assert_eq!(used.len(), 1);
+    assert!(!ids(&sock).contains(&used[0]), "the used member lives on");
+    seen.extend(now);
+
+    // `sandbox create --pool`: a long-lived sandbox of the caller's, never one handed out before.
+    let out = cli(&e.runtime, &["sandbox", "create", "--pool", "fast"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mine = text(&out.stdout).trim().to_owned();
+    assert!(seen.contains(&mine), "not a pool member: {mine}");
+    assert_ne!(mine, used[0], "a member was handed out twice");
+    let view = curl(&sock, "GET", &format!("/v1/sandboxes/{mine}"), None).json();
+    assert_eq!(
+        (view["persistent"].as_bool(), view.get("pool")),
+        (Some(true), None),
+        "{view}"
+    );
+    let exp = view["expires_in_ms"].as_u64().unwrap();
+    assert!(
+        exp > 240_000 && exp <= 300_000,
+        "the pool's lifetime starts at hand-out: {exp}"
+    );
+    exec(
+        &sock,
+        &mine,
+        json!({"argv": ["sh", "-c", "echo kept > /tmp/k"]}),
+    )
+    .exec();
+    let (out, _) = exec(&sock, &mine, json!({"argv": ["cat", "/tmp/k"]})).exec();
+    assert_eq!(out, "kept\n");
+
+    // Another user's request is served too, as theirs; the pool stays invisible to them.
+    let r = reply(curl_as(
+        &sock,
+        "POST",
+        "/v1/sandboxes",
+        Some(br#"{"pool":"fast"}"#),
+        Some((1000, 65534)),
+    ));
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["user"], 1000);
+    let theirs = reply(curl_as(
+        &sock,
+        "GET",
+        "/v1/sandboxes",
+        None,
+        Some((1000, 65534)),
+    ))
+    .json();
+    assert_eq!(theirs.as_array().unwrap().len(), 1, "{theirs}");
+
+    // Settings that are not the pool's are refused, not served from it.
+    for (args, why) in [
+        (vec!["--memory", "512M"], "memory 512M (the pool's: 256M)"),
+        (vec!["--lifetime", "1h"], "lifetime 1h"),
+        (vec!["--net", "1.1.1.1"], "net 1.1.1.1"),
+        (vec!["--workspace", "/srv"], "workspace /srv"),
+    ] {
+        let mut full = vec!["run", "--pool", "fast"];
+        full.extend(args.iter().copied());
+        full.extend(["--", "true"]);
+        let out = cli(&e.runtime, &full, b"");
+        assert_eq!(out.status.code(), Some(1), "{full:?}");
+        assert!(
+            text(&out.stderr).contains(why),
+            "{full:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // Repeating the pool's own settings is fine.
+    let out = cli(
+        &e.runtime,
+        &["run", "--pool", "fast", "--memory", "256M", "--", "true"],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = cli(&e.runtime, &["run", "--pool", "nope", "--", "true"], b"");
+    assert!(
+        text(&out.stderr).contains("no pool named nope"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cli(
+        &e.runtime,
+        &["--no-daemon", "run", "--pool", "fast", "--", "true"],
+        b"",
+    );
+    assert!(
+        text(&out.stderr).contains("kept by the daemon"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Stopping the daemon destroys what waits in the pool, not what was handed out.
+    eventually(Duration::from_secs(60), "the pool was not refilled", || {
+        pooled(&sock).len() == 2
+    });
+    let waiting = pooled(&sock);
+    assert!(d.stop().success());
+    for id in &waiting {
+        assert!(
+            !e.runtime.join("sandboxes").join(id).exists(),
+            "pool member {id} outlived the daemon"
+        );
+    }
+    let out = cli(
+        &e.runtime,
+        &["sandbox", "exec", &mine, "--", "cat", "/tmp/k"],
+        b"",
+    );
+    assert_eq!(text(&out.stdout), "kept\n", "{}", text(&out.stderr));
+}
+
+#[test]
+fn pool_members_past_their_max_age_are_replaced() {
+    if !privileged("the daemon test") {
+        return;
+    }
+    let e = env();
+    let d = start(&e, "[pools.short]\nsize = 1\nmax_age = \"2s\"\n");
+    let sock = &d.socket;
+    eventually(Duration::from_secs(60), "the pool never filled", || {
+        pooled(sock).len() == 1
+    });
+    let first = pooled(sock)[0].clone();
+    eventually(
+        Duration::from_secs(60),
+        "the member was not replaced",
+        || {
+            let now = pooled(sock);
+            now.len() == 1 && now[0] != first
+        },
+    );
+    assert!(
+        !e.runtime.join("sandboxes").join(&first).exists(),
+        "the old member was left"
+    );
+}

@@ -12,6 +12,7 @@
 //! Loading reads files synchronously; call it before starting an async runtime or from
 //! `spawn_blocking`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -68,6 +69,52 @@ pub struct ConfigLayer {
     pub copy: CopyLayer,
     #[serde(default)]
     pub daemon: DaemonLayer,
+    /// Warm pools the daemon keeps (`[pools.NAME]`); a later layer's pool of the same name
+    /// replaces an earlier one's whole.
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolConfig>,
+}
+
+/// One warm pool: `size` sandboxes made ahead with these settings, each handed out once.
+/// Unset settings take `[defaults]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// How many ready sandboxes the daemon keeps (1–64).
+    pub size: u32,
+    /// A ready sandbox older than this is replaced by a fresh one (default 10m).
+    #[serde(default, with = "duration_text::option")]
+    pub max_age: Option<Duration>,
+    pub backend: Option<BackendChoice>,
+    /// Guest image (microVMs): digest or unique prefix.
+    pub image: Option<String>,
+    /// Firecracker template to restore from.
+    pub template: Option<String>,
+    pub memory: Option<ByteSize>,
+    pub pids: Option<u32>,
+    pub cpus: Option<u32>,
+    /// Default per-command timeout.
+    #[serde(default, with = "duration_text::option")]
+    pub timeout: Option<Duration>,
+    /// How long a sandbox lives once handed out.
+    #[serde(default, with = "duration_text::option")]
+    pub lifetime: Option<Duration>,
+    /// Egress allowed (as `--net`); empty: no network.
+    #[serde(default)]
+    pub net: Vec<crate::network::EgressRule>,
+    #[serde(default)]
+    pub net_deny: Vec<crate::network::EgressRule>,
+}
+
+impl PoolConfig {
+    /// A ready member is replaced after this long.
+    pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(600);
+    /// Most members one pool keeps.
+    pub const MAX_SIZE: u32 = 64;
+
+    pub fn max_age(&self) -> Duration {
+        self.max_age.unwrap_or(Self::DEFAULT_MAX_AGE)
+    }
 }
 
 /// `luminaguard daemon` settings a layer may set.
@@ -206,6 +253,11 @@ impl ConfigLayer {
                 max_size: over.copy.max_size.or(self.copy.max_size),
             },
             daemon: self.daemon.merge(over.daemon),
+            pools: {
+                let mut pools = self.pools;
+                pools.extend(over.pools);
+                pools
+            },
         }
     }
 }
@@ -257,6 +309,8 @@ pub struct Config {
     pub defaults: SandboxSpec,
     pub copy: CopyConfig,
     pub daemon: DaemonConfig,
+    /// Warm pools, by name (validated: names are ids, sizes 1–64).
+    pub pools: BTreeMap<String, PoolConfig>,
 }
 
 /// How `luminaguard daemon` serves its API.
@@ -358,7 +412,31 @@ impl Config {
                 reason: "must be at least 1",
             });
         }
+        for (name, pool) in &merged.pools {
+            if name.parse::<crate::SandboxId>().is_err() {
+                return Err(ConfigError::Value {
+                    key: "pools",
+                    value: name.clone(),
+                    reason: "a pool's name is 1–64 of letters, digits, '-', '_'",
+                });
+            }
+            if pool.size == 0 || pool.size > PoolConfig::MAX_SIZE {
+                return Err(ConfigError::Value {
+                    key: "pools.*.size",
+                    value: format!("{} (pool {name})", pool.size),
+                    reason: "must be between 1 and 64",
+                });
+            }
+            if pool.max_age() < Duration::from_secs(1) {
+                return Err(ConfigError::Value {
+                    key: "pools.*.max_age",
+                    value: format!("{:?} (pool {name})", pool.max_age()),
+                    reason: "must be at least 1s",
+                });
+            }
+        }
         Ok(Self {
+            pools: merged.pools,
             runtime_dir,
             // Quiet by default: stderr belongs to the commands run in sandboxes.
             log: merged.log.unwrap_or_else(|| "warn".to_owned()),

@@ -168,6 +168,7 @@ pub fn view(l: luminaguard_service::Listing) -> SandboxView {
         user: l.user,
         age_ms: l.age_ms,
         expires_in_ms: l.expires_in_ms,
+        pool: l.pool,
     }
 }
 
@@ -188,6 +189,7 @@ fn options(body: CreateSandbox, persistent: bool) -> CreateOptions {
         template: body.template,
         net_allow: body.net,
         net_deny: body.net_deny,
+        pool: body.pool,
     }
 }
 
@@ -198,9 +200,6 @@ async fn make(
     body: CreateSandbox,
     persistent: bool,
 ) -> Result<SandboxId, ApiError> {
-    if let Some(pool) = &body.pool {
-        return Err(ApiError::not_found(format!("no pool named {pool}")));
-    }
     let started = Instant::now();
     let pending = st.service.create(caller, options(body, persistent)).await?;
     let id = pending.commit().await?;
@@ -660,6 +659,12 @@ async fn events(
 #[utoipa::path(get, path = "/metrics",
     responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
 async fn metrics(State(st): State<AppState>) -> Response {
+    for p in st.service.pool_status() {
+        st.metrics
+            .pool_ready
+            .get_or_create(&crate::metrics::Pool { pool: p.name })
+            .set(i64::try_from(p.ready).unwrap_or(i64::MAX));
+    }
     let census = st.service.census().await;
     st.metrics.sandboxes.clear();
     for (backend, n) in census {

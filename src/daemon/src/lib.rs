@@ -67,6 +67,7 @@ pub async fn run(
     let listener = tokio::net::UnixListener::from_std(std_listener)?;
     let st = AppState::new(service.clone());
     let housekeeping = tokio::spawn(housekeep(st.clone()));
+    let filling = tokio::spawn(fill_pools(st.service.clone()));
     let counting = tokio::spawn(count_events(st.clone()));
     let limits = server::Limits {
         max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
@@ -89,6 +90,9 @@ pub async fn run(
     .await;
     housekeeping.abort();
     counting.abort();
+    // The filler finishes the sandbox it is making (a half-made one would be left for gc).
+    service.stop_filling();
+    let _ = filling.await;
     tokio::task::spawn_blocking(move || bound.remove_blocking())
         .await
         .map_err(std::io::Error::other)?;
@@ -126,6 +130,23 @@ async fn housekeep(st: AppState) {
             .unwrap_or(HOUSEKEEPING)
             .min(HOUSEKEEPING);
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// Keeps the warm pools full: at start, whenever a member is taken, and when one ages out.
+async fn fill_pools(service: luminaguard_service::Service) {
+    if service.config().pools.is_empty() {
+        return;
+    }
+    loop {
+        let next = service.fill_pools().await.unwrap_or(HOUSEKEEPING);
+        let go_on = tokio::select! {
+            more = service.pool_taken() => more,
+            () = tokio::time::sleep(next) => true,
+        };
+        if !go_on {
+            return;
+        }
     }
 }
 

@@ -26,6 +26,7 @@ mod files;
 pub mod host;
 mod live;
 pub mod pick;
+pub mod pools;
 pub mod templates;
 
 use std::path::PathBuf;
@@ -77,6 +78,8 @@ pub struct CreateOptions {
     pub net_allow: Vec<EgressRule>,
     /// Egress never allowed, whatever `net_allow` says.
     pub net_deny: Vec<EgressRule>,
+    /// Take a ready sandbox from this warm pool (its settings; any given here must match).
+    pub pool: Option<String>,
 }
 
 /// The sandbox manager. Cheap to clone; clones share the connections to sandboxes.
@@ -89,6 +92,7 @@ pub struct Service {
     euid: u32,
     live: Arc<live::Live>,
     events: Arc<events::Bus>,
+    pools: Arc<pools::Pools>,
 }
 
 /// A sandbox just created, not yet given to its caller. [`Pending::commit`] makes it the
@@ -154,6 +158,7 @@ impl Service {
             euid: nix::unistd::geteuid().as_raw(),
             live: Arc::default(),
             events: Arc::default(),
+            pools: Arc::default(),
         })
     }
 
@@ -298,7 +303,25 @@ impl Service {
         caller: &Caller,
         opts: CreateOptions,
     ) -> Result<Pending, ServiceError> {
-        self.admit(caller, &Action::Create { pool: None }).await?;
+        self.admit(
+            caller,
+            &Action::Create {
+                pool: opts.pool.clone(),
+            },
+        )
+        .await?;
+        match &opts.pool {
+            Some(pool) => self.take_pooled(caller, pool, &opts).await,
+            None => self.create_unpooled(caller, opts).await,
+        }
+    }
+
+    /// A new sandbox, made now.
+    async fn create_unpooled(
+        &self,
+        caller: &Caller,
+        opts: CreateOptions,
+    ) -> Result<Pending, ServiceError> {
         let req = self.request(caller, &opts).await?;
         let backend = backends::backend(
             &self.host,
@@ -514,6 +537,10 @@ impl Service {
             let Ok(id) = l.id.parse::<SandboxId>() else {
                 continue;
             };
+            if l.pool.is_some() {
+                // A pool's own: replaced by the pool at its max age.
+                continue;
+            }
             match l.expires_in_ms {
                 Some(0) => {}
                 Some(ms) => {
@@ -543,6 +570,7 @@ impl Service {
     /// disposable sandbox (a one-shot run still in flight) is destroyed, a long-lived one is left
     /// running for the next service to find; with `destroy_all`, every one is destroyed.
     pub async fn close(&self, destroy_all: bool) {
+        self.drain_pools().await;
         let mut doomed: Vec<(SandboxId, Option<Arc<live::Entry>>)> = Vec::new();
         for entry in self.live.drain() {
             if destroy_all || !entry.sandbox.meta.persistent {

@@ -62,6 +62,11 @@ impl Service {
         };
         self.admit(caller, &action).await?;
         let dest = dir(self.runtime(), name)?;
+        if opts.pool.is_some() {
+            return Err(ServiceError::InvalidSpec(
+                "a template is made from a sandbox booted for it, not one from a pool".into(),
+            ));
+        }
         if opts.template.is_some() {
             return Err(ServiceError::InvalidSpec(
                 "a template is made by booting: a template to restore from does not apply".into(),

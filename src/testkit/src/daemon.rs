@@ -108,9 +108,29 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// Stops the daemon and destroys every sandbox left in its runtime directory (a test's
+    /// long-lived sandboxes outlive the daemon by design; they must not outlive the test).
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             self.stop();
         }
+        let Ok(entries) = std::fs::read_dir(self.runtime.join("sandboxes")) else {
+            return;
+        };
+        let ids: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let _ = Command::new(&self.bin)
+            .arg("--runtime-dir")
+            .arg(&self.runtime)
+            .args(["--no-daemon", "sandbox", "rm"])
+            .args(&ids)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
