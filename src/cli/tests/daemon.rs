@@ -1297,3 +1297,86 @@ fn pool_members_past_their_max_age_are_replaced() {
         "the old member was left"
     );
 }
+
+/// Open descriptors and threads of process `pid`.
+fn footprint(pid: i32) -> (usize, usize) {
+    let count = |d: &str| {
+        std::fs::read_dir(format!("/proc/{pid}/{d}"))
+            .unwrap()
+            .count()
+    };
+    (count("fd"), count("task"))
+}
+
+#[test]
+fn fifty_concurrent_clients_leave_nothing_behind() {
+    if !privileged("the daemon test") {
+        return;
+    }
+    let e = env();
+    let d = start(&e, "");
+    let client = luminaguard_api::client::Client::new(&d.socket);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let round = |n: usize| {
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..n {
+                let client = client.clone();
+                tasks.push(tokio::spawn(async move {
+                    use luminaguard_api::types::{CreateSandbox, ExecBody, ExecEvent};
+                    let v = client.create(&CreateSandbox::default()).await?;
+                    let body = ExecBody {
+                        argv: vec!["sh".into(), "-c".into(), format!("echo {i}; cat")],
+                        stdin: Some(format!("in {i}\n")),
+                        ..ExecBody::default()
+                    };
+                    let mut events = client.exec(&v.id, &body).await?;
+                    let mut out = Vec::new();
+                    let mut code = None;
+                    while let Some(ev) = events.next().await? {
+                        match ev {
+                            ExecEvent::Stdout(c) => out.extend(c.bytes().unwrap()),
+                            ExecEvent::Exit(x) => code = x.code,
+                            _ => {}
+                        }
+                    }
+                    client.destroy(&v.id).await?;
+                    Ok::<_, luminaguard_api::client::ClientError>((i, text(&out), code))
+                }));
+            }
+            for t in tasks {
+                let (i, out, code) = t.await.unwrap().unwrap();
+                assert_eq!((out, code), (format!("{i}\nin {i}\n"), Some(0)));
+            }
+        })
+    };
+    // A first round warms up what is made once (runtimes, pools of threads, caches).
+    round(10);
+    let before = footprint(d.pid());
+    round(50);
+    round(50);
+    // Everything a request holds is let go once it is answered.
+    eventually(
+        Duration::from_secs(20),
+        "descriptors or threads leaked",
+        || {
+            let now = footprint(d.pid());
+            now.0 <= before.0 && now.1 <= before.1 + 4
+        },
+    );
+    assert!(ids(&d.socket).is_empty());
+    let left: Vec<_> = std::fs::read_dir(e.runtime.join("sandboxes"))
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "records left: {left:?}");
+    let rt_text = e.runtime.to_str().unwrap().to_owned();
+    assert!(
+        live_processes_matching(&["sandbox-init", &rt_text]).is_empty(),
+        "sandbox processes left"
+    );
+    let metrics = curl(&d.socket, "GET", "/metrics", None).body;
+    assert!(metrics.contains("luminaguard_connections 1\n"), "{metrics}");
+}
