@@ -67,7 +67,12 @@ pub async fn run(
     let listener = tokio::net::UnixListener::from_std(std_listener)?;
     let st = AppState::new(service.clone());
     let housekeeping = tokio::spawn(housekeep(st.clone()));
-    let filling = tokio::spawn(fill_pools(st.service.clone()));
+    let idle = Arc::new(tokio::sync::Notify::new());
+    let filling = tokio::spawn(fill_pools(
+        st.service.clone(),
+        Arc::clone(&st.metrics),
+        Arc::clone(&idle),
+    ));
     let counting = tokio::spawn(count_events(st.clone()));
     let limits = server::Limits {
         max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
@@ -85,6 +90,7 @@ pub async fn run(
         auth,
         Arc::clone(&st.metrics),
         limits,
+        idle,
         shutdown,
     )
     .await;
@@ -133,22 +139,45 @@ async fn housekeep(st: AppState) {
     }
 }
 
-/// Keeps the warm pools full: at start, whenever a member is taken, and when one ages out.
-async fn fill_pools(service: luminaguard_service::Service) {
+/// Keeps the warm pools full: at start, when a member ages out, and after one is taken —
+/// once no request is in flight (at most [`REFILL_DEFER`] later): on a small host a refill
+/// racing the request that took the member would slow that very request.
+async fn fill_pools(
+    service: luminaguard_service::Service,
+    metrics: Arc<metrics::Metrics>,
+    idle: Arc<tokio::sync::Notify>,
+) {
     if service.config().pools.is_empty() {
         return;
     }
     loop {
         let next = service.fill_pools().await.unwrap_or(HOUSEKEEPING);
-        let go_on = tokio::select! {
-            more = service.pool_taken() => more,
-            () = tokio::time::sleep(next) => true,
+        let taken = tokio::select! {
+            more = service.pool_taken() => {
+                if !more {
+                    return;
+                }
+                true
+            }
+            () = tokio::time::sleep(next) => false,
         };
-        if !go_on {
-            return;
+        if taken {
+            let quiet = async {
+                loop {
+                    let notified = idle.notified();
+                    if metrics.connections.get() == 0 {
+                        return;
+                    }
+                    notified.await;
+                }
+            };
+            let _ = tokio::time::timeout(REFILL_DEFER, quiet).await;
         }
     }
 }
+
+/// The longest a refill waits for the daemon to be idle.
+const REFILL_DEFER: Duration = Duration::from_secs(1);
 
 /// Counts the service's events into the metrics.
 async fn count_events(st: AppState) {

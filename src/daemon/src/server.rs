@@ -37,6 +37,7 @@ pub async fn serve(
     auth: Arc<Authorizer>,
     metrics: Arc<Metrics>,
     limits: Limits,
+    idle: Arc<tokio::sync::Notify>,
     shutdown: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -71,10 +72,14 @@ pub async fn serve(
             limits.clone(),
         );
         let stop = stop_rx.clone();
+        let idle = Arc::clone(&idle);
         conns.spawn(async move {
             metrics.connections.inc();
             connection(stream, router, &auth, &metrics, &limits, stop).await;
-            metrics.connections.dec();
+            // The last connection gone: background work may use the machine now.
+            if metrics.connections.dec() == 1 {
+                idle.notify_waiters();
+            }
             drop(permit);
         });
     }

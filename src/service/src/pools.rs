@@ -201,7 +201,11 @@ impl Service {
         meta.persistent = opts.persistent;
         meta.expires_unix_ms =
             Some(now.saturating_add(u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX)));
-        if let Err(e) = meta.save(&sandbox.dir).await {
+        // A long-lived one's record is written when it is committed (handed over); only a
+        // disposable one's is written here.
+        if !opts.persistent
+            && let Err(e) = meta.save(&sandbox.dir).await
+        {
             let _ = sandbox.destroy().await;
             return Err(ServiceError::internal("handing out a pooled sandbox", e));
         }
