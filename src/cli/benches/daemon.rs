@@ -104,6 +104,13 @@ async fn pool_full(client: &Client) {
     }
 }
 
+fn long_lived() -> CreateOptions {
+    CreateOptions {
+        persistent: true,
+        ..CreateOptions::default()
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     if !luminaguard_testkit::privileged("the daemon benchmark") {
@@ -137,9 +144,10 @@ fn main() {
     let (mut exec_local, mut exec_api) = (Vec::new(), Vec::new());
     rt.block_on(async {
         for _ in 0..n {
+            // Long-lived, as every sandbox made through the API is.
             let t = Instant::now();
             let id = service
-                .create(&caller, CreateOptions::default())
+                .create(&caller, long_lived())
                 .await
                 .unwrap()
                 .commit()
@@ -170,7 +178,7 @@ fn main() {
         }
         // One exec in a running sandbox, each way.
         let id = service
-            .create(&caller, CreateOptions::default())
+            .create(&caller, long_lived())
             .await
             .unwrap()
             .commit()

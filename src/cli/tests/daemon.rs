@@ -1380,3 +1380,43 @@ fn fifty_concurrent_clients_leave_nothing_behind() {
     let metrics = curl(&d.socket, "GET", "/metrics", None).body;
     assert!(metrics.contains("luminaguard_connections 1\n"), "{metrics}");
 }
+
+#[test]
+fn the_systemd_units_verify_and_name_the_socket_the_cli_looks_for() {
+    if !privileged("the daemon test") {
+        return;
+    }
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/systemd");
+    let dir = tempfile::tempdir().unwrap();
+    for unit in ["luminaguard.service", "luminaguard.socket"] {
+        let text = std::fs::read_to_string(units.join(unit)).unwrap();
+        // systemd-analyze checks that ExecStart's program exists: point it at this build.
+        let text = text.replace("/usr/local/bin/luminaguard", BIN);
+        std::fs::write(dir.path().join(unit), text).unwrap();
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.path().join("luminaguard.socket"))
+        .arg(dir.path().join("luminaguard.service"))
+        .output()
+        .expect("systemd-analyze (scripts/setup installs systemd)");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    // The socket is where root's daemon listens by default, and where users' CLIs look.
+    let socket = std::fs::read_to_string(units.join("luminaguard.socket")).unwrap();
+    assert!(socket.contains("ListenStream=/run/luminaguard/api.sock"), "{socket}");
+    let shown = Command::new(BIN)
+        .args(["config", "show", "--json"])
+        .env_remove("LUMINAGUARD_RUNTIME_DIR")
+        .env_remove("LUMINAGUARD_DAEMON_SOCKET")
+        .output()
+        .unwrap();
+    let config: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(config["daemon"]["socket"], "/run/luminaguard/api.sock", "{config}");
+    let service = std::fs::read_to_string(units.join("luminaguard.service")).unwrap();
+    assert!(service.contains("Type=notify"), "{service}");
+}
