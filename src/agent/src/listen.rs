@@ -128,8 +128,10 @@ impl ListenAddr {
 fn adopt_fd(fd: RawFd) -> Result<Bound, ListenError> {
     let bad = |reason: String| ListenError::BadFd { fd, reason };
     // Only take ownership of a descriptor that is open.
+    // SAFETY: borrowed only for this fcntl; on a closed descriptor it fails with EBADF.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     if nix::fcntl::fcntl(
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        borrowed,
         nix::fcntl::FcntlArg::F_GETFD,
     )
     .is_err()

@@ -750,7 +750,7 @@ fn start(
             // SAFETY: leaving the child without running any Rust destructors.
             unsafe { libc::_exit(1) }
         };
-        // SAFETY (whole block): async-signal-safe system calls on memory allocated before the fork.
+        // SAFETY: the whole block makes async-signal-safe system calls on memory allocated before the fork.
         unsafe {
             for fd in cgroup_procs {
                 if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {

@@ -1208,8 +1208,8 @@ async fn a_vmm_whose_console_keeper_died_loses_console_output_not_its_progress()
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    // SAFETY: a signal to a live process of ours (pid checked just before).
     assert!(keeper.alive());
+    // SAFETY: a signal to a live process of ours (pid checked just before).
     assert_eq!(unsafe { libc::kill(keeper.pid, libc::SIGKILL) }, 0);
     assert!(ended(keeper).await, "the keeper survived SIGKILL");
     let start = Instant::now();

@@ -182,9 +182,11 @@ pub async fn create_persistent(netns: &Path, name: &str, owner: TapOwner) -> Res
             })
         };
         let (uid, gid) = (arg(owner.uid)?, arg(owner.gid)?);
-        // SAFETY (all three): `fd` is `tun`'s open descriptor; these ioctls take an integer.
+        // SAFETY: `fd` is `tun`'s open descriptor; the ioctl takes an integer.
         unsafe { tun_set_owner(fd, uid) }.map_err(ioctl("TUNSETOWNER"))?;
+        // SAFETY: as above.
         unsafe { tun_set_group(fd, gid) }.map_err(ioctl("TUNSETGROUP"))?;
+        // SAFETY: as above.
         unsafe { tun_set_persist(fd, 1) }.map_err(ioctl("TUNSETPERSIST"))?;
         tracing::debug!(%name, uid = owner.uid, gid = owner.gid, "persistent tap device created");
         Ok(())

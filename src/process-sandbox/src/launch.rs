@@ -308,7 +308,7 @@ pub fn launch(l: Launch<'_>) -> Result<Launched, LaunchError> {
             unsafe { libc::write(err_fd, report.as_ptr().cast(), 8) };
             120 + step as isize
         };
-        // SAFETY (whole block): read, setgroups, setres[ug]id, dup2, close_range, setsid and
+        // SAFETY: the whole block: read, setgroups, setres[ug]id, dup2, close_range, setsid and
         // execve are async-signal-safe; everything they use was built before the clone.
         unsafe {
             // Our copy of the write end goes first: if the parent dies before it maps our ids,

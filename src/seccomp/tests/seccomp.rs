@@ -866,6 +866,7 @@ fn run_workload(profile: &str, audited: bool) -> (i32, String, Vec<String>) {
     // SAFETY: the child sets itself up with raw system calls and execs or leaves with _exit;
     // the supervisor it forks allocates, which glibc keeps safe after fork.
     match unsafe { libc::fork() } {
+        // SAFETY: the child's side of the fork, as above.
         0 => unsafe {
             drop((out_r, audit_r));
             if !go_private() || !loopback_up() {
