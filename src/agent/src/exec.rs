@@ -201,6 +201,9 @@ fn validate(req: &ExecRequest) -> Result<(), ErrorReply> {
 pub struct Confinement {
     /// The Landlock ruleset (`luminaguard_process_sandbox::landlock::restrict_with`).
     pub landlock: Option<OwnedFd>,
+    /// `cgroup.procs` of the cgroup every command starts in (a microVM guest's pids limit,
+    /// set up by VM init), open for writing.
+    pub commands_cgroup: Option<OwnedFd>,
 }
 
 /// A command's `oom_score_adj`: the kernel's OOM killer prefers it to the agent (which keeps the
@@ -252,12 +255,19 @@ fn build_command(req: &ExecRequest, confine: Option<&Confinement>) -> Command {
     });
     cmd.stdout(Stdio::piped());
     cmd.stderr(Stdio::piped());
+    let cgroup = confine.and_then(|c| c.commands_cgroup.as_ref().map(|fd| fd.as_raw_fd()));
     let confine = confine.map(|c| c.landlock.as_ref().map(|fd| fd.as_raw_fd()));
     // SAFETY: runs in the forked child before exec and only makes async-signal-safe calls
-    // (setsid, close_range, prctl, signal, open/write/close, landlock), touching no memory
+    // (write, setsid, close_range, prctl, signal, open/write/close, landlock), touching no memory
     // shared with the parent.
     unsafe {
         cmd.pre_exec(move || {
+            // Into the commands' cgroup first: everything it starts is counted from here on.
+            if let Some(procs) = cgroup
+                && libc::write(procs, b"0".as_ptr().cast(), 1) != 1
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             // A session of its own (the exec owns its tree; no terminal of anyone's), and
             // nothing of the agent's beyond stdio, whatever its flags.
             luminaguard_core::child::detach_from_caller(&[])?;

@@ -249,6 +249,7 @@ pub fn sandbox_init_main(config_json: &str) -> std::process::ExitCode {
         },
         Some(exec::Confinement {
             landlock: entered.landlock,
+            commands_cgroup: None,
         }),
     )
 }

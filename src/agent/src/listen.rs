@@ -130,12 +130,7 @@ fn adopt_fd(fd: RawFd) -> Result<Bound, ListenError> {
     // Only take ownership of a descriptor that is open.
     // SAFETY: borrowed only for this fcntl; on a closed descriptor it fails with EBADF.
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    if nix::fcntl::fcntl(
-        borrowed,
-        nix::fcntl::FcntlArg::F_GETFD,
-    )
-    .is_err()
-    {
+    if nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_GETFD).is_err() {
         return Err(bad("not an open descriptor".into()));
     }
     // SAFETY: the descriptor is open (checked above) and was handed to us to own; nothing else in

@@ -37,6 +37,10 @@ pub const GUEST_CONFIG: &str = "/etc/luminaguard/guest.json";
 pub const DEFAULT_SCRATCH_MB: u64 = 256;
 /// The largest scratch size accepted (1 TiB): a bound, not a recommendation.
 pub const MAX_SCRATCH_MB: u64 = 1 << 20;
+/// The largest `luminaguard.pids` (the kernel's own ceiling, `PID_MAX_LIMIT`).
+pub const MAX_PIDS: u32 = 4 << 20;
+/// The cgroup every command starts in when `luminaguard.pids` is given.
+pub const COMMANDS_CGROUP: &str = "/sys/fs/cgroup/commands";
 /// How long to wait for the root device to appear after its driver is loaded.
 pub const ROOT_DEVICE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -122,6 +126,9 @@ pub struct BootParams {
     /// The sandbox's resolver (`luminaguard.dns`), written into `/etc/resolv.conf`; `None`: the
     /// image's own file is left alone.
     pub dns: Option<std::net::Ipv4Addr>,
+    /// The most processes (and threads) the guest's commands may have at once
+    /// (`luminaguard.pids`): a pids cgroup every command starts in. `None`: no limit.
+    pub pids: Option<u32>,
     /// `luminaguard.*` keys this version does not know (ignored, reported).
     pub unknown: Vec<String>,
 }
@@ -132,6 +139,7 @@ impl Default for BootParams {
             scratch_mb: DEFAULT_SCRATCH_MB,
             net: None,
             dns: None,
+            pids: None,
             unknown: Vec::new(),
         }
     }
@@ -217,6 +225,19 @@ pub fn parse_cmdline(cmdline: &str) -> Result<BootParams, CmdlineError> {
                     reason: "not an IPv4 address".to_owned(),
                 })?;
                 params.dns = Some(addr);
+            }
+            "pids" => {
+                let value = value.unwrap_or_default();
+                let pids = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PIDS).contains(n))
+                    .ok_or_else(|| CmdlineError::BadValue {
+                        key: "pids",
+                        value: value.chars().take(64).collect(),
+                        reason: format!("must be a number from 1 to {MAX_PIDS}"),
+                    })?;
+                params.pids = Some(pids);
             }
             _ => params.unknown.push(key.chars().take(64).collect()),
         }
@@ -333,18 +354,68 @@ fn run_vm_init() -> Result<(), VmInitError> {
         "vm-init: root ready after {:?} (modules loaded after {t_modules:?})",
         t0.elapsed()
     );
+    // The limit on the commands' processes: set up here or not at all (the VM powers off
+    // rather than serve without it).
+    let commands_cgroup = params.pids.map(pids_cgroup).transpose()?;
     // SAFETY: still single-threaded (no runtime or reaper thread exists yet), so nothing reads
     // the environment concurrently.
     unsafe { std::env::set_var("PATH", GUEST_PATH) };
-    crate::run(AgentArgs {
-        listen: vec![ListenAddr::Vsock(AGENT_VSOCK_PORT)],
-        on_exit: OnExit::Poweroff,
-        threads: 2,
-        no_init_mounts: false,
-        lifetime: None,
-        notify_ready_vsock: Some(luminaguard_protocol::AGENT_READY_VSOCK_PORT),
-    })?;
+    let confine = commands_cgroup.map(|procs| crate::exec::Confinement {
+        landlock: None,
+        commands_cgroup: Some(procs),
+    });
+    crate::run_with(
+        AgentArgs {
+            listen: vec![ListenAddr::Vsock(AGENT_VSOCK_PORT)],
+            on_exit: OnExit::Poweroff,
+            threads: 2,
+            no_init_mounts: false,
+            lifetime: None,
+            notify_ready_vsock: Some(luminaguard_protocol::AGENT_READY_VSOCK_PORT),
+        },
+        confine,
+    )?;
     Ok(())
+}
+
+/// A cgroup v2 `pids` cgroup of at most `max` processes ([`COMMANDS_CGROUP`]) under a fresh
+/// cgroup2 mount; returns its `cgroup.procs`, open for writing: each command moves itself in
+/// between fork and exec (its children are then counted too). The agent stays outside, so a
+/// fork bomb in a command cannot stop it from answering (or from killing the bomb).
+#[allow(clippy::disallowed_methods)] // VM init is synchronous: no runtime exists yet
+fn pids_cgroup(max: u32) -> Result<std::os::fd::OwnedFd, VmInitError> {
+    let step = "limit the commands' processes";
+    let root = "/sys/fs/cgroup";
+    do_mount(
+        step,
+        "cgroup2",
+        root,
+        "cgroup2",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    let write = |path: String, value: String| {
+        std::fs::write(&path, value).map_err(|source| VmInitError::Io {
+            step,
+            op: "writing",
+            path: PathBuf::from(path),
+            source,
+        })
+    };
+    write(format!("{root}/cgroup.subtree_control"), "+pids".into())?;
+    mkdir_p(COMMANDS_CGROUP, step)?;
+    write(format!("{COMMANDS_CGROUP}/pids.max"), max.to_string())?;
+    let procs = format!("{COMMANDS_CGROUP}/cgroup.procs");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&procs)
+        .map(std::os::fd::OwnedFd::from)
+        .map_err(|source| VmInitError::Io {
+            step,
+            op: "opening",
+            path: PathBuf::from(procs),
+            source,
+        })
 }
 
 fn read_bounded(path: &Path, step: &'static str) -> Result<Vec<u8>, VmInitError> {
@@ -595,6 +666,22 @@ mod tests {
         ] {
             let e = parse_cmdline(bad).unwrap_err();
             assert!(e.to_string().contains("luminaguard.net="), "{e}");
+        }
+    }
+
+    #[test]
+    fn reads_the_commands_process_limit() {
+        assert_eq!(parse_cmdline("luminaguard.pids=64").unwrap().pids, Some(64));
+        assert_eq!(parse_cmdline("quiet").unwrap().pids, None);
+        for bad in [
+            "luminaguard.pids",
+            "luminaguard.pids=0",
+            "luminaguard.pids=-1",
+            "luminaguard.pids=many",
+            "luminaguard.pids=99999999999",
+        ] {
+            let e = parse_cmdline(bad).unwrap_err();
+            assert!(e.to_string().contains("luminaguard.pids="), "{e}");
         }
     }
 

@@ -1408,7 +1408,10 @@ fn the_systemd_units_verify_and_name_the_socket_the_cli_looks_for() {
     );
     // The socket is where root's daemon listens by default, and where users' CLIs look.
     let socket = std::fs::read_to_string(units.join("luminaguard.socket")).unwrap();
-    assert!(socket.contains("ListenStream=/run/luminaguard/api.sock"), "{socket}");
+    assert!(
+        socket.contains("ListenStream=/run/luminaguard/api.sock"),
+        "{socket}"
+    );
     let shown = Command::new(BIN)
         .args(["config", "show", "--json"])
         .env_remove("LUMINAGUARD_RUNTIME_DIR")
@@ -1416,7 +1419,10 @@ fn the_systemd_units_verify_and_name_the_socket_the_cli_looks_for() {
         .output()
         .unwrap();
     let config: Value = serde_json::from_slice(&shown.stdout).unwrap();
-    assert_eq!(config["daemon"]["socket"], "/run/luminaguard/api.sock", "{config}");
+    assert_eq!(
+        config["daemon"]["socket"], "/run/luminaguard/api.sock",
+        "{config}"
+    );
     let service = std::fs::read_to_string(units.join("luminaguard.service")).unwrap();
     assert!(service.contains("Type=notify"), "{service}");
 }

@@ -836,3 +836,49 @@ fn a_microvms_host_side_holds_no_caller_terminal_or_descriptor() {
     );
     assert_nothing_left(rt.path(), &groups);
 }
+
+#[test]
+fn pids_limits_the_guests_commands_and_the_agent_keeps_serving() {
+    let Some(img) = image() else { return };
+    let _l = lock();
+    let groups = sandbox_groups();
+    let rt = tempfile::tempdir().unwrap();
+    // Forty background sleeps under a limit of 16: the forks past it fail, the agent (outside
+    // the commands' cgroup) still reports, and the default limit applies without --pids.
+    // Shell builtins only once the bomb has gone off: a fork would fail like the bomb's.
+    let script = "read cg < /proc/self/cgroup; echo $cg; \
+                  read max < /sys/fs/cgroup/commands/pids.max; echo $max; \
+                  (i=0; while [ $i -lt 40 ]; do sleep 60 & i=$((i+1)); done) 2>/dev/null; \
+                  n=0; while read p; do n=$((n+1)); [ $p != $$ ] && kill -9 $p; \
+                  done < /sys/fs/cgroup/commands/cgroup.procs; echo running $n; echo alive";
+    let out = run_qemu(img, rt.path(), &["--pids", "16", "--", "sh", "-c", script]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "0::/commands", "{stdout}");
+    assert_eq!(lines[1], "16", "{stdout}");
+    let running: u32 = lines[2]
+        .strip_prefix("running ")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        running <= 16,
+        "{running} processes under a limit of 16: {stdout}"
+    );
+    assert!(running >= 8, "the limit let too few start: {stdout}");
+    assert_eq!(lines.last(), Some(&"alive"), "{stdout}");
+
+    let out = run_qemu(
+        img,
+        rt.path(),
+        &["--", "cat", "/sys/fs/cgroup/commands/pids.max"],
+    );
+    assert_eq!(text(&out.stdout).trim(), "512", "{}", text(&out.stderr));
+    assert_nothing_left(rt.path(), &groups);
+}

@@ -421,7 +421,8 @@ impl FirecrackerBackend {
         let network = self
             .create_network(req, dir, meta, run_as.as_ref(), cgroup.as_ref())
             .await?;
-        let mut boot_args = KernelArgs::luminaguard_guest(spec.scratch.bytes() / ByteSize::MIB);
+        let mut boot_args =
+            KernelArgs::luminaguard_guest(spec.scratch.bytes() / ByteSize::MIB, spec.limits.pids);
         if let Some((_, resolver)) = &network {
             // VM init configures the NIC from these, and its resolv.conf (docs/network.md).
             boot_args = boot_args

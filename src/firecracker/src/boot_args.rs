@@ -94,14 +94,16 @@ impl KernelArgs {
     /// (Firecracker's stdout), a guest reboot or panic ends the VMM (`reboot=k` goes through
     /// the i8042 Firecracker emulates, as in Firecracker's getting-started guide; `panic=-1`
     /// reboots at once instead of after a second), quiet boot, and the size of the guest's
-    /// scratch tmpfs (`luminaguard.scratch_mb`, read by the agent's VM init).
-    pub fn luminaguard_guest(scratch_mib: u64) -> Result<Self, BootArgsError> {
+    /// scratch tmpfs (`luminaguard.scratch_mb`, read by the agent's VM init) and the most
+    /// processes the guest's commands may have at once (`luminaguard.pids`: a pids cgroup).
+    pub fn luminaguard_guest(scratch_mib: u64, pids: u32) -> Result<Self, BootArgsError> {
         Self::new()
             .param("console", "ttyS0")?
             .param("reboot", "k")?
             .param("panic", "-1")?
             .flag("quiet")?
-            .param("luminaguard.scratch_mb", scratch_mib)
+            .param("luminaguard.scratch_mb", scratch_mib)?
+            .param("luminaguard.pids", pids)
     }
 
     /// Adds a flag, e.g. `quiet`.
@@ -215,10 +217,10 @@ mod tests {
 
     #[test]
     fn the_guest_line_is_exact() {
-        let args = KernelArgs::luminaguard_guest(256).unwrap();
+        let args = KernelArgs::luminaguard_guest(256, 512).unwrap();
         assert_eq!(
             args.to_string(),
-            "console=ttyS0 reboot=k panic=-1 quiet luminaguard.scratch_mb=256"
+            "console=ttyS0 reboot=k panic=-1 quiet luminaguard.scratch_mb=256 luminaguard.pids=512"
         );
         assert_eq!(args.len(), args.to_string().len());
         assert_eq!(args.get("luminaguard.scratch_mb"), Some("256"));
@@ -274,7 +276,7 @@ mod tests {
 
     #[test]
     fn parsing_round_trips_and_checks() {
-        let args = KernelArgs::luminaguard_guest(64).unwrap();
+        let args = KernelArgs::luminaguard_guest(64, 512).unwrap();
         let parsed: KernelArgs = args.to_string().parse().unwrap();
         assert_eq!(parsed, args);
         assert_eq!(serde_json::to_string(&args).unwrap(), format!("\"{args}\""));

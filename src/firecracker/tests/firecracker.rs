@@ -70,7 +70,7 @@ async fn fake_api(plan: Plan) -> (Images, FakeApi, ApiClient) {
 fn boot_source(img: &Images) -> BootSource {
     BootSource {
         kernel_image_path: img.kernel.clone(),
-        boot_args: Some(KernelArgs::luminaguard_guest(64).unwrap()),
+        boot_args: Some(KernelArgs::luminaguard_guest(64, 512).unwrap()),
         initrd_path: Some(img.initrd.clone()),
     }
 }
@@ -411,7 +411,7 @@ fn config(img: &Images, plan: &Plan) -> LaunchConfig {
         machine: MachineConfiguration::new(1, 128),
         kernel: img.kernel.clone(),
         initrd: Some(img.initrd.clone()),
-        boot_args: KernelArgs::luminaguard_guest(64).unwrap(),
+        boot_args: KernelArgs::luminaguard_guest(64, 512).unwrap(),
         rootfs: img.rootfs.clone(),
         scratch: Some(img.scratch.clone()),
         entropy: true,
@@ -525,7 +525,7 @@ async fn launch_configures_starts_and_handshakes_with_the_agent() {
         reqs[3].body,
         serde_json::json!({
             "kernel_image_path": img.kernel,
-            "boot_args": "console=ttyS0 reboot=k panic=-1 quiet luminaguard.scratch_mb=64",
+            "boot_args": "console=ttyS0 reboot=k panic=-1 quiet luminaguard.scratch_mb=64 luminaguard.pids=512",
             "initrd_path": img.initrd,
         })
     );

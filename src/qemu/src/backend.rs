@@ -433,7 +433,7 @@ impl QemuBackend {
             memory_mib,
             kernel: self.image.kernel.clone(),
             initrd: self.image.initrd.clone(),
-            cmdline: KernelCmdline::guest(tsc.map(|(khz, _)| khz), scratch_mib)
+            cmdline: KernelCmdline::guest(tsc.map(|(khz, _)| khz), scratch_mib, spec.limits.pids)
                 .and_then(|c| match &tap {
                     // The guest's init configures its NIC from this (docs/network.md).
                     Some(_) => c.set(

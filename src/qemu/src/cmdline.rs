@@ -144,8 +144,9 @@ impl KernelCmdline {
     /// to the sandbox's console log), reboot by triple fault and an immediate reboot on panic
     /// (with QEMU's `-no-reboot`: the VMM exits when the guest dies), a trusted TSC whose
     /// frequency is given rather than calibrated (`tsc_khz`: under TCG, calibration hangs about
-    /// one boot in four), and the size of the guest's writable scratch layer.
-    pub fn guest(tsc_khz: Option<u64>, scratch_mib: u64) -> Result<Self, CmdlineError> {
+    /// one boot in four), the size of the guest's writable scratch layer, and the most
+    /// processes the guest's commands may have at once (VM init puts them in a pids cgroup).
+    pub fn guest(tsc_khz: Option<u64>, scratch_mib: u64, pids: u32) -> Result<Self, CmdlineError> {
         let mut c = Self::new()
             .set("console", "ttyS0")?
             .set("reboot", "t")?
@@ -155,7 +156,8 @@ impl KernelCmdline {
         if let Some(khz) = tsc_khz {
             c = c.set("tsc_early_khz", khz)?;
         }
-        c.set("luminaguard.scratch_mb", scratch_mib)
+        c.set("luminaguard.scratch_mb", scratch_mib)?
+            .set("luminaguard.pids", pids)
     }
 }
 
@@ -475,7 +477,7 @@ mod tests {
             memory_mib: 256,
             kernel: "/img/vmlinux".into(),
             initrd: "/img/initramfs.cpio".into(),
-            cmdline: KernelCmdline::guest(Some(2_596_000), 512).unwrap(),
+            cmdline: KernelCmdline::guest(Some(2_596_000), 512, 512).unwrap(),
             drives: vec![Drive {
                 id: "root".into(),
                 path: "/img/rootfs.img".into(),
@@ -552,7 +554,7 @@ mod tests {
             "/img/initramfs.cpio",
             "-append",
             "console=ttyS0 reboot=t panic=-1 tsc=reliable quiet tsc_early_khz=2596000 \
-             luminaguard.scratch_mb=512",
+             luminaguard.scratch_mb=512 luminaguard.pids=512",
             "-sandbox",
             "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         ];
@@ -630,10 +632,10 @@ mod tests {
 
     #[test]
     fn the_guest_kernel_cmdline_without_a_tsc_frequency() {
-        let c = KernelCmdline::guest(None, 64).unwrap();
+        let c = KernelCmdline::guest(None, 64, 100).unwrap();
         assert_eq!(
             c.render().unwrap(),
-            "console=ttyS0 reboot=t panic=-1 tsc=reliable quiet luminaguard.scratch_mb=64"
+            "console=ttyS0 reboot=t panic=-1 tsc=reliable quiet luminaguard.scratch_mb=64 luminaguard.pids=100"
         );
         assert_eq!(c.get("luminaguard.scratch_mb"), Some("64"));
         assert_eq!(c.get("tsc_early_khz"), None);
