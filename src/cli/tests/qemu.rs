@@ -506,7 +506,16 @@ fn a_corrupted_image_is_refused_before_anything_boots() {
     let out = Command::new(BIN)
         .arg("--runtime-dir")
         .arg(rt.path())
-        .args(["run", "--backend", "qemu", "--", "true"])
+        // The damaged image by name: the store may hold others (an earlier agent's).
+        .args([
+            "run",
+            "--backend",
+            "qemu",
+            "--image",
+            image.digest.as_str(),
+            "--",
+            "true",
+        ])
         .env("LUMINAGUARD_IMAGE_STORE", &store)
         .env("RUST_LOG", "warn")
         .output()
