@@ -129,11 +129,12 @@ fn main() {
     )
     .unwrap();
     // Sandboxes start `luminaguard sandbox-init`: this program is not it.
+    let config = Config::resolve(0, None, [layer]).unwrap();
     let host = luminaguard_service::HostSettings {
         exe: LG.into(),
-        ..luminaguard_service::HostSettings::from_env().unwrap()
+        ..luminaguard_service::HostSettings::from_config(&config).unwrap()
     };
-    let service = Service::with_host(Config::resolve(0, None, [layer]).unwrap(), host).unwrap();
+    let service = Service::with_host(config, host).unwrap();
     let caller = Caller::current();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -7,6 +7,7 @@ use clap::Args;
 use luminaguard_core::{BackendChoice, Config};
 use luminaguard_qemu::kvm::KvmProbe;
 use luminaguard_qemu::tsc::TscSource;
+use luminaguard_service::HostSettings;
 use serde::Serialize;
 
 #[derive(Debug, Args)]
@@ -118,13 +119,15 @@ struct ImageSummary {
     vmlinux: bool,
 }
 
-async fn program(name: &str) -> Program {
+async fn program(name: &str, explicit: Option<&Path>) -> Program {
     let path = {
-        let name = name.to_owned();
-        tokio::task::spawn_blocking(move || luminaguard_qemu::find_program(&name))
-            .await
-            .ok()
-            .flatten()
+        let (name, explicit) = (name.to_owned(), explicit.map(Path::to_owned));
+        tokio::task::spawn_blocking(move || {
+            luminaguard_qemu::find_program(&name, explicit.as_deref())
+        })
+        .await
+        .ok()
+        .flatten()
     };
     let Some(path) = path else {
         return Program {
@@ -149,14 +152,14 @@ async fn program(name: &str) -> Program {
     }
 }
 
-async fn network_report() -> NetworkReport {
+async fn network_report(host: &HostSettings) -> NetworkReport {
     use luminaguard_net::cmd::{self, Netns};
-    let uplink = luminaguard_service::host::uplink_from_env();
-    let mut nft = program("nft").await;
+    let uplink = host.uplink.clone();
+    let mut nft = program("nft", None).await;
     if nft.error.is_some() {
         nft.error = Some("nft not found on PATH (scripts/setup installs nftables)".into());
     }
-    let ip = tokio::task::spawn_blocking(|| luminaguard_qemu::find_program("ip"))
+    let ip = tokio::task::spawn_blocking(|| luminaguard_qemu::find_program("ip", None))
         .await
         .ok()
         .flatten();
@@ -165,12 +168,11 @@ async fn network_report() -> NetworkReport {
         .await
         .ok()
         .map(|out| String::from_utf8_lossy(&out).trim() == "1");
-    let dns_upstream = match luminaguard_service::host::dns_upstream_from_env() {
-        Ok(Some(u)) => Ok(u),
-        Ok(None) => luminaguard_net::resolver_service::upstream_for(&uplink)
+    let dns_upstream = match host.dns_upstream {
+        Some(u) => Ok(u),
+        None => luminaguard_net::resolver_service::upstream_for(&uplink)
             .await
             .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
     };
     let root = nix::unistd::geteuid().is_root();
     // The kernel's nf_tables, asked read-only (as root: listing needs CAP_NET_ADMIN).
@@ -274,18 +276,25 @@ fn process_report() -> ProcessReport {
     }
 }
 
-async fn qemu_report() -> QemuReport {
-    let qemu = program(luminaguard_qemu::host::QEMU_PROGRAM).await;
-    let vhost = program(luminaguard_qemu::host::VHOST_PROGRAM).await;
-    let (kvm, tsc, store, image) = tokio::task::spawn_blocking(|| {
+async fn qemu_report(host: &HostSettings) -> QemuReport {
+    let p = &host.programs;
+    let qemu = program(luminaguard_qemu::host::QEMU_PROGRAM, p.qemu.as_deref()).await;
+    let vhost = program(
+        luminaguard_qemu::host::VHOST_PROGRAM,
+        p.vhost_device_vsock.as_deref(),
+    )
+    .await;
+    let store = host.image_store.clone();
+    let (kvm, tsc, store, image) = tokio::task::spawn_blocking(move || {
         let kvm = luminaguard_qemu::kvm::probe();
         let tsc = luminaguard_qemu::tsc::host_tsc_khz();
-        let store = luminaguard_service::host::image_store_from_env();
         let image = match &store {
             Some(root) => {
                 luminaguard_service::host::find_image(root, None).map_err(|e| e.to_string())
             }
-            None => Err("no image store: set LUMINAGUARD_IMAGE_STORE or HOME".into()),
+            None => {
+                Err("no image store: set host.image_store (LUMINAGUARD_IMAGE_STORE) or HOME".into())
+            }
         };
         (kvm, tsc, store, image)
     })
@@ -371,12 +380,16 @@ fn auto_pick(process: &ProcessReport, qemu: &QemuReport, fc: &FirecrackerReport)
     }
 }
 
-async fn tool(env: &str, name: &str, near: Option<&Path>) -> Program {
-    let Some(path) = luminaguard_firecracker::tools::find_tool(env, name, near).await else {
+async fn tool(key: &str, explicit: Option<&Path>, name: &str, near: Option<&Path>) -> Program {
+    let Some(path) = luminaguard_firecracker::tools::find_tool(explicit, name, near).await else {
+        let hint = match explicit {
+            Some(p) => format!("not at {} (host.{key})", p.display()),
+            None => format!("set host.{key} or put it on PATH"),
+        };
         return Program {
             path: None,
             version: None,
-            error: Some(format!("{name} not found (set {env} or put it on PATH)")),
+            error: Some(format!("{name} not found ({hint})")),
         };
     };
     match luminaguard_qemu::host::version(&path).await {
@@ -394,12 +407,19 @@ async fn tool(env: &str, name: &str, near: Option<&Path>) -> Program {
 }
 
 /// Firecracker, its jailer and seccompiler-bin (the lookup of `luminaguard_firecracker`:
-/// `LUMINAGUARD_*` variables, next to the firecracker binary, PATH), and KVM.
-async fn firecracker_report(kvm: &KvmProbe) -> FirecrackerReport {
-    let firecracker = tool("LUMINAGUARD_FIRECRACKER", "firecracker", None).await;
+/// `[host]` paths, next to the firecracker binary, PATH), and KVM.
+async fn firecracker_report(kvm: &KvmProbe, host: &HostSettings) -> FirecrackerReport {
+    let p = &host.programs;
+    let firecracker = tool("firecracker", p.firecracker.as_deref(), "firecracker", None).await;
     let near = firecracker.path.as_deref();
-    let jailer = tool("LUMINAGUARD_JAILER", "jailer", near).await;
-    let seccompiler = tool("LUMINAGUARD_SECCOMPILER", "seccompiler-bin", near).await;
+    let jailer = tool("jailer", p.jailer.as_deref(), "jailer", near).await;
+    let seccompiler = tool(
+        "seccompiler",
+        p.seccompiler.as_deref(),
+        "seccompiler-bin",
+        near,
+    )
+    .await;
     let mut notes = Vec::new();
     if let Some(e) = &firecracker.error {
         notes.push(e.clone());
@@ -450,10 +470,11 @@ fn show_path(p: &Option<PathBuf>) -> String {
 }
 
 pub async fn run(args: DoctorArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    let host = HostSettings::from_config(config)?;
     let process = tokio::task::spawn_blocking(process_report).await?;
-    let qemu = qemu_report().await;
-    let firecracker = firecracker_report(&qemu.kvm).await;
-    let network = network_report().await;
+    let qemu = qemu_report(&host).await;
+    let firecracker = firecracker_report(&qemu.kvm, &host).await;
+    let network = network_report(&host).await;
     let auto = auto_pick(&process, &qemu, &firecracker);
     let default_backend = config.defaults.backend;
     // `auto` can run when the backend it picks can.

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use luminaguard_core::Config;
 use luminaguard_image::build::{BuildInputs, KernelSource};
 use luminaguard_image::hostroot;
 use luminaguard_image::store::{ArtifactKind, Image, Store};
@@ -42,8 +43,9 @@ pub enum ImageCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct StoreArg {
-    /// Image store directory.
-    #[arg(long, value_name = "DIR", env = "LUMINAGUARD_IMAGE_STORE")]
+    /// Image store directory (default: host.image_store in the configuration, set also by
+    /// LUMINAGUARD_IMAGE_STORE; else this user's, under XDG_DATA_HOME or ~/.local/share).
+    #[arg(long, value_name = "DIR")]
     store: Option<PathBuf>,
 }
 
@@ -102,8 +104,8 @@ pub struct BuildArgs {
     json: bool,
 }
 
-fn open_store(arg: &StoreArg) -> anyhow::Result<Store> {
-    let root = match &arg.store {
+fn open_store(arg: &StoreArg, config: &Config) -> anyhow::Result<Store> {
+    let root = match arg.store.as_ref().or(config.host.image_store.as_ref()) {
         Some(dir) => dir.clone(),
         None => {
             let env_path = |k: &str| std::env::var_os(k).map(PathBuf::from);
@@ -338,8 +340,8 @@ impl DebootstrapProgress {
     }
 }
 
-fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
-    let store = open_store(&args.store)?;
+fn build(args: BuildArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    let store = open_store(&args.store, config)?;
     let kernel = match (&args.kernel_dir, &args.kernel, &args.modules) {
         (_, Some(bzimage), Some(modules)) => KernelSource {
             bzimage: bzimage.clone(),
@@ -473,15 +475,15 @@ fn rm(store: &Store, digests: &[String], json: bool) -> anyhow::Result<ExitCode>
 }
 
 /// Runs an `image` subcommand.
-pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: ImageCommand, config: &Config) -> anyhow::Result<ExitCode> {
     match cmd {
-        ImageCommand::Build(args) => build(args),
-        ImageCommand::Ls { store, json } => ls(&open_store(&store)?, json),
+        ImageCommand::Build(args) => build(args, config),
+        ImageCommand::Ls { store, json } => ls(&open_store(&store, config)?, json),
         ImageCommand::Rm {
             store,
             digests,
             json,
-        } => rm(&open_store(&store)?, &digests, json),
+        } => rm(&open_store(&store, config)?, &digests, json),
     }
 }
 

@@ -205,7 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Image(cmd) => image::run(cmd),
+        Command::Image(cmd) => image::run(cmd, &config),
         Command::Daemon(args) => daemon::run(args, config),
         Command::Debug(args) => with_runtime(debug::run(args, &config)),
         Command::Doctor(args) => with_runtime(doctor::run(args, &config)),

@@ -54,7 +54,7 @@ fn image() -> Option<&'static Image> {
                 return None;
             };
             for program in ["qemu-system-x86_64", "vhost-device-vsock"] {
-                if luminaguard_qemu::find_program(program).is_none() {
+                if luminaguard_qemu::find_program(program, None).is_none() {
                     assert!(
                         std::env::var_os("CI").is_none(),
                         "{program} not found: CI must run scripts/setup-vm"
@@ -352,7 +352,7 @@ fn a_killed_qemu_is_detected_promptly_and_cleaned_up() {
         std::fs::read_to_string(format!("/proc/{qemu}/cmdline"))
             .unwrap()
             .starts_with(
-                luminaguard_qemu::find_program("qemu-system-x86_64")
+                luminaguard_qemu::find_program("qemu-system-x86_64", None)
                     .unwrap()
                     .to_str()
                     .unwrap()

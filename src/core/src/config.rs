@@ -73,6 +73,95 @@ pub struct ConfigLayer {
     /// replaces an earlier one's whole.
     #[serde(default)]
     pub pools: BTreeMap<String, PoolConfig>,
+    #[serde(default)]
+    pub host: HostLayer,
+}
+
+/// Where this host's programs and LuminaGuard's images are, and how sandboxes' traffic leaves
+/// it. Every field also has an environment variable (below); unset, LuminaGuard looks for
+/// itself (programs on `PATH`, the image store under the user's data directory).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostLayer {
+    /// `LUMINAGUARD_IMAGE_STORE`.
+    pub image_store: Option<PathBuf>,
+    /// A network namespace sandboxes' egress leaves through (`LUMINAGUARD_UPLINK_NETNS`).
+    pub uplink_netns: Option<String>,
+    /// The resolver sandboxes' resolvers ask: `IP` or `IP:PORT` (`LUMINAGUARD_DNS_UPSTREAM`;
+    /// default: the uplink's `resolv.conf`).
+    pub dns_upstream: Option<String>,
+    /// `qemu-system-x86_64` (`LUMINAGUARD_QEMU`).
+    pub qemu: Option<PathBuf>,
+    /// `vhost-device-vsock` (`LUMINAGUARD_VHOST_DEVICE_VSOCK`).
+    pub vhost_device_vsock: Option<PathBuf>,
+    /// `firecracker` (`LUMINAGUARD_FIRECRACKER`).
+    pub firecracker: Option<PathBuf>,
+    /// Firecracker's `jailer` (`LUMINAGUARD_JAILER`; default: next to `firecracker`).
+    pub jailer: Option<PathBuf>,
+    /// Firecracker's `seccompiler-bin` (`LUMINAGUARD_SECCOMPILER`; default: next to
+    /// `firecracker`).
+    pub seccompiler: Option<PathBuf>,
+}
+
+/// [`HostLayer`], merged and checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HostConfig {
+    pub image_store: Option<PathBuf>,
+    pub uplink_netns: Option<String>,
+    pub dns_upstream: Option<std::net::SocketAddr>,
+    pub qemu: Option<PathBuf>,
+    pub vhost_device_vsock: Option<PathBuf>,
+    pub firecracker: Option<PathBuf>,
+    pub jailer: Option<PathBuf>,
+    pub seccompiler: Option<PathBuf>,
+}
+
+/// `IP` (port 53) or `IP:PORT`.
+pub fn parse_dns_upstream(value: &str) -> Option<std::net::SocketAddr> {
+    value.parse().ok().or_else(|| {
+        value
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| std::net::SocketAddr::new(ip, 53))
+    })
+}
+
+impl HostLayer {
+    fn merge(self, over: Self) -> Self {
+        Self {
+            image_store: over.image_store.or(self.image_store),
+            uplink_netns: over.uplink_netns.or(self.uplink_netns),
+            dns_upstream: over.dns_upstream.or(self.dns_upstream),
+            qemu: over.qemu.or(self.qemu),
+            vhost_device_vsock: over.vhost_device_vsock.or(self.vhost_device_vsock),
+            firecracker: over.firecracker.or(self.firecracker),
+            jailer: over.jailer.or(self.jailer),
+            seccompiler: over.seccompiler.or(self.seccompiler),
+        }
+    }
+
+    fn resolve(self) -> Result<HostConfig, ConfigError> {
+        let dns_upstream = match self.dns_upstream.filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => Some(parse_dns_upstream(&v).ok_or(ConfigError::Value {
+                key: "host.dns_upstream",
+                value: v,
+                reason: "not an IP address or IP:PORT",
+            })?),
+        };
+        // An empty value (`LUMINAGUARD_QEMU=`) is unset, not a path.
+        let set = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+        Ok(HostConfig {
+            image_store: set(self.image_store),
+            uplink_netns: self.uplink_netns.filter(|n| !n.is_empty()),
+            dns_upstream,
+            qemu: set(self.qemu),
+            vhost_device_vsock: set(self.vhost_device_vsock),
+            firecracker: set(self.firecracker),
+            jailer: set(self.jailer),
+            seccompiler: set(self.seccompiler),
+        })
+    }
 }
 
 /// One warm pool: `size` sandboxes made ahead with these settings, each handed out once.
@@ -228,6 +317,16 @@ impl ConfigLayer {
                 }
                 "LUMINAGUARD_DAEMON_SOCKET" => layer.daemon.socket = Some(PathBuf::from(v)),
                 "LUMINAGUARD_DAEMON_GROUP" => layer.daemon.group = Some(v),
+                "LUMINAGUARD_IMAGE_STORE" => layer.host.image_store = Some(PathBuf::from(v)),
+                "LUMINAGUARD_UPLINK_NETNS" => layer.host.uplink_netns = Some(v),
+                "LUMINAGUARD_DNS_UPSTREAM" => layer.host.dns_upstream = Some(v),
+                "LUMINAGUARD_QEMU" => layer.host.qemu = Some(PathBuf::from(v)),
+                "LUMINAGUARD_VHOST_DEVICE_VSOCK" => {
+                    layer.host.vhost_device_vsock = Some(PathBuf::from(v))
+                }
+                "LUMINAGUARD_FIRECRACKER" => layer.host.firecracker = Some(PathBuf::from(v)),
+                "LUMINAGUARD_JAILER" => layer.host.jailer = Some(PathBuf::from(v)),
+                "LUMINAGUARD_SECCOMPILER" => layer.host.seccompiler = Some(PathBuf::from(v)),
                 _ => {}
             }
         }
@@ -258,6 +357,7 @@ impl ConfigLayer {
                 pools.extend(over.pools);
                 pools
             },
+            host: self.host.merge(over.host),
         }
     }
 }
@@ -311,6 +411,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// Warm pools, by name (validated: names are ids, sizes 1–64).
     pub pools: BTreeMap<String, PoolConfig>,
+    /// Where the host's programs and images are.
+    pub host: HostConfig,
 }
 
 /// How `luminaguard daemon` serves its API.
@@ -435,7 +537,9 @@ impl Config {
                 });
             }
         }
+        let host = merged.host.resolve()?;
         Ok(Self {
+            host,
             pools: merged.pools,
             runtime_dir,
             // Quiet by default: stderr belongs to the commands run in sandboxes.
@@ -480,6 +584,54 @@ mod tests {
 
     fn layer(text: &str) -> ConfigLayer {
         ConfigLayer::from_toml(text, Path::new("test.toml")).unwrap()
+    }
+
+    #[test]
+    fn host_paths_come_from_the_file_or_the_environment_and_are_checked() {
+        let file = layer(
+            "[host]\nqemu = \"/opt/qemu\"\nfirecracker = \"/opt/fc\"\nuplink_netns = \"vpn\"",
+        );
+        let env = ConfigLayer::from_env([
+            ("LUMINAGUARD_FIRECRACKER", "/env/fc"),
+            ("LUMINAGUARD_DNS_UPSTREAM", "10.0.0.2"),
+            ("LUMINAGUARD_JAILER", ""),
+            ("LUMINAGUARD_IMAGE_STORE", "/srv/images"),
+        ])
+        .unwrap();
+        let c = Config::resolve(0, None, [file, env]).unwrap();
+        assert_eq!(c.host.qemu.as_deref(), Some(Path::new("/opt/qemu")));
+        assert_eq!(c.host.firecracker.as_deref(), Some(Path::new("/env/fc")));
+        assert_eq!(c.host.jailer, None, "an empty variable is unset");
+        assert_eq!(c.host.uplink_netns.as_deref(), Some("vpn"));
+        assert_eq!(c.host.dns_upstream, Some("10.0.0.2:53".parse().unwrap()));
+        assert_eq!(
+            c.host.image_store.as_deref(),
+            Some(Path::new("/srv/images"))
+        );
+        let bad = ConfigLayer::from_env([("LUMINAGUARD_DNS_UPSTREAM", "dns.example")]).unwrap();
+        let e = Config::resolve(0, None, [bad]).unwrap_err().to_string();
+        assert!(e.contains("host.dns_upstream"), "{e}");
+        assert!(ConfigLayer::from_toml("[host]\nqemmu = \"/x\"", Path::new("t.toml")).is_err());
+    }
+
+    #[test]
+    fn pools_are_named_by_ids_and_sized_within_bounds() {
+        let ok = layer("[pools.fast]\nsize = 4\nmemory = \"256M\"\nmax_age = \"1m\"");
+        let c = Config::resolve(0, None, [ok]).unwrap();
+        assert_eq!(c.pools["fast"].size, 4);
+        assert_eq!(c.pools["fast"].max_age(), Duration::from_secs(60));
+        for bad in [
+            "[pools.fast]\nsize = 0",
+            "[pools.fast]\nsize = 65",
+            "[pools.\"a b\"]\nsize = 1",
+            "[pools.fast]\nsize = 1\nmax_age = \"10ms\"",
+        ] {
+            assert!(Config::resolve(0, None, [layer(bad)]).is_err(), "{bad}");
+        }
+        assert!(
+            ConfigLayer::from_toml("[pools.fast]\nsize = 1\nmemroy = \"1G\"", Path::new("t"))
+                .is_err()
+        );
     }
 
     #[test]

@@ -22,8 +22,6 @@ use sha2::Digest as _;
 
 /// The custom policy for x86_64, in seccompiler's input format.
 pub const POLICY_X86_64: &str = include_str!("../seccomp/x86_64.json");
-/// The environment variable naming `seccompiler-bin`.
-pub const SECCOMPILER_ENV: &str = "LUMINAGUARD_SECCOMPILER";
 /// The program's file name.
 pub const SECCOMPILER: &str = "seccompiler-bin";
 /// The threads Firecracker filters separately.
@@ -112,10 +110,13 @@ impl std::fmt::Display for FilterInForce {
     }
 }
 
-/// `seccompiler-bin`: `LUMINAGUARD_SECCOMPILER`, else next to `firecracker`, else on `PATH`.
-/// Only files that exist are returned.
-pub async fn find_seccompiler(firecracker: Option<&Path>) -> Option<PathBuf> {
-    crate::tools::find_tool(SECCOMPILER_ENV, SECCOMPILER, firecracker).await
+/// `seccompiler-bin`: `explicit` (`host.seccompiler`), else next to `firecracker`, else on
+/// `PATH`. Only files that exist are returned.
+pub async fn find_seccompiler(
+    explicit: Option<&Path>,
+    firecracker: Option<&Path>,
+) -> Option<PathBuf> {
+    crate::tools::find_tool(explicit, SECCOMPILER, firecracker).await
 }
 
 /// The cached BPF file's name for `policy` compiled by `compiler`.

@@ -2,23 +2,23 @@
 
 use std::path::{Path, PathBuf};
 
-/// Names the `firecracker` binary.
-pub const FIRECRACKER_ENV: &str = "LUMINAGUARD_FIRECRACKER";
-/// Names the `jailer` binary.
-pub const JAILER_ENV: &str = "LUMINAGUARD_JAILER";
 pub const FIRECRACKER: &str = "firecracker";
 pub const JAILER: &str = "jailer";
 
-/// `env` if set (and then only that: a wrong explicit path is not silently replaced), else
-/// `name` next to `near` (the firecracker binary: a release ships its tools together), else on
-/// `PATH` — the first that is a file.
-pub async fn find_tool(env: &str, name: &str, near: Option<&Path>) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(env) {
-        let p = PathBuf::from(p);
-        return tokio::fs::metadata(&p)
+/// `explicit` if given (configured: `host.firecracker`, `host.jailer`, `host.seccompiler`;
+/// and then only that: a wrong explicit path is not silently replaced), else `name` next to
+/// `near` (the firecracker binary: a release ships its tools together), else on `PATH` — the
+/// first that is a file.
+pub async fn find_tool(
+    explicit: Option<&Path>,
+    name: &str,
+    near: Option<&Path>,
+) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return tokio::fs::metadata(p)
             .await
             .is_ok_and(|m| m.is_file())
-            .then_some(p);
+            .then(|| p.to_owned());
     }
     let mut candidates: Vec<PathBuf> = near
         .and_then(Path::parent)

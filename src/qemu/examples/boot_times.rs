@@ -74,9 +74,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .ok_or("the image has no bzImage")?;
     }
     let backend = QemuBackend::new(
-        luminaguard_qemu::find_program("qemu-system-x86_64")
+        luminaguard_qemu::find_program("qemu-system-x86_64", None)
             .ok_or("qemu-system-x86_64 not found")?,
-        luminaguard_qemu::find_program("vhost-device-vsock")
+        luminaguard_qemu::find_program("vhost-device-vsock", None)
             .ok_or("vhost-device-vsock not found")?,
         guest,
         accel,

@@ -5,9 +5,6 @@ use std::time::SystemTime;
 
 use luminaguard_image::store::{Image, Store, StoreError};
 
-/// Environment variables naming the programs explicitly.
-pub const QEMU_ENV: &str = "LUMINAGUARD_QEMU";
-pub const VHOST_ENV: &str = "LUMINAGUARD_VHOST_DEVICE_VSOCK";
 /// The QEMU binary the backend runs.
 pub const QEMU_PROGRAM: &str = "qemu-system-x86_64";
 /// The vhost-user vsock device.
@@ -19,18 +16,13 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Finds `name`: the path in its environment variable ([`QEMU_ENV`], [`VHOST_ENV`]) if set,
-/// else on `PATH`, else in `$CARGO_HOME/bin` or `~/.cargo/bin` (where `scripts/setup-vm` installs
+/// Finds `name`: `explicit` if given (and then only that: a wrong explicit path is not
+/// silently replaced; configured as `host.qemu` / `host.vhost_device_vsock`), else on `PATH`,
+/// else in `$CARGO_HOME/bin` or `~/.cargo/bin` (where `scripts/setup-vm` installs
 /// vhost-device-vsock). Blocking (a few `stat`s).
-pub fn find_program(name: &str) -> Option<PathBuf> {
-    let env = match name {
-        QEMU_PROGRAM => Some(QEMU_ENV),
-        VHOST_PROGRAM => Some(VHOST_ENV),
-        _ => None,
-    };
-    if let Some(p) = env.and_then(std::env::var_os) {
-        let p = PathBuf::from(p);
-        return is_executable(&p).then_some(p);
+pub fn find_program(name: &str, explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return is_executable(p).then(|| p.to_owned());
     }
     let path_dirs = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())

@@ -31,7 +31,7 @@ fn programs() -> Option<Programs> {
         return None;
     }
     let find = |name: &str| {
-        let found = luminaguard_qemu::find_program(name);
+        let found = luminaguard_qemu::find_program(name, None);
         if found.is_none() {
             assert!(
                 std::env::var_os("CI").is_none(),

@@ -123,12 +123,15 @@ pub async fn host_facts(
     }
     let (reference, host2) = (image.map(str::to_owned), host.clone());
     let (image, qemu) = tokio::task::spawn_blocking(move || {
-        let qemu = [
-            luminaguard_qemu::host::QEMU_PROGRAM,
-            luminaguard_qemu::host::VHOST_PROGRAM,
-        ]
-        .iter()
-        .all(|p| luminaguard_qemu::find_program(p).is_some());
+        let p = &host2.programs;
+        let qemu =
+            luminaguard_qemu::find_program(luminaguard_qemu::host::QEMU_PROGRAM, p.qemu.as_deref())
+                .is_some()
+                && luminaguard_qemu::find_program(
+                    luminaguard_qemu::host::VHOST_PROGRAM,
+                    p.vhost_device_vsock.as_deref(),
+                )
+                .is_some();
         host2.find_image(reference.as_deref()).map(|i| (i, qemu))
     })
     .await??;
@@ -138,9 +141,13 @@ pub async fn host_facts(
         i.artifact_path(luminaguard_image::store::ArtifactKind::Vmlinux)
             .is_some()
     });
-    facts.firecracker = tools::find_tool(tools::FIRECRACKER_ENV, tools::FIRECRACKER, None)
-        .await
-        .is_some();
+    facts.firecracker = tools::find_tool(
+        host.programs.firecracker.as_deref(),
+        tools::FIRECRACKER,
+        None,
+    )
+    .await
+    .is_some();
     Ok(facts)
 }
 
@@ -172,13 +179,15 @@ async fn firecracker_backend(
     client: ClientOptions,
 ) -> Result<FirecrackerBackend, ServiceError> {
     use luminaguard_firecracker::tools;
-    let firecracker = tools::find_tool(tools::FIRECRACKER_ENV, tools::FIRECRACKER, None)
+    let programs = &host.programs;
+    let firecracker = tools::find_tool(programs.firecracker.as_deref(), tools::FIRECRACKER, None)
         .await
         .ok_or_else(|| {
-            ServiceError::HostUnsupported(format!(
-                "firecracker not found: set {} or put it on PATH (see docs/firecracker-backend.md)",
-                tools::FIRECRACKER_ENV
-            ))
+            ServiceError::HostUnsupported(
+                "firecracker not found: set host.firecracker (LUMINAGUARD_FIRECRACKER) or put it \
+                 on PATH (see docs/firecracker-backend.md)"
+                    .into(),
+            )
         })?;
     let kvm = tokio::task::spawn_blocking(luminaguard_qemu::kvm::probe).await?;
     if !kvm.is_usable() {
@@ -196,19 +205,22 @@ async fn firecracker_backend(
     // As root, every VMM runs under the jailer (chroot, its own uid, PID namespace, cgroups)
     // when the release's jailer is there; a run without one says so.
     if nix::unistd::geteuid().is_root() {
-        match tools::find_tool(tools::JAILER_ENV, tools::JAILER, Some(&firecracker)).await {
+        let jailer = programs.jailer.as_deref();
+        match tools::find_tool(jailer, tools::JAILER, Some(&firecracker)).await {
             Some(jailer) => backend = backend.with_jailer(Some(jailer)),
             None => tracing::warn!(
-                "no jailer found ({} or next to firecracker): VMMs run unjailed, as an \
-                 unprivileged uid of their own",
-                tools::JAILER_ENV
+                "no jailer found (host.jailer, LUMINAGUARD_JAILER, or next to firecracker): \
+                 VMMs run unjailed, as an unprivileged uid of their own"
             ),
         }
     }
     // LuminaGuard's own filter when the release's seccompiler-bin is there (a compile failure
     // stops the run); Firecracker's built-in filters otherwise — seccomp is never off.
-    if let Some(seccompiler) =
-        luminaguard_firecracker::seccomp::find_seccompiler(Some(&firecracker)).await
+    if let Some(seccompiler) = luminaguard_firecracker::seccomp::find_seccompiler(
+        programs.seccompiler.as_deref(),
+        Some(&firecracker),
+    )
+    .await
     {
         let cache = host.image_store()?.with_file_name(SECCOMP_CACHE);
         backend = backend
@@ -228,15 +240,20 @@ async fn qemu_backend(
 ) -> Result<QemuBackend, ServiceError> {
     let (reference, host2) = (image.map(str::to_owned), host.clone());
     let (qemu, vhost, image, kvm) = tokio::task::spawn_blocking(move || {
-        let find = |name: &str| {
-            luminaguard_qemu::find_program(name).ok_or_else(|| {
+        let find = |name: &str, explicit: Option<&std::path::Path>| {
+            luminaguard_qemu::find_program(name, explicit).ok_or_else(|| {
                 ServiceError::HostUnsupported(format!(
-                    "{name} not found (on PATH or in ~/.cargo/bin; scripts/setup-vm installs it)"
+                    "{name} not found (at the configured path, on PATH or in ~/.cargo/bin; \
+                     scripts/setup-vm installs it)"
                 ))
             })
         };
-        let qemu = find(luminaguard_qemu::host::QEMU_PROGRAM)?;
-        let vhost = find(luminaguard_qemu::host::VHOST_PROGRAM)?;
+        let p = &host2.programs;
+        let qemu = find(luminaguard_qemu::host::QEMU_PROGRAM, p.qemu.as_deref())?;
+        let vhost = find(
+            luminaguard_qemu::host::VHOST_PROGRAM,
+            p.vhost_device_vsock.as_deref(),
+        )?;
         let image = host2
             .find_image(reference.as_deref())?
             .ok_or_else(no_image)?;

@@ -6,7 +6,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use luminaguard_core::config::ConfigPaths;
+use luminaguard_core::Config;
+use luminaguard_core::config::{ConfigPaths, HostConfig};
 use luminaguard_core::{RuntimeDir, WorkspacePolicy};
 
 use crate::ServiceError;
@@ -28,13 +29,15 @@ pub struct HostSettings {
     pub exe: PathBuf,
     /// The user's configuration directory, which no workspace may expose.
     pub config_dir: Option<PathBuf>,
+    /// Where the VMMs' programs are, when configured (`[host]`); else they are looked for.
+    pub programs: HostConfig,
 }
 
 impl HostSettings {
-    /// From the environment: `LUMINAGUARD_UPLINK_NETNS`, `LUMINAGUARD_DNS_UPSTREAM` (`IP` or
-    /// `IP:port`), `LUMINAGUARD_IMAGE_STORE` (else the default for this user, under
-    /// `XDG_DATA_HOME` or `HOME`), `XDG_CONFIG_HOME`/`HOME` for the configuration directory.
-    pub fn from_env() -> Result<Self, ServiceError> {
+    /// From the configuration's `[host]` section (which the `LUMINAGUARD_*` variables set),
+    /// with the image store defaulting to this user's (under `XDG_DATA_HOME` or `HOME`), and
+    /// `XDG_CONFIG_HOME`/`HOME` for the configuration directory.
+    pub fn from_config(config: &Config) -> Result<Self, ServiceError> {
         let env_path = |k: &str| std::env::var_os(k).map(PathBuf::from);
         let config_dir = ConfigPaths::standard(
             env_path("XDG_CONFIG_HOME").as_deref(),
@@ -47,12 +50,23 @@ impl HostSettings {
         let exe = std::env::current_exe().map_err(|e| {
             ServiceError::internal("finding our own binary (the sandbox init and resolver)", e)
         })?;
+        let host = &config.host;
         Ok(Self {
-            uplink: uplink_from_env(),
-            dns_upstream: dns_upstream_from_env()?,
-            image_store: image_store_from_env(),
+            uplink: luminaguard_net::Uplink {
+                netns: host.uplink_netns.clone(),
+                pool: None,
+            },
+            dns_upstream: host.dns_upstream,
+            image_store: host.image_store.clone().or_else(|| {
+                luminaguard_image::store::default_root(
+                    nix::unistd::getuid().as_raw(),
+                    env_path("XDG_DATA_HOME").as_deref(),
+                    env_path("HOME").as_deref(),
+                )
+            }),
             exe,
             config_dir,
+            programs: host.clone(),
         })
     }
 
@@ -95,46 +109,6 @@ impl HostSettings {
     }
 }
 
-fn env_var(k: &str) -> Option<String> {
-    std::env::var(k).ok().filter(|s| !s.is_empty())
-}
-
-/// Where sandboxes' egress traffic leaves: the host's network namespace, or the named one in
-/// `LUMINAGUARD_UPLINK_NETNS`.
-pub fn uplink_from_env() -> luminaguard_net::Uplink {
-    luminaguard_net::Uplink {
-        netns: env_var("LUMINAGUARD_UPLINK_NETNS"),
-        pool: None,
-    }
-}
-
-/// The upstream resolver sandboxes' resolvers ask: `LUMINAGUARD_DNS_UPSTREAM` (`IP` or
-/// `IP:port`), else `None` — the uplink's `resolv.conf` decides.
-pub fn dns_upstream_from_env() -> Result<Option<SocketAddr>, ServiceError> {
-    match env_var("LUMINAGUARD_DNS_UPSTREAM") {
-        None => Ok(None),
-        Some(value) => parse_upstream(&value).map(Some).ok_or_else(|| {
-            ServiceError::InvalidSpec(format!(
-                "LUMINAGUARD_DNS_UPSTREAM={value:?} is not an IP address or IP:port"
-            ))
-        }),
-    }
-}
-
-/// The image store: `LUMINAGUARD_IMAGE_STORE`, else the default for this user (none without a
-/// `HOME`).
-pub fn image_store_from_env() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("LUMINAGUARD_IMAGE_STORE") {
-        return Some(PathBuf::from(dir));
-    }
-    let env_path = |k: &str| std::env::var_os(k).map(PathBuf::from);
-    luminaguard_image::store::default_root(
-        nix::unistd::getuid().as_raw(),
-        env_path("XDG_DATA_HOME").as_deref(),
-        env_path("HOME").as_deref(),
-    )
-}
-
 /// The image in the store at `root` that `reference` names, or the newest one, verified against
 /// its manifest (nothing boots from an image whose files no longer match it); `None` when the
 /// store has none. Blocking.
@@ -165,30 +139,4 @@ pub fn find_image(
             .verify_for_boot(image.digest.as_str())
             .map_err(image_err)?,
     ))
-}
-
-/// `IP:port`, or an `IP` with the resolver's port.
-fn parse_upstream(value: &str) -> Option<SocketAddr> {
-    value.parse::<SocketAddr>().ok().or_else(|| {
-        value
-            .parse::<std::net::IpAddr>()
-            .ok()
-            .map(|ip| SocketAddr::new(ip, luminaguard_net::resolver_service::PORT))
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn an_upstream_is_an_address_with_or_without_a_port() {
-        assert_eq!(
-            super::parse_upstream("10.0.0.2:5353"),
-            Some("10.0.0.2:5353".parse().unwrap_or_else(|_| unreachable!()))
-        );
-        assert_eq!(
-            super::parse_upstream("10.0.0.2").map(|a| a.port()),
-            Some(luminaguard_net::resolver_service::PORT)
-        );
-        assert_eq!(super::parse_upstream("dns.example"), None);
-    }
 }

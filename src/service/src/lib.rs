@@ -143,9 +143,10 @@ impl Pending {
 }
 
 impl Service {
-    /// A service for `config` on this host (see [`HostSettings::from_env`]).
+    /// A service for `config` on this host (see [`HostSettings::from_config`]).
     pub fn new(config: Config) -> Result<Self, ServiceError> {
-        Self::with_host(config, HostSettings::from_env()?)
+        let host = HostSettings::from_config(&config)?;
+        Self::with_host(config, host)
     }
 
     /// A service for `config` with the host's settings given.

@@ -63,7 +63,10 @@ async fn the_policy_is_compiled_once_cached_and_passed_to_firecracker() {
     // Found next to the firecracker binary.
     let fc = tools.path().join("firecracker");
     std::fs::write(&fc, b"").unwrap();
-    assert_eq!(seccomp::find_seccompiler(Some(&fc)).await, Some(compiler));
+    assert_eq!(
+        seccomp::find_seccompiler(None, Some(&fc)).await,
+        Some(compiler)
+    );
 
     let img = images();
     let mut cfg = config(&img, &Plan::default());

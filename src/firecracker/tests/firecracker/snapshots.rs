@@ -281,7 +281,7 @@ async fn real_jailed_firecracker_with_custom_seccomp_snapshots_and_restores() {
     assert!(super::is_root(), "{test}: the jailer needs root");
     let fc = std::path::PathBuf::from(fc);
     let guest = luminaguard_firecracker::GuestImage::from_store(&image).unwrap();
-    let compiler = seccomp::find_seccompiler(Some(&fc))
+    let compiler = seccomp::find_seccompiler(None, Some(&fc))
         .await
         .expect("seccompiler-bin (LUMINAGUARD_SECCOMPILER, next to firecracker, or on PATH)");
     let cache = tempfile::tempdir().unwrap();
