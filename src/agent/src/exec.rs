@@ -199,7 +199,7 @@ fn validate(req: &ExecRequest) -> Result<(), ErrorReply> {
 /// command, not the agent, is what the kernel kills.
 #[derive(Debug)]
 pub struct Confinement {
-    /// The Landlock ruleset (`luminaguard_process_sandbox::landlock::restrict_with`).
+    /// The Landlock ruleset (`luminaguard_sandbox_init::landlock::restrict_with`).
     pub landlock: Option<OwnedFd>,
     /// `cgroup.procs` of the cgroup every command starts in (a microVM guest's pids limit,
     /// set up by VM init), open for writing.
@@ -233,7 +233,7 @@ fn confine_self(landlock: Option<i32>) -> std::io::Result<()> {
         }
     }
     match landlock {
-        Some(fd) => luminaguard_process_sandbox::landlock::restrict_with(fd),
+        Some(fd) => luminaguard_sandbox_init::landlock::restrict_with(fd),
         None => Ok(()),
     }
 }

@@ -206,15 +206,14 @@ async fn notify_ready(port: u32) {
 /// then serves the host on fd 3, confining each command it starts with Landlock. Any failure
 /// exits non-zero before anything is served.
 pub fn sandbox_init_main(config_json: &str) -> std::process::ExitCode {
-    let cfg: luminaguard_process_sandbox::init::InitConfig = match serde_json::from_str(config_json)
-    {
+    let cfg: luminaguard_sandbox_init::init::InitConfig = match serde_json::from_str(config_json) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("luminaguard-agent: sandbox-init: invalid config: {e}");
             return std::process::ExitCode::from(2);
         }
     };
-    let entered = match luminaguard_process_sandbox::init::enter(&cfg) {
+    let entered = match luminaguard_sandbox_init::init::enter(&cfg) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("luminaguard-agent: {e}");
@@ -238,9 +237,7 @@ pub fn sandbox_init_main(config_json: &str) -> std::process::ExitCode {
     }
     main_inner(
         AgentArgs {
-            listen: vec![ListenAddr::Fd(
-                luminaguard_process_sandbox::launch::AGENT_FD,
-            )],
+            listen: vec![ListenAddr::Fd(luminaguard_sandbox_init::fds::AGENT_FD)],
             on_exit: OnExit::Exit,
             threads: 2,
             no_init_mounts: true,

@@ -752,18 +752,20 @@ fn start(
         };
         // SAFETY: the whole block makes async-signal-safe system calls on memory allocated before the fork.
         unsafe {
-            for fd in cgroup_procs {
-                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
-                    fail(0);
-                }
+            let procs: &[i32] = cgroup_procs;
+            if luminaguard_core::child::join_cgroups(procs).is_err() {
+                fail(0);
             }
             if libc::setsid() < 0 {
                 fail(1);
             }
             if let (Some(groups), Some((uid, gid))) = (&groups, ids)
-                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || libc::setresgid(gid, gid, gid) != 0
-                    || libc::setresuid(uid, uid, uid) != 0)
+                && luminaguard_core::child::become_user(luminaguard_core::child::Credentials {
+                    uid,
+                    gid,
+                    groups,
+                })
+                .is_err()
             {
                 fail(2);
             }

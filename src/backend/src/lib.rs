@@ -31,7 +31,7 @@ pub use state::{ProcessRef, SandboxMeta, SandboxState, StateError};
 pub use vmm_identity::{VMM_ID_BASE, VMM_ID_RANGE, VmmIdentity};
 
 /// What a creator writes on its link to a sandbox to hand it over (see [`Sandbox::hand_over`]).
-pub const HANDED_OVER: u8 = b'H';
+pub use luminaguard_core::runtime::HANDED_OVER;
 
 /// Why a sandbox operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -40,3 +40,80 @@ pub fn detach_from_caller(keep: &[RawFd]) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Between fork and exec (async-signal-safe: `write`): moves the calling process into each
+/// cgroup whose `cgroup.procs` is open for writing in `procs` ("0" names the writer).
+pub fn join_cgroups(procs: &[RawFd]) -> std::io::Result<()> {
+    for &fd in procs {
+        // SAFETY: write of one byte from a constant buffer to a descriptor the caller owns.
+        if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Who a helper runs as: a uid, a gid, exactly these supplementary groups.
+#[derive(Debug, Clone, Copy)]
+pub struct Credentials<'a> {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: &'a [u32],
+}
+
+/// Between fork and exec (async-signal-safe: `setgroups`, `setresgid`, `setresuid`): drops to
+/// `who` for good — supplementary groups first, then the gid, then the uid (after the uid no
+/// group could be changed any more; real, effective and saved ids alike, so nothing is left to
+/// regain). The kernel clears `PDEATHSIG` on a credential change: set it after this.
+pub fn become_user(who: Credentials<'_>) -> std::io::Result<()> {
+    // SAFETY: setgroups reads `groups.len()` ids from a live slice; the others take integers.
+    let failed = unsafe {
+        libc::setgroups(who.groups.len(), who.groups.as_ptr()) != 0
+            || libc::setresgid(who.gid, who.gid, who.gid) != 0
+            || libc::setresuid(who.uid, who.uid, who.uid) != 0
+    };
+    if failed {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// How a VMM (or another helper that must not outlive or outrank its sandbox) is set up
+/// between fork and exec by [`enter_helper`].
+#[derive(Debug, Clone, Copy)]
+pub struct HelperSetup<'a> {
+    /// A network namespace to enter first, while still privileged.
+    pub netns: Option<RawFd>,
+    /// `cgroup.procs` of the cgroups to join (also while privileged).
+    pub cgroup_procs: &'a [RawFd],
+    /// Descriptors above stderr the helper keeps (see [`detach_from_caller`]).
+    pub keep: &'a [RawFd],
+    /// Drop to these credentials; `None`: stay who the caller is.
+    pub user: Option<Credentials<'a>>,
+    /// SIGKILL when the creating thread dies (`false` for a helper that outlives its creator).
+    pub die_with_parent: bool,
+}
+
+/// The one copy of a microVM helper's start: network namespace, cgroups, a session of its own
+/// with no stray descriptors, the unprivileged identity, death with its creator — in that
+/// order. Async-signal-safe: call it only between fork and exec (`Command::pre_exec`).
+pub fn enter_helper(setup: &HelperSetup<'_>) -> std::io::Result<()> {
+    if let Some(fd) = setup.netns {
+        // SAFETY: setns takes a descriptor and a flag.
+        if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    join_cgroups(setup.cgroup_procs)?;
+    detach_from_caller(setup.keep)?;
+    if let Some(who) = setup.user {
+        become_user(who)?;
+    }
+    if setup.die_with_parent {
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

@@ -129,6 +129,10 @@ impl SandboxFile {
     }
 }
 
+/// What a creator writes on its link to a sandbox to hand it over: from then on the sandbox
+/// outlives its creator (the backend's `Sandbox::hand_over`; the sandbox's init waits for it).
+pub const HANDED_OVER: u8 = b'H';
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -162,14 +162,8 @@ pub const NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWUSER
 
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The agent's channel to the host.
-pub const AGENT_FD: RawFd = 3;
-/// The start gate and creator link (see [`crate::init::Gate`]).
-pub const START_GATE_FD: RawFd = 4;
-/// Where the init hands its seccomp listener over.
-pub const MONITOR_FD: RawFd = 5;
-/// The idmapped workspace mount, when there is one.
-pub const WORKSPACE_FD: RawFd = 6;
+/// The descriptors the init is started with (one definition, the init's own crate's).
+pub use luminaguard_sandbox_init::fds::{AGENT_FD, MONITOR_FD, START_GATE_FD, WORKSPACE_FD};
 /// The first descriptor the init does not get.
 const FIRST_CLOSED: RawFd = 7;
 

@@ -6,8 +6,8 @@
 //! `luminaguard-seccomp`, shared with the microVM backends.
 
 pub mod backend;
-pub mod idmap;
-pub mod init;
-pub mod landlock;
 pub mod launch;
-pub mod privileges;
+
+/// The init's own steps live in `luminaguard-sandbox-init` (no host crates, for the static
+/// guest agent); re-exported here for the host side and the tests.
+pub use luminaguard_sandbox_init::{fds, idmap, init, landlock, privileges};

@@ -861,33 +861,22 @@ async fn spawn(
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err));
-    // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe system calls (write, setsid, close_range, fcntl, setgroups, setresgid,
-    // setresuid, prctl) on memory allocated before the fork.
+    // SAFETY: the closure runs in the child between fork and exec; `enter_helper` makes only
+    // async-signal-safe system calls, on memory allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            for fd in &fds {
-                // "0": the writing process itself.
-                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // Never the caller's terminal or stray descriptors, detached or not.
-            luminaguard_core::child::detach_from_caller(&inherit)?;
-            // Unprivileged from here on (the cgroup move above still needed root). Groups first,
-            // then gid, then uid; the kernel clears PDEATHSIG on a credential change, so it is
-            // set after.
-            let groups = who.supplementary.as_slice();
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setresgid(who.gid, who.gid, who.gid) != 0
-                || libc::setresuid(who.uid, who.uid, who.uid) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if !detached && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            // Cgroups while still root, then unprivileged from here on.
+            luminaguard_core::child::enter_helper(&luminaguard_core::child::HelperSetup {
+                netns: None,
+                cgroup_procs: &fds,
+                keep: &inherit,
+                user: Some(luminaguard_core::child::Credentials {
+                    uid: who.uid,
+                    gid: who.gid,
+                    groups: &who.supplementary,
+                }),
+                die_with_parent: !detached,
+            })
         });
     }
     cmd.spawn().map_err(|e| {

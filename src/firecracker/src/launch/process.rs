@@ -353,39 +353,21 @@ async fn spawn_process(
         cmd.current_dir(dir);
     }
     let detached = cfg.lifetime == Lifetime::Detached;
-    // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe system calls (setns, write, setsid, close_range, fcntl, setgroups,
-    // setresgid, setresuid, prctl) on memory allocated before the fork.
+    // SAFETY: the closure runs in the child between fork and exec; `enter_helper` makes only
+    // async-signal-safe system calls, on memory allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            // First, while still privileged (it needs CAP_SYS_ADMIN).
-            if let Some(fd) = netns_fd
-                && libc::setns(fd, libc::CLONE_NEWNET) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            for fd in &fds {
-                // "0": the writing process itself.
-                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // Never the caller's terminal or stray descriptors, detached or not.
-            luminaguard_core::child::detach_from_caller(&[])?;
-            if let Some(who) = &who {
-                // Groups, then gid, then uid; the kernel clears PDEATHSIG on a credential
-                // change, so it is set after.
-                if libc::setgroups(who.supplementary.len(), who.supplementary.as_ptr()) != 0
-                    || libc::setresgid(who.gid, who.gid, who.gid) != 0
-                    || libc::setresuid(who.uid, who.uid, who.uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            if !detached && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            luminaguard_core::child::enter_helper(&luminaguard_core::child::HelperSetup {
+                netns: netns_fd,
+                cgroup_procs: &fds,
+                keep: &[],
+                user: who.as_ref().map(|w| luminaguard_core::child::Credentials {
+                    uid: w.uid,
+                    gid: w.gid,
+                    groups: &w.supplementary,
+                }),
+                die_with_parent: !detached,
+            })
         });
     }
     let child = cmd.spawn().map_err(|source| {

@@ -2,7 +2,7 @@
 //! to it, and locks itself down before it starts serving.
 //!
 //! Runs as PID 1 of fresh user, mount, PID, network, IPC, UTS and cgroup namespaces (see
-//! [`crate::launch`]), single-threaded, in a freshly exec'd image — so it may allocate and open
+//! `luminaguard_process_sandbox::launch`), single-threaded, in a freshly exec'd image — so it may allocate and open
 //! files freely. Order:
 //!
 //! 1. not dumpable (so that nothing in the sandbox may trace it, open its descriptors or read
@@ -41,7 +41,7 @@ pub enum WorkspaceSource {
     /// (rootless: the sandbox runs as the caller, who owns it), opened with no link allowed
     /// anywhere on the way.
     Bind(PathBuf),
-    /// The detached, idmapped mount the launcher passed as [`crate::launch::WORKSPACE_FD`].
+    /// The detached, idmapped mount the launcher passed as [`crate::fds::WORKSPACE_FD`].
     Mount,
 }
 
@@ -374,7 +374,7 @@ fn build_root(cfg: &InitConfig) -> Result<(), InitError> {
         }
         WorkspaceSource::Mount => step(
             "move the workspace mount into place",
-            crate::idmap::move_into_place(crate::launch::WORKSPACE_FD, &ws),
+            crate::idmap::move_into_place(crate::fds::WORKSPACE_FD, &ws),
         )?,
     }
     for d in ["root", "home", "run", "var/tmp"] {
@@ -479,10 +479,10 @@ pub fn enter(cfg: &InitConfig) -> Result<Entered, InitError> {
     Ok(Entered { landlock, gate })
 }
 
-/// Sends the seccomp listener to the keeper on [`crate::launch::MONITOR_FD`] and closes both.
+/// Sends the seccomp listener to the keeper on [`crate::fds::MONITOR_FD`] and closes both.
 fn hand_over_listener(listener: Option<OwnedFd>) -> Result<(), InitError> {
     // SAFETY: the launcher placed the keeper's socket at this fd for us alone; we take it over.
-    let monitor = unsafe { OwnedFd::from_raw_fd(crate::launch::MONITOR_FD) };
+    let monitor = unsafe { OwnedFd::from_raw_fd(crate::fds::MONITOR_FD) };
     let Some(listener) = listener else {
         return Ok(());
     };
@@ -514,12 +514,12 @@ pub struct Gate(OwnedFd);
 pub const START: u8 = b'S';
 /// The creator's last byte on the gate: the sandbox is handed over, it may outlive its creator
 /// (`luminaguard_backend::Sandbox::hand_over`).
-pub const HANDED_OVER: u8 = luminaguard_backend::HANDED_OVER;
+pub const HANDED_OVER: u8 = luminaguard_core::runtime::HANDED_OVER;
 
 impl Gate {
     fn take() -> Self {
         // SAFETY: the launcher placed the gate's read end at this fd for us alone.
-        Self(unsafe { OwnedFd::from_raw_fd(crate::launch::START_GATE_FD) })
+        Self(unsafe { OwnedFd::from_raw_fd(crate::fds::START_GATE_FD) })
     }
 
     fn read_byte(&self) -> nix::Result<Option<u8>> {

@@ -1,7 +1,7 @@
 //! An idmapped mount of a host workspace, for a root-created sandbox.
 //!
 //! A root-created sandbox runs as an unprivileged host uid of its own (see
-//! [`crate::launch::Identity::Mapped`]). Bound plainly, a workspace owned by someone else would
+//! `luminaguard_process_sandbox::launch::Identity::Mapped`). Bound plainly, a workspace owned by someone else would
 //! be read-only to it, and what it creates would belong to that odd uid. Through an idmapped
 //! mount, the workspace's owner appears inside as the sandbox's own uid 0, and every file the
 //! sandbox creates there is written to disk as belonging to the workspace's owner — never to
