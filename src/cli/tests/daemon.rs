@@ -1273,6 +1273,58 @@ fn warm_pools_hand_out_ready_sandboxes_once_refill_and_refuse_other_settings() {
 }
 
 #[test]
+fn the_default_run_pool_serves_plain_runs_and_leaves_other_settings_alone() {
+    if !privileged("the daemon test") {
+        return;
+    }
+    let e = env();
+    let d = start(
+        &e,
+        "[daemon]\ngroup = \"nogroup\"\nrun_pool = \"fast\"\n[pools.fast]\nsize = 1\nmemory = \"256M\"\n",
+    );
+    let sock = d.socket.clone();
+    eventually(Duration::from_secs(60), "the pool never filled", || {
+        pool_ready(&sock, "fast") == 1
+    });
+    let first = pooled(&sock);
+    assert_eq!(first.len(), 1);
+
+    // Settings the pool does not give: made as usual, not refused, and the pool is untouched.
+    let out = cli(
+        &e.runtime,
+        &["run", "--memory", "512M", "--", "sh", "-c", "echo cold"],
+        b"",
+    );
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).as_str()),
+        (Some(0), "cold\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(pooled(&sock), first, "a run with other settings took the member");
+
+    // A plain run takes the ready member (it is gone, and a new one replaces it).
+    let out = cli(&e.runtime, &["run", "--", "sh", "-c", "echo warm"], b"");
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).as_str()),
+        (Some(0), "warm\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!ids(&sock).contains(&first[0]), "the member was not used");
+    eventually(Duration::from_secs(60), "the pool was not refilled", || {
+        pool_ready(&sock, "fast") == 1
+    });
+    // Long-lived sandboxes never come from the run pool unasked.
+    let second = pooled(&sock);
+    let out = cli(&e.runtime, &["sandbox", "create"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let made = text(&out.stdout).trim().to_owned();
+    assert!(!second.contains(&made), "sandbox create took the run pool's member");
+    assert_eq!(pooled(&sock), second);
+}
+
+#[test]
 fn pool_members_past_their_max_age_are_replaced() {
     if !privileged("the daemon test") {
         return;

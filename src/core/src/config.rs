@@ -227,6 +227,9 @@ pub struct DaemonLayer {
     /// Destroy every sandbox when the daemon stops (default: leave long-lived ones running for
     /// the next daemon).
     pub destroy_on_exit: Option<bool>,
+    /// The pool one-shot runs (`run`, `POST /v1/run`) are served from when they name none and
+    /// ask for nothing it does not give.
+    pub run_pool: Option<String>,
 }
 
 /// `sandbox cp` settings a layer may set.
@@ -372,6 +375,7 @@ impl DaemonLayer {
             max_body: over.max_body.or(self.max_body),
             shutdown_grace: over.shutdown_grace.or(self.shutdown_grace),
             destroy_on_exit: over.destroy_on_exit.or(self.destroy_on_exit),
+            run_pool: over.run_pool.or(self.run_pool),
         }
     }
 }
@@ -429,6 +433,9 @@ pub struct DaemonConfig {
     #[serde(with = "duration_text")]
     pub shutdown_grace: Duration,
     pub destroy_on_exit: bool,
+    /// One-shot runs that name no pool are served from this one when they ask for nothing it
+    /// does not give (else made as usual). Names a configured pool.
+    pub run_pool: Option<String>,
 }
 
 impl DaemonConfig {
@@ -506,7 +513,17 @@ impl Config {
             max_body: d.max_body.unwrap_or(ByteSize(1 << 20)),
             shutdown_grace: d.shutdown_grace.unwrap_or(Duration::from_secs(30)),
             destroy_on_exit: d.destroy_on_exit.unwrap_or(false),
+            run_pool: d.run_pool,
         };
+        if let Some(pool) = &daemon.run_pool
+            && !merged.pools.contains_key(pool)
+        {
+            return Err(ConfigError::Value {
+                key: "daemon.run_pool",
+                value: pool.clone(),
+                reason: "names no [pools.NAME] section",
+            });
+        }
         if daemon.max_connections == 0 {
             return Err(ConfigError::Value {
                 key: "daemon.max_connections",
@@ -620,11 +637,15 @@ mod tests {
         let c = Config::resolve(0, None, [ok]).unwrap();
         assert_eq!(c.pools["fast"].size, 4);
         assert_eq!(c.pools["fast"].max_age(), Duration::from_secs(60));
+        let named = layer("[daemon]\nrun_pool = \"fast\"\n[pools.fast]\nsize = 1");
+        let c = Config::resolve(0, None, [named]).unwrap();
+        assert_eq!(c.daemon.run_pool.as_deref(), Some("fast"));
         for bad in [
             "[pools.fast]\nsize = 0",
             "[pools.fast]\nsize = 65",
             "[pools.\"a b\"]\nsize = 1",
             "[pools.fast]\nsize = 1\nmax_age = \"10ms\"",
+            "[daemon]\nrun_pool = \"slow\"\n[pools.fast]\nsize = 1",
         ] {
             assert!(Config::resolve(0, None, [layer(bad)]).is_err(), "{bad}");
         }

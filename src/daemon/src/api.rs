@@ -197,11 +197,10 @@ fn options(body: CreateSandbox, persistent: bool) -> CreateOptions {
 async fn make(
     st: &AppState,
     caller: &Caller,
-    body: CreateSandbox,
-    persistent: bool,
+    opts: CreateOptions,
 ) -> Result<SandboxId, ApiError> {
     let started = Instant::now();
-    let pending = st.service.create(caller, options(body, persistent)).await?;
+    let pending = st.service.create(caller, opts).await?;
     let id = pending.commit().await?;
     st.metrics
         .create_seconds
@@ -263,7 +262,7 @@ async fn create(
     Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<CreateSandbox>,
 ) -> Result<(StatusCode, axum::Json<SandboxView>), ApiError> {
-    let id = make(&st, &caller, body, true).await?;
+    let id = make(&st, &caller, options(body, true)).await?;
     let listing = st.service.get(&caller, &id).await?;
     Ok((StatusCode::CREATED, axum::Json(view(listing))))
 }
@@ -593,7 +592,9 @@ async fn run(
         return Err(ApiError::bad_request("a one-shot sandbox takes no name"));
     }
     let (opts, plan) = exec_options(exec_body)?;
-    let id = make(&st, &caller, sandbox, false).await?;
+    let mut create = options(sandbox, false);
+    st.service.choose_run_pool(&mut create);
+    let id = make(&st, &caller, create).await?;
     let exec = match st.service.exec(&caller, &id, opts).await {
         Ok(exec) => exec,
         Err(e) => {

@@ -140,6 +140,23 @@ pub fn mismatch(name: &str, def: &PoolConfig, opts: &CreateOptions) -> Option<St
 }
 
 impl Service {
+    /// Settles which pool one-shot run `opts` is served from: the one it names, else the
+    /// configured `daemon.run_pool` when the run asks for nothing that pool does not give (a
+    /// run asking for other settings is made as usual, not refused: it named no pool).
+    pub fn choose_run_pool(&self, opts: &mut CreateOptions) {
+        if opts.pool.is_some() {
+            return;
+        }
+        let Some(name) = &self.config.daemon.run_pool else {
+            return;
+        };
+        if let Some(def) = self.config.pools.get(name)
+            && mismatch(name, def, opts).is_none()
+        {
+            opts.pool = Some(name.clone());
+        }
+    }
+
     /// How full each configured pool is.
     pub fn pool_status(&self) -> Vec<PoolStatus> {
         let ready = self.pools.lock();
