@@ -1,5 +1,5 @@
 //! `luminaguard daemon`: serve the sandbox service's API on a Unix socket until SIGTERM or
-//! SIGINT (see `luminaguard_daemon`).
+//! SIGINT; SIGHUP reloads the configuration's pools (see `luminaguard_daemon`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +17,11 @@ pub struct DaemonArgs {
     socket: Option<PathBuf>,
 }
 
-pub fn run(args: DaemonArgs, mut config: Config) -> anyhow::Result<ExitCode> {
+pub fn run(
+    args: DaemonArgs,
+    mut config: Config,
+    load: impl Fn() -> anyhow::Result<Config> + Send + Sync + 'static,
+) -> anyhow::Result<ExitCode> {
     if let Some(socket) = args.socket {
         config.daemon.socket = socket;
     }
@@ -43,7 +47,11 @@ pub fn run(args: DaemonArgs, mut config: Config) -> anyhow::Result<ExitCode> {
             luminaguard_daemon::listen::bind_blocking(&socket, gid)
         })
         .await??;
-        luminaguard_daemon::run(service, bound, stop_signal()).await?;
+        let (reloads, reloaded) = tokio::sync::mpsc::channel(1);
+        let hangups = tokio::spawn(reload_on_hangup(std::sync::Arc::new(load), reloads));
+        let served = luminaguard_daemon::run(service, bound, stop_signal(), reloaded).await;
+        hangups.abort();
+        served?;
         anyhow::Ok(())
     })?;
     rt.shutdown_background();
@@ -69,4 +77,31 @@ async fn stop_signal() {
         }
     }
     tracing::info!("stopping");
+}
+
+/// Loads the configuration again at each SIGHUP and hands it to the daemon; a configuration
+/// that does not load is reported and the one in use kept.
+async fn reload_on_hangup(
+    load: std::sync::Arc<dyn Fn() -> anyhow::Result<Config> + Send + Sync>,
+    reloads: tokio::sync::mpsc::Sender<Config>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot catch SIGHUP: the configuration is not reloadable");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let load = std::sync::Arc::clone(&load);
+        match tokio::task::spawn_blocking(move || load()).await {
+            Ok(Ok(config)) => {
+                if reloads.send(config).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!("reload: {e:#}; the configuration in use is kept");
+            }
+            Err(e) => tracing::error!("reload: {e}"),
+        }
+    }
 }

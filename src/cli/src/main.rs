@@ -105,22 +105,30 @@ struct VersionInfo {
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    load_config_from(cli.config.as_deref(), cli.runtime_dir.clone(), cli.verbose)
+}
+
+fn load_config_from(
+    file: Option<&std::path::Path>,
+    runtime_dir: Option<PathBuf>,
+    verbose: u8,
+) -> anyhow::Result<Config> {
     let env_path = |k: &str| std::env::var_os(k).map(PathBuf::from);
     let mut paths = ConfigPaths::standard(
         env_path("XDG_CONFIG_HOME").as_deref(),
         env_path("HOME").as_deref(),
     );
-    if let Some(file) = &cli.config {
+    if let Some(file) = file {
         anyhow::ensure!(
             file.exists(),
             "config file {} does not exist",
             file.display()
         );
-        paths.user = Some(file.clone());
+        paths.user = Some(file.to_owned());
     }
     let flags = ConfigLayer {
-        runtime_dir: cli.runtime_dir.clone(),
-        log: match cli.verbose {
+        runtime_dir,
+        log: match verbose {
             0 => None,
             1 => Some("info".to_owned()),
             _ => Some("debug".to_owned()),
@@ -206,7 +214,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Image(cmd) => image::run(cmd, &config),
-        Command::Daemon(args) => daemon::run(args, config),
+        Command::Daemon(args) => {
+            let (file, runtime_dir, verbose) = (cli.config, cli.runtime_dir, cli.verbose);
+            daemon::run(args, config, move || {
+                load_config_from(file.as_deref(), runtime_dir.clone(), verbose)
+            })
+        }
         Command::Debug(args) => with_runtime(debug::run(args, &config)),
         Command::Doctor(args) => with_runtime(doctor::run(args, &config)),
         Command::Run(args) => {

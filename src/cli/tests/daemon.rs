@@ -1301,7 +1301,11 @@ fn the_default_run_pool_serves_plain_runs_and_leaves_other_settings_alone() {
         "{}",
         text(&out.stderr)
     );
-    assert_eq!(pooled(&sock), first, "a run with other settings took the member");
+    assert_eq!(
+        pooled(&sock),
+        first,
+        "a run with other settings took the member"
+    );
 
     // A plain run takes the ready member (it is gone, and a new one replaces it).
     let out = cli(&e.runtime, &["run", "--", "sh", "-c", "echo warm"], b"");
@@ -1320,8 +1324,101 @@ fn the_default_run_pool_serves_plain_runs_and_leaves_other_settings_alone() {
     let out = cli(&e.runtime, &["sandbox", "create"], b"");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let made = text(&out.stdout).trim().to_owned();
-    assert!(!second.contains(&made), "sandbox create took the run pool's member");
+    assert!(
+        !second.contains(&made),
+        "sandbox create took the run pool's member"
+    );
     assert_eq!(pooled(&sock), second);
+}
+
+/// The ready members by pool, oldest first within a pool as listed.
+fn pools_of(sock: &Path) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut by = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for s in curl(sock, "GET", "/v1/sandboxes", None)
+        .json()
+        .as_array()
+        .unwrap()
+    {
+        if let Some(pool) = s.get("pool").and_then(Value::as_str) {
+            by.entry(pool.to_owned())
+                .or_default()
+                .push(s["id"].as_str().unwrap().to_owned());
+        }
+    }
+    by
+}
+
+#[test]
+fn sighup_reloads_the_pools_a_shrunk_or_removed_pool_loses_members_a_bad_file_changes_nothing() {
+    if !privileged("the daemon test") {
+        return;
+    }
+    let e = env();
+    let d = start(
+        &e,
+        "[daemon]\ngroup = \"nogroup\"\n[pools.fast]\nsize = 2\n[pools.slow]\nsize = 1\nmemory = \"256M\"\n",
+    );
+    let sock = d.socket.clone();
+    eventually(Duration::from_secs(60), "the pools never filled", || {
+        pool_ready(&sock, "fast") == 2 && pool_ready(&sock, "slow") == 1
+    });
+    let before = pools_of(&sock);
+    let hup = |d: &Daemon| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(d.child.id()).unwrap()),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+    };
+
+    // A file that does not load: the daemon keeps serving with the pools it has.
+    std::fs::write(&d.config, "[pools.fast]\nsize = \"many\"\n").unwrap();
+    hup(&d);
+    let out = cli(&e.runtime, &["run", "--pool", "fast", "--", "true"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    eventually(Duration::from_secs(60), "the pool was not refilled", || {
+        pool_ready(&sock, "fast") == 2
+    });
+    let kept = pools_of(&sock);
+    assert_eq!(kept["slow"], before["slow"]);
+
+    // fast shrinks to 1, slow goes, other comes; run_pool now names other.
+    std::fs::write(
+        &d.config,
+        format!(
+            "{BASE}[daemon]\ngroup = \"nogroup\"\nrun_pool = \"other\"\n[pools.fast]\nsize = 1\n[pools.other]\nsize = 1\npids = 64\n"
+        ),
+    )
+    .unwrap();
+    hup(&d);
+    eventually(
+        Duration::from_secs(60),
+        "the reload was not applied",
+        || {
+            let now = pools_of(&sock);
+            now.get("fast").map(Vec::len) == Some(1)
+                && now.get("other").map(Vec::len) == Some(1)
+                && !now.contains_key("slow")
+        },
+    );
+    let now = pools_of(&sock);
+    assert!(
+        kept["fast"].contains(&now["fast"][0]),
+        "a kept member was remade"
+    );
+    let live = ids(&sock);
+    assert!(
+        !live.contains(&before["slow"][0]),
+        "the removed pool's member lives on"
+    );
+    assert_eq!(pool_ready(&sock, "slow"), 0);
+    // The new run_pool serves a plain run.
+    let out = cli(&e.runtime, &["run", "--", "true"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !ids(&sock).contains(&now["other"][0]),
+        "run_pool was not reloaded"
+    );
 }
 
 #[test]

@@ -204,6 +204,15 @@ impl PoolConfig {
     pub fn max_age(&self) -> Duration {
         self.max_age.unwrap_or(Self::DEFAULT_MAX_AGE)
     }
+
+    /// Whether a member made for `self` is one of `other`'s: every setting but the size is
+    /// the same (the age counts too: a member's own lifetime backstop is made from it).
+    pub fn makes_same_as(&self, other: &Self) -> bool {
+        Self {
+            size: other.size,
+            ..self.clone()
+        } == *other
+    }
 }
 
 /// `luminaguard daemon` settings a layer may set.

@@ -194,11 +194,7 @@ fn options(body: CreateSandbox, persistent: bool) -> CreateOptions {
 }
 
 /// Creates and commits a sandbox for `caller`, timing it.
-async fn make(
-    st: &AppState,
-    caller: &Caller,
-    opts: CreateOptions,
-) -> Result<SandboxId, ApiError> {
+async fn make(st: &AppState, caller: &Caller, opts: CreateOptions) -> Result<SandboxId, ApiError> {
     let started = Instant::now();
     let pending = st.service.create(caller, opts).await?;
     let id = pending.commit().await?;
@@ -660,6 +656,8 @@ async fn events(
 #[utoipa::path(get, path = "/metrics",
     responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
 async fn metrics(State(st): State<AppState>) -> Response {
+    // Pools a reload removed are not reported.
+    st.metrics.pool_ready.clear();
     for p in st.service.pool_status() {
         st.metrics
             .pool_ready

@@ -54,6 +54,7 @@ pub async fn run(
     service: Service,
     bound: listen::Bound,
     shutdown: impl Future<Output = ()>,
+    reloads: tokio::sync::mpsc::Receiver<luminaguard_core::Config>,
 ) -> std::io::Result<()> {
     let config = service.config().daemon.clone();
     let group = config.group.clone();
@@ -74,6 +75,7 @@ pub async fn run(
         Arc::clone(&idle),
     ));
     let counting = tokio::spawn(count_events(st.clone()));
+    let reloading = tokio::spawn(reload(service.clone(), reloads));
     let limits = server::Limits {
         max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
         request_timeout: config.request_timeout,
@@ -96,6 +98,7 @@ pub async fn run(
     .await;
     housekeeping.abort();
     counting.abort();
+    reloading.abort();
     // The filler finishes the sandbox it is making (a half-made one would be left for gc).
     service.stop_filling();
     let _ = filling.await;
@@ -147,9 +150,6 @@ async fn fill_pools(
     metrics: Arc<metrics::Metrics>,
     idle: Arc<tokio::sync::Notify>,
 ) {
-    if service.config().pools.is_empty() {
-        return;
-    }
     loop {
         let next = service.fill_pools().await.unwrap_or(HOUSEKEEPING);
         let taken = tokio::select! {
@@ -172,6 +172,30 @@ async fn fill_pools(
                 }
             };
             let _ = tokio::time::timeout(REFILL_DEFER, quiet).await;
+        }
+    }
+}
+
+/// Applies each reloaded configuration: the pools (`[pools.*]`, `daemon.run_pool`) change at
+/// once; any other setting that changed is named as waiting for a restart.
+async fn reload(
+    service: Service,
+    mut reloads: tokio::sync::mpsc::Receiver<luminaguard_core::Config>,
+) {
+    while let Some(config) = reloads.recv().await {
+        for change in service.reload_pools(&config).await {
+            tracing::info!("reload: {change}");
+        }
+        let started = service.config();
+        let mut rest = config.clone();
+        rest.pools.clone_from(&started.pools);
+        rest.daemon.run_pool.clone_from(&started.daemon.run_pool);
+        rest.daemon.socket.clone_from(&started.daemon.socket);
+        if rest != *started {
+            tracing::warn!(
+                "reload: settings other than the pools changed; they take effect when the \
+                 daemon restarts"
+            );
         }
     }
 }

@@ -152,6 +152,7 @@ impl Service {
     /// A service for `config` with the host's settings given.
     pub fn with_host(config: Config, host: HostSettings) -> Result<Self, ServiceError> {
         let runtime = config.runtime()?;
+        let pools = Arc::new(pools::Pools::new(&config));
         Ok(Self {
             config,
             runtime,
@@ -159,7 +160,7 @@ impl Service {
             euid: nix::unistd::geteuid().as_raw(),
             live: Arc::default(),
             events: Arc::default(),
-            pools: Arc::default(),
+            pools,
         })
     }
 

@@ -7,7 +7,7 @@
 //! A request naming a pool may repeat the pool's settings but not differ from them: a
 //! sandbox with other limits or another network is never silently served from a pool.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -21,11 +21,22 @@ use crate::{Caller, CreateOptions, Pending, Service, ServiceError};
 struct Member {
     sandbox: Sandbox,
     made: Instant,
+    /// The definition it was made for: after a reload changes it, the member is not the
+    /// pool's any more.
+    made_for: PoolConfig,
+}
+
+/// What the pools are: the configured definitions, replaced on reload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Defs {
+    pools: BTreeMap<String, PoolConfig>,
+    run_pool: Option<String>,
 }
 
 /// The ready members of every pool.
 #[derive(Debug, Default)]
 pub(crate) struct Pools {
+    defs: Mutex<Defs>,
     ready: Mutex<HashMap<String, VecDeque<Member>>>,
     /// Woken when a member is taken (or the service closes): the filler makes a new one.
     pub(crate) refill: tokio::sync::Notify,
@@ -34,6 +45,33 @@ pub(crate) struct Pools {
 }
 
 impl Pools {
+    pub(crate) fn new(config: &luminaguard_core::Config) -> Self {
+        Self {
+            defs: Mutex::new(Defs {
+                pools: config.pools.clone(),
+                run_pool: config.daemon.run_pool.clone(),
+            }),
+            ..Self::default()
+        }
+    }
+
+    fn defs(&self) -> Defs {
+        // Replaced whole under the lock: a panic elsewhere cannot leave it half-written.
+        self.defs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn def(&self, name: &str) -> Option<PoolConfig> {
+        self.defs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pools
+            .get(name)
+            .cloned()
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, VecDeque<Member>>> {
         // Each operation is one push or pop: a panic elsewhere leaves the queues consistent.
         self.ready
@@ -147,21 +185,22 @@ impl Service {
         if opts.pool.is_some() {
             return;
         }
-        let Some(name) = &self.config.daemon.run_pool else {
+        let defs = self.pools.defs();
+        let Some(name) = defs.run_pool else {
             return;
         };
-        if let Some(def) = self.config.pools.get(name)
-            && mismatch(name, def, opts).is_none()
+        if let Some(def) = defs.pools.get(&name)
+            && mismatch(&name, def, opts).is_none()
         {
-            opts.pool = Some(name.clone());
+            opts.pool = Some(name);
         }
     }
 
     /// How full each configured pool is.
     pub fn pool_status(&self) -> Vec<PoolStatus> {
+        let defs = self.pools.defs();
         let ready = self.pools.lock();
-        self.config
-            .pools
+        defs.pools
             .iter()
             .map(|(name, def)| PoolStatus {
                 name: name.clone(),
@@ -180,10 +219,10 @@ impl Service {
         opts: &CreateOptions,
     ) -> Result<Pending, ServiceError> {
         let def = self
-            .config
             .pools
-            .get(name)
+            .def(name)
             .ok_or_else(|| ServiceError::NotFound(format!("no pool named {name}")))?;
+        let def = &def;
         if let Some(why) = mismatch(name, def, opts) {
             return Err(ServiceError::InvalidSpec(why));
         }
@@ -195,7 +234,7 @@ impl Service {
                 .and_then(VecDeque::pop_front);
             match next {
                 // Past its age (the filler has not replaced it yet): never handed out.
-                Some(m) if m.made.elapsed() >= def.max_age() => {
+                Some(m) if m.made.elapsed() >= def.max_age() || !m.made_for.makes_same_as(def) => {
                     self.discard_member(m).await;
                 }
                 Some(m) => break Some(m.sandbox),
@@ -261,13 +300,30 @@ impl Service {
     /// retried on the next round. Returns when the next member ages out.
     pub async fn fill_pools(&self) -> Option<Duration> {
         let mut next: Option<Duration> = None;
-        for (name, def) in &self.config.pools {
+        let defs = self.pools.defs();
+        // Members made for a pool a reload removed while they were being made.
+        let orphans: Vec<Member> = {
+            let mut ready = self.pools.lock();
+            let gone: Vec<String> = ready
+                .keys()
+                .filter(|n| !defs.pools.contains_key(*n))
+                .cloned()
+                .collect();
+            gone.iter()
+                .filter_map(|n| ready.remove(n))
+                .flatten()
+                .collect()
+        };
+        for m in orphans {
+            self.discard_member(m).await;
+        }
+        for (name, def) in &defs.pools {
             let stale: Vec<Member> = {
                 let mut ready = self.pools.lock();
                 let queue = ready.entry(name.clone()).or_default();
-                let (old, fresh): (Vec<Member>, Vec<Member>) = queue
-                    .drain(..)
-                    .partition(|m| m.made.elapsed() >= def.max_age());
+                let (old, fresh): (Vec<Member>, Vec<Member>) = queue.drain(..).partition(|m| {
+                    m.made.elapsed() >= def.max_age() || !m.made_for.makes_same_as(def)
+                });
                 queue.extend(fresh);
                 old
             };
@@ -295,6 +351,7 @@ impl Service {
                         .push_back(Member {
                             sandbox,
                             made: Instant::now(),
+                            made_for: def.clone(),
                         }),
                     Err(e) => {
                         tracing::warn!(pool = name, error = %e, "cannot fill the pool");
@@ -314,6 +371,72 @@ impl Service {
             }
         }
         next
+    }
+
+    /// Replaces the pools' definitions with `config`'s (a reloaded configuration): the members
+    /// of a pool that is gone or whose settings changed are destroyed, a pool that shrank
+    /// loses its oldest extras, and the filler is woken to make what is missing. Returns what
+    /// changed, one line per pool.
+    pub async fn reload_pools(&self, config: &luminaguard_core::Config) -> Vec<String> {
+        let new = Defs {
+            pools: config.pools.clone(),
+            run_pool: config.daemon.run_pool.clone(),
+        };
+        let old = std::mem::replace(
+            &mut *self
+                .pools
+                .defs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            new.clone(),
+        );
+        let mut changes = Vec::new();
+        for (name, def) in &new.pools {
+            match old.pools.get(name) {
+                None => changes.push(format!("pool {name}: added (size {})", def.size)),
+                Some(was) if was == def => {}
+                Some(was) if was.makes_same_as(def) => {
+                    changes.push(format!("pool {name}: size {} → {}", was.size, def.size));
+                }
+                Some(_) => changes.push(format!("pool {name}: settings changed, members remade")),
+            }
+        }
+        for name in old.pools.keys().filter(|n| !new.pools.contains_key(*n)) {
+            changes.push(format!("pool {name}: removed"));
+        }
+        if old.run_pool != new.run_pool {
+            changes.push(format!(
+                "run_pool: {} → {}",
+                old.run_pool.as_deref().unwrap_or("none"),
+                new.run_pool.as_deref().unwrap_or("none")
+            ));
+        }
+        let gone: Vec<Member> = {
+            let mut ready = self.pools.lock();
+            let mut gone = Vec::new();
+            for (name, queue) in ready.iter_mut() {
+                let Some(def) = new.pools.get(name) else {
+                    gone.extend(queue.drain(..));
+                    continue;
+                };
+                let (stale, kept): (Vec<Member>, Vec<Member>) = queue
+                    .drain(..)
+                    .partition(|m| !m.made_for.makes_same_as(def));
+                gone.extend(stale);
+                queue.extend(kept);
+                let size = usize::try_from(def.size).unwrap_or(usize::MAX);
+                while queue.len() > size {
+                    gone.extend(queue.pop_front());
+                }
+            }
+            ready.retain(|name, _| new.pools.contains_key(name));
+            gone
+        };
+        for m in gone {
+            self.discard_member(m).await;
+        }
+        self.pools.refill.notify_one();
+        changes
     }
 
     /// Resolves when a pool member has been taken (the filler's cue); `false` once the
