@@ -67,6 +67,11 @@ impl Policy {
             .map(|a| crate::pattern::Arg::Lit(a.clone()))
             .collect();
         crate::exec::classify(&mut ctx, words);
+        self.parts_of(&ctx)
+    }
+
+    /// The decided parts of what a classification found: its commands, then its effects.
+    fn parts_of(&self, ctx: &Ctx) -> Vec<Part> {
         let mut parts: Vec<Part> = ctx
             .out
             .cmds
@@ -83,16 +88,7 @@ impl Policy {
     pub fn decide_script(&self, script_text: &str) -> Decision {
         let mut ctx = Ctx::new(&self.workspace, None, &self.interpreters);
         script::classify(&mut ctx, script_text, false);
-        let mut parts: Vec<Part> = ctx
-            .out
-            .cmds
-            .iter()
-            .filter_map(|c| self.cmd_part(c))
-            .collect();
-        for e in &ctx.out.effects {
-            parts.push(self.effect_part(e.delete, &e.target));
-        }
-        self.combine(parts)
+        self.combine(self.parts_of(&ctx))
     }
 
     fn candidates(&self, cmd: &Cmd) -> Vec<usize> {

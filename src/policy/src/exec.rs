@@ -161,8 +161,9 @@ pub(crate) fn classify(ctx: &mut Ctx<'_>, argv: Vec<Arg>) {
             Some(("evaluates code the policy cannot see", false)),
         );
     } else if SPAWNERS.contains(&n) {
+        // A rule that names the whole command line explicitly may still allow it.
         let why = "runs another command in a way the policy does not unwrap";
-        push(ctx, prog, given, args, Some((why, false)));
+        push(ctx, prog, given, args, Some((why, true)));
     } else if SHELLS.contains(&n) {
         shell(ctx, prog, given, args);
     } else if is_interpreter(ctx.interpreters, n) {
