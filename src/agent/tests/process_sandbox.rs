@@ -36,6 +36,7 @@ fn config(staging: &Path) -> InitConfig {
         seccomp_profile: "default".into(),
         lifetime_ms: None,
         resolv_conf: None,
+        review: None,
     }
 }
 

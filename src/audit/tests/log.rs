@@ -378,7 +378,12 @@ fn tail_open_continues_the_chain_and_a_torn_tail_falls_back_to_the_scan() {
         ..config(dir.path())
     };
     let log = AuditLog::open_blocking(tail.clone()).unwrap();
-    assert_eq!(log.append_blocking(Actor::new(1, "cli"), event(30)).unwrap().seq, 30);
+    assert_eq!(
+        log.append_blocking(Actor::new(1, "cli"), event(30))
+            .unwrap()
+            .seq,
+        30
+    );
     log.close_blocking().unwrap();
     drop(log);
     let mut f = std::fs::OpenOptions::new()
@@ -388,7 +393,12 @@ fn tail_open_continues_the_chain_and_a_torn_tail_falls_back_to_the_scan() {
     f.write_all(b"{\"seq\":31,\"ti").unwrap();
     drop(f);
     let log = AuditLog::open_blocking(tail).unwrap();
-    assert_eq!(log.append_blocking(Actor::new(1, "cli"), event(31)).unwrap().seq, 31);
+    assert_eq!(
+        log.append_blocking(Actor::new(1, "cli"), event(31))
+            .unwrap()
+            .seq,
+        31
+    );
     log.close_blocking().unwrap();
     let report = verify(dir.path(), &key).unwrap();
     assert_eq!((report.records, report.torn_records), (32, None));

@@ -152,6 +152,7 @@ pub fn remove(dir: &Path, meta: Option<&SandboxMeta>) -> Result<(), RemoveError>
             remove_chroot(dir, &m.id, chroot)?;
         }
     }
+    unmount_review_layer(dir)?;
     #[allow(clippy::disallowed_methods)] // blocking by contract
     std::fs::remove_dir_all(dir).or_else(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Ok(()),
@@ -160,6 +161,28 @@ pub fn remove(dir: &Path, meta: Option<&SandboxMeta>) -> Result<(), RemoveError>
             source: e,
         }),
     })
+}
+
+/// Detaches a speculative run's review layer (a tmpfs the host mounted in the sandbox
+/// directory), if there is one: after the sandbox's processes, before its directory goes.
+/// Never follows a link; "not a mount point" and "not there" are the usual answers.
+fn unmount_review_layer(dir: &Path) -> Result<(), RemoveError> {
+    let layer = dir.join(luminaguard_core::runtime::SandboxFile::Review.file_name());
+    // Only ever made as root; without one there is nothing to ask (and rootless, umount2
+    // would answer EPERM whatever the path).
+    if layer.symlink_metadata().is_err() {
+        return Ok(());
+    }
+    match nix::mount::umount2(
+        &layer,
+        nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+    ) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(RemoveError::Dir {
+            path: layer,
+            source: e.into(),
+        }),
+    }
 }
 
 /// Removes a sandbox's chroot (see [`SandboxMeta::chroot`]) — only strictly below

@@ -341,6 +341,15 @@ pub async fn begin_create(
     backend: &'static str,
     prepare: impl FnOnce(&mut SandboxMeta),
 ) -> Result<(PathBuf, SandboxMeta), BackendError> {
+    // Only the process sandbox has a speculative run's overlay so far: a microVM asked for one
+    // must not run the command on the real workspace instead.
+    if req.spec.review.is_some() && backend != "process" {
+        return Err(BackendError::Setup {
+            backend,
+            step: "set up the review layer",
+            reason: "a speculative run (review) needs the process backend for now".into(),
+        });
+    }
     if let Some(ws) = &req.workspace {
         let ws = ws.clone();
         let runtime = Protected::new(req.runtime.root(), "the runtime directory");
@@ -355,6 +364,7 @@ pub async fn begin_create(
     };
     meta.persistent = req.persistent;
     meta.spec = Some(req.spec.clone());
+    meta.workspace = req.workspace.as_ref().map(|w| w.path().to_owned());
     meta.user = Some(req.user.unwrap_or_else(|| nix::unistd::geteuid().as_raw()));
     prepare(&mut meta);
     let dir = create_sandbox_dir(&req.runtime, &req.id, &meta).await?;

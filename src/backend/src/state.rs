@@ -116,6 +116,9 @@ pub struct SandboxMeta {
     /// `Some(pool)`: made ahead for a warm pool, not yet handed out (see the service's pools).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// The host directory shared as `/workspace` (resolved and checked at create), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<PathBuf>,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -150,6 +153,7 @@ impl SandboxMeta {
             spec: None,
             user: None,
             pool: None,
+            workspace: None,
         })
     }
 

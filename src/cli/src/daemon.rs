@@ -26,6 +26,7 @@ pub fn run(
         config.daemon.socket = socket;
     }
     let service = Service::new(config.clone())?;
+    service.set_front_kind("daemon");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

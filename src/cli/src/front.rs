@@ -84,9 +84,9 @@ impl Front {
     /// Starts a command in sandbox `id`.
     pub async fn exec(&self, id: &SandboxId, opts: ExecOptions) -> anyhow::Result<Execution> {
         match self {
-            Self::Local(service, caller) => {
-                Ok(Execution::Local(service.exec(caller, id, opts).await?))
-            }
+            Self::Local(service, caller) => Ok(Execution::Local(Box::new(
+                service.exec(caller, id, opts).await?,
+            ))),
             Self::Daemon(client) => {
                 let stdin = opts.stdin;
                 let events = client.exec(id.as_str(), &exec_body(opts)).await?;
@@ -114,7 +114,11 @@ impl Front {
                     .await
                     .context("starting the sandbox")?;
                 let exec = service.exec(caller, &id, exec).await;
-                Ok((Some(id), exec.map(Execution::Local).map_err(Into::into)))
+                Ok((
+                    Some(id),
+                    exec.map(|e| Execution::Local(Box::new(e)))
+                        .map_err(Into::into),
+                ))
             }
             Self::Daemon(client) => {
                 let stdin = exec.stdin;
@@ -152,12 +156,58 @@ impl Front {
         Ok(())
     }
 
+    /// Ends this command's use of the service: in-process, its audit records get their signed
+    /// checkpoint before the program exits.
+    pub async fn finish(&self) {
+        if let Self::Local(service, _) = self {
+            service.close_audit().await;
+        }
+    }
+
     /// Destroys what [`Front::run`] made (through the daemon there is nothing left to do).
     pub async fn finish_run(&self, id: Option<SandboxId>) -> anyhow::Result<()> {
         if let (Self::Local(service, caller), Some(id)) = (self, id) {
             service.destroy(caller, &id).await?;
         }
         Ok(())
+    }
+
+    /// The Diff Card of speculative sandbox `id` (in-process only, so far).
+    pub async fn review(
+        &self,
+        id: &SandboxId,
+    ) -> anyhow::Result<luminaguard_service::review::Card> {
+        match self {
+            Self::Local(service, caller) => Ok(service.review(caller, id).await?),
+            Self::Daemon(_) => bail!("a review is not served by the daemon yet: use --no-daemon"),
+        }
+    }
+
+    /// Applies the card with `digest` of speculative sandbox `id` to its workspace.
+    pub async fn apply_changes(
+        &self,
+        id: &SandboxId,
+        digest: &str,
+    ) -> anyhow::Result<luminaguard_service::review::Applied> {
+        match self {
+            Self::Local(service, caller) => Ok(service.apply_changes(caller, id, digest).await?),
+            Self::Daemon(_) => bail!("a review is not served by the daemon yet: use --no-daemon"),
+        }
+    }
+
+    /// Records that the card with `digest` of sandbox `id` was not approved.
+    pub async fn decline_changes(
+        &self,
+        id: &SandboxId,
+        digest: &str,
+        why: &str,
+    ) -> anyhow::Result<()> {
+        match self {
+            Self::Local(service, caller) => {
+                Ok(service.decline_changes(caller, id, digest, why).await?)
+            }
+            Self::Daemon(_) => bail!("a review is not served by the daemon yet: use --no-daemon"),
+        }
     }
 
     /// The caller's sandboxes, in the API's form (what `sandbox ls --json` prints).
@@ -504,7 +554,7 @@ fn report(v: ExitView) -> ExitReport {
 
 /// A running command, here or in the daemon.
 pub enum Execution {
-    Local(Exec),
+    Local(Box<Exec>),
     Remote(Box<Remote>),
 }
 

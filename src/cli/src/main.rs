@@ -2,11 +2,14 @@
 
 #[macro_use]
 mod out;
+mod auditlog;
 mod daemon;
 mod debug;
 mod doctor;
 mod front;
 mod image;
+mod policy;
+mod review;
 mod run;
 mod sandbox;
 mod stream;
@@ -34,6 +37,10 @@ struct Cli {
     /// Runtime directory (overrides config and LUMINAGUARD_RUNTIME_DIR).
     #[arg(long, global = true, value_name = "DIR")]
     runtime_dir: Option<PathBuf>,
+    /// The policy actions are judged by: strict, default, permissive or a policy file
+    /// (overrides config `policy` and LUMINAGUARD_POLICY).
+    #[arg(long, global = true, value_name = "NAME|FILE")]
+    policy: Option<String>,
     /// Say more on stderr: -v what LuminaGuard decides (which backend, why), -vv its steps.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -63,6 +70,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What the policy decides for a command, and whether a policy file is sound: check, lint,
+    /// show.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// The tamper-evident audit log of every decision and execution: ls, show, verify, prove.
+    #[command(subcommand)]
+    Audit(auditlog::AuditCommand),
     /// Serve the sandbox API on a Unix socket (HTTP/1.1 + JSON under /v1).
     Daemon(daemon::DaemonArgs),
     /// Run the guest agent (what runs inside every sandbox).
@@ -105,12 +119,18 @@ struct VersionInfo {
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    load_config_from(cli.config.as_deref(), cli.runtime_dir.clone(), cli.verbose)
+    load_config_from(
+        cli.config.as_deref(),
+        cli.runtime_dir.clone(),
+        cli.policy.clone(),
+        cli.verbose,
+    )
 }
 
 fn load_config_from(
     file: Option<&std::path::Path>,
     runtime_dir: Option<PathBuf>,
+    policy: Option<String>,
     verbose: u8,
 ) -> anyhow::Result<Config> {
     let env_path = |k: &str| std::env::var_os(k).map(PathBuf::from);
@@ -128,6 +148,7 @@ fn load_config_from(
     }
     let flags = ConfigLayer {
         runtime_dir,
+        policy,
         log: match verbose {
             0 => None,
             1 => Some("info".to_owned()),
@@ -214,26 +235,52 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Image(cmd) => image::run(cmd, &config),
+        Command::Audit(cmd) => auditlog::run(cmd, &config),
+        Command::Policy(cmd) => policy::run(cmd, &config),
         Command::Daemon(args) => {
-            let (file, runtime_dir, verbose) = (cli.config, cli.runtime_dir, cli.verbose);
+            let (file, runtime_dir, policy, verbose) =
+                (cli.config, cli.runtime_dir, cli.policy, cli.verbose);
             daemon::run(args, config, move || {
-                load_config_from(file.as_deref(), runtime_dir.clone(), verbose)
+                load_config_from(
+                    file.as_deref(),
+                    runtime_dir.clone(),
+                    policy.clone(),
+                    verbose,
+                )
             })
         }
         Command::Debug(args) => with_runtime(debug::run(args, &config)),
         Command::Doctor(args) => with_runtime(doctor::run(args, &config)),
-        Command::Run(args) => {
-            with_runtime(async { run::run(args, &front(config, &daemon).await?).await })
+        Command::Run(mut args) => {
+            args.route_by_policy(&config)?;
+            // A review is served in this process for now (the daemon has no review routes).
+            let daemon = front::Choice {
+                never: daemon.never || args.review,
+                ..daemon
+            };
+            with_runtime(async {
+                let front = front(config, &daemon).await?;
+                let result = run::run(args, &front).await;
+                front.finish().await;
+                result
+            })
         }
         Command::Sandbox(cmd) => with_runtime(async {
             let front = front(config.clone(), &daemon).await?;
-            sandbox::run(cmd, &front, &config).await
+            let result = sandbox::run(cmd, &front, &config).await;
+            front.finish().await;
+            result
         }),
         Command::Template(cmd) => {
             with_runtime(async { template::run(cmd, &Service::new(config)?).await })
         }
         Command::Gc { json } => {
-            let report = with_runtime(async { front(config, &daemon).await?.gc().await })?;
+            let report = with_runtime(async {
+                let front = front(config, &daemon).await?;
+                let report = front.gc().await;
+                front.finish().await;
+                report
+            })?;
             if json {
                 outln!("{}", serde_json::to_string(&report)?);
             } else {

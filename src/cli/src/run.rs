@@ -92,6 +92,7 @@ impl SandboxArgs {
             net_allow: self.net_allow.clone(),
             net_deny: self.net_deny.clone(),
             pool: self.pool.clone(),
+            review: false,
         }
     }
 }
@@ -103,12 +104,43 @@ pub struct RunArgs {
     /// Print the exit status as one JSON line on stderr.
     #[arg(long)]
     json: bool,
+    /// Run speculatively: the command sees the workspace as an overlay and changes nothing
+    /// real; then its Diff Card (what it added, changed and deleted, with diffs) is shown, and
+    /// the changes are applied only if you approve at the terminal (no terminal: nothing is
+    /// applied). Needs --workspace; no network and no stdin during the run; process backend.
+    #[arg(long, requires = "workspace")]
+    pub review: bool,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     argv: Vec<String>,
 }
 
+impl RunArgs {
+    /// A command the policy asks about, run on a workspace, becomes a review: it runs against
+    /// an overlay and its changes wait for a person's approval (the service refuses what the
+    /// policy denies, whichever way it comes).
+    pub fn route_by_policy(&mut self, config: &luminaguard_core::Config) -> anyhow::Result<()> {
+        if self.review || self.sandbox.workspace.is_none() {
+            return Ok(());
+        }
+        let policy = luminaguard_policy::Policy::load(&config.policy)?;
+        let decision = policy.decide(&luminaguard_policy::Action::exec(&self.argv));
+        if decision.verdict == luminaguard_policy::Verdict::Ask {
+            eprintln!(
+                "luminaguard: the policy asks about this command ({decision}): it runs as a review"
+            );
+            self.review = true;
+        }
+        Ok(())
+    }
+}
+
 pub async fn run(args: RunArgs, front: &Front) -> anyhow::Result<ExitCode> {
+    if args.review {
+        let mut create = args.sandbox.options(None, false);
+        create.review = true;
+        return crate::review::run(create, args.argv, args.json, front).await;
+    }
     let opts = ExecOptions {
         argv: args.argv,
         stdin: true,

@@ -71,6 +71,9 @@ impl Host {
         };
         c.arg("--runtime-dir").arg(&self.rt).args(args);
         c.env("RUST_LOG", "warn");
+        // The hostile tenant's code runs as a person allowed it: what is under test is what the
+        // sandbox lets it do, not what the policy would have asked (docs/approval.md).
+        c.env("LUMINAGUARD_POLICY", "permissive");
         c
     }
 

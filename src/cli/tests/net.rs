@@ -129,7 +129,8 @@ fn bad_network_flags_get_clear_errors() {
     );
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("LUMINAGUARD_DNS_UPSTREAM=\"resolver.example\" is not an IP"),
+        text(&out.stderr)
+            .contains("host.dns_upstream = resolver.example: not an IP address or IP:PORT"),
         "{}",
         text(&out.stderr)
     );

@@ -63,10 +63,17 @@ pub struct ConfigLayer {
     pub runtime_dir: Option<PathBuf>,
     /// Default `tracing` filter (`info`, `luminaguard=debug`, …).
     pub log: Option<String>,
+    /// Where the audit log lives.
+    pub audit_dir: Option<PathBuf>,
+    /// The policy every action is judged by: a preset (`strict`, `default`, `permissive`) or a
+    /// policy file.
+    pub policy: Option<String>,
     #[serde(default)]
     pub defaults: DefaultsLayer,
     #[serde(default)]
     pub copy: CopyLayer,
+    #[serde(default)]
+    pub review: ReviewLayer,
     #[serde(default)]
     pub daemon: DaemonLayer,
     /// Warm pools the daemon keeps (`[pools.NAME]`); a later layer's pool of the same name
@@ -249,6 +256,14 @@ pub struct CopyLayer {
     pub max_size: Option<ByteSize>,
 }
 
+/// Speculative-run (`--review`) settings a layer may set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewLayer {
+    /// Largest change set a speculative run may write (its private layer's size).
+    pub max_layer: Option<ByteSize>,
+}
+
 /// Sandbox defaults a layer may set. Network policy is deliberately absent (see module docs).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -309,6 +324,8 @@ impl ConfigLayer {
             match k.as_ref() {
                 "LUMINAGUARD_RUNTIME_DIR" => layer.runtime_dir = Some(PathBuf::from(v)),
                 "LUMINAGUARD_LOG" => layer.log = Some(v),
+                "LUMINAGUARD_AUDIT_DIR" => layer.audit_dir = Some(PathBuf::from(v)),
+                "LUMINAGUARD_POLICY" => layer.policy = Some(v),
                 "LUMINAGUARD_BACKEND" => {
                     layer.defaults.backend = Some(parse("LUMINAGUARD_BACKEND", v)?)
                 }
@@ -351,6 +368,8 @@ impl ConfigLayer {
         ConfigLayer {
             runtime_dir: over.runtime_dir.or(self.runtime_dir),
             log: over.log.or(self.log),
+            audit_dir: over.audit_dir.or(self.audit_dir),
+            policy: over.policy.or(self.policy),
             defaults: DefaultsLayer {
                 backend: b.backend.or(a.backend),
                 vcpus: b.vcpus.or(a.vcpus),
@@ -362,6 +381,9 @@ impl ConfigLayer {
             },
             copy: CopyLayer {
                 max_size: over.copy.max_size.or(self.copy.max_size),
+            },
+            review: ReviewLayer {
+                max_layer: over.review.max_layer.or(self.review.max_layer),
             },
             daemon: self.daemon.merge(over.daemon),
             pools: {
@@ -418,9 +440,14 @@ impl ConfigPaths {
 pub struct Config {
     pub runtime_dir: PathBuf,
     pub log: String,
+    /// The audit log's directory (`luminaguard audit …`, docs/audit.md).
+    pub audit_dir: PathBuf,
+    /// The policy every action is judged by: `strict`, `default`, `permissive` or a file.
+    pub policy: String,
     /// Defaults for new sandboxes (always a valid spec with no network).
     pub defaults: SandboxSpec,
     pub copy: CopyConfig,
+    pub review: ReviewConfig,
     pub daemon: DaemonConfig,
     /// Warm pools, by name (validated: names are ids, sizes 1–64).
     pub pools: BTreeMap<String, PoolConfig>,
@@ -469,6 +496,18 @@ impl CopyConfig {
     pub const DEFAULT_MAX_SIZE: ByteSize = ByteSize(1 << 30);
 }
 
+/// How speculative runs (`run --review`) behave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReviewConfig {
+    /// The private layer that takes a speculative run's writes: a tmpfs of this size. A
+    /// command that writes more gets ENOSPC, and the host's disk is never touched.
+    pub max_layer: ByteSize,
+}
+
+impl ReviewConfig {
+    pub const DEFAULT_MAX_LAYER: ByteSize = ByteSize(1 << 30);
+}
+
 impl Default for CopyConfig {
     fn default() -> Self {
         Self {
@@ -507,6 +546,17 @@ impl Config {
                 key: "copy.max_size",
                 value: max_size.to_string(),
                 reason: "must be at least one byte",
+            });
+        }
+        let max_layer = merged
+            .review
+            .max_layer
+            .unwrap_or(ReviewConfig::DEFAULT_MAX_LAYER);
+        if max_layer < ByteSize::mib(1) {
+            return Err(ConfigError::Value {
+                key: "review.max_layer",
+                value: max_layer.to_string(),
+                reason: "must be at least 1M",
             });
         }
         let d = merged.daemon;
@@ -567,11 +617,23 @@ impl Config {
         Ok(Self {
             host,
             pools: merged.pools,
+            audit_dir: merged.audit_dir.unwrap_or_else(|| {
+                if uid == 0 {
+                    PathBuf::from(Self::SYSTEM_AUDIT_DIR)
+                } else {
+                    runtime_dir.join("audit")
+                }
+            }),
+            policy: merged
+                .policy
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "default".to_owned()),
             runtime_dir,
             // Quiet by default: stderr belongs to the commands run in sandboxes.
             log: merged.log.unwrap_or_else(|| "warn".to_owned()),
             defaults: spec,
             copy: CopyConfig { max_size },
+            review: ReviewConfig { max_layer },
             daemon,
         })
     }
@@ -589,13 +651,48 @@ impl Config {
         K: AsRef<str>,
         V: Into<String>,
     {
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().to_owned(), v.into()))
+            .collect();
+        // The lowest layer: where this user's state lives by default.
+        let state = ConfigLayer {
+            audit_dir: Self::user_audit_dir(uid, &env),
+            ..ConfigLayer::default()
+        };
         let system = ConfigLayer::from_file(&paths.system)?;
         let user = match &paths.user {
             Some(p) => ConfigLayer::from_file(p)?,
             None => ConfigLayer::default(),
         };
         let env = ConfigLayer::from_env(env)?;
-        Self::resolve(uid, xdg_runtime_dir, [system, user, env, flags])
+        Self::resolve(uid, xdg_runtime_dir, [state, system, user, env, flags])
+    }
+
+    /// Root's audit log, by default.
+    pub const SYSTEM_AUDIT_DIR: &'static str = "/var/lib/luminaguard/audit";
+
+    /// A user's audit log, by default: `$XDG_STATE_HOME/luminaguard/audit`, else
+    /// `~/.local/state/luminaguard/audit` when the home directory exists, else (`None`) the
+    /// runtime directory's `audit` (root: [`Config::SYSTEM_AUDIT_DIR`]).
+    fn user_audit_dir(uid: u32, env: &[(String, String)]) -> Option<PathBuf> {
+        if uid == 0 {
+            return Some(PathBuf::from(Self::SYSTEM_AUDIT_DIR));
+        }
+        let var = |k: &str| {
+            env.iter()
+                .find(|(key, v)| key == k && v.starts_with('/'))
+                .map(|(_, v)| PathBuf::from(v))
+        };
+        // A home that does not exist (`nobody`'s `/nonexistent`) holds no state: the runtime
+        // directory's `audit` is the fallback then.
+        var("XDG_STATE_HOME")
+            .map(|s| s.join("luminaguard/audit"))
+            .or_else(|| {
+                var("HOME")
+                    .filter(|h| h.is_dir())
+                    .map(|h| h.join(".local/state/luminaguard/audit"))
+            })
     }
 
     /// The runtime directory as a validated [`RuntimeDir`].

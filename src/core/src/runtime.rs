@@ -113,6 +113,9 @@ pub enum SandboxFile {
     /// The record of system calls the sandbox's seccomp policy denied, kept by the host-side
     /// supervisor (a process sandbox).
     SeccompRecord,
+    /// The private layer of a speculative run's workspace overlay (a size-capped tmpfs the
+    /// host mounts; `upper/` and `work/` inside), see `SandboxSpec::review`.
+    Review,
 }
 
 impl SandboxFile {
@@ -125,6 +128,7 @@ impl SandboxFile {
             Self::ResolverLog => "resolver.log",
             Self::ResolvConf => "resolv.conf",
             Self::SeccompRecord => "seccomp.audit",
+            Self::Review => "review",
         }
     }
 }

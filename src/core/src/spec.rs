@@ -110,6 +110,11 @@ pub struct SandboxSpec {
     pub mounts: Vec<Mount>,
     pub env: BTreeMap<String, String>,
     pub limits: Limits,
+    /// `Some(size)`: a speculative run. The workspace is shown to the sandbox as an overlay whose
+    /// writes go to a private layer of at most `size` bytes (`<sandbox dir>/review`); the real
+    /// workspace is untouched until a person approves the change set (`luminaguard-review`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<ByteSize>,
 }
 
 impl Default for SandboxSpec {
@@ -124,6 +129,7 @@ impl Default for SandboxSpec {
             mounts: Vec::new(),
             env: BTreeMap::new(),
             limits: Limits::default(),
+            review: None,
         }
     }
 }

@@ -190,6 +190,7 @@ fn options(body: CreateSandbox, persistent: bool) -> CreateOptions {
         net_allow: body.net,
         net_deny: body.net_deny,
         pool: body.pool,
+        review: false,
     }
 }
 

@@ -247,7 +247,26 @@ impl ProcessBackend {
                 (WorkspaceSource::Mount, Some(tree))
             }
         };
+        let review = match (spec.review, &req.workspace, &identity) {
+            (None, _, _) => None,
+            (Some(size), Some(_), Some(who)) => {
+                Some(review_layer(dir, size, who.uid, who.gid).await?)
+            }
+            (Some(_), None, _) => {
+                return Err(setup(
+                    "set up the review layer",
+                    "a speculative run needs a workspace to preview changes to",
+                ));
+            }
+            (Some(_), Some(_), None) => {
+                return Err(setup(
+                    "set up the review layer",
+                    "a speculative run needs root (its private layer is a tmpfs the host mounts)",
+                ));
+            }
+        };
         let init = InitConfig {
+            review,
             staging_root: staging,
             workspace,
             scratch_size: scratch_size(spec, cgroup.is_some()),
@@ -449,6 +468,49 @@ enum Keeper {
 /// the limit, between 16 and 128 MiB.
 const AGENT_RESERVE_MIN: u64 = 16 << 20;
 const AGENT_RESERVE_MAX: u64 = 128 << 20;
+
+/// Mounts a speculative run's private layer: a tmpfs of `size` bytes at
+/// `<sandbox dir>/review`, owned by the sandbox's uid, with `upper/` and `work/` for the
+/// workspace overlay. Size-capped, so a command cannot fill the host with its changes; its
+/// pages count against the sandbox's memory cgroup too. Removed with the sandbox
+/// (`luminaguard_backend::gc::remove`).
+async fn review_layer(
+    dir: &Path,
+    size: luminaguard_core::ByteSize,
+    uid: u32,
+    gid: u32,
+) -> Result<PathBuf, BackendError> {
+    let layer = dir.join(SandboxFile::Review.file_name());
+    let at = layer.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+        #[allow(clippy::disallowed_methods)] // blocking by contract (spawn_blocking)
+        std::fs::create_dir(&at).map_err(|e| fail("create it", &e))?;
+        let data = format!(
+            "size={},mode=0700,uid={uid},gid={gid}",
+            size.bytes().max(4096)
+        );
+        nix::mount::mount(
+            Some("tmpfs"),
+            &at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(data.as_str()),
+        )
+        .map_err(|e| fail("mount its tmpfs", &e))?;
+        for sub in ["upper", "work"] {
+            let p = at.join(sub);
+            #[allow(clippy::disallowed_methods)] // blocking by contract (spawn_blocking)
+            std::fs::create_dir(&p).map_err(|e| fail(sub, &e))?;
+            nix::unistd::chown(&p, Some(uid.into()), Some(gid.into()))
+                .map_err(|e| fail(sub, &e))?;
+        }
+        Ok(())
+    })
+    .await?
+    .map_err(|e| setup("set up the review layer", e))?;
+    Ok(layer)
+}
 
 /// The scratch tmpfs's size (`/tmp`, `/dev/shm` and a private workspace together): the spec's
 /// scratch, but — with a memory limit, which tmpfs pages count against — never more than the

@@ -68,6 +68,11 @@ pub struct InitConfig {
     /// LuminaGuard's resolver); `None`: the host's.
     #[serde(default)]
     pub resolv_conf: Option<PathBuf>,
+    /// A speculative run: a host directory (the sandbox's review layer, a tmpfs owned by the
+    /// sandbox's uid) whose `upper/` and `work/` take every write to `/workspace`, which becomes
+    /// an overlay over the workspace. `None`: the workspace is written directly.
+    #[serde(default)]
+    pub review: Option<PathBuf>,
 }
 
 /// Which step failed, and why.
@@ -377,10 +382,46 @@ fn build_root(cfg: &InitConfig) -> Result<(), InitError> {
             crate::idmap::move_into_place(crate::fds::WORKSPACE_FD, &ws),
         )?,
     }
+    if let Some(layer) = &cfg.review {
+        overlay_workspace(&ws, layer)?;
+    }
     for d in ["root", "home", "run", "var/tmp"] {
         mkdirs(&root.join(d))?;
     }
     Ok(())
+}
+
+/// Covers the workspace mount at `ws` with an overlay: the workspace below, read-only through
+/// the overlay; every write in `layer`'s `upper/`. Mounted in the sandbox's user namespace, so
+/// the overlay keeps its own metadata in `user.overlay.*` xattrs (`userxattr`). A path with a
+/// character the option string cannot carry is refused (the layer is the runtime directory's).
+fn overlay_workspace(ws: &Path, layer: &Path) -> Result<(), InitError> {
+    let upper = layer.join("upper");
+    let work = layer.join("work");
+    let mut opts = String::from("userxattr");
+    for (key, path) in [("lowerdir", ws), ("upperdir", &upper), ("workdir", &work)] {
+        let text = path.to_str().filter(|t| !t.contains([',', ':', '\\']));
+        let Some(text) = text else {
+            return Err(InitError::Step {
+                step: "mount the workspace overlay".into(),
+                reason: format!(
+                    "{key} {} cannot be named in overlay options",
+                    path.display()
+                ),
+            });
+        };
+        opts.push_str(&format!(",{key}={text}"));
+    }
+    step(
+        "mount the workspace overlay",
+        mount(
+            Some("overlay"),
+            ws,
+            Some("overlay"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(opts.as_str()),
+        ),
+    )
 }
 
 fn switch_root(root: &Path) -> Result<(), InitError> {

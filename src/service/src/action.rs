@@ -35,6 +35,15 @@ pub enum Action {
         id: SandboxId,
         path: String,
     },
+    /// Look at what a speculative run changed (its Diff Card).
+    Review {
+        id: SandboxId,
+    },
+    /// Apply a speculative run's change set, the one whose digest a person approved.
+    ApplyChanges {
+        id: SandboxId,
+        digest: String,
+    },
     /// Destroy a sandbox.
     Destroy {
         id: SandboxId,
@@ -64,6 +73,8 @@ impl Action {
             | Self::ReadFile { id, .. }
             | Self::WriteFile { id, .. }
             | Self::Destroy { id }
+            | Self::Review { id }
+            | Self::ApplyChanges { id, .. }
             | Self::Audit { id } => Some(id),
             Self::Create { .. }
             | Self::List

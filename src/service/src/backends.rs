@@ -60,6 +60,12 @@ pub async fn backend(
 ) -> Result<AnyBackend, ServiceError> {
     let client = client_options(spec);
     if let Some(name) = template {
+        if spec.review.is_some() {
+            return Err(ServiceError::HostUnsupported(
+                "a speculative run (--review) needs the process backend for now, not a template"
+                    .into(),
+            ));
+        }
         if !matches!(
             spec.backend,
             BackendChoice::Auto | BackendChoice::Firecracker
@@ -85,6 +91,13 @@ pub async fn backend(
         }
         other => other,
     };
+    // Only the process sandbox previews a workspace so far; a microVM would run the command on
+    // the real one.
+    if spec.review.is_some() && !matches!(choice, BackendChoice::Process | BackendChoice::Auto) {
+        return Err(ServiceError::HostUnsupported(format!(
+            "a speculative run (--review) needs the process backend for now, not {choice}"
+        )));
+    }
     match choice {
         BackendChoice::Process | BackendChoice::Auto => Ok(AnyBackend::Process(Box::new(
             ProcessBackend::new(host.exe.clone(), client)

@@ -78,6 +78,18 @@ pub enum ServiceError {
     },
     #[error("{0}")]
     HostUnsupported(String),
+    /// The policy refused the action.
+    #[error("denied by policy: {0}")]
+    Denied(String),
+    /// The policy does not load.
+    #[error(transparent)]
+    Policy(#[from] luminaguard_policy::PolicyError),
+    /// The audit log could not be written: the action does not run.
+    #[error("audit log: {0}")]
+    Audit(String),
+    /// Reading or applying a speculative run's change set failed.
+    #[error(transparent)]
+    Review(#[from] luminaguard_review::ReviewError),
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error("invalid runtime directory: {0}")]
@@ -108,6 +120,15 @@ impl ServiceError {
             Self::SandboxDied { .. } => ErrorCode::Internal,
             Self::Agent { source, .. } => agent_code(source),
             Self::HostUnsupported(_) => ErrorCode::HostUnsupported,
+            Self::Audit(_) => ErrorCode::Internal,
+            Self::Denied(_) => ErrorCode::Forbidden,
+            Self::Policy(_) => ErrorCode::InvalidSpec,
+            Self::Review(e) => match e.code() {
+                "workspace-changed" | "upper-changed" => ErrorCode::Conflict,
+                "too-large" => ErrorCode::TooLarge,
+                "refused-entry" => ErrorCode::Forbidden,
+                _ => ErrorCode::Internal,
+            },
             Self::Backend(e) => match e {
                 BackendError::NotFound(_) => ErrorCode::NotFound,
                 BackendError::Exists(_) | BackendError::NotRunning { .. } => ErrorCode::Conflict,

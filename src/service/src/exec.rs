@@ -117,6 +117,18 @@ pub struct Exec {
     /// The exit status, once received (reported by the call to [`Exec::next`] that completes).
     exited: Option<ExitStatus>,
     done: bool,
+    /// Where the command's end is recorded (taken when it is).
+    audit: Option<ExitAudit>,
+    /// An exit report whose audit record was being written when a call was cancelled.
+    reported: Option<ExitReport>,
+}
+
+/// How a command's end reaches the audit log.
+#[derive(Debug)]
+pub(crate) struct ExitAudit {
+    pub(crate) audit: Arc<crate::audit::Audit>,
+    pub(crate) caller: crate::Caller,
+    pub(crate) sandbox: luminaguard_core::SandboxId,
 }
 
 impl Exec {
@@ -162,13 +174,42 @@ impl Exec {
             before,
             exited: None,
             done: false,
+            audit: None,
+            reported: None,
         })
+    }
+
+    pub(crate) fn with_audit(mut self, audit: ExitAudit) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// The next thing the command produced; `Ok(None)` after [`ExecOutput::Exit`], whose
+    /// report is on the audit log before it is returned. Cancellation-safe.
+    pub async fn next(&mut self) -> Result<Option<ExecOutput>, ServiceError> {
+        if let Some(report) = self.reported.take() {
+            return Ok(Some(ExecOutput::Exit(report)));
+        }
+        let out = self.next_event().await?;
+        if let Some(ExecOutput::Exit(report)) = &out
+            && let Some(a) = self.audit.take()
+        {
+            self.reported = Some(report.clone());
+            a.audit
+                .note(
+                    &a.caller,
+                    serde_json::json!({"type": "exit", "sandbox": a.sandbox, "report": report}),
+                )
+                .await;
+            self.reported = None;
+        }
+        Ok(out)
     }
 
     /// The next thing the command produced; `Ok(None)` after [`ExecOutput::Exit`].
     /// Cancellation-safe (callers `select!` on it): an exit status received but not yet
     /// reported is kept until a call completes.
-    pub async fn next(&mut self) -> Result<Option<ExecOutput>, ServiceError> {
+    async fn next_event(&mut self) -> Result<Option<ExecOutput>, ServiceError> {
         if self.done {
             return Ok(None);
         }

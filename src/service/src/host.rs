@@ -31,6 +31,8 @@ pub struct HostSettings {
     pub config_dir: Option<PathBuf>,
     /// Where the VMMs' programs are, when configured (`[host]`); else they are looked for.
     pub programs: HostConfig,
+    /// The audit log, which no workspace may expose (a sandbox would rewrite its own record).
+    pub audit_dir: PathBuf,
 }
 
 impl HostSettings {
@@ -67,6 +69,7 @@ impl HostSettings {
             exe,
             config_dir,
             programs: host.clone(),
+            audit_dir: config.audit_dir.clone(),
         })
     }
 
@@ -105,7 +108,7 @@ impl HostSettings {
         if let Some(dir) = &self.config_dir {
             policy = policy.protect(dir, "LuminaGuard's configuration");
         }
-        policy
+        policy.protect(&self.audit_dir, "LuminaGuard's audit log")
     }
 }
 

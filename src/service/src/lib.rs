@@ -17,6 +17,7 @@
 //! - errors are [`ServiceError`]s with a stable [`ErrorCode`].
 
 mod action;
+mod audit;
 pub mod backends;
 mod caller;
 mod error;
@@ -27,6 +28,7 @@ pub mod host;
 mod live;
 pub mod pick;
 pub mod pools;
+pub mod review;
 pub mod templates;
 
 use std::path::PathBuf;
@@ -80,6 +82,9 @@ pub struct CreateOptions {
     pub net_deny: Vec<EgressRule>,
     /// Take a ready sandbox from this warm pool (its settings; any given here must match).
     pub pool: Option<String>,
+    /// A speculative run: the workspace is an overlay, the real one is changed only by
+    /// [`Service::apply_changes`] of an approved card. No network during it.
+    pub review: bool,
 }
 
 /// The sandbox manager. Cheap to clone; clones share the connections to sandboxes.
@@ -93,6 +98,10 @@ pub struct Service {
     live: Arc<live::Live>,
     events: Arc<events::Bus>,
     pools: Arc<pools::Pools>,
+    cards: Arc<review::Cards>,
+    audit: Arc<audit::Audit>,
+    /// What every command is judged by before it runs (`config.policy`).
+    policy: Arc<luminaguard_policy::Policy>,
 }
 
 /// A sandbox just created, not yet given to its caller. [`Pending::commit`] makes it the
@@ -122,6 +131,29 @@ impl Pending {
     /// Hands the sandbox over (a long-lived one now lives as long as its init or VMM) and keeps
     /// its connection for the caller's requests.
     pub async fn commit(mut self) -> Result<SandboxId, ServiceError> {
+        let meta = &self.sandbox.meta;
+        let caller = Caller {
+            uid: meta.user.unwrap_or(self.service.euid),
+            gid: 0,
+            pid: None,
+        };
+        let spec = meta.spec.as_ref();
+        // On the record before anyone can use it; without a record it does not start.
+        self.service
+            .audit
+            .record(
+                &caller,
+                serde_json::json!({
+                    "type": "create",
+                    "sandbox": self.sandbox.id,
+                    "backend": meta.backend,
+                    "persistent": meta.persistent,
+                    "workspace": meta.workspace,
+                    "network": spec.map(|s| &s.network),
+                    "review": spec.is_some_and(|s| s.review.is_some()),
+                }),
+            )
+            .await?;
         self.sandbox.hand_over().await?;
         let id = self.sandbox.id.clone();
         let (user, backend) = (self.sandbox.meta.user, self.sandbox.meta.backend.clone());
@@ -153,6 +185,9 @@ impl Service {
     pub fn with_host(config: Config, host: HostSettings) -> Result<Self, ServiceError> {
         let runtime = config.runtime()?;
         let pools = Arc::new(pools::Pools::new(&config));
+        let audit = Arc::new(audit::Audit::new(config.audit_dir.clone()));
+        // Fail closed: a policy that does not load (or lint) leaves no service to run anything.
+        let policy = Arc::new(luminaguard_policy::Policy::load(&config.policy)?);
         Ok(Self {
             config,
             runtime,
@@ -161,6 +196,9 @@ impl Service {
             live: Arc::default(),
             events: Arc::default(),
             pools,
+            cards: Arc::default(),
+            audit,
+            policy,
         })
     }
 
@@ -244,6 +282,16 @@ impl Service {
             return Err(ServiceError::InvalidSpec(
                 "a network deny list needs an allow list (--net) to narrow".into(),
             ));
+        }
+        if opts.review {
+            if opts.workspace.is_none() {
+                return Err(ServiceError::InvalidSpec(
+                    "a review previews changes to a workspace: give one (--workspace)".into(),
+                ));
+            }
+            // Nothing leaves during a preview.
+            spec.network = NetworkPolicy::None;
+            spec.review = Some(self.config.review.max_layer);
         }
         spec.validate()?;
         Ok(spec)
@@ -383,7 +431,62 @@ impl Service {
                 "no command to run (empty argv)".into(),
             ));
         }
-        Exec::start(self.connection(id).await?, Arc::clone(&self.events), opts).await
+        let decision = self.decide(&opts.argv, opts.cwd.as_deref());
+        self.audit
+            .record(
+                caller,
+                serde_json::json!({
+                    "type": "exec",
+                    "sandbox": id,
+                    "argv": opts.argv,
+                    "cwd": opts.cwd,
+                    "decision": {
+                        "verdict": decision.verdict,
+                        "risk": decision.risk,
+                        "reason": decision.reason,
+                        "rule": decision.rule,
+                        "policy": decision.policy_digest,
+                    },
+                }),
+            )
+            .await?;
+        if decision.verdict == luminaguard_policy::Verdict::Deny {
+            return Err(ServiceError::Denied(decision.to_string()));
+        }
+        Ok(
+            Exec::start(self.connection(id).await?, Arc::clone(&self.events), opts)
+                .await?
+                .with_audit(exec::ExitAudit {
+                    audit: Arc::clone(&self.audit),
+                    caller: *caller,
+                    sandbox: id.clone(),
+                }),
+        )
+    }
+
+    /// What the policy decides for running `argv` (in `cwd`).
+    pub fn decide(&self, argv: &[String], cwd: Option<&str>) -> luminaguard_policy::Decision {
+        self.policy.decide(&luminaguard_policy::Action::Exec {
+            argv: argv.to_vec(),
+            cwd: cwd.map(str::to_owned),
+        })
+    }
+
+    /// The policy in use.
+    pub fn policy(&self) -> &luminaguard_policy::Policy {
+        &self.policy
+    }
+
+    /// Writes a signed checkpoint over this service's audit records and closes the log (a
+    /// short-lived caller, before it exits; the daemon's [`Service::close`] does it too).
+    pub async fn close_audit(&self) {
+        self.audit.close().await;
+    }
+
+    /// Names the front-end this service serves (`cli`, `daemon`, `mcp`, …) on its audit
+    /// records.
+    pub fn set_front_kind(&self, kind: &str) {
+        self.audit.set_kind(kind);
     }
 
     /// Sandbox `id` as a listing shows it.
@@ -441,8 +544,15 @@ impl Service {
         };
         let result = self.destroy_now(id, entry).await;
         self.live.end_destroy(id);
+        self.cards.forget(id);
         if let Ok((user, backend)) = &result {
             self.events.send(EventKind::Destroyed, id, *user, backend);
+            self.audit
+                .note(
+                    caller,
+                    serde_json::json!({"type": "destroy", "sandbox": id}),
+                )
+                .await;
         }
         result.map(drop)
     }
@@ -573,6 +683,8 @@ impl Service {
     /// running for the next service to find; with `destroy_all`, every one is destroyed.
     pub async fn close(&self, destroy_all: bool) {
         self.drain_pools().await;
+        // A signed checkpoint over everything so far (the rest of closing adds no records).
+        self.audit.close().await;
         let mut doomed: Vec<(SandboxId, Option<Arc<live::Entry>>)> = Vec::new();
         for entry in self.live.drain() {
             if destroy_all || !entry.sandbox.meta.persistent {

@@ -163,6 +163,9 @@ pub fn mismatch(name: &str, def: &PoolConfig, opts: &CreateOptions) -> Option<St
             w.display()
         ));
     }
+    if opts.review {
+        diffs.push("review (a pool's sandboxes write no overlay)".into());
+    }
     if opts.no_cgroup {
         diffs.push("no-cgroup (a pool's sandboxes have their limits)".into());
     }
