@@ -90,6 +90,23 @@ impl AuditLog {
         rx.await.map_err(closed)?
     }
 
+    /// Queues a record — in order with every append made before this call returns — and
+    /// returns once it is queued, with a receiver that answers when it is durable. For records
+    /// of what already happened, whose caller need not wait for the disk. Waits while the
+    /// queue is full.
+    pub async fn enqueue(
+        &self,
+        actor: Actor,
+        event: Value,
+    ) -> Result<oneshot::Receiver<Result<Receipt>>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Append(actor, event, reply))
+            .await
+            .map_err(closed)?;
+        Ok(rx)
+    }
+
     /// [`AuditLog::append`] for synchronous callers (a CLI without a runtime, or
     /// `spawn_blocking`). Like tokio's own `blocking_*` calls it must not be called from
     /// async code (tokio panics there).

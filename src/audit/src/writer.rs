@@ -132,6 +132,64 @@ fn truncate(path: &Path, offset: u64) -> Result<()> {
         .map_err(|e| AuditError::io("truncate torn tail of", path, e))
 }
 
+fn hash_of(chunk: &[u8]) -> Hash32 {
+    let mut h = [0u8; 32];
+    h.copy_from_slice(chunk);
+    Hash32(h)
+}
+
+/// The newest segment's last record, if the files agree on it: the segment ends with a whole
+/// line that parses and hashes to itself, it is record `count - 1`, and its hash is the last of
+/// `leaves` (the leaf file's bytes, or at least its last 32).
+struct LastRecord {
+    record: Record,
+    segment: u64,
+    seg_len: u64,
+}
+
+#[allow(clippy::disallowed_methods)] // sync code, run on a blocking thread
+fn last_record(dir: &Path, count: u64, leaves: &[u8]) -> Result<Option<LastRecord>> {
+    use std::io::{Read, Seek, SeekFrom};
+    if count == 0 || leaves.len() < 32 || !leaves.len().is_multiple_of(32) {
+        return Ok(None);
+    }
+    let Some((segment, seg_path)) = segments::list(dir)?.pop() else {
+        return Ok(None);
+    };
+    let mut f = File::open(&seg_path).map_err(|e| AuditError::io("open", &seg_path, e))?;
+    let seg_len = f
+        .metadata()
+        .map_err(|e| AuditError::io("stat", &seg_path, e))?
+        .len();
+    // The last line, whole: the segment must end with a newline, and the line before it start
+    // after another newline (or at the file's start) within the window read.
+    let window = seg_len.min(256 << 10);
+    let mut buf = vec![0u8; usize::try_from(window).unwrap_or(0)];
+    f.seek(SeekFrom::Start(seg_len - window))
+        .and_then(|_| f.read_exact(&mut buf))
+        .map_err(|e| AuditError::io("read the tail of", &seg_path, e))?;
+    if buf.last() != Some(&b'\n') {
+        return Ok(None);
+    }
+    let body = &buf[..buf.len() - 1];
+    let line = match body.iter().rposition(|b| *b == b'\n') {
+        Some(i) => &body[i + 1..],
+        None if window == seg_len => body,
+        None => return Ok(None),
+    };
+    let Ok(record) = Record::parse_line(line) else {
+        return Ok(None);
+    };
+    if record.seq + 1 != count || record.hash.0.as_slice() != &leaves[leaves.len() - 32..] {
+        return Ok(None);
+    }
+    Ok(Some(LastRecord {
+        record,
+        segment,
+        seg_len,
+    }))
+}
+
 impl Writer {
     /// Opens (creating if needed) the log: loads or creates the key, verifies the whole log,
     /// cuts a torn tail, rebuilds the leaf-hash file if needed, and writes a checkpoint if the
@@ -158,10 +216,12 @@ impl Writer {
             .open(&lock_path)
             .map_err(|e| AuditError::io("open", &lock_path, e))?;
         let _held = Held::take(&lock, &lock_path)?;
+        let verify = cfg.verify_on_open;
         Self::open_locked(
             cfg,
             lock.try_clone()
                 .map_err(|e| AuditError::io("dup", &lock_path, e))?,
+            verify,
         )
     }
 
@@ -170,9 +230,9 @@ impl Writer {
     /// verifying scan that also repairs a crash's leftovers. Checking the whole log is
     /// [`crate::verify`]'s job: a short-lived process (one CLI command) must not read every
     /// record to append one.
-    fn open_locked(cfg: AuditConfig, lock: File) -> Result<Writer> {
+    fn open_locked(cfg: AuditConfig, lock: File, verify: bool) -> Result<Writer> {
         let signer = keyfile::load_or_create(&cfg.dir, &cfg.origin)?;
-        let tail = match cfg.verify_on_open {
+        let tail = match verify {
             true => None,
             false => Self::open_from_tail(&cfg)?,
         };
@@ -211,60 +271,25 @@ impl Writer {
     /// full scan (a fresh log, a torn last line, a leaf file out of step).
     #[allow(clippy::disallowed_methods)] // sync code, run on a blocking thread
     fn open_from_tail(cfg: &AuditConfig) -> Result<Option<Tail>> {
-        use std::io::{Read, Seek, SeekFrom};
         let dir = &cfg.dir;
-        let Some((segment, seg_path)) = segments::list(dir)?.pop() else {
-            return Ok(None);
-        };
         let leaves_path = dir.join(crate::leaves::LEAVES_FILE);
-        let leaves = match std::fs::read(&leaves_path) {
-            Ok(l) => l,
-            Err(_) => return Ok(None),
-        };
-        if leaves.is_empty() || leaves.len() % 32 != 0 {
-            return Ok(None);
-        }
-        let mut f = File::open(&seg_path).map_err(|e| AuditError::io("open", &seg_path, e))?;
-        let seg_len = f
-            .metadata()
-            .map_err(|e| AuditError::io("stat", &seg_path, e))?
-            .len();
-        // The last line, whole: the segment must end with a newline, and the line before it
-        // start after another newline (or at the file's start) within the window read.
-        let window = seg_len.min(256 << 10);
-        let mut buf = vec![0u8; usize::try_from(window).unwrap_or(0)];
-        f.seek(SeekFrom::Start(seg_len - window))
-            .and_then(|_| f.read_exact(&mut buf))
-            .map_err(|e| AuditError::io("read the tail of", &seg_path, e))?;
-        if buf.last() != Some(&b'\n') {
-            return Ok(None);
-        }
-        let body = &buf[..buf.len() - 1];
-        let line = match body.iter().rposition(|b| *b == b'\n') {
-            Some(i) => &body[i + 1..],
-            None if window == seg_len => body,
-            None => return Ok(None),
-        };
-        let Ok(last) = Record::parse_line(line) else {
+        let Ok(leaves) = std::fs::read(&leaves_path) else {
             return Ok(None);
         };
         let count = (leaves.len() / 32) as u64;
-        let last_leaf = &leaves[leaves.len() - 32..];
-        if last.seq + 1 != count || last.hash.0.as_slice() != last_leaf {
+        let Some(last) = last_record(dir, count, &leaves)? else {
             return Ok(None);
-        }
+        };
         let mut frontier = Frontier::new();
         for chunk in leaves.chunks_exact(32) {
-            let mut h = [0u8; 32];
-            h.copy_from_slice(chunk);
-            frontier.push(Hash32(h));
+            frontier.push(hash_of(chunk));
         }
         Ok(Some(Tail {
             count,
-            last_hash: last.hash,
+            last_hash: last.record.hash,
             frontier,
-            segment,
-            seg_len,
+            segment: last.segment,
+            seg_len: last.seg_len,
         }))
     }
 
@@ -461,9 +486,14 @@ impl Writer {
         Ok(seg_len != self.seg_len || leaves != self.seq * 32)
     }
 
-    /// Loads the log afresh (verified, torn tail cut) if another process changed it.
+    /// Catches up with what another process appended: only the new leaves when the files
+    /// agree on them (time proportional to what is new), else the log loaded afresh from its
+    /// tail, or by the full scan that also cuts a torn tail.
     fn catch_up(&mut self) -> Result<()> {
         if self.failed.is_some() || !self.stale()? {
+            return Ok(());
+        }
+        if self.catch_up_appended()? {
             return Ok(());
         }
         tracing::debug!(dir = %self.dir.display(), "audit log changed by another process; reloading");
@@ -472,8 +502,42 @@ impl Writer {
             .lock
             .try_clone()
             .map_err(|e| AuditError::io("dup", &lock_path, e))?;
-        *self = Writer::open_locked(self.cfg.clone(), lock)?;
+        *self = Writer::open_locked(self.cfg.clone(), lock, false)?;
         Ok(())
+    }
+
+    /// Takes in the records another process appended after this writer's last one, if the
+    /// leaf file and the newest segment's last record agree on them.
+    #[allow(clippy::disallowed_methods)] // sync code, run on a blocking thread
+    fn catch_up_appended(&mut self) -> Result<bool> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.dir.join(crate::leaves::LEAVES_FILE);
+        let mut f = File::open(&path).map_err(|e| AuditError::io("open", &path, e))?;
+        let len = f
+            .metadata()
+            .map_err(|e| AuditError::io("stat", &path, e))?
+            .len();
+        let count = len / 32;
+        if count <= self.seq || !len.is_multiple_of(32) {
+            return Ok(false);
+        }
+        let mut new = vec![0u8; usize::try_from((count - self.seq) * 32).unwrap_or(0)];
+        f.seek(SeekFrom::Start(self.seq * 32))
+            .and_then(|_| f.read_exact(&mut new))
+            .map_err(|e| AuditError::io("read", &path, e))?;
+        let Some(last) = last_record(&self.dir, count, &new)? else {
+            return Ok(false);
+        };
+        for chunk in new.chunks_exact(32) {
+            self.frontier.push(hash_of(chunk));
+        }
+        if last.segment != self.segment {
+            let seg_path = self.dir.join(segments::name(last.segment));
+            self.seg_file = open_append(&seg_path)?;
+            self.segment = last.segment;
+        }
+        (self.seq, self.last_hash, self.seg_len) = (count, last.record.hash, last.seg_len);
+        Ok(true)
     }
 
     /// Signs and appends a checkpoint for the current size; the lock is held.

@@ -324,3 +324,25 @@ fn a_review_needs_a_workspace_and_a_backend_that_can_preview() {
     );
     assert_eq!(tree(&f.ws), before);
 }
+
+#[test]
+fn a_card_approved_after_it_expired_is_refused() {
+    if !privileged("the review test") {
+        return;
+    }
+    let f = fixture();
+    let config = f.runtime.with_extension("toml");
+    std::fs::write(&config, "[review]\ncard_expiry = \"1s\"\n").unwrap();
+    let before = tree(&f.ws);
+    let mut a = vec!["--config", config.to_str().unwrap()];
+    a.extend(args(&f, CHANGES));
+    let (code, screen) = on_terminal(
+        &a,
+        || std::thread::sleep(Duration::from_millis(1500)),
+        "y\n",
+    );
+    assert_ne!(code, Some(0), "{screen}");
+    assert!(screen.contains("expired"), "{screen}");
+    assert!(screen.contains("nothing was applied"), "{screen}");
+    assert_eq!(tree(&f.ws), before, "an expired card was applied");
+}

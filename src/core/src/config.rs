@@ -262,6 +262,9 @@ pub struct CopyLayer {
 pub struct ReviewLayer {
     /// Largest change set a speculative run may write (its private layer's size).
     pub max_layer: Option<ByteSize>,
+    /// How long a Diff Card may be approved after it is shown; later, it is refused.
+    #[serde(default, with = "duration_text::option")]
+    pub card_expiry: Option<Duration>,
 }
 
 /// Sandbox defaults a layer may set. Network policy is deliberately absent (see module docs).
@@ -384,6 +387,7 @@ impl ConfigLayer {
             },
             review: ReviewLayer {
                 max_layer: over.review.max_layer.or(self.review.max_layer),
+                card_expiry: over.review.card_expiry.or(self.review.card_expiry),
             },
             daemon: self.daemon.merge(over.daemon),
             pools: {
@@ -502,10 +506,14 @@ pub struct ReviewConfig {
     /// The private layer that takes a speculative run's writes: a tmpfs of this size. A
     /// command that writes more gets ENOSPC, and the host's disk is never touched.
     pub max_layer: ByteSize,
+    /// A card not approved within this long after it was shown is refused.
+    #[serde(with = "duration_text")]
+    pub card_expiry: Duration,
 }
 
 impl ReviewConfig {
     pub const DEFAULT_MAX_LAYER: ByteSize = ByteSize(1 << 30);
+    pub const DEFAULT_CARD_EXPIRY: Duration = Duration::from_secs(600);
 }
 
 impl Default for CopyConfig {
@@ -633,7 +641,13 @@ impl Config {
             log: merged.log.unwrap_or_else(|| "warn".to_owned()),
             defaults: spec,
             copy: CopyConfig { max_size },
-            review: ReviewConfig { max_layer },
+            review: ReviewConfig {
+                max_layer,
+                card_expiry: merged
+                    .review
+                    .card_expiry
+                    .unwrap_or(ReviewConfig::DEFAULT_CARD_EXPIRY),
+            },
             daemon,
         })
     }

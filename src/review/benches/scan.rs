@@ -45,7 +45,7 @@ fn make_repo(dir: &Path) {
     }
     sh(
         dir,
-        "git init -q . && git add -A && git -c user.name=bench -c user.email=bench@example.invalid commit -qm init",
+        "git init -q . && git config gc.auto 0 && git config maintenance.auto false && git add -A && git -c user.name=bench -c user.email=bench@example.invalid commit -qm init",
     );
 }
 

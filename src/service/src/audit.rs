@@ -2,8 +2,10 @@
 //! approval and destroy is appended — fsync'd — before the service answers, by whichever
 //! front-end asked. The log is opened on first use (its directory and signing key made then).
 //!
-//! Failing closed: an action whose record cannot be written does not run. The end of a command
-//! (its exit status) is recorded after the fact; if that append fails, it is logged.
+//! Failing closed: an action whose record cannot be written does not run. What already
+//! happened (a command's exit, a destroy) is queued without waiting for the disk — in order,
+//! durable by the next group commit — and closing the log waits for all of it; a failure there
+//! is logged.
 
 use std::path::PathBuf;
 
@@ -19,7 +21,12 @@ pub(crate) struct Audit {
     /// Which front-end this service serves (`cli`, `daemon`, …): the records' actor kind.
     kind: std::sync::Mutex<String>,
     log: tokio::sync::OnceCell<AuditLog>,
+    /// Records queued by [`Audit::note`], not yet known to be durable.
+    pending: std::sync::Mutex<Vec<Pending>>,
 }
+
+type Pending =
+    tokio::sync::oneshot::Receiver<luminaguard_audit::Result<luminaguard_audit::Receipt>>;
 
 /// Whether a service of this front-end kind verifies the whole log when it opens it: the
 /// daemon does (once, at start); a CLI command opens from the tail, in time independent of the
@@ -34,6 +41,7 @@ impl Audit {
             dir,
             kind: std::sync::Mutex::new("cli".into()),
             log: tokio::sync::OnceCell::new(),
+            pending: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -62,9 +70,8 @@ impl Audit {
             .await
     }
 
-    /// Appends `event` (a JSON object with a `"type"`) for `caller`, durably.
-    pub(crate) async fn record(&self, caller: &Caller, event: Value) -> Result<(), ServiceError> {
-        let actor = Actor {
+    fn actor(&self, caller: &Caller) -> Actor {
+        Actor {
             uid: caller.uid,
             kind: self
                 .kind
@@ -72,7 +79,12 @@ impl Audit {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone(),
             session: None,
-        };
+        }
+    }
+
+    /// Appends `event` (a JSON object with a `"type"`) for `caller`, durably.
+    pub(crate) async fn record(&self, caller: &Caller, event: Value) -> Result<(), ServiceError> {
+        let actor = self.actor(caller);
         self.log()
             .await?
             .append(actor, event)
@@ -81,15 +93,52 @@ impl Audit {
             .map_err(|e| ServiceError::Audit(e.to_string()))
     }
 
-    /// Appends `event` after the fact: a failure is logged, not returned.
+    /// Queues `event`, something that already happened, without waiting for the disk: a
+    /// failure is logged, not returned.
     pub(crate) async fn note(&self, caller: &Caller, event: Value) {
-        if let Err(e) = self.record(caller, event).await {
-            tracing::error!(error = %e, "audit: a record could not be written");
+        let queued = match self.log().await {
+            Ok(log) => log
+                .enqueue(self.actor(caller), event)
+                .await
+                .map_err(|e| ServiceError::Audit(e.to_string())),
+            Err(e) => Err(e),
+        };
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Those answered already are reported and let go: the list stays as short as the
+        // queue.
+        pending.retain_mut(|rx| match rx.try_recv() {
+            Ok(Ok(_)) => false,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "audit: a record could not be written");
+                false
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => true,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => false,
+        });
+        match queued {
+            Ok(rx) => pending.push(rx),
+            Err(e) => tracing::error!(error = %e, "audit: a record could not be written"),
         }
     }
 
-    /// Writes a final signed checkpoint (the service is closing).
+    /// Waits until every queued record is durable, then writes a final signed checkpoint (the
+    /// service, or this command, is closing).
     pub(crate) async fn close(&self) {
+        let waiting = std::mem::take(
+            &mut *self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for rx in waiting {
+            match rx.await {
+                Ok(Ok(_)) | Err(_) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "audit: a record could not be written"),
+            }
+        }
         if let Some(log) = self.log.get()
             && let Err(e) = log.close().await
         {

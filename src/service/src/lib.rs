@@ -138,10 +138,12 @@ impl Pending {
             pid: None,
         };
         let spec = meta.spec.as_ref();
-        // On the record before anyone can use it; without a record it does not start.
+        // Queued, not waited for: the sandbox changes nothing by existing, and whatever runs in
+        // it waits for its own record, which is durable only after this one (one queue, in
+        // order).
         self.service
             .audit
-            .record(
+            .note(
                 &caller,
                 serde_json::json!({
                     "type": "create",
@@ -153,7 +155,7 @@ impl Pending {
                     "review": spec.is_some_and(|s| s.review.is_some()),
                 }),
             )
-            .await?;
+            .await;
         self.sandbox.hand_over().await?;
         let id = self.sandbox.id.clone();
         let (user, backend) = (self.sandbox.meta.user, self.sandbox.meta.backend.clone());

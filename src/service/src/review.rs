@@ -27,21 +27,34 @@ pub struct Card {
     pub changes: ChangeSet,
     /// The card as a person reads it in a terminal (diffs included, summarised when large).
     pub text: String,
+    /// The policy the card was shown under: an approval applies only under the same one.
+    pub policy_digest: String,
+    /// How long the card may still be approved.
+    pub expires_in_ms: u64,
+}
+
+/// A card as the service keeps it until it is approved, declined or replaced: an approval is
+/// bound to its digest, the policy it was shown under, and its expiry.
+#[derive(Debug)]
+struct Kept {
+    changes: ChangeSet,
+    policy: String,
+    expires: std::time::Instant,
 }
 
 /// The last card of each speculative sandbox, by sandbox.
 #[derive(Debug, Default)]
-pub(crate) struct Cards(Mutex<HashMap<SandboxId, ChangeSet>>);
+pub(crate) struct Cards(Mutex<HashMap<SandboxId, Kept>>);
 
 impl Cards {
-    fn put(&self, id: SandboxId, cs: ChangeSet) {
+    fn put(&self, id: SandboxId, kept: Kept) {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id, cs);
+            .insert(id, kept);
     }
 
-    fn take(&self, id: &SandboxId) -> Option<ChangeSet> {
+    fn take(&self, id: &SandboxId) -> Option<Kept> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -79,12 +92,22 @@ impl Service {
                 }),
             )
             .await?;
-        self.cards.put(id.clone(), changes.clone());
+        let expiry = self.config.review.card_expiry;
+        self.cards.put(
+            id.clone(),
+            Kept {
+                changes: changes.clone(),
+                policy: self.policy.digest().to_owned(),
+                expires: std::time::Instant::now() + expiry,
+            },
+        );
         Ok(Card {
             sandbox: id.clone(),
             workspace,
             changes,
             text,
+            policy_digest: self.policy.digest().to_owned(),
+            expires_in_ms: u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX),
         })
     }
 
@@ -105,18 +128,30 @@ impl Service {
             },
         )
         .await?;
-        let Some(cs) = self.cards.take(id) else {
+        let Some(kept) = self.cards.take(id) else {
             return Err(ServiceError::Conflict(format!(
                 "sandbox {id} has no card waiting to be applied (review it first; a card is \
                  applied once)"
             )));
         };
-        if cs.digest != digest {
+        if kept.changes.digest != digest {
             return Err(ServiceError::Conflict(format!(
                 "the approved card {digest} is not sandbox {id}'s current card {}",
-                cs.digest
+                kept.changes.digest
             )));
         }
+        if kept.policy != self.policy.digest() {
+            return Err(ServiceError::Conflict(format!(
+                "the policy changed since card {digest} was shown: review again"
+            )));
+        }
+        if std::time::Instant::now() >= kept.expires {
+            return Err(ServiceError::Conflict(format!(
+                "card {digest} expired (review.card_expiry {}): review again",
+                humantime::format_duration(self.config.review.card_expiry)
+            )));
+        }
+        let cs = kept.changes;
         let (upper, workspace) = self.layers(id).await?;
         // The approval is on the record before anything is applied.
         self.audit
