@@ -300,7 +300,10 @@ impl Writer {
         let signer = keyfile::load_or_create(&dir, &cfg.origin)?;
         let mut sync = LeafSync::new(&dir)?;
         let scan = scan::scan(&dir, &signer.verifier(), &mut |seq, h| sync.leaf(seq, h))?;
-        let leaves = sync.finish(scan.count)?;
+        // Repaired, then reopened for appending: a descriptor with its own position would
+        // write over what another process appended in the meantime.
+        drop(sync.finish(scan.count)?);
+        let leaves = open_append(&dir.join(crate::leaves::LEAVES_FILE))?;
         for torn in [&scan.torn_records, &scan.torn_checkpoint]
             .into_iter()
             .flatten()

@@ -365,6 +365,17 @@ async fn two_writers_on_one_log_take_turns() {
     let report = verify(dir.path(), a.verifier_key()).unwrap();
     assert_eq!(report.records, 400);
     assert_eq!(report.unsigned_records, 0);
+    // The leaf-hash file (what proofs and the next tail open read) is every record's hash,
+    // in order: neither writer wrote over the other's.
+    let leaves = std::fs::read(dir.path().join(luminaguard_audit::LEAVES_FILE)).unwrap();
+    let hashes: Vec<u8> = luminaguard_audit::read(dir.path())
+        .unwrap()
+        .flat_map(|r| r.unwrap().hash.0)
+        .collect();
+    assert!(
+        leaves == hashes,
+        "leaves.bin differs from the records' hashes"
+    );
 }
 
 /// Opening from the tail continues the chain where it ended; a torn last line (a crash

@@ -27,6 +27,9 @@ fn command(rt: &Path, args: &[&str]) -> Command {
         .args(args)
         .env("RUST_LOG", "warn")
         .env_remove("LUMINAGUARD_COPY_MAX_SIZE")
+        // The hostile tenant's commands run as a person allowed them: the host side of a copy
+        // is under test, not the policy (docs/approval.md).
+        .env("LUMINAGUARD_POLICY", "permissive")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -195,6 +195,23 @@ fn an_asked_command_on_a_workspace_changes_nothing_without_a_person() {
         assert!(err.contains("nothing was applied"), "{script}: {err}");
         assert_eq!(tree(&e.ws), before, "{script} changed the workspace");
     }
+    // A long-lived sandbox writes its workspace directly: an asked command is held, not run.
+    std::fs::write(e.ws.join("do.sh"), "rm -r /workspace/data\n").unwrap();
+    let before = tree(&e.ws);
+    let out = lg(
+        &e,
+        &["sandbox", "create", "--name", "long", "--workspace", ws],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = lg(
+        &e,
+        &["sandbox", "exec", "long", "--", "sh", "/workspace/do.sh"],
+    );
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("held for a person's approval"), "{err}");
+    assert_eq!(tree(&e.ws), before, "a held command changed the workspace");
+    assert!(lg(&e, &["sandbox", "rm", "long"]).status.success());
 }
 
 #[test]

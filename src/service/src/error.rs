@@ -81,6 +81,10 @@ pub enum ServiceError {
     /// The policy refused the action.
     #[error("denied by policy: {0}")]
     Denied(String),
+    /// The policy asks about the command and no person can be asked on this path: it does not
+    /// run.
+    #[error("held for a person's approval, which this path cannot ask for: {0}")]
+    Held(String),
     /// The policy does not load.
     #[error(transparent)]
     Policy(#[from] luminaguard_policy::PolicyError),
@@ -121,7 +125,7 @@ impl ServiceError {
             Self::Agent { source, .. } => agent_code(source),
             Self::HostUnsupported(_) => ErrorCode::HostUnsupported,
             Self::Audit(_) => ErrorCode::Internal,
-            Self::Denied(_) => ErrorCode::Forbidden,
+            Self::Denied(_) | Self::Held(_) => ErrorCode::Forbidden,
             Self::Policy(_) => ErrorCode::InvalidSpec,
             Self::Review(e) => match e.code() {
                 "workspace-changed" | "upper-changed" => ErrorCode::Conflict,

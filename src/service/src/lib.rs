@@ -455,6 +455,9 @@ impl Service {
         if decision.verdict == luminaguard_policy::Verdict::Deny {
             return Err(ServiceError::Denied(decision.to_string()));
         }
+        if decision.verdict == luminaguard_policy::Verdict::Ask {
+            self.hold_unpreviewable(caller, id, &decision).await?;
+        }
         Ok(
             Exec::start(self.connection(id).await?, Arc::clone(&self.events), opts)
                 .await?
@@ -464,6 +467,35 @@ impl Service {
                     sandbox: id.clone(),
                 }),
         )
+    }
+
+    /// An asked command on a workspace it would write directly — not a speculative run, whose
+    /// changes wait for a card — is held: refused, and on the record, until approvals reach the
+    /// service by other means than a terminal review. (An ask in a sandbox with no workspace
+    /// changes nothing a person keeps; it runs, its decision on the record.)
+    async fn hold_unpreviewable(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+        decision: &luminaguard_policy::Decision,
+    ) -> Result<(), ServiceError> {
+        let (_, meta) = luminaguard_backend::record(&self.runtime, id).await?;
+        let speculative = meta.spec.as_ref().is_some_and(|s| s.review.is_some());
+        if meta.workspace.is_none() || speculative {
+            return Ok(());
+        }
+        self.audit
+            .note(
+                caller,
+                serde_json::json!({"type": "held", "sandbox": id,
+                    "reason": "asked, on a workspace written directly"}),
+            )
+            .await;
+        Err(ServiceError::Held(format!(
+            "{decision}; this sandbox writes its workspace directly, so the command cannot be \
+             previewed for a person: run it as a review (`luminaguard run --workspace DIR \
+             --review -- …`), or under a policy that allows it"
+        )))
     }
 
     /// What the policy decides for running `argv` (in `cwd`).
