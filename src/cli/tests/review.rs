@@ -346,3 +346,41 @@ fn a_card_approved_after_it_expired_is_refused() {
     assert!(screen.contains("nothing was applied"), "{screen}");
     assert_eq!(tree(&f.ws), before, "an expired card was applied");
 }
+
+/// From inside a review, the tenant tries to get under the overlay — unmount it (plain, lazy,
+/// by raw syscall), remount the workspace — and to fill the private layer; then writes. The
+/// real workspace stays byte-identical and the layer's cap holds.
+#[test]
+fn a_command_cannot_get_under_the_overlay_or_past_the_layers_cap() {
+    if !privileged("the review test") {
+        return;
+    }
+    let f = fixture();
+    let config = f.runtime.with_extension("toml");
+    std::fs::write(&config, "[review]\nmax_layer = \"2M\"\n").unwrap();
+    let before = tree(&f.ws);
+    let attack = "cd /; umount /workspace 2>/dev/null && echo UNMOUNTED; \
+        umount -l /workspace 2>/dev/null && echo LAZY; \
+        perl -e 'print syscall(166, \"/workspace\", 2) == 0 ? \"RAW\\n\" : \"\"'; \
+        mount -o remount,rw /workspace 2>/dev/null && echo REMOUNTED; \
+        echo pwned > /workspace/edit.txt; \
+        dd if=/dev/zero of=/workspace/big bs=1M count=8 2>&1 | grep -o 'No space left on device' | head -1; \
+        echo done";
+    let mut a = vec!["--config", config.to_str().unwrap()];
+    a.extend(args(&f, attack));
+    let out = without_terminal(&a);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.ends_with("done\n"),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    for got_under in ["UNMOUNTED", "LAZY", "RAW", "REMOUNTED"] {
+        assert!(!stdout.contains(got_under), "{got_under}: {stdout}");
+    }
+    assert!(
+        stdout.contains("No space left on device"),
+        "the layer's cap: {stdout}"
+    );
+    assert_eq!(tree(&f.ws), before, "the tenant reached the real workspace");
+}
