@@ -14,8 +14,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::V1;
 use crate::types::{
-    AuditView, CreateSandbox, ErrorBody, ExecBody, ExecEvent, GcView, Health, RunBody, SandboxView,
-    StatView, Written,
+    ApprovalView, AuditView, CardView, CreateSandbox, DecideBody, ErrorBody, ExecBody, ExecEvent,
+    GcView, Health, RunBody, SandboxView, StatView, Written,
 };
 
 /// Why a request to the daemon failed.
@@ -160,6 +160,39 @@ impl Client {
     pub async fn exec(&self, id: &str, body: &ExecBody) -> Result<ExecEvents, ClientError> {
         let req = json_request(Method::POST, &sandbox_path(id, "/exec"), Some(body))?;
         Ok(ExecEvents::new(self.send(req).await?.into_body()))
+    }
+
+    /// The Diff Card of speculative sandbox `id`'s changes so far, put up for an answer.
+    pub async fn review(&self, id: &str) -> Result<CardView, ClientError> {
+        self.json(Method::POST, &sandbox_path(id, "/review"), None::<&()>)
+            .await
+    }
+
+    /// The approvals waiting for an answer that this client may see.
+    pub async fn approvals(&self) -> Result<Vec<ApprovalView>, ClientError> {
+        self.json(Method::GET, &format!("{V1}/approvals"), None::<&()>)
+            .await
+    }
+
+    /// Approval `id`; with `wait`, once it is decided (or expired).
+    pub async fn approval(&self, id: &str, wait: bool) -> Result<ApprovalView, ClientError> {
+        let q = if wait { "?wait=true" } else { "" };
+        self.json(
+            Method::GET,
+            &format!("{V1}/approvals/{}{q}", path_escape(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Answers approval `id`.
+    pub async fn decide(&self, id: &str, body: &DecideBody) -> Result<ApprovalView, ClientError> {
+        self.json(
+            Method::POST,
+            &format!("{V1}/approvals/{}", path_escape(id)),
+            Some(body),
+        )
+        .await
     }
 
     /// A disposable sandbox for one command.

@@ -93,6 +93,11 @@ pub struct CreateSandbox {
     /// Without memory, PID and CPU limits (only ever on explicit request).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_cgroup: bool,
+    /// A speculative sandbox: its workspace is an overlay whose writes wait for a person's
+    /// approval of their Diff Card (`POST /v1/sandboxes/{id}/review`, or the `card` event of
+    /// `POST /v1/run`). Needs `workspace`; has no network.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub review: bool,
 }
 
 /// A sandbox, as `luminaguard sandbox ls --json` shows it.
@@ -211,6 +216,94 @@ pub enum ExecEvent {
     Stderr(Chunk),
     Exit(ExitView),
     Error(ErrorBody),
+    /// `POST /v1/run` of a speculative sandbox, after `exit`: the Diff Card of what the command
+    /// changed, waiting for an answer (`POST /v1/approvals/{id}`).
+    Card(CardView),
+    /// After `card` (when it has an approval): how it was answered. The response ends after it
+    /// — and a client that goes away before it withdraws the card.
+    Decision(ApprovalView),
+}
+
+/// A Diff Card: what a speculative run changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CardView {
+    /// The approval a person answers; absent when the run changed nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
+    pub sandbox: String,
+    /// The real workspace the change set would be applied to.
+    pub workspace: String,
+    /// The change set: `entries` (path, kind, before, after), `digest`, `summary`.
+    #[schema(value_type = Object)]
+    pub changes: serde_json::Value,
+    /// The card as a terminal shows it (diffs included, summarised when large).
+    pub text: String,
+    /// Why a person is asked: the policy's decisions that asked (empty: a review was asked for).
+    #[serde(default)]
+    pub asked: Vec<String>,
+    /// The policy the card was made under: approved under another, nothing is applied.
+    pub policy_digest: String,
+    /// Unanswered by then, the card is denied.
+    pub expires_unix_ms: u64,
+}
+
+impl CardView {
+    /// The change set's digest (what an approval may name to be sure of what it approves).
+    pub fn digest(&self) -> &str {
+        self.changes
+            .get("digest")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+    }
+
+    /// How many changes the card lists.
+    pub fn len(&self) -> usize {
+        self.changes
+            .get("entries")
+            .and_then(serde_json::Value::as_array)
+            .map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `GET /v1/approvals[/{id}]`: a Diff Card waiting for a person's answer, or answered not
+/// long ago.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApprovalView {
+    /// `ap-` and 16 hex digits.
+    pub id: String,
+    /// Whose action it is (they and root may answer it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<u32>,
+    /// `pending`, `applied`, `apply-refused`, `denied`, `expired`, `withdrawn`.
+    pub state: String,
+    pub requested_unix_ms: u64,
+    pub card: CardView,
+    /// How it ended (absent while pending): `state`, `by` (`uid`, `via`), and `applied`,
+    /// `reason` or `code` as the state has them.
+    #[schema(value_type = Option<Object>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<serde_json::Value>,
+    /// The outcome as a sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome_text: Option<String>,
+}
+
+/// `POST /v1/approvals/{id}`: a person's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecideBody {
+    /// `approve` or `deny`.
+    pub decision: String,
+    /// Why (on the audit record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The change set's digest the person saw: if given and not the card's, nothing happens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// How a command ended.
@@ -256,11 +349,15 @@ impl ExitView {
 /// `GET /v1/events` (server-sent events): what happened to a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EventView {
-    /// `created`, `destroyed`, `expired`, `oom-killed`.
+    /// `created`, `destroyed`, `expired`, `oom-killed`, `approval-requested`,
+    /// `approval-decided`.
     pub kind: String,
     pub sandbox: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<u32>,
+    /// The approval, for `approval-*` events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
     pub unix_ms: u64,
 }
 

@@ -35,6 +35,12 @@ pub fn run(
             .prepare_runtime()
             .await
             .context("preparing the runtime directory")?;
+        // The log is verified whole before anything is served: a log that fails verification
+        // stops the daemon here, rather than failing every request.
+        service
+            .open_audit()
+            .await
+            .context("opening the audit log")?;
         let socket = config.daemon.socket.clone();
         let group = config.daemon.group.clone();
         let bound = tokio::task::spawn_blocking(move || {

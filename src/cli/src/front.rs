@@ -9,14 +9,16 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use luminaguard_api::client::{Client, ExecEvents};
 use luminaguard_api::types::{
-    AuditView, CreateSandbox, ExecBody, ExecEvent, ExitView, GcView, RunBody, SandboxView,
+    ApprovalView, AuditView, CardView, CreateSandbox, DecideBody, ExecBody, ExecEvent, ExitView,
+    GcView, RunBody, SandboxView,
 };
 use luminaguard_backend::copy::{CopyError, CopyOptions, Stop};
 use luminaguard_backend::hostfs::{self, Destination};
 use luminaguard_core::{Config, SandboxId};
 use luminaguard_protocol::message::{SeccompAudit, SeccompDenial};
+use luminaguard_service::review::Deciding;
 use luminaguard_service::{
-    Caller, CreateOptions, Exec, ExecOptions, ExecOutput, ExitReport, Pending, Service,
+    Answer, Caller, CreateOptions, Exec, ExecOptions, ExecOutput, ExitReport, Pending, Service,
 };
 use tokio::io::{AsyncWriteExt, DuplexStream};
 
@@ -172,41 +174,120 @@ impl Front {
         Ok(())
     }
 
-    /// The Diff Card of speculative sandbox `id` (in-process only, so far).
-    pub async fn review(
+    /// The Diff Card of the speculative run `exec` ran (made here, or the daemon's `card`
+    /// event after the exit), put up for an answer.
+    pub async fn card(
         &self,
-        id: &SandboxId,
-    ) -> anyhow::Result<luminaguard_service::review::Card> {
-        match self {
-            Self::Local(service, caller) => Ok(service.review(caller, id).await?),
-            Self::Daemon(_) => bail!("a review is not served by the daemon yet: use --no-daemon"),
+        id: Option<&SandboxId>,
+        exec: &mut Execution,
+    ) -> anyhow::Result<CardView> {
+        match (self, exec) {
+            (Self::Local(service, caller), _) => {
+                let id = id.context("a review in this process needs its sandbox's id")?;
+                Ok(luminaguard_daemon::approvals::card_view(
+                    &service.review(caller, id).await?,
+                ))
+            }
+            (Self::Daemon(_), Execution::Remote(r)) => match r.events.next().await? {
+                Some(ExecEvent::Card(card)) => Ok(card),
+                Some(ExecEvent::Error(e)) => bail!("{}", e.detail),
+                other => bail!("the daemon sent no Diff Card after the command (got {other:?})"),
+            },
+            (Self::Daemon(_), Execution::Local(_)) => {
+                bail!("a review through the daemon needs its event stream")
+            }
         }
     }
 
-    /// Applies the card with `digest` of speculative sandbox `id` to its workspace.
-    pub async fn apply_changes(
+    /// Waits for approval `id` of the run `exec` ran to be decided — by anyone, or by its
+    /// time running out.
+    pub async fn await_decision(
         &self,
-        id: &SandboxId,
-        digest: &str,
-    ) -> anyhow::Result<luminaguard_service::review::Applied> {
-        match self {
-            Self::Local(service, caller) => Ok(service.apply_changes(caller, id, digest).await?),
-            Self::Daemon(_) => bail!("a review is not served by the daemon yet: use --no-daemon"),
+        id: &str,
+        exec: &mut Execution,
+    ) -> anyhow::Result<ApprovalView> {
+        match (self, exec) {
+            (Self::Local(service, caller), _) => Ok(luminaguard_daemon::approvals::approval_view(
+                &service.wait_approval(caller, id).await?,
+            )),
+            (Self::Daemon(_), Execution::Remote(r)) => match r.events.next().await? {
+                Some(ExecEvent::Decision(a)) => Ok(a),
+                Some(ExecEvent::Error(e)) => bail!("{}", e.detail),
+                other => bail!("the daemon sent no decision for approval {id} (got {other:?})"),
+            },
+            (Self::Daemon(client), Execution::Local(_)) => Ok(client.approval(id, true).await?),
         }
     }
 
-    /// Records that the card with `digest` of sandbox `id` was not approved.
-    pub async fn decline_changes(
+    /// Answers approval `id` (`digest`: the change set the person was shown).
+    pub async fn answer(
         &self,
-        id: &SandboxId,
+        id: &str,
+        answer: Answer,
+        reason: Option<String>,
         digest: &str,
-        why: &str,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<ApprovalView> {
         match self {
             Self::Local(service, caller) => {
-                Ok(service.decline_changes(caller, id, digest, why).await?)
+                let a = service
+                    .answer(
+                        Deciding {
+                            caller,
+                            via: "terminal",
+                        },
+                        id,
+                        answer,
+                        reason,
+                        Some(digest),
+                    )
+                    .await?;
+                Ok(luminaguard_daemon::approvals::approval_view(&a))
             }
-            Self::Daemon(_) => bail!("a review is not served by the daemon yet: use --no-daemon"),
+            Self::Daemon(client) => {
+                let body = DecideBody {
+                    decision: match answer {
+                        Answer::Approve => "approve",
+                        Answer::Deny => "deny",
+                    }
+                    .to_owned(),
+                    reason,
+                    digest: Some(digest.to_owned()),
+                };
+                Ok(client.decide(id, &body).await?)
+            }
+        }
+    }
+
+    /// Whether someone other than this process can answer an approval (through the daemon).
+    pub fn answerable_elsewhere(&self) -> bool {
+        matches!(self, Self::Daemon(_))
+    }
+
+    /// The approvals waiting for this user's answer (root: everyone's).
+    pub async fn approvals(&self) -> anyhow::Result<Vec<ApprovalView>> {
+        match self {
+            Self::Local(service, caller) => Ok(service
+                .approvals(caller)
+                .await
+                .iter()
+                .map(luminaguard_daemon::approvals::approval_view)
+                .collect()),
+            Self::Daemon(client) => Ok(client.approvals().await?),
+        }
+    }
+
+    /// Approval `id` (with `wait`: once decided).
+    pub async fn approval(&self, id: &str, wait: bool) -> anyhow::Result<ApprovalView> {
+        match self {
+            Self::Local(service, caller) => {
+                let a = if wait {
+                    service.wait_approval(caller, id).await?
+                } else {
+                    service.approval(caller, id).await?
+                };
+                Ok(luminaguard_daemon::approvals::approval_view(&a))
+            }
+            Self::Daemon(client) => Ok(client.approval(id, wait).await?),
         }
     }
 
@@ -504,6 +585,7 @@ fn create_body(o: CreateOptions) -> anyhow::Result<CreateSandbox> {
         template: o.template,
         pool: o.pool,
         no_cgroup: o.no_cgroup,
+        review: o.review,
     })
 }
 
@@ -614,6 +696,9 @@ impl Running for Execution {
             ExecEvent::Stderr(c) => ExecOutput::Stderr(Bytes::from(c.bytes()?)),
             ExecEvent::Exit(v) => ExecOutput::Exit(report(v)),
             ExecEvent::Error(e) => bail!("{}", e.detail),
+            ExecEvent::Card(_) | ExecEvent::Decision(_) => {
+                bail!("the daemon sent a review event before the command's exit")
+            }
         }))
     }
 

@@ -2,6 +2,7 @@
 
 #[macro_use]
 mod out;
+mod approvals;
 mod auditlog;
 mod daemon;
 mod debug;
@@ -74,6 +75,9 @@ enum Command {
     /// show.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Diff Cards waiting for a person's answer (in the daemon): ls, show, approve, deny, wait.
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCommand),
     /// The tamper-evident audit log of every decision and execution: ls, show, verify, prove.
     #[command(subcommand)]
     Audit(auditlog::AuditCommand),
@@ -236,6 +240,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Image(cmd) => image::run(cmd, &config),
         Command::Audit(cmd) => auditlog::run(cmd, &config),
+        Command::Approvals(cmd) => with_runtime(async {
+            let front = front(config, &daemon).await?;
+            approvals::run(cmd, &front).await
+        }),
         Command::Policy(cmd) => policy::run(cmd, &config),
         Command::Daemon(args) => {
             let (file, runtime_dir, policy, verbose) =
@@ -253,11 +261,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => with_runtime(doctor::run(args, &config)),
         Command::Run(mut args) => {
             args.route_by_policy(&config)?;
-            // A review is served in this process for now (the daemon has no review routes).
-            let daemon = front::Choice {
-                never: daemon.never || args.review,
-                ..daemon
-            };
             with_runtime(async {
                 let front = front(config, &daemon).await?;
                 let result = run::run(args, &front).await;

@@ -1,16 +1,20 @@
 //! `luminaguard run --review`: run the command speculatively (its workspace an overlay), show
-//! the Diff Card of what it changed, and apply exactly that change set if the person at the
-//! terminal approves. No terminal, no approval: nothing is applied.
+//! the Diff Card of what it changed, and apply exactly that change set once a person approves
+//! it. The person answers at this terminal — or, when the daemon runs the review, through the
+//! daemon's approvals (`luminaguard approvals approve|deny ID`, the console), whichever comes
+//! first. No answer before the card expires, or no one to ask: nothing is applied.
 
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use luminaguard_service::{CreateOptions, ExecOptions};
+use luminaguard_api::types::{ApprovalView, CardView};
+use luminaguard_service::{Answer, CreateOptions, ExecOptions};
 
-use crate::front::Front;
+use crate::front::{Execution, Front};
 
-/// Exit status when the command ran but its changes were not applied (denied, or nobody to ask).
+/// Exit status when the command ran but its changes were not applied (denied, expired, or
+/// nobody to ask).
 const NOT_APPLIED: u8 = 1;
 
 pub async fn run(
@@ -19,7 +23,6 @@ pub async fn run(
     json: bool,
     front: &Front,
 ) -> anyhow::Result<ExitCode> {
-    let workspace = create.workspace.clone().unwrap_or_default();
     let opts = ExecOptions {
         argv,
         // The answer to the card is read from the terminal: the command must not eat it.
@@ -28,51 +31,23 @@ pub async fn run(
     };
     let (id, exec) = front.run(create, opts).await?;
     let result = async {
-        let Some(id) = &id else {
-            anyhow::bail!("a review runs in this process (no sandbox id came back)");
-        };
-        let status = crate::stream::exec_streamed(exec?, false, json).await?;
-        let card = front.review(id).await.context("reading the change set")?;
-        let mut err = std::io::stderr().lock();
-        if card.changes.entries.is_empty() {
-            writeln!(
-                err,
-                "luminaguard: review: the command changed nothing in the workspace"
-            )?;
+        let mut exec = exec?;
+        let status = crate::stream::exec_streamed(&mut exec, false, json).await?;
+        let card = front
+            .card(id.as_ref(), &mut exec)
+            .await
+            .context("reading the change set")?;
+        let Some(approval) = card.approval.clone() else {
+            eprintln!("luminaguard: review: the command changed nothing in the workspace");
             return Ok(status);
-        }
-        err.write_all(card.text.as_bytes())?;
-        writeln!(err, "change set {}", card.changes.digest)?;
-        drop(err);
-        let question = format!("Apply these changes to {}? [y/N] ", workspace.display());
-        match tokio::task::spawn_blocking(move || ask(&question)).await? {
-            Answer::Yes => {
-                front
-                    .apply_changes(id, &card.changes.digest)
-                    .await
-                    .context("applying the change set (nothing was applied)")?;
-                eprintln!(
-                    "luminaguard: review: applied {} changes to {}",
-                    card.changes.entries.len(),
-                    workspace.display()
-                );
-                Ok(status)
-            }
-            Answer::No => {
-                front
-                    .decline_changes(id, &card.changes.digest, "denied at the terminal")
-                    .await?;
-                eprintln!("luminaguard: review: denied; nothing was applied");
-                Ok(ExitCode::from(NOT_APPLIED))
-            }
-            Answer::NoTerminal(why) => {
-                front
-                    .decline_changes(id, &card.changes.digest, "no terminal to ask")
-                    .await?;
-                eprintln!("luminaguard: review: no terminal to ask ({why}); nothing was applied");
-                Ok(ExitCode::from(NOT_APPLIED))
-            }
-        }
+        };
+        show(&card, &approval, front)?;
+        let decided = decide(front, &card, &approval, &mut exec).await?;
+        Ok(if report(&decided, &card) {
+            status
+        } else {
+            ExitCode::from(NOT_APPLIED)
+        })
     }
     .await;
     if let Err(e) = front.finish_run(id).await {
@@ -81,22 +56,124 @@ pub async fn run(
     result
 }
 
-enum Answer {
+/// The card on stderr, and where else it can be answered.
+fn show(card: &CardView, approval: &str, front: &Front) -> anyhow::Result<()> {
+    let mut err = std::io::stderr().lock();
+    for why in &card.asked {
+        writeln!(err, "asked by policy: {why}")?;
+    }
+    err.write_all(card.text.as_bytes())?;
+    writeln!(err, "change set {}", card.digest())?;
+    if front.answerable_elsewhere() {
+        writeln!(
+            err,
+            "approval {approval}: answer here, or with `luminaguard approvals approve|deny \
+             {approval}`; unanswered, it is denied at {}",
+            clock(card.expires_unix_ms)
+        )?;
+    }
+    Ok(())
+}
+
+/// The decision on the card: this terminal's answer or, through the daemon, anyone's —
+/// whichever comes first — or the card's expiry.
+async fn decide(
+    front: &Front,
+    card: &CardView,
+    approval: &str,
+    exec: &mut Execution,
+) -> anyhow::Result<ApprovalView> {
+    let question = format!("Apply these changes to {}? [y/N] ", card.workspace);
+    // A plain thread, not a blocking task: a prompt nobody answers (decided elsewhere) must
+    // not keep the program from exiting.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(ask(&question));
+    });
+    let digest = card.digest().to_owned();
+    let ours = async {
+        let (answer, reason) = match rx.await {
+            Ok(Asked::Yes) => (Answer::Approve, None),
+            Ok(Asked::No) => (Answer::Deny, Some("denied at the terminal".to_owned())),
+            Ok(Asked::NoTerminal(why)) if !front.answerable_elsewhere() => {
+                eprintln!("luminaguard: review: no terminal to ask ({why})");
+                (Answer::Deny, Some("no terminal to ask".to_owned()))
+            }
+            Ok(Asked::NoTerminal(_)) | Err(_) => {
+                eprintln!(
+                    "luminaguard: review: no terminal here: waiting for an answer to {approval}"
+                );
+                return std::future::pending().await;
+            }
+        };
+        front.answer(approval, answer, reason, &digest).await
+    };
+    let theirs = front.await_decision(approval, exec);
+    tokio::pin!(theirs);
+    tokio::select! {
+        decided = &mut theirs => decided,
+        ours = ours => match ours {
+            Ok(decided) => Ok(decided),
+            // Answered elsewhere just before us, or refused: what happened is what the
+            // approval says now.
+            Err(e) => {
+                eprintln!("luminaguard: review: {e:#}");
+                theirs.await
+            }
+        },
+    }
+}
+
+/// Says how the card was decided; whether its changes were applied.
+fn report(a: &ApprovalView, card: &CardView) -> bool {
+    let text = a.outcome_text.as_deref().unwrap_or("undecided");
+    match a.state.as_str() {
+        "applied" => {
+            eprintln!(
+                "luminaguard: review: applied {} changes to {}",
+                card.len(),
+                card.workspace
+            );
+            true
+        }
+        "expired" => {
+            eprintln!("luminaguard: review: the card expired unanswered; nothing was applied");
+            false
+        }
+        _ => {
+            eprintln!("luminaguard: review: {text}");
+            false
+        }
+    }
+}
+
+/// A time of day (UTC) for a message.
+fn clock(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+enum Asked {
     Yes,
     No,
     NoTerminal(String),
 }
 
 /// Asks on the controlling terminal (not stdin, which may be a pipe the agent controls).
-#[allow(clippy::disallowed_methods)] // runs on a blocking thread
-fn ask(question: &str) -> Answer {
+#[allow(clippy::disallowed_methods)] // runs on its own thread
+fn ask(question: &str) -> Asked {
     let tty = match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/tty")
     {
         Ok(t) => t,
-        Err(e) => return Answer::NoTerminal(e.to_string()),
+        Err(e) => return Asked::NoTerminal(e.to_string()),
     };
     let mut out = &tty;
     if out
@@ -104,14 +181,14 @@ fn ask(question: &str) -> Answer {
         .and_then(|()| out.flush())
         .is_err()
     {
-        return Answer::NoTerminal("cannot write to it".into());
+        return Asked::NoTerminal("cannot write to it".into());
     }
     let mut line = String::new();
     match std::io::BufReader::new(&tty).read_line(&mut line) {
-        Ok(0) | Err(_) => Answer::No,
+        Ok(0) | Err(_) => Asked::No,
         Ok(_) => match line.trim().to_ascii_lowercase().as_str() {
-            "y" | "yes" => Answer::Yes,
-            _ => Answer::No,
+            "y" | "yes" => Asked::Yes,
+            _ => Asked::No,
         },
     }
 }

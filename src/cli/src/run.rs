@@ -106,8 +106,10 @@ pub struct RunArgs {
     json: bool,
     /// Run speculatively: the command sees the workspace as an overlay and changes nothing
     /// real; then its Diff Card (what it added, changed and deleted, with diffs) is shown, and
-    /// the changes are applied only if you approve at the terminal (no terminal: nothing is
-    /// applied). Needs --workspace; no network and no stdin during the run; process backend.
+    /// the changes are applied only once approved: at the terminal, or — when the daemon runs
+    /// it — with `luminaguard approvals approve ID` (or the console), whichever comes first.
+    /// Unanswered before `review.card_expiry`, or with nobody to ask: nothing is applied.
+    /// Needs --workspace; no network and no stdin during the run; process backend.
     #[arg(long, requires = "workspace")]
     pub review: bool,
     /// The command and its arguments.

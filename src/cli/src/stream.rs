@@ -15,6 +15,19 @@ pub trait Running {
     async fn close_stdin(&mut self) -> anyhow::Result<()>;
 }
 
+/// A command borrowed (its stream read on after the exit: a review's card).
+impl<T: Running> Running for &mut T {
+    async fn next(&mut self) -> anyhow::Result<Option<ExecOutput>> {
+        (**self).next().await
+    }
+    async fn write_stdin(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        (**self).write_stdin(data).await
+    }
+    async fn close_stdin(&mut self) -> anyhow::Result<()> {
+        (**self).close_stdin().await
+    }
+}
+
 /// Streams `exec`'s output to our stdout and stderr and (with `stdin`) our stdin to it, until
 /// it exits; then reports the exit (with `json`, also as one JSON line on stderr: stdout
 /// belongs to the command). Returns the shell's exit code for it.

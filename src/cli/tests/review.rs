@@ -179,8 +179,10 @@ fn on_terminal(args: &[&str], before_answer: impl FnOnce(), answer: &str) -> (Op
     }
     before_answer();
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(answer.as_bytes()).unwrap();
-    stdin.flush().unwrap();
+    // The program may have ended already (its card expired): then nobody reads the answer.
+    let _ = stdin
+        .write_all(answer.as_bytes())
+        .and_then(|()| stdin.flush());
     let status = child.wait().unwrap();
     drop(stdin);
     reader.join().unwrap();
@@ -224,7 +226,10 @@ fn without_a_terminal_or_with_a_no_the_workspace_stays_byte_identical() {
 
     let (code, screen) = on_terminal(&args(&f, CHANGES), || {}, "n\n");
     assert_eq!(code, Some(1), "{screen}");
-    assert!(screen.contains("denied; nothing was applied"), "{screen}");
+    assert!(
+        screen.contains("denied by uid 0 (terminal): denied at the terminal; nothing was applied"),
+        "{screen}"
+    );
     assert_eq!(tree(&f.ws), before, "a denied review changed the workspace");
 }
 
@@ -326,7 +331,7 @@ fn a_review_needs_a_workspace_and_a_backend_that_can_preview() {
 }
 
 #[test]
-fn a_card_approved_after_it_expired_is_refused() {
+fn a_card_unanswered_until_it_expires_is_denied_even_if_the_answer_comes_later() {
     if !privileged("the review test") {
         return;
     }
@@ -383,4 +388,307 @@ fn a_command_cannot_get_under_the_overlay_or_past_the_layers_cap() {
         "the layer's cap: {stdout}"
     );
     assert_eq!(tree(&f.ws), before, "the tenant reached the real workspace");
+}
+
+// Through the daemon: the card waits in its approvals, where another process answers it.
+
+/// A daemon on the fixture's runtime directory, with its own audit log.
+fn daemon(f: &Fixture, extra: &str) -> luminaguard_testkit::daemon::Daemon {
+    let audit = f.runtime.with_extension("audit");
+    luminaguard_testkit::daemon::Daemon::start(
+        Path::new(BIN),
+        &f.runtime,
+        &format!(
+            "audit_dir = \"{}\"\n[daemon]\ngroup = \"nogroup\"\n{extra}",
+            audit.display()
+        ),
+    )
+}
+
+/// The CLI against the daemon `d`.
+fn cli(d: &luminaguard_testkit::daemon::Daemon, a: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--runtime-dir")
+        .arg(&d.runtime)
+        .arg("--config")
+        .arg(&d.config)
+        .args(a)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Starts a review through the daemon with no terminal, and waits for its card to be listed;
+/// returns the CLI's process (the caller waits for it) and the approval.
+#[allow(clippy::zombie_processes)] // returned to the caller, who waits for it
+fn review_waiting(
+    f: &Fixture,
+    d: &luminaguard_testkit::daemon::Daemon,
+    script: &str,
+) -> (std::process::Child, serde_json::Value) {
+    let mut child = Command::new("setsid")
+        .arg(BIN)
+        .arg("--config")
+        .arg(&d.config)
+        .args(args(f, script))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = cli(d, &["approvals", "ls", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if let Some(a) = list.as_array().unwrap().first() {
+            return (child, a.clone());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("no card came up: {}", text(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn audit_records(d: &luminaguard_testkit::daemon::Daemon) -> Vec<serde_json::Value> {
+    let out = cli(d, &["audit", "ls", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn through_the_daemon_a_card_is_approved_from_another_process_once() {
+    if !privileged("the review test") {
+        return;
+    }
+    let f = fixture();
+    let mut d = daemon(&f, "");
+    let mut sse = Command::new("curl")
+        .args(["-sSN", "--max-time", "120"])
+        .arg("--unix-socket")
+        .arg(&d.socket)
+        .arg("http://lg/v1/events")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (child, a) = review_waiting(&f, &d, CHANGES);
+    let id = a["id"].as_str().unwrap().to_owned();
+    assert_eq!(a["state"], "pending");
+    assert!(
+        a["card"]["text"].as_str().unwrap().contains("+three"),
+        "{a}"
+    );
+
+    // Someone else on the daemon's socket neither sees nor answers it.
+    let other = Some((1001, 65534));
+    let theirs = luminaguard_testkit::http::reply(luminaguard_testkit::http::curl_as(
+        &d.socket,
+        "GET",
+        "/v1/approvals",
+        None,
+        other,
+    ));
+    assert_eq!((theirs.status, theirs.body.as_str()), (200, "[]"));
+    let theirs = luminaguard_testkit::http::reply(luminaguard_testkit::http::curl_as(
+        &d.socket,
+        "POST",
+        &format!("/v1/approvals/{id}"),
+        Some(br#"{"decision":"approve"}"#),
+        other,
+    ));
+    assert_eq!(theirs.status, 404, "{}", theirs.body);
+    // An answer naming another change set than the card's does nothing.
+    let wrong = cli(&d, &["approvals", "approve", &id, "--digest", "00"]);
+    assert!(!wrong.status.success());
+    assert!(
+        text(&wrong.stderr).contains("not 00"),
+        "{}",
+        text(&wrong.stderr)
+    );
+
+    let shown = cli(&d, &["approvals", "show", &id]);
+    assert!(
+        text(&shown.stdout).contains("+three"),
+        "{}",
+        text(&shown.stdout)
+    );
+    let ok = cli(
+        &d,
+        &["approvals", "approve", &id, "--reason", "looks right"],
+    );
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert!(text(&ok.stdout).contains("applied"), "{}", text(&ok.stdout));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "done\n");
+    assert!(
+        text(&out.stderr).contains("applied 11 changes"),
+        "{}",
+        text(&out.stderr)
+    );
+    let after = tree(&f.ws);
+    assert_eq!(after["edit.txt"].3, b"one\ntwo\nthree\n");
+    assert!(!after.contains_key("gone.txt"));
+
+    // Once: a second answer changes nothing.
+    let again = cli(&d, &["approvals", "deny", &id]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("decided already"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert_eq!(tree(&f.ws), after);
+
+    // On the record: the card, who approved it through what, what was applied.
+    let records = audit_records(&d);
+    let of = |t: &str| {
+        records
+            .iter()
+            .find(|r| r["event"]["type"] == t && r["event"]["approval"] == id.as_str())
+            .unwrap_or_else(|| panic!("no {t} record: {records:#?}"))
+    };
+    assert_eq!(
+        of("review")["event"]["digest"],
+        a["card"]["changes"]["digest"]
+    );
+    assert_eq!(of("approve")["event"]["by"]["uid"], 0);
+    assert_eq!(of("approve")["event"]["by"]["via"], "api");
+    assert_eq!(of("apply")["event"]["applied"]["removed"], 4);
+    // Live on the event stream.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut stream = sse.stdout.take().unwrap();
+    while !text(&seen).contains("event: approval-decided") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "the event stream ended: {}", text(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let _ = sse.kill();
+    let _ = sse.wait();
+    assert!(
+        text(&seen).contains("event: approval-requested"),
+        "{}",
+        text(&seen)
+    );
+    assert!(
+        text(&seen).contains(&format!("\"approval\":\"{id}\"")),
+        "{}",
+        text(&seen)
+    );
+    d.stop();
+}
+
+#[test]
+fn through_the_daemon_deny_expiry_and_a_vanished_asker_apply_nothing() {
+    if !privileged("the review test") {
+        return;
+    }
+    let f = fixture();
+    let mut d = daemon(&f, "[review]\ncard_expiry = \"3s\"\n");
+    let before = tree(&f.ws);
+
+    // Denied.
+    let (child, a) = review_waiting(&f, &d, CHANGES);
+    let id = a["id"].as_str().unwrap();
+    let no = cli(&d, &["approvals", "deny", id, "--reason", "not today"]);
+    assert!(no.status.success(), "{}", text(&no.stderr));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not today; nothing was applied"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(tree(&f.ws), before, "a denied card changed the workspace");
+
+    // Nobody answers: denied when the card expires.
+    let (child, a) = review_waiting(&f, &d, CHANGES);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("expired"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(tree(&f.ws), before, "an expired card changed the workspace");
+    let late = cli(&d, &["approvals", "approve", a["id"].as_str().unwrap()]);
+    assert!(!late.status.success(), "an expired card was approved");
+
+    // The command that asked is killed: its card is withdrawn, and its sandbox is gone.
+    let (mut child, a) = review_waiting(&f, &d, CHANGES);
+    let id = a["id"].as_str().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = cli(&d, &["approvals", "show", id, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if v["state"] == "withdrawn" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let late = cli(&d, &["approvals", "approve", id]);
+    assert!(!late.status.success(), "a withdrawn card was approved");
+    assert_eq!(
+        tree(&f.ws),
+        before,
+        "a withdrawn card changed the workspace"
+    );
+    let ls = cli(&d, &["sandbox", "ls", "--json"]);
+    assert_eq!(
+        text(&ls.stdout).trim(),
+        "[]",
+        "the asker's sandbox outlived it"
+    );
+
+    let reasons: Vec<String> = audit_records(&d)
+        .iter()
+        .filter(|r| r["event"]["type"] == "decline")
+        .map(|r| r["event"]["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "not today",
+            "timed out",
+            "withdrawn: the client that asked went away"
+        ]
+    );
+    d.stop();
+}
+
+/// The command under review goes looking for the daemon, to approve its own card: the
+/// daemon's socket is not in its world.
+#[test]
+fn a_command_under_review_cannot_reach_the_daemon_to_approve_itself() {
+    if !privileged("the review test") {
+        return;
+    }
+    let f = fixture();
+    let mut d = daemon(&f, "[review]\ncard_expiry = \"5s\"\n");
+    let before = tree(&f.ws);
+    let sock = d.socket.display().to_string();
+    let attack = format!(
+        "echo pwned > /workspace/edit.txt; \
+         for s in {sock} /run/luminaguard/api.sock; do [ -e \"$s\" ] && echo SEEN $s; done; \
+         perl -MIO::Socket::UNIX -e 'for (@ARGV) {{ print \"CONNECTED $_\\n\" if \
+           IO::Socket::UNIX->new(Peer => $_) }}' {sock} /run/luminaguard/api.sock; \
+         echo done"
+    );
+    let (child, _) = review_waiting(&f, &d, &attack);
+    let out = child.wait_with_output().unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout, "done\n", "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(tree(&f.ws), before);
+    d.stop();
 }

@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use futures_util::StreamExt;
 use luminaguard_api::types::{
-    AuditView, CreateSandbox, DenialView, ErrorBody, EventView, ExecBody, ExecEvent, ExitView,
-    GcView, Health, RunBody, SandboxView, StatView, Written,
+    ApprovalView, AuditView, CardView, CreateSandbox, DecideBody, DenialView, ErrorBody, EventView,
+    ExecBody, ExecEvent, ExitView, GcView, Health, RunBody, SandboxView, StatView, Written,
 };
 use luminaguard_core::SandboxId;
 use luminaguard_service::{Caller, CreateOptions, ExecOptions};
@@ -41,8 +41,26 @@ use crate::execs::{self, After, StdinPlan};
                        sees only its own sandboxes."
     ),
     paths(
-        health, openapi, create, list, get_one, destroy, exec, exec_stdin, read_file, write_file,
-        stat, audit, run, gc, events, metrics
+        health,
+        openapi,
+        create,
+        list,
+        get_one,
+        destroy,
+        exec,
+        exec_stdin,
+        read_file,
+        write_file,
+        stat,
+        audit,
+        run,
+        gc,
+        events,
+        metrics,
+        crate::approvals::list,
+        crate::approvals::get,
+        crate::approvals::decide,
+        crate::approvals::review
     ),
     components(schemas(
         Health,
@@ -59,6 +77,9 @@ use crate::execs::{self, After, StdinPlan};
         StatView,
         AuditView,
         DenialView,
+        CardView,
+        ApprovalView,
+        DecideBody,
         luminaguard_api::chunk::Chunk
     ))
 )]
@@ -81,6 +102,12 @@ pub fn router(st: AppState) -> Router {
         .route("/v1/sandboxes/{id}/exec", post(exec))
         .route("/v1/sandboxes/{id}/audit", get(audit))
         .route("/v1/sandboxes/{id}/stat", get(stat))
+        .route("/v1/sandboxes/{id}/review", post(crate::approvals::review))
+        .route("/v1/approvals", get(crate::approvals::list))
+        .route(
+            "/v1/approvals/{id}",
+            get(crate::approvals::get).post(crate::approvals::decide),
+        )
         .route("/v1/run", post(run))
         .route("/v1/gc", post(gc))
         .route("/v1/events", get(events))
@@ -152,7 +179,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
     }
 }
 
-fn sandbox_id(id: &str) -> Result<SandboxId, ApiError> {
+pub(crate) fn sandbox_id(id: &str) -> Result<SandboxId, ApiError> {
     id.parse()
         .map_err(|e| ApiError::bad_request(format!("invalid sandbox id: {e}")))
 }
@@ -190,7 +217,7 @@ fn options(body: CreateSandbox, persistent: bool) -> CreateOptions {
         net_allow: body.net,
         net_deny: body.net_deny,
         pool: body.pool,
-        review: false,
+        review: body.review,
     }
 }
 
@@ -576,6 +603,10 @@ async fn audit(
 }
 
 /// One command in a disposable sandbox: create, run (output streamed as for exec), destroy.
+/// With `sandbox.review`, a speculative run: after `exit` comes a `card` event (the Diff Card
+/// of what the command changed) and — when it changed anything — a `decision` event once a
+/// person has answered the card (`POST /v1/approvals/{id}`) or its time ran out; then the
+/// sandbox is destroyed. A client that goes away before the decision withdraws the card.
 #[utoipa::path(post, path = "/v1/run", request_body = RunBody,
     responses((status = 200, content_type = "application/x-ndjson", body = ExecEvent),
         (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
@@ -589,6 +620,11 @@ async fn run(
         return Err(ApiError::bad_request("a one-shot sandbox takes no name"));
     }
     let (opts, plan) = exec_options(exec_body)?;
+    let after = if sandbox.review {
+        After::Review
+    } else {
+        After::Destroy
+    };
     let mut create = options(sandbox, false);
     st.service.choose_run_pool(&mut create);
     let id = make(&st, &caller, create).await?;
@@ -601,7 +637,7 @@ async fn run(
             return Err(e.into());
         }
     };
-    Ok(execs::respond(st, caller, id, exec, plan, After::Destroy))
+    Ok(execs::respond(st, caller, id, exec, plan, after))
 }
 
 /// Collect what dead and expired sandboxes left behind.
@@ -633,6 +669,7 @@ async fn events(
                         kind: e.kind.as_str().to_owned(),
                         sandbox: e.sandbox.to_string(),
                         user: e.user,
+                        approval: e.approval.clone(),
                         unix_ms: e.unix_ms,
                     };
                     let event = SseEvent::default()

@@ -100,6 +100,9 @@ pub enum After {
     Nothing,
     /// Destroy the sandbox (made for this command).
     Destroy,
+    /// The sandbox is speculative: show the Diff Card of what the command changed, wait for
+    /// its answer, then destroy the sandbox.
+    Review,
 }
 
 /// Streams `exec`'s events as the response, feeding its stdin as `stdin` says.
@@ -137,8 +140,11 @@ pub fn respond(
             st.metrics
                 .exec_seconds
                 .observe(started.elapsed().as_secs_f64());
+            if let After::Review = after {
+                review(&st, &caller, &sandbox, &tx).await;
+            }
         }
-        if let After::Destroy = after
+        if matches!(after, After::Destroy | After::Review)
             && let Err(e) = st.service.destroy(&caller, &sandbox).await
         {
             tracing::warn!(%sandbox, error = %e, "destroying a one-shot sandbox");
@@ -151,6 +157,45 @@ pub fn respond(
         header::HeaderValue::from_static("application/x-ndjson"),
     );
     resp
+}
+
+/// After a speculative run: its Diff Card, then — once a person answered it, or its time ran
+/// out — the decision. A client that goes away first withdraws the card.
+async fn review(
+    st: &AppState,
+    caller: &Caller,
+    sandbox: &SandboxId,
+    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    let send = |event: ExecEvent| async move { tx.send(Ok(line(&event))).await.is_ok() };
+    let card = match st.service.review(caller, sandbox).await {
+        Ok(card) => card,
+        Err(e) => {
+            send(ExecEvent::Error(ApiError::from(e).body())).await;
+            return;
+        }
+    };
+    let delivered = send(ExecEvent::Card(crate::approvals::card_view(&card))).await;
+    let Some(approval) = card.approval else {
+        return;
+    };
+    const GONE: &str = "the client that asked went away";
+    if !delivered {
+        st.service.withdraw_approval(caller, &approval, GONE).await;
+        return;
+    }
+    let decided = tokio::select! {
+        () = tx.closed() => {
+            st.service.withdraw_approval(caller, &approval, GONE).await;
+            return;
+        }
+        decided = st.service.wait_approval(caller, &approval) => decided,
+    };
+    let event = match decided {
+        Ok(a) => ExecEvent::Decision(crate::approvals::approval_view(&a)),
+        Err(e) => ExecEvent::Error(ApiError::from(e).body()),
+    };
+    send(event).await;
 }
 
 /// The receiver as a stream of body frames.

@@ -12,6 +12,7 @@
 //! else; the daemon adds transport, not policy.
 
 pub mod api;
+pub mod approvals;
 pub mod auth;
 pub mod error;
 pub mod execs;
@@ -23,7 +24,7 @@ pub mod server;
 use std::sync::Arc;
 use std::time::Duration;
 
-use luminaguard_service::{EventKind, Service};
+use luminaguard_service::Service;
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
@@ -209,12 +210,7 @@ async fn count_events(st: AppState) {
     loop {
         match rx.recv().await {
             Ok(e) => {
-                let kind = match e.kind {
-                    EventKind::Created => "created",
-                    EventKind::Destroyed => "destroyed",
-                    EventKind::Expired => "expired",
-                    EventKind::OomKilled => "oom-killed",
-                };
+                let kind = e.kind.as_str();
                 st.metrics
                     .events
                     .get_or_create(&metrics::Kind { kind: kind.into() })

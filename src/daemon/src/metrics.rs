@@ -1,8 +1,9 @@
 //! `GET /metrics`, in Prometheus' text format: what an operator graphs and alerts on.
 //!
 //! - `luminaguard_sandboxes{backend}`: running sandboxes, counted from the records at scrape time;
-//! - `luminaguard_sandbox_events_total{kind}`: creates, destroys, expiries, OOM kills (from the
-//!   service's events, so sandboxes of every front-end of this daemon count);
+//! - `luminaguard_sandbox_events_total{kind}`: creates, destroys, expiries, OOM kills, approvals
+//!   requested and decided (from the service's events, so sandboxes of every front-end of this
+//!   daemon count);
 //! - `luminaguard_create_seconds`, `luminaguard_exec_seconds`: how long a create takes (to an
 //!   agent that answers) and a command runs (start to exit);
 //! - `luminaguard_pool_ready{pool}`: sandboxes ready in each warm pool;

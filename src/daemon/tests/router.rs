@@ -81,6 +81,9 @@ fn segment() -> impl Strategy<Value = String> {
         Just("execs".to_owned()),
         Just("stdin".to_owned()),
         Just("run".to_owned()),
+        Just("approvals".to_owned()),
+        Just("review".to_owned()),
+        Just("ap-0123456789abcdef".to_owned()),
         Just("..".to_owned()),
         Just("%2e%2e%2f".to_owned()),
         Just("%00".to_owned()),
@@ -118,6 +121,8 @@ fn value() -> impl Strategy<Value = serde_json::Value> {
             .prop_map(Value::String),
         Just(Value::String("512M".into())),
         Just(Value::String("10s".into())),
+        Just(Value::String("approve".into())),
+        Just(Value::String("deny".into())),
     ];
     leaf.prop_recursive(2, 8, 4, |inner| {
         prop_oneof![
@@ -142,6 +147,10 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
         Just("env"),
         Just("cwd"),
         Just("sandbox"),
+        Just("review"),
+        Just("decision"),
+        Just("reason"),
+        Just("digest"),
         Just("bogus"),
     ];
     prop_oneof![

@@ -70,6 +70,10 @@ impl Audit {
             .await
     }
 
+    pub(crate) async fn open(&self) -> Result<(), ServiceError> {
+        self.log().await.map(drop)
+    }
+
     fn actor(&self, caller: &Caller) -> Actor {
         Actor {
             uid: caller.uid,

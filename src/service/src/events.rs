@@ -1,5 +1,5 @@
 //! What happens to sandboxes, as it happens: the service announces every create, destroy,
-//! expiry and OOM kill to whoever subscribed (the daemon's `GET /v1/events`, its metrics).
+//! expiry, OOM kill and approval to whoever subscribed (the daemon's `GET /v1/events`, its metrics).
 //! Nobody listening costs nothing; a subscriber that falls behind loses the oldest events and
 //! is told how many.
 
@@ -19,6 +19,10 @@ pub enum EventKind {
     Expired,
     /// The kernel's OOM killer killed a command in it.
     OomKilled,
+    /// A Diff Card of it waits for a person's answer (`approval` names it).
+    ApprovalRequested,
+    /// A card of it was answered, expired or withdrawn.
+    ApprovalDecided,
 }
 
 impl EventKind {
@@ -28,6 +32,8 @@ impl EventKind {
             Self::Destroyed => "destroyed",
             Self::Expired => "expired",
             Self::OomKilled => "oom-killed",
+            Self::ApprovalRequested => "approval-requested",
+            Self::ApprovalDecided => "approval-decided",
         }
     }
 }
@@ -41,6 +47,8 @@ pub struct Event {
     pub user: Option<u32>,
     /// `process`, `qemu`, `firecracker`.
     pub backend: String,
+    /// The approval, for `approval-*` events.
+    pub approval: Option<String>,
     pub unix_ms: u64,
 }
 
@@ -66,6 +74,24 @@ impl Bus {
             sandbox: sandbox.clone(),
             user,
             backend: backend.to_owned(),
+            approval: None,
+            unix_ms: luminaguard_backend::state::now_unix_ms(),
+        });
+    }
+
+    pub fn send_approval(
+        &self,
+        kind: EventKind,
+        approval: &str,
+        sandbox: &SandboxId,
+        user: Option<u32>,
+    ) {
+        let _ = self.tx.send(Event {
+            kind,
+            sandbox: sandbox.clone(),
+            user,
+            backend: String::new(),
+            approval: Some(approval.to_owned()),
             unix_ms: luminaguard_backend::state::now_unix_ms(),
         });
     }

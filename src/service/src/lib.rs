@@ -17,6 +17,7 @@
 //! - errors are [`ServiceError`]s with a stable [`ErrorCode`].
 
 mod action;
+pub mod approvals;
 mod audit;
 pub mod backends;
 mod caller;
@@ -44,6 +45,7 @@ use luminaguard_protocol::ClientOptions;
 use luminaguard_protocol::message::SeccompAudit;
 
 pub use action::Action;
+pub use approvals::{Answer, Approval, Decider, Outcome};
 pub use backends::AnyBackend;
 pub use caller::Caller;
 pub use error::{ErrorCode, ServiceError};
@@ -83,7 +85,7 @@ pub struct CreateOptions {
     /// Take a ready sandbox from this warm pool (its settings; any given here must match).
     pub pool: Option<String>,
     /// A speculative run: the workspace is an overlay, the real one is changed only by
-    /// [`Service::apply_changes`] of an approved card. No network during it.
+    /// [`Service::answer`] approving its card. No network during it.
     pub review: bool,
 }
 
@@ -98,7 +100,8 @@ pub struct Service {
     live: Arc<live::Live>,
     events: Arc<events::Bus>,
     pools: Arc<pools::Pools>,
-    cards: Arc<review::Cards>,
+    /// Diff Cards waiting for a person's answer.
+    approvals: Arc<approvals::Approvals>,
     audit: Arc<audit::Audit>,
     /// What every command is judged by before it runs (`config.policy`).
     policy: Arc<luminaguard_policy::Policy>,
@@ -198,7 +201,7 @@ impl Service {
             live: Arc::default(),
             events: Arc::default(),
             pools,
-            cards: Arc::default(),
+            approvals: Arc::default(),
             audit,
             policy,
         })
@@ -481,7 +484,12 @@ impl Service {
     ) -> Result<(), ServiceError> {
         let (_, meta) = luminaguard_backend::record(&self.runtime, id).await?;
         let speculative = meta.spec.as_ref().is_some_and(|s| s.review.is_some());
-        if meta.workspace.is_none() || speculative {
+        if speculative {
+            // Its card will say why a person is asked.
+            self.approvals.note_asked(id, decision.to_string());
+            return Ok(());
+        }
+        if meta.workspace.is_none() {
             return Ok(());
         }
         self.audit
@@ -509,6 +517,12 @@ impl Service {
     /// The policy in use.
     pub fn policy(&self) -> &luminaguard_policy::Policy {
         &self.policy
+    }
+
+    /// Opens the audit log now (a daemon, before it serves: verified whole, its directory and
+    /// key made) rather than at the first record.
+    pub async fn open_audit(&self) -> Result<(), ServiceError> {
+        self.audit.open().await
     }
 
     /// Writes a signed checkpoint over this service's audit records and closes the log (a
@@ -578,7 +592,7 @@ impl Service {
         };
         let result = self.destroy_now(id, entry).await;
         self.live.end_destroy(id);
-        self.cards.forget(id);
+        self.withdraw_sandbox_approval(id).await;
         if let Ok((user, backend)) = &result {
             self.events.send(EventKind::Destroyed, id, *user, backend);
             self.audit

@@ -2,73 +2,57 @@
 //! a private layer; afterwards the service reads that layer into a change set — the Diff Card a
 //! person looks at — and applies exactly that change set to the real workspace once approved.
 //!
-//! The service keeps the last card of each sandbox: an approval names the card's digest, and
-//! only the card with that digest is applied (a card re-read in between, or a layer changed
-//! since, does not match). Scanning and applying are `luminaguard-review`'s.
+//! A card that changed anything waits in the service's approvals ([`crate::approvals`]) for a
+//! person's answer, from whichever channel comes first; an approval names the card, and only
+//! that card's change set is applied (a layer or workspace changed since does not match).
+//! Scanning and applying are `luminaguard-review`'s.
 
-use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::time::Instant;
 
 use luminaguard_core::SandboxId;
 use luminaguard_core::runtime::SandboxFile;
 pub use luminaguard_review::{Applied, ChangeSet};
 use luminaguard_review::{Limits, RenderOptions};
 
-use crate::{Action, Caller, Service, ServiceError};
+use crate::approvals::{Answer, Approval, Decider, Outcome, Standing, Waiting};
+use crate::{Action, Caller, EventKind, Service, ServiceError, approvals};
 
-/// A speculative run's Diff Card: what the command changed, as data and as text.
+/// A speculative run's Diff Card: what the command changed, as data and as text, and the
+/// approval it waits for.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Card {
+    /// The approval a person answers (`None`: the run changed nothing, there is nothing to
+    /// approve).
+    pub approval: Option<String>,
     pub sandbox: SandboxId,
     /// The real workspace the change set would be applied to.
     pub workspace: PathBuf,
     pub changes: ChangeSet,
     /// The card as a person reads it in a terminal (diffs included, summarised when large).
     pub text: String,
+    /// Why a person is asked (the policy decisions that asked; empty: a review was asked for).
+    pub asked: Vec<String>,
     /// The policy the card was shown under: an approval applies only under the same one.
     pub policy_digest: String,
-    /// How long the card may still be approved.
-    pub expires_in_ms: u64,
+    /// Unanswered by then, the card is denied.
+    pub expires_unix_ms: u64,
 }
 
-/// A card as the service keeps it until it is approved, declined or replaced: an approval is
-/// bound to its digest, the policy it was shown under, and its expiry.
-#[derive(Debug)]
-struct Kept {
-    changes: ChangeSet,
-    policy: String,
-    expires: std::time::Instant,
-}
-
-/// The last card of each speculative sandbox, by sandbox.
-#[derive(Debug, Default)]
-pub(crate) struct Cards(Mutex<HashMap<SandboxId, Kept>>);
-
-impl Cards {
-    fn put(&self, id: SandboxId, kept: Kept) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id, kept);
-    }
-
-    fn take(&self, id: &SandboxId) -> Option<Kept> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(id)
-    }
-
-    pub(crate) fn forget(&self, id: &SandboxId) {
-        let _ = self.take(id);
-    }
+/// Someone is asking: who, and through what (on the audit record of the answer).
+#[derive(Debug, Clone, Copy)]
+pub struct Deciding<'a> {
+    pub caller: &'a Caller,
+    /// `terminal`, `api`.
+    pub via: &'a str,
 }
 
 impl Service {
-    /// Reads what speculative sandbox `id`'s commands changed so far into a Diff Card (and
-    /// keeps it, for [`Service::apply_changes`]).
+    /// Reads what speculative sandbox `id`'s commands changed so far into a Diff Card and —
+    /// when it changed anything — puts the card up for a person's answer ([`Service::answer`],
+    /// [`Service::wait_approval`]), replacing the sandbox's earlier card. Unanswered within
+    /// `review.card_expiry`, the card is denied.
     pub async fn review(&self, caller: &Caller, id: &SandboxId) -> Result<Card, ServiceError> {
         self.admit(caller, &Action::Review { id: id.clone() })
             .await?;
@@ -81,85 +65,201 @@ impl Service {
         })
         .await?
         .map_err(ServiceError::Review)?;
+        let approval = if changes.entries.is_empty() {
+            None
+        } else {
+            Some(
+                approvals::new_id()
+                    .map_err(|e| ServiceError::internal("making an approval id", e))?,
+            )
+        };
         self.audit
             .record(
                 caller,
                 serde_json::json!({
                     "type": "review",
                     "sandbox": id,
+                    "approval": approval,
                     "digest": changes.digest,
                     "summary": changes.summary,
                 }),
             )
             .await?;
         let expiry = self.config.review.card_expiry;
-        self.cards.put(
-            id.clone(),
-            Kept {
-                changes: changes.clone(),
-                policy: self.policy.digest().to_owned(),
-                expires: std::time::Instant::now() + expiry,
-            },
-        );
-        Ok(Card {
+        let now_ms = luminaguard_backend::state::now_unix_ms();
+        let card = Card {
+            approval: approval.clone(),
             sandbox: id.clone(),
             workspace,
             changes,
             text,
+            asked: self.approvals.asked(id),
             policy_digest: self.policy.digest().to_owned(),
-            expires_in_ms: u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX),
-        })
+            expires_unix_ms: now_ms
+                .saturating_add(u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX)),
+        };
+        if let Some(approval) = approval {
+            let (_, meta) = luminaguard_backend::record(&self.runtime, id).await?;
+            let replaced = self.approvals.open(
+                Approval {
+                    id: approval,
+                    sandbox: id.clone(),
+                    user: meta.user,
+                    workspace: card.workspace.clone(),
+                    changes: card.changes.clone(),
+                    text: card.text.clone(),
+                    asked: card.asked.clone(),
+                    policy_digest: card.policy_digest.clone(),
+                    requested_unix_ms: now_ms,
+                    expires_unix_ms: card.expires_unix_ms,
+                    outcome: None,
+                },
+                Instant::now() + expiry,
+            );
+            if let Some(old) = replaced {
+                self.end_unanswered(
+                    old,
+                    Outcome::Withdrawn {
+                        reason: "a newer card of the same sandbox replaced it".into(),
+                    },
+                )
+                .await;
+            }
+            if let Some(a) = &card.approval {
+                self.events
+                    .send_approval(EventKind::ApprovalRequested, a, id, meta.user);
+            }
+        }
+        Ok(card)
     }
 
-    /// Applies the card with `digest` — the one a person approved — to the real workspace:
-    /// all of it or, if the workspace or the layer changed since the card, nothing. New files
-    /// belong to the workspace's owner. A card is applied at most once.
-    pub async fn apply_changes(
+    /// The approvals waiting for an answer that `caller` may see (their own sandboxes'; root:
+    /// all), oldest first.
+    pub async fn approvals(&self, caller: &Caller) -> Vec<Approval> {
+        self.sweep_approvals().await;
+        let mut v = self.approvals.waiting();
+        v.retain(|a| caller.may_use(a.user));
+        v
+    }
+
+    /// Approval `id`, waiting or decided not long ago (one `caller` may not see is reported as
+    /// not existing).
+    pub async fn approval(&self, caller: &Caller, id: &str) -> Result<Approval, ServiceError> {
+        self.sweep_approvals().await;
+        self.approvals
+            .get(id)
+            .filter(|a| caller.may_use(a.user))
+            .ok_or_else(|| no_approval(id))
+    }
+
+    /// Answers approval `id`. An approval applies exactly the card's change set to the real
+    /// workspace — all of it, or nothing if the workspace or the layer changed since the card,
+    /// or the policy did; a deny applies nothing. An approval is answered once: whoever comes
+    /// second is told it is decided. `expect_digest`, when given, must be the card's (what the
+    /// person was shown).
+    pub async fn answer(
         &self,
-        caller: &Caller,
-        id: &SandboxId,
-        digest: &str,
-    ) -> Result<Applied, ServiceError> {
-        self.admit(
-            caller,
-            &Action::ApplyChanges {
-                id: id.clone(),
-                digest: digest.to_owned(),
-            },
-        )
-        .await?;
-        let Some(kept) = self.cards.take(id) else {
+        by: Deciding<'_>,
+        id: &str,
+        answer: Answer,
+        reason: Option<String>,
+        expect_digest: Option<&str>,
+    ) -> Result<Approval, ServiceError> {
+        self.sweep_approvals().await;
+        let caller = by.caller;
+        match self.approvals.get(id) {
+            Some(a) if caller.may_use(a.user) => {
+                if let Some(o) = &a.outcome {
+                    return Err(ServiceError::Conflict(format!(
+                        "approval {id} was decided already: {o}"
+                    )));
+                }
+                if let Some(d) = expect_digest
+                    && d != a.changes.digest
+                {
+                    return Err(ServiceError::Conflict(format!(
+                        "approval {id} is for change set {}, not {d}",
+                        a.changes.digest
+                    )));
+                }
+            }
+            _ => return Err(no_approval(id)),
+        }
+        let Some(w) = self.approvals.take(id) else {
             return Err(ServiceError::Conflict(format!(
-                "sandbox {id} has no card waiting to be applied (review it first; a card is \
-                 applied once)"
+                "approval {id} was decided already (by another answer just now)"
             )));
         };
-        if kept.changes.digest != digest {
-            return Err(ServiceError::Conflict(format!(
-                "the approved card {digest} is not sandbox {id}'s current card {}",
-                kept.changes.digest
-            )));
+        let decider = Decider {
+            uid: caller.uid,
+            via: by.via.to_owned(),
+        };
+        let sandbox = w.approval.sandbox.clone();
+        let digest = w.approval.changes.digest.clone();
+        let user = w.approval.user;
+        let outcome = match answer {
+            Answer::Deny => {
+                self.audit
+                    .note(
+                        caller,
+                        serde_json::json!({"type": "decline", "sandbox": sandbox,
+                            "approval": id, "digest": digest, "by": decider,
+                            "reason": reason.as_deref().unwrap_or("denied")}),
+                    )
+                    .await;
+                Outcome::Denied {
+                    by: decider,
+                    reason,
+                }
+            }
+            Answer::Approve => self.approve(caller, &w, decider).await,
+        };
+        let done = self.approvals.finish(w, outcome);
+        self.events
+            .send_approval(EventKind::ApprovalDecided, id, &sandbox, user);
+        Ok(done)
+    }
+
+    /// Applies approved card `w`, its approval on the record first.
+    async fn approve(&self, caller: &Caller, w: &Waiting, by: Decider) -> Outcome {
+        let a = &w.approval;
+        let refused = |code: &str, reason: String| Outcome::ApplyRefused {
+            by: by.clone(),
+            code: code.to_owned(),
+            reason,
+        };
+        if a.policy_digest != self.policy.digest() {
+            return refused(
+                "policy-changed",
+                "the policy changed since the card was shown: review again".into(),
+            );
         }
-        if kept.policy != self.policy.digest() {
-            return Err(ServiceError::Conflict(format!(
-                "the policy changed since card {digest} was shown: review again"
-            )));
+        if Instant::now() >= w.deadline {
+            return refused(
+                "expired",
+                format!(
+                    "the card expired (review.card_expiry {}): review again",
+                    humantime::format_duration(self.config.review.card_expiry)
+                ),
+            );
         }
-        if std::time::Instant::now() >= kept.expires {
-            return Err(ServiceError::Conflict(format!(
-                "card {digest} expired (review.card_expiry {}): review again",
-                humantime::format_duration(self.config.review.card_expiry)
-            )));
-        }
-        let cs = kept.changes;
-        let (upper, workspace) = self.layers(id).await?;
+        let upper = match self.layers(&a.sandbox).await {
+            Ok((upper, _)) => upper,
+            Err(e) => return refused(e.code().as_str(), e.to_string()),
+        };
         // The approval is on the record before anything is applied.
-        self.audit
+        if let Err(e) = self
+            .audit
             .record(
                 caller,
-                serde_json::json!({"type": "approve", "sandbox": id, "digest": digest}),
+                serde_json::json!({"type": "approve", "sandbox": a.sandbox, "approval": a.id,
+                    "digest": a.changes.digest, "by": by}),
             )
-            .await?;
+            .await
+        {
+            return refused("audit", e.to_string());
+        }
+        let (cs, workspace) = (a.changes.clone(), a.workspace.clone());
         let applied = tokio::task::spawn_blocking(move || {
             let meta = std::fs::symlink_metadata(&workspace).map_err(|e| {
                 ServiceError::internal("reading the workspace's owner", format!("{e}"))
@@ -167,36 +267,114 @@ impl Service {
             luminaguard_review::apply(&cs, &upper, &workspace, Some((meta.uid(), meta.gid())))
                 .map_err(ServiceError::Review)
         })
-        .await?;
-        let outcome = match &applied {
-            Ok(a) => serde_json::json!({"type": "apply", "sandbox": id, "digest": digest,
-                "applied": a}),
-            Err(e) => serde_json::json!({"type": "apply-refused", "sandbox": id,
-                "digest": digest, "code": e.code().as_str(), "reason": e.to_string()}),
+        .await
+        .unwrap_or_else(|e| Err(e.into()));
+        let (record, outcome) = match applied {
+            Ok(applied) => (
+                serde_json::json!({"type": "apply", "sandbox": a.sandbox, "approval": a.id,
+                    "digest": a.changes.digest, "applied": applied}),
+                Outcome::Applied { by, applied },
+            ),
+            Err(e) => {
+                let code = match &e {
+                    ServiceError::Review(r) => r.code().to_owned(),
+                    other => other.code().as_str().to_owned(),
+                };
+                (
+                    serde_json::json!({"type": "apply-refused", "sandbox": a.sandbox,
+                        "approval": a.id, "digest": a.changes.digest, "code": code,
+                        "reason": e.to_string()}),
+                    refused(&code, e.to_string()),
+                )
+            }
         };
-        self.audit.note(caller, outcome).await;
-        applied
+        self.audit.note(caller, record).await;
+        outcome
     }
 
-    /// Records that the card with `digest` was not approved (`why`: denied, no one to ask,
-    /// timed out) and forgets it: nothing of it is applied.
-    pub async fn decline_changes(
-        &self,
-        caller: &Caller,
-        id: &SandboxId,
-        digest: &str,
-        why: &str,
-    ) -> Result<(), ServiceError> {
-        self.admit(caller, &Action::Review { id: id.clone() })
-            .await?;
-        self.cards.forget(id);
-        self.audit
-            .record(
-                caller,
-                serde_json::json!({"type": "decline", "sandbox": id, "digest": digest,
-                    "reason": why}),
+    /// Waits until approval `id` is answered — or, unanswered by its deadline, denies it — and
+    /// returns how it ended.
+    pub async fn wait_approval(&self, caller: &Caller, id: &str) -> Result<Approval, ServiceError> {
+        let a = self.approval(caller, id).await?;
+        if a.outcome.is_some() {
+            return Ok(a);
+        }
+        let Some(Standing::Waiting(mut rx, deadline)) = self.approvals.standing(id) else {
+            return self.approval(caller, id).await;
+        };
+        loop {
+            if rx.borrow_and_update().is_some() {
+                break;
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { break },
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    if let Some(w) = self.approvals.take(id) {
+                        self.end_unanswered(w, Outcome::Expired).await;
+                    }
+                    break;
+                }
+            }
+        }
+        self.approval(caller, id).await
+    }
+
+    /// Withdraws approval `id` unanswered (the command that asked went away): nothing of it
+    /// is applied. An approval decided already is left as it is.
+    pub async fn withdraw_approval(&self, caller: &Caller, id: &str, why: &str) {
+        if self.approval(caller, id).await.is_err() {
+            return;
+        }
+        if let Some(w) = self.approvals.take(id) {
+            self.end_unanswered(w, Outcome::Withdrawn { reason: why.into() })
+                .await;
+        }
+    }
+
+    /// Withdraws sandbox `id`'s waiting approval (the sandbox is going away).
+    pub(crate) async fn withdraw_sandbox_approval(&self, id: &SandboxId) {
+        if let Some(w) = self.approvals.take_for_sandbox(id) {
+            self.end_unanswered(
+                w,
+                Outcome::Withdrawn {
+                    reason: "the sandbox was destroyed".into(),
+                },
             )
-            .await
+            .await;
+        }
+    }
+
+    /// Denies every approval whose time ran out.
+    async fn sweep_approvals(&self) {
+        for w in self.approvals.take_expired(Instant::now()) {
+            self.end_unanswered(w, Outcome::Expired).await;
+        }
+    }
+
+    /// Ends taken approval `w` without an answer: on the record, and its waiters told.
+    async fn end_unanswered(&self, w: Waiting, outcome: Outcome) {
+        let a = &w.approval;
+        let caller = Caller {
+            uid: a.user.unwrap_or(self.euid),
+            gid: 0,
+            pid: None,
+        };
+        let reason = match &outcome {
+            Outcome::Expired => "timed out".to_owned(),
+            Outcome::Withdrawn { reason } => format!("withdrawn: {reason}"),
+            other => other.to_string(),
+        };
+        self.audit
+            .note(
+                &caller,
+                serde_json::json!({"type": "decline", "sandbox": a.sandbox, "approval": a.id,
+                    "digest": a.changes.digest, "reason": reason}),
+            )
+            .await;
+        let (id, sandbox, user) = (a.id.clone(), a.sandbox.clone(), a.user);
+        self.approvals.finish(w, outcome);
+        self.events
+            .send_approval(EventKind::ApprovalDecided, &id, &sandbox, user);
     }
 
     /// A speculative sandbox's private layer (`upper`) and its real workspace.
@@ -214,4 +392,8 @@ impl Service {
 
 fn upper_of(dir: &Path) -> PathBuf {
     dir.join(SandboxFile::Review.file_name()).join("upper")
+}
+
+fn no_approval(id: &str) -> ServiceError {
+    ServiceError::NotFound(format!("no approval {id}"))
 }

@@ -2,6 +2,7 @@
 //! Helpers shared by LuminaGuard's integration tests.
 
 pub mod daemon;
+pub mod http;
 pub mod netlab;
 pub mod terminal;
 pub mod workload;

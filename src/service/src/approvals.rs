@@ -1,0 +1,394 @@
+//! The Approval Cliff's waiting room: every Diff Card that needs a person's answer waits here
+//! as an [`Approval`] until someone with the right to decide answers it — at the terminal that
+//! asked, through the daemon's API (`luminaguard approvals`, the console) — or until its time
+//! runs out, which is a deny. Whoever answers first decides; the card is taken out of the
+//! registry under its lock, so a second answer finds nothing to decide and an approval is
+//! used at most once.
+//!
+//! The registry holds no policy of its own: [`crate::Service`] judges who may see and decide
+//! an approval (the owner of the sandbox, or root), records every step on the audit log, and
+//! applies an approved change set; this module only keeps the cards, their deadlines and the
+//! answers, and wakes whoever waits for one.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use luminaguard_core::SandboxId;
+use luminaguard_review::{Applied, ChangeSet};
+use tokio::sync::watch;
+
+/// How many decided approvals are remembered (for `GET /v1/approvals/{id}` after the fact).
+const REMEMBERED: usize = 256;
+
+/// A person's answer to a card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    Approve,
+    Deny,
+}
+
+/// Who answered, and through what.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Decider {
+    pub uid: u32,
+    /// `terminal` (the prompt of the command that asked), `api` (the daemon's API: the
+    /// `approvals` commands, the console).
+    pub via: String,
+}
+
+/// How an approval ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Approved, and exactly the card's change set was applied.
+    Applied { by: Decider, applied: Applied },
+    /// Approved, but applying was refused (the workspace or the layer changed since the card,
+    /// the policy changed): nothing was applied.
+    ApplyRefused {
+        by: Decider,
+        code: String,
+        reason: String,
+    },
+    /// Denied: nothing was applied.
+    Denied {
+        by: Decider,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Nobody answered in time: denied, nothing was applied.
+    Expired,
+    /// The card went away before anyone answered (its sandbox was destroyed, the command that
+    /// asked went away, a newer card of the same sandbox replaced it): nothing was applied.
+    Withdrawn { reason: String },
+}
+
+impl Outcome {
+    pub const fn state(&self) -> &'static str {
+        match self {
+            Self::Applied { .. } => "applied",
+            Self::ApplyRefused { .. } => "apply-refused",
+            Self::Denied { .. } => "denied",
+            Self::Expired => "expired",
+            Self::Withdrawn { .. } => "withdrawn",
+        }
+    }
+
+    /// Whether the change set reached the workspace.
+    pub const fn applied(&self) -> bool {
+        matches!(self, Self::Applied { .. })
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Applied { by, applied } => write!(
+                f,
+                "approved by uid {} ({}) and applied: {} files written, {} removed, {} \
+                 symlinks, {} directories, {} hard links, {} modes",
+                by.uid,
+                by.via,
+                applied.files_written,
+                applied.removed,
+                applied.symlinks,
+                applied.dirs_created,
+                applied.hard_links,
+                applied.modes_changed
+            ),
+            Self::ApplyRefused { by, reason, .. } => write!(
+                f,
+                "approved by uid {} ({}), but nothing was applied: {reason}",
+                by.uid, by.via
+            ),
+            Self::Denied { by, reason } => {
+                write!(f, "denied by uid {} ({})", by.uid, by.via)?;
+                if let Some(r) = reason {
+                    write!(f, ": {r}")?;
+                }
+                write!(f, "; nothing was applied")
+            }
+            Self::Expired => write!(f, "nobody answered in time: denied, nothing was applied"),
+            Self::Withdrawn { reason } => write!(f, "withdrawn ({reason}); nothing was applied"),
+        }
+    }
+}
+
+/// A Diff Card waiting for (or given) a person's answer, as every channel shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Approval {
+    /// `ap-` and 16 hex digits: what an answer names.
+    pub id: String,
+    pub sandbox: SandboxId,
+    /// Whose action it is: they (and root) may see and answer it.
+    pub user: Option<u32>,
+    /// The real workspace the change set would be applied to.
+    pub workspace: PathBuf,
+    pub changes: ChangeSet,
+    /// The card as a person reads it in a terminal (diffs included, summarised when large).
+    pub text: String,
+    /// Why a person is asked: the policy's decisions that asked for the commands of the run
+    /// (empty: the run was asked for as a review).
+    pub asked: Vec<String>,
+    /// The policy the card was shown under: it is applied only under the same one.
+    pub policy_digest: String,
+    pub requested_unix_ms: u64,
+    /// Unanswered by then, it is denied.
+    pub expires_unix_ms: u64,
+    /// `None` while it waits.
+    pub outcome: Option<Outcome>,
+}
+
+/// A waiting approval with what deciding it needs.
+#[derive(Debug)]
+pub(crate) struct Waiting {
+    pub approval: Approval,
+    pub deadline: Instant,
+    tx: watch::Sender<Option<Outcome>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    waiting: HashMap<String, Waiting>,
+    /// The waiting approval of each sandbox (one at a time: a newer card replaces it).
+    by_sandbox: HashMap<SandboxId, String>,
+    /// Why commands of each speculative sandbox were asked about (shown on its next card).
+    asked: HashMap<SandboxId, Vec<String>>,
+    decided: VecDeque<Approval>,
+}
+
+/// The registry.
+#[derive(Debug, Default)]
+pub(crate) struct Approvals(Mutex<Inner>);
+
+/// Where an approval stands, for someone who waits for it.
+pub(crate) enum Standing {
+    Waiting(watch::Receiver<Option<Outcome>>, Instant),
+    Decided,
+}
+
+impl Approvals {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remembers why a command of speculative sandbox `id` was asked about.
+    pub(crate) fn note_asked(&self, id: &SandboxId, why: String) {
+        let mut inner = self.lock();
+        let list = inner.asked.entry(id.clone()).or_default();
+        if list.len() < 32 && !list.contains(&why) {
+            list.push(why);
+        }
+    }
+
+    /// Why commands of `id` were asked about so far.
+    pub(crate) fn asked(&self, id: &SandboxId) -> Vec<String> {
+        self.lock().asked.get(id).cloned().unwrap_or_default()
+    }
+
+    /// Puts `approval` up for an answer until `deadline`; returns the sandbox's earlier
+    /// waiting approval, which it replaces (to be withdrawn by the caller).
+    pub(crate) fn open(&self, approval: Approval, deadline: Instant) -> Option<Waiting> {
+        let mut inner = self.lock();
+        let replaced = inner
+            .by_sandbox
+            .insert(approval.sandbox.clone(), approval.id.clone())
+            .and_then(|old| inner.waiting.remove(&old));
+        let (tx, _) = watch::channel(None);
+        inner.waiting.insert(
+            approval.id.clone(),
+            Waiting {
+                approval,
+                deadline,
+                tx,
+            },
+        );
+        replaced
+    }
+
+    /// Takes waiting approval `id` out to decide it (`None`: no such approval waits — it was
+    /// decided already, or never was).
+    pub(crate) fn take(&self, id: &str) -> Option<Waiting> {
+        let mut inner = self.lock();
+        let w = inner.waiting.remove(id)?;
+        if inner.by_sandbox.get(&w.approval.sandbox) == Some(&w.approval.id) {
+            inner.by_sandbox.remove(&w.approval.sandbox);
+        }
+        Some(w)
+    }
+
+    /// Takes the waiting approval of sandbox `id`, if there is one.
+    pub(crate) fn take_for_sandbox(&self, id: &SandboxId) -> Option<Waiting> {
+        let approval = {
+            let mut inner = self.lock();
+            inner.asked.remove(id);
+            inner.by_sandbox.get(id).cloned()
+        };
+        approval.and_then(|a| self.take(&a))
+    }
+
+    /// Takes every approval whose time has run out.
+    pub(crate) fn take_expired(&self, now: Instant) -> Vec<Waiting> {
+        let ids: Vec<String> = self
+            .lock()
+            .waiting
+            .values()
+            .filter(|w| w.deadline <= now)
+            .map(|w| w.approval.id.clone())
+            .collect();
+        ids.iter().filter_map(|id| self.take(id)).collect()
+    }
+
+    /// Ends a taken approval with `outcome`: whoever waits for it is woken, and it is
+    /// remembered for a while.
+    pub(crate) fn finish(&self, w: Waiting, outcome: Outcome) -> Approval {
+        let mut approval = w.approval;
+        approval.outcome = Some(outcome.clone());
+        // Nobody waiting is fine: the outcome is remembered below.
+        let _ = w.tx.send(Some(outcome));
+        let mut inner = self.lock();
+        if inner.decided.len() >= REMEMBERED {
+            inner.decided.pop_front();
+        }
+        inner.decided.push_back(approval.clone());
+        approval
+    }
+
+    /// The waiting approvals, oldest first.
+    pub(crate) fn waiting(&self) -> Vec<Approval> {
+        let mut v: Vec<Approval> = self
+            .lock()
+            .waiting
+            .values()
+            .map(|w| w.approval.clone())
+            .collect();
+        v.sort_by(|a, b| (a.requested_unix_ms, &a.id).cmp(&(b.requested_unix_ms, &b.id)));
+        v
+    }
+
+    /// Approval `id`, waiting or decided not long ago.
+    pub(crate) fn get(&self, id: &str) -> Option<Approval> {
+        let inner = self.lock();
+        if let Some(w) = inner.waiting.get(id) {
+            return Some(w.approval.clone());
+        }
+        inner.decided.iter().rev().find(|a| a.id == id).cloned()
+    }
+
+    /// Where approval `id` stands, to wait for it.
+    pub(crate) fn standing(&self, id: &str) -> Option<Standing> {
+        let inner = self.lock();
+        if let Some(w) = inner.waiting.get(id) {
+            return Some(Standing::Waiting(w.tx.subscribe(), w.deadline));
+        }
+        inner
+            .decided
+            .iter()
+            .any(|a| a.id == id)
+            .then_some(Standing::Decided)
+    }
+}
+
+/// A new approval id: `ap-` and 16 random hex digits.
+pub(crate) fn new_id() -> Result<String, getrandom::Error> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b)?;
+    Ok(format!(
+        "ap-{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    ))
+}
+
+/// Whether `s` has the form of an approval id (anything else is not looked up).
+pub fn is_id(s: &str) -> bool {
+    s.len() == 19
+        && s.starts_with("ap-")
+        && s[3..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn approval(id: &str, sandbox: &str) -> Approval {
+        Approval {
+            id: id.into(),
+            sandbox: SandboxId::new(sandbox).unwrap(),
+            user: Some(1000),
+            workspace: "/ws".into(),
+            changes: ChangeSet::new(vec![]),
+            text: String::new(),
+            asked: vec![],
+            policy_digest: "p".into(),
+            requested_unix_ms: 0,
+            expires_unix_ms: 0,
+            outcome: None,
+        }
+    }
+
+    #[test]
+    fn an_approval_is_taken_once() {
+        let r = Approvals::default();
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        assert!(r.open(approval("ap-1", "s1"), later).is_none());
+        let w = r.take("ap-1").unwrap();
+        assert!(r.take("ap-1").is_none(), "taken twice");
+        let done = r.finish(w, Outcome::Expired);
+        assert_eq!(done.outcome, Some(Outcome::Expired));
+        assert!(matches!(r.standing("ap-1"), Some(Standing::Decided)));
+        assert!(r.waiting().is_empty());
+    }
+
+    #[test]
+    fn a_newer_card_replaces_the_sandboxs_waiting_one() {
+        let r = Approvals::default();
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        r.open(approval("ap-1", "s1"), later);
+        let old = r.open(approval("ap-2", "s1"), later).unwrap();
+        assert_eq!(old.approval.id, "ap-1");
+        assert_eq!(r.waiting().len(), 1);
+        assert_eq!(
+            r.take_for_sandbox(&SandboxId::new("s1").unwrap())
+                .unwrap()
+                .approval
+                .id,
+            "ap-2"
+        );
+    }
+
+    #[test]
+    fn expired_ones_are_taken_by_the_sweep() {
+        let r = Approvals::default();
+        let now = Instant::now();
+        r.open(approval("ap-1", "s1"), now);
+        r.open(
+            approval("ap-2", "s2"),
+            now + std::time::Duration::from_secs(60),
+        );
+        let gone = r.take_expired(now);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].approval.id, "ap-1");
+        assert_eq!(r.waiting().len(), 1);
+    }
+
+    #[test]
+    fn ids_have_one_form() {
+        let id = new_id().unwrap();
+        assert!(is_id(&id), "{id}");
+        for bad in [
+            "",
+            "ap-",
+            "ap-../../etc/passw",
+            "ap-0123456789ABCDEF",
+            "xx-0123456789abcdef",
+        ] {
+            assert!(!is_id(bad), "{bad}");
+        }
+    }
+}
