@@ -393,6 +393,17 @@ pub fn vmm_limits(
     }
 }
 
+/// The name of sandbox `id`'s cgroup, whose directory is `dir`: the id and a digest of the
+/// directory, so that sandboxes of one name in two runtime directories never share a group —
+/// nor does destroying one kill the other's processes.
+pub fn cgroup_name(id: &SandboxId, dir: &Path) -> String {
+    use sha2::Digest;
+    use std::os::unix::ffi::OsStrExt;
+    let digest = sha2::Sha256::digest(dir.as_os_str().as_bytes());
+    let short: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{id}-{short}")
+}
+
 /// Records the cgroup sandbox `id` will have (so that gc finds it even if creation is cut short
 /// right after), then creates it with `limits`.
 pub async fn create_cgroup(
@@ -402,7 +413,7 @@ pub async fn create_cgroup(
     limits: luminaguard_cgroup::Limits,
 ) -> Result<luminaguard_cgroup::Cgroup, BackendError> {
     use luminaguard_cgroup::Hierarchy;
-    let name = id.to_string();
+    let name = cgroup_name(id, dir);
     let (hierarchy, planned) = tokio::task::spawn_blocking({
         let name = name.clone();
         move || Hierarchy::detect().and_then(|h| h.planned(&name).map(|p| (h, p)))

@@ -334,3 +334,29 @@ fn bad_ids_and_missing_sandboxes_get_clear_errors() {
     assert!(!out.status.success() && text(&out.stderr).contains("sandbox nosuch does not exist"));
     assert!(listing(rt).is_empty());
 }
+
+/// Two runtime directories, a sandbox of the same name in each: they are two sandboxes with
+/// two cgroups — removing one leaves the other running, with its own limits.
+#[test]
+fn sandboxes_of_one_name_in_two_runtime_directories_share_nothing() {
+    if !luminaguard_testkit::privileged("the cgroup naming test") {
+        return;
+    }
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (rt_a, rt_b) = (a.path().join("rt"), b.path().join("rt"));
+    ok(&lg(
+        &rt_a,
+        &["sandbox", "create", "--name", "twin", "--pids", "64"],
+    ));
+    ok(&lg(
+        &rt_b,
+        &["sandbox", "create", "--name", "twin", "--pids", "128"],
+    ));
+    ok(&lg(&rt_a, &["sandbox", "rm", "twin"]));
+    let out = ok(&lg(
+        &rt_b,
+        &["sandbox", "exec", "twin", "--", "sh", "-c", "echo alive"],
+    ));
+    assert_eq!(out, "alive\n", "removing one twin killed the other");
+    ok(&lg(&rt_b, &["sandbox", "rm", "twin"]));
+}

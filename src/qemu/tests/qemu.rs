@@ -86,9 +86,10 @@ fn assert_nothing_left(rt: &Path, id: &SandboxId) {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "sandbox directories left: {left:?}");
+    let dir = rt.join("rt/sandboxes").join(id.as_str());
     let planned = luminaguard_cgroup::Hierarchy::detect()
         .unwrap()
-        .planned(id.as_str())
+        .planned(&luminaguard_backend::cgroup_name(id, &dir))
         .unwrap();
     for d in planned.dirs() {
         assert!(!d.exists(), "cgroup left: {}", d.display());
