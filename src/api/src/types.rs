@@ -231,9 +231,16 @@ pub struct CardView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<String>,
     pub sandbox: String,
-    /// The real workspace the change set would be applied to.
-    pub workspace: String,
-    /// The change set: `entries` (path, kind, before, after), `digest`, `summary`.
+    /// The real workspace the change set would be applied to (or the action would write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// For an action asked about before it runs, because it could not be previewed (a command
+    /// on a workspace it writes directly, a sandbox's network): what it is. Absent on a Diff
+    /// Card of a speculative run's changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<ActionView>,
+    /// The change set (empty for an action): `entries` (path, kind, before, after), `digest`,
+    /// `summary`.
     #[schema(value_type = Object)]
     pub changes: serde_json::Value,
     /// The card as a terminal shows it (diffs included, summarised when large).
@@ -267,6 +274,34 @@ impl CardView {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// What the card is about, in one line.
+    pub fn what(&self) -> String {
+        let ws = self.workspace.as_deref().unwrap_or("-");
+        match &self.action {
+            Some(a) if a.kind == "network" => format!("reach {}", a.network.join(", ")),
+            Some(a) => format!(
+                "run {} on {ws}",
+                a.argv.as_deref().unwrap_or_default().join(" ")
+            ),
+            None => format!("{} changes to {ws}", self.len()),
+        }
+    }
+}
+
+/// An action asked about before it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ActionView {
+    /// `exec` or `network`.
+    pub kind: String,
+    /// The command, for `exec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    /// Egress destinations it would reach, for `network`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network: Vec<String>,
+    /// Why it could not be previewed.
+    pub unpreviewable: String,
 }
 
 /// `GET /v1/approvals[/{id}]`: a Diff Card waiting for a person's answer, or answered not
@@ -278,7 +313,8 @@ pub struct ApprovalView {
     /// Whose action it is (they and root may answer it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<u32>,
-    /// `pending`, `applied`, `apply-refused`, `denied`, `expired`, `withdrawn`.
+    /// `pending`, `approved` (an action: it runs), `applied` (a change set), `apply-refused`,
+    /// `denied`, `expired`, `withdrawn`.
     pub state: String,
     pub requested_unix_ms: u64,
     pub card: CardView,

@@ -47,7 +47,7 @@ pub enum ApprovalsCommand {
         json: bool,
     },
     /// Wait until the card is answered (or expires), then print how it ended; exits 0 only
-    /// if its changes were applied.
+    /// if it was approved (and its changes, if any, applied).
     Wait {
         id: String,
         #[arg(long)]
@@ -70,21 +70,14 @@ pub async fn run(cmd: ApprovalsCommand, front: &Front) -> anyhow::Result<ExitCod
             } else if list.is_empty() {
                 eprintln!("no approvals waiting");
             } else {
-                outln!(
-                    "{:<19}  {:<12}  {:>7}  {:<10}  WORKSPACE",
-                    "ID",
-                    "SANDBOX",
-                    "CHANGES",
-                    "EXPIRES"
-                );
+                outln!("{:<19}  {:<24}  {:<8}  WHAT", "ID", "SANDBOX", "EXPIRES");
                 for a in &list {
                     outln!(
-                        "{:<19}  {:<12}  {:>7}  {:<10}  {}",
+                        "{:<19}  {:<24}  {:<8}  {}",
                         a.id,
                         a.card.sandbox,
-                        a.card.len(),
                         left(a.card.expires_unix_ms),
-                        a.card.workspace
+                        a.card.what()
                     );
                 }
             }
@@ -125,7 +118,7 @@ pub async fn run(cmd: ApprovalsCommand, front: &Front) -> anyhow::Result<ExitCod
 }
 
 fn exit(a: &ApprovalView) -> ExitCode {
-    if a.state == "applied" {
+    if a.state == "applied" || a.state == "approved" {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -138,7 +131,7 @@ fn print(a: &ApprovalView, json: bool, card: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     outln!("approval {}  ({})", a.id, a.state);
-    outln!("sandbox {}  workspace {}", a.card.sandbox, a.card.workspace);
+    outln!("sandbox {}: {}", a.card.sandbox, a.card.what());
     if card {
         for why in &a.card.asked {
             outln!("asked by policy: {why}");

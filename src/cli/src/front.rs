@@ -63,10 +63,10 @@ impl Front {
                 }
             }
         }
-        Ok(Self::Local(
-            Box::new(Service::new(config)?),
-            Caller::current(),
-        ))
+        let service = Service::new(config)?;
+        // What cannot be previewed is asked about at this terminal (none: refused).
+        service.set_asker(crate::tty::asker());
+        Ok(Self::Local(Box::new(service), Caller::current()))
     }
 
     /// Creates a sandbox; it is the caller's to [`Created::commit`] (or discard).
@@ -77,7 +77,9 @@ impl Front {
                 service.create(caller, opts).await?,
             ))),
             Self::Daemon(client) => {
-                let view = client.create(&create_body(opts)?).await?;
+                let body = create_body(opts)?;
+                let name = body.name.as_ref().map(ToString::to_string);
+                let view = announce_held(client, name.as_deref(), client.create(&body)).await?;
                 Ok(Created::Daemon(client.clone(), view))
             }
         }
@@ -91,7 +93,12 @@ impl Front {
             ))),
             Self::Daemon(client) => {
                 let stdin = opts.stdin;
-                let events = client.exec(id.as_str(), &exec_body(opts)).await?;
+                let events = announce_held(
+                    client,
+                    Some(id.as_str()),
+                    client.exec(id.as_str(), &exec_body(opts)),
+                )
+                .await?;
                 Ok(Execution::remote(client, events, stdin))
             }
         }
@@ -141,7 +148,9 @@ impl Front {
                     stdin_stream,
                     sandbox: create_body(create)?,
                 };
-                let events = client.run(&body).await.context("starting the sandbox")?;
+                let events = announce_held(client, None, client.run(&body))
+                    .await
+                    .context("starting the sandbox")?;
                 Ok((None, Ok(Execution::remote(client, events, stdin))))
             }
         }
@@ -553,6 +562,44 @@ impl Created {
         match self {
             Self::Local(p) => Ok(p.discard().await?),
             Self::Daemon(client, v) => Ok(client.destroy(&v.id).await?),
+        }
+    }
+}
+
+/// Runs `request` to the daemon; if it is still waiting after a moment, looks for an approval
+/// it is held for (of sandbox `sandbox`, or — with no name — any asked about since it began)
+/// and tells the person where to answer it, once per approval.
+async fn announce_held<T>(
+    client: &Client,
+    sandbox: Option<&str>,
+    request: impl std::future::Future<Output = T>,
+) -> T {
+    let since = luminaguard_backend::state::now_unix_ms();
+    tokio::pin!(request);
+    let mut told = std::collections::HashSet::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            done = &mut request => return done,
+            _ = tick.tick() => {
+                let Ok(list) = client.approvals().await else { continue };
+                for a in list {
+                    let ours = match sandbox {
+                        Some(s) => a.card.sandbox == s,
+                        None => a.requested_unix_ms >= since,
+                    };
+                    if ours && a.card.action.is_some() && told.insert(a.id.clone()) {
+                        eprintln!(
+                            "luminaguard: waiting for a person to answer approval {} ({}): \
+                             `luminaguard approvals show|approve|deny {}`",
+                            a.id,
+                            a.card.what(),
+                            a.id
+                        );
+                    }
+                }
+            }
         }
     }
 }

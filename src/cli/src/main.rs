@@ -15,6 +15,7 @@ mod run;
 mod sandbox;
 mod stream;
 mod template;
+mod tty;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

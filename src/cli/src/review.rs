@@ -4,7 +4,7 @@
 //! daemon's approvals (`luminaguard approvals approve|deny ID`, the console), whichever comes
 //! first. No answer before the card expires, or no one to ask: nothing is applied.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -12,6 +12,7 @@ use luminaguard_api::types::{ApprovalView, CardView};
 use luminaguard_service::{Answer, CreateOptions, ExecOptions};
 
 use crate::front::{Execution, Front};
+use crate::tty::{Asked, ask};
 
 /// Exit status when the command ran but its changes were not applied (denied, expired, or
 /// nobody to ask).
@@ -83,7 +84,10 @@ async fn decide(
     approval: &str,
     exec: &mut Execution,
 ) -> anyhow::Result<ApprovalView> {
-    let question = format!("Apply these changes to {}? [y/N] ", card.workspace);
+    let question = format!(
+        "Apply these changes to {}? [y/N] ",
+        card.workspace.as_deref().unwrap_or("the workspace")
+    );
     // A plain thread, not a blocking task: a prompt nobody answers (decided elsewhere) must
     // not keep the program from exiting.
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -132,7 +136,7 @@ fn report(a: &ApprovalView, card: &CardView) -> bool {
             eprintln!(
                 "luminaguard: review: applied {} changes to {}",
                 card.len(),
-                card.workspace
+                card.workspace.as_deref().unwrap_or("the workspace")
             );
             true
         }
@@ -140,8 +144,12 @@ fn report(a: &ApprovalView, card: &CardView) -> bool {
             eprintln!("luminaguard: review: the card expired unanswered; nothing was applied");
             false
         }
-        _ => {
+        "apply-refused" => {
             eprintln!("luminaguard: review: {text}");
+            false
+        }
+        _ => {
+            eprintln!("luminaguard: review: {text}; nothing was applied");
             false
         }
     }
@@ -156,39 +164,4 @@ fn clock(unix_ms: u64) -> String {
         (secs / 60) % 60,
         secs % 60
     )
-}
-
-enum Asked {
-    Yes,
-    No,
-    NoTerminal(String),
-}
-
-/// Asks on the controlling terminal (not stdin, which may be a pipe the agent controls).
-#[allow(clippy::disallowed_methods)] // runs on its own thread
-fn ask(question: &str) -> Asked {
-    let tty = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/tty")
-    {
-        Ok(t) => t,
-        Err(e) => return Asked::NoTerminal(e.to_string()),
-    };
-    let mut out = &tty;
-    if out
-        .write_all(question.as_bytes())
-        .and_then(|()| out.flush())
-        .is_err()
-    {
-        return Asked::NoTerminal("cannot write to it".into());
-    }
-    let mut line = String::new();
-    match std::io::BufReader::new(&tty).read_line(&mut line) {
-        Ok(0) | Err(_) => Asked::No,
-        Ok(_) => match line.trim().to_ascii_lowercase().as_str() {
-            "y" | "yes" => Asked::Yes,
-            _ => Asked::No,
-        },
-    }
 }

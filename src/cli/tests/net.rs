@@ -22,6 +22,7 @@ fn run(rt: &Path, uplink: &str, flags: &[&str], script: &str) -> Output {
 
 fn run_env(rt: &Path, uplink: &str, flags: &[&str], script: &str, env: &[(&str, &str)]) -> Output {
     Command::new(BIN)
+        .env("LUMINAGUARD_POLICY", luminaguard_testkit::NETWORK_ALLOWED)
         .arg("--runtime-dir")
         .arg(rt)
         .arg("run")
@@ -271,6 +272,7 @@ fn the_resolver_runs_unprivileged_and_its_pin_helper_can_only_pin() {
     let rt = tempfile::tempdir().unwrap();
     let lg = |args: &[&str]| {
         Command::new(BIN)
+            .env("LUMINAGUARD_POLICY", luminaguard_testkit::NETWORK_ALLOWED)
             .arg("--runtime-dir")
             .arg(rt.path())
             .args(args)
@@ -370,6 +372,7 @@ fn doctor_reports_the_network_prerequisites_of_the_uplink() {
     }
     let net = FakeInternet::new();
     let out = Command::new(BIN)
+        .env("LUMINAGUARD_POLICY", luminaguard_testkit::NETWORK_ALLOWED)
         .args(["doctor", "--json"])
         .env("LUMINAGUARD_UPLINK_NETNS", &net.host)
         .env("LUMINAGUARD_DNS_UPSTREAM", "198.51.100.53")
@@ -401,6 +404,7 @@ fn doctor_reports_the_network_prerequisites_of_the_uplink() {
         .unwrap();
     assert!(st.success());
     let out = Command::new(BIN)
+        .env("LUMINAGUARD_POLICY", luminaguard_testkit::NETWORK_ALLOWED)
         .args(["doctor", "--json"])
         .env("LUMINAGUARD_UPLINK_NETNS", &quiet.host)
         .output()

@@ -268,3 +268,232 @@ fn the_audit_log_verifies_and_an_edit_to_it_is_caught() {
         text(&out.stdout)
     );
 }
+
+/// `luminaguard ARGS` started in the background, as `lg` runs it.
+fn lg_spawn(e: &Env, args: &[&str]) -> std::process::Child {
+    Command::new("setsid")
+        .arg("-w")
+        .arg(BIN)
+        .arg("--runtime-dir")
+        .arg(&e.rt)
+        .args(args)
+        .env("LUMINAGUARD_AUDIT_DIR", &e.audit)
+        .env_remove("LUMINAGUARD_POLICY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Reads `child`'s stderr on a thread until a line contains `needle` (returned: the whole
+/// stderr, once the child has ended).
+fn stderr_until(child: &mut std::process::Child, needle: &str) -> std::thread::JoinHandle<String> {
+    use std::io::BufRead;
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let needle = needle.to_owned();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut lines = std::io::BufReader::new(err);
+        let mut line = String::new();
+        while lines.read_line(&mut line).unwrap_or(0) > 0 {
+            if line.contains(&needle) {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            line.clear();
+        }
+        all
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("never said {:?}", "where to answer"));
+    reader
+}
+
+/// A daemon on `e`'s runtime directory (what `lg` finds) with the default policy.
+fn daemon(e: &Env) -> Daemon {
+    Daemon::start(
+        Path::new(BIN),
+        &e.rt,
+        &format!(
+            "audit_dir = \"{}\"\n[defaults]\nbackend = \"process\"\n",
+            e.audit.display()
+        ),
+    )
+}
+
+/// The first approval waiting, once there is one.
+fn first_approval(e: &Env) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = lg(e, &["approvals", "ls", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if let Some(a) = list.as_array().unwrap().first() {
+            return a.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no approval came up");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn records(e: &Env) -> Vec<Value> {
+    let ls = lg(e, &["audit", "ls", "--json"]);
+    text(&ls.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Network cannot be previewed: a destination the policy asks about is put to a person before
+/// the sandbox exists, one it denies is refused — and with nobody to ask, nothing is made.
+#[test]
+fn a_network_is_given_only_once_a_person_approves_it() {
+    if !privileged("the policy test") {
+        return;
+    }
+    let e = env();
+    // In this process with no terminal: nobody to ask.
+    let out = lg(&e, &["run", "--net", "192.0.2.1:80", "--", "true"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("held for a person's approval"), "{err}");
+    assert!(err.contains("192.0.2.1:80"), "{err}");
+    // A policy that denies it: refused, whatever the terminal.
+    let deny = e.rt.with_extension("deny.toml");
+    std::fs::write(
+        &deny,
+        "version = 1\ndefault = \"ask\"\n[[rule]]\nid = \"no-net\"\ndecision = \"deny\"\n\
+         reason = \"no network here\"\nnet = [\"*\"]\nexamples = [\"192.0.2.1:80\"]\n",
+    )
+    .unwrap();
+    let out = lg(
+        &e,
+        &[
+            "--policy",
+            deny.to_str().unwrap(),
+            "run",
+            "--net",
+            "192.0.2.1:80",
+            "--",
+            "true",
+        ],
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("denied by policy: network to 192.0.2.1:80"),
+        "{err}"
+    );
+    assert!(err.contains("no network here"), "{err}");
+
+    // Through the daemon the create waits for an answer; denied, nothing is made.
+    let mut d = daemon(&e);
+    let child = lg_spawn(
+        &e,
+        &[
+            "sandbox",
+            "create",
+            "--name",
+            "netbox",
+            "--net",
+            "192.0.2.1:80",
+        ],
+    );
+    let a = first_approval(&e);
+    assert_eq!(a["card"]["action"]["kind"], "network", "{a}");
+    assert_eq!(a["card"]["action"]["network"][0], "192.0.2.1:80", "{a}");
+    assert!(
+        a["card"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be previewed"),
+        "{a}"
+    );
+    let id = a["id"].as_str().unwrap();
+    let no = lg(&e, &["approvals", "deny", id, "--reason", "not that host"]);
+    assert!(no.status.success(), "{}", text(&no.stderr));
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("not that host"), "{err}");
+    let ls = lg(&e, &["sandbox", "ls", "--json"]);
+    assert_eq!(
+        text(&ls.stdout).trim(),
+        "[]",
+        "a denied network's sandbox was made"
+    );
+    let types: Vec<String> = records(&e)
+        .iter()
+        .filter(|r| r["event"]["sandbox"] == "netbox")
+        .map(|r| r["event"]["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(types, ["network", "ask", "decline"], "{types:?}");
+    d.stop();
+}
+
+/// A long-lived sandbox writes its workspace directly, so an asked command cannot be
+/// previewed: through the daemon it waits for a person, and runs only once approved.
+#[test]
+fn through_the_daemon_an_asked_command_on_a_direct_workspace_runs_only_once_approved() {
+    if !privileged("the policy test") {
+        return;
+    }
+    let e = env();
+    let ws = e.ws.to_str().unwrap();
+    std::fs::write(e.ws.join("do.sh"), "rm -r /workspace/data\n").unwrap();
+    let before = tree(&e.ws);
+    let mut d = daemon(&e);
+    let out = lg(
+        &e,
+        &["sandbox", "create", "--name", "long", "--workspace", ws],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let exec = ["sandbox", "exec", "long", "--", "sh", "/workspace/do.sh"];
+
+    let mut child = lg_spawn(&e, &exec);
+    let a = first_approval(&e);
+    // While it waits, it says where to answer.
+    let told = format!(
+        "waiting for a person to answer approval {}",
+        a["id"].as_str().unwrap()
+    );
+    let stderr = stderr_until(&mut child, &told);
+    assert_eq!(a["card"]["action"]["kind"], "exec", "{a}");
+    assert_eq!(a["card"]["action"]["argv"][1], "/workspace/do.sh", "{a}");
+    assert_eq!(
+        tree(&e.ws),
+        before,
+        "the command ran before it was answered"
+    );
+    let no = lg(&e, &["approvals", "deny", a["id"].as_str().unwrap()]);
+    assert!(no.status.success(), "{}", text(&no.stderr));
+    let status = child.wait().unwrap();
+    let err = stderr.join().unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("a person was asked"), "{err}");
+    assert_eq!(
+        tree(&e.ws),
+        before,
+        "a denied command changed the workspace"
+    );
+
+    let child = lg_spawn(&e, &exec);
+    let a = first_approval(&e);
+    let yes = lg(&e, &["approvals", "approve", a["id"].as_str().unwrap()]);
+    assert!(yes.status.success(), "{}", text(&yes.stderr));
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !e.ws.join("data").exists(),
+        "the approved command did not run"
+    );
+    let approvals: Vec<Value> = records(&e)
+        .into_iter()
+        .filter(|r| r["event"]["type"] == "approve")
+        .collect();
+    assert_eq!(approvals.len(), 1, "{approvals:?}");
+    assert_eq!(approvals[0]["event"]["action"]["kind"], "exec");
+    assert!(lg(&e, &["sandbox", "rm", "long"]).status.success());
+    d.stop();
+}

@@ -674,6 +674,7 @@ fn a_microvm_resolves_and_reaches_only_allowed_names() {
             .env("LUMINAGUARD_IMAGE_STORE", &store)
             .env("LUMINAGUARD_UPLINK_NETNS", &net.host)
             .env("LUMINAGUARD_DNS_UPSTREAM", &upstream)
+            .env("LUMINAGUARD_POLICY", luminaguard_testkit::NETWORK_ALLOWED)
             .args(["run", "--backend", "qemu", "--net", "api.allowed.test:80"])
             .args(["--", "bash", "-c", script])
             .stdin(Stdio::null())

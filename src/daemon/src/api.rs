@@ -17,8 +17,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use futures_util::StreamExt;
 use luminaguard_api::types::{
-    ApprovalView, AuditView, CardView, CreateSandbox, DecideBody, DenialView, ErrorBody, EventView,
-    ExecBody, ExecEvent, ExitView, GcView, Health, RunBody, SandboxView, StatView, Written,
+    ActionView, ApprovalView, AuditView, CardView, CreateSandbox, DecideBody, DenialView,
+    ErrorBody, EventView, ExecBody, ExecEvent, ExitView, GcView, Health, RunBody, SandboxView,
+    StatView, Written,
 };
 use luminaguard_core::SandboxId;
 use luminaguard_service::{Caller, CreateOptions, ExecOptions};
@@ -78,6 +79,7 @@ use crate::execs::{self, After, StdinPlan};
         AuditView,
         DenialView,
         CardView,
+        ActionView,
         ApprovalView,
         DecideBody,
         luminaguard_api::chunk::Chunk

@@ -5,7 +5,7 @@
 //! owner, or root) and applies an approved one; these handlers only translate.
 
 use axum::extract::{Extension, Path, Query, State};
-use luminaguard_api::types::{ApprovalView, CardView, DecideBody, ErrorBody};
+use luminaguard_api::types::{ActionView, ApprovalView, CardView, DecideBody, ErrorBody};
 use luminaguard_service::review::{Card, Deciding};
 use luminaguard_service::{Answer, Approval, Caller};
 use serde::Deserialize;
@@ -19,7 +19,8 @@ pub fn card_view(c: &Card) -> CardView {
     CardView {
         approval: c.approval.clone(),
         sandbox: c.sandbox.to_string(),
-        workspace: c.workspace.display().to_string(),
+        workspace: Some(c.workspace.display().to_string()),
+        action: None,
         changes: serde_json::to_value(&c.changes).unwrap_or_default(),
         text: c.text.clone(),
         asked: c.asked.clone(),
@@ -42,7 +43,13 @@ pub fn approval_view(a: &Approval) -> ApprovalView {
         card: CardView {
             approval: Some(a.id.clone()),
             sandbox: a.sandbox.to_string(),
-            workspace: a.workspace.display().to_string(),
+            workspace: a.workspace.as_ref().map(|w| w.display().to_string()),
+            action: a.action.as_ref().map(|x| ActionView {
+                kind: x.kind.clone(),
+                argv: x.argv.clone(),
+                network: x.network.clone(),
+                unpreviewable: x.unpreviewable.clone(),
+            }),
             changes: serde_json::to_value(&a.changes).unwrap_or_default(),
             text: a.text.clone(),
             asked: a.asked.clone(),

@@ -39,10 +39,27 @@ pub struct Decider {
     pub via: String,
 }
 
+/// A card for an action that cannot be previewed: it is asked about before it runs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ActionCard {
+    /// `exec` (a command on a workspace it writes directly), `network` (a sandbox's egress).
+    pub kind: String,
+    /// The command, for `exec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    /// What it would reach: egress destinations, for `network`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network: Vec<String>,
+    /// Why it could not be previewed, for the person.
+    pub unpreviewable: String,
+}
+
 /// How an approval ended.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
 pub enum Outcome {
+    /// Approved before it ran (an [`ActionCard`]): it runs.
+    Approved { by: Decider },
     /// Approved, and exactly the card's change set was applied.
     Applied { by: Decider, applied: Applied },
     /// Approved, but applying was refused (the workspace or the layer changed since the card,
@@ -68,6 +85,7 @@ pub enum Outcome {
 impl Outcome {
     pub const fn state(&self) -> &'static str {
         match self {
+            Self::Approved { .. } => "approved",
             Self::Applied { .. } => "applied",
             Self::ApplyRefused { .. } => "apply-refused",
             Self::Denied { .. } => "denied",
@@ -76,15 +94,16 @@ impl Outcome {
         }
     }
 
-    /// Whether the change set reached the workspace.
-    pub const fn applied(&self) -> bool {
-        matches!(self, Self::Applied { .. })
+    /// Whether the action may go ahead: its change set applied, or it was approved to run.
+    pub const fn approved(&self) -> bool {
+        matches!(self, Self::Applied { .. } | Self::Approved { .. })
     }
 }
 
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::Approved { by } => write!(f, "approved by uid {} ({})", by.uid, by.via),
             Self::Applied { by, applied } => write!(
                 f,
                 "approved by uid {} ({}) and applied: {} files written, {} removed, {} \
@@ -108,10 +127,10 @@ impl std::fmt::Display for Outcome {
                 if let Some(r) = reason {
                     write!(f, ": {r}")?;
                 }
-                write!(f, "; nothing was applied")
+                Ok(())
             }
-            Self::Expired => write!(f, "nobody answered in time: denied, nothing was applied"),
-            Self::Withdrawn { reason } => write!(f, "withdrawn ({reason}); nothing was applied"),
+            Self::Expired => write!(f, "nobody answered in time: denied"),
+            Self::Withdrawn { reason } => write!(f, "withdrawn ({reason})"),
         }
     }
 }
@@ -124,9 +143,12 @@ pub struct Approval {
     pub sandbox: SandboxId,
     /// Whose action it is: they (and root) may see and answer it.
     pub user: Option<u32>,
-    /// The real workspace the change set would be applied to.
-    pub workspace: PathBuf,
+    /// The real workspace the change set would be applied to (or the action would write).
+    pub workspace: Option<PathBuf>,
+    /// What a speculative run changed (empty for an action asked about before it runs).
     pub changes: ChangeSet,
+    /// For an action asked about before it runs (it could not be previewed): what it is.
+    pub action: Option<ActionCard>,
     /// The card as a person reads it in a terminal (diffs included, summarised when large).
     pub text: String,
     /// Why a person is asked: the policy's decisions that asked for the commands of the run
@@ -321,8 +343,9 @@ mod tests {
             id: id.into(),
             sandbox: SandboxId::new(sandbox).unwrap(),
             user: Some(1000),
-            workspace: "/ws".into(),
+            workspace: Some("/ws".into()),
             changes: ChangeSet::new(vec![]),
+            action: None,
             text: String::new(),
             asked: vec![],
             policy_digest: "p".into(),

@@ -18,6 +18,7 @@
 
 mod action;
 pub mod approvals;
+pub mod ask;
 mod audit;
 pub mod backends;
 mod caller;
@@ -89,6 +90,25 @@ pub struct CreateOptions {
     pub review: bool,
 }
 
+/// An egress rule as the policy's network action: its host (address, range or domain
+/// pattern) and port (0: any).
+fn net_action(rule: &EgressRule) -> luminaguard_policy::Action {
+    use luminaguard_core::network::Host;
+    let (host, port) = match rule {
+        EgressRule::Cidr(net) => (net.to_string(), 0),
+        EgressRule::HostPort {
+            host: Host::Ip(ip),
+            port,
+        } => (ip.to_string(), *port),
+        EgressRule::HostPort {
+            host: Host::Domain(d),
+            port,
+        } => (d.to_string(), *port),
+        EgressRule::Domain(d) => (d.to_string(), 0),
+    };
+    luminaguard_policy::Action::Net { host, port }
+}
+
 /// The sandbox manager. Cheap to clone; clones share the connections to sandboxes.
 #[derive(Debug, Clone)]
 pub struct Service {
@@ -105,6 +125,10 @@ pub struct Service {
     audit: Arc<audit::Audit>,
     /// What every command is judged by before it runs (`config.policy`).
     policy: Arc<luminaguard_policy::Policy>,
+    /// How this front-end asks the person at its terminal, if it can.
+    asker: Arc<std::sync::OnceLock<ask::Asker>>,
+    /// Other processes can answer this service's approvals (it is the daemon).
+    remote_approvals: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A sandbox just created, not yet given to its caller. [`Pending::commit`] makes it the
@@ -204,6 +228,8 @@ impl Service {
             approvals: Arc::default(),
             audit,
             policy,
+            asker: Arc::default(),
+            remote_approvals: Arc::default(),
         })
     }
 
@@ -378,6 +404,7 @@ impl Service {
         opts: CreateOptions,
     ) -> Result<Pending, ServiceError> {
         let req = self.request(caller, &opts).await?;
+        self.judge_network(caller, &req.id, &opts.net_allow).await?;
         let backend = backends::backend(
             &self.host,
             &self.runtime,
@@ -459,7 +486,8 @@ impl Service {
             return Err(ServiceError::Denied(decision.to_string()));
         }
         if decision.verdict == luminaguard_policy::Verdict::Ask {
-            self.hold_unpreviewable(caller, id, &decision).await?;
+            self.hold_unpreviewable(caller, id, &opts.argv, &decision)
+                .await?;
         }
         Ok(
             Exec::start(self.connection(id).await?, Arc::clone(&self.events), opts)
@@ -473,13 +501,15 @@ impl Service {
     }
 
     /// An asked command on a workspace it would write directly — not a speculative run, whose
-    /// changes wait for a card — is held: refused, and on the record, until approvals reach the
-    /// service by other means than a terminal review. (An ask in a sandbox with no workspace
-    /// changes nothing a person keeps; it runs, its decision on the record.)
+    /// changes wait for a card — cannot be previewed: a person is asked before it runs
+    /// ([`ask`]). (An ask in a sandbox with no workspace changes nothing a person keeps; it
+    /// runs, its decision on the record. What it can reach on the network was asked about
+    /// when the sandbox was given its network.)
     async fn hold_unpreviewable(
         &self,
         caller: &Caller,
         id: &SandboxId,
+        argv: &[String],
         decision: &luminaguard_policy::Decision,
     ) -> Result<(), ServiceError> {
         let (_, meta) = luminaguard_backend::record(&self.runtime, id).await?;
@@ -489,21 +519,94 @@ impl Service {
             self.approvals.note_asked(id, decision.to_string());
             return Ok(());
         }
-        if meta.workspace.is_none() {
+        let Some(workspace) = meta.workspace else {
+            return Ok(());
+        };
+        self.ask_before(
+            caller,
+            ask::Ask {
+                sandbox: id.clone(),
+                user: meta.user,
+                workspace: Some(workspace),
+                card: approvals::ActionCard {
+                    kind: "exec".into(),
+                    argv: Some(argv.to_vec()),
+                    network: Vec::new(),
+                    unpreviewable: "this sandbox writes its workspace directly (a review — \
+                        `luminaguard run --workspace DIR --review` — would show its changes \
+                        first)"
+                        .into(),
+                },
+                asked: vec![decision.to_string()],
+            },
+        )
+        .await
+    }
+
+    /// The egress a caller asks for (beyond the configured defaults, which are the operator's)
+    /// is judged by the policy's network rules before the sandbox exists: a destination it
+    /// denies refuses the create; one it asks about is put to a person first (network cannot
+    /// be previewed), and the sandbox gets its network only once approved.
+    async fn judge_network(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+        allow: &[EgressRule],
+    ) -> Result<(), ServiceError> {
+        let mut asked = Vec::new();
+        for rule in allow {
+            let decision = self.policy.decide(&net_action(rule));
+            self.audit
+                .record(
+                    caller,
+                    serde_json::json!({
+                        "type": "network",
+                        "sandbox": id,
+                        "destination": rule.to_string(),
+                        "decision": {
+                            "verdict": decision.verdict,
+                            "risk": decision.risk,
+                            "reason": decision.reason,
+                            "rule": decision.rule,
+                            "policy": decision.policy_digest,
+                        },
+                    }),
+                )
+                .await?;
+            match decision.verdict {
+                luminaguard_policy::Verdict::Deny => {
+                    return Err(ServiceError::Denied(format!(
+                        "network to {rule}: {decision}"
+                    )));
+                }
+                luminaguard_policy::Verdict::Ask => asked.push((rule, decision)),
+                luminaguard_policy::Verdict::Allow => {}
+            }
+        }
+        if asked.is_empty() {
             return Ok(());
         }
-        self.audit
-            .note(
-                caller,
-                serde_json::json!({"type": "held", "sandbox": id,
-                    "reason": "asked, on a workspace written directly"}),
-            )
-            .await;
-        Err(ServiceError::Held(format!(
-            "{decision}; this sandbox writes its workspace directly, so the command cannot be \
-             previewed for a person: run it as a review (`luminaguard run --workspace DIR \
-             --review -- …`), or under a policy that allows it"
-        )))
+        self.ask_before(
+            caller,
+            ask::Ask {
+                sandbox: id.clone(),
+                user: Some(caller.uid),
+                workspace: None,
+                card: approvals::ActionCard {
+                    kind: "network".into(),
+                    argv: None,
+                    network: asked.iter().map(|(r, _)| r.to_string()).collect(),
+                    unpreviewable: "what a command sends over the network cannot be taken \
+                        back, so it is asked about before the sandbox can reach it"
+                        .into(),
+                },
+                asked: asked
+                    .iter()
+                    .map(|(r, d)| format!("network to {r}: {d}"))
+                    .collect(),
+            },
+        )
+        .await
     }
 
     /// What the policy decides for running `argv` (in `cwd`).
@@ -535,6 +638,9 @@ impl Service {
     /// records.
     pub fn set_front_kind(&self, kind: &str) {
         self.audit.set_kind(kind);
+        // The daemon's approvals are answered through its API, by other processes.
+        self.remote_approvals
+            .store(kind == "daemon", std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sandbox `id` as a listing shows it.

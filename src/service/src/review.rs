@@ -105,8 +105,9 @@ impl Service {
                     id: approval,
                     sandbox: id.clone(),
                     user: meta.user,
-                    workspace: card.workspace.clone(),
+                    workspace: Some(card.workspace.clone()),
                     changes: card.changes.clone(),
+                    action: None,
                     text: card.text.clone(),
                     asked: card.asked.clone(),
                     policy_digest: card.policy_digest.clone(),
@@ -212,6 +213,23 @@ impl Service {
                     reason,
                 }
             }
+            Answer::Approve if w.approval.action.is_some() => {
+                // Asked before it runs: the approval lets it run (on the record first).
+                match self
+                    .audit
+                    .record(
+                        caller,
+                        serde_json::json!({"type": "approve", "sandbox": sandbox,
+                            "approval": id, "action": w.approval.action, "by": decider}),
+                    )
+                    .await
+                {
+                    Ok(()) => Outcome::Approved { by: decider },
+                    Err(e) => Outcome::Withdrawn {
+                        reason: format!("the approval could not be recorded: {e}"),
+                    },
+                }
+            }
             Answer::Approve => self.approve(caller, &w, decider).await,
         };
         let done = self.approvals.finish(w, outcome);
@@ -259,7 +277,10 @@ impl Service {
         {
             return refused("audit", e.to_string());
         }
-        let (cs, workspace) = (a.changes.clone(), a.workspace.clone());
+        let cs = a.changes.clone();
+        let Some(workspace) = a.workspace.clone() else {
+            return refused("no-workspace", "the card names no workspace".into());
+        };
         let applied = tokio::task::spawn_blocking(move || {
             let meta = std::fs::symlink_metadata(&workspace).map_err(|e| {
                 ServiceError::internal("reading the workspace's owner", format!("{e}"))

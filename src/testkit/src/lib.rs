@@ -61,3 +61,8 @@ pub fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
 pub fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
+
+/// A policy under which everything runs and every destination is allowed: for the tests of
+/// the network path, whose sandboxes ask for a network (the presets ask a person first).
+pub const NETWORK_ALLOWED: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/policies/network-allowed.toml");

@@ -1,0 +1,198 @@
+//! Asking before an action runs: what cannot be previewed in a speculative run — a command on
+//! a workspace it writes directly, egress to the network — is put to a person as an
+//! [`ActionCard`] *before* it happens, and happens only once approved. The card waits in the
+//! approvals like a Diff Card: the daemon's API and `luminaguard approvals` answer it, and a
+//! front-end with a terminal ([`Service::set_asker`]) asks there too, whichever comes first.
+//! Where nobody can be asked (a command-line run with no terminal and no daemon) the action
+//! is refused at once: unknown is never allow.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use luminaguard_core::SandboxId;
+use luminaguard_review::ChangeSet;
+
+use crate::approvals::{self, ActionCard, Answer, Approval};
+use crate::review::Deciding;
+use crate::{Caller, EventKind, Service, ServiceError};
+
+/// A front-end's way to ask the person at its terminal: shown the card's text, returns their
+/// answer, or `None` when there is nobody to ask. Called on a thread of its own (it may block
+/// on a terminal).
+#[derive(Clone)]
+pub struct Asker(pub Arc<AskFn>);
+
+/// Shown a card's text, the person's answer (`None`: nobody to ask).
+pub type AskFn = dyn Fn(&str) -> Option<Answer> + Send + Sync;
+
+impl std::fmt::Debug for Asker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Asker")
+    }
+}
+
+/// What is asked about.
+#[derive(Debug)]
+pub(crate) struct Ask {
+    pub sandbox: SandboxId,
+    pub user: Option<u32>,
+    pub workspace: Option<PathBuf>,
+    pub card: ActionCard,
+    /// The policy's decisions that asked.
+    pub asked: Vec<String>,
+}
+
+impl Service {
+    /// Lets this front-end ask the person at its terminal about actions that cannot be
+    /// previewed (the CLI). Set once; later calls change nothing.
+    pub fn set_asker(&self, asker: Asker) {
+        let _ = self.asker.set(asker);
+    }
+
+    /// Puts `ask` to a person and waits for the answer: `Ok` once approved; denied, expired or
+    /// with nobody to ask, the action is refused.
+    pub(crate) async fn ask_before(&self, caller: &Caller, ask: Ask) -> Result<(), ServiceError> {
+        let id =
+            approvals::new_id().map_err(|e| ServiceError::internal("making an approval id", e))?;
+        let text = render(&ask);
+        self.audit
+            .record(
+                caller,
+                serde_json::json!({"type": "ask", "sandbox": ask.sandbox, "approval": id,
+                    "action": ask.card, "asked": ask.asked}),
+            )
+            .await?;
+        let expiry = self.config.review.card_expiry;
+        let now_ms = luminaguard_backend::state::now_unix_ms();
+        let summary = ask.asked.join("; ");
+        let asker = self.asker.get().cloned();
+        let answerable = self
+            .remote_approvals
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.approvals.open(
+            Approval {
+                id: id.clone(),
+                sandbox: ask.sandbox.clone(),
+                user: ask.user,
+                workspace: ask.workspace,
+                changes: ChangeSet::new(Vec::new()),
+                action: Some(ask.card),
+                text: text.clone(),
+                asked: ask.asked,
+                policy_digest: self.policy.digest().to_owned(),
+                requested_unix_ms: now_ms,
+                expires_unix_ms: now_ms
+                    .saturating_add(u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX)),
+                outcome: None,
+            },
+            Instant::now() + expiry,
+        );
+        self.events
+            .send_approval(EventKind::ApprovalRequested, &id, &ask.sandbox, ask.user);
+        let terminal = async {
+            let asker = asker?;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            // A plain thread: a prompt nobody answers (decided elsewhere) must not hold up the
+            // runtime's shutdown.
+            std::thread::spawn(move || {
+                let _ = tx.send((asker.0)(&text));
+            });
+            rx.await.ok().flatten()
+        };
+        let decided = tokio::select! {
+            a = self.wait_approval(caller, &id) => a?,
+            answer = terminal => match answer {
+                Some(answer) => {
+                    let by = Deciding { caller, via: "terminal" };
+                    let reason = (answer == Answer::Deny).then(|| "denied at the terminal".into());
+                    match self.answer(by, &id, answer, reason, None).await {
+                        Ok(a) => a,
+                        Err(_) => self.wait_approval(caller, &id).await?,
+                    }
+                }
+                None if answerable => self.wait_approval(caller, &id).await?,
+                None => {
+                    self.withdraw_approval(caller, &id, "nobody to ask on this path").await;
+                    return Err(ServiceError::Held(format!(
+                        "{summary}; {} — and there is nobody to ask here (no terminal, no \
+                         daemon): run it through the daemon and answer with `luminaguard \
+                         approvals`, or under a policy that allows it",
+                        ask_unpreviewable(&self.approvals, &id)
+                    )));
+                }
+            },
+        };
+        match decided.outcome {
+            Some(o) if o.approved() => Ok(()),
+            Some(o) => Err(ServiceError::Denied(format!(
+                "{summary}; a person was asked ({id}): {o}"
+            ))),
+            None => Err(ServiceError::internal(
+                "waiting for an approval",
+                format!("{id} ended undecided"),
+            )),
+        }
+    }
+}
+
+/// Why approval `id`'s action could not be previewed (for the refusal).
+fn ask_unpreviewable(approvals: &approvals::Approvals, id: &str) -> String {
+    approvals
+        .get(id)
+        .and_then(|a| a.action.map(|c| c.unpreviewable))
+        .unwrap_or_default()
+}
+
+/// The card as a terminal shows it.
+fn render(ask: &Ask) -> String {
+    let mut t = String::new();
+    match ask.card.kind.as_str() {
+        "network" => {
+            t.push_str(&format!(
+                "Network for sandbox {}: it would reach\n",
+                ask.sandbox
+            ));
+            for d in &ask.card.network {
+                t.push_str(&format!("    {d}\n"));
+            }
+        }
+        _ => {
+            t.push_str(&format!("Command in sandbox {}:\n", ask.sandbox));
+            if let Some(argv) = &ask.card.argv {
+                t.push_str(&format!("    {}\n", shell_words(argv)));
+            }
+            if let Some(w) = &ask.workspace {
+                t.push_str(&format!(
+                    "on workspace {} (written directly)\n",
+                    w.display()
+                ));
+            }
+        }
+    }
+    for why in &ask.asked {
+        t.push_str(&format!("asked by policy: {why}\n"));
+    }
+    t.push_str(&format!(
+        "It cannot be previewed: {}\n",
+        ask.card.unpreviewable
+    ));
+    t
+}
+
+/// `argv` as a person would type it.
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@%+,".contains(&b))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
