@@ -46,10 +46,11 @@ pub(crate) struct Cmd {
 
 impl Cmd {
     /// The words as shown to a person.
-    pub(crate) fn shown(&self) -> Vec<String> {
-        std::iter::once(self.given.clone())
-            .chain(self.args.iter().map(|a| a.shown().to_owned()))
-            .collect()
+    pub(crate) fn into_shown(self) -> Vec<String> {
+        let mut out = Vec::with_capacity(1 + self.args.len());
+        out.push(self.given);
+        out.extend(self.args.into_iter().map(Arg::into_shown));
+        out
     }
 }
 

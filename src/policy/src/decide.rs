@@ -3,7 +3,7 @@
 //! the policy cannot see is never allowed unless a rule names it explicitly.
 
 use crate::action::Action;
-use crate::classify::{Cmd, Ctx, Prog, Target};
+use crate::classify::{Classified, Cmd, Ctx, Prog, Target};
 use crate::decision::{CommandDecision, Decision, Risk, Verdict};
 use crate::pattern::Fit;
 use crate::policy::Policy;
@@ -19,31 +19,67 @@ struct Part {
     rule: Option<usize>,
     reason: String,
     outside: bool,
+}
+
+/// The decided parts of one action, already in their output form, with the index of the rule
+/// that decided each; and every rule that matched any of them (in the order found, possibly
+/// repeated): one list for the whole action rather than one per part.
+#[derive(Default)]
+struct Parts {
+    list: Vec<CommandDecision>,
+    rules: Vec<Option<usize>>,
     matched: Vec<usize>,
+}
+
+impl Parts {
+    fn with_capacity(n: usize) -> Self {
+        Parts {
+            list: Vec::with_capacity(n),
+            rules: Vec::with_capacity(n),
+            matched: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, policy: &Policy, p: Part) {
+        self.list.push(CommandDecision {
+            action: p.action.to_owned(),
+            argv: p.argv,
+            verdict: p.verdict,
+            risk: p.risk,
+            rule: p.rule.map(|i| policy.rule_ref(&policy.rules[i])),
+            reason: p.reason,
+            outside: p.outside,
+        });
+        self.rules.push(p.rule);
+    }
 }
 
 impl Policy {
     /// Decides `action`. Never fails: what the policy cannot understand is `ask` (or `deny` when
     /// the policy's default is `deny`).
     pub fn decide(&self, action: &Action) -> Decision {
-        let parts = match action {
-            Action::Exec { argv, cwd } => self.exec_parts(argv, cwd.as_deref()),
+        let mut parts = Parts::default();
+        match action {
+            Action::Exec { argv, cwd } => return self.exec_decision(argv, cwd.as_deref()),
             Action::Write { path } | Action::Delete { path } => {
                 let delete = matches!(action, Action::Delete { .. });
                 let mut ctx = Ctx::new(&self.workspace, None, &self.interpreters);
                 ctx.effect(&crate::pattern::Arg::Lit(path.clone()), delete);
-                match ctx.out.effects.first() {
-                    Some(e) => vec![self.effect_part(delete, &e.target)],
+                let part = match ctx.out.effects.pop() {
+                    Some(e) => self.effect_part(e.delete, e.target, &mut parts.matched),
                     // /dev/null and the like.
-                    None => vec![self.simple_part("write", vec![path.clone()], Vec::new())],
-                }
+                    None => self.simple_part("write", vec![path.clone()], &[]),
+                };
+                parts.push(self, part);
             }
             Action::Net { host, port } => {
                 let hits = self.hits(
                     &self.nets,
                     |m| matches!(m, Matcher::Net(p) if p.iter().any(|p| p.is_match(host, *port))),
+                    &mut parts.matched,
                 );
-                vec![self.simple_part("net", vec![format!("{host}:{port}")], hits)]
+                let part = self.simple_part("net", vec![format!("{host}:{port}")], hits);
+                parts.push(self, part);
             }
             Action::McpCall {
                 server,
@@ -53,33 +89,37 @@ impl Policy {
                 let hits = self.hits(
                     &self.mcps,
                     |m| matches!(m, Matcher::Mcp(p) if p.is_match(server, tool, arguments)),
+                    &mut parts.matched,
                 );
-                vec![self.simple_part("mcp", vec![format!("{server}.{tool}")], hits)]
+                let part = self.simple_part("mcp", vec![format!("{server}.{tool}")], hits);
+                parts.push(self, part);
             }
-        };
+        }
         self.combine(parts)
     }
 
-    fn exec_parts(&self, argv: &[String], cwd: Option<&str>) -> Vec<Part> {
+    fn exec_decision(&self, argv: &[String], cwd: Option<&str>) -> Decision {
         let mut ctx = Ctx::new(&self.workspace, cwd, &self.interpreters);
         let words = argv
             .iter()
             .map(|a| crate::pattern::Arg::Lit(a.clone()))
             .collect();
         crate::exec::classify(&mut ctx, words);
-        self.parts_of(&ctx)
+        self.combine(self.parts_of(ctx))
     }
 
     /// The decided parts of what a classification found: its commands, then its effects.
-    fn parts_of(&self, ctx: &Ctx) -> Vec<Part> {
-        let mut parts: Vec<Part> = ctx
-            .out
-            .cmds
-            .iter()
-            .filter_map(|c| self.cmd_part(c))
-            .collect();
-        for e in &ctx.out.effects {
-            parts.push(self.effect_part(e.delete, &e.target));
+    fn parts_of(&self, ctx: Ctx) -> Parts {
+        let Classified { cmds, effects } = ctx.out;
+        let mut parts = Parts::with_capacity(cmds.len() + effects.len());
+        for c in cmds {
+            if let Some(p) = self.cmd_part(c, &mut parts.matched) {
+                parts.push(self, p);
+            }
+        }
+        for e in effects {
+            let p = self.effect_part(e.delete, e.target, &mut parts.matched);
+            parts.push(self, p);
         }
         parts
     }
@@ -88,41 +128,32 @@ impl Policy {
     pub fn decide_script(&self, script_text: &str) -> Decision {
         let mut ctx = Ctx::new(&self.workspace, None, &self.interpreters);
         script::classify(&mut ctx, script_text, false);
-        self.combine(self.parts_of(&ctx))
+        self.combine(self.parts_of(ctx))
     }
 
-    fn candidates(&self, cmd: &Cmd) -> Vec<usize> {
-        let named: &[usize] = match &cmd.prog {
-            Prog::Name(n) => self.by_program.get(n).map_or(&[], Vec::as_slice),
-            Prog::Path(_) => &[],
-            Prog::Dynamic => return Vec::new(),
+    /// The exec rules that may match `cmd`, in file order: those indexed under its program name
+    /// merged with those the index cannot narrow.
+    fn candidates(&self, cmd: &Cmd) -> Candidates<'_> {
+        let (named, unindexed): (&[usize], &[usize]) = match &cmd.prog {
+            Prog::Name(n) => (
+                self.by_program.get(n).map_or(&[], Vec::as_slice),
+                &self.unindexed,
+            ),
+            Prog::Path(_) => (&[], &self.unindexed),
+            Prog::Dynamic => (&[], &[]),
         };
-        // Both lists are in file order: merge them.
-        let (mut out, mut a, mut b) =
-            (Vec::with_capacity(named.len() + self.unindexed.len()), 0, 0);
-        while a < named.len() || b < self.unindexed.len() {
-            let take_a =
-                b >= self.unindexed.len() || (a < named.len() && named[a] < self.unindexed[b]);
-            if take_a {
-                out.push(named[a]);
-                a += 1;
-            } else {
-                out.push(self.unindexed[b]);
-                b += 1;
-            }
-        }
-        out
+        Candidates { named, unindexed }
     }
 
-    fn cmd_part(&self, cmd: &Cmd) -> Option<Part> {
+    fn cmd_part(&self, cmd: Cmd, all_matched: &mut Vec<usize>) -> Option<Part> {
         let mut best: Option<(Verdict, usize, bool)> = None;
-        let mut matched = Vec::new();
-        for i in self.candidates(cmd) {
+        let first_match = all_matched.len();
+        for i in self.candidates(&cmd) {
             let rule = &self.rules[i];
             let Matcher::Exec(p) = &rule.matcher else {
                 continue;
             };
-            let fit = p.fit(cmd);
+            let fit = p.fit(&cmd);
             let contribution = match (rule.verdict, fit) {
                 (_, Fit::No) => None,
                 (Verdict::Deny, Fit::Sure) => Some((Verdict::Deny, false)),
@@ -136,14 +167,15 @@ impl Policy {
                 (Verdict::Allow, Fit::Maybe) => None,
             };
             if let Some((v, maybe)) = contribution {
-                matched.push(i);
+                all_matched.push(i);
                 if best.is_none_or(|(b, _, _)| v > b) {
                     best = Some((v, i, maybe));
                 }
             }
         }
-        let argv = cmd.shown();
-        let outside = matched.iter().any(|&i| self.rules[i].outside);
+        let outside = all_matched[first_match..]
+            .iter()
+            .any(|&i| self.rules[i].outside);
         match best {
             Some((verdict, i, maybe)) => {
                 let rule = &self.rules[i];
@@ -158,65 +190,79 @@ impl Policy {
                 };
                 Some(Part {
                     action: "exec",
-                    argv,
+                    argv: cmd.into_shown(),
                     verdict,
                     risk,
                     rule: Some(i),
                     reason,
                     outside,
-                    matched,
                 })
             }
             None if cmd.transparent => None,
-            None => Some(match &cmd.unknown {
-                Some(u) => Part {
-                    action: "exec",
-                    argv,
-                    verdict: self.default.max(Verdict::Ask),
-                    risk: Risk::Medium,
-                    rule: None,
-                    reason: u.reason.clone(),
-                    outside: false,
-                    matched,
-                },
-                None => self.default_part("exec", argv),
-            }),
+            None => {
+                let unknown = cmd.unknown.clone();
+                let argv = cmd.into_shown();
+                Some(match unknown {
+                    Some(u) => Part {
+                        action: "exec",
+                        argv,
+                        verdict: self.default.max(Verdict::Ask),
+                        risk: Risk::Medium,
+                        rule: None,
+                        reason: u.reason,
+                        outside: false,
+                    },
+                    None => self.default_part("exec", argv),
+                })
+            }
         }
     }
 
-    fn effect_part(&self, delete: bool, target: &Target) -> Part {
+    fn effect_part(&self, delete: bool, target: Target, all_matched: &mut Vec<usize>) -> Part {
         let kind = if delete { "delete" } else { "write" };
         match target {
             Target::Unresolved(t) => Part {
                 action: kind,
-                argv: vec![t.clone()],
+                argv: vec![t],
                 verdict: self.default.max(Verdict::Ask),
                 risk: Risk::Medium,
                 rule: None,
                 reason: format!("{kind}s a file the policy cannot resolve"),
                 outside: false,
-                matched: Vec::new(),
             },
             Target::Path(p) => {
                 let list = if delete { &self.deletes } else { &self.writes };
-                let hits = self.hits(list, |m| match m {
-                    Matcher::Write(g) | Matcher::Delete(g) => g.is_match(p),
-                    _ => false,
-                });
-                self.simple_part(kind, vec![p.clone()], hits)
+                let hits = self.hits(
+                    list,
+                    |m| match m {
+                        Matcher::Write(g) | Matcher::Delete(g) => g.is_match(&p),
+                        _ => false,
+                    },
+                    all_matched,
+                );
+                self.simple_part(kind, vec![p], hits)
             }
         }
     }
 
-    fn hits(&self, list: &[usize], is_match: impl Fn(&Matcher) -> bool) -> Vec<usize> {
-        list.iter()
-            .copied()
-            .filter(|&i| is_match(&self.rules[i].matcher))
-            .collect()
+    /// Appends the rules of `list` that match to `all_matched`; returns them.
+    fn hits<'m>(
+        &self,
+        list: &[usize],
+        is_match: impl Fn(&Matcher) -> bool,
+        all_matched: &'m mut Vec<usize>,
+    ) -> &'m [usize] {
+        let first = all_matched.len();
+        all_matched.extend(
+            list.iter()
+                .copied()
+                .filter(|&i| is_match(&self.rules[i].matcher)),
+        );
+        &all_matched[first..]
     }
 
     /// A part decided by plain (sure-or-no) matches.
-    fn simple_part(&self, action: &'static str, argv: Vec<String>, matched: Vec<usize>) -> Part {
+    fn simple_part(&self, action: &'static str, argv: Vec<String>, matched: &[usize]) -> Part {
         let Some(&first) = matched
             .iter()
             .max_by_key(|&&i| (self.rules[i].verdict, std::cmp::Reverse(i)))
@@ -232,7 +278,6 @@ impl Policy {
             rule: Some(first),
             reason: rule.reason.clone(),
             outside: matched.iter().any(|&i| self.rules[i].outside),
-            matched,
         }
     }
 
@@ -245,19 +290,19 @@ impl Policy {
             rule: None,
             reason: "no rule matches".into(),
             outside: false,
-            matched: Vec::new(),
         }
     }
 
-    fn combine(&self, parts: Vec<Part>) -> Decision {
-        let mut matched: Vec<usize> = parts
-            .iter()
-            .flat_map(|p| p.matched.iter().copied())
-            .collect();
+    fn combine(&self, parts: Parts) -> Decision {
+        let Parts {
+            list: parts,
+            rules,
+            mut matched,
+        } = parts;
         matched.sort_unstable();
         matched.dedup();
         let verdict = parts.iter().map(|p| p.verdict).max();
-        let deciding = verdict.and_then(|v| parts.iter().find(|p| p.verdict == v));
+        let deciding = verdict.and_then(|v| parts.iter().position(|p| p.verdict == v));
         let (verdict, risk, reason, rule) = match (verdict, deciding) {
             (Some(v), Some(d)) => {
                 let risk = parts
@@ -265,8 +310,8 @@ impl Policy {
                     .filter(|p| p.verdict == v)
                     .map(|p| p.risk)
                     .max()
-                    .unwrap_or(d.risk);
-                (v, risk, d.reason.clone(), d.rule)
+                    .unwrap_or(parts[d].risk);
+                (v, risk, parts[d].reason.clone(), rules[d])
             }
             _ => (
                 self.default,
@@ -285,19 +330,35 @@ impl Policy {
                 .iter()
                 .map(|&i| self.rule_ref(&self.rules[i]))
                 .collect(),
-            commands: parts
-                .into_iter()
-                .map(|p| CommandDecision {
-                    action: p.action.to_owned(),
-                    argv: p.argv,
-                    verdict: p.verdict,
-                    risk: p.risk,
-                    rule: p.rule.map(|i| self.rule_ref(&self.rules[i])),
-                    reason: p.reason,
-                    outside: p.outside,
-                })
-                .collect(),
+            commands: parts,
             policy_digest: self.digest().to_owned(),
         }
+    }
+}
+
+/// Two ascending lists of rule indices merged into one, in file order.
+struct Candidates<'a> {
+    named: &'a [usize],
+    unindexed: &'a [usize],
+}
+
+impl Iterator for Candidates<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        let take_named = match (self.named.first(), self.unindexed.first()) {
+            (None, None) => return None,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(a), Some(b)) => a < b,
+        };
+        let list = if take_named {
+            &mut self.named
+        } else {
+            &mut self.unindexed
+        };
+        let (&first, rest) = list.split_first()?;
+        *list = rest;
+        Some(first)
     }
 }

@@ -55,6 +55,25 @@ fn split<'a>(tool: &str, args: &'a [Arg]) -> (Vec<&'a Arg>, Vec<(&'a str, Option
 
 /// Records the writes and deletes `tool args…` makes.
 pub(crate) fn record(ctx: &mut Ctx<'_>, tool: &str, args: &[Arg]) {
+    let file_tool = matches!(
+        tool,
+        "rm" | "unlink"
+            | "rmdir"
+            | "shred"
+            | "touch"
+            | "tee"
+            | "truncate"
+            | "cp"
+            | "mv"
+            | "install"
+            | "ln"
+            | "dd"
+            | "sed"
+    );
+    if !file_tool {
+        // Every other program changes no file this module knows of: skip splitting its words.
+        return;
+    }
     let (words, opts) = split(tool, args);
     match tool {
         "rm" | "unlink" | "rmdir" | "shred" => words.iter().for_each(|w| ctx.effect(w, true)),

@@ -121,35 +121,38 @@ pub(crate) fn dangerous_var(name: &str) -> bool {
 }
 
 /// Classifies one command (program + arguments) into `ctx`.
-pub(crate) fn classify(ctx: &mut Ctx<'_>, argv: Vec<Arg>) {
-    let Some(first) = argv.first() else { return };
-    let given = first.shown().to_owned();
-    let args = argv[1..].to_vec();
-    let Some(word) = first.lit() else {
+pub(crate) fn classify(ctx: &mut Ctx<'_>, mut argv: Vec<Arg>) {
+    if argv.is_empty() {
+        return;
+    }
+    let first = argv.remove(0);
+    let args = argv;
+    let (given, literal) = match first {
+        Arg::Lit(s) => (s, true),
+        Arg::One(s) | Arg::Many(s) => (s, false),
+    };
+    if !literal {
         ctx.unknown(
             &given,
             "variable, glob or substitution in command position",
             false,
         );
         return;
-    };
+    }
     if ctx.depth > MAX_DEPTH {
         ctx.unknown(&given, "commands nested too deeply", false);
         return;
     }
-    let prog = resolve(word);
-    let name = match &prog {
-        Prog::Name(n) => n.clone(),
-        _ => {
-            push(
-                ctx,
-                prog,
-                given,
-                args,
-                Some(("runs a program the policy cannot see", true)),
-            );
-            return;
-        }
+    let prog = resolve(&given);
+    let Prog::Name(name) = &prog else {
+        push(
+            ctx,
+            prog,
+            given,
+            args,
+            Some(("runs a program the policy cannot see", true)),
+        );
+        return;
     };
     let n = name.as_str();
     if EVALUATORS.contains(&n) {
@@ -175,10 +178,14 @@ pub(crate) fn classify(ctx: &mut Ctx<'_>, argv: Vec<Arg>) {
             Some(("runs a script the policy cannot see", true)),
         );
     } else if let Some(inner) = crate::wrappers::unwrap(n, &args) {
+        let shown = match &inner {
+            Err(_) => format!("{n} …"),
+            Ok(_) => String::new(),
+        };
         push_transparent(ctx, prog, given, args);
         match inner {
             Ok(inner) => nested(ctx, inner),
-            Err(why) => ctx.unknown(&format!("{name} …"), why, false),
+            Err(why) => ctx.unknown(&shown, why, false),
         }
     } else if n == "watch" {
         watch(ctx, prog, given, args);
@@ -246,10 +253,15 @@ fn resolve(word: &str) -> Prog {
 
 /// Whether `name` is one of `interpreters`, allowing a version suffix (`python3.12`).
 fn is_interpreter(interpreters: &[String], name: &str) -> bool {
-    interpreters.iter().any(|i| {
-        name.strip_prefix(i.as_str())
-            .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit() || c == '.'))
-    })
+    // `name` minus `i` must be digits and dots: so `i` is at least `name` without its trailing
+    // digits and dots, and at most `name`. Comparing lengths first rules out almost every entry
+    // without reading its text.
+    let base = name
+        .trim_end_matches(|c: char| c.is_ascii_digit() || c == '.')
+        .len();
+    interpreters
+        .iter()
+        .any(|i| (base..=name.len()).contains(&i.len()) && name.starts_with(i.as_str()))
 }
 
 /// `sh [options] -c SCRIPT [ARG0 ARGS…]`: the script's commands; any other use is unknown.
@@ -398,6 +410,27 @@ mod tests {
             resolve("/usr/bin/../../tmp/ls"),
             Prog::Path("/usr/bin/../../tmp/ls".into())
         );
+    }
+
+    /// The length-first check above against the plain definition.
+    fn is_interpreter_slow(interpreters: &[String], name: &str) -> bool {
+        interpreters.iter().any(|i| {
+            name.strip_prefix(i.as_str())
+                .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit() || c == '.'))
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn interpreter_check_is_the_plain_definition(
+            list in proptest::collection::vec("[a-c0-9.]{0,4}", 0..6),
+            name in "[a-c0-9.é]{0,6}",
+        ) {
+            proptest::prop_assert_eq!(
+                is_interpreter(&list, &name),
+                is_interpreter_slow(&list, &name)
+            );
+        }
     }
 
     #[test]

@@ -39,6 +39,13 @@ impl Arg {
         }
     }
 
+    /// The word as the person should see it, owned.
+    pub(crate) fn into_shown(self) -> String {
+        match self {
+            Arg::Lit(s) | Arg::One(s) | Arg::Many(s) => s,
+        }
+    }
+
     pub(crate) fn lit(&self) -> Option<&str> {
         match self {
             Arg::Lit(s) => Some(s),
@@ -156,7 +163,15 @@ pub(crate) fn canonical(elems: &[String]) -> String {
 pub(crate) fn fit_args(pats: &[Elem], args: &[Arg]) -> Fit {
     let (n, m) = (pats.len(), args.len());
     let w = m + 1;
-    let mut dp = vec![Fit::No; (n + 1) * w];
+    // The table lives on the stack for the usual small pattern and command.
+    let mut small = [Fit::No; 64];
+    let mut large = Vec::new();
+    let dp: &mut [Fit] = if (n + 1) * w <= small.len() {
+        &mut small[..(n + 1) * w]
+    } else {
+        large.resize((n + 1) * w, Fit::No);
+        &mut large
+    };
     dp[n * w + m] = Fit::Sure;
     for i in (0..=n).rev() {
         for j in (0..=m).rev() {
@@ -233,6 +248,20 @@ mod tests {
             Fit::Maybe
         );
         assert_eq!(fit_args(&pats(&[]), &[Arg::Many("$X".into())]), Fit::Maybe);
+    }
+
+    #[test]
+    fn long_commands_match_like_short_ones() {
+        // More than the 64 cells kept on the stack: the table is on the heap, same answers.
+        let p = pats(&["**", "-rf", "**"]);
+        let mut words = vec!["x"; 40];
+        assert_eq!(fit_args(&p, &lits(&words)), Fit::No);
+        words[33] = "-rf";
+        assert_eq!(fit_args(&p, &lits(&words)), Fit::Sure);
+        words[7] = "$X";
+        let mut args = lits(&words);
+        args[33] = Arg::Many("$Y".into());
+        assert_eq!(fit_args(&p, &args), Fit::Maybe);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 
 use brush_parser::ast::{self, CommandPrefixOrSuffixItem as Item};
 use brush_parser::word::{WordPiece, WordPieceWithSource};
-use brush_parser::{ParserOptions, ast::IoFileRedirectKind as Kind};
+use brush_parser::{ParserImpl, ParserOptions, ast::IoFileRedirectKind as Kind};
 
 use crate::classify::Ctx;
 use crate::exec::{self, dangerous_var};
@@ -43,14 +43,17 @@ pub(crate) fn classify(ctx: &mut Ctx<'_>, text: &str, zsh: bool) {
     }
 }
 
-fn options() -> ParserOptions {
-    ParserOptions {
-        // `sh -c` scripts are POSIX sh or bash; extglob off keeps `!(x)` a syntax error rather
-        // than a pattern we would have to expand.
-        enable_extended_globbing: false,
-        ..ParserOptions::default()
-    }
-}
+/// brush-parser's defaults except extglob: `sh -c` scripts are POSIX sh or bash; extglob off
+/// keeps `!(x)` a syntax error rather than a pattern we would have to expand. A constant, so
+/// deciding does not build it again for every script and word.
+const OPTIONS: ParserOptions = ParserOptions {
+    enable_extended_globbing: false,
+    posix_mode: false,
+    sh_mode: false,
+    tilde_expansion_at_word_start: true,
+    tilde_expansion_after_colon: false,
+    parser_impl: ParserImpl::Peg,
+};
 
 struct Walker {
     zsh: bool,
@@ -68,7 +71,7 @@ impl Walker {
             ctx.unknown(text, "commands nested too deeply", false);
             return;
         }
-        let mut parser = brush_parser::Parser::new(std::io::Cursor::new(text), &options());
+        let mut parser = brush_parser::Parser::new(std::io::Cursor::new(text), &OPTIONS);
         match parser.parse_program() {
             Ok(program) => {
                 ctx.depth += 1;
@@ -231,47 +234,52 @@ impl Walker {
     }
 
     fn simple(&mut self, ctx: &mut Ctx<'_>, sc: &ast::SimpleCommand) {
-        let mut argv = Vec::new();
-        let mut items: Vec<&Item> = Vec::new();
-        items.extend(sc.prefix.iter().flat_map(|p| p.0.iter()));
-        let name_at = items.len();
-        items.extend(sc.suffix.iter().flat_map(|s| s.0.iter()));
-        let mut redirects = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            if i == name_at
-                && let Some(w) = &sc.word_or_name
-            {
-                argv.push(self.word(ctx, w));
-            }
-            match item {
-                Item::IoRedirect(r) => redirects.push(r),
-                Item::Word(w) => argv.push(self.word(ctx, w)),
-                Item::AssignmentWord(a, w) => {
-                    let value = self.assignment(ctx, a);
-                    if i >= name_at {
-                        // An argument of `export`/`declare`/… that looks like an assignment.
-                        argv.push(match value {
-                            Arg::Lit(_) => self.word(ctx, w),
-                            _ => Arg::One(w.value.clone()),
-                        });
-                    }
-                }
-                Item::ProcessSubstitution(_, sub) => {
-                    self.list(ctx, &sub.list);
-                    argv.push(Arg::One("<(…)".into()));
-                }
-            }
+        let prefix = sc.prefix.iter().flat_map(|p| p.0.iter());
+        let suffix = sc.suffix.iter().flat_map(|s| s.0.iter());
+        let n = sc.prefix.as_ref().map_or(0, |p| p.0.len())
+            + sc.suffix.as_ref().map_or(0, |s| s.0.len())
+            + 1;
+        let mut argv = Vec::with_capacity(n);
+        // Words in order (prefix, program, suffix), then the redirections in order.
+        for item in prefix.clone() {
+            self.item(ctx, item, false, &mut argv);
         }
-        if items.len() == name_at
-            && let Some(w) = &sc.word_or_name
-        {
+        if let Some(w) = &sc.word_or_name {
             argv.push(self.word(ctx, w));
         }
-        for r in redirects {
-            self.redirect(ctx, r);
+        for item in suffix.clone() {
+            self.item(ctx, item, true, &mut argv);
+        }
+        for item in prefix.chain(suffix) {
+            if let Item::IoRedirect(r) = item {
+                self.redirect(ctx, r);
+            }
         }
         self.declarations(ctx, &argv);
         exec::classify(ctx, argv);
+    }
+
+    /// One word of a simple command (a redirection is handled after all of them); `suffix`: it
+    /// comes after the program.
+    fn item(&mut self, ctx: &mut Ctx<'_>, item: &Item, suffix: bool, argv: &mut Vec<Arg>) {
+        match item {
+            Item::IoRedirect(_) => {}
+            Item::Word(w) => argv.push(self.word(ctx, w)),
+            Item::AssignmentWord(a, w) => {
+                let value = self.assignment(ctx, a);
+                if suffix {
+                    // An argument of `export`/`declare`/… that looks like an assignment.
+                    argv.push(match value {
+                        Arg::Lit(_) => self.word(ctx, w),
+                        _ => Arg::One(w.value.clone()),
+                    });
+                }
+            }
+            Item::ProcessSubstitution(_, sub) => {
+                self.list(ctx, &sub.list);
+                argv.push(Arg::One("<(…)".into()));
+            }
+        }
     }
 
     /// `read X`, `printf -v X`, `export X=…`: variables that builtins set.
@@ -373,7 +381,7 @@ impl Walker {
             },
             ast::IoRedirect::HereDocument(_, doc) => {
                 if doc.requires_expansion {
-                    match brush_parser::word::parse_heredoc(&doc.doc.value, &options()) {
+                    match brush_parser::word::parse_heredoc(&doc.doc.value, &OPTIONS) {
                         Ok(pieces) => {
                             let mut out = Expansion::default();
                             self.pieces(ctx, &doc.doc.value, &pieces, true, &mut out);
@@ -404,13 +412,17 @@ impl Walker {
             ctx.unknown(raw, "a zsh glob qualifier may run code", false);
             return Arg::Many(raw.to_owned());
         }
-        // Fast path: a word with nothing to expand or unquote is itself.
-        if !raw.is_empty()
-            && !raw.contains(['$', '`', '\'', '"', '\\', '~', '*', '?', '[', '{', '('])
-        {
+        // Fast path: a word with nothing to expand or unquote is itself (proven against
+        // brush-parser's word parser in the tests below).
+        if fast_path() && plain(raw) {
             return Arg::Lit(raw.to_owned());
         }
-        let pieces = match brush_parser::word::parse(raw, &options()) {
+        self.parsed_word(ctx, raw, quoted)
+    }
+
+    /// [`word_text`](Self::word_text) through brush-parser's word parser, without the fast path.
+    fn parsed_word(&mut self, ctx: &mut Ctx<'_>, raw: &str, quoted: bool) -> Arg {
+        let pieces = match brush_parser::word::parse(raw, &OPTIONS) {
             Ok(p) => p,
             Err(_) => {
                 ctx.unknown(raw, "cannot parse a word of the script", false);
@@ -503,6 +515,35 @@ struct Expansion {
     many: bool,
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Set by tests to compare decisions with and without the plain-word fast path.
+    static SLOW: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the plain-word fast path is on (always, except in tests that compare without it).
+fn fast_path() -> bool {
+    #[cfg(test)]
+    if SLOW.with(std::cell::Cell::get) {
+        return false;
+    }
+    true
+}
+
+/// A word with no byte that quotes, expands, globs or escapes: its value is its text.
+fn plain(raw: &str) -> bool {
+    !raw.is_empty() && !raw.bytes().any(special)
+}
+
+/// Whether a byte of a word may start a quote, an expansion, a pattern or an escape: a word
+/// without any is itself. (These are ASCII: no byte of a multi-byte UTF-8 character is one.)
+fn special(b: u8) -> bool {
+    matches!(
+        b,
+        b'$' | b'`' | b'\'' | b'"' | b'\\' | b'~' | b'*' | b'?' | b'[' | b'{' | b'('
+    )
+}
+
 /// Whether unquoted text would be expanded by pathname or brace expansion.
 fn has_glob(t: &str) -> bool {
     if t.contains(['*', '?', '[']) {
@@ -514,5 +555,94 @@ fn has_glob(t: &str) -> bool {
             inner.contains(',') || inner.contains("..")
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::HashSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::classify::Ctx;
+
+    fn walker() -> Walker {
+        Walker {
+            zsh: false,
+            arith_names: HashSet::new(),
+            tainted: HashSet::new(),
+            code_literal: false,
+        }
+    }
+
+    /// Words mixing plain text with every byte the fast path looks for, and other text.
+    fn word() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                "[a-zA-Z0-9_./=:,@%+-]{1,4}",
+                Just("é".to_owned()),
+                Just("#".to_owned()),
+                Just("!".to_owned()),
+                Just("^".to_owned()),
+                Just("}".to_owned()),
+                Just("]".to_owned()),
+                Just(")".to_owned()),
+                "[$`'\"\\~*?\\[{(]",
+            ],
+            1..6,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The plain-word fast path gives what brush-parser's word parser gives, quoted or not.
+        #[test]
+        fn plain_words_are_what_the_word_parser_says(raw in word(), quoted in any::<bool>()) {
+            prop_assume!(plain(&raw));
+            let interpreters = Vec::new();
+            let (mut fast_ctx, mut slow_ctx) = (
+                Ctx::new("/workspace", None, &interpreters),
+                Ctx::new("/workspace", None, &interpreters),
+            );
+            let (mut fast, mut slow) = (walker(), walker());
+            let a = fast.word_text(&mut fast_ctx, &raw, quoted);
+            let b = slow.parsed_word(&mut slow_ctx, &raw, quoted);
+            prop_assert_eq!(&a, &b);
+            prop_assert_eq!(a, Arg::Lit(raw.clone()));
+            prop_assert!(fast_ctx.out.cmds.is_empty() && slow_ctx.out.cmds.is_empty());
+            prop_assert_eq!(fast.code_literal, slow.code_literal);
+            prop_assert_eq!(&fast.arith_names, &slow.arith_names);
+        }
+
+        /// Whole scripts of plain and special words decide as they did word by word through the
+        /// word parser.
+        #[test]
+        fn scripts_decide_the_same_with_and_without_the_fast_path(
+            words in prop::collection::vec(word(), 1..8),
+        ) {
+            let script = words.join(" ");
+            let interpreters = Vec::new();
+            let mut ctx = Ctx::new("/workspace", None, &interpreters);
+            classify(&mut ctx, &script, false);
+            let mut slow_ctx = Ctx::new("/workspace", None, &interpreters);
+            SLOW.with(|s| s.set(true));
+            classify(&mut slow_ctx, &script, false);
+            SLOW.with(|s| s.set(false));
+            prop_assert_eq!(format!("{:?}", ctx.out), format!("{:?}", slow_ctx.out));
+        }
+    }
+
+    #[test]
+    fn parser_options_are_the_defaults_without_extglob() {
+        let want = ParserOptions {
+            enable_extended_globbing: false,
+            ..ParserOptions::default()
+        };
+        assert!(OPTIONS == want);
     }
 }
