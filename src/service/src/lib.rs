@@ -392,8 +392,14 @@ impl Service {
         )
         .await?;
         match &opts.pool {
+            // A pool's settings, network included, are the operator's.
             Some(pool) => self.take_pooled(caller, pool, &opts).await,
-            None => self.create_unpooled(caller, opts).await,
+            None => {
+                let mut opts = opts;
+                let id = opts.id.get_or_insert_with(SandboxId::generate).clone();
+                self.judge_network(caller, &id, &opts.net_allow).await?;
+                self.create_unpooled(caller, opts).await
+            }
         }
     }
 
@@ -404,7 +410,6 @@ impl Service {
         opts: CreateOptions,
     ) -> Result<Pending, ServiceError> {
         let req = self.request(caller, &opts).await?;
-        self.judge_network(caller, &req.id, &opts.net_allow).await?;
         let backend = backends::backend(
             &self.host,
             &self.runtime,
