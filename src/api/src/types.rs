@@ -340,6 +340,10 @@ pub struct DecideBody {
     /// The change set's digest the person saw: if given and not the card's, nothing happens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// `once` (default) or `session`: approve this action and the same action again in the
+    /// same sandbox without asking (only for actions asked about before they run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// How a command ended.

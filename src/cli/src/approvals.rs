@@ -35,6 +35,10 @@ pub enum ApprovalsCommand {
         /// The change set digest you reviewed: if the card's is another, nothing happens.
         #[arg(long, value_name = "DIGEST")]
         digest: Option<String>,
+        /// For an action asked about before it runs: also let the same action run again in
+        /// the same sandbox without asking, until the sandbox is gone.
+        #[arg(long)]
+        for_session: bool,
         #[arg(long)]
         json: bool,
     },
@@ -92,6 +96,7 @@ pub async fn run(cmd: ApprovalsCommand, front: &Front) -> anyhow::Result<ExitCod
             id,
             reason,
             digest,
+            for_session,
             json,
         } => {
             let digest = match digest {
@@ -99,7 +104,12 @@ pub async fn run(cmd: ApprovalsCommand, front: &Front) -> anyhow::Result<ExitCod
                 // What the person is approving is the card as it is now.
                 None => front.approval(&id, false).await?.card.digest().to_owned(),
             };
-            let a = front.answer(&id, Answer::Approve, reason, &digest).await?;
+            let answer = if for_session {
+                Answer::ApproveForSession
+            } else {
+                Answer::Approve
+            };
+            let a = front.answer(&id, answer, reason, &digest).await?;
             print(&a, json, false)?;
             Ok(exit(&a))
         }

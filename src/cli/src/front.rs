@@ -255,12 +255,13 @@ impl Front {
             Self::Daemon(client) => {
                 let body = DecideBody {
                     decision: match answer {
-                        Answer::Approve => "approve",
+                        Answer::Approve | Answer::ApproveForSession => "approve",
                         Answer::Deny => "deny",
                     }
                     .to_owned(),
                     reason,
                     digest: Some(digest.to_owned()),
+                    scope: (answer == Answer::ApproveForSession).then(|| "session".to_owned()),
                 };
                 Ok(client.decide(id, &body).await?)
             }

@@ -97,7 +97,8 @@ async fn decide(
     let digest = card.digest().to_owned();
     let ours = async {
         let (answer, reason) = match rx.await {
-            Ok(Asked::Yes) => (Answer::Approve, None),
+            // A Diff Card is approved once.
+            Ok(Asked::Yes | Asked::Session) => (Answer::Approve, None),
             Ok(Asked::No) => (Answer::Deny, Some("denied at the terminal".to_owned())),
             Ok(Asked::NoTerminal(why)) if !front.answerable_elsewhere() => {
                 eprintln!("luminaguard: review: no terminal to ask ({why})");

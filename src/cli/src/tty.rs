@@ -7,6 +7,8 @@ use luminaguard_service::Answer;
 
 pub enum Asked {
     Yes,
+    /// Yes, and for the rest of the sandbox's session.
+    Session,
     No,
     NoTerminal(String),
 }
@@ -35,6 +37,7 @@ pub fn ask(question: &str) -> Asked {
         Ok(0) | Err(_) => Asked::No,
         Ok(_) => match line.trim().to_ascii_lowercase().as_str() {
             "y" | "yes" => Asked::Yes,
+            "s" | "session" => Asked::Session,
             _ => Asked::No,
         },
     }
@@ -44,9 +47,10 @@ pub fn ask(question: &str) -> Asked {
 /// question on the terminal (none: nobody to ask).
 pub fn asker() -> luminaguard_service::ask::Asker {
     luminaguard_service::ask::Asker(std::sync::Arc::new(|card: &str| {
-        let question = format!("{card}Allow it? [y/N] ");
+        let question = format!("{card}Allow it? [y]es / [s]ession: again in this sandbox / [N]o ");
         match ask(&question) {
             Asked::Yes => Some(Answer::Approve),
+            Asked::Session => Some(Answer::ApproveForSession),
             Asked::No => Some(Answer::Deny),
             Asked::NoTerminal(_) => None,
         }

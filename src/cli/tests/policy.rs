@@ -494,6 +494,52 @@ fn through_the_daemon_an_asked_command_on_a_direct_workspace_runs_only_once_appr
         .collect();
     assert_eq!(approvals.len(), 1, "{approvals:?}");
     assert_eq!(approvals[0]["event"]["action"]["kind"], "exec");
+
+    // Approved for the session: the same command runs again in this sandbox without asking;
+    // another command still asks.
+    std::fs::write(
+        e.ws.join("again.sh"),
+        "echo again >> /workspace/count.txt\n",
+    )
+    .unwrap();
+    let again = ["sandbox", "exec", "long", "--", "sh", "/workspace/again.sh"];
+    let child = lg_spawn(&e, &again);
+    let a = first_approval(&e);
+    let yes = lg(
+        &e,
+        &[
+            "approvals",
+            "approve",
+            a["id"].as_str().unwrap(),
+            "--for-session",
+        ],
+    );
+    assert!(yes.status.success(), "{}", text(&yes.stderr));
+    assert!(child.wait_with_output().unwrap().status.success());
+    let out = lg(&e, &again);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(e.ws.join("count.txt")).unwrap(),
+        "again\nagain\n"
+    );
+    let granted: Vec<Value> = records(&e)
+        .into_iter()
+        .filter(|r| r["event"]["type"] == "approve" && r["event"]["scope"] == "session")
+        .collect();
+    assert_eq!(granted.len(), 2, "{granted:?}");
+    assert_eq!(granted[1]["event"]["granted_by"], a["id"]);
+    let other = lg_spawn(
+        &e,
+        &["sandbox", "exec", "long", "--", "sh", "/workspace/do.sh"],
+    );
+    let a2 = first_approval(&e);
+    assert_ne!(a2["id"], a["id"]);
+    assert!(
+        lg(&e, &["approvals", "deny", a2["id"].as_str().unwrap()])
+            .status
+            .success()
+    );
+    assert!(!other.wait_with_output().unwrap().status.success());
     assert!(lg(&e, &["sandbox", "rm", "long"]).status.success());
     d.stop();
 }

@@ -512,6 +512,14 @@ fn through_the_daemon_a_card_is_approved_from_another_process_once() {
         text(&wrong.stderr)
     );
 
+    // A Diff Card is approved once, never for a session.
+    let session = cli(&d, &["approvals", "approve", &id, "--for-session"]);
+    assert!(!session.status.success());
+    assert!(
+        text(&session.stderr).contains("approved once"),
+        "{}",
+        text(&session.stderr)
+    );
     let shown = cli(&d, &["approvals", "show", &id]);
     assert!(
         text(&shown.stdout).contains("+three"),

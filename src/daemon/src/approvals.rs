@@ -125,10 +125,16 @@ pub async fn decide(
     JsonBody(body): JsonBody<DecideBody>,
 ) -> Result<axum::Json<ApprovalView>, ApiError> {
     let id = approval_id(&id)?;
-    let answer = match body.decision.as_str() {
-        "approve" => Answer::Approve,
-        "deny" => Answer::Deny,
-        other => {
+    let answer = match (body.decision.as_str(), body.scope.as_deref()) {
+        ("approve", None | Some("once")) => Answer::Approve,
+        ("approve", Some("session")) => Answer::ApproveForSession,
+        ("deny", None | Some("once")) => Answer::Deny,
+        ("approve" | "deny", Some(other)) => {
+            return Err(ApiError::bad_request(format!(
+                "scope {other:?}: say \"once\" or \"session\" (approve only)"
+            )));
+        }
+        (other, _) => {
             return Err(ApiError::bad_request(format!(
                 "decision {other:?}: say \"approve\" or \"deny\""
             )));

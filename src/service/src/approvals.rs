@@ -27,6 +27,9 @@ const REMEMBERED: usize = 256;
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
     Approve,
+    /// Approve this action and the same action again in the same sandbox (its session) — for
+    /// actions asked about before they run; a Diff Card is approved once.
+    ApproveForSession,
     Deny,
 }
 
@@ -80,6 +83,22 @@ pub enum Outcome {
     /// The card went away before anyone answered (its sandbox was destroyed, the command that
     /// asked went away, a newer card of the same sandbox replaced it): nothing was applied.
     Withdrawn { reason: String },
+}
+
+impl ActionCard {
+    /// Whether `other` is the same action (same kind, command and destinations).
+    pub fn same_action(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.argv == other.argv && self.network == other.network
+    }
+}
+
+/// An action approved for the rest of a sandbox's session.
+#[derive(Debug, Clone)]
+pub(crate) struct Grant {
+    pub card: ActionCard,
+    pub by: Decider,
+    /// The approval that granted it.
+    pub approval: String,
 }
 
 impl Outcome {
@@ -179,6 +198,8 @@ struct Inner {
     /// Why commands of each speculative sandbox were asked about (shown on its next card).
     asked: HashMap<SandboxId, Vec<String>>,
     decided: VecDeque<Approval>,
+    /// Actions approved for the rest of each sandbox's session.
+    grants: HashMap<SandboxId, Vec<Grant>>,
 }
 
 /// The registry.
@@ -243,11 +264,32 @@ impl Approvals {
         Some(w)
     }
 
-    /// Takes the waiting approval of sandbox `id`, if there is one.
+    /// Remembers that `grant`'s action may run again in sandbox `id` without asking.
+    pub(crate) fn grant(&self, id: &SandboxId, grant: Grant) {
+        let mut inner = self.lock();
+        let list = inner.grants.entry(id.clone()).or_default();
+        if list.len() < 256 {
+            list.push(grant);
+        }
+    }
+
+    /// The grant that covers `card` in sandbox `id`, if any.
+    pub(crate) fn granted(&self, id: &SandboxId, card: &ActionCard) -> Option<Grant> {
+        self.lock()
+            .grants
+            .get(id)?
+            .iter()
+            .find(|g| g.card.same_action(card))
+            .cloned()
+    }
+
+    /// Takes the waiting approval of sandbox `id`, if there is one (the sandbox is going away:
+    /// what was granted for its session ends with it).
     pub(crate) fn take_for_sandbox(&self, id: &SandboxId) -> Option<Waiting> {
         let approval = {
             let mut inner = self.lock();
             inner.asked.remove(id);
+            inner.grants.remove(id);
             inner.by_sandbox.get(id).cloned()
         };
         approval.and_then(|a| self.take(&a))

@@ -53,6 +53,18 @@ impl Service {
     /// Puts `ask` to a person and waits for the answer: `Ok` once approved; denied, expired or
     /// with nobody to ask, the action is refused.
     pub(crate) async fn ask_before(&self, caller: &Caller, ask: Ask) -> Result<(), ServiceError> {
+        if let Some(grant) = self.approvals.granted(&ask.sandbox, &ask.card) {
+            // Approved for this sandbox's session already: on the record, under that approval.
+            return self
+                .audit
+                .record(
+                    caller,
+                    serde_json::json!({"type": "approve", "sandbox": ask.sandbox,
+                        "scope": "session", "granted_by": grant.approval, "by": grant.by,
+                        "action": ask.card, "asked": ask.asked}),
+                )
+                .await;
+        }
         let id =
             approvals::new_id().map_err(|e| ServiceError::internal("making an approval id", e))?;
         let text = render(&ask);

@@ -175,6 +175,12 @@ impl Service {
                         "approval {id} was decided already: {o}"
                     )));
                 }
+                if answer == Answer::ApproveForSession && a.action.is_none() {
+                    return Err(ServiceError::InvalidSpec(format!(
+                        "approval {id} is a Diff Card, approved once: a session approval is \
+                         for actions asked about before they run"
+                    )));
+                }
                 if let Some(d) = expect_digest
                     && d != a.changes.digest
                 {
@@ -213,24 +219,39 @@ impl Service {
                     reason,
                 }
             }
-            Answer::Approve if w.approval.action.is_some() => {
+            Answer::Approve | Answer::ApproveForSession if w.approval.action.is_some() => {
                 // Asked before it runs: the approval lets it run (on the record first).
+                let session = answer == Answer::ApproveForSession;
                 match self
                     .audit
                     .record(
                         caller,
                         serde_json::json!({"type": "approve", "sandbox": sandbox,
-                            "approval": id, "action": w.approval.action, "by": decider}),
+                            "approval": id, "action": w.approval.action, "by": decider,
+                            "scope": if session { "session" } else { "once" }}),
                     )
                     .await
                 {
-                    Ok(()) => Outcome::Approved { by: decider },
+                    Ok(()) => {
+                        if let (true, Some(card)) = (session, &w.approval.action) {
+                            self.approvals.grant(
+                                &sandbox,
+                                approvals::Grant {
+                                    card: card.clone(),
+                                    by: decider.clone(),
+                                    approval: id.to_owned(),
+                                },
+                            );
+                        }
+                        Outcome::Approved { by: decider }
+                    }
                     Err(e) => Outcome::Withdrawn {
                         reason: format!("the approval could not be recorded: {e}"),
                     },
                 }
             }
-            Answer::Approve => self.approve(caller, &w, decider).await,
+            // (A Diff Card is approved once: a session answer to one was refused above.)
+            Answer::Approve | Answer::ApproveForSession => self.approve(caller, &w, decider).await,
         };
         let done = self.approvals.finish(w, outcome);
         self.events
