@@ -318,6 +318,10 @@ pub struct ApprovalView {
     pub state: String,
     pub requested_unix_ms: u64,
     pub card: CardView,
+    /// What answering *always* would add to the policy file (absent: it cannot be approved
+    /// always — a Diff Card, or a preset policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub always: Option<String>,
     /// How it ended (absent while pending): `state`, `by` (`uid`, `via`), and `applied`,
     /// `reason` or `code` as the state has them.
     #[schema(value_type = Option<Object>)]
@@ -340,8 +344,10 @@ pub struct DecideBody {
     /// The change set's digest the person saw: if given and not the card's, nothing happens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
-    /// `once` (default) or `session`: approve this action and the same action again in the
-    /// same sandbox without asking (only for actions asked about before they run).
+    /// `once` (default); `session`: approve this action and the same action again in the
+    /// same sandbox without asking; `always`: add it to the policy file as a standing approval
+    /// (the card's `always` shows the entry). The last two only for actions asked about before
+    /// they run; `always` only by root or the daemon's user, with a policy file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
 }

@@ -37,8 +37,13 @@ pub enum ApprovalsCommand {
         digest: Option<String>,
         /// For an action asked about before it runs: also let the same action run again in
         /// the same sandbox without asking, until the sandbox is gone.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "always")]
         for_session: bool,
+        /// For an action asked about before it runs: add it to the policy file as a standing
+        /// approval (`approvals show` prints the entry first), so exactly this action is
+        /// allowed from now on.
+        #[arg(long)]
+        always: bool,
         #[arg(long)]
         json: bool,
     },
@@ -97,6 +102,7 @@ pub async fn run(cmd: ApprovalsCommand, front: &Front) -> anyhow::Result<ExitCod
             reason,
             digest,
             for_session,
+            always,
             json,
         } => {
             let digest = match digest {
@@ -104,10 +110,10 @@ pub async fn run(cmd: ApprovalsCommand, front: &Front) -> anyhow::Result<ExitCod
                 // What the person is approving is the card as it is now.
                 None => front.approval(&id, false).await?.card.digest().to_owned(),
             };
-            let answer = if for_session {
-                Answer::ApproveForSession
-            } else {
-                Answer::Approve
+            let answer = match (for_session, always) {
+                (true, _) => Answer::ApproveForSession,
+                (_, true) => Answer::ApproveAlways,
+                _ => Answer::Approve,
             };
             let a = front.answer(&id, answer, reason, &digest).await?;
             print(&a, json, false)?;
@@ -143,11 +149,17 @@ fn print(a: &ApprovalView, json: bool, card: bool) -> anyhow::Result<()> {
     outln!("approval {}  ({})", a.id, a.state);
     outln!("sandbox {}: {}", a.card.sandbox, a.card.what());
     if card {
-        for why in &a.card.asked {
-            outln!("asked by policy: {why}");
+        // An action card's text says why it was asked, and what *always* would add.
+        let diff_card = a.card.action.is_none();
+        if diff_card {
+            for why in &a.card.asked {
+                outln!("asked by policy: {why}");
+            }
         }
         out!("{}", a.card.text);
-        outln!("change set {}", a.card.digest());
+        if diff_card {
+            outln!("change set {}", a.card.digest());
+        }
         if a.outcome.is_none() {
             outln!(
                 "unanswered, it is denied in {}",

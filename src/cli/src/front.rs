@@ -255,13 +255,19 @@ impl Front {
             Self::Daemon(client) => {
                 let body = DecideBody {
                     decision: match answer {
-                        Answer::Approve | Answer::ApproveForSession => "approve",
+                        Answer::Approve | Answer::ApproveForSession | Answer::ApproveAlways => {
+                            "approve"
+                        }
                         Answer::Deny => "deny",
                     }
                     .to_owned(),
                     reason,
                     digest: Some(digest.to_owned()),
-                    scope: (answer == Answer::ApproveForSession).then(|| "session".to_owned()),
+                    scope: match answer {
+                        Answer::ApproveForSession => Some("session".to_owned()),
+                        Answer::ApproveAlways => Some("always".to_owned()),
+                        Answer::Approve | Answer::Deny => None,
+                    },
                 };
                 Ok(client.decide(id, &body).await?)
             }

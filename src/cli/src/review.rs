@@ -98,7 +98,7 @@ async fn decide(
     let ours = async {
         let (answer, reason) = match rx.await {
             // A Diff Card is approved once.
-            Ok(Asked::Yes | Asked::Session) => (Answer::Approve, None),
+            Ok(Asked::Yes | Asked::Session | Asked::Always) => (Answer::Approve, None),
             Ok(Asked::No) => (Answer::Deny, Some("denied at the terminal".to_owned())),
             Ok(Asked::NoTerminal(why)) if !front.answerable_elsewhere() => {
                 eprintln!("luminaguard: review: no terminal to ask ({why})");

@@ -9,6 +9,8 @@ pub enum Asked {
     Yes,
     /// Yes, and for the rest of the sandbox's session.
     Session,
+    /// Yes, and from now on (a standing approval in the policy file).
+    Always,
     No,
     NoTerminal(String),
 }
@@ -38,6 +40,7 @@ pub fn ask(question: &str) -> Asked {
         Ok(_) => match line.trim().to_ascii_lowercase().as_str() {
             "y" | "yes" => Asked::Yes,
             "s" | "session" => Asked::Session,
+            "a" | "always" => Asked::Always,
             _ => Asked::No,
         },
     }
@@ -47,10 +50,17 @@ pub fn ask(question: &str) -> Asked {
 /// question on the terminal (none: nobody to ask).
 pub fn asker() -> luminaguard_service::ask::Asker {
     luminaguard_service::ask::Asker(std::sync::Arc::new(|card: &str| {
-        let question = format!("{card}Allow it? [y]es / [s]ession: again in this sandbox / [N]o ");
+        let always = if card.contains("Approving it always adds") {
+            " / [a]lways: add it to the policy"
+        } else {
+            ""
+        };
+        let question =
+            format!("{card}Allow it? [y]es / [s]ession: again in this sandbox{always} / [N]o ");
         match ask(&question) {
             Asked::Yes => Some(Answer::Approve),
             Asked::Session => Some(Answer::ApproveForSession),
+            Asked::Always => Some(Answer::ApproveAlways),
             Asked::No => Some(Answer::Deny),
             Asked::NoTerminal(_) => None,
         }

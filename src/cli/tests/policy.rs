@@ -543,3 +543,150 @@ fn through_the_daemon_an_asked_command_on_a_direct_workspace_runs_only_once_appr
     assert!(lg(&e, &["sandbox", "rm", "long"]).status.success());
     d.stop();
 }
+
+/// *Always*: the entry is shown first, then appended to the policy file, which decides from
+/// then on — exactly that command runs without asking, nothing else does; a preset cannot take
+/// one.
+#[test]
+fn approved_always_adds_exactly_that_action_to_the_policy_file() {
+    if !privileged("the policy test") {
+        return;
+    }
+    let e = env();
+    let ws = e.ws.to_str().unwrap();
+    std::fs::write(
+        e.ws.join("again.sh"),
+        "echo again >> /workspace/count.txt\n",
+    )
+    .unwrap();
+    let file = e.rt.with_extension("policy.toml");
+    let shown = lg(&e, &["policy", "show"]);
+    std::fs::write(&file, &shown.stdout).unwrap();
+    let mut d = Daemon::start(
+        Path::new(BIN),
+        &e.rt,
+        &format!(
+            "audit_dir = \"{}\"\npolicy = \"{}\"\n[defaults]\nbackend = \"process\"\n",
+            e.audit.display(),
+            file.display()
+        ),
+    );
+    assert!(
+        lg(
+            &e,
+            &["sandbox", "create", "--name", "long", "--workspace", ws]
+        )
+        .status
+        .success()
+    );
+    let again = ["sandbox", "exec", "long", "--", "sh", "/workspace/again.sh"];
+    let child = lg_spawn(&e, &again);
+    let a = first_approval(&e);
+    let id = a["id"].as_str().unwrap();
+    let entry = a["always"].as_str().unwrap();
+    assert!(
+        entry.contains("exec = [\"sh\", \"/workspace/again.sh\"]"),
+        "{entry}"
+    );
+    let show = lg(&e, &["approvals", "show", id]);
+    assert!(
+        text(&show.stdout).contains("Approving it always adds to"),
+        "{}",
+        text(&show.stdout)
+    );
+    let yes = lg(&e, &["approvals", "approve", id, "--always"]);
+    assert!(yes.status.success(), "{}", text(&yes.stderr));
+    assert!(child.wait_with_output().unwrap().status.success());
+    let policy = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        policy.starts_with(&text(&shown.stdout)),
+        "the file was rewritten, not appended to"
+    );
+    assert!(policy.contains(&format!("approval = \"{id}\"")), "{policy}");
+    assert!(policy.contains("by = \"uid 0 via api\""), "{policy}");
+    // The file is a policy that checks, and it allows exactly that command.
+    let check = lg(
+        &e,
+        &[
+            "--policy",
+            file.to_str().unwrap(),
+            "policy",
+            "check",
+            "--",
+            "sh",
+            "/workspace/again.sh",
+        ],
+    );
+    assert!(
+        text(&check.stdout).starts_with("allow"),
+        "{}",
+        text(&check.stdout)
+    );
+    // The daemon decides by it already: the same command runs without asking …
+    let out = lg(&e, &again);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(e.ws.join("count.txt")).unwrap(),
+        "again\nagain\n"
+    );
+    // … and another still asks.
+    let other = lg_spawn(
+        &e,
+        &[
+            "sandbox",
+            "exec",
+            "long",
+            "--",
+            "sh",
+            "/workspace/again.sh",
+            "x",
+        ],
+    );
+    let a2 = first_approval(&e);
+    assert!(
+        lg(&e, &["approvals", "deny", a2["id"].as_str().unwrap()])
+            .status
+            .success()
+    );
+    assert!(!other.wait_with_output().unwrap().status.success());
+    let always: Vec<Value> = records(&e)
+        .into_iter()
+        .filter(|r| r["event"]["type"] == "approve" && r["event"]["scope"] == "always")
+        .collect();
+    assert_eq!(always.len(), 1, "{always:?}");
+    assert!(lg(&e, &["sandbox", "rm", "long"]).status.success());
+    d.stop();
+
+    // Under a preset there is no file to add to: refused, and the card stays answerable.
+    let mut d = daemon(&e);
+    let e2 = &e;
+    assert!(
+        lg(
+            e2,
+            &["sandbox", "create", "--name", "long2", "--workspace", ws]
+        )
+        .status
+        .success()
+    );
+    let child = lg_spawn(
+        e2,
+        &[
+            "sandbox",
+            "exec",
+            "long2",
+            "--",
+            "sh",
+            "/workspace/again.sh",
+        ],
+    );
+    let a = first_approval(e2);
+    assert!(a.get("always").is_none(), "{a}");
+    let id = a["id"].as_str().unwrap();
+    let no = lg(e2, &["approvals", "approve", id, "--always"]);
+    assert!(!no.status.success());
+    assert!(text(&no.stderr).contains("preset"), "{}", text(&no.stderr));
+    assert!(lg(e2, &["approvals", "deny", id]).status.success());
+    assert!(!child.wait_with_output().unwrap().status.success());
+    assert!(lg(e2, &["sandbox", "rm", "long2"]).status.success());
+    d.stop();
+}

@@ -40,6 +40,7 @@ pub fn approval_view(a: &Approval) -> ApprovalView {
             .map_or("pending", luminaguard_service::Outcome::state)
             .to_owned(),
         requested_unix_ms: a.requested_unix_ms,
+        always: a.always.clone(),
         card: CardView {
             approval: Some(a.id.clone()),
             sandbox: a.sandbox.to_string(),
@@ -128,10 +129,11 @@ pub async fn decide(
     let answer = match (body.decision.as_str(), body.scope.as_deref()) {
         ("approve", None | Some("once")) => Answer::Approve,
         ("approve", Some("session")) => Answer::ApproveForSession,
+        ("approve", Some("always")) => Answer::ApproveAlways,
         ("deny", None | Some("once")) => Answer::Deny,
         ("approve" | "deny", Some(other)) => {
             return Err(ApiError::bad_request(format!(
-                "scope {other:?}: say \"once\" or \"session\" (approve only)"
+                "scope {other:?}: say \"once\", \"session\" or \"always\" (approve only)"
             )));
         }
         (other, _) => {

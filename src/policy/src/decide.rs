@@ -58,6 +58,11 @@ impl Policy {
     /// Decides `action`. Never fails: what the policy cannot understand is `ask` (or `deny` when
     /// the policy's default is `deny`).
     pub fn decide(&self, action: &Action) -> Decision {
+        let decision = self.decide_by_rules(action);
+        crate::approved::apply(&self.approved, &self.origin, action, decision)
+    }
+
+    fn decide_by_rules(&self, action: &Action) -> Decision {
         let mut parts = Parts::default();
         match action {
             Action::Exec { argv, cwd } => return self.exec_decision(argv, cwd.as_deref()),

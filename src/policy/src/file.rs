@@ -15,6 +15,19 @@ pub(crate) struct RawFile {
     pub interpreters: Option<Spanned<Vec<String>>>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<Spanned<RawRule>>,
+    /// Standing approvals (`[[approved]]`), added by a person's *always*.
+    #[serde(default)]
+    pub approved: Vec<Spanned<RawApproved>>,
+}
+
+/// One `[[approved]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApproved {
+    pub exec: Option<Vec<String>>,
+    pub net: Option<String>,
+    pub approval: Option<String>,
+    pub by: Option<String>,
 }
 
 /// One `[[rule]]`.

@@ -17,6 +17,7 @@
 //! ```
 
 mod action;
+mod approved;
 mod classify;
 mod decide;
 mod decision;
@@ -33,6 +34,7 @@ mod script;
 mod wrappers;
 
 pub use action::Action;
+pub use approved::entry_text as approved_entry;
 pub use decision::{CommandDecision, Decision, Risk, RuleRef, Verdict};
 pub use error::PolicyError;
 pub use lint::{DEFAULT_INTERPRETERS, Problem, lint};

@@ -84,6 +84,7 @@ pub(crate) struct Checked {
     pub workspace: String,
     pub interpreters: Vec<String>,
     pub rules: Vec<Rule>,
+    pub approved: Vec<crate::approved::Approved>,
 }
 
 /// Lints `text`; `origin` names it in the problems. An empty list means it loads.
@@ -173,6 +174,15 @@ pub(crate) fn check(text: &str, origin: &str) -> Result<Checked, Vec<Problem>> {
         }
         problems.extend(ps.into_iter().map(|(s, m)| at(s, m)));
     }
+    let mut approved = Vec::new();
+    for a in &raw.approved {
+        let span = a.span();
+        let (line, _) = file::line_col(text, span.start);
+        match crate::approved::compile(a.get_ref(), line) {
+            Ok(entry) => approved.push(entry),
+            Err(msg) => problems.push(at(span, msg)),
+        }
+    }
     let mut seen: HashMap<&str, &Rule> = HashMap::new();
     for r in &rules {
         match seen.get(r.canonical.as_str()) {
@@ -195,6 +205,7 @@ pub(crate) fn check(text: &str, origin: &str) -> Result<Checked, Vec<Problem>> {
             workspace,
             interpreters,
             rules,
+            approved,
         })
     } else {
         Err(to_problems(problems))

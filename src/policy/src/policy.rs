@@ -28,6 +28,8 @@ pub struct Policy {
     pub(crate) workspace: String,
     pub(crate) interpreters: Vec<String>,
     pub(crate) rules: Vec<Rule>,
+    /// Standing approvals (`[[approved]]`).
+    pub(crate) approved: Vec<crate::approved::Approved>,
     /// Exec rules by the literal program names they can match.
     pub(crate) by_program: HashMap<String, Vec<usize>>,
     /// Exec rules whose program is a glob, regex or path: tried for every command.
@@ -71,6 +73,7 @@ impl Policy {
             workspace: checked.workspace,
             interpreters: checked.interpreters,
             rules: checked.rules,
+            approved: checked.approved,
             by_program: HashMap::new(),
             unindexed: Vec::new(),
             writes: Vec::new(),

@@ -30,6 +30,10 @@ pub enum Answer {
     /// Approve this action and the same action again in the same sandbox (its session) — for
     /// actions asked about before they run; a Diff Card is approved once.
     ApproveForSession,
+    /// Approve this action and add it to the policy file as a standing approval
+    /// (`[[approved]]`), so that exactly this action is allowed from now on — for actions
+    /// asked about before they run, when the policy is a file.
+    ApproveAlways,
     Deny,
 }
 
@@ -168,6 +172,12 @@ pub struct Approval {
     pub changes: ChangeSet,
     /// For an action asked about before it runs (it could not be previewed): what it is.
     pub action: Option<ActionCard>,
+    /// What answering *always* would add to the policy file (`None`: it cannot be approved
+    /// always — a Diff Card, or a policy that is a preset).
+    pub always: Option<String>,
+    /// The policy's actions behind `action`, for an *always*.
+    #[serde(skip)]
+    pub policy_actions: Vec<luminaguard_policy::Action>,
     /// The card as a person reads it in a terminal (diffs included, summarised when large).
     pub text: String,
     /// Why a person is asked: the policy's decisions that asked for the commands of the run
@@ -295,6 +305,15 @@ impl Approvals {
         approval.and_then(|a| self.take(&a))
     }
 
+    /// Puts a taken approval back, undecided (an answer to it failed before it decided).
+    pub(crate) fn restore(&self, w: Waiting) {
+        let mut inner = self.lock();
+        inner
+            .by_sandbox
+            .insert(w.approval.sandbox.clone(), w.approval.id.clone());
+        inner.waiting.insert(w.approval.id.clone(), w);
+    }
+
     /// Takes every approval whose time has run out.
     pub(crate) fn take_expired(&self, now: Instant) -> Vec<Waiting> {
         let ids: Vec<String> = self
@@ -388,6 +407,8 @@ mod tests {
             workspace: Some("/ws".into()),
             changes: ChangeSet::new(vec![]),
             action: None,
+            always: None,
+            policy_actions: vec![],
             text: String::new(),
             asked: vec![],
             policy_digest: "p".into(),

@@ -41,6 +41,8 @@ pub(crate) struct Ask {
     pub card: ActionCard,
     /// The policy's decisions that asked.
     pub asked: Vec<String>,
+    /// The policy's actions behind the card (what an *always* adds).
+    pub policy_actions: Vec<luminaguard_policy::Action>,
 }
 
 impl Service {
@@ -67,7 +69,8 @@ impl Service {
         }
         let id =
             approvals::new_id().map_err(|e| ServiceError::internal("making an approval id", e))?;
-        let text = render(&ask);
+        let always = self.always_preview(&id, &ask.policy_actions);
+        let text = render(&ask, always.as_deref(), self.policy().origin());
         self.audit
             .record(
                 caller,
@@ -90,9 +93,11 @@ impl Service {
                 workspace: ask.workspace,
                 changes: ChangeSet::new(Vec::new()),
                 action: Some(ask.card),
+                always,
+                policy_actions: ask.policy_actions,
                 text: text.clone(),
                 asked: ask.asked,
-                policy_digest: self.policy.digest().to_owned(),
+                policy_digest: self.policy().digest().to_owned(),
                 requested_unix_ms: now_ms,
                 expires_unix_ms: now_ms
                     .saturating_add(u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX)),
@@ -157,7 +162,7 @@ fn ask_unpreviewable(approvals: &approvals::Approvals, id: &str) -> String {
 }
 
 /// The card as a terminal shows it.
-fn render(ask: &Ask) -> String {
+fn render(ask: &Ask, always: Option<&str>, origin: &str) -> String {
     let mut t = String::new();
     match ask.card.kind.as_str() {
         "network" => {
@@ -189,6 +194,13 @@ fn render(ask: &Ask) -> String {
         "It cannot be previewed: {}\n",
         ask.card.unpreviewable
     ));
+    if let Some(entry) = always {
+        t.push_str(&format!(
+            "Approving it always adds to {origin}:{}",
+            entry.replace('\n', "\n    ")
+        ));
+        t.push('\n');
+    }
     t
 }
 

@@ -17,6 +17,7 @@
 //! - errors are [`ServiceError`]s with a stable [`ErrorCode`].
 
 mod action;
+mod always;
 pub mod approvals;
 pub mod ask;
 mod audit;
@@ -124,7 +125,10 @@ pub struct Service {
     approvals: Arc<approvals::Approvals>,
     audit: Arc<audit::Audit>,
     /// What every command is judged by before it runs (`config.policy`).
-    policy: Arc<luminaguard_policy::Policy>,
+    /// Replaced whole when a person approves an action *always* (an entry added to its file).
+    policy: Arc<std::sync::RwLock<Arc<luminaguard_policy::Policy>>>,
+    /// Held while the policy file is rewritten.
+    policy_write: Arc<tokio::sync::Mutex<()>>,
     /// How this front-end asks the person at its terminal, if it can.
     asker: Arc<std::sync::OnceLock<ask::Asker>>,
     /// Other processes can answer this service's approvals (it is the daemon).
@@ -216,7 +220,9 @@ impl Service {
         let pools = Arc::new(pools::Pools::new(&config));
         let audit = Arc::new(audit::Audit::new(config.audit_dir.clone()));
         // Fail closed: a policy that does not load (or lint) leaves no service to run anything.
-        let policy = Arc::new(luminaguard_policy::Policy::load(&config.policy)?);
+        let policy = Arc::new(std::sync::RwLock::new(Arc::new(
+            luminaguard_policy::Policy::load(&config.policy)?,
+        )));
         Ok(Self {
             config,
             runtime,
@@ -228,6 +234,7 @@ impl Service {
             approvals: Arc::default(),
             audit,
             policy,
+            policy_write: Arc::default(),
             asker: Arc::default(),
             remote_approvals: Arc::default(),
         })
@@ -543,6 +550,10 @@ impl Service {
                         .into(),
                 },
                 asked: vec![decision.to_string()],
+                policy_actions: vec![luminaguard_policy::Action::Exec {
+                    argv: argv.to_vec(),
+                    cwd: None,
+                }],
             },
         )
         .await
@@ -560,7 +571,7 @@ impl Service {
     ) -> Result<(), ServiceError> {
         let mut asked = Vec::new();
         for rule in allow {
-            let decision = self.policy.decide(&net_action(rule));
+            let decision = self.policy().decide(&net_action(rule));
             self.audit
                 .record(
                     caller,
@@ -609,6 +620,7 @@ impl Service {
                     .iter()
                     .map(|(r, d)| format!("network to {r}: {d}"))
                     .collect(),
+                policy_actions: asked.iter().map(|(r, _)| net_action(r)).collect(),
             },
         )
         .await
@@ -616,15 +628,20 @@ impl Service {
 
     /// What the policy decides for running `argv` (in `cwd`).
     pub fn decide(&self, argv: &[String], cwd: Option<&str>) -> luminaguard_policy::Decision {
-        self.policy.decide(&luminaguard_policy::Action::Exec {
+        self.policy().decide(&luminaguard_policy::Action::Exec {
             argv: argv.to_vec(),
             cwd: cwd.map(str::to_owned),
         })
     }
 
     /// The policy in use.
-    pub fn policy(&self) -> &luminaguard_policy::Policy {
-        &self.policy
+    pub fn policy(&self) -> Arc<luminaguard_policy::Policy> {
+        Arc::clone(
+            &self
+                .policy
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Opens the audit log now (a daemon, before it serves: verified whole, its directory and

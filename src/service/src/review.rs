@@ -94,7 +94,7 @@ impl Service {
             changes,
             text,
             asked: self.approvals.asked(id),
-            policy_digest: self.policy.digest().to_owned(),
+            policy_digest: self.policy().digest().to_owned(),
             expires_unix_ms: now_ms
                 .saturating_add(u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX)),
         };
@@ -108,6 +108,8 @@ impl Service {
                     workspace: Some(card.workspace.clone()),
                     changes: card.changes.clone(),
                     action: None,
+                    always: None,
+                    policy_actions: Vec::new(),
                     text: card.text.clone(),
                     asked: card.asked.clone(),
                     policy_digest: card.policy_digest.clone(),
@@ -175,6 +177,16 @@ impl Service {
                         "approval {id} was decided already: {o}"
                     )));
                 }
+                if answer == Answer::ApproveAlways && a.always.is_none() {
+                    return Err(ServiceError::InvalidSpec(format!(
+                        "approval {id} cannot be approved always: {}",
+                        if a.action.is_none() {
+                            "a Diff Card is approved once"
+                        } else {
+                            "the policy in use is a preset, not a file"
+                        }
+                    )));
+                }
                 if answer == Answer::ApproveForSession && a.action.is_none() {
                     return Err(ServiceError::InvalidSpec(format!(
                         "approval {id} is a Diff Card, approved once: a session approval is \
@@ -219,6 +231,36 @@ impl Service {
                     reason,
                 }
             }
+            Answer::ApproveAlways if w.approval.action.is_some() => {
+                // The policy file first: if it cannot take the entry, the card stays
+                // unanswered.
+                let added = match self
+                    .approve_always(caller, id, &w.approval.policy_actions, &decider)
+                    .await
+                {
+                    Ok(added) => added,
+                    Err(e) => {
+                        self.approvals.restore(w);
+                        return Err(e);
+                    }
+                };
+                match self
+                    .audit
+                    .record(
+                        caller,
+                        serde_json::json!({"type": "approve", "sandbox": sandbox,
+                            "approval": id, "action": w.approval.action, "by": decider,
+                            "scope": "always", "policy_entry": added,
+                            "policy": self.policy().digest()}),
+                    )
+                    .await
+                {
+                    Ok(()) => Outcome::Approved { by: decider },
+                    Err(e) => Outcome::Withdrawn {
+                        reason: format!("the approval could not be recorded: {e}"),
+                    },
+                }
+            }
             Answer::Approve | Answer::ApproveForSession if w.approval.action.is_some() => {
                 // Asked before it runs: the approval lets it run (on the record first).
                 let session = answer == Answer::ApproveForSession;
@@ -251,7 +293,9 @@ impl Service {
                 }
             }
             // (A Diff Card is approved once: a session answer to one was refused above.)
-            Answer::Approve | Answer::ApproveForSession => self.approve(caller, &w, decider).await,
+            Answer::Approve | Answer::ApproveForSession | Answer::ApproveAlways => {
+                self.approve(caller, &w, decider).await
+            }
         };
         let done = self.approvals.finish(w, outcome);
         self.events
@@ -267,7 +311,7 @@ impl Service {
             code: code.to_owned(),
             reason,
         };
-        if a.policy_digest != self.policy.digest() {
+        if a.policy_digest != self.policy().digest() {
             return refused(
                 "policy-changed",
                 "the policy changed since the card was shown: review again".into(),
