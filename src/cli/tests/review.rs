@@ -312,7 +312,7 @@ fn a_review_needs_a_workspace_and_a_backend_that_can_preview() {
         rt,
         "run",
         "--backend",
-        "qemu",
+        "firecracker",
         "--review",
         "--workspace",
         ws,
@@ -323,7 +323,7 @@ fn a_review_needs_a_workspace_and_a_backend_that_can_preview() {
     ]);
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("needs the process backend"),
+        text(&out.stderr).contains("needs the process or qemu backend"),
         "{}",
         text(&out.stderr)
     );
