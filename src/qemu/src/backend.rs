@@ -15,7 +15,10 @@
 //! 5. readiness: the agent's ready signal (a guest-initiated vsock connection), then
 //!    `CONNECT 1024` through the hybrid-vsock socket and the protocol handshake — raced against
 //!    either process exiting, so a VM that dies is reported at once with the tail of its serial
-//!    console, not after the boot timeout.
+//!    console, not after the boot timeout;
+//! 6. for a speculative run (`review` and a workspace), the workspace copied into the guest and
+//!    the review overlay mounted at `/workspace` before any command runs
+//!    ([`luminaguard_backend::review_layer::copy_workspace_in`]); a failure destroys the VM.
 //!
 //! Files in the sandbox directory: `agent.sock` (hybrid vsock: what attach dials), `vhost.sock`
 //! (vhost-user, QEMU ↔ vhost-device-vsock), `console.log` (the guest's serial console, bounded),
