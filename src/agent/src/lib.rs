@@ -14,6 +14,7 @@ pub mod init;
 pub mod listen;
 pub mod proctree;
 pub mod reaper;
+pub mod review;
 pub mod server;
 pub mod vm_init;
 

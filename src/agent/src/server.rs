@@ -84,6 +84,7 @@ fn capabilities() -> Vec<String> {
         capability::SECCOMP_AUDIT,
         capability::RESEED,
         capability::SET_CLOCK,
+        capability::REVIEW,
     ]
     .map(String::from)
     .to_vec()
@@ -305,6 +306,8 @@ async fn dispatch(
         Request::SeccompAudit => Ok(Reply::SeccompAudit(Default::default())),
         Request::Reseed { entropy } => crate::entropy::reseed(entropy).await,
         Request::SetClock { unix_nanos } => crate::clock::set(unix_nanos),
+        Request::ReviewSetup(r) => crate::review::setup(r, input).await,
+        Request::ReviewExport(r) => crate::review::export(r, id, out.clone(), input.cancel).await,
         Request::Hello(_) | Request::Input(_) | Request::InputEnd | Request::Cancel => {
             Err(ErrorReply::new(
                 ErrorCode::InvalidRequest,

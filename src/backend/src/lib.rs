@@ -13,6 +13,7 @@ pub mod gc;
 pub mod hostfs;
 pub mod network;
 pub mod resolver;
+pub mod review_layer;
 pub mod seccomp_watch;
 pub mod state;
 pub mod vmm_identity;
@@ -341,13 +342,14 @@ pub async fn begin_create(
     backend: &'static str,
     prepare: impl FnOnce(&mut SandboxMeta),
 ) -> Result<(PathBuf, SandboxMeta), BackendError> {
-    // Only the process sandbox has a speculative run's overlay so far: a microVM asked for one
-    // must not run the command on the real workspace instead.
-    if req.spec.review.is_some() && backend != "process" {
+    // The process sandbox and QEMU have a speculative run's overlay (QEMU's in the guest, see
+    // `review_layer`): any other backend asked for one must not run the command on the real
+    // workspace instead.
+    if req.spec.review.is_some() && !matches!(backend, "process" | "qemu") {
         return Err(BackendError::Setup {
             backend,
             step: "set up the review layer",
-            reason: "a speculative run (review) needs the process backend for now".into(),
+            reason: "a speculative run (review) needs the process or qemu backend for now".into(),
         });
     }
     if let Some(ws) = &req.workspace {

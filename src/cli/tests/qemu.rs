@@ -892,3 +892,185 @@ fn pids_limits_the_guests_commands_and_the_agent_keeps_serving() {
     assert_eq!(text(&out.stdout).trim(), "512", "{}", text(&out.stderr));
     assert_nothing_left(rt.path(), &groups);
 }
+
+/// A store holding an image whose root also has what a review's command uses on a workspace
+/// (`chmod`, `ln`, `mv`) and what a hostile one uses on its layer (`mknod`, `mount`, `dd`),
+/// built once per run.
+fn review_image_store() -> PathBuf {
+    static STORE: OnceLock<PathBuf> = OnceLock::new();
+    STORE
+        .get_or_init(|| {
+            let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("qemu-review-test-images");
+            let root = base.join("root");
+            if !root.exists() {
+                let mut tools = luminaguard_image::hostroot::HOST_TOOLS.to_vec();
+                tools.extend(["chmod", "ln", "mv", "mknod", "mount", "dd"]);
+                luminaguard_image::hostroot::assemble(&root, &tools).unwrap();
+            }
+            let store = base.join("store");
+            let out = Command::new(BIN)
+                .args(["image", "build", "--store"])
+                .arg(&store)
+                .arg("--rootfs")
+                .arg(&root)
+                .env("RUST_LOG", "warn")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            store
+        })
+        .clone()
+}
+
+/// `env LUMINAGUARD_IMAGE_STORE=… luminaguard [--config C] --runtime-dir RT run --backend qemu
+/// --review --workspace WS -- sh -c SCRIPT`, as the program and arguments the review helpers
+/// run (without a terminal, or on one).
+fn qemu_review_argv(
+    store: &Path,
+    f: &luminaguard_testkit::review::Fixture,
+    config: Option<&Path>,
+    script: &str,
+) -> Vec<String> {
+    let mut a = vec![
+        format!("LUMINAGUARD_IMAGE_STORE={}", store.display()),
+        "RUST_LOG=warn".to_owned(),
+        BIN.to_owned(),
+    ];
+    if let Some(c) = config {
+        a.extend(["--config".to_owned(), c.display().to_string()]);
+    }
+    a.extend(
+        [
+            "--runtime-dir",
+            f.runtime.to_str().unwrap(),
+            "run",
+            "--backend",
+            "qemu",
+            "--review",
+            "--workspace",
+            f.ws.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]
+        .map(str::to_owned),
+    );
+    a
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// `run --backend qemu --review`: the workspace is copied into the guest, the command's
+/// changes (add, modify, delete a file and a directory, rename, chmod, symlink, empty
+/// directory, binary) come back as the guest's overlay layer, and the card lists every one.
+/// Without a terminal nothing is applied and the workspace stays byte-identical; approved at a
+/// terminal, exactly those changes land, owned by the workspace's owner.
+#[test]
+fn a_qemu_review_shows_every_change_and_applies_exactly_the_approved_card() {
+    use luminaguard_testkit::review;
+    let Some(_img) = image() else { return };
+    let _l = lock();
+    let groups = sandbox_groups();
+    let store = review_image_store();
+    let f = review::fixture();
+    let before = review::tree(&f.ws);
+    let argv = qemu_review_argv(&store, &f, None, review::CHANGES);
+
+    let out = review::without_terminal("env", &strs(&argv));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(text(&out.stdout), "done\n", "{err}");
+    review::assert_card_lists_changes(&err);
+    assert!(err.contains("no terminal to ask"), "{err}");
+    assert_eq!(
+        review::tree(&f.ws),
+        before,
+        "a review without an answer changed the workspace"
+    );
+
+    let (code, screen) = review::on_terminal("env", &strs(&argv), || {}, "y\n");
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains("applied"), "{screen}");
+    review::assert_changes_applied(&review::tree(&f.ws), 1000);
+    assert_nothing_left(&f.runtime, &groups);
+}
+
+/// The command is root in the guest and writes its overlay's upper layer directly: a symlink
+/// to `/etc`, a file written through a symlinked directory, a name with a newline, a hard link
+/// to a file outside the upper dir; in other runs a file larger than `review.max_layer` (after
+/// remounting the layer's tmpfs larger) and a device node. The host imports nothing outside its
+/// own upper dir, refuses the oversized layer and the device naming them, and without an
+/// approval the real workspace is byte-identical every time.
+#[test]
+fn a_hostile_guest_layer_writes_nothing_outside_and_changes_nothing_unapproved() {
+    use luminaguard_testkit::review;
+    let Some(_img) = image() else { return };
+    let _l = lock();
+    let groups = sandbox_groups();
+    let store = review_image_store();
+    let f = review::fixture();
+    let config = f.dir.path().join("config.toml");
+    std::fs::write(&config, "[review]\nmax_layer = \"4M\"\n").unwrap();
+    let before = review::tree(&f.ws);
+    let marker = format!("lg-planted-{}", std::process::id());
+    let host_victims = [
+        PathBuf::from("/etc").join(&marker),
+        PathBuf::from("/").join(&marker),
+        std::env::temp_dir().join(&marker),
+    ];
+    let layer = "/run/luminaguard/review/layer";
+    let hostile = format!(
+        "set -e; U={layer}/upper; cd /workspace
+echo ok > fine.txt
+ln -s /etc $U/evil
+mkdir $U/sub; ln -s /etc $U/sub/link; echo x > $U/sub/link/{marker}
+echo nl > \"$(printf 'new\\nline')\"
+echo secret > {layer}/outside; ln {layer}/outside $U/hl
+echo done"
+    );
+    let run = |script: &str| {
+        let argv = qemu_review_argv(&store, &f, Some(&config), script);
+        review::without_terminal("env", &strs(&argv))
+    };
+
+    let out = run(&hostile);
+    let err = text(&out.stderr);
+    assert_eq!(text(&out.stdout), "done\n", "{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for shown in ["fine.txt", "evil -> /etc", "sub/link -> /etc", "hl", "line"] {
+        assert!(err.contains(shown), "the card lacks {shown:?}:\n{err}");
+    }
+    assert!(
+        !err.contains(&format!("sub/link/{marker}")),
+        "the import followed the link: {err}"
+    );
+    assert_eq!(review::tree(&f.ws), before, "the workspace changed");
+
+    let out = run(&format!(
+        "mount -o remount,size=64m {layer}; dd if=/dev/zero of=/workspace/big bs=1M count=8 \
+         2>/dev/null; echo done"
+    ));
+    let err = text(&out.stderr);
+    assert_eq!(text(&out.stdout), "done\n", "{err}");
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("more than 4194304 bytes") && err.contains("review layer"),
+        "{err}"
+    );
+    assert_eq!(review::tree(&f.ws), before, "the workspace changed");
+
+    let out = run(&format!("mknod {layer}/upper/mem c 1 1; echo done"));
+    let err = text(&out.stderr);
+    assert_eq!(text(&out.stdout), "done\n", "{err}");
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("character device 1:1"), "{err}");
+    assert_eq!(review::tree(&f.ws), before, "the workspace changed");
+
+    for v in &host_victims {
+        assert!(!v.exists(), "{} was written on the host", v.display());
+    }
+    assert_nothing_left(&f.runtime, &groups);
+}

@@ -31,6 +31,9 @@ pub mod capability {
     pub const RESEED: &str = "entropy.reseed";
     /// The agent takes [`crate::message::Request::SetClock`].
     pub const SET_CLOCK: &str = "clock.set";
+    /// The agent takes [`crate::message::Request::ReviewSetup`] and
+    /// [`crate::message::Request::ReviewExport`] (a microVM review).
+    pub const REVIEW: &str = "review.layer";
 }
 
 /// Host → guest, first frame.

@@ -7,6 +7,8 @@
 //! - [`pool`]: reusable buffers for bulk data.
 //! - [`client`]: the multiplexing host client (one reader task, replies routed by id).
 //! - [`ops`]: typed operations (exec, files, info) on the client.
+//! - [`tree`], [`tree_fs`]: a file tree as a byte stream, read from and written to directories
+//!   (the workspace and the overlay layer of a microVM review).
 //!
 //! Transport-agnostic: anything `AsyncRead + AsyncWrite` — a Unix socket, a vsock stream.
 //! See `docs/protocol.md`.
@@ -17,13 +19,15 @@ pub mod handshake;
 pub mod message;
 pub mod ops;
 pub mod pool;
+pub mod tree;
+pub mod tree_fs;
 pub mod writer;
 
 pub use client::{Client, ClientError, ClientOptions, InputHandle, PeerInfo, ReplyStream};
 pub use frame::{Frame, FrameCodec, FrameError, Incoming, MAX_CHUNK, MAX_FRAME_LEN};
 pub use message::{
     DirEntry, ErrorCode, ErrorReply, ExecRequest, ExitStatus, FileKind, FileStat, GuestInfo,
-    ReadFileRequest, Reply, Request, WriteFileRequest,
+    ReadFileRequest, Reply, Request, ReviewExportRequest, ReviewSetupRequest, WriteFileRequest,
 };
 pub use ops::{ExecEvent, ExecOutput, ExecStream};
 pub use pool::ChunkPool;

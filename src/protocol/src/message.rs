@@ -76,6 +76,16 @@ pub enum Request {
     SetClock {
         unix_nanos: u64,
     },
+    /// Make `/workspace` a speculative run's overlay (a microVM review): the stream's input is
+    /// the workspace as a tree stream (`tree`), written into a fresh tmpfs of `lower_bytes`
+    /// that becomes the overlay's read-only lower dir; upper and work dirs go on a tmpfs of
+    /// `layer_bytes`. Answered with [`Reply::Written`] (the content bytes written) once the
+    /// overlay is mounted. Once per guest.
+    ReviewSetup(ReviewSetupRequest),
+    /// The overlay's upper dir as a tree stream (`tree`, an overlay layer: whiteouts, opaque
+    /// markers, hard links): [`Reply::Data`] chunks, then [`Reply::ReadDone`] with the stream's
+    /// length. Refused past `max_entries` entries or `max_file_bytes` of content.
+    ReviewExport(ReviewExportRequest),
 }
 
 /// The least entropy a [`Request::Reseed`] may carry: 256 bits, what the kernel's CRNG needs
@@ -106,6 +116,8 @@ impl Request {
             Self::SeccompAudit => "seccomp-audit",
             Self::Reseed { .. } => "reseed",
             Self::SetClock { .. } => "set-clock",
+            Self::ReviewSetup(_) => "review-setup",
+            Self::ReviewExport(_) => "review-export",
         }
     }
 
@@ -197,6 +209,22 @@ pub struct WriteFileRequest {
     pub mode: u32,
     /// Create missing parent directories.
     pub parents: bool,
+}
+
+/// What [`Request::ReviewSetup`] sets up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewSetupRequest {
+    /// Size of the tmpfs holding the workspace's copy (the overlay's lower dir).
+    pub lower_bytes: u64,
+    /// Size of the tmpfs holding the upper and work dirs: what the commands may write.
+    pub layer_bytes: u64,
+}
+
+/// The bounds of a [`Request::ReviewExport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewExportRequest {
+    pub max_entries: u64,
+    pub max_file_bytes: u64,
 }
 
 /// Guest → host.

@@ -99,6 +99,18 @@ fn arb_request() -> impl Strategy<Value = Request> {
         Just(Request::Shutdown),
         prop::collection::vec(any::<u8>(), 0..600).prop_map(|entropy| Request::Reseed { entropy }),
         any::<u64>().prop_map(|unix_nanos| Request::SetClock { unix_nanos }),
+        (any::<u64>(), any::<u64>()).prop_map(|(lower_bytes, layer_bytes)| {
+            Request::ReviewSetup(luminaguard_protocol::ReviewSetupRequest {
+                lower_bytes,
+                layer_bytes,
+            })
+        }),
+        (any::<u64>(), any::<u64>()).prop_map(|(max_entries, max_file_bytes)| {
+            Request::ReviewExport(luminaguard_protocol::ReviewExportRequest {
+                max_entries,
+                max_file_bytes,
+            })
+        }),
     ]
 }
 

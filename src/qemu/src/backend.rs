@@ -15,7 +15,10 @@
 //! 5. readiness: the agent's ready signal (a guest-initiated vsock connection), then
 //!    `CONNECT 1024` through the hybrid-vsock socket and the protocol handshake — raced against
 //!    either process exiting, so a VM that dies is reported at once with the tail of its serial
-//!    console, not after the boot timeout.
+//!    console, not after the boot timeout;
+//! 6. for a speculative run (`review` and a workspace), the workspace copied into the guest and
+//!    the review overlay mounted at `/workspace` before any command runs
+//!    ([`luminaguard_backend::review_layer::copy_workspace_in`]); a failure destroys the VM.
 //!
 //! Files in the sandbox directory: `agent.sock` (hybrid vsock: what attach dials), `vhost.sock`
 //! (vhost-user, QEMU ↔ vhost-device-vsock), `console.log` (the guest's serial console, bounded),
@@ -272,16 +275,34 @@ impl QemuBackend {
             m.agent_vsock_port = Some(AGENT_VSOCK_PORT);
         })
         .await?;
-        match self.start(&req, &dir, &mut meta, t0).await {
-            Ok((client, timings)) => Ok((
-                Sandbox::new(req.id, dir, meta, client).with_graceful_shutdown(SHUTDOWN_GRACE),
-                timings,
-            )),
+        let (client, timings) = match self.start(&req, &dir, &mut meta, t0).await {
+            Ok(ready) => ready,
             Err(e) => {
                 luminaguard_backend::abandon_create(dir, meta).await;
-                Err(e)
+                return Err(e);
+            }
+        };
+        let sandbox =
+            Sandbox::new(req.id, dir, meta, client).with_graceful_shutdown(SHUTDOWN_GRACE);
+        // A speculative run: the workspace goes into the guest as its overlay's lower dir
+        // before any command runs (no host directory is shared with a VM).
+        if let (Some(layer), Some(ws)) = (req.spec.review, &req.workspace) {
+            let copied = luminaguard_backend::review_layer::copy_workspace_in(
+                sandbox.client(),
+                NAME,
+                ws.path(),
+                req.spec.scratch.bytes(),
+                layer.bytes(),
+            )
+            .await;
+            if let Err(e) = copied {
+                if let Err(d) = sandbox.destroy().await {
+                    tracing::error!(error = %d, "cleanup after a failed workspace copy");
+                }
+                return Err(e);
             }
         }
+        Ok((sandbox, timings))
     }
 
     /// The cgroup (see [`luminaguard_backend::create_cgroup`]): guest RAM plus the VMM's
@@ -309,11 +330,22 @@ impl QemuBackend {
         t0: Instant,
     ) -> Result<(Client, BootTimings), BackendError> {
         let spec = &req.spec;
-        if req.workspace.is_some() {
-            return Err(setup(
-                "share the workspace",
-                "the qemu backend cannot share a host directory yet (no --workspace)",
-            ));
+        // A VM cannot share a host directory yet; a speculative run gets a copy of it instead
+        // (see `create_timed`).
+        match (req.workspace.is_some(), spec.review.is_some()) {
+            (true, false) => {
+                return Err(setup(
+                    "share the workspace",
+                    "the qemu backend cannot share a host directory yet (no --workspace)",
+                ));
+            }
+            (false, true) => {
+                return Err(setup(
+                    "set up the review layer",
+                    "a speculative run needs a workspace to preview changes to",
+                ));
+            }
+            _ => {}
         }
         // Where the kernel exports no figure it is measured (20 ms) once per boot and cached in
         // the runtime root; either way it runs alongside everything below.

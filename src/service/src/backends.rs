@@ -3,15 +3,46 @@
 //! settings of the host. No front-end constructs a backend; this module does, for all of them.
 
 use luminaguard_backend::{Backend, BackendError, CreateRequest, Sandbox};
-use luminaguard_core::{BackendChoice, RuntimeDir, SandboxSpec};
+use luminaguard_core::{BackendChoice, RuntimeDir, SandboxId, SandboxSpec};
 use luminaguard_firecracker::FirecrackerBackend;
 use luminaguard_process_sandbox::backend::ProcessBackend;
 use luminaguard_protocol::ClientOptions;
 use luminaguard_qemu::{Accel, GuestImage, QemuBackend};
 
-use crate::ServiceError;
 use crate::host::{HostSettings, SECCOMP_CACHE};
 use crate::pick::HostFacts;
+use crate::{Service, ServiceError};
+
+impl Service {
+    /// Before a Diff Card of a microVM sandbox is made: brings the guest's review layer to
+    /// `<sandbox dir>/review/upper`, where the process sandbox's layer is, so that the card is
+    /// scanned, approved and applied alike ([`luminaguard_backend::review_layer::fetch_layer`]:
+    /// the guest is not trusted; at most the review's layer size and the scan's entry limit).
+    /// Nothing to do for a process sandbox, whose layer is a host tmpfs already.
+    pub(crate) async fn fetch_review_layer(&self, id: &SandboxId) -> Result<(), ServiceError> {
+        let (dir, meta) = luminaguard_backend::record(&self.runtime, id).await?;
+        let Some(layer) = meta.spec.as_ref().and_then(|s| s.review) else {
+            return Ok(());
+        };
+        let backend = match meta.backend.as_str() {
+            "process" => return Ok(()),
+            "qemu" => "qemu",
+            "firecracker" => "firecracker",
+            _ => "microvm",
+        };
+        let entry = self.connection(id).await?;
+        let max_entries = luminaguard_review::Limits::default().max_entries;
+        luminaguard_backend::review_layer::fetch_layer(
+            entry.sandbox.client(),
+            backend,
+            &dir,
+            u64::try_from(max_entries).unwrap_or(u64::MAX),
+            layer.bytes(),
+        )
+        .await?;
+        Ok(())
+    }
+}
 
 /// One of the backends this binary can run.
 #[derive(Debug)]
@@ -91,11 +122,17 @@ pub async fn backend(
         }
         other => other,
     };
-    // Only the process sandbox previews a workspace so far; a microVM would run the command on
-    // the real one.
-    if spec.review.is_some() && !matches!(choice, BackendChoice::Process | BackendChoice::Auto) {
+    // The process sandbox and QEMU (a copy of the workspace in the guest, see
+    // `luminaguard_backend::review_layer`) preview a workspace; Firecracker would run the
+    // command on the real one.
+    if spec.review.is_some()
+        && !matches!(
+            choice,
+            BackendChoice::Process | BackendChoice::Auto | BackendChoice::Qemu
+        )
+    {
         return Err(ServiceError::HostUnsupported(format!(
-            "a speculative run (--review) needs the process backend for now, not {choice}"
+            "a speculative run (--review) needs the process or qemu backend for now, not {choice}"
         )));
     }
     match choice {

@@ -56,6 +56,7 @@ impl Service {
     pub async fn review(&self, caller: &Caller, id: &SandboxId) -> Result<Card, ServiceError> {
         self.admit(caller, &Action::Review { id: id.clone() })
             .await?;
+        self.fetch_review_layer(id).await?;
         let (upper, workspace) = self.layers(id).await?;
         let (u, w) = (upper.clone(), workspace.clone());
         let (changes, text) = tokio::task::spawn_blocking(move || {

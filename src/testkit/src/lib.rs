@@ -4,6 +4,7 @@
 pub mod daemon;
 pub mod http;
 pub mod netlab;
+pub mod review;
 pub mod terminal;
 pub mod workload;
 
