@@ -109,7 +109,8 @@ pub struct RunArgs {
     /// the changes are applied only once approved: at the terminal, or — when the daemon runs
     /// it — with `luminaguard approvals approve ID` (or the console), whichever comes first.
     /// Unanswered before `review.card_expiry`, or with nobody to ask: nothing is applied.
-    /// Needs --workspace; no network and no stdin during the run; process backend.
+    /// Needs --workspace; no network and no stdin during the run; the process or qemu backend
+    /// (a microVM gets a copy of the workspace, and its changes are brought back for the card).
     #[arg(long, requires = "workspace")]
     pub review: bool,
     /// The command and its arguments.
