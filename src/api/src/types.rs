@@ -248,6 +248,10 @@ pub struct CardView {
     /// Why a person is asked: the policy's decisions that asked (empty: a review was asked for).
     #[serde(default)]
     pub asked: Vec<String>,
+    /// What the run tried on the network, refused (a preview has none): program, socket
+    /// family and count; destinations are not known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_attempts: Vec<String>,
     /// The policy the card was made under: approved under another, nothing is applied.
     pub policy_digest: String,
     /// Unanswered by then, the card is denied.

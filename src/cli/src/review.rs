@@ -39,6 +39,10 @@ pub async fn run(
             .await
             .context("reading the change set")?;
         let Some(approval) = card.approval.clone() else {
+            if !card.network_attempts.is_empty() {
+                // Nothing changed, but the card says what it tried on the network.
+                eprint!("{}", card.text);
+            }
             eprintln!("luminaguard: review: the command changed nothing in the workspace");
             return Ok(status);
         };

@@ -518,3 +518,27 @@ fn a_command_under_review_cannot_reach_the_daemon_to_approve_itself() {
     assert_eq!(tree(&f.ws), before);
     d.stop();
 }
+
+/// A preview has no network: what the command tried is refused, and the card says so — by
+/// program and socket family — even when it changed nothing.
+#[test]
+fn a_preview_reaches_nothing_and_its_card_says_what_it_tried() {
+    if !privileged("the review test") {
+        return;
+    }
+    let f = fixture();
+    let before = tree(&f.ws);
+    let reach = "perl -MIO::Socket::INET -e 'print IO::Socket::INET->new(PeerAddr => \"192.0.2.1:80\", Timeout => 2) ? \"CONNECTED\\n\" : \"refused\\n\"'";
+    let out = without_terminal(&args(&f, &format!("{reach}; echo x > /workspace/n")));
+    let err = text(&out.stderr);
+    assert_eq!(text(&out.stdout), "refused\n", "{err}");
+    assert!(err.contains("Network during the preview"), "{err}");
+    assert!(err.contains("perl: socket(AF_INET) ×1, refused"), "{err}");
+    assert_eq!(tree(&f.ws), before);
+    // Nothing changed, but it tried: the card still says so.
+    let out = without_terminal(&args(&f, reach));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("perl: socket(AF_INET) ×1, refused"), "{err}");
+    assert!(err.contains("changed nothing"), "{err}");
+}

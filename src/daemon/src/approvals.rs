@@ -24,6 +24,7 @@ pub fn card_view(c: &Card) -> CardView {
         changes: serde_json::to_value(&c.changes).unwrap_or_default(),
         text: c.text.clone(),
         asked: c.asked.clone(),
+        network_attempts: c.network_attempts.clone(),
         policy_digest: c.policy_digest.clone(),
         expires_unix_ms: c.expires_unix_ms,
     }
@@ -54,6 +55,7 @@ pub fn approval_view(a: &Approval) -> ApprovalView {
             changes: serde_json::to_value(&a.changes).unwrap_or_default(),
             text: a.text.clone(),
             asked: a.asked.clone(),
+            network_attempts: a.network_attempts.clone(),
             policy_digest: a.policy_digest.clone(),
             expires_unix_ms: a.expires_unix_ms,
         },

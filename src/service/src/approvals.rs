@@ -175,6 +175,8 @@ pub struct Approval {
     /// What answering *always* would add to the policy file (`None`: it cannot be approved
     /// always — a Diff Card, or a policy that is a preset).
     pub always: Option<String>,
+    /// What a speculative run tried on the network, refused (see `Card::network_attempts`).
+    pub network_attempts: Vec<String>,
     /// The policy's actions behind `action`, for an *always*.
     #[serde(skip)]
     pub policy_actions: Vec<luminaguard_policy::Action>,
@@ -408,6 +410,7 @@ mod tests {
             changes: ChangeSet::new(vec![]),
             action: None,
             always: None,
+            network_attempts: vec![],
             policy_actions: vec![],
             text: String::new(),
             asked: vec![],

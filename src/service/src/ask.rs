@@ -94,6 +94,7 @@ impl Service {
                 changes: ChangeSet::new(Vec::new()),
                 action: Some(ask.card),
                 always,
+                network_attempts: Vec::new(),
                 policy_actions: ask.policy_actions,
                 text: text.clone(),
                 asked: ask.asked,

@@ -20,6 +20,7 @@ mod action;
 mod always;
 pub mod approvals;
 pub mod ask;
+mod attempts;
 mod audit;
 pub mod backends;
 mod caller;

@@ -34,6 +34,9 @@ pub struct Card {
     pub text: String,
     /// Why a person is asked (the policy decisions that asked; empty: a review was asked for).
     pub asked: Vec<String>,
+    /// What the run tried on the network, refused (a preview has none): program, socket family
+    /// and count — destinations are not known.
+    pub network_attempts: Vec<String>,
     /// The policy the card was shown under: an approval applies only under the same one.
     pub policy_digest: String,
     /// Unanswered by then, the card is denied.
@@ -59,6 +62,14 @@ impl Service {
         self.fetch_review_layer(id).await?;
         let (upper, workspace) = self.layers(id).await?;
         let (u, w) = (upper.clone(), workspace.clone());
+        let attempts =
+            match luminaguard_backend::seccomp_audit(&self.runtime.sandbox_dir(id)?).await {
+                Ok(audit) => crate::attempts::lines(&audit),
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "reading the preview's network attempts");
+                    Vec::new()
+                }
+            };
         let (changes, text) = tokio::task::spawn_blocking(move || {
             let cs = luminaguard_review::scan(&u, &w, &Limits::default())?;
             let text = luminaguard_review::render(&cs, &u, &w, &RenderOptions::default());
@@ -83,11 +94,13 @@ impl Service {
                     "approval": approval,
                     "digest": changes.digest,
                     "summary": changes.summary,
+                    "network_attempts": attempts,
                 }),
             )
             .await?;
         let expiry = self.config.review.card_expiry;
         let now_ms = luminaguard_backend::state::now_unix_ms();
+        let text = text + &crate::attempts::render(&attempts);
         let card = Card {
             approval: approval.clone(),
             sandbox: id.clone(),
@@ -95,6 +108,7 @@ impl Service {
             changes,
             text,
             asked: self.approvals.asked(id),
+            network_attempts: attempts,
             policy_digest: self.policy().digest().to_owned(),
             expires_unix_ms: now_ms
                 .saturating_add(u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX)),
@@ -110,6 +124,7 @@ impl Service {
                     changes: card.changes.clone(),
                     action: None,
                     always: None,
+                    network_attempts: card.network_attempts.clone(),
                     policy_actions: Vec::new(),
                     text: card.text.clone(),
                     asked: card.asked.clone(),
