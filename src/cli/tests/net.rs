@@ -417,3 +417,60 @@ fn doctor_reports_the_network_prerequisites_of_the_uplink() {
         "{n}"
     );
 }
+
+/// A command whose rule says its effect leaves the sandbox cannot be previewed: in a sandbox
+/// that can reach the network it is asked about before it runs (here nobody can be asked, so it
+/// is refused and reaches nothing); without a network it runs, since nothing can leave.
+#[test]
+fn a_command_that_leaves_the_sandbox_is_asked_about_before_it_runs() {
+    if !luminaguard_testkit::privileged("network egress") {
+        return;
+    }
+    let _one_at_a_time = SANDBOXES.lock().unwrap_or_else(|e| e.into_inner());
+    let net = FakeInternet::new();
+    let rt = tempfile::tempdir().unwrap();
+    let policy = rt.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "version = 1\ndefault = \"ask\"\n\
+         [[rule]]\nid = \"anything\"\ndecision = \"allow\"\nreason = \"a test command\"\n\
+         exec = [\"re:.*\", \"**\"]\nexamples = [\"ls\"]\n\
+         [[rule]]\nid = \"fetchers\"\ndecision = \"ask\"\nreason = \"fetches from the network\"\n\
+         outside = true\nprogram = [\"curl\"]\nexamples = [\"curl x\"]\n\
+         [[rule]]\nid = \"any-destination\"\ndecision = \"allow\"\nreason = \"the fake internet\"\n\
+         net = [\"*\"]\nexamples = [\"192.0.2.1:80\"]\n",
+    )
+    .unwrap();
+    let env = [("LUMINAGUARD_POLICY", policy.to_str().unwrap())];
+    let allow = format!("{SERVER}:80");
+    let curl = format!("curl -s --max-time 5 http://{SERVER}/ && echo REACHED");
+
+    let out = run_env(rt.path(), &net.host, &["--net", &allow], &curl, &env);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        !text(&out.stdout).contains("REACHED"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(err.contains("held for a person's approval"), "{err}");
+    assert!(err.contains("leaves the sandbox"), "{err}");
+    // What the rule does not ask about runs in the same kind of sandbox …
+    let out = run_env(
+        rt.path(),
+        &net.host,
+        &["--net", &allow],
+        &fetch(SERVER, 80),
+        &env,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // … and without a network the asked command runs, reaching nothing.
+    let out = run_env(
+        rt.path(),
+        &net.host,
+        &[],
+        &format!("{curl}; echo ran"),
+        &env,
+    );
+    assert_eq!(text(&out.stdout), "ran\n", "{}", text(&out.stderr));
+}

@@ -186,6 +186,12 @@ fn render(ask: &Ask, always: Option<&str>, origin: &str) -> String {
                     w.display()
                 ));
             }
+            if !ask.card.network.is_empty() {
+                t.push_str(&format!(
+                    "in a sandbox that can reach: {}\n",
+                    ask.card.network.join(", ")
+                ));
+            }
         }
     }
     for why in &ask.asked {

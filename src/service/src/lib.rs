@@ -513,11 +513,12 @@ impl Service {
         )
     }
 
-    /// An asked command on a workspace it would write directly — not a speculative run, whose
-    /// changes wait for a card — cannot be previewed: a person is asked before it runs
-    /// ([`ask`]). (An ask in a sandbox with no workspace changes nothing a person keeps; it
-    /// runs, its decision on the record. What it can reach on the network was asked about
-    /// when the sandbox was given its network.)
+    /// What cannot be previewed is asked about before it runs ([`ask`]): an asked command whose
+    /// rule says its effect leaves the sandbox (publishing, pushing, fetching), in a sandbox
+    /// that can reach the network; and an asked command on a workspace it would write directly
+    /// — not a speculative run, whose changes wait for a card. An ask in a sandbox with no
+    /// workspace and no network changes nothing a person keeps, and nothing leaves it: it runs,
+    /// its decision on the record.
     async fn hold_unpreviewable(
         &self,
         caller: &Caller,
@@ -526,13 +527,23 @@ impl Service {
         decision: &luminaguard_policy::Decision,
     ) -> Result<(), ServiceError> {
         let (_, meta) = luminaguard_backend::record(&self.runtime, id).await?;
-        let speculative = meta.spec.as_ref().is_some_and(|s| s.review.is_some());
-        if speculative {
+        let spec = meta.spec.as_ref();
+        let speculative = spec.is_some_and(|s| s.review.is_some());
+        let networked = spec.is_some_and(|s| matches!(s.network, NetworkPolicy::Egress { .. }));
+        let unpreviewable = if decision.outside && networked {
+            format!(
+                "its effect leaves the sandbox ({}), and this sandbox can reach the network",
+                decision.reason
+            )
+        } else if speculative {
             // Its card will say why a person is asked.
             self.approvals.note_asked(id, decision.to_string());
             return Ok(());
-        }
-        let Some(workspace) = meta.workspace else {
+        } else if meta.workspace.is_some() {
+            "this sandbox writes its workspace directly (a review — `luminaguard run \
+             --workspace DIR --review` — would show its changes first)"
+                .to_owned()
+        } else {
             return Ok(());
         };
         self.ask_before(
@@ -540,15 +551,17 @@ impl Service {
             ask::Ask {
                 sandbox: id.clone(),
                 user: meta.user,
-                workspace: Some(workspace),
+                workspace: meta.workspace,
                 card: approvals::ActionCard {
                     kind: "exec".into(),
                     argv: Some(argv.to_vec()),
-                    network: Vec::new(),
-                    unpreviewable: "this sandbox writes its workspace directly (a review — \
-                        `luminaguard run --workspace DIR --review` — would show its changes \
-                        first)"
-                        .into(),
+                    network: match spec.map(|s| &s.network) {
+                        Some(NetworkPolicy::Egress { allow, .. }) => {
+                            allow.iter().map(ToString::to_string).collect()
+                        }
+                        _ => Vec::new(),
+                    },
+                    unpreviewable,
                 },
                 asked: vec![decision.to_string()],
                 policy_actions: vec![luminaguard_policy::Action::Exec {
