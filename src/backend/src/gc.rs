@@ -153,15 +153,33 @@ pub fn remove(dir: &Path, meta: Option<&SandboxMeta>) -> Result<(), RemoveError>
         }
     }
     unmount_review_layer(dir)?;
-    #[allow(clippy::disallowed_methods)] // blocking by contract
-    std::fs::remove_dir_all(dir).or_else(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Ok(()),
-        _ => Err(RemoveError::Dir {
-            path: dir.to_owned(),
-            source: e,
-        }),
-    })
+    // A creator killed part-way may have left a process the record does not name yet (a
+    // keeper finishing a hand-over) that writes the record once more while the directory is
+    // being removed: the removal then meets a file it did not list. That writer is on its way
+    // out; try again a bounded number of times.
+    let mut tries = 0;
+    loop {
+        #[allow(clippy::disallowed_methods)] // blocking by contract
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && tries < REMOVE_TRIES => {
+                tries += 1;
+                #[allow(clippy::disallowed_methods)] // blocking by contract; bounded
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => {
+                return Err(RemoveError::Dir {
+                    path: dir.to_owned(),
+                    source: e,
+                });
+            }
+        }
+    }
 }
+
+/// How many times a sandbox directory that gained a file while it was removed is tried again.
+const REMOVE_TRIES: u32 = 50;
 
 /// Detaches a speculative run's review layer (a tmpfs the host mounted in the sandbox
 /// directory), if there is one: after the sandbox's processes, before its directory goes.

@@ -231,7 +231,16 @@ fn a_thousand_cycles_with_callers_killed_at_random_moments_leave_nothing() {
         .flatten()
         .map(|e| e.file_name())
         .collect();
-    assert!(dirs.is_empty(), "sandbox directories left: {dirs:?}");
+    let contents: Vec<(std::ffi::OsString, Vec<std::ffi::OsString>)> = dirs
+        .iter()
+        .map(|d| {
+            let files = std::fs::read_dir(rt.join("sandboxes").join(d))
+                .map(|r| r.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            (d.clone(), files)
+        })
+        .collect();
+    assert!(dirs.is_empty(), "sandbox directories left: {contents:?}");
     // Inits, and the keepers and other helpers (forks of the CLI: their command line names the
     // runtime directory too).
     wait_for(
