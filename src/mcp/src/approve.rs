@@ -34,7 +34,7 @@ rmcp::elicit_safe!(Decision);
 pub const VIA: &str = "mcp-elicitation";
 
 /// How often the daemon's approvals are looked at while a call waits.
-const POLL: Duration = Duration::from_millis(250);
+const POLL: Duration = Duration::from_millis(200);
 
 /// What the asking side shares with the session.
 #[derive(Debug, Default)]
@@ -142,7 +142,13 @@ pub async fn through_daemon<T>(
         tokio::select! {
             done = &mut call => break done,
             _ = tick.tick() => {
-                let Ok(list) = front.approvals().await else { continue };
+                let list = match front.approvals().await {
+                    Ok(list) => list,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "looking at the daemon's approvals");
+                        continue;
+                    }
+                };
                 for a in list {
                     if a.card.sandbox != sandbox.as_str()
                         || a.card.action.is_none()

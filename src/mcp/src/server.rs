@@ -421,6 +421,9 @@ impl Session {
             .map(|e| format!("{:<7} {:>5} {:>10}  {}", e.kind, e.mode, e.size, e.name))
             .collect::<Vec<_>>()
             .join("\n");
+        if entries.is_empty() {
+            text = format!("{path} is empty");
+        }
         if truncated {
             text.push_str("\n(more entries than listed)");
         }
