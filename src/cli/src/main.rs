@@ -9,6 +9,7 @@ mod debug;
 mod doctor;
 mod front;
 mod image;
+mod mcp;
 mod policy;
 mod review;
 mod run;
@@ -84,6 +85,9 @@ enum Command {
     Audit(auditlog::AuditCommand),
     /// Serve the sandbox API on a Unix socket (HTTP/1.1 + JSON under /v1).
     Daemon(daemon::DaemonArgs),
+    /// LuminaGuard as an MCP server: `mcp serve` (stdio) gives any MCP host sandboxed tools.
+    #[command(subcommand)]
+    Mcp(mcp::McpCommand),
     /// Run the guest agent (what runs inside every sandbox).
     Agent(luminaguard_agent::AgentArgs),
     /// First process of a process sandbox (started by `run`, not by hand).
@@ -258,6 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
             })
         }
+        Command::Mcp(cmd) => with_runtime(Box::pin(mcp::run(cmd, config, &daemon))),
         Command::Debug(args) => with_runtime(debug::run(args, &config)),
         Command::Doctor(args) => with_runtime(doctor::run(args, &config)),
         Command::Run(mut args) => {
@@ -283,7 +288,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let front = front(config, &daemon).await?;
                 let report = front.gc().await;
                 front.finish().await;
-                report
+                Ok(report?)
             })?;
             if json {
                 outln!("{}", serde_json::to_string(&report)?);
@@ -308,7 +313,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn front(config: Config, choice: &front::Choice) -> anyhow::Result<front::Front> {
-    front::Front::open(config, choice).await
+    let front = front::Front::open(config, choice).await?;
+    if let Some(service) = front.service() {
+        // What cannot be previewed is asked about at this terminal (none: refused).
+        service.set_asker(tty::asker());
+    }
+    Ok(front)
 }
 
 fn with_runtime<T>(job: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {

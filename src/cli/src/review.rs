@@ -117,7 +117,7 @@ async fn decide(
         };
         front.answer(approval, answer, reason, &digest).await
     };
-    let theirs = front.await_decision(approval, exec);
+    let theirs = async { Ok(front.await_decision(approval, exec).await?) };
     tokio::pin!(theirs);
     tokio::select! {
         decided = &mut theirs => decided,

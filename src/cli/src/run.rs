@@ -152,7 +152,7 @@ pub async fn run(args: RunArgs, front: &Front) -> anyhow::Result<ExitCode> {
     let (id, exec) = front.run(args.sandbox.options(None, false), opts).await?;
     let result = match exec {
         Ok(exec) => crate::stream::exec_streamed(exec, true, args.json).await,
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     };
     if let Err(e) = front.finish_run(id).await {
         eprintln!("luminaguard: cleanup: {e}");

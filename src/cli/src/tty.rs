@@ -49,20 +49,23 @@ pub fn ask(question: &str) -> Asked {
 /// The service's way to ask here about an action it cannot preview: the card, then a yes/no
 /// question on the terminal (none: nobody to ask).
 pub fn asker() -> luminaguard_service::ask::Asker {
-    luminaguard_service::ask::Asker(std::sync::Arc::new(|card: &str| {
-        let always = if card.contains("Approving it always adds") {
-            " / [a]lways: add it to the policy"
-        } else {
-            ""
-        };
-        let question =
-            format!("{card}Allow it? [y]es / [s]ession: again in this sandbox{always} / [N]o ");
-        match ask(&question) {
-            Asked::Yes => Some(Answer::Approve),
-            Asked::Session => Some(Answer::ApproveForSession),
-            Asked::Always => Some(Answer::ApproveAlways),
-            Asked::No => Some(Answer::Deny),
-            Asked::NoTerminal(_) => None,
-        }
-    }))
+    luminaguard_service::ask::Asker(
+        std::sync::Arc::new(|card: &str| {
+            let always = if card.contains("Approving it always adds") {
+                " / [a]lways: add it to the policy"
+            } else {
+                ""
+            };
+            let question =
+                format!("{card}Allow it? [y]es / [s]ession: again in this sandbox{always} / [N]o ");
+            match ask(&question) {
+                Asked::Yes => Some(Answer::Approve),
+                Asked::Session => Some(Answer::ApproveForSession),
+                Asked::Always => Some(Answer::ApproveAlways),
+                Asked::No => Some(Answer::Deny),
+                Asked::NoTerminal(_) => None,
+            }
+        }),
+        "terminal",
+    )
 }

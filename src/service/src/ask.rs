@@ -21,7 +21,12 @@ use crate::{Caller, EventKind, Service, ServiceError};
 /// answer, or `None` when there is nobody to ask. Called on a thread of its own (it may block
 /// on a terminal).
 #[derive(Clone)]
-pub struct Asker(pub Arc<AskFn>);
+pub struct Asker(pub Arc<AskFn>, pub Via);
+
+/// Through what an [`Asker`] reaches its person: recorded as the decider's `via` on the audit
+/// log and the approval (`terminal`: the CLI's prompt; `mcp-elicitation`: an MCP client that
+/// asked its user).
+pub type Via = &'static str;
 
 /// Shown a card's text, the person's answer (`None`: nobody to ask).
 pub type AskFn = dyn Fn(&str) -> Option<Answer> + Send + Sync;
@@ -82,6 +87,7 @@ impl Service {
         let now_ms = luminaguard_backend::state::now_unix_ms();
         let summary = ask.asked.join("; ");
         let asker = self.asker.get().cloned();
+        let via = asker.as_ref().map_or("terminal", |a| a.1);
         let answerable = self
             .remote_approvals
             .load(std::sync::atomic::Ordering::Relaxed);
@@ -122,8 +128,11 @@ impl Service {
             a = self.wait_approval(caller, &id) => a?,
             answer = terminal => match answer {
                 Some(answer) => {
-                    let by = Deciding { caller, via: "terminal" };
-                    let reason = (answer == Answer::Deny).then(|| "denied at the terminal".into());
+                    let by = Deciding { caller, via };
+                    let reason = (answer == Answer::Deny).then(|| match via {
+                        "terminal" => "denied at the terminal".to_owned(),
+                        via => format!("denied through {via}"),
+                    });
                     match self.answer(by, &id, answer, reason, None).await {
                         Ok(a) => a,
                         Err(_) => self.wait_approval(caller, &id).await?,

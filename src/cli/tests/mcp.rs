@@ -1,0 +1,369 @@
+//! `luminaguard mcp serve` driven by a real MCP client from another project: the official
+//! Python SDK (`mcp`, installed by scripts/setup into /var/cache/luminaguard/python-mcp), whose
+//! scripts are in tests/mcp/. In-process and through the daemon; the session's sandbox is gone
+//! when the client disconnects, and when the server is killed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)] // test code
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use luminaguard_testkit::daemon::Daemon;
+use luminaguard_testkit::{privileged, text};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_luminaguard");
+/// Where scripts/setup installs the Python SDK (`LUMINAGUARD_TEST_PYTHON` overrides it).
+const PYTHON: &str = "/var/cache/luminaguard/python-mcp/bin/python";
+
+fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp")
+}
+
+/// The Python with the `mcp` SDK, if installed; in CI a missing one is a failure.
+fn python() -> Option<PathBuf> {
+    let p = std::env::var_os("LUMINAGUARD_TEST_PYTHON")
+        .map_or_else(|| PathBuf::from(PYTHON), PathBuf::from);
+    let ok = Command::new(&p)
+        .args(["-c", "import mcp, jsonschema"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{}: no Python with the `mcp` SDK: run scripts/setup",
+        p.display()
+    );
+    eprintln!(
+        "skipped: no Python with the `mcp` SDK at {} (run scripts/setup)",
+        p.display()
+    );
+    None
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    rt: PathBuf,
+    audit: PathBuf,
+    ws: PathBuf,
+    policy: PathBuf,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir_all(ws.join(".git")).unwrap();
+    Env {
+        rt: dir.path().join("rt"),
+        audit: dir.path().join("audit"),
+        ws,
+        policy: scripts().join("policy.toml"),
+        _dir: dir,
+    }
+}
+
+/// The server's command line, as the client launches it.
+fn server(e: &Env, daemon: bool) -> Vec<String> {
+    let mut argv = vec![BIN.to_owned(), "--runtime-dir".into(), path(&e.rt)];
+    if !daemon {
+        argv.extend(["--no-daemon".into(), "--policy".into(), path(&e.policy)]);
+    }
+    argv.extend([
+        "mcp".into(),
+        "serve".into(),
+        "--backend".into(),
+        "process".into(),
+        "--workspace".into(),
+        path(&e.ws),
+    ]);
+    argv
+}
+
+fn path(p: &Path) -> String {
+    p.to_str().unwrap().to_owned()
+}
+
+fn client(python: &Path, e: &Env, mode: &str, daemon: bool) -> Command {
+    let mut cmd = Command::new(python);
+    cmd.arg(scripts().join("client.py"))
+        .arg(mode)
+        .env(
+            "LG_SERVER",
+            serde_json::to_string(&server(e, daemon)).unwrap(),
+        )
+        .env("LUMINAGUARD_AUDIT_DIR", &e.audit)
+        .env_remove("LUMINAGUARD_POLICY")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// The summary a client mode prints last.
+fn summary(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "client failed:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+fn lg(e: &Env, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--runtime-dir")
+        .arg(&e.rt)
+        .args(args)
+        .env("LUMINAGUARD_AUDIT_DIR", &e.audit)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The sandboxes in the runtime directory (whoever made them).
+fn sandboxes(e: &Env) -> Vec<String> {
+    let out = lg(e, &["sandbox", "ls", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    list.iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn daemon(e: &Env) -> Daemon {
+    Daemon::start(
+        Path::new(BIN),
+        &e.rt,
+        &format!(
+            "audit_dir = \"{}\"\npolicy = \"{}\"\n[defaults]\nbackend = \"process\"\n",
+            e.audit.display(),
+            e.policy.display()
+        ),
+    )
+}
+
+#[test]
+fn a_python_client_lists_validates_and_calls_every_tool_in_process() {
+    if !privileged("the MCP test") {
+        return;
+    }
+    let Some(py) = python() else { return };
+    let e = env();
+    let s = summary(&client(&py, &e, "tools", false).output().unwrap());
+    assert_eq!(s["sandboxes"].as_array().unwrap().len(), 2, "{s}");
+    // The session's sandboxes went with the session.
+    assert_eq!(sandboxes(&e), Vec::<String>::new());
+    // Every command is on the audit log, by the MCP front-end.
+    let ls = lg(&e, &["audit", "ls", "--json"]);
+    let records: Vec<Value> = text(&ls.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let execs: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["event"]["type"] == "exec")
+        .collect();
+    assert!(execs.len() >= 10, "{records:?}");
+    assert!(
+        execs.iter().all(|r| r["actor"]["kind"] == "mcp"),
+        "{execs:?}"
+    );
+    assert!(
+        execs
+            .iter()
+            .any(|r| r["event"]["decision"]["verdict"] == "deny"
+                && r["event"]["decision"]["rule"]["id"] == "rm-root"),
+        "the denied command is on the record"
+    );
+    let verify = lg(&e, &["audit", "verify"]);
+    assert!(verify.status.success(), "{}", text(&verify.stderr));
+}
+
+#[test]
+fn a_client_with_elicitation_approves_one_write_and_denies_another() {
+    if !privileged("the MCP test") {
+        return;
+    }
+    let Some(py) = python() else { return };
+    let e = env();
+    let s = summary(&client(&py, &e, "elicit", false).output().unwrap());
+    assert_eq!(s["asked"].as_array().unwrap().len(), 2, "{s}");
+    assert_eq!(
+        std::fs::read_to_string(e.ws.join(".git/approved.txt")).unwrap(),
+        "yes\n"
+    );
+    assert!(
+        !e.ws.join(".git/denied.txt").exists(),
+        "the denied write happened"
+    );
+    assert_eq!(sandboxes(&e), Vec::<String>::new());
+    let ls = lg(&e, &["audit", "ls", "--json"]);
+    let approvals: Vec<Value> = text(&ls.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["event"]["type"] == "approve")
+        .collect();
+    assert_eq!(approvals.len(), 1, "{approvals:?}");
+    assert_eq!(approvals[0]["event"]["by"]["via"], "mcp-elicitation");
+}
+
+#[test]
+fn bad_json_rpc_gets_errors_and_the_server_keeps_serving() {
+    if !privileged("the MCP test") {
+        return;
+    }
+    let Some(py) = python() else { return };
+    let e = env();
+    let s = summary(&client(&py, &e, "raw", false).output().unwrap());
+    assert!(s["replies"].as_u64().unwrap() >= 1, "{s}");
+}
+
+/// Through a running daemon, a client without elicitation: the asked write waits until a
+/// person approves it with `luminaguard approvals approve`; the session's sandbox is the
+/// daemon's while it lasts, and gone once the client disconnects.
+#[test]
+fn through_the_daemon_a_client_without_elicitation_waits_for_a_person() {
+    if !privileged("the MCP test") {
+        return;
+    }
+    let Some(py) = python() else { return };
+    let e = env();
+    let _d = daemon(&e);
+    let mut child = client(&py, &e, "wait", true)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The server says where to answer once it has seen the card (as the CLI does).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            if line.contains("waiting for a person to answer approval") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the server did not say it waits for a person");
+    let mut approval = None;
+    wait_until(
+        "the asked write waits in the approvals",
+        Duration::from_secs(60),
+        || {
+            let out = lg(&e, &["approvals", "ls", "--json"]);
+            let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            approval = list.first().cloned();
+            approval.is_some()
+        },
+    );
+    let a = approval.unwrap();
+    let sandbox = a["card"]["sandbox"].as_str().unwrap().to_owned();
+    assert_eq!(sandboxes(&e), vec![sandbox.clone()], "the daemon's sandbox");
+    assert!(
+        !e.ws.join(".git/waited.txt").exists(),
+        "written before anyone answered"
+    );
+    let yes = lg(&e, &["approvals", "approve", a["id"].as_str().unwrap()]);
+    assert!(yes.status.success(), "{}", text(&yes.stderr));
+    let mut out = child.wait_with_output().unwrap();
+    out.stderr = reader.join().unwrap().into_bytes();
+    let s = summary(&out);
+    assert_eq!(s["sandboxes"][0], sandbox.as_str());
+    assert_eq!(
+        std::fs::read_to_string(e.ws.join(".git/waited.txt")).unwrap(),
+        "approved\n"
+    );
+    assert_eq!(
+        sandboxes(&e),
+        Vec::<String>::new(),
+        "left after the session"
+    );
+}
+
+/// A server killed with SIGKILL (no goodbye, no cleanup of its own) leaves no sandbox: through
+/// the daemon, its held run's connection closes; in-process, the sandbox lived as long as it.
+#[test]
+fn a_killed_server_leaves_no_sandbox() {
+    if !privileged("the MCP test") {
+        return;
+    }
+    let e = env();
+    let d = daemon(&e);
+    for through_daemon in [true, false] {
+        let argv = server(&e, through_daemon);
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("LUMINAGUARD_AUDIT_DIR", &e.audit)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut send = |v: Value| {
+            writeln!(stdin, "{v}").unwrap();
+            stdin.flush().unwrap();
+        };
+        let mut recv = || {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            serde_json::from_str::<Value>(&line).unwrap()
+        };
+        send(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "killer", "version": "0"}}}),
+        );
+        assert!(recv()["result"].is_object());
+        send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        send(
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "run_command", "arguments": {"command": "echo up"}}}),
+        );
+        let r = recv();
+        assert_eq!(r["result"]["structuredContent"]["stdout"], "up\n", "{r}");
+        let id = r["result"]["structuredContent"]["sandbox_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(sandboxes(&e), vec![id.clone()]);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        wait_until(
+            &format!("sandbox {id} gone after its server was killed (daemon: {through_daemon})"),
+            Duration::from_secs(15),
+            || {
+                // In-process, what the dead sandbox left is collected by the next gc (as
+                // every command that creates one does first); it no longer runs at once.
+                if !through_daemon {
+                    let _ = lg(&e, &["--no-daemon", "gc"]);
+                }
+                sandboxes(&e).is_empty()
+            },
+        );
+    }
+    drop(d);
+}

@@ -1,0 +1,276 @@
+"""A real MCP client (the official Python SDK) driving `luminaguard mcp serve` over stdio.
+
+Run by src/cli/tests/mcp.rs as `python client.py MODE`, with the server's command line as a
+JSON array in LG_SERVER. Each mode asserts what it checks and exits non-zero on the first
+failure; its last line on stdout is a JSON summary for the Rust side.
+
+Modes:
+  tools    lists the tools, checks every input and output schema, calls every tool and checks
+           each structured result against its tool's output schema; a denied command is a tool
+           error naming the rule; wrong argument types are tool errors; an unknown tool is a
+           JSON-RPC error; in-process without elicitation an asked write is refused (nobody to
+           ask); the server keeps serving throughout.
+  elicit   a client with elicitation: the first asked write is approved, the second denied.
+  wait     a client without elicitation (through a daemon): the asked write waits for a person.
+  raw      bad JSON-RPC on the raw pipe: a request before initialize, a malformed line.
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import jsonschema
+from mcp import ClientSession, StdioServerParameters, types
+from mcp.client.stdio import stdio_client
+from mcp.shared.exceptions import McpError
+
+SERVER = json.loads(os.environ["LG_SERVER"])
+
+
+def params():
+    return StdioServerParameters(command=SERVER[0], args=SERVER[1:], env=dict(os.environ))
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def text_of(result):
+    return "\n".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+def validate_result(tools, name, result):
+    check(not result.isError, f"{name} failed: {text_of(result)}")
+    check(result.structuredContent is not None, f"{name}: no structured content")
+    jsonschema.validate(result.structuredContent, tools[name].outputSchema)
+    check(text_of(result), f"{name}: no text rendering")
+    return result.structuredContent
+
+
+async def call(session, tools, name, args):
+    return validate_result(tools, name, await session.call_tool(name, args))
+
+
+async def tool_error(session, name, args):
+    result = await session.call_tool(name, args)
+    check(result.isError, f"{name} {args} should have failed: {result}")
+    return text_of(result)
+
+
+async def list_tools(session):
+    listed = await session.list_tools()
+    tools = {t.name: t for t in listed.tools}
+    expected = {"run_command", "read_file", "write_file", "list_files", "delete_file",
+                "sandbox_create", "sandbox_destroy", "sandbox_list"}
+    check(set(tools) == expected, f"tools: {sorted(tools)}")
+    for t in tools.values():
+        check(t.inputSchema.get("type") == "object", f"{t.name}: input schema {t.inputSchema}")
+        check(t.outputSchema and t.outputSchema.get("type") == "object",
+              f"{t.name}: output schema {t.outputSchema}")
+        jsonschema.Draft202012Validator.check_schema(t.inputSchema)
+        jsonschema.Draft202012Validator.check_schema(t.outputSchema)
+        check(t.annotations is not None, f"{t.name}: no annotations")
+    for name in ("read_file", "list_files", "sandbox_list"):
+        check(tools[name].annotations.readOnlyHint is True, f"{name} is read-only")
+    for name in ("run_command", "write_file", "delete_file", "sandbox_destroy"):
+        check(tools[name].annotations.readOnlyHint is False, f"{name} changes things")
+        check(tools[name].annotations.destructiveHint is True, f"{name} may destroy")
+    check(tools["run_command"].annotations.openWorldHint is False, "no network: closed world")
+    # The input schemas accept what the tools take and refuse the wrong types.
+    jsonschema.validate({"command": "echo hi", "timeout": 5}, tools["run_command"].inputSchema)
+    try:
+        jsonschema.validate({"path": 7}, tools["read_file"].inputSchema)
+        raise AssertionError("read_file's schema accepted a number for path")
+    except jsonschema.ValidationError:
+        pass
+    return tools
+
+
+async def mode_tools():
+    async with stdio_client(params()) as (r, w):
+        async with ClientSession(r, w) as session:
+            init = await session.initialize()
+            check(init.serverInfo.name == "luminaguard", f"server: {init.serverInfo}")
+            tools = await list_tools(session)
+
+            check((await call(session, tools, "sandbox_list", {}))["sandboxes"] == [],
+                  "no sandbox before the first call")
+            out = await call(session, tools, "run_command",
+                             {"command": "echo hello; echo oops >&2; exit 3"})
+            check(out["exit_code"] == 3 and out["stdout"] == "hello\n"
+                  and out["stderr"] == "oops\n" and not out["truncated"], f"run: {out}")
+            session_sandbox = out["sandbox_id"]
+            out = await call(session, tools, "run_command",
+                             {"argv": ["sh", "-c", "echo $X; pwd"], "env": {"X": "42"},
+                              "cwd": "/tmp", "timeout": 30})
+            check(out["stdout"] == "42\n/tmp\n" and out["exit_code"] == 0, f"argv: {out}")
+            check(out["sandbox_id"] == session_sandbox, "one sandbox per session")
+            # Output is kept bounded: head and tail, marked.
+            out = await call(session, tools, "run_command",
+                             {"command": "head -c 300000 /dev/zero | tr '\\0' a; echo END"})
+            check(out["truncated"] and out["stdout"].endswith("END\n")
+                  and "bytes of output dropped here" in out["stdout"]
+                  and len(out["stdout"]) < 70000, f"bounded: {len(out['stdout'])}")
+            out = await call(session, tools, "run_command",
+                             {"command": "sleep 5", "timeout": 1})
+            check(out["timed_out"], f"timeout: {out}")
+
+            err = await tool_error(session, "write_file", {"path": "notes/a.txt", "content": "x"})
+            check("Directory nonexistent" in err or "No such file" in err, f"no dir: {err}")
+            await call(session, tools, "run_command", {"command": "mkdir notes"})
+            w = await call(session, tools, "write_file",
+                           {"path": "notes/a.txt", "content": "first line\n"})
+            check(w["bytes"] == 11 and w["path"] == "/workspace/notes/a.txt", f"write: {w}")
+            rd = await call(session, tools, "read_file", {"path": "/workspace/notes/a.txt"})
+            check(rd["content"] == "first line\n" and rd["encoding"] == "utf-8", f"read: {rd}")
+            await call(session, tools, "run_command",
+                       {"command": "printf '\\377\\376' > /tmp/bin"})
+            rd = await call(session, tools, "read_file", {"path": "/tmp/bin"})
+            check(rd["encoding"] == "base64" and rd["content"] == "//4=", f"binary: {rd}")
+            ls = await call(session, tools, "list_files", {"path": "notes"})
+            check([(e["name"], e["kind"], e["size"]) for e in ls["entries"]]
+                  == [("a.txt", "file", 11)], f"list: {ls}")
+            # State is kept between calls: the file is there for the next command.
+            out = await call(session, tools, "run_command", {"command": "cat notes/a.txt"})
+            check(out["stdout"] == "first line\n", f"state: {out}")
+            # A file outside the workspace: the policy asks; this sandbox's workspace is
+            # written directly, and in-process with no elicitation nobody can be asked.
+            err = await tool_error(session, "write_file", {"path": ".git/config", "content": "x"})
+            check("nobody to ask" in err and "protected-writes" in err, f"held: {err}")
+            d = await call(session, tools, "delete_file", {"path": "notes/a.txt"})
+            check(d["path"] == "/workspace/notes/a.txt", f"delete: {d}")
+            check((await call(session, tools, "list_files", {"path": "notes"}))["entries"] == [],
+                  "deleted")
+            err = await tool_error(session, "delete_file", {"path": "notes/a.txt"})
+            check("No such file" in err, f"delete again: {err}")
+
+            # Denied: a tool error that names the rule and why.
+            err = await tool_error(session, "run_command", {"command": "rm -rf /"})
+            check("denied by policy" in err and "rm-root" in err, f"deny: {err}")
+
+            other = (await call(session, tools, "sandbox_create", {}))["sandbox_id"]
+            check(other != session_sandbox, "a second sandbox")
+            listed = await call(session, tools, "sandbox_list", {})
+            check({s["sandbox_id"] for s in listed["sandboxes"]} == {session_sandbox, other},
+                  f"list: {listed}")
+            await call(session, tools, "write_file",
+                       {"path": "/tmp/only-here", "content": "x", "sandbox_id": other})
+            err = await tool_error(session, "read_file", {"path": "/tmp/only-here"})
+            check("only-here" in err, f"sandboxes are separate: {err}")
+            out = await call(session, tools, "run_command",
+                             {"command": "cat /tmp/only-here", "sandbox_id": other})
+            check(out["stdout"] == "x", f"other: {out}")
+            await call(session, tools, "sandbox_destroy", {"sandbox_id": other})
+            err = await tool_error(session, "run_command",
+                                   {"command": "true", "sandbox_id": other})
+            check("no sandbox" in err, f"destroyed: {err}")
+
+            # Bad arguments: tool errors the model can act on; the server keeps serving.
+            for name, args in [("run_command", {"command": 5}),
+                               ("run_command", {}),
+                               ("run_command", {"command": "x", "argv": ["y"]}),
+                               ("read_file", {}),
+                               ("write_file", {"path": "x", "content": "y", "bogus": 1}),
+                               ("run_command", {"command": "true", "timeout": "soon"})]:
+                err = await tool_error(session, name, args)
+                check("invalid-arguments" in err, f"{name} {args}: {err}")
+            huge = "y" * (5 << 20)
+            err = await tool_error(session, "write_file", {"path": "big", "content": huge})
+            check("too-large" in err, f"huge: {err[:200]}")
+            try:
+                await session.call_tool("no_such_tool", {})
+                raise AssertionError("an unknown tool was called")
+            except McpError as e:
+                check(e.error.code == -32602 and "unknown tool" in e.error.message, f"{e.error}")
+            out = await call(session, tools, "run_command", {"command": "echo still here"})
+            check(out["stdout"] == "still here\n", "the server keeps serving")
+    print(json.dumps({"sandboxes": [session_sandbox, other]}))
+
+
+async def mode_elicit():
+    asked = []
+
+    async def answer(context, p):
+        asked.append(p.message)
+        approve = len(asked) == 1
+        return types.ElicitResult(action="accept", content={"approve": approve})
+
+    async with stdio_client(params()) as (r, w):
+        async with ClientSession(r, w, elicitation_callback=answer) as session:
+            await session.initialize()
+            tools = await list_tools(session)
+            ok = await call(session, tools, "write_file",
+                            {"path": ".git/approved.txt", "content": "yes\n"})
+            check(any("approved" in a for a in ok["approvals"]) or asked, f"approved: {ok}")
+            err = await tool_error(session, "write_file",
+                                   {"path": ".git/denied.txt", "content": "no\n"})
+            check("denied" in err and "a person was asked" in err, f"denied: {err}")
+            check(len(asked) == 2, f"asked {len(asked)} times")
+            check("protected-writes" in asked[0] and ".git/approved.txt" in asked[0],
+                  f"the card: {asked[0]}")
+            sandbox = ok["sandbox_id"]
+    print(json.dumps({"sandboxes": [sandbox], "asked": asked}))
+
+
+async def mode_wait():
+    async with stdio_client(params()) as (r, w):
+        async with ClientSession(r, w) as session:
+            await session.initialize()
+            tools = await list_tools(session)
+            out = await call(session, tools, "run_command", {"command": "echo ready"})
+            sys.stderr.write(f"session sandbox {out['sandbox_id']}\n")
+            sys.stderr.flush()
+            ok = await call(session, tools, "write_file",
+                            {"path": ".git/waited.txt", "content": "approved\n"})
+            check(ok["approvals"] and "approved" in ok["approvals"][0], f"waited: {ok}")
+    print(json.dumps({"sandboxes": [ok["sandbox_id"]], "approvals": ok["approvals"]}))
+
+
+def mode_raw():
+    p = subprocess.Popen(SERVER, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def send(obj_or_line):
+        line = obj_or_line if isinstance(obj_or_line, str) else json.dumps(obj_or_line)
+        p.stdin.write((line + "\n").encode())
+        p.stdin.flush()
+
+    def recv():
+        line = p.stdout.readline()
+        check(line, "the server closed its stdout")
+        return json.loads(line)
+
+    send({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}})
+    r = recv()
+    check(r.get("id") == 1 and "error" in r, f"before initialize: {r}")
+    send({"jsonrpc": "2.0", "id": 2, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"}}})
+    r = recv()
+    check(r.get("id") == 2 and r["result"]["serverInfo"]["name"] == "luminaguard", f"init: {r}")
+    send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    send("{this is not json")
+    send({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {}})
+    replies = [recv()]
+    if replies[0].get("id") != 3:
+        # An error answer to the malformed line (id null) comes first.
+        check("error" in replies[0], f"malformed: {replies[0]}")
+        replies.append(recv())
+    check(replies[-1].get("id") == 3 and len(replies[-1]["result"]["tools"]) == 8,
+          f"after a malformed line: {replies}")
+    send({"jsonrpc": "2.0", "id": 4, "method": "no/such/method", "params": {}})
+    r = recv()
+    check(r.get("id") == 4 and r["error"]["code"] == -32601, f"unknown method: {r}")
+    p.stdin.close()
+    check(p.wait(timeout=30) == 0, f"exit status {p.returncode}")
+    print(json.dumps({"replies": len(replies)}))
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "raw":
+        mode_raw()
+    else:
+        asyncio.run({"tools": mode_tools, "elicit": mode_elicit, "wait": mode_wait}[mode]())
