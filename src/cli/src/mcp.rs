@@ -4,6 +4,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use luminaguard_core::Config;
 
@@ -15,6 +16,34 @@ pub enum McpCommand {
     /// Serve MCP on stdin/stdout (what an MCP host launches): tools that run commands and
     /// edit files in a sandbox of the session, under the policy, approvals and audit log.
     Serve(ServeArgs),
+    /// Print what an MCP host needs to launch `luminaguard mcp serve`: claude-code (a command
+    /// line), claude-desktop, cursor, vscode (JSON entries), codex (a TOML table). Anything
+    /// after `--` is passed to `serve` (e.g. `-- --workspace ~/project --memory 1G`).
+    Config(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// claude-code, claude-desktop, cursor, codex or vscode.
+    #[arg(value_parser = host_name)]
+    host: String,
+    /// `serve`'s flags, after `--`.
+    #[arg(last = true)]
+    serve_args: Vec<String>,
+}
+
+fn host_name(s: &str) -> Result<String, String> {
+    match luminaguard_mcp::hosts::Host::parse(s) {
+        Some(_) => Ok(s.to_owned()),
+        None => Err(format!(
+            "no snippet for {s:?}: one of {}",
+            luminaguard_mcp::hosts::Host::ALL
+                .iter()
+                .map(|h| h.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -29,6 +58,23 @@ pub struct ServeArgs {
 
 pub async fn run(cmd: McpCommand, config: Config, choice: &Choice) -> anyhow::Result<ExitCode> {
     match cmd {
+        McpCommand::Config(args) => {
+            let Some(host) = luminaguard_mcp::hosts::Host::parse(&args.host) else {
+                anyhow::bail!("no snippet for {}", args.host);
+            };
+            // The host launches this very binary, by its full path.
+            let exe = std::env::current_exe().context("finding this program's path")?;
+            let exe = exe
+                .to_str()
+                .context("this program's path is not UTF-8, which hosts cannot name")?;
+            let serve_args = absolute_workspace(args.serve_args)?;
+            out!(
+                "{}",
+                luminaguard_mcp::hosts::snippet(host, exe, &serve_args)
+            );
+            eprintln!("luminaguard: {}", host.where_it_goes());
+            Ok(ExitCode::SUCCESS)
+        }
         McpCommand::Serve(args) => {
             // Not `main::front`: an MCP server has no terminal to ask at; it asks its client.
             let front = Front::open(config, choice).await?;
@@ -41,4 +87,39 @@ pub async fn run(cmd: McpCommand, config: Config, choice: &Choice) -> anyhow::Re
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `serve_args` with a relative `--workspace` made absolute: a host starts the server in a
+/// directory of its own choosing.
+fn absolute_workspace(mut serve_args: Vec<String>) -> anyhow::Result<Vec<String>> {
+    let mut i = 0;
+    while i < serve_args.len() {
+        let (value_at, inline) = match serve_args[i].as_str() {
+            "--workspace" => (Some(i + 1), false),
+            a if a.starts_with("--workspace=") => (Some(i), true),
+            _ => (None, false),
+        };
+        if let Some(at) = value_at
+            && let Some(v) = serve_args.get(at).cloned()
+        {
+            let path = if inline {
+                v.trim_start_matches("--workspace=").to_owned()
+            } else {
+                v
+            };
+            let abs = std::path::absolute(&path)
+                .with_context(|| format!("resolving workspace {path}"))?;
+            let abs = abs
+                .to_str()
+                .with_context(|| format!("workspace {path} is not UTF-8"))?
+                .to_owned();
+            serve_args[at] = if inline {
+                format!("--workspace={abs}")
+            } else {
+                abs
+            };
+        }
+        i += 1;
+    }
+    Ok(serve_args)
 }

@@ -367,3 +367,139 @@ fn a_killed_server_leaves_no_sandbox() {
     }
     drop(d);
 }
+
+/// Splits a line the way a POSIX shell splits what `mcp config claude-code` prints: bare words
+/// and single-quoted ones (with `'\''` for a quote), nothing else.
+fn shell_split(line: &str) -> Vec<String> {
+    let (mut words, mut cur, mut quoted, mut any) = (Vec::new(), String::new(), false, false);
+    for c in line.trim_end().chars() {
+        match (c, quoted) {
+            ('\'', _) => {
+                quoted = !quoted;
+                any = true;
+            }
+            ('\\', false) => {}
+            (' ', false) => {
+                if any || !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+                any = false;
+            }
+            (c, _) => cur.push(c),
+        }
+    }
+    if any || !cur.is_empty() {
+        words.push(cur);
+    }
+    words
+}
+
+/// Every host's snippet parses as what that host reads, and the command it names, launched
+/// the way the host would, answers an MCP `initialize` — with the workspace made absolute.
+#[test]
+fn every_host_snippet_parses_and_launches_a_server_that_answers() {
+    let rt = tempfile::tempdir().unwrap();
+    let cwd = rt.path().join("here");
+    std::fs::create_dir(&cwd).unwrap();
+    for host in ["claude-code", "claude-desktop", "cursor", "codex", "vscode"] {
+        let out = Command::new(BIN)
+            .current_dir(&cwd)
+            .args([
+                "mcp",
+                "config",
+                host,
+                "--",
+                "--workspace",
+                "ws",
+                "--memory",
+                "1G",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{host}: {}", text(&out.stderr));
+        let snippet = text(&out.stdout);
+        let (command, args): (String, Vec<String>) = match host {
+            "claude-code" => {
+                let words = shell_split(&snippet);
+                let at = words.iter().position(|w| w == "--").unwrap();
+                assert_eq!(
+                    &words[..at],
+                    ["claude", "mcp", "add", "luminaguard"],
+                    "{snippet}"
+                );
+                (words[at + 1].clone(), words[at + 2..].to_vec())
+            }
+            "codex" => {
+                let v: toml::Table = snippet.parse().unwrap();
+                let t = &v["mcp_servers"]["luminaguard"];
+                let args = t["args"].as_array().unwrap();
+                (
+                    t["command"].as_str().unwrap().to_owned(),
+                    args.iter()
+                        .map(|a| a.as_str().unwrap().to_owned())
+                        .collect(),
+                )
+            }
+            _ => {
+                let v: Value = serde_json::from_str(&snippet).unwrap();
+                let key = if host == "vscode" {
+                    "servers"
+                } else {
+                    "mcpServers"
+                };
+                let e = &v[key]["luminaguard"];
+                if host == "vscode" {
+                    assert_eq!(e["type"], "stdio", "{snippet}");
+                }
+                (
+                    e["command"].as_str().unwrap().to_owned(),
+                    e["args"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|a| a.as_str().unwrap().to_owned())
+                        .collect(),
+                )
+            }
+        };
+        assert!(Path::new(&command).is_absolute(), "{host}: {command}");
+        let ws = cwd.join("ws").display().to_string();
+        assert_eq!(
+            args,
+            ["mcp", "serve", "--workspace", ws.as_str(), "--memory", "1G"],
+            "{host}: {snippet}"
+        );
+        // Launched as the host would, from another directory: it speaks MCP.
+        let mut server = Command::new(&command)
+            .args(&args)
+            .arg("--no-daemon")
+            .current_dir(rt.path())
+            .env("LUMINAGUARD_AUDIT_DIR", rt.path().join("audit"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = server.stdin.take().unwrap();
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "snippet-test", "version": "1"}}});
+        writeln!(stdin, "{init}").unwrap();
+        let mut line = String::new();
+        BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let reply: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{host}: {e}: {line}"));
+        assert_eq!(reply["id"], 1, "{host}: {reply}");
+        assert!(
+            reply["result"]["serverInfo"]["name"].is_string(),
+            "{host}: {reply}"
+        );
+        drop(stdin);
+        assert!(
+            server.wait().unwrap().success(),
+            "{host}: the server did not end cleanly"
+        );
+    }
+}

@@ -17,6 +17,7 @@
 
 mod approve;
 mod bounded;
+pub mod hosts;
 mod server;
 pub mod tools;
 
