@@ -503,3 +503,67 @@ fn every_host_snippet_parses_and_launches_a_server_that_answers() {
         );
     }
 }
+
+/// A client that cancels a call (`notifications/cancelled`) gets its command killed with its
+/// process tree; the session and its sandbox serve on.
+#[test]
+fn a_cancelled_call_kills_its_command_and_the_session_serves_on() {
+    if !privileged("the MCP cancellation test") {
+        return;
+    }
+    let e = env();
+    let argv = server(&e, false);
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .env("LUMINAGUARD_AUDIT_DIR", &e.audit)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut send = |v: Value| writeln!(stdin, "{v}").unwrap();
+    send(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "cancel-test", "version": "1"}}}),
+    );
+    let init: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(init["id"], 1, "{init}");
+    send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    // A tree: a shell whose child sleeps.
+    send(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "run_command", "arguments": {"command": "sleep 3017 & sleep 3018; wait"}}}),
+    );
+    wait_until("the command to start", Duration::from_secs(60), || {
+        !luminaguard_testkit::live_processes_matching(&["sleep 3018"]).is_empty()
+    });
+    send(
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": 2, "reason": "the user pressed stop"}}),
+    );
+    wait_until(
+        "the cancelled command's tree to be gone",
+        Duration::from_secs(20),
+        || luminaguard_testkit::live_processes_matching(&["sleep 301"]).is_empty(),
+    );
+    // The session serves on, in the same sandbox.
+    send(
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+        "name": "run_command", "arguments": {"command": "echo still here"}}}),
+    );
+    let reply = loop {
+        let v: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        if v["id"] == 3 {
+            break v;
+        }
+    };
+    assert_eq!(
+        reply["result"]["structuredContent"]["stdout"], "still here\n",
+        "{reply}"
+    );
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}

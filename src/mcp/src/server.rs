@@ -704,12 +704,25 @@ impl ServerHandler for Server {
         self.0.tools.iter().find(|t| t.name == name).cloned()
     }
 
+    /// A call the client cancels (`notifications/cancelled`) is dropped where it stands: a
+    /// running command is killed with its process tree (the exec ends when dropped, in this
+    /// process or through the daemon), and a call waiting for a person withdraws its card.
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        Ok(self.call(request).await?.into())
+        let tool = request.name.clone();
+        tokio::select! {
+            result = self.call(request) => Ok(result?.into()),
+            () = context.ct.cancelled() => {
+                tracing::info!(%tool, "call cancelled by the client");
+                Err(ErrorData::invalid_request(
+                    format!("{tool}: cancelled by the client"),
+                    None,
+                ))
+            }
+        }
     }
 }
 

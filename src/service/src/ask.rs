@@ -124,6 +124,14 @@ impl Service {
             });
             rx.await.ok().flatten()
         };
+        // Whoever waits here may be dropped (its client went away, its MCP call was
+        // cancelled): the card then goes with it rather than waiting for an answer that would
+        // run nothing.
+        let _withdraw_if_dropped = Withdraw {
+            service: self.clone(),
+            caller: *caller,
+            id: id.clone(),
+        };
         let decided = tokio::select! {
             a = self.wait_approval(caller, &id) => a?,
             answer = terminal => match answer {
@@ -160,6 +168,28 @@ impl Service {
                 format!("{id} ended undecided"),
             )),
         }
+    }
+}
+
+/// Withdraws approval `id` when dropped, if it is still waiting (a decided one stays as it
+/// is).
+struct Withdraw {
+    service: Service,
+    caller: Caller,
+    id: String,
+}
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (service, caller, id) = (self.service.clone(), self.caller, self.id.clone());
+        rt.spawn(async move {
+            service
+                .withdraw_approval(&caller, &id, "the caller went away")
+                .await;
+        });
     }
 }
 
