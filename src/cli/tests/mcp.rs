@@ -184,6 +184,16 @@ fn a_python_client_lists_validates_and_calls_every_tool_in_process() {
         execs.iter().all(|r| r["actor"]["kind"] == "mcp"),
         "{execs:?}"
     );
+    // … and names the session and its client (the Python SDK says it is `mcp`).
+    let session = execs[0]["actor"]["session"].as_str().unwrap_or_default();
+    assert!(
+        session.starts_with("mcp-") && session.contains(" mcp/"),
+        "{session:?}"
+    );
+    assert!(
+        execs.iter().all(|r| r["actor"]["session"] == session),
+        "one session, one name: {execs:?}"
+    );
     assert!(
         execs
             .iter()

@@ -512,6 +512,16 @@ fn in_sandbox(path: &str) -> String {
     }
 }
 
+/// An MCP session as the audit log names it: `mcp-` and 8 random hex digits, and the client.
+fn session_name(client: &str, version: &str) -> String {
+    let mut b = [0u8; 4];
+    // No randomness: the client's name alone still says whose records these are.
+    let _ = getrandom::fill(&mut b);
+    let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let clean = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).take(64).collect() };
+    format!("mcp-{id} {}/{}", clean(client), clean(version))
+}
+
 /// `s` as one word of a POSIX shell, quoted.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
@@ -682,6 +692,13 @@ impl ServerHandler for Server {
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
         context.peer.set_peer_info(request.clone());
+        if let Some(service) = self.0.front.service() {
+            // Every record this session makes names it and its client.
+            service.set_session(Some(session_name(
+                &request.client_info.name,
+                &request.client_info.version,
+            )));
+        }
         let _ = self.0.shared.peer.set(context.peer.clone());
         tracing::info!(
             client = %request.client_info.name,

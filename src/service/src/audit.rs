@@ -20,6 +20,8 @@ pub(crate) struct Audit {
     dir: PathBuf,
     /// Which front-end this service serves (`cli`, `daemon`, …): the records' actor kind.
     kind: std::sync::Mutex<String>,
+    /// The front-end's session (an MCP session and its client), on every record it makes.
+    session: std::sync::Mutex<Option<String>>,
     log: tokio::sync::OnceCell<AuditLog>,
     /// Records queued by [`Audit::note`], not yet known to be durable.
     pending: std::sync::Mutex<Vec<Pending>>,
@@ -40,6 +42,7 @@ impl Audit {
         Self {
             dir,
             kind: std::sync::Mutex::new("cli".into()),
+            session: std::sync::Mutex::new(None),
             log: tokio::sync::OnceCell::new(),
             pending: std::sync::Mutex::new(Vec::new()),
         }
@@ -70,6 +73,13 @@ impl Audit {
             .await
     }
 
+    pub(crate) fn set_session(&self, session: Option<String>) {
+        *self
+            .session
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = session;
+    }
+
     pub(crate) async fn open(&self) -> Result<(), ServiceError> {
         self.log().await.map(drop)
     }
@@ -82,7 +92,11 @@ impl Audit {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone(),
-            session: None,
+            session: self
+                .session
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
         }
     }
 

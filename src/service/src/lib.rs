@@ -670,6 +670,12 @@ impl Service {
         self.audit.close().await;
     }
 
+    /// Names the session this service's front-end serves (an MCP session and its client) on
+    /// its audit records from now on.
+    pub fn set_session(&self, session: Option<String>) {
+        self.audit.set_session(session);
+    }
+
     /// Names the front-end this service serves (`cli`, `daemon`, `mcp`, …) on its audit
     /// records.
     pub fn set_front_kind(&self, kind: &str) {
