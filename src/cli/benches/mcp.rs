@@ -1,0 +1,230 @@
+//! What MCP adds to the exec path, side by side in one run (process backend, in-process
+//! service): `run_command` of `echo hi` through `luminaguard mcp serve` on stdio (JSON-RPC
+//! line in, result line out; the session's sandbox warm), against the same command through the
+//! service as a library (what the server calls), against a bare fork+exec of `echo hi`. The
+//! first call of a session (its sandbox made) is reported separately, cold.
+//!
+//! `cargo bench -p luminaguard --bench mcp [-- --quick]` (root). Medians; figures are printed,
+//! never asserted.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)] // bench code
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Instant;
+
+use luminaguard_core::Config;
+use luminaguard_core::config::ConfigLayer;
+use luminaguard_service::{Caller, CreateOptions, ExecOptions, ExecOutput, Service};
+use luminaguard_testkit::{median, ms};
+use serde_json::{Value, json};
+
+const LG: &str = env!("CARGO_BIN_EXE_luminaguard");
+
+/// `luminaguard mcp serve` on a pipe, initialized.
+struct Server {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    next_id: u64,
+}
+
+impl Server {
+    fn start(rt: &std::path::Path) -> Self {
+        let mut child = Command::new(LG)
+            .arg("--runtime-dir")
+            .arg(rt)
+            .args([
+                "--no-daemon",
+                "--policy",
+                "permissive",
+                "mcp",
+                "serve",
+                "--backend",
+                "process",
+            ])
+            .env("LUMINAGUARD_AUDIT_DIR", rt.with_extension("audit"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut s = Self {
+            child,
+            stdin,
+            stdout,
+            next_id: 1,
+        };
+        s.request(
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "bench", "version": "1"}}),
+        );
+        writeln!(
+            s.stdin,
+            "{}",
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        )
+        .unwrap();
+        s
+    }
+
+    fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        writeln!(
+            self.stdin,
+            "{}",
+            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+        )
+        .unwrap();
+        loop {
+            let mut line = String::new();
+            assert!(
+                self.stdout.read_line(&mut line).unwrap() > 0,
+                "the server ended"
+            );
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["id"] == id {
+                return v;
+            }
+        }
+    }
+
+    /// One `run_command` of `echo hi`, checked.
+    fn echo(&mut self) {
+        let r = self.request(
+            "tools/call",
+            json!({"name": "run_command", "arguments": {"argv": ["echo", "hi"]}}),
+        );
+        assert_eq!(r["result"]["structuredContent"]["stdout"], "hi\n", "{r}");
+    }
+
+    fn stop(mut self) {
+        drop(self.stdin);
+        let _ = self.child.wait();
+    }
+}
+
+async fn service_echo(service: &Service, caller: &Caller, id: &luminaguard_core::SandboxId) {
+    let opts = ExecOptions {
+        argv: vec!["echo".into(), "hi".into()],
+        ..ExecOptions::default()
+    };
+    let mut exec = service.exec(caller, id, opts).await.unwrap();
+    while let Some(o) = exec.next().await.unwrap() {
+        if let ExecOutput::Exit(r) = o {
+            assert_eq!(r.code, Some(0));
+            return;
+        }
+    }
+    panic!("no exit");
+}
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("the mcp bench needs root (process sandboxes)");
+        std::process::exit(1);
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (rounds, colds) = if quick { (30, 3) } else { (300, 10) };
+    let dir = tempfile::tempdir().unwrap();
+
+    // First call of a session: its sandbox is made (cold, no pool).
+    let mut first = Vec::new();
+    for i in 0..colds {
+        let rt = dir.path().join(format!("cold-{i}"));
+        let mut s = Server::start(&rt);
+        let t = Instant::now();
+        s.echo();
+        first.push(t.elapsed());
+        s.stop();
+    }
+
+    // Warm: the same session, call after call.
+    let rt = dir.path().join("warm");
+    let mut s = Server::start(&rt);
+    s.echo();
+    let mut mcp = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        s.echo();
+        mcp.push(t.elapsed());
+    }
+    s.stop();
+
+    // The service as a library, in a sandbox of its own.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let lib = rt.block_on(async {
+        let toml = format!(
+            "runtime_dir = {:?}\npolicy = \"permissive\"\naudit_dir = {:?}\n[defaults]\nbackend = \"process\"\n",
+            dir.path().join("lib"),
+            dir.path().join("lib-audit")
+        );
+        let layer = ConfigLayer::from_toml(&toml, std::path::Path::new("bench.toml")).unwrap();
+        let config = Config::resolve(0, None, [layer]).unwrap();
+        // Sandboxes start `luminaguard sandbox-init`: this program is not it.
+        let host = luminaguard_service::HostSettings {
+            exe: LG.into(),
+            ..luminaguard_service::HostSettings::from_config(&config).unwrap()
+        };
+        let service = Service::with_host(config, host).unwrap();
+        let caller = Caller::current();
+        let id = service
+            .create(&caller, CreateOptions::default())
+            .await
+            .unwrap()
+            .commit()
+            .await
+            .unwrap();
+        service_echo(&service, &caller, &id).await;
+        let mut v = Vec::new();
+        for _ in 0..rounds {
+            let t = Instant::now();
+            service_echo(&service, &caller, &id).await;
+            v.push(t.elapsed());
+        }
+        service.destroy(&caller, &id).await.unwrap();
+        service.close_audit().await;
+        v
+    });
+
+    // A bare fork+exec of the same command.
+    let mut bare = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let out = Command::new("echo").arg("hi").output().unwrap();
+        bare.push(t.elapsed());
+        assert_eq!(out.stdout, b"hi\n");
+    }
+
+    let (m, l, b, f) = (median(mcp), median(lib), median(bare), median(first));
+    println!("mcp bench: {rounds} rounds (medians), process backend, in-process service");
+    println!("| | time | beside it | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| run_command echo hi through MCP stdio (warm) | {:.2} ms | service exec {:.2} ms | {:.2} (+{:.2} ms) |",
+        ms(m),
+        ms(l),
+        ms(m) / ms(l),
+        ms(m) - ms(l)
+    );
+    println!(
+        "| service exec of echo hi (library) | {:.2} ms | bare fork+exec {:.2} ms | {:.2} |",
+        ms(l),
+        ms(b),
+        ms(l) / ms(b)
+    );
+    println!(
+        "| first call of a session (sandbox made, cold) | {:.2} ms | warm call {:.2} ms | {:.2} |",
+        ms(f),
+        ms(m),
+        ms(f) / ms(m)
+    );
+}
