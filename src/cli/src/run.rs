@@ -151,7 +151,12 @@ pub async fn run(args: RunArgs, front: &Front) -> anyhow::Result<ExitCode> {
     };
     let (id, exec) = front.run(args.sandbox.options(None, false), opts).await?;
     let result = match exec {
-        Ok(exec) => crate::stream::exec_streamed(exec, true, args.json).await,
+        Ok(mut exec) => {
+            let status = crate::stream::exec_streamed(&mut exec, true, args.json).await;
+            // Through the daemon: the response ends once the run's sandbox is gone.
+            exec.finish().await;
+            status
+        }
         Err(e) => Err(e.into()),
     };
     if let Err(e) = front.finish_run(id).await {

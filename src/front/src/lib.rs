@@ -764,6 +764,9 @@ pub struct Remote {
 /// How much of our stdin may be in flight to the daemon.
 const STDIN_BUFFER: usize = 256 << 10;
 
+/// How long [`Execution::finish`] waits for the daemon to end a response.
+const FINISH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Execution {
     fn remote(client: &Client, events: ExecEvents, stdin: bool) -> Self {
         let (ours, theirs) = if stdin {
@@ -782,6 +785,21 @@ impl Execution {
 }
 
 impl Execution {
+    /// After the exit: waits for the daemon to end the response — for `POST /v1/run`, once the
+    /// run's sandbox is destroyed — so that when a `run` returns, its sandbox is gone. Bounded;
+    /// in-process there is nothing to wait for.
+    pub async fn finish(&mut self) {
+        if let Self::Remote(r) = self {
+            let drained = tokio::time::timeout(FINISH_WAIT, async {
+                while let Ok(Some(_)) = r.events.next().await {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::debug!("the daemon did not end the response in time");
+            }
+        }
+    }
+
     /// The next thing the command produced; `Ok(None)` after its exit.
     pub async fn next(&mut self) -> Result<Option<ExecOutput>> {
         let r = match self {
