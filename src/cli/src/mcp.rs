@@ -54,6 +54,11 @@ pub struct ServeArgs {
     /// Bytes of stdout and of stderr a command's result keeps (its head and tail).
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 10)]
     output_limit: usize,
+    /// Seconds a call may wait for a person's approval before it answers
+    /// `pending_approval` (which the `approval_wait` tool resumes); 0: wait as long as the
+    /// card lasts. Below the hosts' own limit on a tool call (about a minute).
+    #[arg(long, value_name = "SECS", default_value_t = 45)]
+    pending_after: u64,
 }
 
 pub async fn run(cmd: McpCommand, config: Config, choice: &Choice) -> anyhow::Result<ExitCode> {
@@ -81,6 +86,8 @@ pub async fn run(cmd: McpCommand, config: Config, choice: &Choice) -> anyhow::Re
             let settings = luminaguard_mcp::Settings {
                 create: args.sandbox.options(None, false),
                 output_limit: args.output_limit,
+                pending_after: (args.pending_after > 0)
+                    .then(|| std::time::Duration::from_secs(args.pending_after)),
                 ..luminaguard_mcp::Settings::default()
             };
             luminaguard_mcp::serve_stdio(front, settings).await?;

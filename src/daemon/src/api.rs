@@ -618,8 +618,11 @@ async fn run(
     JsonBody(body): JsonBody<RunBody>,
 ) -> Result<Response, ApiError> {
     let (sandbox, exec_body) = body.split();
-    if sandbox.name.is_some() {
-        return Err(ApiError::bad_request("a one-shot sandbox takes no name"));
+    if sandbox.name.is_some() && sandbox.pool.is_some() {
+        // A pool's sandbox was made before anyone named it.
+        return Err(ApiError::bad_request(
+            "a sandbox from a pool has an id of its own: give a name or a pool, not both",
+        ));
     }
     let (opts, plan) = exec_options(exec_body)?;
     let after = if sandbox.review {
@@ -628,7 +631,10 @@ async fn run(
         After::Destroy
     };
     let mut create = options(sandbox, false);
-    st.service.choose_run_pool(&mut create);
+    if create.id.is_none() {
+        // A named one (a front-end that must know its id before it exists) is made.
+        st.service.choose_run_pool(&mut create);
+    }
     let id = make(&st, &caller, create).await?;
     let exec = match st.service.exec(&caller, &id, opts).await {
         Ok(exec) => exec,

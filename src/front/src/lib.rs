@@ -83,7 +83,7 @@ pub struct Choice {
 }
 
 /// A front-end's way to the sandboxes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Front {
     Local(Box<Service>, Caller),
     Daemon(Client),
@@ -277,7 +277,8 @@ impl Front {
         }
     }
 
-    /// Answers approval `id` (`digest`: the change set the person was shown).
+    /// Answers approval `id` (`digest`: the change set the person was shown) for the person
+    /// at this terminal.
     pub async fn answer(
         &self,
         id: &str,
@@ -285,19 +286,24 @@ impl Front {
         reason: Option<String>,
         digest: &str,
     ) -> Result<ApprovalView> {
+        self.answer_via(id, answer, reason, digest, "terminal")
+            .await
+    }
+
+    /// Answers approval `id` for a person reached through `via` (on the record in-process;
+    /// the daemon records its own `api`).
+    pub async fn answer_via(
+        &self,
+        id: &str,
+        answer: Answer,
+        reason: Option<String>,
+        digest: &str,
+        via: &'static str,
+    ) -> Result<ApprovalView> {
         match self {
             Self::Local(service, caller) => {
                 let a = service
-                    .answer(
-                        Deciding {
-                            caller,
-                            via: "terminal",
-                        },
-                        id,
-                        answer,
-                        reason,
-                        Some(digest),
-                    )
+                    .answer(Deciding { caller, via }, id, answer, reason, Some(digest))
                     .await?;
                 Ok(luminaguard_daemon::approvals::approval_view(&a))
             }

@@ -1,87 +1,160 @@
 //! Putting the service's questions to the MCP client's user. The service decides *whether* a
-//! person must be asked and holds the action until one answers; this module only carries the
-//! card to the client (MCP elicitation) and the answer back:
+//! person must be asked and holds the action in its approvals until one answers; this module
+//! only finds the session's waiting approvals and carries their cards to the client and the
+//! answers back — the same way in-process and through the daemon, since both keep approvals
+//! behind the same [`Front`] calls:
 //!
-//! - in-process, as the service's [`Asker`] (what the CLI does with its terminal);
-//! - through the daemon, by watching the daemon's approvals for the sandbox a call runs in and
-//!   answering them through its API.
-//!
-//! A client without elicitation is not asked: through the daemon, the call waits for someone
-//! to answer (`luminaguard approvals approve ID`); in-process, the service refuses at once
-//! (nobody to ask).
+//! - a client that declared elicitation, on a session of the 2025 revisions, is asked with
+//!   `elicitation/create` (one boolean, `approve`);
+//! - a client on the stateless 2026-07-28 revision, which forbids requests from the server,
+//!   gets the same question as an *input-required* result of its call, and answers it by
+//!   calling again (see [`crate::flight`]);
+//! - a client that can be asked neither way is not asked: through the daemon the action waits
+//!   for anyone else to answer (`luminaguard approvals`, the console); in-process nobody else
+//!   can, and the card is denied at once, saying so.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
 
+use luminaguard_api::types::ApprovalView;
 use luminaguard_core::SandboxId;
 use luminaguard_front::{Front, FrontError};
 use luminaguard_service::Answer;
-use luminaguard_service::ask::Asker;
+use rmcp::model::{ElicitRequest, ElicitRequestParams, ElicitationSchema, InputRequest};
 use rmcp::service::ElicitationError;
 use rmcp::{Peer, RoleServer};
 
 /// How the MCP client's user answers (the elicitation's form).
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
-struct Decision {
+pub struct Decision {
     /// Approve it? (no: it does not happen)
-    approve: bool,
+    pub approve: bool,
 }
 
 rmcp::elicit_safe!(Decision);
 
-/// The decider's `via` on the record.
+/// The decider's `via` on the record, in-process (through the daemon it is the daemon's `api`).
 pub const VIA: &str = "mcp-elicitation";
 
-/// How often the daemon's approvals are looked at while a call waits.
-const POLL: Duration = Duration::from_millis(200);
-
-/// What the asking side shares with the session.
+/// What a session shares between its calls about asking.
 #[derive(Debug, Default)]
 pub struct Shared {
-    /// The client, once it has said hello.
+    /// The client, once it has said hello (sessions of the 2025 revisions).
     pub peer: OnceLock<Peer<RoleServer>>,
-    /// What the in-process asker was answered, not yet reported with a call's result.
-    answered: Mutex<Vec<String>>,
+    /// Approvals a call of this session has taken up (asked about, or is waiting on): each is
+    /// put to the client once, whichever call finds it first.
+    claimed: Mutex<BTreeSet<String>>,
+    /// Sandboxes this session has or is making (their ids are chosen before they are made, so
+    /// that a question asked while one is made is found too).
+    sandboxes: Mutex<BTreeSet<SandboxId>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Shared {
-    /// The client, if it declared elicitation.
-    fn elicitor(&self) -> Option<&Peer<RoleServer>> {
+    /// The client, if it declared elicitation on a session (2025 revisions).
+    pub fn elicitor(&self) -> Option<&Peer<RoleServer>> {
         self.peer
             .get()
             .filter(|p| !p.supported_elicitation_modes().is_empty())
     }
 
-    /// The in-process answers since the last call (for its result).
-    pub fn take_answered(&self) -> Vec<String> {
-        std::mem::take(
-            &mut *self
-                .answered
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+    /// Counts `id` as one of this session's sandboxes (for finding its approvals).
+    pub fn track(&self, id: &SandboxId) {
+        lock(&self.sandboxes).insert(id.clone());
     }
 
-    fn note(&self, what: String) {
-        let mut list = self
-            .answered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if list.len() < 64 {
-            list.push(what);
-        }
+    pub fn untrack(&self, id: &SandboxId) {
+        lock(&self.sandboxes).remove(id);
+    }
+
+    /// The first pending approval of this session's sandboxes that no call has taken up yet,
+    /// now taken up by the caller — preferring one whose command is `argv` (the caller's own).
+    pub async fn claim_next(
+        &self,
+        front: &Front,
+        argv: Option<&[String]>,
+    ) -> Result<Option<ApprovalView>, FrontError> {
+        let list = front.approvals().await?;
+        let mine = {
+            let sandboxes = lock(&self.sandboxes);
+            let claimed = lock(&self.claimed);
+            let mut mine: Vec<ApprovalView> = list
+                .into_iter()
+                .filter(|a| {
+                    a.state == "pending"
+                        && a.card.action.is_some()
+                        && !claimed.contains(&a.id)
+                        && sandboxes.iter().any(|s| s.as_str() == a.card.sandbox)
+                })
+                .collect();
+            // Its own command first; then the oldest.
+            mine.sort_by_key(|a| {
+                let own = argv.is_some_and(|argv| {
+                    a.card.action.as_ref().and_then(|x| x.argv.as_deref()) == Some(argv)
+                });
+                (!own, a.requested_unix_ms)
+            });
+            mine.into_iter().next()
+        };
+        Ok(mine.filter(|a| lock(&self.claimed).insert(a.id.clone())))
     }
 }
 
-/// Asks the client's user about `card`; `None` when the client cannot be asked (it did not
-/// declare elicitation, or the request failed).
-async fn elicit(peer: &Peer<RoleServer>, card: &str) -> Option<(Answer, String)> {
-    let message = format!(
+/// The question put to the client's user about `card`.
+fn question(card: &str) -> String {
+    format!(
         "LuminaGuard holds this action for your approval.\n\n{card}\nApprove it? (approve: \
          true runs it once; false, decline or cancel: it does not happen)"
-    );
-    match peer.elicit::<Decision>(message).await {
+    )
+}
+
+/// The question about approval `a` as an input request of a 2026-07-28 input-required result.
+pub fn input_request(a: &ApprovalView) -> Result<InputRequest, serde_json::Error> {
+    Ok(InputRequest::Elicitation(ElicitRequest::new(
+        ElicitRequestParams::FormElicitationParams {
+            meta: None,
+            message: question(&a.card.text),
+            requested_schema: ElicitationSchema::from_type::<Decision>()?,
+        },
+    )))
+}
+
+/// What the user's answer (an elicitation result, `{"action": …, "content": {"approve": …}}`)
+/// means, and how to say so on the record.
+pub fn read_answer(result: Option<&serde_json::Value>) -> (Answer, String) {
+    let Some(result) = result else {
+        return (
+            Answer::Deny,
+            "the MCP client's user gave no answer".to_owned(),
+        );
+    };
+    match result.get("action").and_then(serde_json::Value::as_str) {
+        Some("accept") => match result.pointer("/content/approve") {
+            Some(serde_json::Value::Bool(true)) => (
+                Answer::Approve,
+                "approved by the MCP client's user".to_owned(),
+            ),
+            _ => (Answer::Deny, "denied by the MCP client's user".to_owned()),
+        },
+        Some("decline") => (Answer::Deny, "declined by the MCP client's user".to_owned()),
+        Some("cancel") => (
+            Answer::Deny,
+            "dismissed by the MCP client's user".to_owned(),
+        ),
+        _ => (
+            Answer::Deny,
+            "the MCP client's user gave no answer".to_owned(),
+        ),
+    }
+}
+
+/// Asks the client's user about `card` (`elicitation/create`); `None` when the client cannot
+/// be asked after all (the request failed).
+pub async fn elicit(peer: &Peer<RoleServer>, card: &str) -> Option<(Answer, String)> {
+    match peer.elicit::<Decision>(question(card)).await {
         Ok(Some(Decision { approve: true })) => Some((
             Answer::Approve,
             "approved by the MCP client's user".to_owned(),
@@ -100,7 +173,6 @@ async fn elicit(peer: &Peer<RoleServer>, card: &str) -> Option<(Answer, String)>
             Answer::Deny,
             "dismissed by the MCP client's user".to_owned(),
         )),
-        Err(ElicitationError::CapabilityNotSupported) => None,
         Err(e) => {
             tracing::warn!(error = %e, "asking the MCP client's user failed");
             None
@@ -108,77 +180,23 @@ async fn elicit(peer: &Peer<RoleServer>, card: &str) -> Option<(Answer, String)>
     }
 }
 
-/// The in-process service's way to ask: through the client's elicitation, on the thread the
-/// service gives it (it blocks there, never on the runtime's workers).
-pub fn asker(shared: Arc<Shared>, runtime: tokio::runtime::Handle) -> Asker {
-    Asker(
-        Arc::new(move |card: &str| {
-            let peer = shared.elicitor()?.clone();
-            let (answer, said) = runtime.block_on(elicit(&peer, card))?;
-            shared.note(format!("{said} (elicitation)"));
-            Some(answer)
-        }),
-        VIA,
-    )
+/// Answers approval `a` with what the client's user said (`said`, on the record as the
+/// reason of a denial). Someone else may have answered first: then theirs stands.
+pub async fn answer(front: &Front, a: &ApprovalView, answer: Answer, said: &str) {
+    let reason = (answer == Answer::Deny).then(|| said.to_owned());
+    if let Err(e) = front
+        .answer_via(&a.id, answer, reason, a.card.digest(), VIA)
+        .await
+    {
+        // Decided by someone else first, or expired: the call learns how.
+        tracing::debug!(approval = %a.id, error = %e, "answering");
+    }
 }
 
-/// Runs `call` (a request to the daemon about sandbox `sandbox`); while it runs, the daemon's
-/// approvals of that sandbox are put to the client's user when the client can be asked, and
-/// answered with what they say. Returns the call's result and how each approval it met ended.
-pub async fn through_daemon<T>(
-    front: &Front,
-    shared: &Shared,
-    sandbox: &SandboxId,
-    call: impl Future<Output = Result<T, FrontError>>,
-) -> (Result<T, FrontError>, Vec<String>) {
-    if front.service().is_some() {
-        let done = call.await;
-        return (done, shared.take_answered());
+/// How approval `id` ended, as a call's result tells it.
+pub async fn ended(front: &Front, id: &str) -> String {
+    match front.approval(id, false).await {
+        Ok(a) => format!("{id}: {}", a.outcome_text.unwrap_or(a.state)),
+        Err(e) => format!("{id}: {e}"),
     }
-    tokio::pin!(call);
-    let mut seen = BTreeSet::new();
-    let mut tick = tokio::time::interval(POLL);
-    let done = loop {
-        tokio::select! {
-            done = &mut call => break done,
-            _ = tick.tick() => {
-                let list = match front.approvals().await {
-                    Ok(list) => list,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "looking at the daemon's approvals");
-                        continue;
-                    }
-                };
-                for a in list {
-                    if a.card.sandbox != sandbox.as_str()
-                        || a.card.action.is_none()
-                        || a.state != "pending"
-                        || !seen.insert(a.id.clone())
-                    {
-                        continue;
-                    }
-                    let Some(peer) = shared.elicitor() else { continue };
-                    let Some((answer, said)) = elicit(peer, &a.card.text).await else {
-                        continue;
-                    };
-                    let reason = (answer == Answer::Deny).then(|| format!("{said} (elicitation)"));
-                    if let Err(e) = front.answer(&a.id, answer, reason, a.card.digest()).await {
-                        // Decided by someone else first, or expired: the call learns how.
-                        tracing::debug!(approval = %a.id, error = %e, "answering");
-                    }
-                }
-            }
-        }
-    };
-    let mut ended = Vec::new();
-    for id in seen {
-        match front.approval(&id, false).await {
-            Ok(a) => ended.push(format!(
-                "{id}: {}",
-                a.outcome_text.unwrap_or_else(|| a.state.clone())
-            )),
-            Err(e) => ended.push(format!("{id}: {e}")),
-        }
-    }
-    (done, ended)
 }

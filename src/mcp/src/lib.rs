@@ -17,6 +17,7 @@
 
 mod approve;
 mod bounded;
+mod flight;
 pub mod hosts;
 mod server;
 pub mod tools;
@@ -35,6 +36,9 @@ pub struct Settings {
     pub output_limit: usize,
     /// The largest file `read_file` returns and `write_file` takes.
     pub max_file: u64,
+    /// How long a call may wait for a person before it answers `pending_approval` (hosts
+    /// give up on a tool call after about a minute); `None`: as long as the card lasts.
+    pub pending_after: Option<std::time::Duration>,
 }
 
 impl Default for Settings {
@@ -43,6 +47,7 @@ impl Default for Settings {
             create: CreateOptions::default(),
             output_limit: 64 << 10,
             max_file: 4 << 20,
+            pending_after: Some(std::time::Duration::from_secs(45)),
         }
     }
 }

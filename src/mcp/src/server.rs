@@ -1,6 +1,7 @@
 //! The MCP session: the tools' handlers over one [`Front`], and the session's sandboxes.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use luminaguard_core::SandboxId;
@@ -8,8 +9,8 @@ use luminaguard_front::{Front, FrontError, Held};
 use luminaguard_service::{ExecOptions, ExecOutput, ExitReport};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    InitializeRequestParams, InitializeResult, ListToolsResult, PaginatedRequestParams,
-    ProtocolVersion, ServerCapabilities, ServerConfig, Tool,
+    InitializeRequestParams, InitializeResult, InputRequests, InputRequiredResult, ListToolsResult,
+    PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
@@ -18,6 +19,7 @@ use serde::de::DeserializeOwned;
 
 use crate::approve::{self, Shared};
 use crate::bounded::Bounded;
+use crate::flight::{Asking, Cancelled, Flight, Step, Track, Watch};
 use crate::tools::{self, *};
 use crate::{ServeError, Settings};
 
@@ -36,7 +38,15 @@ struct Session {
     /// This session's sandboxes; the first made without being asked for is its default.
     sandboxes: tokio::sync::Mutex<Vec<Sandbox>>,
     shared: Arc<Shared>,
+    /// Calls that outlasted their request, held at an approval (or done since, their result
+    /// not yet collected): by `requestState` handle.
+    detached: std::sync::Mutex<std::collections::BTreeMap<String, Flight>>,
+    /// The session's name on the audit log, once its client is known.
+    named: std::sync::OnceLock<()>,
 }
+
+/// Calls a session keeps detached at most (each is a command held at an approval).
+const MAX_DETACHED: usize = 64;
 
 #[derive(Debug)]
 struct Sandbox {
@@ -68,11 +78,8 @@ type Outcome<T> = Result<T, Fail>;
 pub(crate) async fn serve_stdio(front: Front, settings: Settings) -> Result<(), ServeError> {
     let shared = Arc::new(Shared::default());
     if let Some(service) = front.service() {
+        // The service's approvals wait for this server's answer (it puts them to its client).
         service.set_front_kind("mcp");
-        service.set_asker(approve::asker(
-            Arc::clone(&shared),
-            tokio::runtime::Handle::current(),
-        ));
     }
     let network = !settings.create.net_allow.is_empty();
     let session = Arc::new(Session {
@@ -81,6 +88,8 @@ pub(crate) async fn serve_stdio(front: Front, settings: Settings) -> Result<(), 
         tools: tools::all(network),
         sandboxes: tokio::sync::Mutex::default(),
         shared,
+        detached: std::sync::Mutex::default(),
+        named: std::sync::OnceLock::new(),
     });
     let result = serve(Server(Arc::clone(&session))).await;
     session.end().await;
@@ -142,6 +151,13 @@ async fn futures_select_all<F: Future + Unpin>(futures: impl Iterator<Item = F>)
 impl Session {
     /// Destroys the session's sandboxes and closes the audit log (in-process).
     async fn end(&self) {
+        // Calls still held end with the session (their cards are withdrawn).
+        drop(std::mem::take(
+            &mut *self
+                .detached
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ));
         let all = std::mem::take(&mut *self.sandboxes.lock().await);
         for s in all {
             let id = s.held.id().clone();
@@ -174,9 +190,10 @@ impl Session {
             // Its lifetime ended it: what was in it is gone, and a new one is made.
             let gone = list.remove(pos);
             tracing::info!(id = %gone.held.id(), "the session's sandbox has ended; making another");
+            self.shared.untrack(gone.held.id());
             let _ = self.front.release(gone.held).await;
         }
-        let held = self.front.hold(self.settings.create.clone()).await?;
+        let held = self.make().await?;
         let id = held.id().clone();
         tracing::info!(%id, "made the MCP session's sandbox");
         list.push(Sandbox {
@@ -186,6 +203,32 @@ impl Session {
         Ok(id)
     }
 
+    /// Makes a sandbox with the server's settings, under an id chosen here, so that what a
+    /// person is asked while it is made (its network) is found as this session's.
+    async fn make(&self) -> Outcome<Held> {
+        let mut create = self.settings.create.clone();
+        let id = SandboxId::generate();
+        if create.pool.is_none() {
+            // (A pool's sandbox has its id already, and a pool is never asked about.)
+            create.id = Some(id.clone());
+        }
+        self.shared.track(&id);
+        match self.front.hold(create).await {
+            Ok(held) => {
+                if held.id() != &id {
+                    // A pool's sandbox has an id of its own.
+                    self.shared.untrack(&id);
+                    self.shared.track(held.id());
+                }
+                Ok(held)
+            }
+            Err(e) => {
+                self.shared.untrack(&id);
+                Err(e.into())
+            }
+        }
+    }
+
     /// Runs `argv` in sandbox `id` (feeding it `stdin`), keeping its output bounded; what
     /// people were asked on the way is returned with how it ended.
     async fn exec(
@@ -193,6 +236,7 @@ impl Session {
         id: &SandboxId,
         opts: ExecOptions,
         stdin: Option<Vec<u8>>,
+        track: &Track,
     ) -> Outcome<(ExitReport, Bounded, Bounded, Vec<String>)> {
         let limit = self.settings.output_limit;
         let call = async {
@@ -209,8 +253,14 @@ impl Session {
                             exec.close_stdin().await?;
                         }
                     }
-                    Some(ExecOutput::Stdout(b)) => out.push(&b),
-                    Some(ExecOutput::Stderr(b)) => err.push(&b),
+                    Some(ExecOutput::Stdout(b)) => {
+                        track.output.fetch_add(b.len() as u64, Ordering::Relaxed);
+                        out.push(&b);
+                    }
+                    Some(ExecOutput::Stderr(b)) => {
+                        track.output.fetch_add(b.len() as u64, Ordering::Relaxed);
+                        err.push(&b);
+                    }
                     Some(ExecOutput::Exit(report)) => return Ok((report, out, err)),
                     None => {
                         return Err(FrontError::Protocol(
@@ -220,7 +270,11 @@ impl Session {
                 }
             }
         };
-        let (done, approvals) = approve::through_daemon(&self.front, &self.shared, id, call).await;
+        let done = call.await;
+        let mut approvals = Vec::new();
+        for a in track.met() {
+            approvals.push(approve::ended(&self.front, &a).await);
+        }
         match done {
             Ok((report, out, err)) => Ok((report, out, err, approvals)),
             Err(e) => {
@@ -234,7 +288,7 @@ impl Session {
         }
     }
 
-    async fn run_command(&self, a: RunCommand) -> Outcome<(CommandResult, String)> {
+    async fn run_command(&self, a: RunCommand, track: &Track) -> Outcome<(CommandResult, String)> {
         let argv = match (a.command, a.argv) {
             (Some(c), None) => vec!["sh".to_owned(), "-c".to_owned(), c],
             (None, Some(argv)) if !argv.is_empty() => argv,
@@ -255,7 +309,7 @@ impl Session {
             timeout: a.timeout.map(Duration::from_secs),
             stdin: false,
         };
-        let (report, out, err, approvals) = self.exec(&id, opts, None).await?;
+        let (report, out, err, approvals) = self.exec(&id, opts, None, track).await?;
         let result = CommandResult {
             exit_code: report.code,
             signal: report.signal,
@@ -298,7 +352,7 @@ impl Session {
         ))
     }
 
-    async fn write_file(&self, a: WriteFile) -> Outcome<(Written, String)> {
+    async fn write_file(&self, a: WriteFile, track: &Track) -> Outcome<(Written, String)> {
         let len = a.content.len() as u64;
         if len > self.settings.max_file {
             return Err(Fail(format!(
@@ -308,14 +362,13 @@ impl Session {
         }
         let id = self.sandbox(a.sandbox_id.as_deref()).await?;
         let path = in_sandbox(&a.path);
-        // The command the policy judges as the write it is (a redirection to this path).
-        let script = format!("cat > {}", shell_quote(&path));
         let opts = ExecOptions {
-            argv: vec!["sh".into(), "-c".into(), script],
+            argv: write_argv(&path),
             ..ExecOptions::default()
         };
-        let (report, _, err, approvals) =
-            self.exec(&id, opts, Some(a.content.into_bytes())).await?;
+        let (report, _, err, approvals) = self
+            .exec(&id, opts, Some(a.content.into_bytes()), track)
+            .await?;
         if report.shell_code() != 0 {
             return Err(Fail(format!(
                 "writing {path} in sandbox {id} failed (status {}): {}",
@@ -335,14 +388,14 @@ impl Session {
         ))
     }
 
-    async fn delete_file(&self, a: DeleteFile) -> Outcome<(Deleted, String)> {
+    async fn delete_file(&self, a: DeleteFile, track: &Track) -> Outcome<(Deleted, String)> {
         let id = self.sandbox(a.sandbox_id.as_deref()).await?;
         let path = in_sandbox(&a.path);
         let opts = ExecOptions {
-            argv: vec!["rm".into(), "--".into(), path.clone()],
+            argv: delete_argv(&path),
             ..ExecOptions::default()
         };
-        let (report, _, err, approvals) = self.exec(&id, opts, None).await?;
+        let (report, _, err, approvals) = self.exec(&id, opts, None, track).await?;
         if report.shell_code() != 0 {
             return Err(Fail(format!(
                 "deleting {path} in sandbox {id} failed (status {}): {}",
@@ -361,7 +414,7 @@ impl Session {
         ))
     }
 
-    async fn list_files(&self, a: ListFiles) -> Outcome<(Listing, String)> {
+    async fn list_files(&self, a: ListFiles, track: &Track) -> Outcome<(Listing, String)> {
         let id = self.sandbox(a.sandbox_id.as_deref()).await?;
         let path = in_sandbox(a.path.as_deref().unwrap_or("/workspace"));
         // find prints each entry as "kind size mode name" ending in a NUL byte: a name may hold
@@ -380,7 +433,7 @@ impl Session {
             ..ExecOptions::default()
         };
         // Each entry is short: the limit bounds the listing's memory as well.
-        let (report, out, err, _) = self.exec(&id, opts, None).await?;
+        let (report, out, err, _) = self.exec(&id, opts, None, track).await?;
         if report.shell_code() != 0 {
             return Err(Fail(format!(
                 "listing {path} in sandbox {id} failed (status {}): {}",
@@ -439,7 +492,7 @@ impl Session {
     }
 
     async fn sandbox_create(&self, _: SandboxCreate) -> Outcome<(SandboxDone, String)> {
-        let held = self.front.hold(self.settings.create.clone()).await?;
+        let held = self.make().await?;
         let id = held.id().to_string();
         self.sandboxes.lock().await.push(Sandbox {
             held,
@@ -463,6 +516,7 @@ impl Session {
                 })?;
             list.remove(pos).held
         };
+        self.shared.untrack(held.id());
         self.front.release(held).await?;
         let text = format!("destroyed sandbox {}", a.sandbox_id);
         Ok((
@@ -520,6 +574,21 @@ fn session_name(client: &str, version: &str) -> String {
     let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
     let clean = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).take(64).collect() };
     format!("mcp-{id} {}/{}", clean(client), clean(version))
+}
+
+/// The command a write of `path` is sent as: the policy judges it as the write it is (a
+/// redirection to this path).
+fn write_argv(path: &str) -> Vec<String> {
+    vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        format!("cat > {}", shell_quote(path)),
+    ]
+}
+
+/// The command a delete of `path` is sent as.
+fn delete_argv(path: &str) -> Vec<String> {
+    vec!["rm".to_owned(), "--".to_owned(), path.to_owned()]
 }
 
 /// `s` as one word of a POSIX shell, quoted.
@@ -620,12 +689,18 @@ fn result<T: Serialize>(done: Outcome<(T, String)>) -> CallToolResult {
 }
 
 impl Server {
-    async fn call(&self, req: CallToolRequestParams) -> Result<CallToolResult, ErrorData> {
+    /// A tool call's work (run as a task of its own: see [`Flight`]).
+    async fn call(
+        self,
+        req: CallToolRequestParams,
+        track: Arc<Track>,
+    ) -> Result<CallToolResult, ErrorData> {
         let s = &self.0;
+        let t = &*track;
         tracing::debug!(tool = %req.name, "tool call");
         Ok(match req.name.as_ref() {
             RUN_COMMAND => match args(&req) {
-                Ok(a) => result(s.run_command(a).await),
+                Ok(a) => result(s.run_command(a, t).await),
                 Err(e) => result::<()>(Err(e)),
             },
             READ_FILE => match args(&req) {
@@ -633,15 +708,15 @@ impl Server {
                 Err(e) => result::<()>(Err(e)),
             },
             WRITE_FILE => match args(&req) {
-                Ok(a) => result(s.write_file(a).await),
+                Ok(a) => result(s.write_file(a, t).await),
                 Err(e) => result::<()>(Err(e)),
             },
             LIST_FILES => match args(&req) {
-                Ok(a) => result(s.list_files(a).await),
+                Ok(a) => result(s.list_files(a, t).await),
                 Err(e) => result::<()>(Err(e)),
             },
             DELETE_FILE => match args(&req) {
-                Ok(a) => result(s.delete_file(a).await),
+                Ok(a) => result(s.delete_file(a, t).await),
                 Err(e) => result::<()>(Err(e)),
             },
             SANDBOX_CREATE => match args(&req) {
@@ -664,6 +739,204 @@ impl Server {
             }
         })
     }
+
+    /// How this request's client can be asked.
+    fn asking(&self, context: &RequestContext<RoleServer>) -> Asking {
+        let stateless = context
+            .protocol_version()
+            .is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
+        if stateless {
+            let declared = context
+                .client_capabilities()
+                .is_some_and(|c| c.elicitation.is_some());
+            return if declared {
+                Asking::InputRequired
+            } else {
+                Asking::Nobody
+            };
+        }
+        match self.0.shared.elicitor() {
+            Some(peer) => Asking::Elicit(peer.clone()),
+            None => Asking::Nobody,
+        }
+    }
+
+    /// Names the session on the audit log after its client, once (a stateless client says
+    /// who it is on each request rather than in `initialize`).
+    fn name_session(&self, client: &Implementation) {
+        if self.0.named.set(()).is_ok()
+            && let Some(service) = self.0.front.service()
+        {
+            service.set_session(Some(session_name(&client.name, &client.version)));
+        }
+    }
+
+    /// Watches `flight` for this request; a call that must wait longer is detached into the
+    /// session, and the request answers with where it stands.
+    async fn fly(
+        &self,
+        mut flight: Flight,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let s = &self.0;
+        let watch = Watch {
+            front: &s.front,
+            shared: &s.shared,
+            asking: self.asking(context),
+            progress: context
+                .meta
+                .get_progress_token()
+                .map(|t| (context.peer.clone(), t)),
+            pending_after: s.settings.pending_after,
+            cancelled: &context.ct,
+        };
+        let tool = flight.tool.clone();
+        match flight.watch(&watch).await {
+            Ok(Step::Done(done)) => done.map(Into::into),
+            Err(Cancelled) => {
+                tracing::info!(%tool, "call cancelled by the client");
+                Err(ErrorData::invalid_request(
+                    format!("{tool}: cancelled by the client"),
+                    None,
+                ))
+            }
+            Ok(Step::Input(a)) => {
+                let request = approve::input_request(&a).map_err(|e| {
+                    ErrorData::internal_error(format!("making the approval's question: {e}"), None)
+                })?;
+                let handle = s.detach(flight)?;
+                let mut requests = InputRequests::new();
+                requests.insert(APPROVAL_INPUT.to_owned(), request);
+                Ok(InputRequiredResult::new(Some(requests), Some(handle)).into())
+            }
+            Ok(Step::Pending(approval)) => {
+                s.detach(flight)?;
+                Ok(pending_result(&tool, &approval).into())
+            }
+        }
+    }
+
+    /// `approval_wait`: resumes the call held at approval `approval_id`.
+    async fn approval_wait(
+        &self,
+        req: &CallToolRequestParams,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let a: ApprovalWait = match args(req) {
+            Ok(a) => a,
+            Err(e) => return Ok(result::<()>(Err(e)).into()),
+        };
+        let Some(flight) = self.0.take_detached(|f| f.met(&a.approval_id)) else {
+            return Ok(result::<()>(Err(Fail(format!(
+                "not-found: no call of this session waits on approval {:?} (it may have been \
+                 collected already, or the session that made it has ended)",
+                a.approval_id
+            ))))
+            .into());
+        };
+        let tool = flight.tool.clone();
+        match self.fly(flight, context).await? {
+            CallToolResponse::Complete(done) => Ok(resumed(&tool, done).into()),
+            other => Ok(other),
+        }
+    }
+}
+
+/// The key of the question in an input-required result.
+const APPROVAL_INPUT: &str = "approval";
+
+impl Session {
+    /// Keeps `flight` in the session; returns its `requestState` handle.
+    fn detach(&self, flight: Flight) -> Result<String, ErrorData> {
+        let mut detached = self
+            .detached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if detached.len() >= MAX_DETACHED {
+            // Dropped: its command ends and its card is withdrawn.
+            return Err(ErrorData::internal_error(
+                format!(
+                    "{} calls of this session already wait for approvals (the most it keeps): \
+                     answer them first",
+                    detached.len()
+                ),
+                None,
+            ));
+        }
+        let mut b = [0u8; 16];
+        getrandom::fill(&mut b)
+            .map_err(|e| ErrorData::internal_error(format!("making a handle: {e}"), None))?;
+        let handle: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        detached.insert(handle.clone(), flight);
+        Ok(handle)
+    }
+
+    /// The detached call of handle `state`.
+    fn take_state(&self, state: &str) -> Option<Flight> {
+        self.detached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(state)
+    }
+
+    fn put_back(&self, state: &str, flight: Flight) {
+        self.detached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(state.to_owned(), flight);
+    }
+
+    fn take_detached(&self, which: impl Fn(&Flight) -> bool) -> Option<Flight> {
+        let mut detached = self
+            .detached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = detached
+            .iter()
+            .find(|(_, f)| which(f))
+            .map(|(k, _)| k.clone())?;
+        detached.remove(&key)
+    }
+}
+
+/// The result of a call that waits for a person past `--pending-after`.
+fn pending_result(tool: &str, approval: &str) -> CallToolResult {
+    let value = Pending {
+        status: PENDING_APPROVAL.to_owned(),
+        approval_id: approval.to_owned(),
+        tool: tool.to_owned(),
+    };
+    let text = format!(
+        "{tool} waits for a person's approval ({approval}); nothing has run yet. Call \
+         approval_wait with {{\"approval_id\": \"{approval}\"}} to wait for the answer and get \
+         this call's result (the person answers with `luminaguard approvals approve|deny \
+         {approval}`, the console, or the MCP client)."
+    );
+    let mut r = CallToolResult::structured(serde_json::to_value(&value).unwrap_or_default());
+    r.content = vec![ContentBlock::text(text)];
+    r
+}
+
+/// A resumed call's result as `approval_wait` gives it: the call's own result under `result`
+/// (an error stays the error it is).
+fn resumed(tool: &str, done: CallToolResult) -> CallToolResult {
+    if done.is_error == Some(true) {
+        return done;
+    }
+    let status = match &done.structured_content {
+        Some(v) if v.get("status").and_then(|s| s.as_str()) == Some(PENDING_APPROVAL) => {
+            return done;
+        }
+        _ => "done",
+    };
+    let value = serde_json::json!({
+        "status": status,
+        "tool": tool,
+        "result": done.structured_content.clone().unwrap_or_default(),
+    });
+    let mut r = CallToolResult::structured(value);
+    r.content = done.content;
+    r
 }
 
 impl ServerHandler for Server {
@@ -673,17 +946,18 @@ impl ServerHandler for Server {
                 "LuminaGuard runs these tools in a disposable sandbox of this session (state \
                  kept between calls; /workspace is the shared workspace). The policy judges \
                  every command, write and delete: a denied one is refused with the rule that \
-                 denied it; one it asks about waits for a person's approval.",
+                 denied it; one it asks about waits for a person's approval (a call that waits \
+                 too long answers pending_approval: approval_wait resumes it).",
             );
         info.server_info = Implementation::new("luminaguard", env!("CARGO_PKG_VERSION"));
         info.protocol_version = ProtocolVersion::V_2025_11_25;
         info
     }
 
-    /// The revisions with `initialize` and server-initiated elicitation (the stateless
-    /// 2026-07-28 revision is not served yet).
+    /// The revisions with `initialize` and server-initiated elicitation, and the stateless
+    /// 2026-07-28 revision (`server/discover`; questions as input-required results).
     fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
-        std::borrow::Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2025_11_25))
+        std::borrow::Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2026_07_28))
     }
 
     async fn initialize(
@@ -692,13 +966,8 @@ impl ServerHandler for Server {
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
         context.peer.set_peer_info(request.clone());
-        if let Some(service) = self.0.front.service() {
-            // Every record this session makes names it and its client.
-            service.set_session(Some(session_name(
-                &request.client_info.name,
-                &request.client_info.version,
-            )));
-        }
+        // Every record this session makes names it and its client.
+        self.name_session(&request.client_info);
         let _ = self.0.shared.peer.set(context.peer.clone());
         tracing::info!(
             client = %request.client_info.name,
@@ -721,25 +990,74 @@ impl ServerHandler for Server {
         self.0.tools.iter().find(|t| t.name == name).cloned()
     }
 
-    /// A call the client cancels (`notifications/cancelled`) is dropped where it stands: a
-    /// running command is killed with its process tree (the exec ends when dropped, in this
-    /// process or through the daemon), and a call waiting for a person withdraws its card.
+    /// A call runs as a [`Flight`]: watched for questions, progress and how long a person
+    /// keeps it. One the client cancels (`notifications/cancelled`) is dropped where it
+    /// stands: a running command is killed with its process tree, and a call waiting for a
+    /// person withdraws its card. A call again with a `requestState` resumes the call it
+    /// names, with the client's answer.
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let tool = request.name.clone();
-        tokio::select! {
-            result = self.call(request) => Ok(result?.into()),
-            () = context.ct.cancelled() => {
-                tracing::info!(%tool, "call cancelled by the client");
-                Err(ErrorData::invalid_request(
-                    format!("{tool}: cancelled by the client"),
-                    None,
-                ))
-            }
+        if let Some(client) = context.client_info() {
+            self.name_session(&client);
         }
+        if let Some(state) = request.request_state.as_deref() {
+            let Some(mut flight) = self.0.take_state(state) else {
+                return Err(ErrorData::invalid_params(
+                    "requestState names no call of this session (it was answered already, or \
+                     the server has restarted): call the tool again",
+                    None,
+                ));
+            };
+            if flight.tool != request.name || flight.arguments != request.arguments {
+                // Not the call it was: put it back, untouched.
+                self.0.put_back(state, flight);
+                return Err(ErrorData::invalid_params(
+                    "requestState belongs to another call (a call resumed must repeat its tool \
+                     and arguments)",
+                    None,
+                ));
+            }
+            let response = request
+                .input_responses
+                .as_ref()
+                .and_then(|r| r.get(APPROVAL_INPUT));
+            flight.answer(&self.0.front, response).await;
+            return self.fly(flight, &context).await;
+        }
+        if request.name == APPROVAL_WAIT {
+            return self.approval_wait(&request, &context).await;
+        }
+        let argv = argv_of(&request);
+        let track = Arc::new(Track::default());
+        let work = self.clone().call(request.clone(), Arc::clone(&track));
+        let flight = Flight::start(
+            request.name.to_string(),
+            request.arguments.clone(),
+            argv,
+            track,
+            work,
+        );
+        self.fly(flight, &context).await
+    }
+}
+
+/// The command a call runs, when it says (to tell its approvals from another call's).
+fn argv_of(request: &CallToolRequestParams) -> Option<Vec<String>> {
+    let args = request.arguments.as_ref()?;
+    match request.name.as_ref() {
+        RUN_COMMAND => match (args.get("command"), args.get("argv")) {
+            (Some(serde_json::Value::String(c)), None) => {
+                Some(vec!["sh".to_owned(), "-c".to_owned(), c.clone()])
+            }
+            (None, Some(v)) => serde_json::from_value(v.clone()).ok(),
+            _ => None,
+        },
+        DELETE_FILE => Some(delete_argv(&in_sandbox(args.get("path")?.as_str()?))),
+        WRITE_FILE => Some(write_argv(&in_sandbox(args.get("path")?.as_str()?))),
+        _ => None,
     }
 }
 

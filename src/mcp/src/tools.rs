@@ -18,6 +18,46 @@ pub const DELETE_FILE: &str = "delete_file";
 pub const SANDBOX_CREATE: &str = "sandbox_create";
 pub const SANDBOX_DESTROY: &str = "sandbox_destroy";
 pub const SANDBOX_LIST: &str = "sandbox_list";
+pub const APPROVAL_WAIT: &str = "approval_wait";
+
+/// The `status` of a call that waits for a person.
+pub const PENDING_APPROVAL: &str = "pending_approval";
+
+/// What a call that waits for a person past the server's `--pending-after` answers (every
+/// tool that may be asked about can answer this instead of its result).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Pending {
+    /// `pending_approval`.
+    pub status: String,
+    /// The approval a person answers (`luminaguard approvals approve|deny ID`); pass it to
+    /// `approval_wait` to get the call's result.
+    pub approval_id: String,
+    /// The tool called.
+    pub tool: String,
+}
+
+/// `approval_wait`'s arguments.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalWait {
+    /// The `approval_id` of a `pending_approval` result.
+    pub approval_id: String,
+}
+
+/// What `approval_wait` gives back: the resumed call's result, or that it still waits.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Resumed {
+    /// `done` (the call ended: its result is `result`) or `pending_approval` (still waiting).
+    pub status: String,
+    /// The tool of the call resumed.
+    pub tool: String,
+    /// The call's own result (as that tool's output schema says), when done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The approval it still waits on, when pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+}
 
 /// `run_command`'s arguments.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -225,6 +265,43 @@ fn tool<I: JsonSchema, O: JsonSchema>(
         .with_annotations(annotations)
 }
 
+/// A tool that may be asked about: its result, or [`Pending`].
+fn asked_tool<I: JsonSchema, O: JsonSchema>(
+    name: &'static str,
+    title: &str,
+    description: &'static str,
+    annotations: ToolAnnotations,
+) -> Tool {
+    let output = either(&schema::<O>(true), &schema::<Pending>(true));
+    tool::<I, O>(name, title, description, annotations).with_raw_output_schema(Arc::new(output))
+}
+
+/// A schema for an object that is `a` or `b` (each a root schema of an object), their
+/// definitions shared.
+fn either(a: &JsonObject, b: &JsonObject) -> JsonObject {
+    let mut defs = JsonObject::new();
+    let mut branch = |root: &JsonObject| {
+        let mut root = root.clone();
+        root.remove("$schema");
+        if let Some(serde_json::Value::Object(d)) = root.remove("$defs") {
+            defs.extend(d);
+        }
+        serde_json::Value::Object(root)
+    };
+    let (a, b) = (branch(a), branch(b));
+    let mut out = JsonObject::new();
+    out.insert(
+        "$schema".into(),
+        "https://json-schema.org/draft/2020-12/schema".into(),
+    );
+    out.insert("type".into(), "object".into());
+    out.insert("anyOf".into(), serde_json::Value::Array(vec![a, b]));
+    if !defs.is_empty() {
+        out.insert("$defs".into(), serde_json::Value::Object(defs));
+    }
+    out
+}
+
 /// The tools, as `tools/list` gives them. Annotations: only `read_file`, `list_files` and
 /// `sandbox_list` change nothing; commands, writes and deletes may destroy (what is in the
 /// sandbox's workspace is the host directory it shares); nothing reaches past the sandbox
@@ -243,7 +320,7 @@ pub fn all(network: bool) -> Vec<Tool> {
             .open_world(false)
     };
     vec![
-        tool::<RunCommand, CommandResult>(
+        asked_tool::<RunCommand, CommandResult>(
             RUN_COMMAND,
             "Run a command in the sandbox",
             "Runs a command in this session's sandbox (state is kept between calls; /workspace \
@@ -258,7 +335,7 @@ pub fn all(network: bool) -> Vec<Tool> {
             "Reads a file of this session's sandbox (text as is, anything else as base64).",
             reads("Read a file in the sandbox"),
         ),
-        tool::<WriteFile, Written>(
+        asked_tool::<WriteFile, Written>(
             WRITE_FILE,
             "Write a file in the sandbox",
             "Creates or replaces a file of this session's sandbox. The policy judges it as the \
@@ -266,14 +343,14 @@ pub fn all(network: bool) -> Vec<Tool> {
              about).",
             changes("Write a file in the sandbox", true, true),
         ),
-        tool::<ListFiles, Listing>(
+        asked_tool::<ListFiles, Listing>(
             LIST_FILES,
             "List a directory in the sandbox",
             "Lists a directory of this session's sandbox (default /workspace): name, kind, size \
              and mode of each entry.",
             reads("List a directory in the sandbox"),
         ),
-        tool::<DeleteFile, Deleted>(
+        asked_tool::<DeleteFile, Deleted>(
             DELETE_FILE,
             "Delete a file in the sandbox",
             "Deletes a file or symbolic link of this session's sandbox, under the policy.",
@@ -298,6 +375,15 @@ pub fn all(network: bool) -> Vec<Tool> {
             "List this session's sandboxes",
             "Lists this session's sandboxes.",
             reads("List this session's sandboxes"),
+        ),
+        tool::<ApprovalWait, Resumed>(
+            APPROVAL_WAIT,
+            "Wait for a person's approval",
+            "Resumes a call that answered `pending_approval`: waits for the person's answer \
+             (again up to the server's bound) and gives the call's own result under `result` \
+             — what the person approved runs; nothing else does, and nothing runs twice.",
+            // What it resumes may change things (once a person approved it).
+            changes("Wait for a person's approval", true, false),
         ),
     ]
 }

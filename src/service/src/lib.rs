@@ -680,9 +680,12 @@ impl Service {
     /// records.
     pub fn set_front_kind(&self, kind: &str) {
         self.audit.set_kind(kind);
-        // The daemon's approvals are answered through its API, by other processes.
-        self.remote_approvals
-            .store(kind == "daemon", std::sync::atomic::Ordering::Relaxed);
+        // The daemon's approvals are answered through its API, by other processes; an MCP
+        // server's, by the server itself (it puts them to its client's user).
+        self.remote_approvals.store(
+            kind == "daemon" || kind == "mcp",
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Sandbox `id` as a listing shows it.

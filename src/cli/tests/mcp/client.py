@@ -64,7 +64,7 @@ async def list_tools(session):
     listed = await session.list_tools()
     tools = {t.name: t for t in listed.tools}
     expected = {"run_command", "read_file", "write_file", "list_files", "delete_file",
-                "sandbox_create", "sandbox_destroy", "sandbox_list"}
+                "sandbox_create", "sandbox_destroy", "sandbox_list", "approval_wait"}
     check(set(tools) == expected, f"tools: {sorted(tools)}")
     for t in tools.values():
         check(t.inputSchema.get("type") == "object", f"{t.name}: input schema {t.inputSchema}")
@@ -258,7 +258,7 @@ def mode_raw():
         # An error answer to the malformed line (id null) comes first.
         check("error" in replies[0], f"malformed: {replies[0]}")
         replies.append(recv())
-    check(replies[-1].get("id") == 3 and len(replies[-1]["result"]["tools"]) == 8,
+    check(replies[-1].get("id") == 3 and len(replies[-1]["result"]["tools"]) == 9,
           f"after a malformed line: {replies}")
     send({"jsonrpc": "2.0", "id": 4, "method": "no/such/method", "params": {}})
     r = recv()
