@@ -26,10 +26,23 @@ fn scripts() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp")
 }
 
-/// The Python with the `mcp` SDK, if installed; in CI a missing one is a failure.
+/// Where scripts/setup installs the Python SDK 2.x (the stateless 2026-07-28 revision).
+const PYTHON_MODERN: &str = "/var/cache/luminaguard/python-mcp2/bin/python";
+
+/// The Python with the `mcp` SDK 1.x, if installed; in CI a missing one is a failure.
 fn python() -> Option<PathBuf> {
-    let p = std::env::var_os("LUMINAGUARD_TEST_PYTHON")
-        .map_or_else(|| PathBuf::from(PYTHON), PathBuf::from);
+    python_at(
+        std::env::var_os("LUMINAGUARD_TEST_PYTHON")
+            .map_or_else(|| PathBuf::from(PYTHON), PathBuf::from),
+    )
+}
+
+/// The Python with the `mcp` SDK 2.x.
+fn python_modern() -> Option<PathBuf> {
+    python_at(PathBuf::from(PYTHON_MODERN))
+}
+
+fn python_at(p: PathBuf) -> Option<PathBuf> {
     let ok = Command::new(&p)
         .args(["-c", "import mcp, jsonschema"])
         .output()
@@ -92,13 +105,24 @@ fn path(p: &Path) -> String {
 }
 
 fn client(python: &Path, e: &Env, mode: &str, daemon: bool) -> Command {
+    client_of(python, "client.py", e, mode, daemon, &[])
+}
+
+/// Client `script` in `mode`, launching the server with `serve_flags` added.
+fn client_of(
+    python: &Path,
+    script: &str,
+    e: &Env,
+    mode: &str,
+    daemon: bool,
+    serve_flags: &[&str],
+) -> Command {
+    let mut argv = server(e, daemon);
+    argv.extend(serve_flags.iter().map(|s| (*s).to_owned()));
     let mut cmd = Command::new(python);
-    cmd.arg(scripts().join("client.py"))
+    cmd.arg(scripts().join(script))
         .arg(mode)
-        .env(
-            "LG_SERVER",
-            serde_json::to_string(&server(e, daemon)).unwrap(),
-        )
+        .env("LG_SERVER", serde_json::to_string(&argv).unwrap())
         .env("LUMINAGUARD_AUDIT_DIR", &e.audit)
         .env_remove("LUMINAGUARD_POLICY")
         .stdin(Stdio::null());
@@ -304,6 +328,123 @@ fn through_the_daemon_a_client_without_elicitation_waits_for_a_person() {
     assert_eq!(
         std::fs::read_to_string(e.ws.join(".git/waited.txt")).unwrap(),
         "approved\n"
+    );
+    assert_eq!(
+        sandboxes(&e),
+        Vec::<String>::new(),
+        "left after the session"
+    );
+}
+
+/// A client of the stateless 2026-07-28 revision (no `initialize`, no requests from the server):
+/// the card comes as an input-required result; the approved write happens, the denied one
+/// does not; a client that cannot be asked is refused.
+#[test]
+fn a_stateless_client_answers_cards_through_input_required_results() {
+    if !privileged("the MCP test") {
+        return;
+    }
+    let Some(py) = python_modern() else { return };
+    let e = env();
+    let s = summary(
+        &client_of(&py, "client_modern.py", &e, "stateless", false, &[])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(s["asked"].as_array().unwrap().len(), 2, "{s}");
+    assert_eq!(
+        std::fs::read_to_string(e.ws.join(".git/approved.txt")).unwrap(),
+        "yes\n"
+    );
+    assert!(
+        !e.ws.join(".git/denied.txt").exists(),
+        "the denied write happened"
+    );
+    assert!(
+        !e.ws.join(".git/unasked.txt").exists(),
+        "the unasked write happened"
+    );
+    assert_eq!(sandboxes(&e), Vec::<String>::new());
+    let ls = lg(&e, &["audit", "ls", "--json"]);
+    let records: Vec<Value> = text(&ls.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .collect();
+    let approved: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["event"]["type"] == "approve")
+        .collect();
+    assert_eq!(approved.len(), 1, "{approved:?}");
+    assert_eq!(approved[0]["event"]["by"]["via"], "mcp-elicitation");
+    // The session is named after the client, which said who it is on its requests.
+    assert!(
+        approved[0]["actor"]["session"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("mcp-")),
+        "{:?}",
+        approved[0]["actor"]
+    );
+}
+
+/// A call a person keeps waiting answers `pending_approval` (before the host would give up),
+/// and `approval_wait` resumes that very call once the person approved; progress notices come
+/// while output arrives and while a person is awaited.
+#[test]
+fn a_call_kept_waiting_answers_pending_and_approval_wait_resumes_it() {
+    if !privileged("the MCP test") {
+        return;
+    }
+    let Some(py) = python() else { return };
+    let e = env();
+    let _d = daemon(&e);
+    let mut child = client_of(
+        &py,
+        "client.py",
+        &e,
+        "pending",
+        true,
+        &["--pending-after", "3"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            if let Some(id) = line.strip_prefix("pending ") {
+                let _ = tx.send(id.to_owned());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let Ok(id) = rx.recv_timeout(Duration::from_secs(90)) else {
+        let _ = child.kill();
+        panic!(
+            "the call did not answer pending_approval:\n{}",
+            reader.join().unwrap()
+        );
+    };
+    assert!(
+        !e.ws.join(".git/later.txt").exists(),
+        "written before anyone answered"
+    );
+    let shown = lg(&e, &["approvals", "show", &id, "--json"]);
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let yes = lg(&e, &["approvals", "approve", &id]);
+    assert!(yes.status.success(), "{}", text(&yes.stderr));
+    let mut out = child.wait_with_output().unwrap();
+    out.stderr = reader.join().unwrap().into_bytes();
+    let s = summary(&out);
+    assert_eq!(s["approval"], id.as_str());
+    assert_eq!(
+        std::fs::read_to_string(e.ws.join(".git/later.txt")).unwrap(),
+        "later\n"
     );
     assert_eq!(
         sandboxes(&e),

@@ -299,6 +299,8 @@ async fn sleep_until(when: Option<tokio::time::Instant>) {
 struct Notices {
     sent: u64,
     output_then: u64,
+    /// The approval the last notice said the call waits on.
+    waiting_then: Option<String>,
     quiet: u32,
 }
 
@@ -308,12 +310,16 @@ impl Notices {
             return;
         };
         let output = f.track.output.load(Ordering::Relaxed);
+        let waiting = f.waiting.as_ref().map(|a| a.id.clone());
         self.quiet += 1;
-        if output == self.output_then && self.quiet < PROGRESS_QUIET {
+        // Said at once: new output, or a person now awaited; else every few seconds.
+        if output == self.output_then && waiting == self.waiting_then && self.quiet < PROGRESS_QUIET
+        {
             return;
         }
         self.quiet = 0;
         self.output_then = output;
+        self.waiting_then = waiting;
         self.sent += 1;
         let secs = f.started.elapsed().as_secs();
         let message = match &f.waiting {

@@ -12,6 +12,9 @@ Modes:
            ask); the server keeps serving throughout.
   elicit   a client with elicitation: the first asked write is approved, the second denied.
   wait     a client without elicitation (through a daemon): the asked write waits for a person.
+  pending  (through a daemon, --pending-after 3) progress notices while a command prints; an
+           asked write answers pending_approval, which approval_wait resumes once a person
+           approved it (src/cli/tests/mcp.rs approves when this prints `pending ID`).
   raw      bad JSON-RPC on the raw pipe: a request before initialize, a malformed line.
 """
 
@@ -229,6 +232,54 @@ async def mode_wait():
     print(json.dumps({"sandboxes": [ok["sandbox_id"]], "approvals": ok["approvals"]}))
 
 
+async def mode_pending():
+    notes = []
+
+    async def progress(done, total, message):
+        notes.append(message or "")
+
+    async with stdio_client(params()) as (r, w):
+        async with ClientSession(r, w) as session:
+            await session.initialize()
+            tools = await list_tools(session)
+            out = validate_result(tools, "run_command", await session.call_tool(
+                "run_command", {"command": "for i in 1 2 3 4; do echo $i; sleep 1; done"},
+                progress_callback=progress))
+            check(out["stdout"] == "1\n2\n3\n4\n", f"run: {out}")
+            check(len(notes) >= 2 and all("bytes of output" in n for n in notes),
+                  f"progress while output arrives: {notes}")
+            ran = len(notes)
+
+            p = validate_result(tools, "write_file", await session.call_tool(
+                "write_file", {"path": ".git/later.txt", "content": "later\n"},
+                progress_callback=progress))
+            check(p["status"] == "pending_approval" and p["approval_id"].startswith("ap-")
+                  and p["tool"] == "write_file", f"pending: {p}")
+            check(any("waiting for a person's approval" in n for n in notes[ran:]),
+                  f"progress while a person is awaited: {notes[ran:]}")
+            sys.stderr.write(f"pending {p['approval_id']}\n")
+            sys.stderr.flush()
+
+            err = await tool_error(session, "approval_wait",
+                                   {"approval_id": "ap-0000000000000000"})
+            check("not-found" in err, f"unknown approval: {err}")
+            waits = 0
+            while True:
+                waits += 1
+                r = validate_result(tools, "approval_wait", await session.call_tool(
+                    "approval_wait", {"approval_id": p["approval_id"]}))
+                if r["status"] == "done":
+                    break
+                check(r["status"] == "pending_approval" and waits < 40, f"wait: {r}")
+            check(r["tool"] == "write_file" and r["result"]["bytes"] == 6, f"resumed: {r}")
+            jsonschema.validate(r["result"], tools["write_file"].outputSchema)
+            check(any(p["approval_id"] in a and "approved" in a for a in r["result"]["approvals"]),
+                  f"the approval on the result: {r}")
+            err = await tool_error(session, "approval_wait", {"approval_id": p["approval_id"]})
+            check("not-found" in err, f"collected twice: {err}")
+    print(json.dumps({"approval": p["approval_id"], "waits": waits, "notes": notes}))
+
+
 def mode_raw():
     p = subprocess.Popen(SERVER, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
@@ -273,4 +324,5 @@ if __name__ == "__main__":
     if mode == "raw":
         mode_raw()
     else:
-        asyncio.run({"tools": mode_tools, "elicit": mode_elicit, "wait": mode_wait}[mode]())
+        asyncio.run({"tools": mode_tools, "elicit": mode_elicit, "wait": mode_wait,
+                     "pending": mode_pending}[mode]())
