@@ -266,6 +266,26 @@ impl Client {
         self.write_file_mode(id, path, 0o644, src).await
     }
 
+    /// An agent's write of `content` to `path`, judged by the policy as the write it is
+    /// (`judge=true`): asked about, it returns once a person has answered.
+    pub async fn put_file(
+        &self,
+        id: &str,
+        path: &str,
+        content: Vec<u8>,
+    ) -> Result<Written, ClientError> {
+        let uri = sandbox_path(
+            id,
+            &format!("/files?path={}&judge=true", query_escape(path)),
+        );
+        let body = Full::new(Bytes::from(content))
+            .map_err(|never| match never {})
+            .boxed();
+        let resp = self.send(Self::request(Method::PUT, &uri, body)?).await?;
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
     /// [`Client::write_file`] with the permission bits a new file gets.
     pub async fn write_file_mode<R: AsyncRead + Send + Sync + 'static>(
         &self,

@@ -284,6 +284,9 @@ impl CardView {
         let ws = self.workspace.as_deref().unwrap_or("-");
         match &self.action {
             Some(a) if a.kind == "network" => format!("reach {}", a.network.join(", ")),
+            Some(a) if a.kind == "write" => {
+                format!("write {}", a.path.as_deref().unwrap_or_default())
+            }
             Some(a) => format!(
                 "run {} on {ws}",
                 a.argv.as_deref().unwrap_or_default().join(" ")
@@ -296,11 +299,14 @@ impl CardView {
 /// An action asked about before it runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ActionView {
-    /// `exec` or `network`.
+    /// `exec`, `write` or `network`.
     pub kind: String,
     /// The command, for `exec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argv: Option<Vec<String>>,
+    /// The file, for `write`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// Egress destinations it would reach, for `network`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network: Vec<String>,
@@ -439,6 +445,9 @@ pub struct StatView {
 pub struct Written {
     pub path: String,
     pub bytes: u64,
+    /// The Diff Card a person approved an agent's write under (`judge=true`), if asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
 }
 
 /// `GET /v1/sandboxes/{id}/audit`: the system calls the sandbox's seccomp policy denied.

@@ -396,6 +396,10 @@ struct FileQuery {
     path: String,
     /// Octal permission bits of a new file (default 644).
     mode: Option<String>,
+    /// An agent's write (`judge=true`): judged by the policy as the write it is, shown to a
+    /// person first when it asks (a Diff Card, for a file of a workspace written directly).
+    #[serde(default)]
+    judge: bool,
 }
 
 /// Download a file from a sandbox (streamed).
@@ -463,7 +467,8 @@ fn octets(body: Body) -> Response {
 /// Upload a file into a sandbox (streamed; all or nothing).
 #[utoipa::path(put, path = "/v1/sandboxes/{id}/files",
     params(("id" = String, Path), ("path" = String, Query, description = "Absolute path in the sandbox"),
-        ("mode" = Option<String>, Query, description = "Octal permissions of a new file (default 644)")),
+        ("mode" = Option<String>, Query, description = "Octal permissions of a new file (default 644)"),
+        ("judge" = Option<bool>, Query, description = "An agent's write: judged by the policy as the write it is (the owner's own copy is not); asked about, it waits for a person (a Diff Card for a file of a workspace written directly). At most 16 MiB; mode is kept from the file")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, body = Written), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
 async fn write_file(
@@ -483,14 +488,37 @@ async fn write_file(
                 ApiError::bad_request(format!("mode {m:?} is not octal permissions (e.g. 644)"))
             })?,
     };
-    let max = st.service.config().copy.max_size.bytes();
+    let max = if q.judge {
+        luminaguard_service::put::MAX_PUT
+    } else {
+        st.service.config().copy.max_size.bytes()
+    };
     let idle = st.service.config().daemon.request_timeout;
     let frames = body
         .into_data_stream()
         .map(|r| r.map_err(std::io::Error::other));
     let stalled = Arc::new(AtomicBool::new(false));
     let frames = idle_limited(frames, idle, Arc::clone(&stalled));
-    let reader = tokio_util::io::StreamReader::new(Box::pin(frames));
+    let mut reader = tokio_util::io::StreamReader::new(Box::pin(frames));
+    if q.judge {
+        let mut content = Vec::new();
+        let read = (&mut reader)
+            .take(max.saturating_add(1))
+            .read_to_end(&mut content)
+            .await;
+        match read {
+            Err(_) if stalled.load(Ordering::Relaxed) => return Err(slow_body(idle)),
+            Err(e) => return Err(ApiError::bad_request(format!("reading the body: {e}"))),
+            Ok(_) => {}
+        }
+        // (Too large: the service says so.)
+        let put = st.service.put_file(&caller, &id, &q.path, content).await?;
+        return Ok(axum::Json(Written {
+            path: put.path,
+            bytes: put.bytes,
+            approval: put.approval,
+        }));
+    }
     let written = st
         .service
         .write_file(&caller, &id, &q.path, mode, max, reader)
@@ -503,6 +531,7 @@ async fn write_file(
     Ok(axum::Json(Written {
         path: q.path,
         bytes,
+        approval: None,
     }))
 }
 

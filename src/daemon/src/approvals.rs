@@ -49,6 +49,7 @@ pub fn approval_view(a: &Approval) -> ApprovalView {
             action: a.action.as_ref().map(|x| ActionView {
                 kind: x.kind.clone(),
                 argv: x.argv.clone(),
+                path: x.path.clone(),
                 network: x.network.clone(),
                 unpreviewable: x.unpreviewable.clone(),
             }),

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use luminaguard_api::client::{Client, ExecEvents};
 use luminaguard_api::types::{
     ApprovalView, AuditView, CardView, CreateSandbox, DecideBody, ExecBody, ExecEvent, ExitView,
-    GcView, RunBody, SandboxView,
+    GcView, RunBody, SandboxView, Written,
 };
 use luminaguard_backend::copy::{CopyError, CopyOptions, Stop};
 use luminaguard_backend::hostfs::{self, Destination};
@@ -652,7 +652,9 @@ async fn announce_held<T>(
                         Some(s) => a.card.sandbox == s,
                         None => a.requested_unix_ms >= since,
                     };
-                    if ours && a.card.action.is_some() && told.insert(a.id.clone()) {
+                    // (A named sandbox's Diff Card too: an agent's write shown first.)
+                    let held = a.card.action.is_some() || sandbox.is_some();
+                    if ours && held && told.insert(a.id.clone()) {
                         eprintln!(
                             "luminaguard: waiting for a person to answer approval {} ({}): \
                              `luminaguard approvals show|approve|deny {}`",
@@ -996,6 +998,28 @@ impl Front {
 
 impl Front {
     /// File `path` of sandbox `id`, whole, if it is at most `max` bytes.
+    /// An agent's write of `content` to `path` (absolute) in sandbox `id`, judged by the
+    /// policy as the write it is; asked about, it returns once a person has answered (the
+    /// approval it was made under is on the answer).
+    pub async fn put_file(&self, id: &SandboxId, path: &str, content: Vec<u8>) -> Result<Written> {
+        match self {
+            Self::Local(service, caller) => {
+                let put = service.put_file(caller, id, path, content).await?;
+                Ok(Written {
+                    path: put.path,
+                    bytes: put.bytes,
+                    approval: put.approval,
+                })
+            }
+            Self::Daemon(client) => Ok(announce_held(
+                client,
+                Some(id.as_str()),
+                client.put_file(id.as_str(), path, content),
+            )
+            .await?),
+        }
+    }
+
     pub async fn read(&self, id: &SandboxId, path: &str, max: u64) -> Result<Vec<u8>> {
         match self {
             Self::Local(service, caller) => {

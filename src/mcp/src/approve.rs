@@ -84,8 +84,8 @@ impl Shared {
             let mut mine: Vec<ApprovalView> = list
                 .into_iter()
                 .filter(|a| {
+                    // (Action cards, and Diff Cards of the session's file writes.)
                     a.state == "pending"
-                        && a.card.action.is_some()
                         && !claimed.contains(&a.id)
                         && sandboxes.iter().any(|s| s.as_str() == a.card.sandbox)
                 })

@@ -271,21 +271,20 @@ impl Session {
             }
         };
         let done = call.await;
+        let approvals = self.met(track).await;
+        match done {
+            Ok((report, out, err)) => Ok((report, out, err, approvals)),
+            Err(e) => Err(with_approvals(e.into(), &approvals)),
+        }
+    }
+
+    /// How each approval the call met ended.
+    async fn met(&self, track: &Track) -> Vec<String> {
         let mut approvals = Vec::new();
         for a in track.met() {
             approvals.push(approve::ended(&self.front, &a).await);
         }
-        match done {
-            Ok((report, out, err)) => Ok((report, out, err, approvals)),
-            Err(e) => {
-                let mut fail = Fail::from(e);
-                if !approvals.is_empty() {
-                    fail.0
-                        .push_str(&format!("\napprovals: {}", approvals.join("; ")));
-                }
-                Err(fail)
-            }
-        }
+        approvals
     }
 
     async fn run_command(&self, a: RunCommand, track: &Track) -> Outcome<(CommandResult, String)> {
@@ -362,25 +361,22 @@ impl Session {
         }
         let id = self.sandbox(a.sandbox_id.as_deref()).await?;
         let path = in_sandbox(&a.path);
-        let opts = ExecOptions {
-            argv: write_argv(&path),
-            ..ExecOptions::default()
-        };
-        let (report, _, err, approvals) = self
-            .exec(&id, opts, Some(a.content.into_bytes()), track)
-            .await?;
-        if report.shell_code() != 0 {
-            return Err(Fail(format!(
-                "writing {path} in sandbox {id} failed (status {}): {}",
-                report.shell_code(),
-                err.text().trim()
-            )));
-        }
-        let text = format!("wrote {len} bytes to {path}{}", approvals_line(&approvals));
+        // Judged by the service as the write it is; asked about, shown as a Diff Card.
+        let done = self
+            .front
+            .put_file(&id, &path, a.content.into_bytes())
+            .await;
+        let approvals = self.met(track).await;
+        let written = done.map_err(|e| with_approvals(e.into(), &approvals))?;
+        let text = format!(
+            "wrote {} bytes to {path}{}",
+            written.bytes,
+            approvals_line(&approvals)
+        );
         Ok((
             Written {
                 path,
-                bytes: len,
+                bytes: written.bytes,
                 sandbox_id: id.to_string(),
                 approvals,
             },
@@ -576,24 +572,15 @@ fn session_name(client: &str, version: &str) -> String {
     format!("mcp-{id} {}/{}", clean(client), clean(version))
 }
 
-/// The command a write of `path` is sent as: the policy judges it as the write it is (a
-/// redirection to this path).
-fn write_argv(path: &str) -> Vec<String> {
-    vec![
-        "sh".to_owned(),
-        "-c".to_owned(),
-        format!("cat > {}", shell_quote(path)),
-    ]
-}
-
 /// The command a delete of `path` is sent as.
 fn delete_argv(path: &str) -> Vec<String> {
     vec!["rm".to_owned(), "--".to_owned(), path.to_owned()]
 }
 
-/// `s` as one word of a POSIX shell, quoted.
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
+/// A failure, with the approvals the call met on the way.
+fn with_approvals(mut fail: Fail, approvals: &[String]) -> Fail {
+    fail.0.push_str(&approvals_line(approvals));
+    fail
 }
 
 fn approvals_line(approvals: &[String]) -> String {
@@ -1056,7 +1043,6 @@ fn argv_of(request: &CallToolRequestParams) -> Option<Vec<String>> {
             _ => None,
         },
         DELETE_FILE => Some(delete_argv(&in_sandbox(args.get("path")?.as_str()?))),
-        WRITE_FILE => Some(write_argv(&in_sandbox(args.get("path")?.as_str()?))),
         _ => None,
     }
 }
@@ -1080,10 +1066,9 @@ mod tests {
     }
 
     #[test]
-    fn paths_are_quoted_for_the_shell_and_relative_ones_are_in_the_workspace() {
+    fn relative_paths_are_in_the_workspace() {
         assert_eq!(in_sandbox("a/b"), "/workspace/a/b");
         assert_eq!(in_sandbox("/etc/x"), "/etc/x");
-        assert_eq!(shell_quote("it's $x"), "'it'\\''s $x'");
     }
 
     #[test]

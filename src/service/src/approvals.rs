@@ -49,11 +49,15 @@ pub struct Decider {
 /// A card for an action that cannot be previewed: it is asked about before it runs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ActionCard {
-    /// `exec` (a command on a workspace it writes directly), `network` (a sandbox's egress).
+    /// `exec` (a command on a workspace it writes directly), `write` (a file write that
+    /// cannot be shown as a Diff Card), `network` (a sandbox's egress).
     pub kind: String,
     /// The command, for `exec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argv: Option<Vec<String>>,
+    /// The file (absolute in the sandbox), for `write`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// What it would reach: egress destinations, for `network`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network: Vec<String>,
@@ -92,7 +96,10 @@ pub enum Outcome {
 impl ActionCard {
     /// Whether `other` is the same action (same kind, command and destinations).
     pub fn same_action(&self, other: &Self) -> bool {
-        self.kind == other.kind && self.argv == other.argv && self.network == other.network
+        self.kind == other.kind
+            && self.argv == other.argv
+            && self.path == other.path
+            && self.network == other.network
     }
 }
 
@@ -192,6 +199,10 @@ pub struct Approval {
     pub expires_unix_ms: u64,
     /// `None` while it waits.
     pub outcome: Option<Outcome>,
+    /// Where the change set's new content waits, when it is not a sandbox's layer (a file
+    /// write previewed as a Diff Card: [`crate::put`]); `None`: the sandbox's upper layer.
+    #[serde(skip)]
+    pub staged: Option<PathBuf>,
 }
 
 /// A waiting approval with what deciding it needs.
@@ -205,7 +216,9 @@ pub(crate) struct Waiting {
 #[derive(Debug, Default)]
 struct Inner {
     waiting: HashMap<String, Waiting>,
-    /// The waiting approval of each sandbox (one at a time: a newer card replaces it).
+    /// The waiting Diff Card of each speculative sandbox (one at a time: a newer card of its
+    /// run replaces it). Other approvals — actions asked about before they run, previewed file
+    /// writes — may wait side by side.
     by_sandbox: HashMap<SandboxId, String>,
     /// Why commands of each speculative sandbox were asked about (shown on its next card).
     asked: HashMap<SandboxId, Vec<String>>,
@@ -245,14 +258,24 @@ impl Approvals {
         self.lock().asked.get(id).cloned().unwrap_or_default()
     }
 
-    /// Puts `approval` up for an answer until `deadline`; returns the sandbox's earlier
-    /// waiting approval, which it replaces (to be withdrawn by the caller).
-    pub(crate) fn open(&self, approval: Approval, deadline: Instant) -> Option<Waiting> {
+    /// Puts `approval` up for an answer until `deadline`. With `replaces` (a speculative
+    /// sandbox's Diff Card), returns the sandbox's earlier card, which it replaces (to be
+    /// withdrawn by the caller).
+    pub(crate) fn open(
+        &self,
+        approval: Approval,
+        deadline: Instant,
+        replaces: bool,
+    ) -> Option<Waiting> {
         let mut inner = self.lock();
-        let replaced = inner
-            .by_sandbox
-            .insert(approval.sandbox.clone(), approval.id.clone())
-            .and_then(|old| inner.waiting.remove(&old));
+        let replaced = if replaces {
+            inner
+                .by_sandbox
+                .insert(approval.sandbox.clone(), approval.id.clone())
+                .and_then(|old| inner.waiting.remove(&old))
+        } else {
+            None
+        };
         let (tx, _) = watch::channel(None);
         inner.waiting.insert(
             approval.id.clone(),
@@ -295,24 +318,31 @@ impl Approvals {
             .cloned()
     }
 
-    /// Takes the waiting approval of sandbox `id`, if there is one (the sandbox is going away:
-    /// what was granted for its session ends with it).
-    pub(crate) fn take_for_sandbox(&self, id: &SandboxId) -> Option<Waiting> {
-        let approval = {
+    /// Takes every waiting approval of sandbox `id` (the sandbox is going away: what was
+    /// granted for its session ends with it).
+    pub(crate) fn take_for_sandbox(&self, id: &SandboxId) -> Vec<Waiting> {
+        let ids: Vec<String> = {
             let mut inner = self.lock();
             inner.asked.remove(id);
             inner.grants.remove(id);
-            inner.by_sandbox.get(id).cloned()
+            inner
+                .waiting
+                .values()
+                .filter(|w| &w.approval.sandbox == id)
+                .map(|w| w.approval.id.clone())
+                .collect()
         };
-        approval.and_then(|a| self.take(&a))
+        ids.iter().filter_map(|a| self.take(a)).collect()
     }
 
     /// Puts a taken approval back, undecided (an answer to it failed before it decided).
     pub(crate) fn restore(&self, w: Waiting) {
         let mut inner = self.lock();
-        inner
-            .by_sandbox
-            .insert(w.approval.sandbox.clone(), w.approval.id.clone());
+        if w.approval.action.is_none() && w.approval.staged.is_none() {
+            inner
+                .by_sandbox
+                .insert(w.approval.sandbox.clone(), w.approval.id.clone());
+        }
         inner.waiting.insert(w.approval.id.clone(), w);
     }
 
@@ -418,6 +448,7 @@ mod tests {
             requested_unix_ms: 0,
             expires_unix_ms: 0,
             outcome: None,
+            staged: None,
         }
     }
 
@@ -425,7 +456,7 @@ mod tests {
     fn an_approval_is_taken_once() {
         let r = Approvals::default();
         let later = Instant::now() + std::time::Duration::from_secs(60);
-        assert!(r.open(approval("ap-1", "s1"), later).is_none());
+        assert!(r.open(approval("ap-1", "s1"), later, true).is_none());
         let w = r.take("ap-1").unwrap();
         assert!(r.take("ap-1").is_none(), "taken twice");
         let done = r.finish(w, Outcome::Expired);
@@ -438,27 +469,33 @@ mod tests {
     fn a_newer_card_replaces_the_sandboxs_waiting_one() {
         let r = Approvals::default();
         let later = Instant::now() + std::time::Duration::from_secs(60);
-        r.open(approval("ap-1", "s1"), later);
-        let old = r.open(approval("ap-2", "s1"), later).unwrap();
+        r.open(approval("ap-1", "s1"), later, true);
+        let old = r.open(approval("ap-2", "s1"), later, true).unwrap();
         assert_eq!(old.approval.id, "ap-1");
         assert_eq!(r.waiting().len(), 1);
-        assert_eq!(
-            r.take_for_sandbox(&SandboxId::new("s1").unwrap())
-                .unwrap()
-                .approval
-                .id,
-            "ap-2"
-        );
+        // Actions asked about wait side by side with it; all go with the sandbox.
+        assert!(r.open(approval("ap-3", "s1"), later, false).is_none());
+        assert!(r.open(approval("ap-4", "s1"), later, false).is_none());
+        assert_eq!(r.waiting().len(), 3);
+        let mut gone: Vec<String> = r
+            .take_for_sandbox(&SandboxId::new("s1").unwrap())
+            .into_iter()
+            .map(|w| w.approval.id)
+            .collect();
+        gone.sort();
+        assert_eq!(gone, ["ap-2", "ap-3", "ap-4"]);
+        assert!(r.waiting().is_empty());
     }
 
     #[test]
     fn expired_ones_are_taken_by_the_sweep() {
         let r = Approvals::default();
         let now = Instant::now();
-        r.open(approval("ap-1", "s1"), now);
+        r.open(approval("ap-1", "s1"), now, true);
         r.open(
             approval("ap-2", "s2"),
             now + std::time::Duration::from_secs(60),
+            true,
         );
         let gone = r.take_expired(now);
         assert_eq!(gone.len(), 1);

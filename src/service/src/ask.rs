@@ -109,8 +109,10 @@ impl Service {
                 expires_unix_ms: now_ms
                     .saturating_add(u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX)),
                 outcome: None,
+                staged: None,
             },
             Instant::now() + expiry,
+            false,
         );
         self.events
             .send_approval(EventKind::ApprovalRequested, &id, &ask.sandbox, ask.user);
@@ -173,10 +175,10 @@ impl Service {
 
 /// Withdraws approval `id` when dropped, if it is still waiting (a decided one stays as it
 /// is).
-struct Withdraw {
-    service: Service,
-    caller: Caller,
-    id: String,
+pub(crate) struct Withdraw {
+    pub service: Service,
+    pub caller: Caller,
+    pub id: String,
 }
 
 impl Drop for Withdraw {
@@ -213,6 +215,13 @@ fn render(ask: &Ask, always: Option<&str>, origin: &str) -> String {
             for d in &ask.card.network {
                 t.push_str(&format!("    {d}\n"));
             }
+        }
+        "write" => {
+            t.push_str(&format!(
+                "Write {} in sandbox {}\n",
+                ask.card.path.as_deref().unwrap_or("?"),
+                ask.sandbox
+            ));
         }
         _ => {
             t.push_str(&format!("Command in sandbox {}:\n", ask.sandbox));

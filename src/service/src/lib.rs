@@ -32,6 +32,7 @@ pub mod host;
 mod live;
 pub mod pick;
 pub mod pools;
+pub mod put;
 pub mod review;
 pub mod templates;
 
@@ -485,13 +486,7 @@ impl Service {
                     "sandbox": id,
                     "argv": opts.argv,
                     "cwd": opts.cwd,
-                    "decision": {
-                        "verdict": decision.verdict,
-                        "risk": decision.risk,
-                        "reason": decision.reason,
-                        "rule": decision.rule,
-                        "policy": decision.policy_digest,
-                    },
+                    "decision": decision_json(&decision),
                 }),
             )
             .await?;
@@ -499,7 +494,7 @@ impl Service {
             return Err(ServiceError::Denied(decision.to_string()));
         }
         if decision.verdict == luminaguard_policy::Verdict::Ask {
-            self.hold_unpreviewable(caller, id, &opts.argv, &decision)
+            self.hold_unpreviewable(caller, id, Unpreviewable::Exec(&opts.argv), &decision)
                 .await?;
         }
         Ok(
@@ -523,7 +518,7 @@ impl Service {
         &self,
         caller: &Caller,
         id: &SandboxId,
-        argv: &[String],
+        what: Unpreviewable<'_>,
         decision: &luminaguard_policy::Decision,
     ) -> Result<(), ServiceError> {
         let (_, meta) = luminaguard_backend::record(&self.runtime, id).await?;
@@ -553,8 +548,15 @@ impl Service {
                 user: meta.user,
                 workspace: meta.workspace,
                 card: approvals::ActionCard {
-                    kind: "exec".into(),
-                    argv: Some(argv.to_vec()),
+                    kind: what.kind().into(),
+                    argv: match what {
+                        Unpreviewable::Exec(argv) => Some(argv.to_vec()),
+                        Unpreviewable::Write(_) => None,
+                    },
+                    path: match what {
+                        Unpreviewable::Write(path) => Some(path.to_owned()),
+                        Unpreviewable::Exec(_) => None,
+                    },
                     network: match spec.map(|s| &s.network) {
                         Some(NetworkPolicy::Egress { allow, .. }) => {
                             allow.iter().map(ToString::to_string).collect()
@@ -564,10 +566,7 @@ impl Service {
                     unpreviewable,
                 },
                 asked: vec![decision.to_string()],
-                policy_actions: vec![luminaguard_policy::Action::Exec {
-                    argv: argv.to_vec(),
-                    cwd: None,
-                }],
+                policy_actions: vec![what.policy_action()],
             },
         )
         .await
@@ -593,13 +592,7 @@ impl Service {
                         "type": "network",
                         "sandbox": id,
                         "destination": rule.to_string(),
-                        "decision": {
-                            "verdict": decision.verdict,
-                            "risk": decision.risk,
-                            "reason": decision.reason,
-                            "rule": decision.rule,
-                            "policy": decision.policy_digest,
-                        },
+                        "decision": decision_json(&decision),
                     }),
                 )
                 .await?;
@@ -625,6 +618,7 @@ impl Service {
                 card: approvals::ActionCard {
                     kind: "network".into(),
                     argv: None,
+                    path: None,
                     network: asked.iter().map(|(r, _)| r.to_string()).collect(),
                     unpreviewable: "what a command sends over the network cannot be taken \
                         back, so it is asked about before the sandbox can reach it"
@@ -937,3 +931,45 @@ impl Service {
 
 /// How long `destroy` tries to reach a microVM's agent to power it off before killing it.
 const RM_ATTACH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A policy decision as the audit log records it.
+pub(crate) fn decision_json(decision: &luminaguard_policy::Decision) -> serde_json::Value {
+    serde_json::json!({
+        "verdict": decision.verdict,
+        "risk": decision.risk,
+        "reason": decision.reason,
+        "rule": decision.rule,
+        "policy": decision.policy_digest,
+    })
+}
+
+/// What an asked action that cannot be previewed is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Unpreviewable<'a> {
+    /// A command.
+    Exec(&'a [String]),
+    /// A file write (absolute in the sandbox), outside a workspace it could be previewed in.
+    Write(&'a str),
+}
+
+impl Unpreviewable<'_> {
+    fn kind(self) -> &'static str {
+        match self {
+            Self::Exec(_) => "exec",
+            Self::Write(_) => "write",
+        }
+    }
+
+    /// The policy's action (what approving it *always* adds).
+    fn policy_action(self) -> luminaguard_policy::Action {
+        match self {
+            Self::Exec(argv) => luminaguard_policy::Action::Exec {
+                argv: argv.to_vec(),
+                cwd: None,
+            },
+            Self::Write(path) => luminaguard_policy::Action::Write {
+                path: path.to_owned(),
+            },
+        }
+    }
+}

@@ -132,8 +132,10 @@ impl Service {
                     requested_unix_ms: now_ms,
                     expires_unix_ms: card.expires_unix_ms,
                     outcome: None,
+                    staged: None,
                 },
                 Instant::now() + expiry,
+                true,
             );
             if let Some(old) = replaced {
                 self.end_unanswered(
@@ -342,9 +344,12 @@ impl Service {
                 ),
             );
         }
-        let upper = match self.layers(&a.sandbox).await {
-            Ok((upper, _)) => upper,
-            Err(e) => return refused(e.code().as_str(), e.to_string()),
+        let upper = match &a.staged {
+            Some(staged) => staged.clone(),
+            None => match self.layers(&a.sandbox).await {
+                Ok((upper, _)) => upper,
+                Err(e) => return refused(e.code().as_str(), e.to_string()),
+            },
         };
         // The approval is on the record before anything is applied.
         if let Err(e) = self
@@ -433,9 +438,9 @@ impl Service {
         }
     }
 
-    /// Withdraws sandbox `id`'s waiting approval (the sandbox is going away).
+    /// Withdraws sandbox `id`'s waiting approvals (the sandbox is going away).
     pub(crate) async fn withdraw_sandbox_approval(&self, id: &SandboxId) {
-        if let Some(w) = self.approvals.take_for_sandbox(id) {
+        for w in self.approvals.take_for_sandbox(id) {
             self.end_unanswered(
                 w,
                 Outcome::Withdrawn {

@@ -214,6 +214,8 @@ async def mode_elicit():
             check(len(asked) == 2, f"asked {len(asked)} times")
             check("protected-writes" in asked[0] and ".git/approved.txt" in asked[0],
                   f"the card: {asked[0]}")
+            # A Diff Card of exactly the write: the person sees the content.
+            check("Diff Card" in asked[0] and "+yes" in asked[0], f"the diff: {asked[0]}")
             sandbox = ok["sandbox_id"]
     print(json.dumps({"sandboxes": [sandbox], "asked": asked}))
 

@@ -66,8 +66,8 @@ async def mode_stateless():
         no = await c.call_tool("write_file", {"path": ".git/denied.txt", "content": "no\n"})
         check(no.is_error and "a person was asked" in text_of(no), f"denied: {text_of(no)}")
         check(len(asked) == 2, f"asked {len(asked)} times")
-        check("protected-writes" in asked[0] and ".git/approved.txt" in asked[0],
-              f"the card: {asked[0]}")
+        check("protected-writes" in asked[0] and ".git/approved.txt" in asked[0]
+              and "+yes" in asked[0], f"the card: {asked[0]}")
         # State is kept between the session's calls (the same sandbox).
         r = await c.call_tool("run_command", {"command": "cat /workspace/.git/approved.txt"})
         check(r.structured_content["sandbox_id"] == sandbox, "one sandbox")
