@@ -690,3 +690,98 @@ fn approved_always_adds_exactly_that_action_to_the_policy_file() {
     assert!(lg(e2, &["sandbox", "rm", "long2"]).status.success());
     d.stop();
 }
+
+/// *Always* writes the daemon's policy file, which is the operator's: another user who may
+/// answer their own card (it is theirs) is refused `scope: always` (`403`), the file is not
+/// touched, and the card stays answerable once.
+#[test]
+fn another_user_cannot_write_the_daemons_policy_by_approving_always() {
+    use luminaguard_testkit::http::{curl_as, reply};
+    if !privileged("the policy test") {
+        return;
+    }
+    let e = env();
+    let file = e.rt.with_extension("policy.toml");
+    std::fs::write(&file, lg(&e, &["policy", "show"]).stdout).unwrap();
+    let before = std::fs::read(&file).unwrap();
+    // `nogroup` exists on every Debian; its members (by primary gid here) may connect.
+    let mut d = Daemon::start(
+        Path::new(BIN),
+        &e.rt,
+        &format!(
+            "audit_dir = \"{}\"\npolicy = \"{}\"\n[daemon]\ngroup = \"nogroup\"\n\
+             [defaults]\nbackend = \"process\"\n",
+            e.audit.display(),
+            file.display()
+        ),
+    );
+    let sock = d.socket.clone();
+    let alice = Some((1000, 65534));
+    let ws = e.rt.with_extension("alice-ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::write(ws.join("again.sh"), "echo again >> /workspace/count.txt\n").unwrap();
+    for p in [&ws, &ws.join("again.sh")] {
+        std::os::unix::fs::chown(p, Some(1000), Some(1000)).unwrap();
+    }
+    let body = format!(r#"{{"name":"al","workspace":"{}"}}"#, ws.display());
+    let r = reply(curl_as(
+        &sock,
+        "POST",
+        "/v1/sandboxes",
+        Some(body.as_bytes()),
+        alice,
+    ));
+    assert_eq!(r.status, 201, "{}", r.body);
+    // Her asked command waits for an answer (her request with it).
+    let exec_sock = sock.clone();
+    let exec = std::thread::spawn(move || {
+        reply(curl_as(
+            &exec_sock,
+            "POST",
+            "/v1/sandboxes/al/exec",
+            Some(br#"{"argv":["sh","/workspace/again.sh"]}"#),
+            alice,
+        ))
+    });
+    let a = first_approval(&e);
+    let id = a["id"].as_str().unwrap().to_owned();
+    assert!(a["always"].is_string(), "root could approve it always: {a}");
+    let path = format!("/v1/approvals/{id}");
+    let r = reply(curl_as(
+        &sock,
+        "POST",
+        &path,
+        Some(br#"{"decision":"approve","scope":"always"}"#),
+        alice,
+    ));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("only root or uid"), "{}", r.body);
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "the policy file changed"
+    );
+    // Still hers to answer, once.
+    let r = reply(curl_as(
+        &sock,
+        "POST",
+        &path,
+        Some(br#"{"decision":"approve"}"#),
+        alice,
+    ));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ran = exec.join().unwrap();
+    assert_eq!(ran.status, 200, "{}", ran.body);
+    assert_eq!(
+        std::fs::read_to_string(ws.join("count.txt")).unwrap(),
+        "again\n"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "the policy file changed"
+    );
+    let r = reply(curl_as(&sock, "DELETE", "/v1/sandboxes/al", None, alice));
+    assert!(r.status < 300, "{}", r.body);
+    d.stop();
+}
