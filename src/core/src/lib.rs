@@ -9,6 +9,7 @@ pub mod config;
 pub mod id;
 pub mod network;
 pub mod runtime;
+pub mod shell;
 pub mod size;
 pub mod spec;
 pub mod workspace;

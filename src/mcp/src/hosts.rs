@@ -62,7 +62,7 @@ pub fn snippet(host: Host, exe: &str, serve_args: &[String]) -> String {
         Host::ClaudeCode => {
             let words: Vec<String> = std::iter::once(exe.to_owned())
                 .chain(args)
-                .map(|w| shell_word(&w))
+                .map(|w| luminaguard_core::shell::quote(&w))
                 .collect();
             format!("claude mcp add {SERVER_NAME} -- {}\n", words.join(" "))
         }
@@ -108,17 +108,6 @@ fn toml_string(s: &str) -> String {
 }
 
 /// `s` as one word of a POSIX shell: bare when that is safe, else single-quoted.
-fn shell_word(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@%+,".contains(&b))
-    {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -226,7 +226,7 @@ fn render(ask: &Ask, always: Option<&str>, origin: &str) -> String {
         _ => {
             t.push_str(&format!("Command in sandbox {}:\n", ask.sandbox));
             if let Some(argv) = &ask.card.argv {
-                t.push_str(&format!("    {}\n", shell_words(argv)));
+                t.push_str(&format!("    {}\n", luminaguard_core::shell::join(argv)));
             }
             if let Some(w) = &ask.workspace {
                 t.push_str(&format!(
@@ -257,21 +257,4 @@ fn render(ask: &Ask, always: Option<&str>, origin: &str) -> String {
         t.push('\n');
     }
     t
-}
-
-/// `argv` as a person would type it.
-fn shell_words(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| {
-            if !a.is_empty()
-                && a.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@%+,".contains(&b))
-            {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', "'\\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
