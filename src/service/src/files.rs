@@ -41,6 +41,12 @@ impl Service {
                 "{path} in sandbox {id} is larger than the {max_bytes}-byte limit"
             )));
         }
+        self.audit
+            .note(
+                caller,
+                serde_json::json!({"type": "read", "sandbox": id, "path": path, "bytes": n}),
+            )
+            .await;
         Ok(n)
     }
 
@@ -69,6 +75,29 @@ impl Service {
     /// Writes file `path` of sandbox `id` from `src` (created with `mode`, or replaced), all or
     /// nothing; refuses more than `max_bytes`. Returns the size written.
     pub async fn write_file<R: AsyncRead + Unpin>(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+        path: &str,
+        mode: u32,
+        max_bytes: u64,
+        src: R,
+    ) -> Result<u64, ServiceError> {
+        let n = self
+            .write_through_agent(caller, id, path, mode, max_bytes, src)
+            .await?;
+        // The owner's own copy (not judged: see `put_file` for an agent's write).
+        self.audit
+            .note(
+                caller,
+                serde_json::json!({"type": "copy-in", "sandbox": id, "path": path, "bytes": n}),
+            )
+            .await;
+        Ok(n)
+    }
+
+    /// Writes `src` to `path` through sandbox `id`'s agent, all or nothing.
+    pub(crate) async fn write_through_agent<R: AsyncRead + Unpin>(
         &self,
         caller: &Caller,
         id: &SandboxId,

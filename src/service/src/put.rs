@@ -138,7 +138,7 @@ impl Service {
             Ok(st) if st.kind == luminaguard_protocol::message::FileKind::File => st.mode,
             _ => 0o644,
         };
-        self.write_file(caller, id, path, mode, MAX_PUT, content.as_slice())
+        self.write_through_agent(caller, id, path, mode, MAX_PUT, content.as_slice())
             .await
             .map(drop)
     }
