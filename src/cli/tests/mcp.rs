@@ -237,7 +237,15 @@ fn a_client_with_elicitation_approves_one_write_and_denies_another() {
     let Some(py) = python() else { return };
     let e = env();
     let s = summary(&client(&py, &e, "elicit", false).output().unwrap());
-    assert_eq!(s["asked"].as_array().unwrap().len(), 2, "{s}");
+    assert_eq!(s["asked"].as_array().unwrap().len(), 4, "{s}");
+    assert_eq!(
+        std::fs::read_to_string(e.ws.join(".git/one.txt")).unwrap(),
+        "one\n"
+    );
+    assert!(
+        !e.ws.join(".git/two.txt").exists(),
+        "the denied write happened"
+    );
     assert_eq!(
         std::fs::read_to_string(e.ws.join(".git/approved.txt")).unwrap(),
         "yes\n"
@@ -253,7 +261,7 @@ fn a_client_with_elicitation_approves_one_write_and_denies_another() {
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .filter(|r| r["event"]["type"] == "approve")
         .collect();
-    assert_eq!(approvals.len(), 1, "{approvals:?}");
+    assert_eq!(approvals.len(), 2, "{approvals:?}");
     assert_eq!(approvals[0]["event"]["by"]["via"], "mcp-elicitation");
 }
 

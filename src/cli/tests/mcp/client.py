@@ -198,7 +198,9 @@ async def mode_elicit():
 
     async def answer(context, p):
         asked.append(p.message)
-        approve = len(asked) == 1
+        # In order: the first approved, the second denied; of the two asked at once, the one
+        # that writes "one" approved.
+        approve = len(asked) == 1 or (len(asked) > 2 and "+one" in p.message)
         return types.ElicitResult(action="accept", content={"approve": approve})
 
     async with stdio_client(params()) as (r, w):
@@ -217,6 +219,14 @@ async def mode_elicit():
             # A Diff Card of exactly the write: the person sees the content.
             check("Diff Card" in asked[0] and "+yes" in asked[0], f"the diff: {asked[0]}")
             sandbox = ok["sandbox_id"]
+            # Two asked at once in one sandbox: both cards wait side by side, each answered
+            # for itself.
+            one, two = await asyncio.gather(
+                session.call_tool("write_file", {"path": ".git/one.txt", "content": "one\n"}),
+                session.call_tool("write_file", {"path": ".git/two.txt", "content": "two\n"}))
+            check(not one.isError, f"one: {text_of(one)}")
+            check(two.isError and "denied" in text_of(two), f"two: {text_of(two)}")
+            check(len(asked) == 4, f"asked {len(asked)} times")
     print(json.dumps({"sandboxes": [sandbox], "asked": asked}))
 
 
