@@ -162,6 +162,30 @@ fn sandboxes(e: &Env) -> Vec<String> {
         .collect()
 }
 
+/// The audit log's records.
+fn records(e: &Env) -> Vec<Value> {
+    let ls = lg(e, &["audit", "ls", "--json"]);
+    assert!(ls.status.success(), "{}", text(&ls.stderr));
+    text(&ls.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .collect()
+}
+
+/// The workspace's file `rel` holds `content` (a write that was to happen, happened).
+fn written(e: &Env, rel: &str, content: &str) {
+    assert_eq!(
+        std::fs::read_to_string(e.ws.join(rel)).unwrap_or_default(),
+        content,
+        "{rel}"
+    );
+}
+
+/// The workspace has no file `rel` (a write that was not to happen, did not).
+fn not_written(e: &Env, rel: &str) {
+    assert!(!e.ws.join(rel).exists(), "{rel} was written");
+}
+
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -194,11 +218,7 @@ fn a_python_client_lists_validates_and_calls_every_tool_in_process() {
     // The session's sandboxes went with the session.
     assert_eq!(sandboxes(&e), Vec::<String>::new());
     // Every command is on the audit log, by the MCP front-end.
-    let ls = lg(&e, &["audit", "ls", "--json"]);
-    let records: Vec<Value> = text(&ls.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = records(&e);
     let execs: Vec<&Value> = records
         .iter()
         .filter(|r| r["event"]["type"] == "exec")
@@ -238,27 +258,13 @@ fn a_client_with_elicitation_approves_one_write_and_denies_another() {
     let e = env();
     let s = summary(&client(&py, &e, "elicit", false).output().unwrap());
     assert_eq!(s["asked"].as_array().unwrap().len(), 4, "{s}");
-    assert_eq!(
-        std::fs::read_to_string(e.ws.join(".git/one.txt")).unwrap(),
-        "one\n"
-    );
-    assert!(
-        !e.ws.join(".git/two.txt").exists(),
-        "the denied write happened"
-    );
-    assert_eq!(
-        std::fs::read_to_string(e.ws.join(".git/approved.txt")).unwrap(),
-        "yes\n"
-    );
-    assert!(
-        !e.ws.join(".git/denied.txt").exists(),
-        "the denied write happened"
-    );
+    written(&e, ".git/approved.txt", "yes\n");
+    not_written(&e, ".git/denied.txt");
+    written(&e, ".git/one.txt", "one\n");
+    not_written(&e, ".git/two.txt");
     assert_eq!(sandboxes(&e), Vec::<String>::new());
-    let ls = lg(&e, &["audit", "ls", "--json"]);
-    let approvals: Vec<Value> = text(&ls.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    let approvals: Vec<Value> = records(&e)
+        .into_iter()
         .filter(|r| r["event"]["type"] == "approve")
         .collect();
     assert_eq!(approvals.len(), 2, "{approvals:?}");
@@ -323,20 +329,14 @@ fn through_the_daemon_a_client_without_elicitation_waits_for_a_person() {
     let a = approval.unwrap();
     let sandbox = a["card"]["sandbox"].as_str().unwrap().to_owned();
     assert_eq!(sandboxes(&e), vec![sandbox.clone()], "the daemon's sandbox");
-    assert!(
-        !e.ws.join(".git/waited.txt").exists(),
-        "written before anyone answered"
-    );
+    not_written(&e, ".git/waited.txt");
     let yes = lg(&e, &["approvals", "approve", a["id"].as_str().unwrap()]);
     assert!(yes.status.success(), "{}", text(&yes.stderr));
     let mut out = child.wait_with_output().unwrap();
     out.stderr = reader.join().unwrap().into_bytes();
     let s = summary(&out);
     assert_eq!(s["sandboxes"][0], sandbox.as_str());
-    assert_eq!(
-        std::fs::read_to_string(e.ws.join(".git/waited.txt")).unwrap(),
-        "approved\n"
-    );
+    written(&e, ".git/waited.txt", "approved\n");
     assert_eq!(
         sandboxes(&e),
         Vec::<String>::new(),
@@ -360,24 +360,11 @@ fn a_stateless_client_answers_cards_through_input_required_results() {
             .unwrap(),
     );
     assert_eq!(s["asked"].as_array().unwrap().len(), 2, "{s}");
-    assert_eq!(
-        std::fs::read_to_string(e.ws.join(".git/approved.txt")).unwrap(),
-        "yes\n"
-    );
-    assert!(
-        !e.ws.join(".git/denied.txt").exists(),
-        "the denied write happened"
-    );
-    assert!(
-        !e.ws.join(".git/unasked.txt").exists(),
-        "the unasked write happened"
-    );
+    written(&e, ".git/approved.txt", "yes\n");
+    not_written(&e, ".git/denied.txt");
+    not_written(&e, ".git/unasked.txt");
     assert_eq!(sandboxes(&e), Vec::<String>::new());
-    let ls = lg(&e, &["audit", "ls", "--json"]);
-    let records: Vec<Value> = text(&ls.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .collect();
+    let records = records(&e);
     let approved: Vec<&Value> = records
         .iter()
         .filter(|r| r["event"]["type"] == "approve")
@@ -438,10 +425,7 @@ fn a_call_kept_waiting_answers_pending_and_approval_wait_resumes_it() {
             reader.join().unwrap()
         );
     };
-    assert!(
-        !e.ws.join(".git/later.txt").exists(),
-        "written before anyone answered"
-    );
+    not_written(&e, ".git/later.txt");
     let shown = lg(&e, &["approvals", "show", &id, "--json"]);
     assert!(shown.status.success(), "{}", text(&shown.stderr));
     let yes = lg(&e, &["approvals", "approve", &id]);
@@ -450,10 +434,7 @@ fn a_call_kept_waiting_answers_pending_and_approval_wait_resumes_it() {
     out.stderr = reader.join().unwrap().into_bytes();
     let s = summary(&out);
     assert_eq!(s["approval"], id.as_str());
-    assert_eq!(
-        std::fs::read_to_string(e.ws.join(".git/later.txt")).unwrap(),
-        "later\n"
-    );
+    written(&e, ".git/later.txt", "later\n");
     assert_eq!(
         sandboxes(&e),
         Vec::<String>::new(),

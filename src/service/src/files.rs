@@ -41,12 +41,7 @@ impl Service {
                 "{path} in sandbox {id} is larger than the {max_bytes}-byte limit"
             )));
         }
-        self.audit
-            .note(
-                caller,
-                serde_json::json!({"type": "read", "sandbox": id, "path": path, "bytes": n}),
-            )
-            .await;
+        self.note_file(caller, "read", id, path, n).await;
         Ok(n)
     }
 
@@ -87,13 +82,18 @@ impl Service {
             .write_through_agent(caller, id, path, mode, max_bytes, src)
             .await?;
         // The owner's own copy (not judged: see `put_file` for an agent's write).
+        self.note_file(caller, "copy-in", id, path, n).await;
+        Ok(n)
+    }
+
+    /// Records a file moved in or out of sandbox `id` (`kind`: `read`, `copy-in`).
+    async fn note_file(&self, caller: &Caller, kind: &str, id: &SandboxId, path: &str, n: u64) {
         self.audit
             .note(
                 caller,
-                serde_json::json!({"type": "copy-in", "sandbox": id, "path": path, "bytes": n}),
+                serde_json::json!({"type": kind, "sandbox": id, "path": path, "bytes": n}),
             )
             .await;
-        Ok(n)
     }
 
     /// Writes `src` to `path` through sandbox `id`'s agent, all or nothing.
