@@ -186,6 +186,63 @@ fn not_written(e: &Env, rel: &str) {
     assert!(!e.ws.join(rel).exists(), "{rel} was written");
 }
 
+/// A client run in the background, its stderr watched: what `pick` finds in a line is sent on
+/// the channel; the whole stderr comes back when it ends.
+struct Watched {
+    child: std::process::Child,
+    found: std::sync::mpsc::Receiver<String>,
+    reader: std::thread::JoinHandle<String>,
+}
+
+impl Watched {
+    fn spawn(mut cmd: Command, pick: fn(&str) -> Option<String>) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, found) = std::sync::mpsc::channel();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in stderr.lines() {
+                let line = line.unwrap();
+                if let Some(x) = pick(&line) {
+                    let _ = tx.send(x);
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        Self {
+            child,
+            found,
+            reader,
+        }
+    }
+
+    /// The first thing found, within `limit` (else the client is killed and its stderr shown).
+    fn first(&mut self, what: &str, limit: Duration) -> String {
+        match self.found.recv_timeout(limit) {
+            Ok(x) => x,
+            Err(_) => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let reader = std::mem::replace(&mut self.reader, std::thread::spawn(String::new));
+                panic!("{what}:\n{}", reader.join().unwrap());
+            }
+        }
+    }
+
+    /// The client's summary, once it has ended.
+    fn summary(self) -> Value {
+        let mut out = self.child.wait_with_output().unwrap();
+        out.stderr = self.reader.join().unwrap().into_bytes();
+        summary(&out)
+    }
+}
+
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -293,28 +350,15 @@ fn through_the_daemon_a_client_without_elicitation_waits_for_a_person() {
     let Some(py) = python() else { return };
     let e = env();
     let _d = daemon(&e);
-    let mut child = client(&py, &e, "wait", true)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // The server says where to answer once it has seen the card (as the CLI does).
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in stderr.lines() {
-            let line = line.unwrap();
-            if line.contains("waiting for a person to answer approval") {
-                let _ = tx.send(());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
+    let mut client = Watched::spawn(client(&py, &e, "wait", true), |line| {
+        line.contains("waiting for a person to answer approval")
+            .then(String::new)
     });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("the server did not say it waits for a person");
+    client.first(
+        "the server did not say it waits for a person",
+        Duration::from_secs(60),
+    );
     let mut approval = None;
     wait_until(
         "the asked write waits in the approvals",
@@ -332,9 +376,7 @@ fn through_the_daemon_a_client_without_elicitation_waits_for_a_person() {
     not_written(&e, ".git/waited.txt");
     let yes = lg(&e, &["approvals", "approve", a["id"].as_str().unwrap()]);
     assert!(yes.status.success(), "{}", text(&yes.stderr));
-    let mut out = child.wait_with_output().unwrap();
-    out.stderr = reader.join().unwrap().into_bytes();
-    let s = summary(&out);
+    let s = client.summary();
     assert_eq!(s["sandboxes"][0], sandbox.as_str());
     written(&e, ".git/waited.txt", "approved\n");
     assert_eq!(
@@ -392,47 +434,27 @@ fn a_call_kept_waiting_answers_pending_and_approval_wait_resumes_it() {
     let Some(py) = python() else { return };
     let e = env();
     let _d = daemon(&e);
-    let mut child = client_of(
-        &py,
-        "client.py",
-        &e,
-        "pending",
-        true,
-        &["--pending-after", "3"],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in stderr.lines() {
-            let line = line.unwrap();
-            if let Some(id) = line.strip_prefix("pending ") {
-                let _ = tx.send(id.to_owned());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let Ok(id) = rx.recv_timeout(Duration::from_secs(90)) else {
-        let _ = child.kill();
-        panic!(
-            "the call did not answer pending_approval:\n{}",
-            reader.join().unwrap()
-        );
-    };
+    let mut client = Watched::spawn(
+        client_of(
+            &py,
+            "client.py",
+            &e,
+            "pending",
+            true,
+            &["--pending-after", "3"],
+        ),
+        |line| line.strip_prefix("pending ").map(str::to_owned),
+    );
+    let id = client.first(
+        "the call did not answer pending_approval",
+        Duration::from_secs(90),
+    );
     not_written(&e, ".git/later.txt");
     let shown = lg(&e, &["approvals", "show", &id, "--json"]);
     assert!(shown.status.success(), "{}", text(&shown.stderr));
     let yes = lg(&e, &["approvals", "approve", &id]);
     assert!(yes.status.success(), "{}", text(&yes.stderr));
-    let mut out = child.wait_with_output().unwrap();
-    out.stderr = reader.join().unwrap().into_bytes();
-    let s = summary(&out);
+    let s = client.summary();
     assert_eq!(s["approval"], id.as_str());
     written(&e, ".git/later.txt", "later\n");
     assert_eq!(
