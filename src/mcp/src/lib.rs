@@ -19,6 +19,7 @@ mod approve;
 mod bounded;
 pub mod hosts;
 mod server;
+mod stdio;
 pub mod tools;
 
 use luminaguard_front::Front;

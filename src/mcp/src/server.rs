@@ -105,8 +105,9 @@ async fn serve(server: Server) -> Result<(), ServeError> {
         futures_select_all(waits).await;
     };
     tokio::pin!(stop);
+    let channel = crate::stdio::stdio(&server.0.settings);
     let running = tokio::select! {
-        r = server.serve(rmcp::transport::stdio()) => {
+        r = server.serve(channel) => {
             r.map_err(|e| ServeError::Start(e.to_string()))?
         }
         () = &mut stop => return Ok(()),
