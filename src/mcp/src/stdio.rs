@@ -295,6 +295,8 @@ pub struct Lines<R, W> {
     read: BufReader<R>,
     framer: Framer,
     write: Arc<tokio::sync::Mutex<Writer<W>>>,
+    /// An answer not handed to the writer yet (kept here across a cancelled wait for it).
+    pending: Option<Vec<u8>>,
     /// An answer the writer holds that is not flushed yet (a flush was cancelled).
     unflushed: bool,
 }
@@ -361,16 +363,18 @@ where
                 queue: Vec::new(),
                 done: 0,
             })),
+            pending: None,
             unflushed: false,
         }
     }
 
-    /// Writes `answer` (and anything queued before it); false when the channel is gone.
-    async fn answer(&mut self, answer: Option<&Value>) -> bool {
+    /// Writes the pending answer (and anything queued before it); false when the channel is
+    /// gone. Cancellation-safe: until the writer has the answer it is in `self.pending`, and
+    /// once it has it, it stays queued there until written.
+    async fn answer(&mut self) -> bool {
         let mut w = self.write.lock().await;
-        if let Some(a) = answer {
-            // Queued before any await: a cancelled flush leaves it queued, not lost.
-            w.queue(a.to_string().as_bytes());
+        if let Some(a) = self.pending.take() {
+            w.queue(&a);
             self.unflushed = true;
         }
         match w.flush().await {
@@ -413,7 +417,7 @@ where
     }
 
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleServer>> {
-        if self.unflushed && !self.answer(None).await {
+        if (self.pending.is_some() || self.unflushed) && !self.answer().await {
             return None;
         }
         loop {
@@ -458,7 +462,9 @@ where
                     }
                 },
             };
-            if !self.answer(Some(&answer)).await {
+            // Kept before the first await: a receive cancelled from here on still answers.
+            self.pending = Some(answer.to_string().into_bytes());
+            if !self.answer().await {
                 return None;
             }
         }
