@@ -745,6 +745,9 @@ impl ServerHandler for Server {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
