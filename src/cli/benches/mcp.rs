@@ -2,7 +2,9 @@
 //! service): `run_command` of `echo hi` through `luminaguard mcp serve` on stdio (JSON-RPC
 //! line in, result line out; the session's sandbox warm), against the same command through the
 //! service as a library (what the server calls), against a bare fork+exec of `echo hi`. The
-//! first call of a session (its sandbox made) is reported separately, cold.
+//! first call of a session (its sandbox made) is reported separately, cold; and through a
+//! running daemon, the first call of a session served from its warm pool (`mcp serve --pool
+//! fast`) beside the first call through the same daemon without a pool (its sandbox made cold).
 //!
 //! `cargo bench -p luminaguard --bench mcp [-- --quick]` (root). Medians; figures are printed,
 //! never asserted.
@@ -20,6 +22,7 @@ use std::time::Instant;
 use luminaguard_core::Config;
 use luminaguard_core::config::ConfigLayer;
 use luminaguard_service::{Caller, CreateOptions, ExecOptions, ExecOutput, Service};
+use luminaguard_testkit::daemon::Daemon;
 use luminaguard_testkit::{median, ms};
 use serde_json::{Value, json};
 
@@ -34,11 +37,11 @@ struct Server {
 }
 
 impl Server {
+    /// In-process (no daemon), as a host would start it.
     fn start(rt: &std::path::Path) -> Self {
-        let mut child = Command::new(LG)
-            .arg("--runtime-dir")
-            .arg(rt)
-            .args([
+        Self::start_with(
+            rt,
+            &[
                 "--no-daemon",
                 "--policy",
                 "permissive",
@@ -46,7 +49,16 @@ impl Server {
                 "serve",
                 "--backend",
                 "process",
-            ])
+            ],
+        )
+    }
+
+    /// With `args` after `--runtime-dir RT`.
+    fn start_with(rt: &std::path::Path, args: &[&str]) -> Self {
+        let mut child = Command::new(LG)
+            .arg("--runtime-dir")
+            .arg(rt)
+            .args(args)
             .env("LUMINAGUARD_AUDIT_DIR", rt.with_extension("audit"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -204,7 +216,38 @@ fn main() {
         assert_eq!(out.stdout, b"hi\n");
     }
 
+    // Through a daemon with a warm pool: the first call of a session served from the pool,
+    // beside the first call through the same daemon without one (its sandbox made then).
+    let rt_daemon = dir.path().join("daemon");
+    let daemon = Daemon::start(
+        std::path::Path::new(LG),
+        &rt_daemon,
+        &format!(
+            "log = \"error\"\npolicy = \"permissive\"\naudit_dir = {:?}\n\
+             [defaults]\nbackend = \"process\"\n[pools.fast]\nsize = 2\n",
+            dir.path().join("daemon-audit")
+        ),
+    );
+    let (mut pooled, mut daemon_cold) = (Vec::new(), Vec::new());
+    for _ in 0..colds {
+        // Not timed: the pool refills between sessions, as it does between a host's sessions.
+        pool_full(&rt_daemon, 2);
+        let mut s = Server::start_with(&rt_daemon, &["mcp", "serve", "--pool", "fast"]);
+        let t = Instant::now();
+        s.echo();
+        pooled.push(t.elapsed());
+        s.stop();
+        pool_full(&rt_daemon, 2);
+        let mut s = Server::start_with(&rt_daemon, &["mcp", "serve"]);
+        let t = Instant::now();
+        s.echo();
+        daemon_cold.push(t.elapsed());
+        s.stop();
+    }
+    drop(daemon);
+
     let (m, l, b, f) = (median(mcp), median(lib), median(bare), median(first));
+    let (pf, dc) = (median(pooled), median(daemon_cold));
     println!("mcp bench: {rounds} rounds (medians), process backend, in-process service");
     println!("| | time | beside it | ratio |");
     println!("|---|---|---|---|");
@@ -227,4 +270,42 @@ fn main() {
         ms(m),
         ms(f) / ms(m)
     );
+    println!(
+        "| first call of a session from a daemon's warm pool (mcp serve --pool) | {:.2} ms | first call through the daemon, no pool {:.2} ms | {:.2} |",
+        ms(pf),
+        ms(dc),
+        ms(pf) / ms(dc)
+    );
+    println!(
+        "| first call of a session from a daemon's warm pool | {:.2} ms | in-process warm call {:.2} ms | {:.2} |",
+        ms(pf),
+        ms(m),
+        ms(pf) / ms(m)
+    );
+}
+
+/// Waits until the daemon on `rt` has `size` sandboxes waiting in its pools.
+fn pool_full(rt: &std::path::Path, size: usize) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = Command::new(LG)
+            .arg("--runtime-dir")
+            .arg(rt)
+            .args(["sandbox", "ls", "--json"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "sandbox ls failed");
+        let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let waiting = list.iter().filter(|s| !s["pool"].is_null()).count();
+        if waiting >= size {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pool does not refill: {list:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

@@ -20,6 +20,7 @@ mod bounded;
 mod flight;
 pub mod hosts;
 mod server;
+mod stdio;
 pub mod tools;
 
 use luminaguard_front::Front;

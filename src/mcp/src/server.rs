@@ -81,16 +81,7 @@ pub(crate) async fn serve_stdio(front: Front, settings: Settings) -> Result<(), 
         // The service's approvals wait for this server's answer (it puts them to its client).
         service.set_front_kind("mcp");
     }
-    let network = !settings.create.net_allow.is_empty();
-    let session = Arc::new(Session {
-        front,
-        settings,
-        tools: tools::all(network),
-        sandboxes: tokio::sync::Mutex::default(),
-        shared,
-        detached: std::sync::Mutex::default(),
-        named: std::sync::OnceLock::new(),
-    });
+    let session = Arc::new(Session::new(front, settings, shared));
     let result = serve(Server(Arc::clone(&session))).await;
     session.end().await;
     result
@@ -114,8 +105,9 @@ async fn serve(server: Server) -> Result<(), ServeError> {
         futures_select_all(waits).await;
     };
     tokio::pin!(stop);
+    let channel = crate::stdio::stdio(&server.0.settings);
     let running = tokio::select! {
-        r = server.serve(rmcp::transport::stdio()) => {
+        r = server.serve(channel) => {
             r.map_err(|e| ServeError::Start(e.to_string()))?
         }
         () = &mut stop => return Ok(()),
@@ -149,6 +141,19 @@ async fn futures_select_all<F: Future + Unpin>(futures: impl Iterator<Item = F>)
 }
 
 impl Session {
+    fn new(front: Front, settings: Settings, shared: Arc<Shared>) -> Self {
+        let network = !settings.create.net_allow.is_empty();
+        Self {
+            front,
+            tools: tools::all(network),
+            settings,
+            sandboxes: tokio::sync::Mutex::default(),
+            shared,
+            detached: std::sync::Mutex::default(),
+            named: std::sync::OnceLock::new(),
+        }
+    }
+
     /// Destroys the session's sandboxes and closes the audit log (in-process).
     async fn end(&self) {
         // Calls still held end with the session (their cards are withdrawn).
@@ -1046,6 +1051,9 @@ fn argv_of(request: &CallToolRequestParams) -> Option<Vec<String>> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -15,7 +15,9 @@ Modes:
   pending  (through a daemon, --pending-after 3) progress notices while a command prints; an
            asked write answers pending_approval, which approval_wait resumes once a person
            approved it (src/cli/tests/mcp.rs approves when this prints `pending ID`).
-  raw      bad JSON-RPC on the raw pipe: a request before initialize, a malformed line.
+  raw      bad JSON-RPC on the raw pipe: a request before initialize; a line that is not JSON
+           (-32700), JSON that is not a message (-32600), parameters that do not fit (-32602),
+           a line over the cap (-32600, too large); the server keeps serving throughout.
 """
 
 import asyncio
@@ -296,8 +298,13 @@ def mode_raw():
     p = subprocess.Popen(SERVER, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def send(obj_or_line):
-        line = obj_or_line if isinstance(obj_or_line, str) else json.dumps(obj_or_line)
-        p.stdin.write((line + "\n").encode())
+        if isinstance(obj_or_line, bytes):
+            line = obj_or_line
+        elif isinstance(obj_or_line, str):
+            line = obj_or_line.encode()
+        else:
+            line = json.dumps(obj_or_line).encode()
+        p.stdin.write(line + b"\n")
         p.stdin.flush()
 
     def recv():
@@ -305,30 +312,59 @@ def mode_raw():
         check(line, "the server closed its stdout")
         return json.loads(line)
 
+    def error_reply(code, id, what):
+        r = recv()
+        check(r.get("jsonrpc") == "2.0" and "id" in r and r["id"] == id
+              and r.get("error", {}).get("code") == code
+              and isinstance(r["error"].get("message"), str), f"{what}: {r}")
+        return r
+
+    answered = []
+    # Before initialize: a request gets an error; a malformed line -32700; the server waits.
     send({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}})
     r = recv()
     check(r.get("id") == 1 and "error" in r, f"before initialize: {r}")
+    send("{this is not json")
+    answered.append(error_reply(-32700, None, "malformed before initialize"))
     send({"jsonrpc": "2.0", "id": 2, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {},
         "clientInfo": {"name": "raw", "version": "0"}}})
     r = recv()
     check(r.get("id") == 2 and r["result"]["serverInfo"]["name"] == "luminaguard", f"init: {r}")
     send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    # Not JSON: -32700, id null (JSON-RPC 2.0 §5.1).
     send("{this is not json")
+    answered.append(error_reply(-32700, None, "a malformed line"))
+    send(b"\xff\xfe not UTF-8")
+    answered.append(error_reply(-32700, None, "a line that is not UTF-8"))
+    # JSON that is not a message: -32600, with the id when one can be read.
+    send("[]")
+    answered.append(error_reply(-32600, None, "an empty batch"))
+    send("42")
+    answered.append(error_reply(-32600, None, "a number"))
+    send({"jsonrpc": "2.0", "id": 5, "method": 5})
+    answered.append(error_reply(-32600, 5, "a method that is not a string"))
+    send({"jsonrpc": "1.0", "id": "six", "method": "ping"})
+    answered.append(error_reply(-32600, "six", "not JSON-RPC 2.0"))
+    # A method that exists, with parameters that do not fit it: -32602 with the id.
+    send({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": 7}})
+    answered.append(error_reply(-32602, 7, "tools/call with a number for a name"))
+    # A line over the cap (6 × the 4 MiB file limit + 1 MiB): refused unread, -32600.
+    send(b'{"jsonrpc":"2.0","id":8,"method":"ping","params":{"x":"' + b"a" * (26 << 20) + b'"}}')
+    r = error_reply(-32600, None, "a line over the cap")
+    check("too large" in r["error"]["message"], f"too large: {r}")
+    answered.append(r)
+    # … and the server keeps serving, in order.
     send({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {}})
-    replies = [recv()]
-    if replies[0].get("id") != 3:
-        # An error answer to the malformed line (id null) comes first.
-        check("error" in replies[0], f"malformed: {replies[0]}")
-        replies.append(recv())
-    check(replies[-1].get("id") == 3 and len(replies[-1]["result"]["tools"]) == 9,
-          f"after a malformed line: {replies}")
+    r = recv()
+    check(r.get("id") == 3 and len(r["result"]["tools"]) == 9, f"after the bad lines: {r}")
     send({"jsonrpc": "2.0", "id": 4, "method": "no/such/method", "params": {}})
     r = recv()
     check(r.get("id") == 4 and r["error"]["code"] == -32601, f"unknown method: {r}")
     p.stdin.close()
+    check(p.stdout.read() == b"", "nothing more on stdout")
     check(p.wait(timeout=30) == 0, f"exit status {p.returncode}")
-    print(json.dumps({"replies": len(replies)}))
+    print(json.dumps({"answered": [[a["id"], a["error"]["code"]] for a in answered]}))
 
 
 if __name__ == "__main__":
