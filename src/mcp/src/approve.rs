@@ -11,15 +11,17 @@
 //! (nobody to ask).
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use luminaguard_core::SandboxId;
 use luminaguard_front::{Front, FrontError};
 use luminaguard_service::Answer;
-use luminaguard_service::ask::Asker;
+use luminaguard_service::ask::{Asker, Question};
 use rmcp::service::ElicitationError;
 use rmcp::{Peer, RoleServer};
+
+use crate::server::Hub;
 
 /// How the MCP client's user answers (the elicitation's form).
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
@@ -108,13 +110,16 @@ async fn elicit(peer: &Peer<RoleServer>, card: &str) -> Option<(Answer, String)>
     }
 }
 
-/// The in-process service's way to ask: through the client's elicitation, on the thread the
-/// service gives it (it blocks there, never on the runtime's workers).
-pub fn asker(shared: Arc<Shared>, runtime: tokio::runtime::Handle) -> Asker {
+/// The in-process service's way to ask: through the elicitation of the client whose session
+/// made the held request (the question's session, one of the server's), on the thread the
+/// service gives it (it blocks there, never on the runtime's workers). A question of no live
+/// session of this server has nobody to ask.
+pub(crate) fn asker(hub: Weak<Hub>, runtime: tokio::runtime::Handle) -> Asker {
     Asker(
-        Arc::new(move |card: &str| {
+        Arc::new(move |q: &Question| {
+            let shared = hub.upgrade()?.shared(q.session.as_deref()?)?;
             let peer = shared.elicitor()?.clone();
-            let (answer, said) = runtime.block_on(elicit(&peer, card))?;
+            let (answer, said) = runtime.block_on(elicit(&peer, &q.text))?;
             shared.note(format!("{said} (elicitation)"));
             Some(answer)
         }),

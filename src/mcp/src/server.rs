@@ -12,7 +12,7 @@ use rmcp::model::{
     ProtocolVersion, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
-use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+use rmcp::{ErrorData, Peer, RoleServer, ServerHandler, ServiceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -24,18 +24,185 @@ use crate::{ServeError, Settings};
 /// Entries `list_files` returns at most.
 const MAX_ENTRIES: usize = 10_000;
 
-/// The MCP server of one session.
+/// The MCP server of one session: what rmcp serves, one per MCP session (on stdio, the one
+/// session; over HTTP, made by the session factory for each `initialize`). Its [`Session`] is
+/// made when the client says hello, and ends — its sandboxes destroyed — when the last handle
+/// on it goes, which is when rmcp drops the session's service (see [`Session`]'s `Drop`).
 #[derive(Debug, Clone)]
-pub struct Server(Arc<Session>);
+pub struct Server(Arc<Conn>);
+
+#[derive(Debug)]
+struct Conn {
+    hub: Arc<Hub>,
+    session: std::sync::OnceLock<Arc<Session>>,
+}
+
+/// What every session of this server shares: one way to the sandboxes (one service in this
+/// process, or the daemon), the settings, and the sessions themselves (to end them all when
+/// the server stops, and to route a question to the session it is for).
+#[derive(Debug)]
+pub(crate) struct Hub {
+    front: Front,
+    settings: Settings,
+    tools: Vec<Tool>,
+    /// The sessions, by name: their askers' side (for [`approve::asker`]) and the session
+    /// itself (to end it when the server stops).
+    sessions: std::sync::Mutex<std::collections::HashMap<Arc<str>, Live>>,
+    /// Sandbox destroys of sessions that went away, which the server waits for before it
+    /// exits.
+    cleanup: tokio_util::task::TaskTracker,
+}
+
+#[derive(Debug)]
+struct Live {
+    shared: std::sync::Weak<Shared>,
+    session: std::sync::Weak<Session>,
+}
+
+impl Hub {
+    /// The hub of a server over `front`; in-process, the service learns what front-end it
+    /// serves and how to ask a person (the client of the session whose request is held).
+    pub(crate) fn new(front: Front, settings: Settings) -> Arc<Self> {
+        let network = !settings.create.net_allow.is_empty();
+        let hub = Arc::new(Self {
+            front,
+            settings,
+            tools: tools::all(network),
+            sessions: std::sync::Mutex::default(),
+            cleanup: tokio_util::task::TaskTracker::new(),
+        });
+        if let Some(service) = hub.front.service() {
+            service.set_front_kind("mcp");
+            service.set_asker(approve::asker(
+                Arc::downgrade(&hub),
+                tokio::runtime::Handle::current(),
+            ));
+        }
+        hub
+    }
+
+    /// A server for one more session (what rmcp's session factory returns).
+    pub(crate) fn server(self: &Arc<Self>) -> Server {
+        Server(Arc::new(Conn {
+            hub: Arc::clone(self),
+            session: std::sync::OnceLock::new(),
+        }))
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Arc<str>, Live>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The asking side of session `name`, while it lives.
+    pub(crate) fn shared(&self, name: &str) -> Option<Arc<Shared>> {
+        self.sessions().get(name).and_then(|l| l.shared.upgrade())
+    }
+
+    /// Begins session of client `client`/`version`: a name no other live session has, and a
+    /// view of the front that names it on everything it does.
+    fn begin(
+        self: &Arc<Self>,
+        peer: Peer<RoleServer>,
+        client: &str,
+        version: &str,
+    ) -> Arc<Session> {
+        let mut sessions = self.sessions();
+        let name: Arc<str> = loop {
+            let name: Arc<str> = session_name(client, version).into();
+            if !sessions.contains_key(&name) {
+                break name;
+            }
+        };
+        let shared = Arc::new(Shared::default());
+        let _ = shared.peer.set(peer);
+        let session = Arc::new(Session {
+            front: self.front.in_session(&name),
+            settings: self.settings.clone(),
+            sandboxes: tokio::sync::Mutex::default(),
+            shared: Arc::clone(&shared),
+            name: Arc::clone(&name),
+            hub: Arc::downgrade(self),
+        });
+        sessions.insert(
+            name,
+            Live {
+                shared: Arc::downgrade(&shared),
+                session: Arc::downgrade(&session),
+            },
+        );
+        session
+    }
+
+    /// The server is stopping: every session still alive ends (its sandboxes destroyed), the
+    /// destroys of those that went before are waited for, and the audit log is closed.
+    pub(crate) async fn stop(&self) {
+        let live: Vec<Arc<Session>> = self
+            .sessions()
+            .values()
+            .filter_map(|l| l.session.upgrade())
+            .collect();
+        for session in live {
+            session.end().await;
+        }
+        self.cleanup.close();
+        self.cleanup.wait().await;
+        self.front.finish().await;
+    }
+}
 
 #[derive(Debug)]
 struct Session {
     front: Front,
     settings: Settings,
-    tools: Vec<Tool>,
     /// This session's sandboxes; the first made without being asked for is its default.
     sandboxes: tokio::sync::Mutex<Vec<Sandbox>>,
     shared: Arc<Shared>,
+    /// The session's name on the audit log (`mcp-1a2b3c4d CLIENT/VERSION`).
+    name: Arc<str>,
+    hub: std::sync::Weak<Hub>,
+}
+
+/// However the session ends — its client said goodbye (HTTP DELETE), rmcp dropped it, the
+/// server stopped — its sandboxes are destroyed when the last handle on it goes: rmcp drops
+/// the session's service (this [`Server`] and every request's clone of it) once the session's
+/// task ends.
+impl Drop for Session {
+    fn drop(&mut self) {
+        let left = std::mem::take(self.sandboxes.get_mut());
+        let hub = self.hub.upgrade();
+        if let Some(hub) = &hub {
+            hub.sessions().remove(&self.name);
+        }
+        if left.is_empty() {
+            return;
+        }
+        let front = self.front.clone();
+        let session = Arc::clone(&self.name);
+        let destroy = async move {
+            for s in left {
+                let id = s.held.id().clone();
+                match front.release(s.held).await {
+                    Ok(()) => {
+                        tracing::info!(%id, %session, "destroyed a sandbox of the ended MCP session")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%id, %session, error = %e, "destroying a sandbox of the ended MCP session")
+                    }
+                }
+            }
+        };
+        match (hub, tokio::runtime::Handle::try_current()) {
+            (Some(hub), Ok(rt)) => {
+                hub.cleanup.spawn_on(destroy, &rt);
+            }
+            _ => tracing::warn!(
+                session = %self.name,
+                "an MCP session ended after the server stopped: its sandboxes are left to their lifetime and `gc`"
+            ),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -66,24 +233,9 @@ impl From<FrontError> for Fail {
 type Outcome<T> = Result<T, Fail>;
 
 pub(crate) async fn serve_stdio(front: Front, settings: Settings) -> Result<(), ServeError> {
-    let shared = Arc::new(Shared::default());
-    if let Some(service) = front.service() {
-        service.set_front_kind("mcp");
-        service.set_asker(approve::asker(
-            Arc::clone(&shared),
-            tokio::runtime::Handle::current(),
-        ));
-    }
-    let network = !settings.create.net_allow.is_empty();
-    let session = Arc::new(Session {
-        front,
-        settings,
-        tools: tools::all(network),
-        sandboxes: tokio::sync::Mutex::default(),
-        shared,
-    });
-    let result = serve(Server(Arc::clone(&session))).await;
-    session.end().await;
+    let hub = Hub::new(front, settings);
+    let result = serve(hub.server()).await;
+    hub.stop().await;
     result
 }
 
@@ -140,7 +292,7 @@ async fn futures_select_all<F: Future + Unpin>(futures: impl Iterator<Item = F>)
 }
 
 impl Session {
-    /// Destroys the session's sandboxes and closes the audit log (in-process).
+    /// Destroys the session's sandboxes.
     async fn end(&self) {
         let all = std::mem::take(&mut *self.sandboxes.lock().await);
         for s in all {
@@ -149,7 +301,6 @@ impl Session {
                 tracing::warn!(%id, error = %e, "destroying a sandbox of the MCP session");
             }
         }
-        self.front.finish().await;
     }
 
     /// The sandbox a call names, or the session's own (made now if it has none yet).
@@ -620,8 +771,20 @@ fn result<T: Serialize>(done: Outcome<(T, String)>) -> CallToolResult {
 }
 
 impl Server {
+    /// The session, once the client has said hello. A request without one (the stateless
+    /// 2026-07-28 revision, which this server does not offer yet) is refused.
+    fn session(&self) -> Result<&Arc<Session>, ErrorData> {
+        self.0.session.get().ok_or_else(|| {
+            ErrorData::invalid_request(
+                "this server serves MCP sessions: send `initialize` first (the stateless \
+                 2026-07-28 revision is not served yet)",
+                None,
+            )
+        })
+    }
+
     async fn call(&self, req: CallToolRequestParams) -> Result<CallToolResult, ErrorData> {
-        let s = &self.0;
+        let s = self.session()?;
         tracing::debug!(tool = %req.name, "tool call");
         Ok(match req.name.as_ref() {
             RUN_COMMAND => match args(&req) {
@@ -692,14 +855,20 @@ impl ServerHandler for Server {
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
         context.peer.set_peer_info(request.clone());
-        if let Some(service) = self.0.front.service() {
-            // Every record this session makes names it and its client.
-            service.set_session(Some(session_name(
-                &request.client_info.name,
-                &request.client_info.version,
-            )));
+        if self.0.session.get().is_some() {
+            return Err(ErrorData::invalid_request(
+                "this MCP session is initialized already",
+                None,
+            ));
         }
-        let _ = self.0.shared.peer.set(context.peer.clone());
+        // Every record this session makes names it and its client.
+        let session = self.0.hub.begin(
+            context.peer.clone(),
+            &request.client_info.name,
+            &request.client_info.version,
+        );
+        tracing::info!(session = %session.name, "MCP session");
+        let _ = self.0.session.set(session);
         tracing::info!(
             client = %request.client_info.name,
             version = %request.client_info.version,
@@ -714,11 +883,11 @@ impl ServerHandler for Server {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(self.0.tools.clone()))
+        Ok(ListToolsResult::with_all_items(self.0.hub.tools.clone()))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.0.tools.iter().find(|t| t.name == name).cloned()
+        self.0.hub.tools.iter().find(|t| t.name == name).cloned()
     }
 
     /// A call the client cancels (`notifications/cancelled`) is dropped where it stands: a

@@ -168,6 +168,7 @@ impl Pending {
             uid: meta.user.unwrap_or(self.service.euid),
             gid: 0,
             pid: None,
+            session: None,
         };
         let spec = meta.spec.as_ref();
         // Queued, not waited for: the sandbox changes nothing by existing, and whatever runs in
@@ -507,7 +508,7 @@ impl Service {
                 .await?
                 .with_audit(exec::ExitAudit {
                     audit: Arc::clone(&self.audit),
-                    caller: *caller,
+                    caller: caller.clone(),
                     sandbox: id.clone(),
                 }),
         )

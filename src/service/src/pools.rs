@@ -280,6 +280,7 @@ impl Service {
             uid: self.euid,
             gid: nix::unistd::getegid().as_raw(),
             pid: None,
+            session: None,
         };
         let opts = member_options(def, self.config.defaults.lifetime);
         let mut sandbox = self.create_unpooled(&me, opts).await?.sandbox;

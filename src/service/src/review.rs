@@ -460,6 +460,7 @@ impl Service {
             uid: a.user.unwrap_or(self.euid),
             gid: 0,
             pid: None,
+            session: None,
         };
         let reason = match &outcome {
             Outcome::Expired => "timed out".to_owned(),
