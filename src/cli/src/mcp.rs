@@ -54,6 +54,19 @@ pub struct ServeArgs {
     /// Bytes of stdout and of stderr a command's result keeps (its head and tail).
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 10)]
     output_limit: usize,
+    /// Serve MCP's streamable HTTP at /mcp instead of stdio: on HOST:PORT (TCP, a bearer token
+    /// on every request) or unix:PATH (a 0600 socket; only this user and root are served).
+    /// Each MCP session gets its own sandboxes.
+    #[arg(long, value_name = "ADDR|unix:PATH")]
+    http: Option<String>,
+    /// The bearer token for --http on TCP, in a file only its owner may read (default: a new
+    /// random token, written to RUNTIME_DIR/mcp-http.token).
+    #[arg(long, value_name = "FILE", requires = "http")]
+    token_file: Option<std::path::PathBuf>,
+    /// Let --http bind an address other than loopback (the token then crosses the network in
+    /// plain HTTP: put TLS in front).
+    #[arg(long, requires = "http")]
+    http_public: bool,
 }
 
 pub async fn run(cmd: McpCommand, config: Config, choice: &Choice) -> anyhow::Result<ExitCode> {
@@ -76,6 +89,16 @@ pub async fn run(cmd: McpCommand, config: Config, choice: &Choice) -> anyhow::Re
             Ok(ExitCode::SUCCESS)
         }
         McpCommand::Serve(args) => {
+            // Checked before anything is opened: a bad address is refused at once.
+            let http = match &args.http {
+                Some(addr) => Some(luminaguard_mcp::http::HttpOptions {
+                    listen: luminaguard_mcp::http::Listen::parse(addr)?,
+                    public: args.http_public,
+                    token_file: args.token_file.clone(),
+                    runtime_dir: config.runtime_dir.clone(),
+                }),
+                None => None,
+            };
             // Not `main::front`: an MCP server has no terminal to ask at; it asks its client.
             let front = Front::open(config, choice).await?;
             let settings = luminaguard_mcp::Settings {
@@ -83,7 +106,10 @@ pub async fn run(cmd: McpCommand, config: Config, choice: &Choice) -> anyhow::Re
                 output_limit: args.output_limit,
                 ..luminaguard_mcp::Settings::default()
             };
-            luminaguard_mcp::serve_stdio(front, settings).await?;
+            match http {
+                Some(opts) => luminaguard_mcp::serve_http(front, settings, opts).await?,
+                None => luminaguard_mcp::serve_stdio(front, settings).await?,
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

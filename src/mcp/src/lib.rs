@@ -18,6 +18,7 @@
 mod approve;
 mod bounded;
 pub mod hosts;
+pub mod http;
 mod server;
 pub mod tools;
 
@@ -57,6 +58,9 @@ pub enum ServeError {
     /// The session's task failed.
     #[error("the MCP session on stdio failed: {0}")]
     Session(#[from] tokio::task::JoinError),
+    /// The HTTP server could not start.
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
     /// A signal handler could not be installed.
     #[error("installing a handler for {signal}: {source}")]
     Signal {
@@ -72,5 +76,18 @@ pub async fn serve_stdio(front: Front, settings: Settings) -> Result<(), ServeEr
     // queries of every future that holds it inline.
     let serving: std::pin::Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send>> =
         Box::pin(server::serve_stdio(front, settings));
+    serving.await
+}
+
+/// Serves MCP over streamable HTTP (`--http`): one MCP session per client session, each with
+/// its own sandboxes, over one `front`, until SIGTERM, SIGINT or SIGHUP; then ends every
+/// session and destroys their sandboxes. See [`http`] for the authentication.
+pub async fn serve_http(
+    front: Front,
+    settings: Settings,
+    opts: http::HttpOptions,
+) -> Result<(), ServeError> {
+    let serving: std::pin::Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send>> =
+        Box::pin(http::serve_http(front, settings, opts));
     serving.await
 }

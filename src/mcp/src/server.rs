@@ -239,7 +239,8 @@ pub(crate) async fn serve_stdio(front: Front, settings: Settings) -> Result<(), 
     result
 }
 
-async fn serve(server: Server) -> Result<(), ServeError> {
+/// Resolves at the first of SIGTERM, SIGINT and SIGHUP (the handlers installed now).
+pub(crate) fn stop_signals() -> Result<impl Future<Output = ()>, ServeError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut signals = Vec::new();
     for (kind, name) in [
@@ -252,10 +253,14 @@ async fn serve(server: Server) -> Result<(), ServeError> {
             source,
         })?);
     }
-    let stop = async {
+    Ok(async move {
         let waits = signals.iter_mut().map(|s| Box::pin(s.recv()));
         futures_select_all(waits).await;
-    };
+    })
+}
+
+async fn serve(server: Server) -> Result<(), ServeError> {
+    let stop = stop_signals()?;
     tokio::pin!(stop);
     let running = tokio::select! {
         r = server.serve(rmcp::transport::stdio()) => {
