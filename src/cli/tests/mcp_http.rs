@@ -23,6 +23,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_luminaguard");
 /// Where scripts/setup installs the Python SDK (`LUMINAGUARD_TEST_PYTHON` overrides it).
 const PYTHON: &str = "/var/cache/luminaguard/python-mcp/bin/python";
 
+/// Where scripts/setup installs the MCP Inspector (`LUMINAGUARD_TEST_INSPECTOR` overrides it).
+const INSPECTOR: &str = "/var/cache/luminaguard/mcp-inspector/node_modules/.bin/mcp-inspector";
+
 fn scripts() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp")
 }
@@ -47,6 +50,23 @@ fn python() -> Option<PathBuf> {
         .output()
         .is_ok_and(|o| o.status.success());
     prerequisite(&format!("the Python MCP SDK ({})", p.display()), ok).then_some(p)
+}
+
+fn inspector() -> Option<PathBuf> {
+    let p = std::env::var_os("LUMINAGUARD_TEST_INSPECTOR")
+        .map_or_else(|| PathBuf::from(INSPECTOR), PathBuf::from);
+    prerequisite(&format!("the MCP Inspector ({})", p.display()), p.exists()).then_some(p)
+}
+
+/// The JSON the Inspector's CLI printed on stdout (its stderr has schema warnings).
+fn inspected(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "the inspector failed:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
 }
 
 struct Env {
@@ -750,4 +770,82 @@ fn a_killed_http_server_leaves_no_sandbox() {
         );
     }
     drop(d);
+}
+
+/// The MCP Inspector's CLI against `mcp serve`: `tools/list` and a `tools/call` of
+/// `run_command`, on stdio and over HTTP (the token added by tests/mcp/inspector-auth.cjs; the
+/// Inspector without it is refused).
+#[test]
+fn the_mcp_inspector_lists_and_calls_tools_on_stdio_and_over_http() {
+    if !privileged("the MCP HTTP test") {
+        return;
+    }
+    let Some(inspector) = inspector() else { return };
+    let e = env();
+    let inspect = |target: &[String], method: &[&str]| -> Command {
+        let mut cmd = Command::new(&inspector);
+        cmd.arg("--cli")
+            .args(target)
+            .arg("--method")
+            .args(method)
+            .env("LUMINAGUARD_AUDIT_DIR", &e.audit)
+            .env_remove("NODE_OPTIONS")
+            .stdin(Stdio::null());
+        cmd
+    };
+    let list = ["tools/list"];
+    let call = [
+        "tools/call",
+        "--tool-name",
+        "run_command",
+        "--tool-arg",
+        "command=echo hi",
+    ];
+    let check = |listed: &Value, called: &Value, how: &str| {
+        let names: Vec<&str> = listed["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names.len(), 8, "{how}: {names:?}");
+        assert!(names.contains(&"run_command"), "{how}: {names:?}");
+        assert_ne!(called["isError"], true, "{how}: {called}");
+        assert_eq!(
+            called["structuredContent"]["stdout"], "hi\n",
+            "{how}: {called}"
+        );
+    };
+
+    let mut stdio = vec![BIN.to_owned()];
+    stdio.extend(serve_argv(&e, false));
+    let listed = inspected(&inspect(&stdio, &list).output().unwrap());
+    let called = inspected(&inspect(&stdio, &call).output().unwrap());
+    check(&listed, &called, "stdio");
+    assert!(
+        sandboxes(&e).is_empty(),
+        "the stdio session's sandbox is gone"
+    );
+
+    let server = Server::start(&e, false, "127.0.0.1:0", &[]);
+    let http = vec![server.url.clone(), "--transport".into(), "http".into()];
+    let refused = inspect(&http, &list).output().unwrap();
+    assert!(!refused.status.success(), "no token, no answer");
+    let with_token = |method: &[&str]| {
+        let mut cmd = inspect(&http, method);
+        cmd.env("LG_TOKEN", server.token.as_deref().unwrap()).env(
+            "NODE_OPTIONS",
+            format!(
+                "--require {}",
+                scripts().join("inspector-auth.cjs").display()
+            ),
+        );
+        inspected(&cmd.output().unwrap())
+    };
+    check(&with_token(&list), &with_token(&call), "HTTP");
+    // This Inspector leaves without a DELETE: its session (and sandbox) lives until rmcp's
+    // idle timeout or the server's end.
+    let mut server = server;
+    assert!(server.stop().success());
+    assert!(sandboxes(&e).is_empty(), "SIGTERM destroyed the session's sandbox");
 }
