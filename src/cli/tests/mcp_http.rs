@@ -847,5 +847,36 @@ fn the_mcp_inspector_lists_and_calls_tools_on_stdio_and_over_http() {
     // idle timeout or the server's end.
     let mut server = server;
     assert!(server.stop().success());
-    assert!(sandboxes(&e).is_empty(), "SIGTERM destroyed the session's sandbox");
+    assert!(
+        sandboxes(&e).is_empty(),
+        "SIGTERM destroyed the session's sandbox"
+    );
+}
+
+/// A request under the stateless 2026-07-28 revision (no session) is refused while the server
+/// does not offer that revision, and makes nothing. (Once it does, such calls get the
+/// server-wide session of their principal — uid or token — destroyed when the server stops.)
+#[test]
+fn a_stateless_request_is_refused_until_the_revision_is_offered() {
+    if !privileged("the MCP HTTP test") {
+        return;
+    }
+    let e = env();
+    let server = Server::start(&e, false, "127.0.0.1:0", &[]);
+    let r = server.post(
+        server.token.as_deref(),
+        None,
+        &[
+            "MCP-Protocol-Version: 2026-07-28",
+            "Mcp-Method: tools/call",
+            "Mcp-Name: run_command",
+        ],
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+            "name": "run_command", "arguments": {"command": "echo hi"},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}}}}),
+    );
+    let m = r.message();
+    assert!(m["error"].is_object(), "{r:?}");
+    assert!(sandboxes(&e).is_empty());
 }

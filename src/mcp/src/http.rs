@@ -124,12 +124,21 @@ enum Gate {
 }
 
 /// The principal a request was admitted as (in the request's extensions, for the handlers).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Principal {
     /// The holder of the bearer token (TCP).
     Token,
     /// A unix socket peer of this uid.
     Uid(u32),
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Token => f.write_str("the bearer token"),
+            Self::Uid(uid) => write!(f, "uid {uid}"),
+        }
+    }
 }
 
 /// Serves MCP over streamable HTTP on `opts.listen` until SIGTERM, SIGINT or SIGHUP; then

@@ -51,6 +51,9 @@ pub(crate) struct Hub {
     /// Sandbox destroys of sessions that went away, which the server waits for before it
     /// exits.
     cleanup: tokio_util::task::TaskTracker,
+    /// The sessions of requests without one (stateless HTTP), one per principal, held until
+    /// the server stops.
+    stateless: std::sync::Mutex<std::collections::HashMap<crate::http::Principal, Arc<Session>>>,
 }
 
 #[derive(Debug)]
@@ -70,6 +73,7 @@ impl Hub {
             tools: tools::all(network),
             sessions: std::sync::Mutex::default(),
             cleanup: tokio_util::task::TaskTracker::new(),
+            stateless: std::sync::Mutex::default(),
         });
         if let Some(service) = hub.front.service() {
             service.set_front_kind("mcp");
@@ -108,15 +112,44 @@ impl Hub {
         client: &str,
         version: &str,
     ) -> Arc<Session> {
+        self.begin_named(Some(peer), session_name(client, version))
+    }
+
+    /// The server-wide session of `principal`'s requests that come without one (made on its
+    /// first request). It has no client to ask (no elicitation outside a session).
+    fn stateless_session(self: &Arc<Self>, principal: &crate::http::Principal) -> Arc<Session> {
+        let mut stateless = self
+            .stateless
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let session = stateless.entry(principal.clone()).or_insert_with(|| {
+            self.begin_named(
+                None,
+                format!("{} (stateless HTTP, {principal})", session_id()),
+            )
+        });
+        Arc::clone(session)
+    }
+
+    fn begin_named(
+        self: &Arc<Self>,
+        peer: Option<Peer<RoleServer>>,
+        first: String,
+    ) -> Arc<Session> {
         let mut sessions = self.sessions();
-        let name: Arc<str> = loop {
-            let name: Arc<str> = session_name(client, version).into();
-            if !sessions.contains_key(&name) {
-                break name;
-            }
-        };
+        // Names are kept apart: a question is routed to its session by name.
+        let name: Arc<str> = (1..)
+            .map(|n| match n {
+                1 => first.clone(),
+                n => format!("{first} #{n}"),
+            })
+            .find(|name| !sessions.contains_key(name.as_str()))
+            .unwrap_or_default()
+            .into();
         let shared = Arc::new(Shared::default());
-        let _ = shared.peer.set(peer);
+        if let Some(peer) = peer {
+            let _ = shared.peer.set(peer);
+        }
         let session = Arc::new(Session {
             front: self.front.in_session(&name),
             settings: self.settings.clone(),
@@ -138,6 +171,16 @@ impl Hub {
     /// The server is stopping: every session still alive ends (its sandboxes destroyed), the
     /// destroys of those that went before are waited for, and the audit log is closed.
     pub(crate) async fn stop(&self) {
+        let stateless: Vec<Arc<Session>> = self
+            .stateless
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for session in stateless {
+            session.end().await;
+        }
         let live: Vec<Arc<Session>> = self
             .sessions()
             .values()
@@ -670,12 +713,18 @@ fn in_sandbox(path: &str) -> String {
 
 /// An MCP session as the audit log names it: `mcp-` and 8 random hex digits, and the client.
 fn session_name(client: &str, version: &str) -> String {
+    let clean = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).take(64).collect() };
+    format!("{} {}/{}", session_id(), clean(client), clean(version))
+}
+
+/// `mcp-` and 8 random hex digits.
+fn session_id() -> String {
     let mut b = [0u8; 4];
-    // No randomness: the client's name alone still says whose records these are.
+    // No randomness: the client's name alone still says whose records these are (and the hub
+    // keeps names apart).
     let _ = getrandom::fill(&mut b);
     let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    let clean = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).take(64).collect() };
-    format!("mcp-{id} {}/{}", clean(client), clean(version))
+    format!("mcp-{id}")
 }
 
 /// `s` as one word of a POSIX shell, quoted.
@@ -776,20 +825,33 @@ fn result<T: Serialize>(done: Outcome<(T, String)>) -> CallToolResult {
 }
 
 impl Server {
-    /// The session, once the client has said hello. A request without one (the stateless
-    /// 2026-07-28 revision, which this server does not offer yet) is refused.
-    fn session(&self) -> Result<&Arc<Session>, ErrorData> {
-        self.0.session.get().ok_or_else(|| {
-            ErrorData::invalid_request(
-                "this server serves MCP sessions: send `initialize` first (the stateless \
-                 2026-07-28 revision is not served yet)",
+    /// The session a request belongs to: its MCP session once the client has said hello; for
+    /// a request without one over HTTP (the stateless 2026-07-28 revision, which rmcp serves
+    /// without `initialize`), the server-wide session of the principal the request was
+    /// admitted as (its uid on a unix socket, the token on TCP), which lives until the server
+    /// stops. Anything else is refused.
+    fn session(&self, context: &RequestContext<RoleServer>) -> Result<Arc<Session>, ErrorData> {
+        if let Some(s) = self.0.session.get() {
+            return Ok(Arc::clone(s));
+        }
+        let principal = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<crate::http::Principal>());
+        match principal {
+            Some(p) => Ok(self.0.hub.stateless_session(p)),
+            None => Err(ErrorData::invalid_request(
+                "this server serves MCP sessions: send `initialize` first",
                 None,
-            )
-        })
+            )),
+        }
     }
 
-    async fn call(&self, req: CallToolRequestParams) -> Result<CallToolResult, ErrorData> {
-        let s = self.session()?;
+    async fn call(
+        &self,
+        s: &Session,
+        req: CallToolRequestParams,
+    ) -> Result<CallToolResult, ErrorData> {
         tracing::debug!(tool = %req.name, "tool call");
         Ok(match req.name.as_ref() {
             RUN_COMMAND => match args(&req) {
@@ -904,8 +966,9 @@ impl ServerHandler for Server {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let tool = request.name.clone();
+        let session = self.session(&context)?;
         tokio::select! {
-            result = self.call(request) => Ok(result?.into()),
+            result = self.call(&session, request) => Ok(result?.into()),
             () = context.ct.cancelled() => {
                 tracing::info!(%tool, "call cancelled by the client");
                 Err(ErrorData::invalid_request(
