@@ -15,7 +15,7 @@ use crate::run::SandboxArgs;
 pub enum McpCommand {
     /// Serve MCP on stdin/stdout (what an MCP host launches): tools that run commands and
     /// edit files in a sandbox of the session, under the policy, approvals and audit log.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print what an MCP host needs to launch `luminaguard mcp serve`: claude-code (a command
     /// line), claude-desktop, cursor, vscode (JSON entries), codex (a TOML table). Anything
     /// after `--` is passed to `serve` (e.g. `-- --workspace ~/project --memory 1G`).

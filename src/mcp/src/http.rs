@@ -465,7 +465,7 @@ async fn connection(
                     req.extensions_mut().insert(principal);
                     router.oneshot(req).await?
                 }
-                Err(refusal) => refusal,
+                Err((status, why)) => refuse(status, &why),
             };
             Ok::<_, std::convert::Infallible>(resp)
         }
@@ -490,11 +490,11 @@ async fn connection(
     }
 }
 
-/// The principal `req` acts as, or the response refusing it.
-fn admit(gate: &Gate, req: &Request<Body>) -> Result<Principal, Response<Body>> {
+/// The principal `req` acts as, or the status and reason refusing it.
+fn admit(gate: &Gate, req: &Request<Body>) -> Result<Principal, (StatusCode, Arc<str>)> {
     match gate {
         Gate::Peer(uid) => Ok(Principal::Uid(*uid)),
-        Gate::Refused(why) => Err(refuse(StatusCode::FORBIDDEN, why)),
+        Gate::Refused(why) => Err((StatusCode::FORBIDDEN, Arc::clone(why))),
         Gate::Token(token) => {
             let given = req
                 .headers()
@@ -502,10 +502,10 @@ fn admit(gate: &Gate, req: &Request<Body>) -> Result<Principal, Response<Body>> 
                 .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
             match given {
                 Some(given) if same(given, token) => Ok(Principal::Token),
-                Some(_) => Err(refuse(StatusCode::UNAUTHORIZED, "wrong bearer token")),
-                None => Err(refuse(
+                Some(_) => Err((StatusCode::UNAUTHORIZED, "wrong bearer token".into())),
+                None => Err((
                     StatusCode::UNAUTHORIZED,
-                    "a bearer token is required (Authorization: Bearer TOKEN)",
+                    "a bearer token is required (Authorization: Bearer TOKEN)".into(),
                 )),
             }
         }
