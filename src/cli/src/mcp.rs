@@ -28,8 +28,17 @@ pub struct ConfigArgs {
     #[arg(value_parser = host_name)]
     host: String,
     /// `serve`'s flags, after `--`.
-    #[arg(last = true)]
+    #[arg(last = true, conflicts_with = "url")]
     serve_args: Vec<String>,
+    /// Connect the host to a running `mcp serve --http` at this URL
+    /// (`http://127.0.0.1:PORT/mcp`) instead of launching a server: claude-code, cursor and
+    /// vscode take it (the snippet holds the bearer token).
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// The server's bearer token (default: RUNTIME_DIR/mcp-http.token, what `serve --http`
+    /// writes).
+    #[arg(long, value_name = "FILE", requires = "url")]
+    token_file: Option<std::path::PathBuf>,
 }
 
 fn host_name(s: &str) -> Result<String, String> {
@@ -75,6 +84,31 @@ pub async fn run(cmd: McpCommand, config: Config, choice: &Choice) -> anyhow::Re
             let Some(host) = luminaguard_mcp::hosts::Host::parse(&args.host) else {
                 anyhow::bail!("no snippet for {}", args.host);
             };
+            if let Some(url) = &args.url {
+                anyhow::ensure!(
+                    url.starts_with("http://") || url.starts_with("https://"),
+                    "--url {url}: an http:// or https:// URL (hosts cannot reach a unix socket)"
+                );
+                let file = args
+                    .token_file
+                    .clone()
+                    .unwrap_or_else(|| config.runtime_dir.join(luminaguard_mcp::http::TOKEN_FILE));
+                let token = luminaguard_mcp::http::read_token(&file).await?;
+                let Some(snippet) = luminaguard_mcp::hosts::http_snippet(host, url, &token) else {
+                    anyhow::bail!(
+                        "{} takes no remote MCP server in its configuration: use `luminaguard mcp \
+                         config {}` (it launches the server itself)",
+                        host.name(),
+                        host.name()
+                    );
+                };
+                out!("{snippet}");
+                eprintln!(
+                    "luminaguard: {} — the snippet holds the bearer token: keep it private",
+                    host.where_it_goes()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             // The host launches this very binary, by its full path.
             let exe = std::env::current_exe().context("finding this program's path")?;
             let exe = exe

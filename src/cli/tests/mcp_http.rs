@@ -880,3 +880,62 @@ fn a_stateless_request_is_refused_until_the_revision_is_offered() {
     assert!(m["error"].is_object(), "{r:?}");
     assert!(sandboxes(&e).is_empty());
 }
+
+/// `mcp config HOST --url`: the HTTP form of each host's entry, with the server's token; the
+/// vscode and cursor entries' URL and headers get an answer from the server.
+#[test]
+fn config_with_a_url_prints_each_hosts_http_entry() {
+    if !privileged("the MCP HTTP test") {
+        return;
+    }
+    let e = env();
+    let server = Server::start(&e, false, "127.0.0.1:0", &[]);
+    let token = server.token.clone().unwrap();
+    for (host, key) in [("vscode", "servers"), ("cursor", "mcpServers")] {
+        let out = lg(&e, &["mcp", "config", host, "--url", &server.url]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let entry = &v[key]["luminaguard"];
+        assert_eq!(entry["url"], server.url.as_str(), "{v}");
+        let auth = entry["headers"]["Authorization"].as_str().unwrap();
+        assert_eq!(auth, format!("Bearer {token}"));
+        let r = server.post(
+            auth.strip_prefix("Bearer "),
+            None,
+            &[],
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": host, "version": "0"}}}),
+        );
+        assert_eq!(r.status, 200, "{host}: {r:?}");
+    }
+    let out = lg(&e, &["mcp", "config", "claude-code", "--url", &server.url]);
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "claude mcp add --transport http luminaguard {} --header 'Authorization: Bearer {token}'\n",
+            server.url
+        )
+    );
+    let out = lg(
+        &e,
+        &["mcp", "config", "claude-desktop", "--url", &server.url],
+    );
+    assert!(
+        !out.status.success(),
+        "claude-desktop takes no remote server in its file"
+    );
+    let out = lg(
+        &e,
+        &[
+            "mcp",
+            "config",
+            "cursor",
+            "--url",
+            &server.url,
+            "--token-file",
+            "/nonexistent",
+        ],
+    );
+    assert!(!out.status.success());
+}

@@ -304,31 +304,7 @@ async fn bind(opts: &HttpOptions) -> Result<Bound, HttpError> {
 /// written to the runtime directory.
 async fn token(opts: &HttpOptions) -> Result<Arc<[u8]>, HttpError> {
     if let Some(path) = &opts.token_file {
-        let shown = path.display().to_string();
-        let fail = |reason: String| HttpError::TokenFile {
-            path: shown.clone(),
-            reason,
-        };
-        let meta = tokio::fs::metadata(path)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(fail(format!(
-                "mode {mode:04o} lets others read it: `chmod 600 {shown}`"
-            )));
-        }
-        let text = tokio::fs::read_to_string(path)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let token = text.trim();
-        if token.len() < 16 {
-            return Err(fail(
-                "the token is shorter than 16 characters: too easy to guess".into(),
-            ));
-        }
-        return Ok(token.as_bytes().into());
+        return Ok(read_token(path).await?.as_bytes().into());
     }
     let mut raw = [0u8; 32];
     getrandom::fill(&mut raw).map_err(|e| HttpError::Random(e.to_string()))?;
@@ -351,6 +327,40 @@ async fn token(opts: &HttpOptions) -> Result<Arc<[u8]>, HttpError> {
         })?;
     eprintln!("luminaguard: the bearer token is in {shown} (send `Authorization: Bearer TOKEN`)");
     Ok(token.as_bytes().into())
+}
+
+/// The bearer token in `path`, a file nobody but its owner may read (else refused).
+pub async fn read_token(path: &Path) -> Result<String, HttpError> {
+    let shown = path.display().to_string();
+    let fail = |reason: String| HttpError::TokenFile {
+        path: shown.clone(),
+        reason,
+    };
+    let meta = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(fail(format!(
+            "mode {mode:04o} lets others read it: `chmod 600 {shown}`"
+        )));
+    }
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let token = text.trim();
+    if token.len() < 16 {
+        return Err(fail(
+            "the token is shorter than 16 characters: too easy to guess".into(),
+        ));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(fail(
+            "the token has spaces or bytes an HTTP header cannot carry".into(),
+        ));
+    }
+    Ok(token.to_owned())
 }
 
 /// Writes `data` to `path` readable by its owner alone (replacing what was there).
