@@ -13,7 +13,17 @@
 //! One sandbox per MCP session, made on first use with the server's settings and destroyed
 //! when the session ends — however it ends (see [`luminaguard_front::Held`]).
 //!
-//! stdout is the MCP channel: nothing else is ever written to it (logs go to stderr).
+//! Two transports, one code path: [`serve_stdio`] serves one session on stdin/stdout;
+//! [`serve_http`] serves MCP's streamable HTTP at `/mcp` on TCP (a bearer token on every
+//! request) or a unix socket (peer credentials), one session per `Mcp-Session-Id`, each with
+//! its own sandboxes (see [`http`]). Either way the sessions share one hub — one
+//! [`Front`], so one service and audit log in this process — and each acts through a view of
+//! it that carries the session's name ([`Front::in_session`]): its audit records name it, and
+//! the service's questions about its calls go to its own client's elicitation. A session's
+//! sandboxes are destroyed when rmcp drops its service (a `DELETE`, the idle timeout, the
+//! server stopping).
+//!
+//! stdout is the MCP channel on stdio; over HTTP nothing is written to it. Logs go to stderr.
 
 mod approve;
 mod bounded;

@@ -189,6 +189,17 @@ impl Hub {
         for session in live {
             session.end().await;
         }
+        // A session dropped while the list was read is past its last handle but still listed
+        // until its destroy is on the tracker: wait for that (briefly; it takes no I/O).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self
+            .sessions()
+            .values()
+            .any(|l| l.session.strong_count() == 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         self.cleanup.close();
         self.cleanup.wait().await;
         self.front.finish().await;
@@ -215,9 +226,9 @@ impl Drop for Session {
     fn drop(&mut self) {
         let left = std::mem::take(self.sandboxes.get_mut());
         let hub = self.hub.upgrade();
-        if let Some(hub) = &hub {
-            hub.sessions().remove(&self.name);
-        }
+        // Off the hub's list only once its destroy is on the hub's tracker (below): a server
+        // stopping waits for both.
+        let _unlist = Unlist(hub.clone(), Arc::clone(&self.name));
         if left.is_empty() {
             return;
         }
@@ -244,6 +255,17 @@ impl Drop for Session {
                 session = %self.name,
                 "an MCP session ended after the server stopped: its sandboxes are left to their lifetime and `gc`"
             ),
+        }
+    }
+}
+
+/// Takes a session off its hub's list when dropped.
+struct Unlist(Option<Arc<Hub>>, Arc<str>);
+
+impl Drop for Unlist {
+    fn drop(&mut self) {
+        if let Some(hub) = &self.0 {
+            hub.sessions().remove(&self.1);
         }
     }
 }
