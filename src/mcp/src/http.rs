@@ -15,7 +15,7 @@
 //! (a browser page of another origin is refused), and bounds a request's body.
 //!
 //! Each MCP session (`Mcp-Session-Id`, legacy session mode for the 2025-06-18 and 2025-11-25
-//! revisions) is a [`Server`] of its own — its own sandboxes — over the one [`Front`] all
+//! revisions) is a [`crate::Server`] of its own — its own sandboxes — over the one [`Front`] all
 //! share. A session ends with the client's DELETE, rmcp's idle timeout (5 minutes without a
 //! request or an open stream), or the server stopping (SIGTERM, SIGINT, SIGHUP): its
 //! sandboxes are destroyed then.

@@ -25,9 +25,9 @@ use crate::{ServeError, Settings};
 const MAX_ENTRIES: usize = 10_000;
 
 /// The MCP server of one session: what rmcp serves, one per MCP session (on stdio, the one
-/// session; over HTTP, made by the session factory for each `initialize`). Its [`Session`] is
+/// session; over HTTP, made by the session factory for each `initialize`). Its `Session` is
 /// made when the client says hello, and ends — its sandboxes destroyed — when the last handle
-/// on it goes, which is when rmcp drops the session's service (see [`Session`]'s `Drop`).
+/// on it goes, which is when rmcp drops the session's service (see `Session`'s `Drop`).
 #[derive(Debug, Clone)]
 pub struct Server(Arc<Conn>);
 
