@@ -443,12 +443,21 @@ fn over_http_a_python_client_lists_validates_and_calls_every_tool_in_process() {
         || sandboxes(&e).is_empty(),
     );
     assert!(server.stop().success());
-    let execs: Vec<Value> = audit_records(&e)
-        .into_iter()
+    let records = audit_records(&e);
+    let execs: Vec<&Value> = records
+        .iter()
         .filter(|r| r["event"]["type"] == "exec")
         .collect();
     assert!(execs.len() >= 10, "{execs:?}");
     let session = execs[0]["actor"]["session"].as_str().unwrap_or_default();
+    // Every record of the session names it: its sandboxes' creates and destroys too.
+    for r in &records {
+        assert_eq!(r["actor"]["session"], session, "{r}");
+    }
+    assert!(
+        records.iter().any(|r| r["event"]["type"] == "create"),
+        "{records:?}"
+    );
     assert!(
         session.starts_with("mcp-") && session.contains(" mcp/"),
         "{session:?}"

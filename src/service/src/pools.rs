@@ -271,6 +271,7 @@ impl Service {
         Ok(Pending {
             service: self.clone(),
             sandbox,
+            session: None,
         })
     }
 

@@ -141,6 +141,7 @@ impl Service {
                     Outcome::Withdrawn {
                         reason: "a newer card of the same sandbox replaced it".into(),
                     },
+                    caller.session.clone(),
                 )
                 .await;
             }
@@ -412,7 +413,7 @@ impl Service {
                 changed = rx.changed() => if changed.is_err() { break },
                 () = tokio::time::sleep_until(deadline.into()) => {
                     if let Some(w) = self.approvals.take(id) {
-                        self.end_unanswered(w, Outcome::Expired).await;
+                        self.end_unanswered(w, Outcome::Expired, None).await;
                     }
                     break;
                 }
@@ -428,8 +429,12 @@ impl Service {
             return;
         }
         if let Some(w) = self.approvals.take(id) {
-            self.end_unanswered(w, Outcome::Withdrawn { reason: why.into() })
-                .await;
+            self.end_unanswered(
+                w,
+                Outcome::Withdrawn { reason: why.into() },
+                caller.session.clone(),
+            )
+            .await;
         }
     }
 
@@ -441,6 +446,7 @@ impl Service {
                 Outcome::Withdrawn {
                     reason: "the sandbox was destroyed".into(),
                 },
+                None,
             )
             .await;
         }
@@ -449,18 +455,24 @@ impl Service {
     /// Denies every approval whose time ran out.
     async fn sweep_approvals(&self) {
         for w in self.approvals.take_expired(Instant::now()) {
-            self.end_unanswered(w, Outcome::Expired).await;
+            self.end_unanswered(w, Outcome::Expired, None).await;
         }
     }
 
-    /// Ends taken approval `w` without an answer: on the record, and its waiters told.
-    async fn end_unanswered(&self, w: Waiting, outcome: Outcome) {
+    /// Ends taken approval `w` without an answer: on the record (naming `session`, the
+    /// front-end session that ended it, if one did), and its waiters told.
+    async fn end_unanswered(
+        &self,
+        w: Waiting,
+        outcome: Outcome,
+        session: Option<std::sync::Arc<str>>,
+    ) {
         let a = &w.approval;
         let caller = Caller {
             uid: a.user.unwrap_or(self.euid),
             gid: 0,
             pid: None,
-            session: None,
+            session,
         };
         let reason = match &outcome {
             Outcome::Expired => "timed out".to_owned(),
