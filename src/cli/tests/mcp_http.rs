@@ -595,6 +595,28 @@ fn without_the_token_or_from_a_foreign_origin_nothing_is_served() {
     }
     let r = server.post(Some(&token), None, &["Host: evil.example"], &init);
     assert_eq!(r.status, 403, "{r:?}");
+    // A body beyond the cap (16 MiB) is refused, whatever it holds.
+    let huge = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+        "name": "write_file", "arguments": {"path": "big", "content": "y".repeat(17 << 20)}}});
+    let body = e.dir.path().join("huge.json");
+    std::fs::write(&body, huge.to_string()).unwrap();
+    let r = server.curl(
+        "POST",
+        &[
+            "-H".into(),
+            format!("Authorization: Bearer {token}"),
+            "-H".into(),
+            "content-type: application/json".into(),
+            "-H".into(),
+            "accept: application/json, text/event-stream".into(),
+            "-H".into(),
+            "Expect:".into(),
+            "--data-binary".into(),
+            format!("@{}", body.display()),
+        ],
+        None,
+    );
+    assert_eq!(r.status, 413, "{}", r.status);
     // A page of the server's own origin may call it.
     let own = server.url.trim_end_matches("/mcp").to_owned();
     let r = server.post(Some(&token), None, &[&format!("Origin: {own}")], &init);
@@ -674,6 +696,20 @@ fn a_public_address_needs_http_public_and_a_shared_token_file_is_refused() {
         text(&out.stderr)
     );
     assert!(!e.rt.join("mcp-http.token").exists(), "no token made");
+    // With --http-public it serves there, loudly, still behind the token.
+    let public = Server::start(&e, false, "0.0.0.0:0", &["--http-public"]);
+    let id = public.session("public");
+    assert_eq!(public.run(&id, "echo public")["stdout"], "public\n");
+    let r = public.post(
+        None,
+        None,
+        &[],
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "x", "version": "0"}}}),
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+    drop(public);
     let file = e.dir.path().join("token");
     std::fs::write(&file, "0123456789abcdef0123456789abcdef").unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();

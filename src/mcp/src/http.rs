@@ -161,15 +161,16 @@ pub(crate) async fn serve_http(
         origins => config.with_allowed_origins(origins),
     };
     let config = match &opts.listen {
-        Listen::Tcp(addr) if !addr.ip().is_loopback() => {
-            let ip = addr.ip().to_string();
-            config.with_allowed_hosts([
-                "localhost".to_owned(),
-                "127.0.0.1".into(),
-                "::1".into(),
-                ip,
-            ])
-        }
+        // --http-public on every address: clients name the machine however they reach it, so
+        // `Host` cannot be checked (the token still is, and a browser page cannot know it).
+        Listen::Tcp(addr) if addr.ip().is_unspecified() => config.disable_allowed_hosts(),
+        // --http-public on one address: that address is a name of this server too.
+        Listen::Tcp(addr) if !addr.ip().is_loopback() => config.with_allowed_hosts([
+            "localhost".to_owned(),
+            "127.0.0.1".into(),
+            "::1".into(),
+            addr.ip().to_string(),
+        ]),
         _ => config,
     };
     let factory_hub = Arc::clone(&hub);
