@@ -76,6 +76,12 @@ pub struct ServeArgs {
     /// plain HTTP: put TLS in front).
     #[arg(long, requires = "http")]
     http_public: bool,
+    /// End an HTTP session (destroying its sandboxes) after this many seconds with no message
+    /// either way — a client gone without saying goodbye. Keep it above the longest silent call
+    /// (a command, a wait for approval).
+    #[arg(long, value_name = "SECS", default_value_t = luminaguard_mcp::http::DEFAULT_IDLE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..), requires = "http")]
+    http_idle_timeout: u64,
 }
 
 pub async fn run(cmd: McpCommand, config: Config, choice: &Choice) -> anyhow::Result<ExitCode> {
@@ -130,6 +136,7 @@ pub async fn run(cmd: McpCommand, config: Config, choice: &Choice) -> anyhow::Re
                     public: args.http_public,
                     token_file: args.token_file.clone(),
                     runtime_dir: config.runtime_dir.clone(),
+                    idle_timeout: std::time::Duration::from_secs(args.http_idle_timeout),
                 }),
                 None => None,
             };

@@ -984,3 +984,33 @@ fn config_with_a_url_prints_each_hosts_http_entry() {
     );
     assert!(!out.status.success());
 }
+
+/// A client that leaves without a `DELETE`: rmcp ends its session after the idle timeout and
+/// drops its service, and the session's sandbox goes with it.
+#[test]
+fn an_idle_session_is_dropped_and_its_sandbox_destroyed() {
+    if !privileged("the MCP HTTP test") {
+        return;
+    }
+    let e = env();
+    let server = Server::start(&e, false, "127.0.0.1:0", &["--http-idle-timeout", "2"]);
+    let id = server.session("leaver");
+    let sandbox = server.run(&id, "echo here")["sandbox_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(sandboxes(&e), vec![sandbox]);
+    wait_until(
+        "the idle session's sandbox gone",
+        Duration::from_secs(15),
+        || sandboxes(&e).is_empty(),
+    );
+    // The session is gone too: its id is unknown now.
+    let r = server.post(
+        server.token.as_deref(),
+        Some(&id),
+        &["MCP-Protocol-Version: 2025-11-25"],
+        &json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {}}),
+    );
+    assert_eq!(r.status, 404, "{r:?}");
+}

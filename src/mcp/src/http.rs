@@ -16,9 +16,9 @@
 //!
 //! Each MCP session (`Mcp-Session-Id`, legacy session mode for the 2025-06-18 and 2025-11-25
 //! revisions) is a [`crate::Server`] of its own — its own sandboxes — over the one [`Front`] all
-//! share. A session ends with the client's DELETE, rmcp's idle timeout (5 minutes without a
-//! request or an open stream), or the server stopping (SIGTERM, SIGINT, SIGHUP): its
-//! sandboxes are destroyed then.
+//! share. A session ends with the client's DELETE, the idle timeout (rmcp's session keep-alive:
+//! no message either way for [`HttpOptions::idle_timeout`]), or the server stopping (SIGTERM,
+//! SIGINT, SIGHUP): its sandboxes are destroyed then.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -82,7 +82,16 @@ pub struct HttpOptions {
     pub token_file: Option<PathBuf>,
     /// Where a token is made when none is given.
     pub runtime_dir: PathBuf,
+    /// A session with no request and no message either way for this long is ended (its
+    /// sandboxes destroyed): a client that left without a `DELETE`. A call that runs silently
+    /// for longer loses its session too, so this stays above the longest command and the
+    /// approval card's expiry ([`DEFAULT_IDLE`]).
+    pub idle_timeout: Duration,
 }
+
+/// The default idle timeout: an hour, the default sandbox lifetime (well past the ten minutes
+/// an approval card waits).
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
 
 /// Why the HTTP server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -174,11 +183,10 @@ pub(crate) async fn serve_http(
         _ => config,
     };
     let factory_hub = Arc::clone(&hub);
-    let mcp = StreamableHttpService::new(
-        move || Ok(factory_hub.server()),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(opts.idle_timeout);
+    let mcp =
+        StreamableHttpService::new(move || Ok(factory_hub.server()), Arc::new(sessions), config);
     let router = axum::Router::new().nest_service("/mcp", mcp);
     let signals = crate::server::stop_signals()?;
     let accepting = accept(listener, router, stop.clone());
