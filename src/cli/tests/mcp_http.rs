@@ -26,6 +26,9 @@ const PYTHON: &str = "/var/cache/luminaguard/python-mcp/bin/python";
 /// Where scripts/setup installs the MCP Inspector (`LUMINAGUARD_TEST_INSPECTOR` overrides it).
 const INSPECTOR: &str = "/var/cache/luminaguard/mcp-inspector/node_modules/.bin/mcp-inspector";
 
+/// How long a client script or the Inspector may take.
+const CLIENT_LIMIT: Duration = Duration::from_secs(120);
+
 fn scripts() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp")
 }
@@ -406,6 +409,34 @@ impl Reply {
     }
 }
 
+/// Runs `cmd` for at most `limit`: a client that hangs fails its test (killed) rather than
+/// holding up the suite.
+fn bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if rx.recv_timeout(limit).is_err() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    });
+    let start = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    drop(tx);
+    watchdog.join().unwrap();
+    assert!(
+        start.elapsed() < limit,
+        "{cmd:?} did not finish within {limit:?}:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
 /// The summary a client mode prints last.
 fn summary(out: &Output) -> Value {
     assert!(
@@ -433,7 +464,7 @@ fn over_http_a_python_client_lists_validates_and_calls_every_tool_in_process() {
     let Some(py) = python() else { return };
     let e = env();
     let mut server = Server::start(&e, false, "127.0.0.1:0", &[]);
-    let s = summary(&server.client(&py, &e, "tools").output().unwrap());
+    let s = summary(&bounded(&mut server.client(&py, &e, "tools"), CLIENT_LIMIT));
     assert_eq!(s["sandboxes"].as_array().unwrap().len(), 2, "{s}");
     // The client ends its session (DELETE) on the way out: its sandboxes go with it while the
     // server serves on.
@@ -483,7 +514,7 @@ fn over_a_unix_socket_a_python_client_calls_every_tool() {
     let server = Server::start(&e, false, &format!("unix:{}", sock.display()), &[]);
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the socket is its owner's alone");
-    let s = summary(&server.client(&py, &e, "tools").output().unwrap());
+    let s = summary(&bounded(&mut server.client(&py, &e, "tools"), CLIENT_LIMIT));
     assert_eq!(s["sandboxes"].as_array().unwrap().len(), 2, "{s}");
     wait_until(
         "the session's sandboxes gone",
@@ -507,7 +538,7 @@ fn two_sessions_get_their_own_sandboxes_and_their_own_questions() {
     let d = daemon(&e);
     for through_daemon in [false, true] {
         let mut server = Server::start(&e, through_daemon, "127.0.0.1:0", &[]);
-        let s = summary(&server.client(&py, &e, "pair").output().unwrap());
+        let s = summary(&bounded(&mut server.client(&py, &e, "pair"), CLIENT_LIMIT));
         let asked = &s["asked"];
         assert!(
             asked["a"][0].as_str().unwrap().contains("from-a.txt")
@@ -662,12 +693,13 @@ fn a_unix_socket_serves_only_its_owner_and_root() {
     // A stale socket is replaced; a file that is not a socket is not.
     drop(server);
     std::fs::write(&sock, "not a socket").unwrap();
-    let refused = Command::new(BIN)
-        .args(serve_argv(&e, false))
-        .args(["--http", &format!("unix:{}", sock.display())])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let refused = bounded(
+        Command::new(BIN)
+            .args(serve_argv(&e, false))
+            .args(["--http", &format!("unix:{}", sock.display())])
+            .stdin(Stdio::null()),
+        Duration::from_secs(30),
+    );
     assert!(!refused.status.success());
     assert!(
         text(&refused.stderr).contains("is not a socket"),
@@ -683,12 +715,13 @@ fn a_public_address_needs_http_public_and_a_shared_token_file_is_refused() {
         return;
     }
     let e = env();
-    let out = Command::new(BIN)
-        .args(serve_argv(&e, false))
-        .args(["--http", "0.0.0.0:0"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = bounded(
+        Command::new(BIN)
+            .args(serve_argv(&e, false))
+            .args(["--http", "0.0.0.0:0"])
+            .stdin(Stdio::null()),
+        Duration::from_secs(30),
+    );
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("--http-public"),
@@ -713,12 +746,13 @@ fn a_public_address_needs_http_public_and_a_shared_token_file_is_refused() {
     let file = e.dir.path().join("token");
     std::fs::write(&file, "0123456789abcdef0123456789abcdef").unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let out = Command::new(BIN)
-        .args(serve_argv(&e, false))
-        .args(["--http", "127.0.0.1:0", "--token-file", &path(&file)])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = bounded(
+        Command::new(BIN)
+            .args(serve_argv(&e, false))
+            .args(["--http", "127.0.0.1:0", "--token-file", &path(&file)])
+            .stdin(Stdio::null()),
+        Duration::from_secs(30),
+    );
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("lets others read it"),
@@ -864,8 +898,8 @@ fn the_mcp_inspector_lists_and_calls_tools_on_stdio_and_over_http() {
 
     let mut stdio = vec![BIN.to_owned()];
     stdio.extend(serve_argv(&e, false));
-    let listed = inspected(&inspect(&stdio, &list).output().unwrap());
-    let called = inspected(&inspect(&stdio, &call).output().unwrap());
+    let listed = inspected(&bounded(&mut inspect(&stdio, &list), CLIENT_LIMIT));
+    let called = inspected(&bounded(&mut inspect(&stdio, &call), CLIENT_LIMIT));
     check(&listed, &called, "stdio");
     assert!(
         sandboxes(&e).is_empty(),
@@ -874,7 +908,7 @@ fn the_mcp_inspector_lists_and_calls_tools_on_stdio_and_over_http() {
 
     let server = Server::start(&e, false, "127.0.0.1:0", &[]);
     let http = vec![server.url.clone(), "--transport".into(), "http".into()];
-    let refused = inspect(&http, &list).output().unwrap();
+    let refused = bounded(&mut inspect(&http, &list), CLIENT_LIMIT);
     assert!(!refused.status.success(), "no token, no answer");
     let with_token = |method: &[&str]| {
         let mut cmd = inspect(&http, method);
@@ -885,7 +919,7 @@ fn the_mcp_inspector_lists_and_calls_tools_on_stdio_and_over_http() {
                 scripts().join("inspector-auth.cjs").display()
             ),
         );
-        inspected(&cmd.output().unwrap())
+        inspected(&bounded(&mut cmd, CLIENT_LIMIT))
     };
     check(&with_token(&list), &with_token(&call), "HTTP");
     // This Inspector leaves without a DELETE: its session (and sandbox) lives until rmcp's
