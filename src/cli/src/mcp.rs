@@ -15,7 +15,7 @@ use crate::run::SandboxArgs;
 pub enum McpCommand {
     /// Serve MCP on stdin/stdout (what an MCP host launches): tools that run commands and
     /// edit files in a sandbox of the session, under the policy, approvals and audit log.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print what an MCP host needs to launch `luminaguard mcp serve`: claude-code (a command
     /// line), claude-desktop, cursor, vscode (JSON entries), codex (a TOML table). Anything
     /// after `--` is passed to `serve` (e.g. `-- --workspace ~/project --memory 1G`).
@@ -28,8 +28,17 @@ pub struct ConfigArgs {
     #[arg(value_parser = host_name)]
     host: String,
     /// `serve`'s flags, after `--`.
-    #[arg(last = true)]
+    #[arg(last = true, conflicts_with = "url")]
     serve_args: Vec<String>,
+    /// Connect the host to a running `mcp serve --http` at this URL
+    /// (`http://127.0.0.1:PORT/mcp`) instead of launching a server: claude-code, cursor and
+    /// vscode take it (the snippet holds the bearer token).
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// The server's bearer token (default: RUNTIME_DIR/mcp-http.token, what `serve --http`
+    /// writes).
+    #[arg(long, value_name = "FILE", requires = "url")]
+    token_file: Option<std::path::PathBuf>,
 }
 
 fn host_name(s: &str) -> Result<String, String> {
@@ -59,6 +68,25 @@ pub struct ServeArgs {
     /// card lasts. Below the hosts' own limit on a tool call (about a minute).
     #[arg(long, value_name = "SECS", default_value_t = 45)]
     pending_after: u64,
+    /// Serve MCP's streamable HTTP at /mcp instead of stdio: on HOST:PORT (TCP, a bearer token
+    /// on every request) or unix:PATH (a 0600 socket; only this user and root are served).
+    /// Each MCP session gets its own sandboxes.
+    #[arg(long, value_name = "ADDR|unix:PATH")]
+    http: Option<String>,
+    /// The bearer token for --http on TCP, in a file only its owner may read (default: a new
+    /// random token, written to RUNTIME_DIR/mcp-http.token).
+    #[arg(long, value_name = "FILE", requires = "http")]
+    token_file: Option<std::path::PathBuf>,
+    /// Let --http bind an address other than loopback (the token then crosses the network in
+    /// plain HTTP: put TLS in front).
+    #[arg(long, requires = "http")]
+    http_public: bool,
+    /// End an HTTP session (destroying its sandboxes) after this many seconds with no message
+    /// either way — a client gone without saying goodbye. Keep it above the longest silent call
+    /// (a command, a wait for approval).
+    #[arg(long, value_name = "SECS", default_value_t = luminaguard_mcp::http::DEFAULT_IDLE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..), requires = "http")]
+    http_idle_timeout: u64,
 }
 
 pub async fn run(cmd: McpCommand, config: Config, choice: &Choice) -> anyhow::Result<ExitCode> {
@@ -67,6 +95,31 @@ pub async fn run(cmd: McpCommand, config: Config, choice: &Choice) -> anyhow::Re
             let Some(host) = luminaguard_mcp::hosts::Host::parse(&args.host) else {
                 anyhow::bail!("no snippet for {}", args.host);
             };
+            if let Some(url) = &args.url {
+                anyhow::ensure!(
+                    url.starts_with("http://") || url.starts_with("https://"),
+                    "--url {url}: an http:// or https:// URL (hosts cannot reach a unix socket)"
+                );
+                let file = args
+                    .token_file
+                    .clone()
+                    .unwrap_or_else(|| config.runtime_dir.join(luminaguard_mcp::http::TOKEN_FILE));
+                let token = luminaguard_mcp::http::read_token(&file).await?;
+                let Some(snippet) = luminaguard_mcp::hosts::http_snippet(host, url, &token) else {
+                    anyhow::bail!(
+                        "{} takes no remote MCP server in its configuration: use `luminaguard mcp \
+                         config {}` (it launches the server itself)",
+                        host.name(),
+                        host.name()
+                    );
+                };
+                out!("{snippet}");
+                eprintln!(
+                    "luminaguard: {} — the snippet holds the bearer token: keep it private",
+                    host.where_it_goes()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             // The host launches this very binary, by its full path.
             let exe = std::env::current_exe().context("finding this program's path")?;
             let exe = exe
@@ -81,6 +134,17 @@ pub async fn run(cmd: McpCommand, config: Config, choice: &Choice) -> anyhow::Re
             Ok(ExitCode::SUCCESS)
         }
         McpCommand::Serve(args) => {
+            // Checked before anything is opened: a bad address is refused at once.
+            let http = match &args.http {
+                Some(addr) => Some(luminaguard_mcp::http::HttpOptions {
+                    listen: luminaguard_mcp::http::Listen::parse(addr)?,
+                    public: args.http_public,
+                    token_file: args.token_file.clone(),
+                    runtime_dir: config.runtime_dir.clone(),
+                    idle_timeout: std::time::Duration::from_secs(args.http_idle_timeout),
+                }),
+                None => None,
+            };
             // Not `main::front`: an MCP server has no terminal to ask at; it asks its client.
             let front = Front::open(config, choice).await?;
             let settings = luminaguard_mcp::Settings {
@@ -90,7 +154,10 @@ pub async fn run(cmd: McpCommand, config: Config, choice: &Choice) -> anyhow::Re
                     .then(|| std::time::Duration::from_secs(args.pending_after)),
                 ..luminaguard_mcp::Settings::default()
             };
-            luminaguard_mcp::serve_stdio(front, settings).await?;
+            match http {
+                Some(opts) => luminaguard_mcp::serve_http(front, settings, opts).await?,
+                None => luminaguard_mcp::serve_stdio(front, settings).await?,
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

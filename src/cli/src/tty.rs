@@ -50,7 +50,8 @@ pub fn ask(question: &str) -> Asked {
 /// question on the terminal (none: nobody to ask).
 pub fn asker() -> luminaguard_service::ask::Asker {
     luminaguard_service::ask::Asker(
-        std::sync::Arc::new(|card: &str| {
+        std::sync::Arc::new(|q: &luminaguard_service::ask::Question| {
+            let card = q.text.as_str();
             let always = if card.contains("Approving it always adds") {
                 " / [a]lways: add it to the policy"
             } else {

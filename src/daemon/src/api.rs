@@ -698,29 +698,32 @@ async fn events(
     Extension(caller): Extension<Caller>,
 ) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
     let rx = st.service.subscribe();
-    let stream = futures_util::stream::unfold(rx, move |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(e) if caller.may_use(e.user) => {
-                    let view = EventView {
-                        kind: e.kind.as_str().to_owned(),
-                        sandbox: e.sandbox.to_string(),
-                        user: e.user,
-                        approval: e.approval.clone(),
-                        unix_ms: e.unix_ms,
-                    };
-                    let event = SseEvent::default()
-                        .event(e.kind.as_str())
-                        .json_data(&view)
-                        .unwrap_or_default();
-                    return Some((Ok(event), rx));
+    let stream = futures_util::stream::unfold(rx, move |mut rx| {
+        let caller = caller.clone();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) if caller.may_use(e.user) => {
+                        let view = EventView {
+                            kind: e.kind.as_str().to_owned(),
+                            sandbox: e.sandbox.to_string(),
+                            user: e.user,
+                            approval: e.approval.clone(),
+                            unix_ms: e.unix_ms,
+                        };
+                        let event = SseEvent::default()
+                            .event(e.kind.as_str())
+                            .json_data(&view)
+                            .unwrap_or_default();
+                        return Some((Ok(event), rx));
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let event = SseEvent::default().event("lagged").data(n.to_string());
+                        return Some((Ok(event), rx));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let event = SseEvent::default().event("lagged").data(n.to_string());
-                    return Some((Ok(event), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             }
         }
     });

@@ -48,7 +48,12 @@ impl Authorizer {
     /// The caller a connection from `uid`/`gid`/`pid` acts as, or why it may not connect.
     /// Blocking (may read the user and group databases).
     pub fn admit_blocking(&self, uid: u32, gid: u32, pid: Option<i32>) -> Result<Caller, String> {
-        let caller = Caller { uid, gid, pid };
+        let caller = Caller {
+            uid,
+            gid,
+            pid,
+            session: None,
+        };
         if uid == 0 || uid == self.euid {
             return Ok(caller);
         }

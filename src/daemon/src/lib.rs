@@ -117,6 +117,7 @@ async fn housekeep(st: AppState) {
         uid: nix::unistd::geteuid().as_raw(),
         gid: nix::unistd::getegid().as_raw(),
         pid: None,
+        session: None,
     };
     // The first round collects at once what a crashed predecessor left (its one-shot
     // sandboxes, their network objects).

@@ -82,7 +82,8 @@ pub struct Choice {
     pub system_too: bool,
 }
 
-/// A front-end's way to the sandboxes.
+/// A front-end's way to the sandboxes. Cloning is cheap and shares the way (the same service in
+/// this process, the same daemon): a clone is a view, never a second service.
 #[derive(Debug, Clone)]
 pub enum Front {
     Local(Box<Service>, Caller),
@@ -120,6 +121,18 @@ impl Front {
         match self {
             Self::Local(service, _) => Some(service),
             Self::Daemon(_) => None,
+        }
+    }
+
+    /// A view of this front acting for front-end session `name` (one MCP session of several
+    /// this process serves): in-process, every audit record it makes names the session, and a
+    /// question it raises is put to that session's person ([`Caller::session`]). Through the
+    /// daemon the same as this one (the daemon's records name its own caller).
+    #[must_use]
+    pub fn in_session(&self, name: &str) -> Self {
+        match self {
+            Self::Local(service, caller) => Self::Local(service.clone(), caller.in_session(name)),
+            Self::Daemon(client) => Self::Daemon(client.clone()),
         }
     }
 

@@ -83,6 +83,28 @@ pub fn snippet(host: Host, exe: &str, serve_args: &[String]) -> String {
     }
 }
 
+/// The snippet for `host` that connects to a running `mcp serve --http` at `url` with bearer
+/// token `token`; `None` for a host whose configuration file takes no remote server (Claude
+/// Desktop adds those as connectors in its settings; Codex is not covered yet).
+pub fn http_snippet(host: Host, url: &str, token: &str) -> Option<String> {
+    let bearer = format!("Bearer {token}");
+    match host {
+        Host::ClaudeCode => Some(format!(
+            "claude mcp add --transport http {SERVER_NAME} {} --header {}\n",
+            luminaguard_core::shell::quote(url),
+            luminaguard_core::shell::quote(&format!("Authorization: {bearer}"))
+        )),
+        Host::Cursor => Some(pretty(&serde_json::json!({
+            "mcpServers": { SERVER_NAME: { "url": url, "headers": { "Authorization": bearer } } }
+        }))),
+        Host::Vscode => Some(pretty(&serde_json::json!({
+            "servers": { SERVER_NAME: {
+                "type": "http", "url": url, "headers": { "Authorization": bearer } } }
+        }))),
+        Host::ClaudeDesktop | Host::Codex => None,
+    }
+}
+
 fn pretty(v: &serde_json::Value) -> String {
     let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
     s.push('\n');
@@ -169,6 +191,38 @@ mod tests {
             ),
             "{s}"
         );
+    }
+
+    #[test]
+    fn http_snippets_carry_the_url_and_the_bearer_token() {
+        let url = "http://127.0.0.1:8765/mcp";
+        let token = "ab'cd";
+        for host in [Host::Cursor, Host::Vscode] {
+            let v: serde_json::Value =
+                serde_json::from_str(&http_snippet(host, url, token).unwrap()).unwrap();
+            let key = if host == Host::Vscode {
+                "servers"
+            } else {
+                "mcpServers"
+            };
+            let entry = &v[key][SERVER_NAME];
+            assert_eq!(entry["url"], url);
+            assert_eq!(entry["headers"]["Authorization"], "Bearer ab'cd");
+            assert_eq!(
+                entry["type"],
+                if host == Host::Vscode {
+                    serde_json::json!("http")
+                } else {
+                    serde_json::Value::Null
+                }
+            );
+        }
+        assert_eq!(
+            http_snippet(Host::ClaudeCode, url, token).unwrap(),
+            "claude mcp add --transport http luminaguard http://127.0.0.1:8765/mcp --header \
+             'Authorization: Bearer ab'\\''cd'\n"
+        );
+        assert_eq!(http_snippet(Host::ClaudeDesktop, url, token), None);
     }
 
     #[test]

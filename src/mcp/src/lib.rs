@@ -13,12 +13,23 @@
 //! One sandbox per MCP session, made on first use with the server's settings and destroyed
 //! when the session ends — however it ends (see [`luminaguard_front::Held`]).
 //!
-//! stdout is the MCP channel: nothing else is ever written to it (logs go to stderr).
+//! Two transports, one code path: [`serve_stdio`] serves one session on stdin/stdout;
+//! [`serve_http`] serves MCP's streamable HTTP at `/mcp` on TCP (a bearer token on every
+//! request) or a unix socket (peer credentials), one session per `Mcp-Session-Id`, each with
+//! its own sandboxes (see [`http`]). Either way the sessions share one hub — one
+//! [`Front`], so one service and audit log in this process — and each acts through a view of
+//! it that carries the session's name ([`Front::in_session`]): its audit records name it, and
+//! the service's questions about its calls go to its own client's elicitation. A session's
+//! sandboxes are destroyed when rmcp drops its service (a `DELETE`, the idle timeout, the
+//! server stopping).
+//!
+//! stdout is the MCP channel on stdio; over HTTP nothing is written to it. Logs go to stderr.
 
 mod approve;
 mod bounded;
 mod flight;
 pub mod hosts;
+pub mod http;
 mod server;
 mod stdio;
 pub mod tools;
@@ -63,6 +74,9 @@ pub enum ServeError {
     /// The session's task failed.
     #[error("the MCP session on stdio failed: {0}")]
     Session(#[from] tokio::task::JoinError),
+    /// The HTTP server could not start.
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
     /// A signal handler could not be installed.
     #[error("installing a handler for {signal}: {source}")]
     Signal {
@@ -78,5 +92,18 @@ pub async fn serve_stdio(front: Front, settings: Settings) -> Result<(), ServeEr
     // queries of every future that holds it inline.
     let serving: std::pin::Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send>> =
         Box::pin(server::serve_stdio(front, settings));
+    serving.await
+}
+
+/// Serves MCP over streamable HTTP (`--http`): one MCP session per client session, each with
+/// its own sandboxes, over one `front`, until SIGTERM, SIGINT or SIGHUP; then ends every
+/// session and destroys their sandboxes. See [`http`] for the authentication.
+pub async fn serve_http(
+    front: Front,
+    settings: Settings,
+    opts: http::HttpOptions,
+) -> Result<(), ServeError> {
+    let serving: std::pin::Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send>> =
+        Box::pin(http::serve_http(front, settings, opts));
     serving.await
 }

@@ -13,7 +13,7 @@ use rmcp::model::{
     PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
-use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+use rmcp::{ErrorData, Peer, RoleServer, ServerHandler, ServiceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -26,23 +26,279 @@ use crate::{ServeError, Settings};
 /// Entries `list_files` returns at most.
 const MAX_ENTRIES: usize = 10_000;
 
-/// The MCP server of one session.
+/// The MCP server of one session: what rmcp serves, one per MCP session (on stdio, the one
+/// session; over HTTP, made by the session factory for each `initialize`). Its `Session` is
+/// made when the client says hello, and ends — its sandboxes destroyed — when the last handle
+/// on it goes, which is when rmcp drops the session's service (see `Session`'s `Drop`).
 #[derive(Debug, Clone)]
-pub struct Server(Arc<Session>);
+pub struct Server(Arc<Conn>);
+
+#[derive(Debug)]
+struct Conn {
+    hub: Arc<Hub>,
+    session: std::sync::OnceLock<Arc<Session>>,
+    /// Served on stdio (one client, the process that launched this server).
+    stdio: bool,
+}
+
+/// The connection gone (rmcp dropped the session's service): the calls its session keeps
+/// detached end now — each holds its session, which would otherwise outlive its client — and
+/// the session, with its sandboxes, ends once nothing holds it.
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.get() {
+            s.abandon_detached();
+        }
+    }
+}
+
+/// What every session of this server shares: one way to the sandboxes (one service in this
+/// process, or the daemon), the settings, and the sessions themselves (to end them all when
+/// the server stops, and to route a question to the session it is for).
+#[derive(Debug)]
+pub(crate) struct Hub {
+    front: Front,
+    settings: Settings,
+    tools: Vec<Tool>,
+    /// The sessions, by name (to end them when the server stops).
+    sessions: std::sync::Mutex<std::collections::HashMap<Arc<str>, Live>>,
+    /// Sandbox destroys of sessions that went away, which the server waits for before it
+    /// exits.
+    cleanup: tokio_util::task::TaskTracker,
+    /// The sessions of requests without one (stateless HTTP), one per principal, held until
+    /// the server stops.
+    stateless: std::sync::Mutex<std::collections::HashMap<crate::http::Principal, Arc<Session>>>,
+}
+
+#[derive(Debug)]
+struct Live {
+    session: std::sync::Weak<Session>,
+}
+
+impl Hub {
+    /// The hub of a server over `front`; in-process, the service learns what front-end it
+    /// serves and how to ask a person (the client of the session whose request is held).
+    pub(crate) fn new(front: Front, settings: Settings) -> Arc<Self> {
+        let network = !settings.create.net_allow.is_empty();
+        let hub = Arc::new(Self {
+            front,
+            settings,
+            tools: tools::all(network),
+            sessions: std::sync::Mutex::default(),
+            cleanup: tokio_util::task::TaskTracker::new(),
+            stateless: std::sync::Mutex::default(),
+        });
+        if let Some(service) = hub.front.service() {
+            // The service's approvals wait for this server's answer: it finds them by the
+            // sessions' sandboxes and puts them to their clients ([`crate::flight`]).
+            service.set_front_kind("mcp");
+        }
+        hub
+    }
+
+    /// A server for one more session (what rmcp's session factory returns).
+    pub(crate) fn server(self: &Arc<Self>) -> Server {
+        self.conn(false)
+    }
+
+    /// The server of the stdio session.
+    fn stdio_server(self: &Arc<Self>) -> Server {
+        self.conn(true)
+    }
+
+    fn conn(self: &Arc<Self>, stdio: bool) -> Server {
+        Server(Arc::new(Conn {
+            hub: Arc::clone(self),
+            session: std::sync::OnceLock::new(),
+            stdio,
+        }))
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Arc<str>, Live>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Begins session of client `client`/`version`: a name no other live session has, and a
+    /// view of the front that names it on everything it does.
+    fn begin(
+        self: &Arc<Self>,
+        peer: Peer<RoleServer>,
+        client: &str,
+        version: &str,
+    ) -> Arc<Session> {
+        self.begin_named(Some(peer), session_name(client, version))
+    }
+
+    /// The server-wide session of `principal`'s requests that come without one (made on its
+    /// first request). It has no client to ask (no elicitation outside a session).
+    fn stateless_session(self: &Arc<Self>, principal: &crate::http::Principal) -> Arc<Session> {
+        let mut stateless = self
+            .stateless
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let session = stateless.entry(principal.clone()).or_insert_with(|| {
+            self.begin_named(None, format!("{} (stateless, {principal})", session_id()))
+        });
+        Arc::clone(session)
+    }
+
+    fn begin_named(
+        self: &Arc<Self>,
+        peer: Option<Peer<RoleServer>>,
+        first: String,
+    ) -> Arc<Session> {
+        let mut sessions = self.sessions();
+        // Names are kept apart: a question is routed to its session by name.
+        let name: Arc<str> = (1..)
+            .map(|n| match n {
+                1 => first.clone(),
+                n => format!("{first} #{n}"),
+            })
+            .find(|name| !sessions.contains_key(name.as_str()))
+            .unwrap_or_default()
+            .into();
+        let shared = Arc::new(Shared::default());
+        if let Some(peer) = peer {
+            let _ = shared.peer.set(peer);
+        }
+        let session = Arc::new(Session {
+            front: self.front.in_session(&name),
+            settings: self.settings.clone(),
+            sandboxes: tokio::sync::Mutex::default(),
+            shared: Arc::clone(&shared),
+            detached: std::sync::Mutex::default(),
+            name: Arc::clone(&name),
+            hub: Arc::downgrade(self),
+        });
+        sessions.insert(
+            name,
+            Live {
+                session: Arc::downgrade(&session),
+            },
+        );
+        session
+    }
+
+    /// How many sandboxes the live sessions hold.
+    #[cfg(test)]
+    async fn sandbox_count(&self) -> usize {
+        let live: Vec<Arc<Session>> = self
+            .sessions()
+            .values()
+            .filter_map(|l| l.session.upgrade())
+            .collect();
+        let mut n = 0;
+        for s in live {
+            n += s.sandboxes.lock().await.len();
+        }
+        n
+    }
+
+    /// The server is stopping: every session still alive ends (its sandboxes destroyed), the
+    /// destroys of those that went before are waited for, and the audit log is closed.
+    pub(crate) async fn stop(&self) {
+        let stateless: Vec<Arc<Session>> = self
+            .stateless
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for session in stateless {
+            session.end().await;
+        }
+        let live: Vec<Arc<Session>> = self
+            .sessions()
+            .values()
+            .filter_map(|l| l.session.upgrade())
+            .collect();
+        for session in live {
+            session.end().await;
+        }
+        // A session dropped while the list was read is past its last handle but still listed
+        // until its destroy is on the tracker: wait for that (briefly; it takes no I/O).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self
+            .sessions()
+            .values()
+            .any(|l| l.session.strong_count() == 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.cleanup.close();
+        self.cleanup.wait().await;
+        self.front.finish().await;
+    }
+}
 
 #[derive(Debug)]
 struct Session {
     front: Front,
     settings: Settings,
-    tools: Vec<Tool>,
     /// This session's sandboxes; the first made without being asked for is its default.
     sandboxes: tokio::sync::Mutex<Vec<Sandbox>>,
     shared: Arc<Shared>,
     /// Calls that outlasted their request, held at an approval (or done since, their result
     /// not yet collected): by `requestState` handle.
     detached: std::sync::Mutex<std::collections::BTreeMap<String, Flight>>,
-    /// The session's name on the audit log, once its client is known.
-    named: std::sync::OnceLock<()>,
+    /// The session's name on the audit log (`mcp-1a2b3c4d CLIENT/VERSION`).
+    name: Arc<str>,
+    hub: std::sync::Weak<Hub>,
+}
+
+/// However the session ends — its client said goodbye (HTTP DELETE), rmcp dropped it, the
+/// server stopped — its sandboxes are destroyed when the last handle on it goes: rmcp drops
+/// the session's service (this [`Server`] and every request's clone of it) once the session's
+/// task ends.
+impl Drop for Session {
+    fn drop(&mut self) {
+        let left = std::mem::take(self.sandboxes.get_mut());
+        let hub = self.hub.upgrade();
+        // Off the hub's list only once its destroy is on the hub's tracker (below): a server
+        // stopping waits for both.
+        let _unlist = Unlist(hub.clone(), Arc::clone(&self.name));
+        if left.is_empty() {
+            return;
+        }
+        let front = self.front.clone();
+        let session = Arc::clone(&self.name);
+        let destroy = async move {
+            for s in left {
+                let id = s.held.id().clone();
+                match front.release(s.held).await {
+                    Ok(()) => {
+                        tracing::info!(%id, %session, "destroyed a sandbox of the ended MCP session")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%id, %session, error = %e, "destroying a sandbox of the ended MCP session")
+                    }
+                }
+            }
+        };
+        match (hub, tokio::runtime::Handle::try_current()) {
+            (Some(hub), Ok(rt)) => {
+                hub.cleanup.spawn_on(destroy, &rt);
+            }
+            _ => tracing::warn!(
+                session = %self.name,
+                "an MCP session ended after the server stopped: its sandboxes are left to their lifetime and `gc`"
+            ),
+        }
+    }
+}
+
+/// Takes a session off its hub's list when dropped.
+struct Unlist(Option<Arc<Hub>>, Arc<str>);
+
+impl Drop for Unlist {
+    fn drop(&mut self) {
+        if let Some(hub) = &self.0 {
+            hub.sessions().remove(&self.1);
+        }
+    }
 }
 
 /// Calls a session keeps detached at most (each is a command held at an approval).
@@ -76,18 +332,14 @@ impl From<FrontError> for Fail {
 type Outcome<T> = Result<T, Fail>;
 
 pub(crate) async fn serve_stdio(front: Front, settings: Settings) -> Result<(), ServeError> {
-    let shared = Arc::new(Shared::default());
-    if let Some(service) = front.service() {
-        // The service's approvals wait for this server's answer (it puts them to its client).
-        service.set_front_kind("mcp");
-    }
-    let session = Arc::new(Session::new(front, settings, shared));
-    let result = serve(Server(Arc::clone(&session))).await;
-    session.end().await;
+    let hub = Hub::new(front, settings);
+    let result = serve(hub.stdio_server()).await;
+    hub.stop().await;
     result
 }
 
-async fn serve(server: Server) -> Result<(), ServeError> {
+/// Resolves at the first of SIGTERM, SIGINT and SIGHUP (the handlers installed now).
+pub(crate) fn stop_signals() -> Result<impl Future<Output = ()>, ServeError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut signals = Vec::new();
     for (kind, name) in [
@@ -100,12 +352,16 @@ async fn serve(server: Server) -> Result<(), ServeError> {
             source,
         })?);
     }
-    let stop = async {
+    Ok(async move {
         let waits = signals.iter_mut().map(|s| Box::pin(s.recv()));
         futures_select_all(waits).await;
-    };
+    })
+}
+
+async fn serve(server: Server) -> Result<(), ServeError> {
+    let stop = stop_signals()?;
     tokio::pin!(stop);
-    let channel = crate::stdio::stdio(&server.0.settings);
+    let channel = crate::stdio::stdio(&server.0.hub.settings);
     let running = tokio::select! {
         r = server.serve(channel) => {
             r.map_err(|e| ServeError::Start(e.to_string()))?
@@ -141,28 +397,21 @@ async fn futures_select_all<F: Future + Unpin>(futures: impl Iterator<Item = F>)
 }
 
 impl Session {
-    fn new(front: Front, settings: Settings, shared: Arc<Shared>) -> Self {
-        let network = !settings.create.net_allow.is_empty();
-        Self {
-            front,
-            tools: tools::all(network),
-            settings,
-            sandboxes: tokio::sync::Mutex::default(),
-            shared,
-            detached: std::sync::Mutex::default(),
-            named: std::sync::OnceLock::new(),
-        }
-    }
-
-    /// Destroys the session's sandboxes and closes the audit log (in-process).
-    async fn end(&self) {
-        // Calls still held end with the session (their cards are withdrawn).
+    /// Destroys the session's sandboxes.
+    /// Ends the calls this session keeps detached (their commands killed, their cards
+    /// withdrawn).
+    fn abandon_detached(&self) {
         drop(std::mem::take(
             &mut *self
                 .detached
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         ));
+    }
+
+    async fn end(&self) {
+        // Calls still held end with the session (their cards are withdrawn).
+        self.abandon_detached();
         let all = std::mem::take(&mut *self.sandboxes.lock().await);
         for s in all {
             let id = s.held.id().clone();
@@ -170,7 +419,6 @@ impl Session {
                 tracing::warn!(%id, error = %e, "destroying a sandbox of the MCP session");
             }
         }
-        self.front.finish().await;
     }
 
     /// The sandbox a call names, or the session's own (made now if it has none yet).
@@ -569,12 +817,18 @@ fn in_sandbox(path: &str) -> String {
 
 /// An MCP session as the audit log names it: `mcp-` and 8 random hex digits, and the client.
 fn session_name(client: &str, version: &str) -> String {
+    let clean = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).take(64).collect() };
+    format!("{} {}/{}", session_id(), clean(client), clean(version))
+}
+
+/// `mcp-` and 8 random hex digits.
+fn session_id() -> String {
     let mut b = [0u8; 4];
-    // No randomness: the client's name alone still says whose records these are.
+    // No randomness: the client's name alone still says whose records these are (and the hub
+    // keeps names apart).
     let _ = getrandom::fill(&mut b);
     let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    let clean = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).take(64).collect() };
-    format!("mcp-{id} {}/{}", clean(client), clean(version))
+    format!("mcp-{id}")
 }
 
 /// The command a delete of `path` is sent as.
@@ -681,13 +935,41 @@ fn result<T: Serialize>(done: Outcome<(T, String)>) -> CallToolResult {
 }
 
 impl Server {
-    /// A tool call's work (run as a task of its own: see [`Flight`]).
+    /// The session a request belongs to: its MCP session once the client has said hello; for
+    /// a request without one over HTTP (the stateless 2026-07-28 revision, which rmcp serves
+    /// without `initialize`), the server-wide session of the principal the request was
+    /// admitted as (its uid on a unix socket, the token on TCP), which lives until the server
+    /// stops. Anything else is refused.
+    fn session(&self, context: &RequestContext<RoleServer>) -> Result<Arc<Session>, ErrorData> {
+        if let Some(s) = self.0.session.get() {
+            return Ok(Arc::clone(s));
+        }
+        let principal = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<crate::http::Principal>());
+        match principal {
+            Some(p) => Ok(self.0.hub.stateless_session(p)),
+            // On stdio the one client is the principal: its stateless requests share one
+            // session, as its initialized ones would.
+            None if self.0.stdio => {
+                Ok(self.0.hub.stateless_session(&crate::http::Principal::Stdio))
+            }
+            None => Err(ErrorData::invalid_request(
+                "this server serves MCP sessions: send `initialize` first",
+                None,
+            )),
+        }
+    }
+
+    /// A tool call's work (run as a task of its own: see [`Flight`]). It holds its session,
+    /// not the connection: a call detached into the session ends with it.
     async fn call(
-        self,
+        s: Arc<Session>,
         req: CallToolRequestParams,
         track: Arc<Track>,
     ) -> Result<CallToolResult, ErrorData> {
-        let s = &self.0;
+        let s = &*s;
         let t = &*track;
         tracing::debug!(tool = %req.name, "tool call");
         Ok(match req.name.as_ref() {
@@ -733,7 +1015,7 @@ impl Server {
     }
 
     /// How this request's client can be asked.
-    fn asking(&self, context: &RequestContext<RoleServer>) -> Asking {
+    fn asking(s: &Session, context: &RequestContext<RoleServer>) -> Asking {
         let stateless = context
             .protocol_version()
             .is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
@@ -747,34 +1029,23 @@ impl Server {
                 Asking::Nobody
             };
         }
-        match self.0.shared.elicitor() {
+        match s.shared.elicitor() {
             Some(peer) => Asking::Elicit(peer.clone()),
             None => Asking::Nobody,
-        }
-    }
-
-    /// Names the session on the audit log after its client, once (a stateless client says
-    /// who it is on each request rather than in `initialize`).
-    fn name_session(&self, client: &Implementation) {
-        if self.0.named.set(()).is_ok()
-            && let Some(service) = self.0.front.service()
-        {
-            service.set_session(Some(session_name(&client.name, &client.version)));
         }
     }
 
     /// Watches `flight` for this request; a call that must wait longer is detached into the
     /// session, and the request answers with where it stands.
     async fn fly(
-        &self,
+        s: &Session,
         mut flight: Flight,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let s = &self.0;
         let watch = Watch {
             front: &s.front,
             shared: &s.shared,
-            asking: self.asking(context),
+            asking: Self::asking(s, context),
             progress: context
                 .meta
                 .get_progress_token()
@@ -810,7 +1081,7 @@ impl Server {
 
     /// `approval_wait`: resumes the call held at approval `approval_id`.
     async fn approval_wait(
-        &self,
+        s: &Session,
         req: &CallToolRequestParams,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
@@ -818,7 +1089,7 @@ impl Server {
             Ok(a) => a,
             Err(e) => return Ok(result::<()>(Err(e)).into()),
         };
-        let Some(flight) = self.0.take_detached(|f| f.met(&a.approval_id)) else {
+        let Some(flight) = s.take_detached(|f| f.met(&a.approval_id)) else {
             return Ok(result::<()>(Err(Fail(format!(
                 "not-found: no call of this session waits on approval {:?} (it may have been \
                  collected already, or the session that made it has ended)",
@@ -827,7 +1098,7 @@ impl Server {
             .into());
         };
         let tool = flight.tool.clone();
-        match self.fly(flight, context).await? {
+        match Self::fly(s, flight, context).await? {
             CallToolResponse::Complete(done) => Ok(resumed(&tool, done).into()),
             other => Ok(other),
         }
@@ -958,9 +1229,20 @@ impl ServerHandler for Server {
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
         context.peer.set_peer_info(request.clone());
+        if self.0.session.get().is_some() {
+            return Err(ErrorData::invalid_request(
+                "this MCP session is initialized already",
+                None,
+            ));
+        }
         // Every record this session makes names it and its client.
-        self.name_session(&request.client_info);
-        let _ = self.0.shared.peer.set(context.peer.clone());
+        let session = self.0.hub.begin(
+            context.peer.clone(),
+            &request.client_info.name,
+            &request.client_info.version,
+        );
+        tracing::info!(session = %session.name, "MCP session");
+        let _ = self.0.session.set(session);
         tracing::info!(
             client = %request.client_info.name,
             version = %request.client_info.version,
@@ -975,11 +1257,11 @@ impl ServerHandler for Server {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(self.0.tools.clone()))
+        Ok(ListToolsResult::with_all_items(self.0.hub.tools.clone()))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.0.tools.iter().find(|t| t.name == name).cloned()
+        self.0.hub.tools.iter().find(|t| t.name == name).cloned()
     }
 
     /// A call runs as a [`Flight`]: watched for questions, progress and how long a person
@@ -992,11 +1274,9 @@ impl ServerHandler for Server {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if let Some(client) = context.client_info() {
-            self.name_session(&client);
-        }
+        let session = self.session(&context)?;
         if let Some(state) = request.request_state.as_deref() {
-            let Some(mut flight) = self.0.take_state(state) else {
+            let Some(mut flight) = session.take_state(state) else {
                 return Err(ErrorData::invalid_params(
                     "requestState names no call of this session (it was answered already, or \
                      the server has restarted): call the tool again",
@@ -1005,7 +1285,7 @@ impl ServerHandler for Server {
             };
             if flight.tool != request.name || flight.arguments != request.arguments {
                 // Not the call it was: put it back, untouched.
-                self.0.put_back(state, flight);
+                session.put_back(state, flight);
                 return Err(ErrorData::invalid_params(
                     "requestState belongs to another call (a call resumed must repeat its tool \
                      and arguments)",
@@ -1016,15 +1296,15 @@ impl ServerHandler for Server {
                 .input_responses
                 .as_ref()
                 .and_then(|r| r.get(APPROVAL_INPUT));
-            flight.answer(&self.0.front, response).await;
-            return self.fly(flight, &context).await;
+            flight.answer(&session.front, response).await;
+            return Self::fly(&session, flight, &context).await;
         }
         if request.name == APPROVAL_WAIT {
-            return self.approval_wait(&request, &context).await;
+            return Self::approval_wait(&session, &request, &context).await;
         }
         let argv = argv_of(&request);
         let track = Arc::new(Track::default());
-        let work = self.clone().call(request.clone(), Arc::clone(&track));
+        let work = Self::call(Arc::clone(&session), request.clone(), Arc::clone(&track));
         let flight = Flight::start(
             request.name.to_string(),
             request.arguments.clone(),
@@ -1032,7 +1312,7 @@ impl ServerHandler for Server {
             track,
             work,
         );
-        self.fly(flight, &context).await
+        Self::fly(&session, flight, &context).await
     }
 }
 

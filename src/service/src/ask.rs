@@ -28,8 +28,20 @@ pub struct Asker(pub Arc<AskFn>, pub Via);
 /// asked its user).
 pub type Via = &'static str;
 
-/// Shown a card's text, the person's answer (`None`: nobody to ask).
-pub type AskFn = dyn Fn(&str) -> Option<Answer> + Send + Sync;
+/// Shown a question, the person's answer (`None`: nobody to ask).
+pub type AskFn = dyn Fn(&Question) -> Option<Answer> + Send + Sync;
+
+/// What an [`Asker`] is asked, and for whom: a front-end serving several sessions in one
+/// process (MCP over HTTP) puts it to the person of the session that made the request.
+#[derive(Debug, Clone)]
+pub struct Question {
+    /// The card as a person reads it.
+    pub text: String,
+    /// The sandbox the action would run in.
+    pub sandbox: SandboxId,
+    /// The front-end session of the request that is held ([`Caller::session`]).
+    pub session: Option<Arc<str>>,
+}
 
 impl std::fmt::Debug for Asker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -116,13 +128,18 @@ impl Service {
         );
         self.events
             .send_approval(EventKind::ApprovalRequested, &id, &ask.sandbox, ask.user);
+        let question = Question {
+            text: text.clone(),
+            sandbox: ask.sandbox.clone(),
+            session: caller.session.clone(),
+        };
         let terminal = async {
             let asker = asker?;
             let (tx, rx) = tokio::sync::oneshot::channel();
             // A plain thread: a prompt nobody answers (decided elsewhere) must not hold up the
             // runtime's shutdown.
             std::thread::spawn(move || {
-                let _ = tx.send((asker.0)(&text));
+                let _ = tx.send((asker.0)(&question));
             });
             rx.await.ok().flatten()
         };
@@ -131,7 +148,7 @@ impl Service {
         // run nothing.
         let _withdraw_if_dropped = Withdraw {
             service: self.clone(),
-            caller: *caller,
+            caller: caller.clone(),
             id: id.clone(),
         };
         let decided = tokio::select! {
@@ -186,7 +203,7 @@ impl Drop for Withdraw {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (service, caller, id) = (self.service.clone(), self.caller, self.id.clone());
+        let (service, caller, id) = (self.service.clone(), self.caller.clone(), self.id.clone());
         rt.spawn(async move {
             service
                 .withdraw_approval(&caller, &id, "the caller went away")

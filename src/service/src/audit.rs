@@ -92,11 +92,14 @@ impl Audit {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone(),
-            session: self
-                .session
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone(),
+            // The caller's own session first (one of several this process serves), else the
+            // service-wide one.
+            session: caller.session.as_deref().map(str::to_owned).or_else(|| {
+                self.session
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+            }),
         }
     }
 

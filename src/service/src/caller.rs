@@ -3,7 +3,7 @@
 
 /// The user a request is made for: this process's own user for the in-process CLI, the peer
 /// credentials of the connection (`SO_PEERCRED`) for the daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
@@ -11,6 +11,12 @@ pub struct Caller {
     /// a pid can be reused).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
+    /// The front-end's session this request belongs to (an MCP session and its client), when
+    /// one process serves several: named on every audit record the request makes (else the
+    /// service-wide one, [`crate::Service::set_session`]), and what an [`crate::ask::Asker`]
+    /// is told so that it asks that session's person. Never used for decisions.
+    #[serde(skip)]
+    pub session: Option<std::sync::Arc<str>>,
 }
 
 impl Caller {
@@ -20,6 +26,16 @@ impl Caller {
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
             pid: i32::try_from(std::process::id()).ok(),
+            session: None,
+        }
+    }
+
+    /// This caller acting for front-end session `session`.
+    #[must_use]
+    pub fn in_session(&self, session: impl Into<std::sync::Arc<str>>) -> Self {
+        Self {
+            session: Some(session.into()),
+            ..self.clone()
         }
     }
 
@@ -44,11 +60,13 @@ mod tests {
             uid: 1000,
             gid: 1000,
             pid: None,
+            session: None,
         };
         let root = Caller {
             uid: 0,
             gid: 0,
             pid: None,
+            session: None,
         };
         assert!(user.may_use(Some(1000)));
         assert!(!user.may_use(Some(1001)));

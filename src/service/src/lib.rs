@@ -144,6 +144,8 @@ pub struct Service {
 pub struct Pending {
     service: Service,
     sandbox: Sandbox,
+    /// The creating caller's front-end session, for the record the commit writes.
+    session: Option<Arc<str>>,
 }
 
 impl Pending {
@@ -169,6 +171,7 @@ impl Pending {
             uid: meta.user.unwrap_or(self.service.euid),
             gid: 0,
             pid: None,
+            session: self.session.clone(),
         };
         let spec = meta.spec.as_ref();
         // Queued, not waited for: the sandbox changes nothing by existing, and whatever runs in
@@ -400,16 +403,18 @@ impl Service {
             },
         )
         .await?;
-        match &opts.pool {
+        let mut pending = match &opts.pool {
             // A pool's settings, network included, are the operator's.
-            Some(pool) => self.take_pooled(caller, pool, &opts).await,
+            Some(pool) => self.take_pooled(caller, pool, &opts).await?,
             None => {
                 let mut opts = opts;
                 let id = opts.id.get_or_insert_with(SandboxId::generate).clone();
                 self.judge_network(caller, &id, &opts.net_allow).await?;
-                self.create_unpooled(caller, opts).await
+                self.create_unpooled(caller, opts).await?
             }
-        }
+        };
+        pending.session.clone_from(&caller.session);
+        Ok(pending)
     }
 
     /// A new sandbox, made now.
@@ -430,6 +435,7 @@ impl Service {
         Ok(Pending {
             service: self.clone(),
             sandbox: backend.create(req).await?,
+            session: None,
         })
     }
 
@@ -502,7 +508,7 @@ impl Service {
                 .await?
                 .with_audit(exec::ExitAudit {
                     audit: Arc::clone(&self.audit),
-                    caller: *caller,
+                    caller: caller.clone(),
                     sandbox: id.clone(),
                 }),
         )

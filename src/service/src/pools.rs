@@ -271,6 +271,7 @@ impl Service {
         Ok(Pending {
             service: self.clone(),
             sandbox,
+            session: None,
         })
     }
 
@@ -280,6 +281,7 @@ impl Service {
             uid: self.euid,
             gid: nix::unistd::getegid().as_raw(),
             pid: None,
+            session: None,
         };
         let opts = member_options(def, self.config.defaults.lifetime);
         let mut sandbox = self.create_unpooled(&me, opts).await?.sandbox;

@@ -226,7 +226,7 @@ impl Service {
             .send_approval(EventKind::ApprovalRequested, &approval, id, user);
         let _withdraw_if_dropped = Withdraw {
             service: self.clone(),
-            caller: *caller,
+            caller: caller.clone(),
             id: approval.clone(),
         };
         let decided = self.wait_approval(caller, &approval).await?;

@@ -143,6 +143,7 @@ impl Service {
                     Outcome::Withdrawn {
                         reason: "a newer card of the same sandbox replaced it".into(),
                     },
+                    caller.session.clone(),
                 )
                 .await;
             }
@@ -417,7 +418,7 @@ impl Service {
                 changed = rx.changed() => if changed.is_err() { break },
                 () = tokio::time::sleep_until(deadline.into()) => {
                     if let Some(w) = self.approvals.take(id) {
-                        self.end_unanswered(w, Outcome::Expired).await;
+                        self.end_unanswered(w, Outcome::Expired, None).await;
                     }
                     break;
                 }
@@ -433,8 +434,12 @@ impl Service {
             return;
         }
         if let Some(w) = self.approvals.take(id) {
-            self.end_unanswered(w, Outcome::Withdrawn { reason: why.into() })
-                .await;
+            self.end_unanswered(
+                w,
+                Outcome::Withdrawn { reason: why.into() },
+                caller.session.clone(),
+            )
+            .await;
         }
     }
 
@@ -446,6 +451,7 @@ impl Service {
                 Outcome::Withdrawn {
                     reason: "the sandbox was destroyed".into(),
                 },
+                None,
             )
             .await;
         }
@@ -454,17 +460,24 @@ impl Service {
     /// Denies every approval whose time ran out.
     async fn sweep_approvals(&self) {
         for w in self.approvals.take_expired(Instant::now()) {
-            self.end_unanswered(w, Outcome::Expired).await;
+            self.end_unanswered(w, Outcome::Expired, None).await;
         }
     }
 
-    /// Ends taken approval `w` without an answer: on the record, and its waiters told.
-    async fn end_unanswered(&self, w: Waiting, outcome: Outcome) {
+    /// Ends taken approval `w` without an answer: on the record (naming `session`, the
+    /// front-end session that ended it, if one did), and its waiters told.
+    async fn end_unanswered(
+        &self,
+        w: Waiting,
+        outcome: Outcome,
+        session: Option<std::sync::Arc<str>>,
+    ) {
         let a = &w.approval;
         let caller = Caller {
             uid: a.user.unwrap_or(self.euid),
             gid: 0,
             pid: None,
+            session,
         };
         let reason = match &outcome {
             Outcome::Expired => "timed out".to_owned(),

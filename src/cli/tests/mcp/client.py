@@ -1,8 +1,10 @@
-"""A real MCP client (the official Python SDK) driving `luminaguard mcp serve` over stdio.
+"""A real MCP client (the official Python SDK) driving `luminaguard mcp serve`.
 
-Run by src/cli/tests/mcp.rs as `python client.py MODE`, with the server's command line as a
-JSON array in LG_SERVER. Each mode asserts what it checks and exits non-zero on the first
-failure; its last line on stdout is a JSON summary for the Rust side.
+Run by src/cli/tests/mcp.rs and mcp_http.rs as `python client.py MODE`: over stdio with the
+server's command line as a JSON array in LG_SERVER; over streamable HTTP when LG_URL names the
+server's endpoint (`http://127.0.0.1:PORT/mcp`), with LG_TOKEN the bearer token and LG_UDS the
+unix socket to connect through, if any. Each mode asserts what it checks and exits non-zero on
+the first failure; its last line on stdout is a JSON summary for the Rust side.
 
 Modes:
   tools    lists the tools, checks every input and output schema, calls every tool and checks
@@ -18,24 +20,51 @@ Modes:
   raw      bad JSON-RPC on the raw pipe: a request before initialize; a line that is not JSON
            (-32700), JSON that is not a message (-32600), parameters that do not fit (-32602),
            a line over the cap (-32600, too large); the server keeps serving throughout.
+  pair     (HTTP) two sessions at once, each with elicitation: different sandboxes, neither can
+           name the other's; each asked write is put to the session that made it (one
+           approves, the other denies).
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 
+import httpx
 import jsonschema
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import McpError
 
-SERVER = json.loads(os.environ["LG_SERVER"])
+SERVER = json.loads(os.environ.get("LG_SERVER", "[]"))
+URL = os.environ.get("LG_URL")
 
 
 def params():
     return StdioServerParameters(command=SERVER[0], args=SERVER[1:], env=dict(os.environ))
+
+
+@contextlib.asynccontextmanager
+async def connect():
+    """The client's two streams: over HTTP when LG_URL is set, else over a launched server's
+    stdio."""
+    if URL is None:
+        async with stdio_client(params()) as (r, w):
+            yield r, w
+        return
+    headers = {}
+    if os.environ.get("LG_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['LG_TOKEN']}"
+    uds = os.environ.get("LG_UDS")
+    transport = httpx.AsyncHTTPTransport(uds=uds) if uds else None
+    client = httpx.AsyncClient(headers=headers, transport=transport,
+                               timeout=httpx.Timeout(60, read=300))
+    async with client:
+        async with streamable_http_client(URL, http_client=client) as (r, w, _):
+            yield r, w
 
 
 def check(cond, what):
@@ -95,7 +124,7 @@ async def list_tools(session):
 
 
 async def mode_tools():
-    async with stdio_client(params()) as (r, w):
+    async with connect() as (r, w):
         async with ClientSession(r, w) as session:
             init = await session.initialize()
             check(init.serverInfo.name == "luminaguard", f"server: {init.serverInfo}")
@@ -205,7 +234,7 @@ async def mode_elicit():
         approve = len(asked) == 1 or (len(asked) > 2 and "+one" in p.message)
         return types.ElicitResult(action="accept", content={"approve": approve})
 
-    async with stdio_client(params()) as (r, w):
+    async with connect() as (r, w):
         async with ClientSession(r, w, elicitation_callback=answer) as session:
             await session.initialize()
             tools = await list_tools(session)
@@ -233,7 +262,7 @@ async def mode_elicit():
 
 
 async def mode_wait():
-    async with stdio_client(params()) as (r, w):
+    async with connect() as (r, w):
         async with ClientSession(r, w) as session:
             await session.initialize()
             tools = await list_tools(session)
@@ -252,7 +281,7 @@ async def mode_pending():
     async def progress(done, total, message):
         notes.append(message or "")
 
-    async with stdio_client(params()) as (r, w):
+    async with connect() as (r, w):
         async with ClientSession(r, w) as session:
             await session.initialize()
             tools = await list_tools(session)
@@ -292,6 +321,47 @@ async def mode_pending():
             err = await tool_error(session, "approval_wait", {"approval_id": p["approval_id"]})
             check("not-found" in err, f"collected twice: {err}")
     print(json.dumps({"approval": p["approval_id"], "waits": waits, "notes": notes}))
+
+
+async def mode_pair():
+    asked = {"a": [], "b": []}
+
+    def answerer(who, approve):
+        async def answer(context, p):
+            asked[who].append(p.message)
+            return types.ElicitResult(action="accept", content={"approve": approve})
+        return answer
+
+    async with connect() as (ra, wa), connect() as (rb, wb):
+        async with ClientSession(ra, wa, elicitation_callback=answerer("a", True)) as a, \
+                ClientSession(rb, wb, elicitation_callback=answerer("b", False)) as b:
+            await asyncio.gather(a.initialize(), b.initialize())
+            tools = await list_tools(a)
+            await list_tools(b)
+            # The sessions' sandboxes are made one after the other: two process-sandbox
+            # launches at once in the daemon have been seen to hang (both children stuck
+            # before exec), a launch problem of its own, not of the sessions'.
+            outs = [
+                await call(a, tools, "run_command", {"command": "echo a > /tmp/who; cat /tmp/who"}),
+                await call(b, tools, "run_command", {"command": "echo b > /tmp/who; cat /tmp/who"})]
+            sa, sb = outs[0]["sandbox_id"], outs[1]["sandbox_id"]
+            check(sa != sb, f"one sandbox per session: {sa} {sb}")
+            check(outs[0]["stdout"] == "a\n" and outs[1]["stdout"] == "b\n", f"{outs}")
+            # Neither session can name the other's sandbox.
+            err = await tool_error(a, "run_command", {"command": "true", "sandbox_id": sb})
+            check("not-found" in err, f"a naming b's sandbox: {err}")
+            err = await tool_error(b, "read_file", {"path": "/tmp/who", "sandbox_id": sa})
+            check("not-found" in err, f"b naming a's sandbox: {err}")
+            err = await tool_error(b, "sandbox_destroy", {"sandbox_id": sa})
+            check("not-found" in err, f"b destroying a's sandbox: {err}")
+            # Each question goes to the session that made the call, at the same time.
+            ok, err = await asyncio.gather(
+                call(a, tools, "write_file", {"path": ".git/from-a.txt", "content": "a\n"}),
+                tool_error(b, "write_file", {"path": ".git/from-b.txt", "content": "b\n"}))
+            check("denied" in err and "a person was asked" in err, f"b denied: {err}")
+            check(len(asked["a"]) == 1 and "from-a.txt" in asked["a"][0], f"a asked: {asked}")
+            check(len(asked["b"]) == 1 and "from-b.txt" in asked["b"][0], f"b asked: {asked}")
+    print(json.dumps({"sandboxes": [sa, sb], "asked": asked}))
 
 
 def mode_raw():
@@ -373,4 +443,4 @@ if __name__ == "__main__":
         mode_raw()
     else:
         asyncio.run({"tools": mode_tools, "elicit": mode_elicit, "wait": mode_wait,
-                     "pending": mode_pending}[mode]())
+                     "pending": mode_pending, "pair": mode_pair}[mode]())

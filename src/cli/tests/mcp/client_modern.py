@@ -10,6 +10,8 @@ Modes:
   stateless  negotiates 2026-07-28; lists tools and checks their schemas; runs a command;
              an asked write approved through input-required happens, one denied does not;
              a client that declared no elicitation is refused at once (nobody to ask).
+  http       over streamable HTTP (LG_URL, the bearer token in LG_TOKEN): negotiates
+             2026-07-28; its calls carry no session and still share one sandbox.
 """
 
 import asyncio
@@ -22,7 +24,7 @@ from mcp import types
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
-SERVER = json.loads(os.environ["LG_SERVER"])
+SERVER = json.loads(os.environ.get("LG_SERVER", "[]"))
 
 
 def check(cond, what):
@@ -78,5 +80,22 @@ async def mode_stateless():
     print(json.dumps({"asked": asked, "sandbox": sandbox}))
 
 
+async def mode_http():
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {os.environ['LG_TOKEN']}"})
+    async with http, Client(streamable_http_client(os.environ["LG_URL"], http_client=http)) as c:
+        check(c.protocol_version == "2026-07-28", f"negotiated {c.protocol_version}")
+        first = await c.call_tool("run_command", {"command": "echo kept > /tmp/k; echo one"})
+        check(not first.is_error, f"first: {text_of(first)}")
+        second = await c.call_tool("run_command", {"command": "cat /tmp/k"})
+        check(not second.is_error and second.structured_content["stdout"] == "kept\n",
+              f"second: {text_of(second)}")
+        sandbox = first.structured_content["sandbox_id"]
+        check(second.structured_content["sandbox_id"] == sandbox, "one sandbox")
+    print(json.dumps({"sandbox": sandbox}))
+
+
 if __name__ == "__main__":
-    asyncio.run({"stateless": mode_stateless}[sys.argv[1]]())
+    asyncio.run({"stateless": mode_stateless, "http": mode_http}[sys.argv[1]]())

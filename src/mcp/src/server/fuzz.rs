@@ -355,14 +355,10 @@ async fn session_case(before: Vec<Vec<u8>>, after: Vec<Vec<u8>>) -> Result<(), T
     )
     .await
     .unwrap();
-    let session = Arc::new(Session::new(
-        front,
-        Settings::default(),
-        Arc::new(Shared::default()),
-    ));
+    let hub = Hub::new(front, Settings::default());
     let (client, server_end) = tokio::io::duplex(64 << 10);
     let (sr, sw) = tokio::io::split(server_end);
-    let server = Server(Arc::clone(&session));
+    let server = hub.stdio_server();
     let serving = tokio::spawn(async move {
         let running = server
             .serve(Lines::new(sr, sw, CAP))
@@ -462,10 +458,7 @@ async fn session_case(before: Vec<Vec<u8>>, after: Vec<Vec<u8>>) -> Result<(), T
     for v in parse_errors.iter().chain(&too_large) {
         prop_assert_eq!(&v["id"], &Value::Null, "{}", v);
     }
-    prop_assert!(
-        session.sandboxes.lock().await.is_empty(),
-        "a fuzzed call made a sandbox"
-    );
+    prop_assert_eq!(hub.sandbox_count().await, 0, "a fuzzed call made a sandbox");
     // The client goes: the session ends cleanly.
     cw.shutdown().await.unwrap();
     let ended = serving.await;
@@ -476,7 +469,7 @@ async fn session_case(before: Vec<Vec<u8>>, after: Vec<Vec<u8>>) -> Result<(), T
         ended
     );
     let _ = reader.await;
-    session.end().await;
+    hub.stop().await;
     prop_assert_eq!(PANICS.load(Ordering::SeqCst), panics, "something panicked");
     Ok(())
 }
