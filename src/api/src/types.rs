@@ -176,7 +176,8 @@ pub struct RunBody {
     pub stdin: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stdin_stream: bool,
-    /// The sandbox's settings (`name` does not apply).
+    /// The sandbox's settings (`name`: a front-end that must know the id before the sandbox
+    /// exists; not with `pool`, whose sandboxes have theirs).
     #[serde(default)]
     pub sandbox: CreateSandbox,
 }

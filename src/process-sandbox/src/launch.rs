@@ -290,6 +290,14 @@ pub fn launch(l: Launch<'_>) -> Result<Launched, LaunchError> {
     // lock another thread held at the clone would be held for ever in the child).
     let argv_ptrs = PtrArray::of(&argv);
     let envp_ptrs = PtrArray::of(&envp);
+    // What the child itself reads and writes before its exec is numbered high too: a pipe the
+    // parent happened to get at 3–6 (free, in a busy daemon, while another launch closes its
+    // descriptors) would be clobbered by the child's own `dup2`s below, and the child would
+    // wait for its maps on the wrong descriptor for ever.
+    let (maps_r, err_w) = {
+        let (low_maps_r, low_err_w) = (maps_r, err_w);
+        (high(&low_maps_r)?, high(&low_err_w)?)
+    };
     let (maps_fd, maps_w_fd) = (maps_r.as_raw_fd(), maps_w.as_raw_fd());
     let err_fd = err_w.as_raw_fd();
     let mapped = matches!(l.identity, Identity::Mapped { .. });

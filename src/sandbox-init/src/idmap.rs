@@ -67,11 +67,12 @@ fn last() -> std::io::Error {
 /// helper process that exists only while its maps are written and its namespace opened.
 fn mapping_namespace(uid: (u32, u32), gid: (u32, u32)) -> Result<OwnedFd, IdmapError> {
     let ns = |step| move |source| IdmapError::Namespace { step, source };
-    let (hold_r, hold_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| ns("create a pipe")(e.into()))?;
-    let (hold, held) = (hold_r.as_raw_fd(), hold_w.as_raw_fd());
-    // SAFETY: a fork-like clone (no new stack, no shared memory); the child only reads from a
-    // pipe and exits, both async-signal-safe.
+    let parent = nix::unistd::getpid().as_raw();
+    // The helper waits to be killed — not for a pipe's end of file: another thread's helper,
+    // cloned while our pipe was open, would hold its write end (close-on-exec does nothing
+    // without an exec), and each helper would wait for the other for ever.
+    // SAFETY: a fork-like clone (no new stack, no shared memory); the child makes only
+    // async-signal-safe system calls (prctl, getppid, pause) and exits.
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone,
@@ -83,13 +84,16 @@ fn mapping_namespace(uid: (u32, u32), gid: (u32, u32)) -> Result<OwnedFd, IdmapE
         )
     };
     if pid == 0 {
-        let mut b = 0u8;
-        // SAFETY: as above; with our copy of the write end closed, the read ends when the
-        // parent closes its own.
+        // SAFETY: as above. It dies with the thread that made it, should that thread die
+        // first (and at once if it already has).
         unsafe {
-            libc::close(held);
-            libc::read(hold, (&raw mut b).cast(), 1);
-            libc::_exit(0);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                libc::_exit(0);
+            }
+            loop {
+                libc::pause();
+            }
         }
     }
     if pid < 0 {
@@ -115,9 +119,9 @@ fn mapping_namespace(uid: (u32, u32), gid: (u32, u32)) -> Result<OwnedFd, IdmapE
                 .map_err(ns("open it"))
         }
     })();
-    drop(hold_w);
-    drop(hold_r);
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    let helper = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(helper, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(helper, None);
     result
 }
 
@@ -200,4 +204,37 @@ pub fn move_into_place(fd: RawFd, target: &Path) -> std::io::Result<()> {
         return Err(last());
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    /// Helpers made from many threads at once all end: none waits on another's descriptors.
+    /// (Helpers that waited for their pipe's end of file held each other's write ends, each
+    /// cloned while the other's pipe was open, and hung for ever.)
+    #[test]
+    fn concurrent_mapping_namespaces_never_wait_on_each_other() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(std::env::var_os("CI").is_none(), "needs root, which CI has");
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        for t in 0..8 {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for _ in 0..150 {
+                    mapping_namespace((0, 1000 + t), (0, 1000 + t)).unwrap();
+                }
+                let _ = tx.send(t);
+            });
+        }
+        drop(tx);
+        for _ in 0..8 {
+            rx.recv_timeout(std::time::Duration::from_secs(120))
+                .unwrap_or_else(|_| panic!("mapping namespaces made at once hung"));
+        }
+    }
 }
