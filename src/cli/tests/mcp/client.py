@@ -338,12 +338,10 @@ async def mode_pair():
             await asyncio.gather(a.initialize(), b.initialize())
             tools = await list_tools(a)
             await list_tools(b)
-            # The sessions' sandboxes are made one after the other: two process-sandbox
-            # launches at once in the daemon have been seen to hang (both children stuck
-            # before exec), a launch problem of its own, not of the sessions'.
-            outs = [
-                await call(a, tools, "run_command", {"command": "echo a > /tmp/who; cat /tmp/who"}),
-                await call(b, tools, "run_command", {"command": "echo b > /tmp/who; cat /tmp/who"})]
+            # The sessions' sandboxes are made at once.
+            outs = await asyncio.gather(
+                call(a, tools, "run_command", {"command": "echo a > /tmp/who; cat /tmp/who"}),
+                call(b, tools, "run_command", {"command": "echo b > /tmp/who; cat /tmp/who"}))
             sa, sb = outs[0]["sandbox_id"], outs[1]["sandbox_id"]
             check(sa != sb, f"one sandbox per session: {sa} {sb}")
             check(outs[0]["stdout"] == "a\n" and outs[1]["stdout"] == "b\n", f"{outs}")
