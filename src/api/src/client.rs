@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
@@ -64,12 +65,37 @@ type Body = BoxBody<Bytes, std::io::Error>;
 #[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
+    /// The front-end session this client acts for ([`SESSION_HEADER`] on every request).
+    session: Option<HeaderValue>,
 }
+
+/// The header that names the front-end session a request belongs to (an MCP session and its
+/// client): the daemon puts it on the request's audit records. A label the client gives, never
+/// an identity — the uid is the socket peer's.
+pub const SESSION_HEADER: &str = "x-luminaguard-session";
+
+/// The longest session name sent.
+pub const SESSION_MAX: usize = 200;
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
             socket: socket.into(),
+            session: None,
+        }
+    }
+
+    /// This client acting for front-end session `name` (printable ASCII kept, at most
+    /// [`SESSION_MAX`] bytes).
+    pub fn in_session(&self, name: &str) -> Self {
+        let clean: String = name
+            .chars()
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+            .take(SESSION_MAX)
+            .collect();
+        Self {
+            socket: self.socket.clone(),
+            session: HeaderValue::from_str(&clean).ok(),
         }
     }
 
@@ -78,7 +104,10 @@ impl Client {
     }
 
     /// Sends `req` on a new connection; the response's headers are in, its body is to come.
-    async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
+    async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
+        if let Some(session) = &self.session {
+            req.headers_mut().insert(SESSION_HEADER, session.clone());
+        }
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::Connect {

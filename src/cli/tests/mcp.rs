@@ -399,6 +399,19 @@ fn through_the_daemon_a_client_without_elicitation_waits_for_a_person() {
         Vec::<String>::new(),
         "left after the session"
     );
+    // The daemon's records of the session's requests name the session and its client.
+    let writes: Vec<Value> = records(&e)
+        .into_iter()
+        .filter(|r| r["event"]["type"] == "write")
+        .collect();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(writes[0]["actor"]["kind"], "daemon");
+    let session = writes[0]["actor"]["session"].as_str().unwrap_or_default();
+    assert!(
+        session.starts_with("mcp-") && session.contains('/'),
+        "{:?}",
+        writes[0]["actor"]
+    );
 }
 
 /// A client of the stateless 2026-07-28 revision (no `initialize`, no requests from the server):

@@ -137,6 +137,23 @@ async fn connection(
             metrics.requests.inc();
             let resp = match caller {
                 Ok(caller) => {
+                    // The front-end session the client says it acts for: a label on the
+                    // request's audit records (the uid stays the socket peer's).
+                    let caller = match req
+                        .headers()
+                        .get(luminaguard_api::client::SESSION_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(|s| s.trim())
+                        .filter(|s| !s.is_empty())
+                    {
+                        Some(s) => caller.in_session(
+                            s.chars()
+                                .filter(|c| !c.is_control())
+                                .take(luminaguard_api::client::SESSION_MAX)
+                                .collect::<String>(),
+                        ),
+                        None => caller,
+                    };
                     req.extensions_mut().insert::<Caller>(caller);
                     router.oneshot(req.map(axum::body::Body::new)).await?
                 }

@@ -125,14 +125,15 @@ impl Front {
     }
 
     /// A view of this front acting for front-end session `name` (one MCP session of several
-    /// this process serves): in-process, every audit record it makes names the session, and a
-    /// question it raises is put to that session's person ([`Caller::session`]). Through the
-    /// daemon the same as this one (the daemon's records name its own caller).
+    /// this process serves): every audit record made for it names the session — in-process
+    /// through [`Caller::session`], through the daemon by the session header the daemon puts
+    /// on its records (a label; the uid is the socket peer's).
     #[must_use]
     pub fn in_session(&self, name: &str) -> Self {
         match self {
             Self::Local(service, caller) => Self::Local(service.clone(), caller.in_session(name)),
-            Self::Daemon(client) => Self::Daemon(client.clone()),
+            // The daemon puts it on the records it makes for this session's requests.
+            Self::Daemon(client) => Self::Daemon(client.in_session(name)),
         }
     }
 
