@@ -148,7 +148,7 @@ impl Front {
                 let body = create_body(opts)?;
                 let name = body.name.as_ref().map(ToString::to_string);
                 let view = announce_held(client, name.as_deref(), client.create(&body)).await?;
-                Ok(Created::Daemon(client.clone(), view))
+                Ok(Created::Daemon(client.clone(), Box::new(view)))
             }
         }
     }
@@ -599,7 +599,7 @@ async fn remote_copy_out(
 #[derive(Debug)]
 pub enum Created {
     Local(Box<Pending>),
-    Daemon(Client, SandboxView),
+    Daemon(Client, Box<SandboxView>),
 }
 
 impl Created {
