@@ -74,6 +74,22 @@ pub fn collect(runtime: &RuntimeDir) -> GcReport {
         let name = entry.file_name().to_string_lossy().into_owned();
         // A directory still being created: garbage once its creator is gone. Nothing but its
         // record exists yet, so there is nothing else to remove.
+        // A directory whose remover was killed part-way: the rest goes at once.
+        if let Some(remover) = crate::removing_dir_owner(&name) {
+            if remover.alive() {
+                report.kept.push(name);
+                continue;
+            }
+            #[allow(clippy::disallowed_methods)] // blocking by contract
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => report.removed.push(name),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => report
+                    .errors
+                    .push(format!("cannot remove {}: {e}", dir.display())),
+            }
+            continue;
+        }
         if let Some(creator) = crate::creating_dir_owner(&name) {
             if creator.alive() {
                 report.kept.push(name);
@@ -153,6 +169,38 @@ pub fn remove(dir: &Path, meta: Option<&SandboxMeta>) -> Result<(), RemoveError>
         }
     }
     unmount_review_layer(dir)?;
+    // Out of the sandbox's name first, in one step: a removal killed part-way (its caller
+    // SIGKILLed) then leaves a directory named for its dead remover, which the next gc removes
+    // at once — not a record-less remnant under the sandbox's name, which gc must leave alone a
+    // while (its creator may be writing its record). A late writer of the record (below) finds
+    // no directory under that name either.
+    let doomed = match crate::state::ProcessRef::me() {
+        Some(me) => {
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let to = dir.with_file_name(format!(
+                "{}{}-{}-{name}",
+                crate::REMOVING_PREFIX,
+                me.pid,
+                me.start
+            ));
+            #[allow(clippy::disallowed_methods)] // blocking by contract
+            match std::fs::rename(dir, &to) {
+                Ok(()) => to,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(source) => {
+                    return Err(RemoveError::Dir {
+                        path: dir.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        None => dir.to_owned(),
+    };
+    let dir = doomed.as_path();
     // A creator killed part-way may have left a process the record does not name yet (a
     // keeper finishing a hand-over) that writes the record once more while the directory is
     // being removed: the removal then meets a file it did not list. That writer is on its way
@@ -378,6 +426,47 @@ mod tests {
         // Already gone: nothing to do, no error.
         std::fs::create_dir_all(&dir).unwrap();
         remove(&dir, Some(&meta_with_chroot(&chroot))).unwrap();
+    }
+
+    /// A removal SIGKILLed part-way (its caller killed while gc ran) leaves its directory under
+    /// a name that says who was removing it; the next gc finishes it at once. Under the
+    /// sandbox's own name a record-less remnant would be kept a minute (its creator might be
+    /// writing the record).
+    #[test]
+    fn a_removal_killed_part_way_is_finished_by_the_next_gc() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("rt");
+        let sandboxes = root.join("sandboxes");
+        std::fs::create_dir_all(&sandboxes).unwrap();
+        for d in [&root, &sandboxes] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711)).unwrap();
+        }
+        let runtime = RuntimeDir::new(&root).unwrap();
+        // Removed: the directory is gone under both names.
+        let dir = sandboxes.join("sb-1");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("console.log"), b"x").unwrap();
+        remove(&dir, None).unwrap();
+        assert_eq!(std::fs::read_dir(&sandboxes).unwrap().count(), 0);
+        // A remover that died (pid 0 never names a live process) left what it had not removed.
+        let remnant = sandboxes.join(format!("{}0-1-sb-2", crate::REMOVING_PREFIX));
+        std::fs::create_dir(&remnant).unwrap();
+        std::fs::write(remnant.join("console.log"), b"x").unwrap();
+        let report = collect(&runtime);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert!(!remnant.exists(), "left: {report:?}");
+        // One whose remover lives (this process) is its to finish.
+        let me = crate::state::ProcessRef::me().unwrap();
+        let busy = sandboxes.join(format!(
+            "{}{}-{}-sb-3",
+            crate::REMOVING_PREFIX,
+            me.pid,
+            me.start
+        ));
+        std::fs::create_dir(&busy).unwrap();
+        let report = collect(&runtime);
+        assert!(busy.exists(), "removed under its live remover: {report:?}");
     }
 
     #[test]

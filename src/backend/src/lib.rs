@@ -516,9 +516,24 @@ pub fn live_vmm_uids(runtime: &RuntimeDir) -> Vec<u32> {
 /// creating process (see [`creating_dir_owner`]).
 pub const CREATING_PREFIX: &str = ".new-";
 
+/// Prefix of a sandbox directory being removed: `.rm-<pid>-<start>-<id>`, naming the removing
+/// process. A removal killed part-way leaves it under this name — never a half-removed
+/// directory under the sandbox's own name, which would look like a record being written.
+pub const REMOVING_PREFIX: &str = ".rm-";
+
 /// The creator a [`CREATING_PREFIX`] directory's name records.
 pub fn creating_dir_owner(name: &str) -> Option<ProcessRef> {
-    let mut parts = name.strip_prefix(CREATING_PREFIX)?.split('-');
+    owner_in(name.strip_prefix(CREATING_PREFIX)?)
+}
+
+/// The remover a [`REMOVING_PREFIX`] directory's name records.
+pub fn removing_dir_owner(name: &str) -> Option<ProcessRef> {
+    owner_in(name.strip_prefix(REMOVING_PREFIX)?)
+}
+
+/// `<pid>-<start>-…` as the process it names.
+fn owner_in(rest: &str) -> Option<ProcessRef> {
+    let mut parts = rest.split('-');
     let pid = parts.next()?.parse().ok()?;
     let start = parts.next()?.parse().ok()?;
     Some(ProcessRef { pid, start })
