@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::V1;
 use crate::types::{
     ApprovalView, AuditView, CardView, CreateSandbox, DecideBody, ErrorBody, ExecBody, ExecEvent,
-    GcView, Health, RunBody, SandboxView, StatView, Written,
+    GcView, Health, RunBody, SandboxView, StatView, ToolCallBody, ToolCallCleared, Written,
 };
 
 /// Why a request to the daemon failed.
@@ -313,6 +313,29 @@ impl Client {
         let resp = self.send(Self::request(Method::PUT, &uri, body)?).await?;
         let bytes = resp.into_body().collect().await?.to_bytes();
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Has an MCP tool call judged before the caller forwards it to the server in sandbox
+    /// `id`: cleared (after a person's approval, when asked), or refused.
+    pub async fn judge_tool_call(
+        &self,
+        id: &str,
+        body: &ToolCallBody,
+    ) -> Result<ToolCallCleared, ClientError> {
+        self.json(Method::POST, &sandbox_path(id, "/tool-calls"), Some(body))
+            .await
+    }
+
+    /// Records what the gateway saw of a server's tools in sandbox `id` (a tool event: how a
+    /// call ended, a call refused, a tool pinned or changed).
+    pub async fn record_tool_event(
+        &self,
+        id: &str,
+        event: &impl Serialize,
+    ) -> Result<(), ClientError> {
+        let req = json_request(Method::POST, &sandbox_path(id, "/tool-events"), Some(event))?;
+        self.send(req).await?;
+        Ok(())
     }
 
     /// [`Client::write_file`] with the permission bits a new file gets.

@@ -311,6 +311,9 @@ pub struct ActionView {
     /// Egress destinations it would reach, for `network`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network: Vec<String>,
+    /// The server, tool and arguments, for `tool-call` (an MCP gateway's call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<ToolCallBody>,
     /// Why it could not be previewed.
     pub unpreviewable: String,
 }
@@ -447,6 +450,32 @@ pub struct Written {
     pub path: String,
     pub bytes: u64,
     /// The Diff Card a person approved an agent's write under (`judge=true`), if asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
+}
+
+/// `POST /v1/sandboxes/{id}/tool-calls`: an MCP tool call the caller is about to forward to
+/// the server running in the sandbox (the MCP gateway), to be judged by the policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ToolCallBody {
+    /// The server's name.
+    pub server: String,
+    /// The tool's name as the server knows it.
+    pub tool: String,
+    /// The arguments as they will be forwarded.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub arguments: serde_json::Value,
+}
+
+/// `POST /v1/sandboxes/{id}/tool-calls`: the call may be forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ToolCallCleared {
+    /// `allow`, or `ask` when a person approved it.
+    pub verdict: String,
+    /// The deciding rule's reason.
+    pub reason: String,
+    /// The card a person approved it under, if asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<String>,
 }

@@ -61,7 +61,9 @@ use crate::execs::{self, After, StdinPlan};
         crate::approvals::list,
         crate::approvals::get,
         crate::approvals::decide,
-        crate::approvals::review
+        crate::approvals::review,
+        crate::tool_calls::judge,
+        crate::tool_calls::record
     ),
     components(schemas(
         Health,
@@ -82,6 +84,8 @@ use crate::execs::{self, After, StdinPlan};
         ActionView,
         ApprovalView,
         DecideBody,
+        luminaguard_api::types::ToolCallBody,
+        luminaguard_api::types::ToolCallCleared,
         luminaguard_api::chunk::Chunk
     ))
 )]
@@ -105,6 +109,8 @@ pub fn router(st: AppState) -> Router {
         .route("/v1/sandboxes/{id}/audit", get(audit))
         .route("/v1/sandboxes/{id}/stat", get(stat))
         .route("/v1/sandboxes/{id}/review", post(crate::approvals::review))
+        .route("/v1/sandboxes/{id}/tool-calls", post(crate::tool_calls::judge))
+        .route("/v1/sandboxes/{id}/tool-events", post(crate::tool_calls::record))
         .route("/v1/approvals", get(crate::approvals::list))
         .route(
             "/v1/approvals/{id}",

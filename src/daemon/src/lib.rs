@@ -20,6 +20,7 @@ pub mod listen;
 pub mod metrics;
 pub mod notify;
 pub mod server;
+pub mod tool_calls;
 
 use std::sync::Arc;
 use std::time::Duration;

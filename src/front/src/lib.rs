@@ -17,6 +17,7 @@ use luminaguard_backend::hostfs::{self, Destination};
 use luminaguard_core::{Config, SandboxId};
 use luminaguard_protocol::message::{SeccompAudit, SeccompDenial};
 use luminaguard_service::review::Deciding;
+use luminaguard_service::tool_call::{Cleared, ToolCall, ToolEvent};
 use luminaguard_service::{
     Answer, Caller, CreateOptions, Exec, ExecOptions, ExecOutput, ExitReport, Pending, Service,
 };
@@ -887,6 +888,48 @@ impl Execution {
     }
 }
 
+impl Execution {
+    /// The command's stdin as a writer of its own, to be fed while its output is read (a
+    /// long-lived command — an MCP server — is read and fed at once); `None` once taken, or
+    /// without [`ExecOptions::stdin`]. Through the daemon, what is written before the command
+    /// started waits for it.
+    pub fn take_stdin(&mut self) -> Option<StdinWriter> {
+        match self {
+            Self::Local(e) => Some(StdinWriter::Local(e.stdin())),
+            Self::Remote(r) => r.stdin.take().map(StdinWriter::Remote),
+        }
+    }
+}
+
+/// A command's stdin, fed apart from its output ([`Execution::take_stdin`]).
+#[derive(Debug)]
+pub enum StdinWriter {
+    Local(luminaguard_service::Stdin),
+    Remote(DuplexStream),
+}
+
+impl StdinWriter {
+    pub async fn write(&mut self, data: &[u8]) -> Result<()> {
+        match self {
+            Self::Local(s) => Ok(s.write(data).await?),
+            Self::Remote(w) => w.write_all(data).await.map_err(|e| {
+                FrontError::Protocol(format!("the command no longer reads its stdin: {e}"))
+            }),
+        }
+    }
+
+    /// Ends the command's stdin.
+    pub async fn close(&mut self) -> Result<()> {
+        match self {
+            Self::Local(s) => Ok(s.close().await?),
+            Self::Remote(w) => {
+                let _ = w.shutdown().await;
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A chunk of output the daemon sent that does not decode.
 fn bad_chunk(e: impl std::fmt::Display) -> FrontError {
     FrontError::Protocol(format!(
@@ -1011,7 +1054,6 @@ impl Front {
 }
 
 impl Front {
-    /// File `path` of sandbox `id`, whole, if it is at most `max` bytes.
     /// An agent's write of `content` to `path` (absolute) in sandbox `id`, judged by the
     /// policy as the write it is; asked about, it returns once a person has answered (the
     /// approval it was made under is on the answer).
@@ -1034,6 +1076,41 @@ impl Front {
         }
     }
 
+    /// Has an MCP tool call judged before it is forwarded to the server in sandbox `id` (the
+    /// gateway): cleared — after a person's approval, when the policy asks — or refused.
+    pub async fn judge_tool_call(&self, id: &SandboxId, call: &ToolCall) -> Result<Cleared> {
+        match self {
+            Self::Local(service, caller) => Ok(service.judge_tool_call(caller, id, call).await?),
+            Self::Daemon(client) => {
+                let body = luminaguard_api::types::ToolCallBody {
+                    server: call.server.clone(),
+                    tool: call.tool.clone(),
+                    arguments: call.arguments.clone(),
+                };
+                let c = announce_held(
+                    client,
+                    Some(id.as_str()),
+                    client.judge_tool_call(id.as_str(), &body),
+                )
+                .await?;
+                Ok(Cleared {
+                    verdict: c.verdict,
+                    reason: c.reason,
+                    approval: c.approval,
+                })
+            }
+        }
+    }
+
+    /// Records what the gateway saw of a server's tools in sandbox `id`.
+    pub async fn record_tool_event(&self, id: &SandboxId, event: &ToolEvent) -> Result<()> {
+        match self {
+            Self::Local(service, caller) => Ok(service.record_tool_event(caller, id, event).await?),
+            Self::Daemon(client) => Ok(client.record_tool_event(id.as_str(), event).await?),
+        }
+    }
+
+    /// File `path` of sandbox `id`, whole, if it is at most `max` bytes.
     pub async fn read(&self, id: &SandboxId, path: &str, max: u64) -> Result<Vec<u8>> {
         match self {
             Self::Local(service, caller) => {

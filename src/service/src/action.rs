@@ -35,6 +35,12 @@ pub enum Action {
         id: SandboxId,
         path: String,
     },
+    /// Call a tool of an MCP server running in a sandbox (the gateway forwards it).
+    ToolCall {
+        id: SandboxId,
+        server: String,
+        tool: String,
+    },
     /// Look at what a speculative run changed (its Diff Card).
     Review {
         id: SandboxId,
@@ -72,6 +78,7 @@ impl Action {
             | Self::Exec { id, .. }
             | Self::ReadFile { id, .. }
             | Self::WriteFile { id, .. }
+            | Self::ToolCall { id, .. }
             | Self::Destroy { id }
             | Self::Review { id }
             | Self::ApplyChanges { id, .. }

@@ -50,7 +50,8 @@ pub struct Decider {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ActionCard {
     /// `exec` (a command on a workspace it writes directly), `write` (a file write that
-    /// cannot be shown as a Diff Card), `network` (a sandbox's egress).
+    /// cannot be shown as a Diff Card), `network` (a sandbox's egress), `tool-call` (an MCP
+    /// server's tool, called through the gateway).
     pub kind: String,
     /// The command, for `exec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,8 +62,19 @@ pub struct ActionCard {
     /// What it would reach: egress destinations, for `network`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network: Vec<String>,
+    /// The server, tool and arguments, for `tool-call` (an MCP gateway's call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<ToolCard>,
     /// Why it could not be previewed, for the person.
     pub unpreviewable: String,
+}
+
+/// An MCP tool call on an [`ActionCard`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ToolCard {
+    pub server: String,
+    pub tool: String,
+    pub arguments: serde_json::Value,
 }
 
 /// How an approval ended.
@@ -100,6 +112,7 @@ impl ActionCard {
             && self.argv == other.argv
             && self.path == other.path
             && self.network == other.network
+            && self.tool == other.tool
     }
 }
 

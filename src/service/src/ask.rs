@@ -69,20 +69,24 @@ impl Service {
         let _ = self.asker.set(asker);
     }
 
-    /// Puts `ask` to a person and waits for the answer: `Ok` once approved; denied, expired or
-    /// with nobody to ask, the action is refused.
-    pub(crate) async fn ask_before(&self, caller: &Caller, ask: Ask) -> Result<(), ServiceError> {
+    /// Puts `ask` to a person and waits for the answer: once approved, the approval it runs
+    /// under; denied, expired or with nobody to ask, the action is refused.
+    pub(crate) async fn ask_before(
+        &self,
+        caller: &Caller,
+        ask: Ask,
+    ) -> Result<Option<String>, ServiceError> {
         if let Some(grant) = self.approvals.granted(&ask.sandbox, &ask.card) {
             // Approved for this sandbox's session already: on the record, under that approval.
-            return self
-                .audit
+            self.audit
                 .record(
                     caller,
                     serde_json::json!({"type": "approve", "sandbox": ask.sandbox,
                         "scope": "session", "granted_by": grant.approval, "by": grant.by,
                         "action": ask.card, "asked": ask.asked}),
                 )
-                .await;
+                .await?;
+            return Ok(Some(grant.approval));
         }
         let id =
             approvals::new_id().map_err(|e| ServiceError::internal("making an approval id", e))?;
@@ -178,7 +182,7 @@ impl Service {
             },
         };
         match decided.outcome {
-            Some(o) if o.approved() => Ok(()),
+            Some(o) if o.approved() => Ok(Some(id)),
             Some(o) => Err(ServiceError::Denied(format!(
                 "{summary}; a person was asked ({id}): {o}"
             ))),
@@ -231,6 +235,21 @@ fn render(ask: &Ask, always: Option<&str>, origin: &str) -> String {
             ));
             for d in &ask.card.network {
                 t.push_str(&format!("    {d}\n"));
+            }
+        }
+        "tool-call" => {
+            if let Some(call) = &ask.card.tool {
+                t.push_str(&format!(
+                    "Tool {} of MCP server {} (in sandbox {}), called with\n",
+                    call.tool, call.server, ask.sandbox
+                ));
+                let args = serde_json::to_string_pretty(&call.arguments).unwrap_or_default();
+                for line in args.lines() {
+                    t.push_str(&format!("    {line}\n"));
+                }
+            }
+            if let Some(w) = &ask.workspace {
+                t.push_str(&format!("the server writes workspace {}\n", w.display()));
             }
         }
         "write" => {

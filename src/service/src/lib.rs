@@ -35,6 +35,7 @@ pub mod pools;
 pub mod put;
 pub mod review;
 pub mod templates;
+pub mod tool_call;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -563,6 +564,7 @@ impl Service {
                         Unpreviewable::Write(path) => Some(path.to_owned()),
                         Unpreviewable::Exec(_) => None,
                     },
+                    tool: None,
                     network: match spec.map(|s| &s.network) {
                         Some(NetworkPolicy::Egress { allow, .. }) => {
                             allow.iter().map(ToString::to_string).collect()
@@ -576,6 +578,7 @@ impl Service {
             },
         )
         .await
+        .map(drop)
     }
 
     /// The egress a caller asks for (beyond the configured defaults, which are the operator's)
@@ -626,6 +629,7 @@ impl Service {
                     argv: None,
                     path: None,
                     network: asked.iter().map(|(r, _)| r.to_string()).collect(),
+                    tool: None,
                     unpreviewable: "what a command sends over the network cannot be taken \
                         back, so it is asked about before the sandbox can reach it"
                         .into(),
@@ -638,6 +642,7 @@ impl Service {
             },
         )
         .await
+        .map(drop)
     }
 
     /// What the policy decides for running `argv` (in `cwd`).
