@@ -3,4 +3,5 @@
 //! secrets out of tool arguments and results. The runtime lives beside them.
 
 pub mod config;
+pub mod pins;
 pub mod secrets;
