@@ -1,6 +1,6 @@
 //! The gateway's configuration: which MCP servers to run in which sandboxes, which of their tools
 //! to expose, what environment (and secrets) they get, and what to do with secrets found in
-//! tool calls. A TOML file, every table closed (`deny_unknown_fields`); see `docs/mcp.md`.
+//! tool calls. A TOML file, every table closed (`deny_unknown_fields`).
 //!
 //! Loading is pure but for reading files ([`GatewayConfig::load`], [`GatewayConfig::read_secrets`]):
 //! call those off an async executor. Paths are resolved here (`~` against `$HOME`, relative

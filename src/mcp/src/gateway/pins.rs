@@ -233,7 +233,8 @@ impl PinStore {
 
     /// Compares `server`'s served `tools` with their pins: pins new ones, records changed ones
     /// as pending, drops a pending change a server no longer serves. Tools not served keep
-    /// their pins. Saved before it returns.
+    /// their pins. Saved before it returns. A name served twice with different definitions
+    /// leaves the tool pending (unusable): the gateway should refuse such a list anyway.
     pub fn check(&mut self, server: &str, tools: &[Tool]) -> Result<Vec<PinCheck>, PinError> {
         let served = tools
             .iter()
