@@ -28,6 +28,7 @@
 mod approve;
 mod bounded;
 mod flight;
+pub mod gateway;
 pub mod hosts;
 pub mod http;
 mod server;
