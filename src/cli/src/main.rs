@@ -10,6 +10,7 @@ mod doctor;
 mod front;
 mod image;
 mod mcp;
+mod mcp_pins;
 mod policy;
 mod review;
 mod run;

@@ -20,6 +20,53 @@ pub enum McpCommand {
     /// line), claude-desktop, cursor, vscode (JSON entries), codex (a TOML table). Anything
     /// after `--` is passed to `serve` (e.g. `-- --workspace ~/project --memory 1G`).
     Config(ConfigArgs),
+    /// Serve MCP on stdin/stdout (or --http) as a gateway to third-party MCP servers: each runs
+    /// in a sandbox of its own, its tools offered as SERVER__TOOL, every call judged by the
+    /// policy, kept free of secrets, checked against its pinned definition and audited.
+    Gateway(Box<GatewayArgs>),
+    /// The gateway's pinned tool definitions: list them, or approve a changed one.
+    #[command(subcommand)]
+    Pins(PinsCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// The gateway's configuration: its servers (see docs/mcp-gateway.md). (Positional:
+    /// `--config` is LuminaGuard's own configuration file, as for every command.)
+    #[arg(value_name = "GATEWAY.toml")]
+    servers: std::path::PathBuf,
+    /// The pin store (default: next to this user's audit log, `mcp-pins.json`).
+    #[arg(long, value_name = "FILE")]
+    pins: Option<std::path::PathBuf>,
+    /// Seconds a call may wait for a person's approval before it answers `pending_approval`
+    /// (which the `approval_wait` tool resumes); 0: wait as long as the card lasts.
+    #[arg(long, value_name = "SECS", default_value_t = 45)]
+    pending_after: u64,
+    #[command(flatten)]
+    http: HttpArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PinsCommand {
+    /// Every pinned tool, and what changed in those disabled until approved.
+    Ls {
+        #[arg(long, value_name = "FILE")]
+        pins: Option<std::path::PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve the changed definition of TOOL of SERVER (or, with --all, of every changed tool
+    /// of SERVER): the gateway offers it again.
+    Approve {
+        server: String,
+        #[arg(required_unless_present = "all")]
+        tool: Option<String>,
+        #[arg(long, conflicts_with = "tool")]
+        all: bool,
+        #[arg(long, value_name = "FILE")]
+        pins: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +115,13 @@ pub struct ServeArgs {
     /// card lasts. Below the hosts' own limit on a tool call (about a minute).
     #[arg(long, value_name = "SECS", default_value_t = 45)]
     pending_after: u64,
+    #[command(flatten)]
+    http: HttpArgs,
+}
+
+/// How MCP is served over HTTP instead of stdio.
+#[derive(Debug, Args)]
+pub struct HttpArgs {
     /// Serve MCP's streamable HTTP at /mcp instead of stdio: on HOST:PORT (TCP, a bearer token
     /// on every request) or unix:PATH (a 0600 socket; only this user and root are served).
     /// Each MCP session gets its own sandboxes.
@@ -135,31 +189,87 @@ pub async fn run(cmd: McpCommand, config: Config, choice: &Choice) -> anyhow::Re
         }
         McpCommand::Serve(args) => {
             // Checked before anything is opened: a bad address is refused at once.
-            let http = match &args.http {
-                Some(addr) => Some(luminaguard_mcp::http::HttpOptions {
-                    listen: luminaguard_mcp::http::Listen::parse(addr)?,
-                    public: args.http_public,
-                    token_file: args.token_file.clone(),
-                    runtime_dir: config.runtime_dir.clone(),
-                    idle_timeout: std::time::Duration::from_secs(args.http_idle_timeout),
-                }),
-                None => None,
-            };
+            let http = args.http.options(&config)?;
             // Not `main::front`: an MCP server has no terminal to ask at; it asks its client.
             let front = Front::open(config, choice).await?;
             let settings = luminaguard_mcp::Settings {
                 create: args.sandbox.options(None, false),
                 output_limit: args.output_limit,
-                pending_after: (args.pending_after > 0)
-                    .then(|| std::time::Duration::from_secs(args.pending_after)),
+                pending_after: pending_after(args.pending_after),
                 ..luminaguard_mcp::Settings::default()
             };
-            match http {
-                Some(opts) => luminaguard_mcp::serve_http(front, settings, opts).await?,
-                None => luminaguard_mcp::serve_stdio(front, settings).await?,
-            }
-            Ok(ExitCode::SUCCESS)
+            serve(front, settings, http).await
         }
+        McpCommand::Gateway(args) => {
+            let http = args.http.options(&config)?;
+            let gw_config = {
+                let path = args.servers.clone();
+                tokio::task::spawn_blocking(move || {
+                    luminaguard_mcp::gateway::config::GatewayConfig::load(&path)
+                })
+                .await??
+            };
+            let pins = args.pins.clone().unwrap_or_else(|| pins_file(&config));
+            let gateway = tokio::task::spawn_blocking(move || {
+                luminaguard_mcp::gateway::Gateway::new(&gw_config, &pins, |k| std::env::var(k).ok())
+            })
+            .await??;
+            let front = Front::open(config, choice).await?;
+            let settings = luminaguard_mcp::Settings {
+                pending_after: pending_after(args.pending_after),
+                gateway: Some(std::sync::Arc::new(gateway)),
+                ..luminaguard_mcp::Settings::default()
+            };
+            serve(front, settings, http).await
+        }
+        McpCommand::Pins(cmd) => {
+            let default = pins_file(&config);
+            tokio::task::spawn_blocking(move || crate::mcp_pins::run(cmd, default)).await?
+        }
+    }
+}
+
+/// The default pin store: beside the audit log.
+pub fn pins_file(config: &Config) -> std::path::PathBuf {
+    config
+        .audit_dir
+        .parent()
+        .unwrap_or(&config.runtime_dir)
+        .join("mcp-pins.json")
+}
+
+fn pending_after(secs: u64) -> Option<std::time::Duration> {
+    (secs > 0).then(|| std::time::Duration::from_secs(secs))
+}
+
+async fn serve(
+    front: Front,
+    settings: luminaguard_mcp::Settings,
+    http: Option<luminaguard_mcp::http::HttpOptions>,
+) -> anyhow::Result<ExitCode> {
+    match http {
+        Some(opts) => luminaguard_mcp::serve_http(front, settings, opts).await?,
+        None => luminaguard_mcp::serve_stdio(front, settings).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+impl HttpArgs {
+    /// The HTTP options, checked (a bad address is refused before anything is opened).
+    fn options(
+        &self,
+        config: &Config,
+    ) -> anyhow::Result<Option<luminaguard_mcp::http::HttpOptions>> {
+        Ok(match &self.http {
+            Some(addr) => Some(luminaguard_mcp::http::HttpOptions {
+                listen: luminaguard_mcp::http::Listen::parse(addr)?,
+                public: self.http_public,
+                token_file: self.token_file.clone(),
+                runtime_dir: config.runtime_dir.clone(),
+                idle_timeout: std::time::Duration::from_secs(self.http_idle_timeout),
+            }),
+            None => None,
+        })
     }
 }
 

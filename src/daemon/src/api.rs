@@ -109,8 +109,14 @@ pub fn router(st: AppState) -> Router {
         .route("/v1/sandboxes/{id}/audit", get(audit))
         .route("/v1/sandboxes/{id}/stat", get(stat))
         .route("/v1/sandboxes/{id}/review", post(crate::approvals::review))
-        .route("/v1/sandboxes/{id}/tool-calls", post(crate::tool_calls::judge))
-        .route("/v1/sandboxes/{id}/tool-events", post(crate::tool_calls::record))
+        .route(
+            "/v1/sandboxes/{id}/tool-calls",
+            post(crate::tool_calls::judge),
+        )
+        .route(
+            "/v1/sandboxes/{id}/tool-events",
+            post(crate::tool_calls::record),
+        )
         .route("/v1/approvals", get(crate::approvals::list))
         .route(
             "/v1/approvals/{id}",

@@ -51,11 +51,14 @@ pub fn approval_view(a: &Approval) -> ApprovalView {
                 argv: x.argv.clone(),
                 path: x.path.clone(),
                 network: x.network.clone(),
-                tool: x.tool.as_ref().map(|t| luminaguard_api::types::ToolCallBody {
-                    server: t.server.clone(),
-                    tool: t.tool.clone(),
-                    arguments: t.arguments.clone(),
-                }),
+                tool: x
+                    .tool
+                    .as_ref()
+                    .map(|t| luminaguard_api::types::ToolCallBody {
+                        server: t.server.clone(),
+                        tool: t.tool.clone(),
+                        arguments: t.arguments.clone(),
+                    }),
                 unpreviewable: x.unpreviewable.clone(),
             }),
             changes: serde_json::to_value(&a.changes).unwrap_or_default(),

@@ -1105,7 +1105,9 @@ impl Front {
     /// Records what the gateway saw of a server's tools in sandbox `id`.
     pub async fn record_tool_event(&self, id: &SandboxId, event: &ToolEvent) -> Result<()> {
         match self {
-            Self::Local(service, caller) => Ok(service.record_tool_event(caller, id, event).await?),
+            Self::Local(service, caller) => {
+                Ok(service.record_tool_event(caller, id, event).await?)
+            }
             Self::Daemon(client) => Ok(client.record_tool_event(id.as_str(), event).await?),
         }
     }

@@ -64,24 +64,25 @@ impl Track {
     }
 }
 
-pub type Work = Result<CallToolResult, ErrorData>;
+/// What a call's work ends with (a tool call's result; another request's answer).
+pub type Work<T = CallToolResult> = Result<T, ErrorData>;
 
 /// A call's work, running.
 #[derive(Debug)]
-pub struct Flight {
+pub struct Flight<T: Send + 'static = CallToolResult> {
     pub tool: String,
     /// Its arguments (a call resumed must be the same call).
     pub arguments: Option<rmcp::model::JsonObject>,
     /// The command it runs, when it is one (to tell its approvals from another call's).
     argv: Option<Vec<String>>,
-    task: JoinHandle<Work>,
+    task: JoinHandle<Work<T>>,
     pub track: Arc<Track>,
     started: Instant,
     /// The approval it waits on, taken up by this call.
     waiting: Option<ApprovalView>,
 }
 
-impl Drop for Flight {
+impl<T: Send + 'static> Drop for Flight<T> {
     /// A call dropped unfinished (cancelled, its session ended) ends its work: the command is
     /// killed with its process tree and a card it waits on withdrawn.
     fn drop(&mut self) {
@@ -113,8 +114,8 @@ pub struct Watch<'a> {
 }
 
 /// Where a watched call stands when its request answers.
-pub enum Step {
-    Done(Work),
+pub enum Step<T = CallToolResult> {
+    Done(Work<T>),
     /// The client must answer `ApprovalView`'s question (2026-07-28 input-required).
     Input(Box<ApprovalView>),
     /// A person has not answered in time: the approval's id.
@@ -125,13 +126,13 @@ pub enum Step {
 #[derive(Debug)]
 pub struct Cancelled;
 
-impl Flight {
+impl<T: Send + 'static> Flight<T> {
     pub fn start(
         tool: String,
         arguments: Option<rmcp::model::JsonObject>,
         argv: Option<Vec<String>>,
         track: Arc<Track>,
-        work: impl Future<Output = Work> + Send + 'static,
+        work: impl Future<Output = Work<T>> + Send + 'static,
     ) -> Self {
         Self {
             tool,
@@ -160,7 +161,7 @@ impl Flight {
 
     /// Watches the call until it ends, needs the client's answer, or has waited too long for a
     /// person's.
-    pub async fn watch(&mut self, w: &Watch<'_>) -> Result<Step, Cancelled> {
+    pub async fn watch(&mut self, w: &Watch<'_>) -> Result<Step<T>, Cancelled> {
         let start = tokio::time::Instant::now();
         let mut look = tokio::time::interval_at(start + FIRST_LOOK, LOOK);
         look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -305,7 +306,7 @@ struct Notices {
 }
 
 impl Notices {
-    async fn send(&mut self, w: &Watch<'_>, f: &Flight) {
+    async fn send<T: Send + 'static>(&mut self, w: &Watch<'_>, f: &Flight<T>) {
         let Some((peer, token)) = &w.progress else {
             return;
         };

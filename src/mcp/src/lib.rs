@@ -52,6 +52,8 @@ pub struct Settings {
     /// How long a call may wait for a person before it answers `pending_approval` (hosts
     /// give up on a tool call after about a minute); `None`: as long as the card lasts.
     pub pending_after: Option<std::time::Duration>,
+    /// `mcp gateway`: the servers whose tools are offered (instead of the sandbox tools).
+    pub gateway: Option<std::sync::Arc<gateway::Gateway>>,
 }
 
 impl Default for Settings {
@@ -61,6 +63,7 @@ impl Default for Settings {
             output_limit: 64 << 10,
             max_file: 4 << 20,
             pending_after: Some(std::time::Duration::from_secs(45)),
+            gateway: None,
         }
     }
 }

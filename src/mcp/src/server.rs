@@ -80,10 +80,18 @@ impl Hub {
     /// serves and how to ask a person (the client of the session whose request is held).
     pub(crate) fn new(front: Front, settings: Settings) -> Arc<Self> {
         let network = !settings.create.net_allow.is_empty();
+        let tools = match &settings.gateway {
+            // The gateway offers its servers' tools (listed per session), and approval_wait.
+            Some(_) => tools::all(network)
+                .into_iter()
+                .filter(|t| t.name == APPROVAL_WAIT)
+                .collect(),
+            None => tools::all(network),
+        };
         let hub = Arc::new(Self {
             front,
             settings,
-            tools: tools::all(network),
+            tools,
             sessions: std::sync::Mutex::default(),
             cleanup: tokio_util::task::TaskTracker::new(),
             stateless: std::sync::Mutex::default(),
@@ -163,10 +171,16 @@ impl Hub {
         if let Some(peer) = peer {
             let _ = shared.peer.set(peer);
         }
+        let servers = self
+            .settings
+            .gateway
+            .as_ref()
+            .map(|gw| crate::gateway::servers::Servers::new(gw));
         let session = Arc::new(Session {
             front: self.front.in_session(&name),
             settings: self.settings.clone(),
             sandboxes: tokio::sync::Mutex::default(),
+            servers,
             shared: Arc::clone(&shared),
             detached: std::sync::Mutex::default(),
             name: Arc::clone(&name),
@@ -240,6 +254,8 @@ struct Session {
     settings: Settings,
     /// This session's sandboxes; the first made without being asked for is its default.
     sandboxes: tokio::sync::Mutex<Vec<Sandbox>>,
+    /// The gateway's servers, as this session runs them (`mcp gateway`).
+    servers: Option<crate::gateway::servers::Servers>,
     shared: Arc<Shared>,
     /// Calls that outlasted their request, held at an approval (or done since, their result
     /// not yet collected): by `requestState` handle.
@@ -255,7 +271,13 @@ struct Session {
 /// task ends.
 impl Drop for Session {
     fn drop(&mut self) {
-        let left = std::mem::take(self.sandboxes.get_mut());
+        let mut left = std::mem::take(self.sandboxes.get_mut());
+        if let Some(servers) = &self.servers {
+            left.extend(servers.take_helds().into_iter().map(|held| Sandbox {
+                held,
+                default: false,
+            }));
+        }
         let hub = self.hub.upgrade();
         // Off the hub's list only once its destroy is on the hub's tracker (below): a server
         // stopping waits for both.
@@ -330,6 +352,11 @@ impl From<FrontError> for Fail {
 }
 
 type Outcome<T> = Result<T, Fail>;
+
+/// A front's error as a tool's failure says it (the whole chain, its code first).
+pub(crate) fn fail_text(e: FrontError) -> String {
+    Fail::from(e).0
+}
 
 pub(crate) async fn serve_stdio(front: Front, settings: Settings) -> Result<(), ServeError> {
     let hub = Hub::new(front, settings);
@@ -412,7 +439,13 @@ impl Session {
     async fn end(&self) {
         // Calls still held end with the session (their cards are withdrawn).
         self.abandon_detached();
-        let all = std::mem::take(&mut *self.sandboxes.lock().await);
+        let mut all = std::mem::take(&mut *self.sandboxes.lock().await);
+        if let Some(servers) = &self.servers {
+            all.extend(servers.take_helds().into_iter().map(|held| Sandbox {
+                held,
+                default: false,
+            }));
+        }
         for s in all {
             let id = s.held.id().clone();
             if let Err(e) = self.front.release(s.held).await {
@@ -1079,6 +1112,55 @@ impl Server {
         }
     }
 
+    /// The gateway's servers' tools for session `s`: listing them starts the servers not yet
+    /// running, and a server's start may be asked about (its command is judged like any other):
+    /// watched like a call, so the question reaches the client's user (or, with nobody to ask
+    /// in-process, the server is refused and its tools are not listed).
+    async fn gateway_tools(
+        gw: &Arc<crate::gateway::Gateway>,
+        s: &Arc<Session>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Vec<Tool>, ErrorData> {
+        let (gw, session) = (Arc::clone(gw), Arc::clone(s));
+        let work = async move {
+            Ok(match &session.servers {
+                Some(servers) => servers.tools(&gw, &session.front, &session.shared).await,
+                None => Vec::new(),
+            })
+        };
+        let mut flight = Flight::start(
+            "tools/list".into(),
+            None,
+            None,
+            Arc::new(Track::default()),
+            work,
+        );
+        // A listing cannot answer with a question: the client is asked on the side, or nobody.
+        let asking = match Self::asking(s, context) {
+            Asking::InputRequired => Asking::Nobody,
+            a => a,
+        };
+        let watch = Watch {
+            front: &s.front,
+            shared: &s.shared,
+            asking,
+            progress: None,
+            pending_after: None,
+            cancelled: &context.ct,
+        };
+        match flight.watch(&watch).await {
+            Ok(Step::Done(done)) => done,
+            Ok(_) => Err(ErrorData::internal_error(
+                "listing the tools stopped at a question it cannot ask",
+                None,
+            )),
+            Err(Cancelled) => Err(ErrorData::invalid_request(
+                "tools/list: cancelled by the client",
+                None,
+            )),
+        }
+    }
+
     /// `approval_wait`: resumes the call held at approval `approval_id`.
     async fn approval_wait(
         s: &Session,
@@ -1204,14 +1286,21 @@ fn resumed(tool: &str, done: CallToolResult) -> CallToolResult {
 
 impl ServerHandler for Server {
     fn get_info(&self) -> ServerConfig {
+        let instructions = if self.0.hub.settings.gateway.is_some() {
+            "LuminaGuard's MCP gateway: the tools of third-party MCP servers, each server in a \
+             sandbox of its own, named SERVER__TOOL. The policy judges every call: a denied one \
+             is refused with the rule that denied it; one it asks about waits for a person's \
+             approval (a call that waits too long answers pending_approval: approval_wait \
+             resumes it). Secrets are kept out of arguments and results."
+        } else {
+            "LuminaGuard runs these tools in a disposable sandbox of this session (state \
+             kept between calls; /workspace is the shared workspace). The policy judges \
+             every command, write and delete: a denied one is refused with the rule that \
+             denied it; one it asks about waits for a person's approval (a call that waits \
+             too long answers pending_approval: approval_wait resumes it)."
+        };
         let mut info = InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
-            .with_instructions(
-                "LuminaGuard runs these tools in a disposable sandbox of this session (state \
-                 kept between calls; /workspace is the shared workspace). The policy judges \
-                 every command, write and delete: a denied one is refused with the rule that \
-                 denied it; one it asks about waits for a person's approval (a call that waits \
-                 too long answers pending_approval: approval_wait resumes it).",
-            );
+            .with_instructions(instructions);
         info.server_info = Implementation::new("luminaguard", env!("CARGO_PKG_VERSION"));
         info.protocol_version = ProtocolVersion::V_2025_11_25;
         info
@@ -1255,12 +1344,18 @@ impl ServerHandler for Server {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(self.0.hub.tools.clone()))
+        let mut tools = self.0.hub.tools.clone();
+        if let Some(gw) = &self.0.hub.settings.gateway {
+            let s = self.session(&context)?;
+            tools.extend(Self::gateway_tools(gw, &s, &context).await?);
+        }
+        Ok(ListToolsResult::with_all_items(tools))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
+        // (The gateway's servers' tools are the session's: looked up when called.)
         self.0.hub.tools.iter().find(|t| t.name == name).cloned()
     }
 
@@ -1304,14 +1399,37 @@ impl ServerHandler for Server {
         }
         let argv = argv_of(&request);
         let track = Arc::new(Track::default());
-        let work = Self::call(Arc::clone(&session), request.clone(), Arc::clone(&track));
-        let flight = Flight::start(
-            request.name.to_string(),
-            request.arguments.clone(),
-            argv,
-            track,
-            work,
-        );
+        let flight = match &self.0.hub.settings.gateway {
+            Some(gw) => {
+                let (gw, s, req) = (Arc::clone(gw), Arc::clone(&session), request.clone());
+                let work = async move {
+                    let Some(servers) = &s.servers else {
+                        return Err(ErrorData::internal_error(
+                            "a gateway session without servers",
+                            None,
+                        ));
+                    };
+                    Ok(servers.call(&gw, &s.front, &s.shared, req).await)
+                };
+                Flight::start(
+                    request.name.to_string(),
+                    request.arguments.clone(),
+                    None,
+                    track,
+                    work,
+                )
+            }
+            None => {
+                let work = Self::call(Arc::clone(&session), request.clone(), Arc::clone(&track));
+                Flight::start(
+                    request.name.to_string(),
+                    request.arguments.clone(),
+                    argv,
+                    track,
+                    work,
+                )
+            }
+        };
         Self::fly(&session, flight, &context).await
     }
 }

@@ -1,0 +1,490 @@
+//! The gateway's servers as one MCP session sees them: each started in its sandbox on first
+//! use (or at once, `start = "eager"`), restarted with backoff when it crashes, its tools
+//! listed, filtered, checked against their pins and offered as `SERVER__TOOL`; and every call
+//! taken through the same steps — offered? pinned? secrets in its arguments? the policy (and
+//! the Approval Cliff) → forwarded → secrets in its result → on the record.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use luminaguard_front::{Front, Held};
+use luminaguard_service::tool_call::{ToolCall, ToolEvent, ToolOutcome};
+use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock, Tool};
+
+use super::Gateway;
+use super::downstream::Downstream;
+use crate::approve::Shared;
+
+/// The separator of an exposed tool's name: `SERVER__TOOL`.
+pub const SEPARATOR: &str = "__";
+
+/// A server that ran this long before it crashed starts its backoff afresh.
+const HEALTHY: Duration = Duration::from_secs(60);
+/// The longest wait between restarts of a server that keeps crashing.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long listing a server's tools may take.
+const LIST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One session's servers.
+#[derive(Debug)]
+pub struct Servers {
+    slots: BTreeMap<String, Slot>,
+    /// Changed pins already on the record (server, tool, served hash): said once a session.
+    reported: Mutex<BTreeSet<(String, String, String)>>,
+}
+
+/// One server of a session.
+#[derive(Debug, Default)]
+struct Slot {
+    state: Mutex<State>,
+    /// One start at a time.
+    gate: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    running: Option<Arc<Downstream>>,
+    /// Its tools as last listed: offered (filtered, pinned) by the server's own names.
+    offered: Vec<Tool>,
+    /// Tools it serves that are not offered, and why.
+    withheld: BTreeMap<String, String>,
+    /// Crashes (and failed starts) in a row.
+    failures: u32,
+    /// No start before this.
+    retry_at: Option<Instant>,
+    /// Why it last failed.
+    last_error: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The wait before start number `failures + 1` of a server that failed `failures` times in a
+/// row: none for the first restart, then 1 s, 2 s, 4 s, … up to [`MAX_BACKOFF`].
+pub fn backoff(failures: u32) -> Duration {
+    match failures {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_secs(1u64 << (n - 2).min(5)).min(MAX_BACKOFF),
+    }
+}
+
+/// Splits an exposed name into server and tool.
+pub fn split(name: &str) -> Option<(&str, &str)> {
+    name.split_once(SEPARATOR)
+        .filter(|(s, t)| !s.is_empty() && !t.is_empty())
+}
+
+/// A failed call's result for the model (`isError`).
+fn error_result(text: impl Into<String>) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(text.into())])
+}
+
+impl Servers {
+    pub fn new(gw: &Gateway) -> Self {
+        Self {
+            slots: gw
+                .servers
+                .keys()
+                .map(|name| (name.clone(), Slot::default()))
+                .collect(),
+            reported: Mutex::default(),
+        }
+    }
+
+    /// The sandboxes of the servers running, taken for the caller to release.
+    pub fn take_helds(&self) -> Vec<Held> {
+        self.slots
+            .values()
+            .filter_map(|s| lock(&s.state).running.take())
+            .filter_map(|d| d.take_held())
+            .collect()
+    }
+
+    /// Starts the servers configured to start at once (in parallel); a failure is logged,
+    /// and tried again on first use.
+    pub async fn start_eager(&self, gw: &Gateway, front: &Front, shared: &Shared) {
+        let starts = gw
+            .servers
+            .iter()
+            .filter(|(_, s)| s.eager)
+            .map(|(name, _)| async move {
+                if let Err(e) = self.running(gw, front, shared, name).await {
+                    tracing::warn!(server = %name, error = %e, "starting an MCP server");
+                }
+            });
+        futures_util::future::join_all(starts).await;
+    }
+
+    /// Every server's offered tools, as the host sees them (`SERVER__TOOL`). A server that
+    /// cannot start is left out (and said why in the log).
+    pub async fn tools(&self, gw: &Gateway, front: &Front, shared: &Shared) -> Vec<Tool> {
+        let lists = gw.servers.keys().map(|name| async move {
+            match self.running(gw, front, shared, name).await {
+                Ok(_) => self.slots.get(name).map_or_else(Vec::new, |slot| {
+                    lock(&slot.state)
+                        .offered
+                        .iter()
+                        .map(|t| exposed(name, t))
+                        .collect()
+                }),
+                Err(e) => {
+                    tracing::warn!(server = %name, error = %e, "MCP server unavailable: its tools are not listed");
+                    Vec::new()
+                }
+            }
+        });
+        futures_util::future::join_all(lists)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Server `name` running, started (again) if it is not, its tools listed anew when it
+    /// started or says they changed.
+    async fn running(
+        &self,
+        gw: &Gateway,
+        front: &Front,
+        shared: &Shared,
+        name: &str,
+    ) -> Result<Arc<Downstream>, String> {
+        let Some(slot) = self.slots.get(name) else {
+            return Err(format!("no server {name:?} in the gateway's configuration"));
+        };
+        let Some(entry) = gw.servers.get(name) else {
+            return Err(format!("no server {name:?} in the gateway's configuration"));
+        };
+        let _gate = slot.gate.lock().await;
+        let alive = {
+            let mut st = lock(&slot.state);
+            match st.running.clone() {
+                Some(d) if d.ended().is_none() => Some(d),
+                Some(d) => {
+                    // Crashed: its sandbox goes; the next start waits its backoff.
+                    st.running = None;
+                    st.offered.clear();
+                    st.failures = if d.uptime() >= HEALTHY {
+                        1
+                    } else {
+                        st.failures + 1
+                    };
+                    let ended = d.ended().unwrap_or_default();
+                    tracing::warn!(server = %name, %ended, failures = st.failures, "MCP server crashed");
+                    st.last_error = Some(format!("the server {ended}"));
+                    st.retry_at = Some(Instant::now() + backoff(st.failures));
+                    release(front, &d);
+                    None
+                }
+                None => None,
+            }
+        };
+        let downstream = match alive {
+            Some(d) => d,
+            None => {
+                if let Some(at) = lock(&slot.state).retry_at
+                    && Instant::now() < at
+                {
+                    let st = lock(&slot.state);
+                    return Err(format!(
+                        "{}; it is restarted in {} s",
+                        st.last_error.as_deref().unwrap_or("it failed"),
+                        at.saturating_duration_since(Instant::now()).as_secs() + 1
+                    ));
+                }
+                match Downstream::start(front, &entry.spec, shared).await {
+                    Ok(d) => {
+                        let d = Arc::new(d);
+                        let mut st = lock(&slot.state);
+                        st.running = Some(Arc::clone(&d));
+                        st.retry_at = None;
+                        // (The listing below marks it stale.)
+                        drop(st);
+                        d.mark_tools_changed();
+                        d
+                    }
+                    Err(e) => {
+                        let text = gw.redact_text(&e.to_string());
+                        let mut st = lock(&slot.state);
+                        st.failures += 1;
+                        st.retry_at = Some(Instant::now() + backoff(st.failures + 1));
+                        st.last_error = Some(text.clone());
+                        return Err(text);
+                    }
+                }
+            }
+        };
+        if downstream.tools_changed() {
+            let served = downstream
+                .list_tools(LIST_TIMEOUT)
+                .await
+                .map_err(|e| gw.redact_text(&e.to_string()))?;
+            let (offered, withheld) = self.judge_tools(gw, front, &downstream, served).await;
+            let mut st = lock(&slot.state);
+            st.offered = offered;
+            st.withheld = withheld;
+        }
+        Ok(downstream)
+    }
+
+    /// Which of a server's tools are offered: those its filter allows whose definition is the
+    /// one pinned (a tool seen first is pinned now); the rest withheld, with why.
+    async fn judge_tools(
+        &self,
+        gw: &Gateway,
+        front: &Front,
+        d: &Downstream,
+        served: Vec<Tool>,
+    ) -> (Vec<Tool>, BTreeMap<String, String>) {
+        let name = &d.name;
+        let mut withheld = BTreeMap::new();
+        let allowed: Vec<Tool> = served
+            .into_iter()
+            .filter(|t| {
+                let ok = gw.allows(name, &t.name);
+                if !ok {
+                    withheld.insert(
+                        t.name.to_string(),
+                        "not offered by the gateway's configuration (its tools filter)".into(),
+                    );
+                }
+                ok
+            })
+            .collect();
+        let verdicts = match gw.pin(name, &allowed).await {
+            Ok(v) => v,
+            Err(e) => {
+                // Fail closed: a pin store that cannot be read offers nothing.
+                tracing::error!(server = %name, error = %e, "the pin store");
+                for t in &allowed {
+                    withheld.insert(t.name.to_string(), format!("the pin store failed: {e}"));
+                }
+                return (Vec::new(), withheld);
+            }
+        };
+        let mut offered = Vec::new();
+        for (tool, verdict) in allowed.into_iter().zip(verdicts) {
+            match verdict {
+                super::PinVerdict::Pinned { sha256 } => {
+                    record(
+                        front,
+                        d,
+                        ToolEvent::Pinned {
+                            server: name.clone(),
+                            tool: tool.name.to_string(),
+                            sha256,
+                        },
+                    )
+                    .await;
+                    offered.push(tool);
+                }
+                super::PinVerdict::Same => offered.push(tool),
+                super::PinVerdict::Changed {
+                    changed,
+                    pinned,
+                    served,
+                } => {
+                    let key = (name.clone(), tool.name.to_string(), served.clone());
+                    let first = lock(&self.reported).insert(key);
+                    tracing::warn!(server = %name, tool = %tool.name, ?changed, "a tool's definition changed since it was pinned: disabled until approved");
+                    withheld.insert(
+                        tool.name.to_string(),
+                        format!(
+                            "its definition changed since it was pinned ({}): disabled until a \
+                             person approves the new version (`luminaguard mcp pins approve \
+                             {name} {}`)",
+                            changed.join(", "),
+                            tool.name
+                        ),
+                    );
+                    if first {
+                        record(
+                            front,
+                            d,
+                            ToolEvent::PinChanged {
+                                server: name.clone(),
+                                tool: tool.name.to_string(),
+                                changed,
+                                pinned,
+                                served,
+                            },
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+        (offered, withheld)
+    }
+
+    /// Calls exposed tool `req.name` — the work of one flight.
+    pub async fn call(
+        &self,
+        gw: &Gateway,
+        front: &Front,
+        shared: &Shared,
+        req: CallToolRequestParams,
+    ) -> CallToolResult {
+        let Some((server, tool)) = split(&req.name) else {
+            return error_result(format!(
+                "unknown tool {:?}: the gateway's tools are named SERVER{SEPARATOR}TOOL \
+                 (tools/list lists them)",
+                req.name
+            ));
+        };
+        let d = match self.running(gw, front, shared, server).await {
+            Ok(d) => d,
+            Err(e) => return error_result(format!("MCP server {server} is unavailable: {e}")),
+        };
+        let (offered, withheld) = {
+            let st = self.slots.get(server).map(|s| lock(&s.state));
+            let offered = st
+                .as_ref()
+                .is_some_and(|st| st.offered.iter().any(|t| t.name == tool));
+            let withheld = st.as_ref().and_then(|st| st.withheld.get(tool).cloned());
+            (offered, withheld)
+        };
+        if !offered {
+            let reason = withheld.unwrap_or_else(|| {
+                format!("server {server} offers no tool {tool:?} (tools/list lists them)")
+            });
+            return refuse(front, &d, tool, reason).await;
+        }
+        let mut arguments = serde_json::Value::Object(req.arguments.clone().unwrap_or_default());
+        if let Err(blocked) = gw.scan_arguments(&mut arguments) {
+            return refuse(front, &d, tool, blocked).await;
+        }
+        let call = ToolCall {
+            server: server.to_owned(),
+            tool: tool.to_owned(),
+            arguments: arguments.clone(),
+        };
+        let cleared = match front.judge_tool_call(d.sandbox(), &call).await {
+            Ok(c) => c,
+            Err(e) => return error_result(crate::server::fail_text(e)),
+        };
+        let mut params = req.clone();
+        params.name = tool.to_owned().into();
+        params.arguments = match arguments {
+            serde_json::Value::Object(m) => Some(m),
+            _ => None,
+        };
+        params.request_state = None;
+        params.input_responses = None;
+        let started = Instant::now();
+        let answered = d.call(params, gw.call_timeout(server)).await;
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut outcome = ToolOutcome {
+            server: server.to_owned(),
+            tool: tool.to_owned(),
+            approval: cleared.approval,
+            duration_ms,
+            ..ToolOutcome::default()
+        };
+        let result = match answered {
+            Ok(result) => {
+                let mut value = serde_json::to_value(&result).unwrap_or_default();
+                outcome.result_bytes = serde_json::to_vec(&value).map_or(0, |v| v.len() as u64);
+                outcome.is_error = result.is_error == Some(true);
+                match gw.scan_result(&mut value) {
+                    Ok(redacted) => {
+                        outcome.redacted = redacted as u64;
+                        serde_json::from_value(value).unwrap_or_else(|e| {
+                            error_result(format!(
+                                "the server's result did not survive redaction: {e}"
+                            ))
+                        })
+                    }
+                    Err(blocked) => {
+                        outcome.failed = Some(format!("result withheld: {blocked}"));
+                        error_result(format!(
+                            "{server}{SEPARATOR}{tool}: the server's result was withheld: {blocked}"
+                        ))
+                    }
+                }
+            }
+            Err(e) => {
+                let text = gw.redact_text(&e.to_string());
+                outcome.failed = Some(text.clone());
+                let note = if d.ended().is_some() {
+                    " (the server is restarted on the next call)"
+                } else {
+                    ""
+                };
+                error_result(format!("{text}{note}"))
+            }
+        };
+        record(front, &d, ToolEvent::Result(outcome)).await;
+        result
+    }
+}
+
+/// A call refused before it was judged: on the record, and the model told why.
+async fn refuse(front: &Front, d: &Downstream, tool: &str, reason: String) -> CallToolResult {
+    let server = d.name.clone();
+    let text = format!("{server}{SEPARATOR}{tool}: {reason}");
+    record(
+        front,
+        d,
+        ToolEvent::Refused {
+            server,
+            tool: tool.to_owned(),
+            reason,
+        },
+    )
+    .await;
+    error_result(text)
+}
+
+/// Tool `t` of server `server` as the host sees it.
+fn exposed(server: &str, t: &Tool) -> Tool {
+    let mut t = t.clone();
+    t.name = format!("{server}{SEPARATOR}{}", t.name).into();
+    t
+}
+
+/// Puts `event` on the audit log (a failure is logged: the call it is about has happened).
+async fn record(front: &Front, d: &Downstream, event: ToolEvent) {
+    if let Err(e) = front.record_tool_event(d.sandbox(), &event).await {
+        tracing::warn!(server = %d.name, error = %e, "recording a tool event");
+    }
+}
+
+/// Releases a server's sandbox in the background.
+fn release(front: &Front, d: &Downstream) {
+    if let Some(held) = d.take_held() {
+        let front = front.clone();
+        tokio::spawn(async move {
+            let id = held.id().clone();
+            if let Err(e) = front.release(held).await {
+                tracing::warn!(%id, error = %e, "destroying a crashed MCP server's sandbox");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_after_the_first() {
+        assert_eq!(backoff(1), Duration::ZERO);
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(2));
+        assert_eq!(backoff(6), Duration::from_secs(16));
+        assert_eq!(backoff(7), MAX_BACKOFF);
+        assert_eq!(backoff(100), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn exposed_names_split_at_the_first_separator() {
+        assert_eq!(split("fs__read_file"), Some(("fs", "read_file")));
+        assert_eq!(split("fs__a__b"), Some(("fs", "a__b")));
+        assert_eq!(split("fs__"), None);
+        assert_eq!(split("__x"), None);
+        assert_eq!(split("plain"), None);
+    }
+}
