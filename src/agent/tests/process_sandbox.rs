@@ -37,6 +37,7 @@ fn config(staging: &Path) -> InitConfig {
         lifetime_ms: None,
         resolv_conf: None,
         review: None,
+        mounts: Vec::new(),
     }
 }
 

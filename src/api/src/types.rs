@@ -72,6 +72,10 @@ pub struct CreateSandbox {
     /// A host directory the caller owns, shared read-write at `/workspace`: an absolute path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<String>,
+    /// Host directories or files shown read-only in the sandbox (process backend only; at most
+    /// 16). A caller other than root and the daemon's user may mount only what it could read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountBody>,
     /// Egress allowed: addresses, CIDRs, `ADDR:PORT`, domains (`NAME`, `NAME:PORT`,
     /// `*.NAME`). Empty: no network at all.
     #[schema(value_type = Vec<String>)]
@@ -100,6 +104,37 @@ pub struct CreateSandbox {
     pub review: bool,
 }
 
+/// A read-only mount: a host path shown at `at` in the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MountBody {
+    /// An absolute host path: a directory or a regular file (resolved, links followed, when
+    /// the sandbox is made; listings show the resolved path).
+    pub host: String,
+    /// Where the sandbox sees it: absolute, normalized, not `/`, not at, inside or above
+    /// `/proc`, `/sys`, `/dev`, `/workspace`, `/run/luminaguard` or the host's system
+    /// directories (`/usr`, `/bin`, `/sbin`, `/lib*`, `/etc`), nor at or inside another mount.
+    pub at: String,
+}
+
+impl From<luminaguard_core::ReadOnlyMount> for MountBody {
+    fn from(m: luminaguard_core::ReadOnlyMount) -> Self {
+        Self {
+            host: m.host.display().to_string(),
+            at: m.at.display().to_string(),
+        }
+    }
+}
+
+impl From<MountBody> for luminaguard_core::ReadOnlyMount {
+    fn from(m: MountBody) -> Self {
+        Self {
+            host: m.host.into(),
+            at: m.at.into(),
+        }
+    }
+}
+
 /// A sandbox, as `luminaguard sandbox ls --json` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SandboxView {
@@ -123,6 +158,9 @@ pub struct SandboxView {
     /// The warm pool it waits in (only the daemon's own user and root see those).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// Its read-only mounts (host paths resolved).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountBody>,
 }
 
 /// `POST /v1/sandboxes/{id}/exec`: one command.

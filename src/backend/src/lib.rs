@@ -334,6 +334,10 @@ pub trait Backend: Send + Sync {
     ) -> impl Future<Output = Result<Sandbox, BackendError>> + Send;
 }
 
+/// Why a microVM refuses a spec with read-only mounts.
+pub const MOUNTS_NEED_PROCESS: &str =
+    "read-only mounts need the process backend; bake the files into the image for microVMs";
+
 /// What every backend's `create` starts with: the workspace checked once more (resolved again,
 /// against the rules and this runtime directory), then the sandbox's private directory and its
 /// record, saved before anything else exists. `prepare` fills in backend-specific fields first.
@@ -350,6 +354,14 @@ pub async fn begin_create(
             backend,
             step: "set up the review layer",
             reason: "a speculative run (review) needs the process or qemu backend for now".into(),
+        });
+    }
+    // Only the process sandbox can show a host path; a microVM would start without it.
+    if !req.spec.mounts.is_empty() && backend != "process" {
+        return Err(BackendError::Setup {
+            backend,
+            step: "check the read-only mounts",
+            reason: MOUNTS_NEED_PROCESS.into(),
         });
     }
     if let Some(ws) = &req.workspace {
@@ -629,6 +641,9 @@ pub struct Listing {
     /// The warm pool it waits in, until handed out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// The host paths it shows read-only (resolved), and where.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<luminaguard_core::ReadOnlyMount>,
 }
 
 /// Every sandbox with a readable record under `runtime`, sorted by id; refuses a runtime
@@ -662,6 +677,7 @@ impl Listing {
             persistent: m.persistent,
             user: m.user,
             pool: m.pool,
+            mounts: m.spec.map(|s| s.mounts).unwrap_or_default(),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use luminaguard_core::network::EgressRule;
-use luminaguard_core::{BackendChoice, ByteSize, SandboxId};
+use luminaguard_core::{BackendChoice, ByteSize, ReadOnlyMount, SandboxId};
 use luminaguard_service::{CreateOptions, ExecOptions};
 
 use crate::front::Front;
@@ -19,6 +19,12 @@ pub struct SandboxArgs {
     /// LuminaGuard's own state (docs/configuration.md#workspaces).
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
+    /// Show host directory or file HOST read-only at AT in the sandbox (repeatable; process
+    /// backend only). Never a file the sandbox masks (/etc/shadow, …) or LuminaGuard's state;
+    /// AT is not /, not at or inside /proc, /sys, /dev, /workspace or the system directories
+    /// (/usr, /bin, /sbin, /lib*, /etc), nor inside another mount (docs/process-sandbox.md).
+    #[arg(long = "mount", value_name = "HOST:AT")]
+    pub mounts: Vec<ReadOnlyMount>,
     /// Memory limit (no swap), e.g. 512M.
     #[arg(long)]
     pub memory: Option<ByteSize>,
@@ -80,6 +86,16 @@ impl SandboxArgs {
             id,
             persistent,
             workspace: self.workspace.clone(),
+            // Relative host paths are the caller's: made absolute here, where the caller's
+            // directory is known (a daemon's would not be).
+            mounts: self
+                .mounts
+                .iter()
+                .map(|m| ReadOnlyMount {
+                    host: std::path::absolute(&m.host).unwrap_or_else(|_| m.host.clone()),
+                    at: m.at.clone(),
+                })
+                .collect(),
             memory: self.memory,
             pids: self.pids,
             cpus: self.cpus,

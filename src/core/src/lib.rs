@@ -19,5 +19,5 @@ pub use id::{IdError, SandboxId};
 pub use network::{EgressRule, NetworkPolicy};
 pub use runtime::{RuntimeDir, RuntimeDirError};
 pub use size::ByteSize;
-pub use spec::{BackendChoice, Limits, Mount, SandboxSpec, SpecError};
+pub use spec::{BackendChoice, Limits, ReadOnlyMount, SandboxSpec, SpecError};
 pub use workspace::{Protected, Workspace, WorkspaceError, WorkspacePolicy};

@@ -53,19 +53,59 @@ impl FromStr for BackendChoice {
     }
 }
 
-/// A host directory made visible inside the sandbox.
+/// A host directory or file shown read-only inside the sandbox (the process backend only):
+/// `host` is resolved (every link followed) when the sandbox is made, and that resolved path is
+/// what the spec records; `at` is where the sandbox sees it. `HOST:AT` on a command line
+/// ([`ReadOnlyMount::from_str`]: split at the last `:`).
+///
+/// Mounted with a recursive bind, every mount of the tree then read-only, `nosuid`, `nodev`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Mount {
-    /// Absolute host path.
+pub struct ReadOnlyMount {
+    /// Host path: a directory or a regular file.
     pub host: PathBuf,
     /// Absolute, normalized path inside the sandbox.
-    pub guest: PathBuf,
-    /// A workspace is writable by default (that is what it is for); mark other mounts
-    /// `read_only = true`.
-    #[serde(default)]
-    pub read_only: bool,
+    pub at: PathBuf,
 }
+
+impl FromStr for ReadOnlyMount {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.rsplit_once(':') {
+            Some((host, at)) if !host.is_empty() && !at.is_empty() => Ok(Self {
+                host: host.into(),
+                at: at.into(),
+            }),
+            _ => Err(SpecError::MountSyntax(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for ReadOnlyMount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host.display(), self.at.display())
+    }
+}
+
+/// Where a read-only mount may not be, nor lie inside, nor contain: the sandbox's own kernel
+/// interfaces and workspace, LuminaGuard's in-sandbox state, and the system directories the
+/// process sandbox binds read-only from the host (a mount point cannot be made inside a
+/// read-only bind).
+pub const MOUNT_RESERVED: &[&str] = &[
+    "/proc",
+    "/sys",
+    "/dev",
+    "/workspace",
+    "/run/luminaguard",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc",
+];
 
 /// Per-sandbox resource limits beyond vCPUs and memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,7 +147,9 @@ pub struct SandboxSpec {
     #[serde(with = "duration_text")]
     pub lifetime: Duration,
     pub network: NetworkPolicy,
-    pub mounts: Vec<Mount>,
+    /// Host paths shown read-only (see [`ReadOnlyMount`]); at most [`SandboxSpec::MAX_MOUNTS`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<ReadOnlyMount>,
     pub env: BTreeMap<String, String>,
     pub limits: Limits,
     /// `Some(size)`: a speculative run. The workspace is shown to the sandbox as an overlay whose
@@ -159,8 +201,20 @@ pub enum SpecError {
     FileSize,
     #[error("mount {path:?}: {reason}")]
     Mount { path: PathBuf, reason: &'static str },
-    #[error("two mounts target {0:?} inside the sandbox")]
-    DuplicateMount(PathBuf),
+    #[error("mount {at:?}: {reason} {reserved}")]
+    MountReserved {
+        at: PathBuf,
+        reason: &'static str,
+        reserved: &'static str,
+    },
+    #[error("mounts at {0:?} and {1:?}: two mounts at the same place, or one inside the other")]
+    DuplicateMount(PathBuf, PathBuf),
+    #[error("{0} mounts: at most {max}", max = SandboxSpec::MAX_MOUNTS)]
+    TooManyMounts(usize),
+    #[error(
+        "mount {0:?}: expected HOST:AT (a host path, a colon, an absolute path in the sandbox)"
+    )]
+    MountSyntax(String),
     #[error("environment variable {0:?}: names must be non-empty and hold no '=' or NUL")]
     EnvName(String),
     #[error("environment variable {0:?}: the value holds a NUL byte")]
@@ -178,8 +232,8 @@ impl SandboxSpec {
     pub const MAX_MEMORY: ByteSize = ByteSize(1 << 40);
     pub const MIN_SCRATCH: ByteSize = ByteSize::mib(1);
     pub const MAX_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
-    /// Guest paths a mount may not cover: the sandbox's own kernel interfaces.
-    const RESERVED: [&'static str; 4] = ["/proc", "/sys", "/dev", "/run/luminaguard"];
+    /// Most read-only mounts one sandbox may have.
+    pub const MAX_MOUNTS: usize = 16;
 
     /// Checks every field; returns the first problem found.
     pub fn validate(&self) -> Result<(), SpecError> {
@@ -224,39 +278,52 @@ impl SandboxSpec {
         Ok(())
     }
 
+    /// The mount rules that need no file system: at most [`Self::MAX_MOUNTS`]; `host`
+    /// absolute; `at` absolute and normal, not `/`, not at, inside or above a
+    /// [`MOUNT_RESERVED`] path; no two at the same place or one inside another. (`host` is
+    /// resolved and checked by whoever makes the sandbox.)
     fn validate_mounts(&self) -> Result<(), SpecError> {
-        let mut seen = std::collections::BTreeSet::new();
-        for m in &self.mounts {
+        if self.mounts.len() > Self::MAX_MOUNTS {
+            return Err(SpecError::TooManyMounts(self.mounts.len()));
+        }
+        for (i, m) in self.mounts.iter().enumerate() {
             let err = |path: &Path, reason| SpecError::Mount {
                 path: path.to_owned(),
                 reason,
             };
-            if !is_absolute_normal(&m.host) {
+            if !m.host.is_absolute() || m.host.as_os_str().as_encoded_bytes().contains(&0) {
+                return Err(err(&m.host, "host path must be absolute"));
+            }
+            let spelled_plainly =
+                m.at.as_os_str() == m.at.components().collect::<PathBuf>().as_os_str();
+            if !is_absolute_normal(&m.at) || !spelled_plainly {
                 return Err(err(
-                    &m.host,
-                    "host path must be absolute, without '.' or '..'",
+                    &m.at,
+                    "sandbox path must be absolute, without '.', '..', '//' or a trailing '/'",
                 ));
             }
-            if !is_absolute_normal(&m.guest) {
-                return Err(err(
-                    &m.guest,
-                    "sandbox path must be absolute, without '.' or '..'",
-                ));
+            if m.at == Path::new("/") {
+                return Err(err(&m.at, "a mount cannot replace the sandbox's root"));
             }
-            if m.guest == Path::new("/") {
-                return Err(err(&m.guest, "a mount cannot replace the sandbox's root"));
+            for r in MOUNT_RESERVED {
+                let reason = if m.at.starts_with(r) {
+                    "is or lies inside"
+                } else if Path::new(r).starts_with(&m.at) {
+                    "would cover"
+                } else {
+                    continue;
+                };
+                return Err(SpecError::MountReserved {
+                    at: m.at.clone(),
+                    reason,
+                    reserved: r,
+                });
             }
-            if Self::RESERVED
+            if let Some(other) = self.mounts[..i]
                 .iter()
-                .any(|r| m.guest.starts_with(r) || Path::new(r).starts_with(&m.guest))
+                .find(|o| o.at.starts_with(&m.at) || m.at.starts_with(&o.at))
             {
-                return Err(err(
-                    &m.guest,
-                    "covers or lies inside a path the sandbox needs (/proc, /sys, /dev, /run/luminaguard)",
-                ));
-            }
-            if !seen.insert(m.guest.clone()) {
-                return Err(SpecError::DuplicateMount(m.guest.clone()));
+                return Err(SpecError::DuplicateMount(other.at.clone(), m.at.clone()));
             }
         }
         Ok(())
@@ -362,42 +429,104 @@ mod tests {
         ));
     }
 
+    fn with_mounts(mounts: &[(&str, &str)]) -> Result<(), SpecError> {
+        SandboxSpec {
+            mounts: mounts
+                .iter()
+                .map(|(host, at)| ReadOnlyMount {
+                    host: host.into(),
+                    at: at.into(),
+                })
+                .collect(),
+            ..SandboxSpec::default()
+        }
+        .validate()
+    }
+
     #[test]
-    fn refuses_mounts_that_escape_or_shadow() {
-        let with_mount = |host: &str, guest: &str| {
-            let mut s = SandboxSpec::default();
-            s.mounts.push(Mount {
-                host: host.into(),
-                guest: guest.into(),
-                read_only: false,
-            });
-            s.validate()
-        };
-        assert!(with_mount("/home/me/proj", "/workspace").is_ok());
-        for (host, guest) in [
-            ("relative", "/workspace"),
-            ("/home/me/../../etc", "/workspace"),
-            ("/home/me", "workspace"),
-            ("/home/me", "/workspace/../etc"),
+    fn refuses_mounts_that_escape_shadow_or_sit_in_a_read_only_system_dir() {
+        assert!(with_mounts(&[("/var/cache/x", "/opt/mcp/node")]).is_ok());
+        assert!(with_mounts(&[("/home/me/../x", "/srv/x"), ("/a", "/tmp/b")]).is_ok());
+        for (host, at) in [
+            ("relative", "/opt/x"),
+            ("/home/me", "opt/x"),
+            ("/home/me", "../x"),
+            ("/home/me", "/opt/../etc"),
+            ("/home/me", "/opt/./x"),
+            ("/home/me", "/opt/x/"),
+            ("/home/me", "//opt/x"),
             ("/home/me", "/"),
-            ("/home/me", "/proc"),
-            ("/home/me", "/dev/shm"),
-            ("/home/me", "/run"),
         ] {
             assert!(
-                matches!(with_mount(host, guest), Err(SpecError::Mount { .. })),
-                "{host} -> {guest}"
+                matches!(with_mounts(&[(host, at)]), Err(SpecError::Mount { .. })),
+                "{host} -> {at}"
             );
         }
-        let mut s = SandboxSpec::default();
-        for _ in 0..2 {
-            s.mounts.push(Mount {
-                host: "/a".into(),
-                guest: "/w".into(),
-                read_only: true,
-            });
+        for at in [
+            "/etc/x",
+            "/etc",
+            "/proc/x",
+            "/sys",
+            "/dev/shm",
+            "/workspace",
+            "/workspace/x",
+            "/usr/local/lib/x",
+            "/lib64/x",
+            "/bin",
+            "/run",
+            "/run/luminaguard/x",
+        ] {
+            assert!(
+                matches!(
+                    with_mounts(&[("/a", at)]),
+                    Err(SpecError::MountReserved { .. })
+                ),
+                "{at}"
+            );
         }
-        assert_eq!(s.validate(), Err(SpecError::DuplicateMount("/w".into())));
+        // Component-wise: /etcetera is not /etc.
+        assert!(with_mounts(&[("/a", "/etcetera")]).is_ok());
+    }
+
+    #[test]
+    fn refuses_duplicate_nested_and_too_many_mounts() {
+        for pair in [
+            [("/a", "/opt/x"), ("/b", "/opt/x")],
+            [("/a", "/opt/x"), ("/b", "/opt/x/y")],
+            [("/a", "/opt/x/y"), ("/b", "/opt/x")],
+        ] {
+            assert!(
+                matches!(with_mounts(&pair), Err(SpecError::DuplicateMount(..))),
+                "{pair:?}"
+            );
+        }
+        assert!(with_mounts(&[("/a", "/opt/x"), ("/b", "/opt/xy")]).is_ok());
+        let at: Vec<String> = (0..=SandboxSpec::MAX_MOUNTS)
+            .map(|i| format!("/opt/m{i}"))
+            .collect();
+        let many: Vec<(&str, &str)> = at.iter().map(|a| ("/a", a.as_str())).collect();
+        assert!(with_mounts(&many[1..]).is_ok());
+        assert_eq!(
+            with_mounts(&many),
+            Err(SpecError::TooManyMounts(SandboxSpec::MAX_MOUNTS + 1))
+        );
+    }
+
+    #[test]
+    fn a_mount_parses_as_host_colon_at() {
+        let m: ReadOnlyMount = "/var/cache/a:b:/opt/x".parse().unwrap();
+        assert_eq!(m.host, Path::new("/var/cache/a:b"));
+        assert_eq!(m.at, Path::new("/opt/x"));
+        assert_eq!(m.to_string(), "/var/cache/a:b:/opt/x");
+        for bad in ["/a", ":/x", "/a:", ""] {
+            assert!(bad.parse::<ReadOnlyMount>().is_err(), "{bad}");
+        }
+        let spec: SandboxSpec =
+            toml::from_str("[[mounts]]\nhost = \"/a\"\nat = \"/opt/a\"").unwrap();
+        assert_eq!(spec.mounts.len(), 1);
+        assert!(
+            toml::from_str::<SandboxSpec>("[[mounts]]\nhost = \"/a\"\nguest = \"/x\"").is_err()
+        );
     }
 
     #[test]

@@ -327,6 +327,13 @@ impl WorkspacePolicy {
         if let Some(dir) = SHARED_DIRS.iter().find(|d| ws == Path::new(d)) {
             return Err(Rule::Shared { dir });
         }
+        self.check_protected(ws)
+    }
+
+    /// The [`Rule::Protected`] rule alone, on an already resolved path (pure): what a host path
+    /// shown to a sandbox *read-only* must pass too — reading a system directory is harmless,
+    /// reading LuminaGuard's state (the runtime directory's sockets, the audit log) is not.
+    pub fn check_protected(&self, ws: &Path) -> Result<(), Rule> {
         for p in &self.protected {
             for candidate in [&p.resolved, &p.path] {
                 if !is_absolute_normal(candidate) {
@@ -342,6 +349,21 @@ impl WorkspacePolicy {
             }
         }
         Ok(())
+    }
+
+    /// [`WorkspacePolicy::check_protected`] with the protected paths' links resolved first (as
+    /// [`Workspace::resolve_blocking`] does). Blocking.
+    pub fn check_protected_blocking(&self, resolved: &Path) -> Result<(), Rule> {
+        let policy = Self {
+            protected: self
+                .protected
+                .iter()
+                .cloned()
+                .map(Protected::resolved_blocking)
+                .collect(),
+            owner: None,
+        };
+        policy.check_protected(resolved)
     }
 
     /// [`WorkspacePolicy::check`] with the error a caller reports.

@@ -18,8 +18,8 @@ use axum::routing::{get, post, put};
 use futures_util::StreamExt;
 use luminaguard_api::types::{
     ActionView, ApprovalView, AuditView, CardView, CreateSandbox, DecideBody, DenialView,
-    ErrorBody, EventView, ExecBody, ExecEvent, ExitView, GcView, Health, RunBody, SandboxView,
-    StatView, Written,
+    ErrorBody, EventView, ExecBody, ExecEvent, ExitView, GcView, Health, MountBody, RunBody,
+    SandboxView, StatView, Written,
 };
 use luminaguard_core::SandboxId;
 use luminaguard_service::{Caller, CreateOptions, ExecOptions};
@@ -69,6 +69,7 @@ use crate::execs::{self, After, StdinPlan};
         Health,
         ErrorBody,
         CreateSandbox,
+        MountBody,
         SandboxView,
         ExecBody,
         RunBody,
@@ -210,6 +211,7 @@ pub fn view(l: luminaguard_service::Listing) -> SandboxView {
         age_ms: l.age_ms,
         expires_in_ms: l.expires_in_ms,
         pool: l.pool,
+        mounts: l.mounts.into_iter().map(Into::into).collect(),
     }
 }
 
@@ -219,6 +221,7 @@ fn options(body: CreateSandbox, persistent: bool) -> CreateOptions {
         id: body.name,
         persistent,
         workspace: body.workspace.map(PathBuf::from),
+        mounts: body.mounts.into_iter().map(Into::into).collect(),
         memory: body.memory,
         pids: body.pids,
         cpus: body.cpus,

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use luminaguard_api::client::{Client, ExecEvents};
 use luminaguard_api::types::{
     ApprovalView, AuditView, CardView, CreateSandbox, DecideBody, ExecBody, ExecEvent, ExitView,
-    GcView, RunBody, SandboxView, Written,
+    GcView, MountBody, RunBody, SandboxView, Written,
 };
 use luminaguard_backend::copy::{CopyError, CopyOptions, Stop};
 use luminaguard_backend::hostfs::{self, Destination};
@@ -41,8 +41,8 @@ pub enum FrontError {
          one with `luminaguard daemon`)"
     )]
     PoolNeedsDaemon(String),
-    /// A workspace path that cannot be sent to the daemon.
-    #[error("resolving workspace {path}: {reason}")]
+    /// A workspace or mount path that cannot be sent to the daemon.
+    #[error("resolving {path}: {reason}")]
     Workspace { path: String, reason: String },
     /// The daemon reported a failure on a command's event stream.
     #[error("{0}")]
@@ -691,7 +691,7 @@ fn create_body(o: CreateOptions) -> Result<CreateSandbox> {
         None => None,
         Some(w) => {
             let bad = |reason: String| FrontError::Workspace {
-                path: w.display().to_string(),
+                path: format!("workspace {}", w.display()),
                 reason,
             };
             let abs = std::path::absolute(&w).map_err(|e| bad(e.to_string()))?;
@@ -702,8 +702,29 @@ fn create_body(o: CreateOptions) -> Result<CreateSandbox> {
             )
         }
     };
+    let mounts = o
+        .mounts
+        .into_iter()
+        .map(|m| {
+            let bad = |reason: &str| FrontError::Workspace {
+                path: format!("mount {m}"),
+                reason: reason.into(),
+            };
+            if !m.host.is_absolute() {
+                return Err(bad("a mount's host path must be absolute for the daemon"));
+            }
+            match (m.host.to_str(), m.at.to_str()) {
+                (Some(host), Some(at)) => Ok(MountBody {
+                    host: host.to_owned(),
+                    at: at.to_owned(),
+                }),
+                _ => Err(bad("it is not UTF-8")),
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(CreateSandbox {
         name: o.id,
+        mounts,
         backend: o.backend,
         memory: o.memory,
         pids: o.pids,

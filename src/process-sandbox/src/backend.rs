@@ -283,6 +283,7 @@ impl ProcessBackend {
             .into(),
             lifetime_ms: u64::try_from(spec.lifetime.as_millis()).ok(),
             resolv_conf,
+            mounts: spec.mounts.clone(),
         };
         // The keeper is forked while the init starts: the init's ends of its pairs exist at
         // once, and what the init writes or hands over waits in them until the keeper reads.

@@ -46,6 +46,7 @@ const AT_EMPTY_PATH: u32 = libc::AT_EMPTY_PATH as u32;
 const AT_RECURSIVE: u32 = 0x8000;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
 
@@ -183,6 +184,35 @@ pub fn idmapped_workspace(
         return Err(mount_err(last()));
     }
     Ok(tree)
+}
+
+/// Makes the mount at `target` and every mount below it read-only, `nosuid` and `nodev`
+/// (`mount_setattr` with `AT_RECURSIVE`): a remount of a recursive bind changes only its top
+/// mount, and a submount of the tree would stay as writable as it was on the host.
+pub fn read_only_tree(target: &Path) -> std::io::Result<()> {
+    let target = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(std::io::Error::other)?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `target` is NUL-terminated; `attr` is a valid mount_attr of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            AT_RECURSIVE,
+            &raw const attr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(last());
+    }
+    Ok(())
 }
 
 /// In the sandbox's mount namespace: attaches the detached mount `fd` at `target`.

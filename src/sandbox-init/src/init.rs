@@ -11,7 +11,8 @@
 //! 3. a fresh `/proc` with its dangerous files masked and `/proc/sys` read-only; a minimal `/dev`;
 //!    one size-capped *scratch* tmpfs shared by `/tmp`, `/dev/shm` and a private workspace (so
 //!    that together they never exceed the size the host chose to fit inside the memory limit);
-//!    a host workspace (an idmapped mount the host made, or a bind when rootless);
+//!    a host workspace (an idmapped mount the host made, or a bind when rootless); the read-only
+//!    mounts asked for, each a recursive bind with every mount of it read-only;
 //! 4. `pivot_root`, the old root detached, the new root remounted read-only;
 //! 5. hostname; the Landlock ruleset prepared (read-only but for workspace, `/tmp`, `/dev`) for
 //!    the commands it will start; privileges dropped; seccomp installed, its notification
@@ -73,6 +74,12 @@ pub struct InitConfig {
     /// an overlay over the workspace. `None`: the workspace is written directly.
     #[serde(default)]
     pub review: Option<PathBuf>,
+    /// Host directories and files shown read-only (resolved by the host: no link on the way,
+    /// checked; `at` validated by `SandboxSpec::validate`, which keeps it out of the system
+    /// directories and of other mounts). Mounted after everything else but the last empty
+    /// directories, each read-only with every submount.
+    #[serde(default)]
+    pub mounts: Vec<luminaguard_core::ReadOnlyMount>,
 }
 
 /// Which step failed, and why.
@@ -97,14 +104,15 @@ fn step<T, E: std::fmt::Display>(what: impl Into<String>, r: Result<T, E>) -> Re
 
 /// Host directories shared read-only. Symlinks (merged-/usr hosts) are recreated as symlinks.
 const SYSTEM_DIRS: [&str; 7] = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/etc"];
-/// Files and directories under the system directories that a sandbox must not read.
-const MASKED_FILES: [&str; 4] = [
+/// Files and directories under the system directories that a sandbox must not read (the host
+/// refuses a read-only mount that is, lies inside or contains one of these, too).
+pub const MASKED_FILES: [&str; 4] = [
     "/etc/shadow",
     "/etc/gshadow",
     "/etc/sudoers",
     "/etc/security/opasswd",
 ];
-const MASKED_DIRS: [&str; 3] = ["/etc/ssh", "/etc/sudoers.d", "/etc/ssl/private"];
+pub const MASKED_DIRS: [&str; 3] = ["/etc/ssh", "/etc/sudoers.d", "/etc/ssl/private"];
 const PROC_MASKED_FILES: [&str; 6] = [
     "/proc/kcore",
     "/proc/keys",
@@ -137,7 +145,8 @@ fn mount_tmpfs(target: &Path, size: u64, mode: &str, flags: MsFlags) -> Result<(
     )
 }
 
-/// Bind `src` on `dst` read-only (a bind ignores MS_RDONLY until remounted).
+/// Bind `src` on `dst` read-only (a bind ignores MS_RDONLY until remounted). Recursive: every
+/// mount of the tree is made read-only, not only its top one (a remount changes one mount).
 fn bind_ro(src: &Path, dst: &Path, recursive: bool) -> Result<(), InitError> {
     let what = format!("bind {} read-only", src.display());
     let rec = if recursive {
@@ -149,6 +158,9 @@ fn bind_ro(src: &Path, dst: &Path, recursive: bool) -> Result<(), InitError> {
         &what,
         mount(Some(src), dst, NONE, MsFlags::MS_BIND | rec, NONE),
     )?;
+    if recursive {
+        return step(&what, crate::idmap::read_only_tree(dst));
+    }
     step(
         &what,
         mount(
@@ -158,6 +170,59 @@ fn bind_ro(src: &Path, dst: &Path, recursive: bool) -> Result<(), InitError> {
             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | RO,
             NONE,
         ),
+    )
+}
+
+/// Shows the host path `m.host` read-only at `m.at` in the new root: opened with no link
+/// anywhere on the way (the host resolved and checked it: a link now is a swap), its mount
+/// point made on the root's tmpfs (a directory, or an empty file for a file), then bound from
+/// that very descriptor, recursively and read-only ([`bind_ro`]).
+fn place_mount(root: &Path, m: &luminaguard_core::ReadOnlyMount) -> Result<(), InitError> {
+    let shown = format!("{} at {}", m.host.display(), m.at.display());
+    let how = nix::fcntl::OpenHow::new()
+        .flags(nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC)
+        .resolve(nix::fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let src = step(
+        format!("open mount {shown}"),
+        nix::fcntl::openat2(nix::fcntl::AT_FDCWD, m.host.as_path(), how),
+    )?;
+    let stat = step(format!("stat mount {shown}"), nix::sys::stat::fstat(&src))?;
+    let kind =
+        nix::sys::stat::SFlag::from_bits_truncate(stat.st_mode) & nix::sys::stat::SFlag::S_IFMT;
+    let Ok(rel) = m.at.strip_prefix("/") else {
+        return Err(InitError::Step {
+            step: format!("place mount {shown}"),
+            reason: "the sandbox path is not absolute".into(),
+        });
+    };
+    let target = root.join(rel);
+    if kind == nix::sys::stat::SFlag::S_IFDIR {
+        mkdirs(&target)?;
+    } else if kind == nix::sys::stat::SFlag::S_IFREG {
+        if let Some(parent) = target.parent() {
+            mkdirs(parent)?;
+        }
+        touch(&target)?;
+    } else {
+        return Err(InitError::Step {
+            step: format!("place mount {shown}"),
+            reason: "neither a directory nor a regular file".into(),
+        });
+    }
+    let from = PathBuf::from(format!("/proc/self/fd/{}", src.as_raw_fd()));
+    step(
+        format!("mount {shown}"),
+        mount(
+            Some(from.as_path()),
+            &target,
+            NONE,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            NONE,
+        ),
+    )?;
+    step(
+        format!("make mount {shown} read-only"),
+        crate::idmap::read_only_tree(&target),
     )
 }
 
@@ -384,6 +449,9 @@ fn build_root(cfg: &InitConfig) -> Result<(), InitError> {
     }
     if let Some(layer) = &cfg.review {
         overlay_workspace(&ws, layer)?;
+    }
+    for m in &cfg.mounts {
+        place_mount(root, m)?;
     }
     for d in ["root", "home", "run", "var/tmp"] {
         mkdirs(&root.join(d))?;

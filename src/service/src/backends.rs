@@ -91,6 +91,12 @@ pub async fn backend(
 ) -> Result<AnyBackend, ServiceError> {
     let client = client_options(spec);
     if let Some(name) = template {
+        if !spec.mounts.is_empty() {
+            return Err(ServiceError::HostUnsupported(format!(
+                "{} (a template restores a Firecracker microVM)",
+                luminaguard_backend::MOUNTS_NEED_PROCESS
+            )));
+        }
         if spec.review.is_some() {
             return Err(ServiceError::HostUnsupported(
                 "a speculative run (--review) needs the process backend for now, not a template"
@@ -122,6 +128,18 @@ pub async fn backend(
         }
         other => other,
     };
+    // Only the process sandbox shows host paths: refused before anything starts.
+    if !spec.mounts.is_empty() && !matches!(choice, BackendChoice::Process | BackendChoice::Auto) {
+        let hint = if spec.backend == BackendChoice::Auto {
+            format!(" (auto picked {choice} here: pick --backend process)")
+        } else {
+            String::new()
+        };
+        return Err(ServiceError::HostUnsupported(format!(
+            "{}{hint}",
+            luminaguard_backend::MOUNTS_NEED_PROCESS
+        )));
+    }
     // The process sandbox and QEMU (a copy of the workspace in the guest, see
     // `luminaguard_backend::review_layer`) preview a workspace; Firecracker would run the
     // command on the real one.

@@ -57,6 +57,9 @@ pub enum ServiceError {
     Workspace(#[from] luminaguard_core::WorkspaceError),
     #[error("{0}")]
     InvalidSpec(String),
+    /// A read-only mount's host path is refused (see [`crate::mounts`]).
+    #[error(transparent)]
+    Mount(#[from] crate::mounts::MountError),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -107,6 +110,8 @@ impl ServiceError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Spec(_) | Self::Workspace(_) | Self::InvalidSpec(_) => ErrorCode::InvalidSpec,
+            Self::Mount(e) if e.is_forbidden() => ErrorCode::Forbidden,
+            Self::Mount(_) => ErrorCode::InvalidSpec,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Conflict(_) => ErrorCode::Conflict,
             Self::Forbidden(_) => ErrorCode::Forbidden,

@@ -30,6 +30,7 @@ pub mod exec;
 mod files;
 pub mod host;
 mod live;
+pub mod mounts;
 pub mod pick;
 pub mod pools;
 pub mod put;
@@ -44,7 +45,8 @@ use std::time::Duration;
 use luminaguard_backend::{Backend, BackendError, CreateRequest, Sandbox};
 use luminaguard_core::network::EgressRule;
 use luminaguard_core::{
-    BackendChoice, ByteSize, Config, NetworkPolicy, RuntimeDir, SandboxId, SandboxSpec, Workspace,
+    BackendChoice, ByteSize, Config, NetworkPolicy, ReadOnlyMount, RuntimeDir, SandboxId,
+    SandboxSpec, Workspace,
 };
 use luminaguard_protocol::ClientOptions;
 use luminaguard_protocol::message::SeccompAudit;
@@ -70,6 +72,10 @@ pub struct CreateOptions {
     /// Host directory shared read-write at `/workspace`, as the caller named it (resolved and
     /// checked here).
     pub workspace: Option<PathBuf>,
+    /// Host directories or files shown read-only in the sandbox (process backend only), after
+    /// any the configuration's defaults name: resolved and checked here for the caller (see
+    /// [`mounts`]).
+    pub mounts: Vec<ReadOnlyMount>,
     pub memory: Option<ByteSize>,
     pub pids: Option<u32>,
     pub cpus: Option<u32>,
@@ -188,6 +194,7 @@ impl Pending {
                     "backend": meta.backend,
                     "persistent": meta.persistent,
                     "workspace": meta.workspace,
+                    "mounts": spec.map(|s| &s.mounts),
                     "network": spec.map(|s| &s.network),
                     "review": spec.is_some_and(|s| s.review.is_some()),
                 }),
@@ -317,6 +324,7 @@ impl Service {
         if let Some(b) = opts.backend {
             spec.backend = b;
         }
+        spec.mounts.extend(opts.mounts.iter().cloned());
         if !opts.net_allow.is_empty() {
             spec.network = NetworkPolicy::Egress {
                 allow: opts.net_allow.clone(),
@@ -372,6 +380,21 @@ impl Service {
             }
             None => None,
         };
+        let mut spec = spec;
+        if !spec.mounts.is_empty() {
+            // Root and the service's own user may mount what they like (but masked files and
+            // LuminaGuard's state); anyone else only what they could read themselves.
+            let reader =
+                (!caller.is_root() && caller.uid != self.euid).then_some((caller.uid, caller.gid));
+            let (asked, protected) = (
+                spec.mounts.clone(),
+                self.host.protected_state(&self.runtime),
+            );
+            spec.mounts = tokio::task::spawn_blocking(move || {
+                mounts::resolve_blocking(&asked, &protected, reader)
+            })
+            .await??;
+        }
         let report = luminaguard_backend::collect_garbage(&self.runtime).await?;
         for e in &report.errors {
             tracing::warn!("gc: {e}");

@@ -163,6 +163,12 @@ pub fn mismatch(name: &str, def: &PoolConfig, opts: &CreateOptions) -> Option<St
             w.display()
         ));
     }
+    for m in &opts.mounts {
+        diffs.push(format!(
+            "mount {m} (a pool's sandboxes are made before anyone asks: they have the \
+             configuration's mounts only)"
+        ));
+    }
     if opts.review {
         diffs.push("review (a pool's sandboxes write no overlay)".into());
     }
