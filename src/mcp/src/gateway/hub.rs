@@ -196,6 +196,14 @@ fn spec(
         backend: Some(s.backend),
         image: s.image.clone(),
         net_allow: s.network.clone(),
+        mounts: s
+            .mounts
+            .iter()
+            .map(|m| luminaguard_core::ReadOnlyMount {
+                host: m.host.clone(),
+                at: m.at.clone(),
+            })
+            .collect(),
         ..CreateOptions::default()
     };
     Ok(ServerSpec {

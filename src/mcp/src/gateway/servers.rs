@@ -184,13 +184,16 @@ impl Servers {
         let downstream = match alive {
             Some(d) => d,
             None => {
-                if let Some(at) = lock(&slot.state).retry_at
+                let (retry_at, last_error) = {
+                    let st = lock(&slot.state);
+                    (st.retry_at, st.last_error.clone())
+                };
+                if let Some(at) = retry_at
                     && Instant::now() < at
                 {
-                    let st = lock(&slot.state);
                     return Err(format!(
                         "{}; it is restarted in {} s",
-                        st.last_error.as_deref().unwrap_or("it failed"),
+                        last_error.as_deref().unwrap_or("it failed"),
                         at.saturating_duration_since(Instant::now()).as_secs() + 1
                     ));
                 }
