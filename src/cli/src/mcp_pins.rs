@@ -16,14 +16,14 @@ pub fn run(cmd: PinsCommand, default: PathBuf) -> anyhow::Result<ExitCode> {
             let store = PinStore::open(&pins.unwrap_or(default))?;
             let list = store.list();
             if json {
-                out!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(ExitCode::SUCCESS);
             }
             if list.is_empty() {
                 eprintln!("luminaguard: no pinned tools in {}", store.path().display());
                 return Ok(ExitCode::SUCCESS);
             }
-            out!("{:<16} {:<32} {:<12} STATE", "SERVER", "TOOL", "SHA256");
+            outln!("{:<16} {:<32} {:<12} STATE", "SERVER", "TOOL", "SHA256");
             for p in &list {
                 let state = match &p.pending {
                     None => "pinned".to_owned(),
@@ -36,7 +36,7 @@ pub fn run(cmd: PinsCommand, default: PathBuf) -> anyhow::Result<ExitCode> {
                             .join(", ")
                     ),
                 };
-                out!("{:<16} {:<32} {:<12} {state}", p.server, p.tool, p.sha256);
+                outln!("{:<16} {:<32} {:<12} {state}", p.server, p.tool, p.sha256);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -56,7 +56,7 @@ pub fn run(cmd: PinsCommand, default: PathBuf) -> anyhow::Result<ExitCode> {
                 eprintln!("luminaguard: {server} has no changed tool to approve");
             }
             for a in approved {
-                out!(
+                outln!(
                     "approved {}__{}: pinned {}",
                     a.server,
                     a.tool,

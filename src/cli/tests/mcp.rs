@@ -9,79 +9,18 @@
     clippy::disallowed_methods
 )] // test code
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+#[path = "mcp/common.rs"]
+mod common;
 
-use luminaguard_testkit::daemon::Daemon;
+use common::*;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
 use luminaguard_testkit::{privileged, text};
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_luminaguard");
-/// Where scripts/setup installs the Python SDK (`LUMINAGUARD_TEST_PYTHON` overrides it).
-const PYTHON: &str = "/var/cache/luminaguard/python-mcp/bin/python";
-
-fn scripts() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp")
-}
-
-/// Where scripts/setup installs the Python SDK 2.x (the stateless 2026-07-28 revision).
-const PYTHON_MODERN: &str = "/var/cache/luminaguard/python-mcp2/bin/python";
-
-/// The Python with the `mcp` SDK 1.x, if installed; in CI a missing one is a failure.
-fn python() -> Option<PathBuf> {
-    python_at(
-        std::env::var_os("LUMINAGUARD_TEST_PYTHON")
-            .map_or_else(|| PathBuf::from(PYTHON), PathBuf::from),
-    )
-}
-
-/// The Python with the `mcp` SDK 2.x.
-fn python_modern() -> Option<PathBuf> {
-    python_at(PathBuf::from(PYTHON_MODERN))
-}
-
-fn python_at(p: PathBuf) -> Option<PathBuf> {
-    let ok = Command::new(&p)
-        .args(["-c", "import mcp, jsonschema"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(p);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{}: no Python with the `mcp` SDK: run scripts/setup",
-        p.display()
-    );
-    eprintln!(
-        "skipped: no Python with the `mcp` SDK at {} (run scripts/setup)",
-        p.display()
-    );
-    None
-}
-
-struct Env {
-    _dir: tempfile::TempDir,
-    rt: PathBuf,
-    audit: PathBuf,
-    ws: PathBuf,
-    policy: PathBuf,
-}
-
-fn env() -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let ws = dir.path().join("ws");
-    std::fs::create_dir_all(ws.join(".git")).unwrap();
-    Env {
-        rt: dir.path().join("rt"),
-        audit: dir.path().join("audit"),
-        ws,
-        policy: scripts().join("policy.toml"),
-        _dir: dir,
-    }
-}
 
 /// The server's command line, as the client launches it.
 fn server(e: &Env, daemon: bool) -> Vec<String> {
@@ -98,10 +37,6 @@ fn server(e: &Env, daemon: bool) -> Vec<String> {
         path(&e.ws),
     ]);
     argv
-}
-
-fn path(p: &Path) -> String {
-    p.to_str().unwrap().to_owned()
 }
 
 fn client(python: &Path, e: &Env, mode: &str, daemon: bool) -> Command {
@@ -127,49 +62,6 @@ fn client_of(
         .env_remove("LUMINAGUARD_POLICY")
         .stdin(Stdio::null());
     cmd
-}
-
-/// The summary a client mode prints last.
-fn summary(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "client failed:\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let stdout = text(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
-}
-
-fn lg(e: &Env, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--runtime-dir")
-        .arg(&e.rt)
-        .args(args)
-        .env("LUMINAGUARD_AUDIT_DIR", &e.audit)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-/// The sandboxes in the runtime directory (whoever made them).
-fn sandboxes(e: &Env) -> Vec<String> {
-    let out = lg(e, &["sandbox", "ls", "--json"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    list.iter()
-        .map(|s| s["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// The audit log's records.
-fn records(e: &Env) -> Vec<Value> {
-    let ls = lg(e, &["audit", "ls", "--json"]);
-    assert!(ls.status.success(), "{}", text(&ls.stderr));
-    text(&ls.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .collect()
 }
 
 /// The workspace's file `rel` holds `content` (a write that was to happen, happened).
@@ -241,26 +133,6 @@ impl Watched {
         out.stderr = self.reader.join().unwrap().into_bytes();
         summary(&out)
     }
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn daemon(e: &Env) -> Daemon {
-    Daemon::start(
-        Path::new(BIN),
-        &e.rt,
-        &format!(
-            "audit_dir = \"{}\"\npolicy = \"{}\"\n[defaults]\nbackend = \"process\"\n",
-            e.audit.display(),
-            e.policy.display()
-        ),
-    )
 }
 
 #[test]

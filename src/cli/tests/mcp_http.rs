@@ -9,53 +9,25 @@
     clippy::disallowed_methods
 )] // test code
 
+#[path = "mcp/common.rs"]
+mod common;
+
+use common::*;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use luminaguard_testkit::daemon::Daemon;
 use luminaguard_testkit::{privileged, text};
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_luminaguard");
-/// Where scripts/setup installs the Python SDK (`LUMINAGUARD_TEST_PYTHON` overrides it).
-const PYTHON: &str = "/var/cache/luminaguard/python-mcp/bin/python";
-/// The Python SDK 2.x (the stateless 2026-07-28 revision).
-const PYTHON_MODERN: &str = "/var/cache/luminaguard/python-mcp2/bin/python";
 
 /// Where scripts/setup installs the MCP Inspector (`LUMINAGUARD_TEST_INSPECTOR` overrides it).
 const INSPECTOR: &str = "/var/cache/luminaguard/mcp-inspector/node_modules/.bin/mcp-inspector";
 
 /// How long a client script or the Inspector may take.
 const CLIENT_LIMIT: Duration = Duration::from_secs(120);
-
-fn scripts() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp")
-}
-
-/// A prerequisite scripts/setup installs: in CI its absence is a failure, elsewhere a skip.
-fn prerequisite(what: &str, ok: bool) -> bool {
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{what} is missing: run scripts/setup"
-        );
-        eprintln!("skipped: {what} is missing (run scripts/setup)");
-    }
-    ok
-}
-
-fn python() -> Option<PathBuf> {
-    let p = std::env::var_os("LUMINAGUARD_TEST_PYTHON")
-        .map_or_else(|| PathBuf::from(PYTHON), PathBuf::from);
-    let ok = Command::new(&p)
-        .args(["-c", "import mcp, jsonschema, httpx"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    prerequisite(&format!("the Python MCP SDK ({})", p.display()), ok).then_some(p)
-}
 
 fn inspector() -> Option<PathBuf> {
     let p = std::env::var_os("LUMINAGUARD_TEST_INSPECTOR")
@@ -74,68 +46,6 @@ fn inspected(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
 }
 
-struct Env {
-    dir: tempfile::TempDir,
-    rt: PathBuf,
-    audit: PathBuf,
-    ws: PathBuf,
-    policy: PathBuf,
-}
-
-fn env() -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let ws = dir.path().join("ws");
-    std::fs::create_dir_all(ws.join(".git")).unwrap();
-    Env {
-        rt: dir.path().join("rt"),
-        audit: dir.path().join("audit"),
-        ws,
-        policy: scripts().join("policy.toml"),
-        dir,
-    }
-}
-
-fn lg(e: &Env, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--runtime-dir")
-        .arg(&e.rt)
-        .args(args)
-        .env("LUMINAGUARD_AUDIT_DIR", &e.audit)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-/// The sandboxes in the runtime directory (whoever made them).
-fn sandboxes(e: &Env) -> Vec<String> {
-    let out = lg(e, &["sandbox", "ls", "--json"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    list.iter()
-        .map(|s| s["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn daemon(e: &Env) -> Daemon {
-    Daemon::start(
-        Path::new(BIN),
-        &e.rt,
-        &format!(
-            "audit_dir = \"{}\"\npolicy = \"{}\"\n[defaults]\nbackend = \"process\"\n",
-            e.audit.display(),
-            e.policy.display()
-        ),
-    )
-}
-
 /// `mcp serve`'s command line (without `--http`).
 fn serve_argv(e: &Env, through_daemon: bool) -> Vec<String> {
     let mut argv = vec!["--runtime-dir".to_owned(), path(&e.rt)];
@@ -151,10 +61,6 @@ fn serve_argv(e: &Env, through_daemon: bool) -> Vec<String> {
         path(&e.ws),
     ]);
     argv
-}
-
-fn path(p: &Path) -> String {
-    p.to_str().unwrap().to_owned()
 }
 
 /// A running `mcp serve --http`: stopped with SIGTERM when dropped.
@@ -444,25 +350,6 @@ fn bounded(cmd: &mut Command, limit: Duration) -> Output {
     out
 }
 
-/// The summary a client mode prints last.
-fn summary(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "client failed:\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap()
-}
-
-fn audit_records(e: &Env) -> Vec<Value> {
-    let ls = lg(e, &["audit", "ls", "--json"]);
-    text(&ls.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn over_http_a_python_client_lists_validates_and_calls_every_tool_in_process() {
     if !privileged("the MCP HTTP test") {
@@ -481,7 +368,7 @@ fn over_http_a_python_client_lists_validates_and_calls_every_tool_in_process() {
         || sandboxes(&e).is_empty(),
     );
     assert!(server.stop().success());
-    let records = audit_records(&e);
+    let records = records(&e);
     let execs: Vec<&Value> = records
         .iter()
         .filter(|r| r["event"]["type"] == "exec")
@@ -571,7 +458,7 @@ fn two_sessions_get_their_own_sandboxes_and_their_own_questions() {
     drop(d);
     // In-process, each session's records name it: two sessions, two names, and each approval
     // by elicitation is its own session's.
-    let records = audit_records(&e);
+    let records = records(&e);
     let names: std::collections::BTreeSet<&str> = records
         .iter()
         .filter(|r| r["actor"]["kind"] == "mcp" && r["event"]["type"] == "exec")

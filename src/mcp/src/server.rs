@@ -1161,6 +1161,44 @@ impl Server {
         }
     }
 
+    /// Starts the gateway's servers configured to start at once, for session `s`, in the
+    /// background — watched like a call, so that a question about a server's launch reaches
+    /// the client's user (asked once the session is up).
+    fn start_eager(gw: &Arc<crate::gateway::Gateway>, s: &Arc<Session>) {
+        if !gw.servers.values().any(|e| e.eager) {
+            return;
+        }
+        let (gw, session) = (Arc::clone(gw), Arc::downgrade(s));
+        tokio::spawn(async move {
+            let Some(s) = session.upgrade() else { return };
+            let work = {
+                let s = Arc::clone(&s);
+                async move {
+                    if let Some(servers) = &s.servers {
+                        servers.start_eager(&gw, &s.front, &s.shared).await;
+                    }
+                    Ok(())
+                }
+            };
+            let mut flight =
+                Flight::start("start".into(), None, None, Arc::new(Track::default()), work);
+            let asking = match s.shared.elicitor() {
+                Some(peer) => Asking::Elicit(peer.clone()),
+                None => Asking::Nobody,
+            };
+            let never = tokio_util::sync::CancellationToken::new();
+            let watch = Watch {
+                front: &s.front,
+                shared: &s.shared,
+                asking,
+                progress: None,
+                pending_after: None,
+                cancelled: &never,
+            };
+            let _ = flight.watch(&watch).await;
+        });
+    }
+
     /// `approval_wait`: resumes the call held at approval `approval_id`.
     async fn approval_wait(
         s: &Session,
@@ -1331,6 +1369,9 @@ impl ServerHandler for Server {
             &request.client_info.version,
         );
         tracing::info!(session = %session.name, "MCP session");
+        if let Some(gw) = &self.0.hub.settings.gateway {
+            Self::start_eager(gw, &session);
+        }
         let _ = self.0.session.set(session);
         tracing::info!(
             client = %request.client_info.name,
