@@ -749,3 +749,81 @@ fn a_killed_gateway_leaves_no_sandbox() {
     }
     drop(d);
 }
+
+/// A server fetched at start-up (`npx -y`) runs when its egress policy allows its registry by
+/// name, and nothing else: the sandbox reaches registry.npmjs.org (a package registry, which CI
+/// reaches) and nowhere else.
+#[test]
+fn an_npx_server_fetches_its_package_through_a_domain_allowlist() {
+    if !ready() {
+        return;
+    }
+    let forwarding =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "1");
+    if !prerequisite(
+        "IPv4 forwarding on the host (networked sandboxes need it: scripts/test turns it on in CI)",
+        forwarding,
+    ) {
+        return;
+    }
+    let version = text(
+        &Command::new("node")
+            .args(["-p", "require(process.argv[1]).version"])
+            .arg(format!(
+                "{NODE_SERVERS}/node_modules/@modelcontextprotocol/server-everything/package.json"
+            ))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    let package = format!("@modelcontextprotocol/server-everything@{version}");
+    let g = gw(
+        &format!(
+            r#"
+[servers.everything]
+command = ["npx", "-y", "{package}", "stdio"]
+backend = "process"
+network = ["registry.npmjs.org"]
+call_timeout = "60s"
+
+[servers.everything.env]
+HOME = "/tmp"
+npm_config_cache = "/tmp/npm-cache"
+npm_config_update_notifier = "false"
+"#
+        ),
+        &format!(
+            r#"
+[[rule]]
+id = "npx-server"
+decision = "allow"
+reason = "the pinned server package"
+exec = ["npx", "-y", "{package}", "stdio"]
+examples = ["npx -y {package} stdio"]
+
+[[rule]]
+id = "npm-registry"
+decision = "allow"
+reason = "the npm registry"
+net = ["registry.npmjs.org"]
+"#
+        ),
+    );
+    let (s, out) = client(
+        &g,
+        false,
+        json!([
+            {"tool": "everything__echo", "arguments": {"message": "fetched"}},
+        ]),
+        &[],
+    );
+    assert_eq!(
+        call(&s, 0),
+        (false, "Echo: fetched".into()),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(sandboxes(&g.e), Vec::<String>::new());
+}
