@@ -15,8 +15,10 @@
     clippy::disallowed_methods
 )] // bench code
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+#[path = "common/peer.rs"]
+mod peer;
+
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use luminaguard_core::Config;
@@ -24,17 +26,13 @@ use luminaguard_core::config::ConfigLayer;
 use luminaguard_service::{Caller, CreateOptions, ExecOptions, ExecOutput, Service};
 use luminaguard_testkit::daemon::Daemon;
 use luminaguard_testkit::{median, ms};
+use peer::Peer;
 use serde_json::{Value, json};
 
 const LG: &str = env!("CARGO_BIN_EXE_luminaguard");
 
 /// `luminaguard mcp serve` on a pipe, initialized.
-struct Server {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    next_id: u64,
-}
+struct Server(Peer);
 
 impl Server {
     /// In-process (no daemon), as a host would start it.
@@ -55,72 +53,24 @@ impl Server {
 
     /// With `args` after `--runtime-dir RT`.
     fn start_with(rt: &std::path::Path, args: &[&str]) -> Self {
-        let mut child = Command::new(LG)
-            .arg("--runtime-dir")
+        let mut cmd = Command::new(LG);
+        cmd.arg("--runtime-dir")
             .arg(rt)
             .args(args)
-            .env("LUMINAGUARD_AUDIT_DIR", rt.with_extension("audit"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut s = Self {
-            child,
-            stdin,
-            stdout,
-            next_id: 1,
-        };
-        s.request(
-            "initialize",
-            json!({"protocolVersion": "2025-06-18", "capabilities": {},
-                "clientInfo": {"name": "bench", "version": "1"}}),
-        );
-        writeln!(
-            s.stdin,
-            "{}",
-            json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        )
-        .unwrap();
-        s
-    }
-
-    fn request(&mut self, method: &str, params: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        writeln!(
-            self.stdin,
-            "{}",
-            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
-        )
-        .unwrap();
-        loop {
-            let mut line = String::new();
-            assert!(
-                self.stdout.read_line(&mut line).unwrap() > 0,
-                "the server ended"
-            );
-            let v: Value = serde_json::from_str(&line).unwrap();
-            if v["id"] == id {
-                return v;
-            }
-        }
+            .env("LUMINAGUARD_AUDIT_DIR", rt.with_extension("audit"));
+        Self(Peer::start(cmd))
     }
 
     /// One `run_command` of `echo hi`, checked.
     fn echo(&mut self) {
-        let r = self.request(
-            "tools/call",
-            json!({"name": "run_command", "arguments": {"argv": ["echo", "hi"]}}),
-        );
-        assert_eq!(r["result"]["structuredContent"]["stdout"], "hi\n", "{r}");
+        let r = self
+            .0
+            .call("run_command", json!({"argv": ["echo", "hi"]}));
+        assert_eq!(r["structuredContent"]["stdout"], "hi\n", "{r}");
     }
 
-    fn stop(mut self) {
-        drop(self.stdin);
-        let _ = self.child.wait();
+    fn stop(self) {
+        self.0.stop();
     }
 }
 
