@@ -18,6 +18,8 @@ fn new_image<'a>(rootfs: &'a Path, initramfs: &'a [u8]) -> NewImage<'a> {
         modules: vec!["virtio_ring".to_owned(), "virtio".to_owned()],
         inputs_digest: Digest::of_parts([("kernel", KERNEL), ("initramfs", initramfs)]),
         created_by: "luminaguard 0.1.0".to_owned(),
+        packages: Vec::new(),
+        includes: Vec::new(),
     }
 }
 
