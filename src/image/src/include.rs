@@ -305,7 +305,10 @@ fn copy_tree(at: &Path, from: &Path, to: &Path, follow: bool) -> Result<(), Incl
     }
     .map_err(io_err("reading", from))?;
     let existing = fs::symlink_metadata(to).ok();
-    if let Some(old) = existing.as_ref().filter(|old| old.is_dir() != meta.is_dir()) {
+    if let Some(old) = existing
+        .as_ref()
+        .filter(|old| old.is_dir() != meta.is_dir())
+    {
         return Err(IncludeError::Conflict {
             at: at.to_owned(),
             path: to.to_owned(),
