@@ -13,6 +13,7 @@ use clap::{Args, Subcommand};
 use luminaguard_core::Config;
 use luminaguard_image::build::{BuildInputs, KernelSource};
 use luminaguard_image::hostroot;
+use luminaguard_image::include::{Include, Included};
 use luminaguard_image::store::{ArtifactKind, Image, Store};
 use serde::Serialize;
 
@@ -89,6 +90,18 @@ pub struct BuildArgs {
         conflicts_with = "rootfs"
     )]
     debian: Option<String>,
+    /// With --debian: a Debian package to install into the base besides the defaults
+    /// (repeatable; e.g. nodejs). The base is kept per package set: other packages, another
+    /// base.
+    #[arg(long = "package", value_name = "PKG", requires = "debian")]
+    packages: Vec<String>,
+    /// Copy a host directory or file into the image's root at AT (repeatable), read-only in the
+    /// guest like the rest of the root; e.g. /var/cache/luminaguard/mcp-servers/node:/opt/mcp/node.
+    /// Its content is part of the image's inputs. Links are kept as links, modes and mtimes
+    /// kept; device files are refused; AT may not be /, nor at, in or above /proc, /sys,
+    /// /dev, /run or /workspace, nor below a symbolic link of the root.
+    #[arg(long = "include", value_name = "HOST:AT")]
+    includes: Vec<Include>,
     /// Debian mirror for --debian.
     #[arg(
         long,
@@ -132,6 +145,12 @@ struct ImageJson {
     dir: PathBuf,
     modules: Vec<String>,
     created_by: String,
+    /// Packages added to the Debian base (--package).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    packages: Vec<String>,
+    /// What was copied into the root (--include): place and content digest.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    includes: Vec<Included>,
     /// File name → (sha256, size).
     artifacts: Vec<ArtifactJson>,
 }
@@ -153,6 +172,8 @@ impl From<&Image> for ImageJson {
             dir: image.dir.clone(),
             modules: m.modules.clone(),
             created_by: m.created_by.clone(),
+            packages: m.packages.clone(),
+            includes: m.includes.clone(),
             artifacts: m
                 .artifacts()
                 .into_iter()
@@ -198,13 +219,19 @@ const DEBIAN_PACKAGES: &str = "python3,git,ca-certificates";
 /// reused (a new debootstrap run would differ in timestamps, so reuse is what keeps `image
 /// build --debian` idempotent). Blocking, like the rest of `image build`.
 #[allow(clippy::disallowed_methods)] // a synchronous CLI command: no async runtime here
-fn debian_base(store: &Store, suite: &str, mirror: &str) -> anyhow::Result<PathBuf> {
+fn debian_base(
+    store: &Store,
+    suite: &str,
+    mirror: &str,
+    extra: &[String],
+) -> anyhow::Result<PathBuf> {
     anyhow::ensure!(
         !suite.is_empty() && suite.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
         "Debian suite {suite:?} is not a suite name (e.g. bookworm)"
     );
     let bases = store.root().join("bases");
-    let base = bases.join(format!("debian-{suite}"));
+    let base = bases.join(debian_base_name(suite, extra));
+    let packages = debian_packages(extra);
     if base.join(".complete").exists() {
         tracing::info!(dir = %base.display(), "image build: reusing the Debian {suite} base");
         return Ok(base.join("root"));
@@ -222,9 +249,9 @@ fn debian_base(store: &Store, suite: &str, mirror: &str) -> anyhow::Result<PathB
         std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
     }
     let temp = TempRoot(work.clone());
-    tracing::info!(%suite, %mirror, "image build: debootstrap (minbase + {DEBIAN_PACKAGES}); takes minutes");
+    tracing::info!(%suite, %mirror, "image build: debootstrap (minbase + {packages}); takes minutes");
     let started = std::time::Instant::now();
-    run_debootstrap(suite, mirror, &work.join("root"))?;
+    run_debootstrap(suite, mirror, &packages, &work.join("root"))?;
     // What the guest never uses and what varies run to run: package caches and logs.
     for junk in ["var/cache/apt/archives", "var/lib/apt/lists", "var/log"] {
         let p = work.join("root").join(junk);
@@ -233,6 +260,7 @@ fn debian_base(store: &Store, suite: &str, mirror: &str) -> anyhow::Result<PathB
             std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
         }
     }
+    std::fs::write(work.join("packages"), format!("{packages}\n"))?;
     std::fs::write(work.join(".complete"), b"")?;
     std::fs::rename(&work, &base)
         .with_context(|| format!("moving the base into {}", base.display()))?;
@@ -241,18 +269,66 @@ fn debian_base(store: &Store, suite: &str, mirror: &str) -> anyhow::Result<PathB
     Ok(base.join("root"))
 }
 
+/// Whether `name` is a Debian package name (Debian Policy 5.6.1: lower case letters, digits,
+/// `+`, `-`, `.`; at least two characters, starting with a letter or digit).
+fn is_debian_package_name(name: &str) -> bool {
+    name.len() >= 2
+        && name.len() <= 128
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+}
+
+/// The extra packages, checked, sorted and without duplicates.
+fn extra_packages(given: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for p in given {
+        anyhow::ensure!(
+            is_debian_package_name(p),
+            "--package {p:?} is not a Debian package name (lower case letters, digits, '+', '-', '.')"
+        );
+        out.push(p.clone());
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// The base's directory name in `bases/`: keyed by what debootstrap is given. Without extra
+/// packages it is `debian-SUITE` (as before); with them, `debian-SUITE+` and the first 16 hex
+/// digits of the SHA-256 of the sorted list (suites have no `+`, so no name is two bases').
+/// The mirror is not part of the key: a mirror serves the same suite.
+fn debian_base_name(suite: &str, extra: &[String]) -> String {
+    if extra.is_empty() {
+        format!("debian-{suite}")
+    } else {
+        let key = luminaguard_image::Digest::of(extra.join(",").as_bytes());
+        format!("debian-{suite}+{}", &key.as_str()[..16])
+    }
+}
+
+/// debootstrap's `--include`: the defaults, then the extra packages.
+fn debian_packages(extra: &[String]) -> String {
+    std::iter::once(DEBIAN_PACKAGES)
+        .chain(extra.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Runs debootstrap, showing on stderr (when it is a terminal) which phase it is in and how many
 /// packages each phase has done — its own `I:` lines, counted; it announces no total, so there is
 /// no percentage. On failure the error carries the end of its output.
 #[allow(clippy::disallowed_methods)] // a synchronous CLI command: no async runtime here
-fn run_debootstrap(suite: &str, mirror: &str, target: &std::path::Path) -> anyhow::Result<()> {
+fn run_debootstrap(
+    suite: &str,
+    mirror: &str,
+    packages: &str,
+    target: &std::path::Path,
+) -> anyhow::Result<()> {
     use std::io::{BufRead, Read};
     let mut child = std::process::Command::new("debootstrap")
-        .args([
-            "--variant=minbase",
-            &format!("--include={DEBIAN_PACKAGES}"),
-            suite,
-        ])
+        .args(["--variant=minbase", &format!("--include={packages}"), suite])
         .arg(target)
         .arg(mirror)
         .stdin(std::process::Stdio::null())
@@ -353,9 +429,11 @@ fn build(args: BuildArgs, config: &Config) -> anyhow::Result<ExitCode> {
     // Default root: host programs, assembled in the store's scratch space (same every time,
     // so the image is found again rather than rebuilt).
     let mut _temp = None;
+    let packages = extra_packages(&args.packages)?;
+    luminaguard_image::include::validate_all(&args.includes)?;
     let rootfs = match (&args.rootfs, &args.debian) {
         (Some(dir), _) => dir.clone(),
-        (None, Some(suite)) => debian_base(&store, suite, &args.debian_mirror)?,
+        (None, Some(suite)) => debian_base(&store, suite, &args.debian_mirror, &packages)?,
         (None, None) => {
             let dir = store
                 .root()
@@ -382,6 +460,8 @@ fn build(args: BuildArgs, config: &Config) -> anyhow::Result<ExitCode> {
         kernel,
         agent: args.agent.clone(),
         rootfs,
+        includes: args.includes.clone(),
+        packages,
         created_by: format!("luminaguard {}", env!("CARGO_PKG_VERSION")),
     };
     let built = luminaguard_image::build::build(&store, &inputs)?;
@@ -489,7 +569,32 @@ pub fn run(cmd: ImageCommand, config: &Config) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use super::DebootstrapProgress;
+    use super::{DebootstrapProgress, debian_base_name, debian_packages, extra_packages};
+
+    #[test]
+    fn extra_packages_key_their_own_base() {
+        let none: Vec<String> = Vec::new();
+        assert_eq!(debian_base_name("bookworm", &none), "debian-bookworm");
+        let a = extra_packages(&["nodejs".into(), "jq".into(), "nodejs".into()]).unwrap();
+        assert_eq!(a, ["jq", "nodejs"]);
+        let b = extra_packages(&["jq".into(), "nodejs".into()]).unwrap();
+        let name = debian_base_name("bookworm", &a);
+        assert_eq!(
+            name,
+            debian_base_name("bookworm", &b),
+            "order does not matter"
+        );
+        assert!(
+            name.starts_with("debian-bookworm+") && name.len() == 32,
+            "{name}"
+        );
+        assert_ne!(name, debian_base_name("bookworm", &["nodejs".into()]));
+        assert_eq!(debian_packages(&a), "python3,git,ca-certificates,jq,nodejs");
+        for bad in ["Node", "-x", "a", "a b", "x;rm", "a,b", "../x", ""] {
+            assert!(extra_packages(&[bad.into()]).is_err(), "{bad:?} accepted");
+        }
+        assert!(extra_packages(&["libstdc++6".into(), "g++-12".into()]).is_ok());
+    }
 
     #[test]
     fn debootstrap_lines_become_phases_with_package_counts() {

@@ -1074,3 +1074,264 @@ echo done"
     }
     assert_nothing_left(&f.runtime, &groups);
 }
+
+/// The MCP servers' host caches (`scripts/setup`), copied into the gateway test's image.
+const MCP_NODE: &str = "/var/cache/luminaguard/mcp-servers/node";
+const MCP_PYTHON: &str = "/var/cache/luminaguard/mcp-servers/python";
+/// The real MCP client's venv (`scripts/setup`).
+const MCP_CLIENT_PYTHON: &str = "/var/cache/luminaguard/python-mcp/bin/python";
+const NODE_SERVERS: &str = "/opt/mcp/node/node_modules/@modelcontextprotocol";
+
+/// Seconds since UTC midnight of a tracing timestamp (`2026-12-05T13:03:03.640456Z …`).
+fn log_time_of_day(line: &str) -> Option<f64> {
+    let t = line.split_whitespace().next()?;
+    let (_, time) = t.split_once('T')?;
+    let mut parts = time.trim_end_matches('Z').split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// `luminaguard mcp gateway` with the four real servers of `scripts/setup` (two npm, two PyPI),
+/// each in a microVM of its own booted from an image that holds their code (`image build
+/// --debian --package nodejs --include …`), driven by the official Python MCP client: every
+/// server's tools are offered as SERVER__TOOL, a call to each answers, and when the client
+/// leaves no sandbox, process or cgroup is left. Each server's cold start (gateway start to
+/// "MCP server started") is printed, not asserted.
+#[test]
+fn mcp_gateway_runs_the_four_real_servers_in_microvms() {
+    let Some(img) = image() else { return };
+    let _l = lock();
+    let groups = sandbox_groups();
+    for needed in [MCP_NODE, MCP_PYTHON, MCP_CLIENT_PYTHON] {
+        if !Path::new(needed).exists() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{needed} is missing: CI must run scripts/setup"
+            );
+            eprintln!("skipped: {needed} is missing (run scripts/setup)");
+            return;
+        }
+    }
+    // The Debian test's store: a plain Debian base there is that test's; this image's base
+    // (with nodejs) is made once per target directory next to it.
+    let store = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("qemu-test-debian");
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args([
+            "image",
+            "build",
+            "--debian",
+            "--package",
+            "nodejs",
+            "--store",
+        ])
+        .arg(&store)
+        .arg("--kernel-dir")
+        .arg(std::env::var_os("LUMINAGUARD_GUEST_KERNEL_DIR").unwrap())
+        .arg("--agent")
+        .arg(std::env::var_os("LUMINAGUARD_STATIC_AGENT").unwrap())
+        .arg("--include")
+        .arg(format!("{MCP_NODE}:/opt/mcp/node"))
+        .arg("--include")
+        .arg(format!("{MCP_PYTHON}:/opt/mcp/python"))
+        .arg("--json")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let digest = built["digest"].as_str().unwrap().to_owned();
+    assert_eq!(built["packages"], serde_json::json!(["nodejs"]));
+    let places: Vec<&str> = built["includes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["at"].as_str().unwrap())
+        .collect();
+    assert_eq!(places, ["/opt/mcp/node", "/opt/mcp/python"]);
+    eprintln!(
+        "mcp image {} (reused: {}) in {:.1?}",
+        &digest[..12],
+        built["reused"],
+        started.elapsed()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let rt = dir.path().join("rt");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"version = 1
+default = "deny"
+
+[[rule]]
+id = "everything"
+decision = "allow"
+exec = ["node", "{NODE_SERVERS}/server-everything/dist/index.js", "stdio"]
+
+[[rule]]
+id = "fs"
+decision = "allow"
+exec = ["node", "{NODE_SERVERS}/server-filesystem/dist/index.js", "/opt/mcp"]
+
+[[rule]]
+id = "git-repo"
+decision = "allow"
+exec = ["git", "init", "-q", "/tmp/repo"]
+
+[[rule]]
+id = "python-servers"
+decision = "allow"
+exec = ["/opt/mcp/python/bin/python", "-m", "mcp_server_git|mcp_server_time", "**"]
+
+[[rule]]
+id = "tools"
+decision = "allow"
+mcp = {{ server = "*", tool = "*" }}
+"#
+        ),
+    )
+    .unwrap();
+    // The guest's root is read-only and holds no repository: the git server's launch makes
+    // one in its VM's writable /tmp first (each command judged by the policy), then serves it.
+    let servers = [
+        (
+            "everything",
+            format!(r#"["node", "{NODE_SERVERS}/server-everything/dist/index.js", "stdio"]"#),
+        ),
+        (
+            "fs",
+            format!(r#"["node", "{NODE_SERVERS}/server-filesystem/dist/index.js", "/opt/mcp"]"#),
+        ),
+        (
+            "git",
+            r#"["sh", "-c", "git init -q /tmp/repo && exec /opt/mcp/python/bin/python -m mcp_server_git --repository /tmp/repo"]"#
+                .to_owned(),
+        ),
+        (
+            "time",
+            r#"["/opt/mcp/python/bin/python", "-m", "mcp_server_time"]"#.to_owned(),
+        ),
+    ];
+    let mut gateway = String::new();
+    for (name, command) in &servers {
+        gateway.push_str(&format!(
+            "[servers.{name}]\ncommand = {command}\nbackend = \"qemu\"\nimage = \"{digest}\"\n\
+             memory = \"512M\"\ncall_timeout = \"120s\"\nstart = \"eager\"\n\n"
+        ));
+    }
+    let gateway_toml = dir.path().join("gateway.toml");
+    std::fs::write(&gateway_toml, gateway).unwrap();
+    let argv = serde_json::json!([
+        BIN,
+        "--runtime-dir",
+        rt,
+        "--no-daemon",
+        "--policy",
+        policy,
+        "mcp",
+        "gateway",
+        gateway_toml,
+        "--pins",
+        dir.path().join("pins.json"),
+    ]);
+    let calls = serde_json::json!([
+        {"tool": "everything__echo", "arguments": {"message": "hi from a microVM"}},
+        {"tool": "time__get_current_time", "arguments": {"timezone": "Europe/Paris"}},
+        {"tool": "fs__list_directory", "arguments": {"path": "/opt/mcp"}},
+        {"tool": "git__git_status", "arguments": {"repo_path": "/tmp/repo"}},
+    ]);
+    let client = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/gateway_client.py");
+    let wall_start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        % 86400.0;
+    let started = Instant::now();
+    let out = Command::new(MCP_CLIENT_PYTHON)
+        .arg(&client)
+        .env("LG_SERVER", argv.to_string())
+        .env("LG_CALLS", calls.to_string())
+        .env("LUMINAGUARD_IMAGE_STORE", &store)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = text(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the client failed: {}\n{stderr}",
+        text(&out.stdout)
+    );
+    let summary: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+
+    // Cold starts: from the gateway's start to each server's "MCP server started" line.
+    for line in stderr.lines().filter(|l| l.contains("MCP server started")) {
+        let name = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("server="))
+            .unwrap_or("?");
+        if let Some(t) = log_time_of_day(line) {
+            let secs = (t - wall_start).rem_euclid(86400.0);
+            eprintln!("cold start in a microVM (TCG): {name} {secs:.1} s");
+        }
+    }
+    eprintln!("client session (4 servers started, listed, 4 calls, shut down): {took:.1?}");
+
+    let tools: Vec<&str> = summary["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    for (name, _) in &servers {
+        assert!(
+            tools.iter().any(|t| t.starts_with(&format!("{name}__"))),
+            "no tool of {name}: {tools:?}"
+        );
+    }
+    for tool in [
+        "everything__echo",
+        "fs__list_directory",
+        "git__git_status",
+        "time__get_current_time",
+    ] {
+        assert!(tools.contains(&tool), "{tool} not offered: {tools:?}");
+    }
+    let calls = summary["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 4, "{summary}");
+    for call in calls {
+        assert_eq!(call["isError"], false, "{call}\n{stderr}");
+    }
+    let call_text = |i: usize| calls[i]["text"].as_str().unwrap_or_default();
+    assert!(
+        call_text(0).contains("hi from a microVM"),
+        "echo: {}",
+        calls[0]
+    );
+    assert!(call_text(1).contains("Europe/Paris"), "time: {}", calls[1]);
+    assert!(
+        call_text(2).contains("[DIR] node") && call_text(2).contains("[DIR] python"),
+        "the image's /opt/mcp: {}",
+        calls[2]
+    );
+    assert!(
+        call_text(3).contains("No commits yet"),
+        "git status of the repository made in the guest: {}",
+        calls[3]
+    );
+
+    // The client is gone: the gateway ended and destroyed every server's sandbox.
+    let ls = lg(img, &rt)
+        .args(["sandbox", "ls", "--json"])
+        .output()
+        .unwrap();
+    assert!(ls.status.success(), "{}", text(&ls.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert_eq!(listed, serde_json::json!([]), "sandboxes left");
+    assert_nothing_left(&rt, &groups);
+}

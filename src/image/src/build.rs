@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::digest::Digest;
+use crate::include::{self, Include, IncludeError};
 use crate::initramfs::{self, GUEST_MODULES, InitramfsError, ROOT_DEVICE, ROOT_FSTYPE};
 use crate::modules::{ModuleTree, ModulesError};
 use crate::rootfs::{self, RootfsError};
@@ -64,6 +65,9 @@ pub enum BuildError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An include cannot be copied into the root.
+    #[error(transparent)]
+    Include(#[from] IncludeError),
     /// Scratch space for the build cannot be made.
     #[error("build scratch directory {path}: {source}")]
     Scratch {
@@ -134,8 +138,13 @@ pub struct BuildInputs {
     pub kernel: KernelSource,
     /// The static guest agent (`scripts/build-static-agent`).
     pub agent: PathBuf,
-    /// The directory that becomes the read-only root file system.
+    /// The directory that becomes the read-only root file system (with `includes` copied in).
     pub rootfs: PathBuf,
+    /// Host files copied into the root at build time ([`crate::include`]).
+    pub includes: Vec<Include>,
+    /// Packages the root's base was made with beyond its defaults: only recorded (the root
+    /// tree, which they are part of, is what is digested).
+    pub packages: Vec<String>,
     /// Program and version recorded as the image's builder, e.g. `luminaguard 0.1.0`.
     pub created_by: String,
 }
@@ -201,7 +210,23 @@ pub fn build(store: &Store, inputs: &BuildInputs) -> Result<Built, BuildError> {
     let agent = read("guest agent", &inputs.agent)?;
     let agent_name = inputs.agent.display().to_string();
     initramfs::check_static_agent(&agent, &agent_name)?;
-    let root_tree = rootfs::scan_tree(&inputs.rootfs)?;
+    // With includes, the root is staged in scratch space: the base linked in, each include
+    // copied to its place. The staged tree is what is digested and written, so the includes'
+    // content is an input like the rest of the root.
+    let mut scratch = None;
+    let (root_dir, included) = if inputs.includes.is_empty() {
+        (inputs.rootfs.clone(), Vec::new())
+    } else {
+        let s = scratch.insert(Scratch::new(store)?);
+        let staged = s.0.join("root");
+        let included = include::stage(&inputs.rootfs, &inputs.includes, &staged)?;
+        steps.done(
+            "stage root",
+            &format!("{} includes ", inputs.includes.len()),
+        );
+        (staged, included)
+    };
+    let root_tree = rootfs::scan_tree(&root_dir)?;
     steps.done(
         "read inputs",
         &format!("kernel {release}, {} root entries ", root_tree.entries),
@@ -224,14 +249,32 @@ pub fn build(store: &Store, inputs: &BuildInputs) -> Result<Built, BuildError> {
     );
     let kernel_digest = Digest::of(&bzimage);
     let agent_digest = Digest::of(&agent);
-    let inputs_digest = Digest::of_parts([
+    let mut packages = inputs.packages.clone();
+    packages.sort();
+    packages.dedup();
+    let packages_part = packages.join(",");
+    let includes_part = included
+        .iter()
+        .map(|i| format!("{} {}", i.at, i.sha256))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut parts = vec![
         ("format", format.as_bytes()),
         ("kernel", kernel_digest.as_str().as_bytes()),
         ("modules", module_digests.as_bytes()),
         ("agent", agent_digest.as_str().as_bytes()),
         ("rootfs", root_tree.digest.as_str().as_bytes()),
         ("created_by", inputs.created_by.as_bytes()),
-    ]);
+    ];
+    // Only when present, so that the images of builds without them keep their inputs digest.
+    // (The root tree covers their effect; these cover what the manifest records of them.)
+    if !packages.is_empty() {
+        parts.push(("packages", packages_part.as_bytes()));
+    }
+    if !included.is_empty() {
+        parts.push(("includes", includes_part.as_bytes()));
+    }
+    let inputs_digest = Digest::of_parts(parts);
     if let Some(image) = store.find_by_inputs(&inputs_digest)? {
         steps.done(
             "found",
@@ -261,9 +304,12 @@ pub fn build(store: &Store, inputs: &BuildInputs) -> Result<Built, BuildError> {
         ),
     );
 
-    let scratch = Scratch::new(store)?;
+    let scratch = match scratch {
+        Some(s) => s,
+        None => Scratch::new(store)?,
+    };
     let rootfs_path = scratch.0.join("rootfs.ext4");
-    let ext4 = rootfs::build_ext4(&inputs.rootfs, &rootfs_path, Some(root_tree))?;
+    let ext4 = rootfs::build_ext4(&root_dir, &rootfs_path, Some(root_tree))?;
     steps.done("rootfs", &format!("{} bytes ", ext4.size));
 
     let image = store.insert(NewImage {
@@ -275,6 +321,8 @@ pub fn build(store: &Store, inputs: &BuildInputs) -> Result<Built, BuildError> {
         modules: initramfs.modules,
         inputs_digest,
         created_by: inputs.created_by.clone(),
+        packages,
+        includes: included,
     })?;
     steps.done("store", &format!("image {} ", image.digest.short()));
     Ok(Built {

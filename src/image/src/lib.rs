@@ -10,6 +10,7 @@
 //! - [`initramfs`]: the initramfs: the static guest agent as `/init`, modules, `guest.json`.
 //! - [`build`]: all of it from a kernel, the agent and a root directory, into the store
 //!   (idempotent).
+//! - [`include`]: host files copied into the root at build time (`--include HOST:AT`).
 //! - [`hostroot`]: a minimal root tree from the host's own programs (tests, CI).
 //!
 //! Everything here is synchronous and does blocking file I/O: async callers run it on a blocking
@@ -22,6 +23,7 @@ pub mod decompress;
 pub mod digest;
 mod elf;
 pub mod hostroot;
+pub mod include;
 pub mod initramfs;
 pub mod modules;
 pub mod rootfs;

@@ -234,6 +234,8 @@ async fn build_twice_then_boot_the_image() {
         agent: agent.clone(),
         rootfs: root_dir.clone(),
         created_by: "luminaguard-image tests".into(),
+        includes: Vec::new(),
+        packages: Vec::new(),
     };
     let store = Store::open(&tmp.path().join("store")).unwrap();
 

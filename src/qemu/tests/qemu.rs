@@ -356,6 +356,8 @@ fn image_with_tools(dir: &str, tools: &[&str]) -> Option<luminaguard_image::stor
             agent: PathBuf::from(agent),
             rootfs: root,
             created_by: "luminaguard-qemu tests".into(),
+            includes: Vec::new(),
+            packages: Vec::new(),
         },
     )
     .unwrap();

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::include::Included;
 use crate::vmlinux::is_valid_release;
 
 /// The manifest format this crate writes and reads.
@@ -76,6 +77,14 @@ pub struct Manifest {
     pub inputs_digest: Digest,
     /// The program and version that built the image, e.g. `luminaguard 0.1.0`.
     pub created_by: String,
+    /// Packages installed into the root's base beyond its defaults (`image build --debian
+    /// --package`), sorted. Absent from the JSON when empty, so older manifests keep their digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
+    /// What was copied into the root at build time (`image build --include`), in order.
+    /// Absent from the JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub includes: Vec<Included>,
 }
 
 impl Manifest {

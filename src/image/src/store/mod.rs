@@ -104,6 +104,10 @@ pub struct NewImage<'a> {
     pub inputs_digest: Digest,
     /// Builder and version, e.g. `luminaguard 0.1.0`.
     pub created_by: String,
+    /// Packages added to the root's base (recorded in the manifest).
+    pub packages: Vec<String>,
+    /// What was copied into the root (recorded in the manifest).
+    pub includes: Vec<crate::include::Included>,
 }
 
 /// An image in the store.
@@ -268,6 +272,8 @@ impl Store {
             modules: new.modules,
             inputs_digest: new.inputs_digest,
             created_by: new.created_by,
+            packages: new.packages,
+            includes: new.includes,
         };
         manifest.validate().map_err(StoreError::Invalid)?;
         let bytes = manifest

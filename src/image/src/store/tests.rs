@@ -18,6 +18,8 @@ fn new_image<'a>(rootfs: &'a Path, initramfs: &'a [u8]) -> NewImage<'a> {
         modules: vec!["virtio_ring".to_owned(), "virtio".to_owned()],
         inputs_digest: Digest::of_parts([("kernel", KERNEL), ("initramfs", initramfs)]),
         created_by: "luminaguard 0.1.0".to_owned(),
+        packages: Vec::new(),
+        includes: Vec::new(),
     }
 }
 
@@ -395,4 +397,28 @@ fn verify_for_boot_catches_a_same_size_overwrite_after_a_cached_verification() {
     });
     f.store.remove(&digest).unwrap();
     assert!(!stamp.exists());
+}
+
+#[test]
+fn packages_and_includes_are_recorded_and_absent_when_empty() {
+    let f = fixture();
+    let plain = f.store.insert(new_image(&f.rootfs, INITRAMFS)).unwrap();
+    let bytes = plain.manifest.canonical_bytes().unwrap();
+    let json = String::from_utf8(bytes).unwrap();
+    // Older manifests have neither key: leaving them out keeps those images' digests.
+    assert!(
+        !json.contains("packages") && !json.contains("includes"),
+        "{json}"
+    );
+    let mut with = new_image(&f.rootfs, b"070701 another initramfs");
+    with.packages = vec!["nodejs".to_owned()];
+    with.includes = vec![crate::include::Included {
+        at: "/opt/mcp/node".to_owned(),
+        sha256: Digest::of(b"tree"),
+    }];
+    let image = f.store.insert(with).unwrap();
+    let again = f.store.get(image.digest.as_str()).unwrap();
+    assert_eq!(again.manifest.packages, ["nodejs"]);
+    assert_eq!(again.manifest.includes[0].at, "/opt/mcp/node");
+    assert_ne!(image.digest, plain.digest);
 }
