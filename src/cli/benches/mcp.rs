@@ -63,9 +63,7 @@ impl Server {
 
     /// One `run_command` of `echo hi`, checked.
     fn echo(&mut self) {
-        let r = self
-            .0
-            .call("run_command", json!({"argv": ["echo", "hi"]}));
+        let r = self.0.call("run_command", json!({"argv": ["echo", "hi"]}));
         assert_eq!(r["structuredContent"]["stdout"], "hi\n", "{r}");
     }
 

@@ -84,7 +84,8 @@ fn gateway(dir: &Path, name: &str, backend: &str, extra: &str) -> Command {
 /// The server on the host, over stdio.
 fn direct() -> Command {
     let mut cmd = Command::new("node");
-    cmd.arg(Path::new(NODE_SERVERS).join(EVERYTHING)).arg("stdio");
+    cmd.arg(Path::new(NODE_SERVERS).join(EVERYTHING))
+        .arg("stdio");
     cmd
 }
 
@@ -95,7 +96,9 @@ fn cold_start(cmd: Command) -> Duration {
     let tools = p.request("tools/list", json!({}));
     let took = t.elapsed();
     assert!(
-        tools["result"]["tools"].as_array().is_some_and(|t| t.len() > 1),
+        tools["result"]["tools"]
+            .as_array()
+            .is_some_and(|t| t.len() > 1),
         "{tools}"
     );
     p.stop();
@@ -120,7 +123,9 @@ fn main() {
         std::process::exit(1);
     }
     if !Path::new(NODE_SERVERS).join(EVERYTHING).exists() {
-        eprintln!("the mcp_gateway bench needs the servers scripts/setup installs ({NODE_SERVERS})");
+        eprintln!(
+            "the mcp_gateway bench needs the servers scripts/setup installs ({NODE_SERVERS})"
+        );
         std::process::exit(1);
     }
     let quick = std::env::args().any(|a| a == "--quick");
@@ -149,18 +154,20 @@ fn main() {
         )));
         cold_direct.push(cold_start(direct()));
     }
-    let vm = std::env::var("LUMINAGUARD_BENCH_NODE_IMAGE").ok().map(|image| {
-        (0..colds.min(3))
-            .map(|i| {
-                cold_start(gateway(
-                    dir.path(),
-                    &format!("vm-{i}"),
-                    "qemu",
-                    &format!("image = \"{image}\"\nmemory = \"512M\""),
-                ))
-            })
-            .collect::<Vec<_>>()
-    });
+    let vm = std::env::var("LUMINAGUARD_BENCH_NODE_IMAGE")
+        .ok()
+        .map(|image| {
+            (0..colds.min(3))
+                .map(|i| {
+                    cold_start(gateway(
+                        dir.path(),
+                        &format!("vm-{i}"),
+                        "qemu",
+                        &format!("image = \"{image}\"\nmemory = \"512M\""),
+                    ))
+                })
+                .collect::<Vec<_>>()
+        });
 
     let (g, b) = (median(through), median(bare));
     let (cg, cd) = (median(cold_gw), median(cold_direct));

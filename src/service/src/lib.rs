@@ -292,8 +292,13 @@ impl Service {
             )));
         }
         if let Some(id) = action.sandbox() {
-            let (_, meta) = luminaguard_backend::record(&self.runtime, id).await?;
-            if !caller.may_use(meta.user) {
+            // A sandbox this service is connected to has its owner in memory (it never
+            // changes); any other is looked up in its record.
+            let user = match self.live.get(id) {
+                Some(entry) => entry.sandbox.meta.user,
+                None => luminaguard_backend::record(&self.runtime, id).await?.1.user,
+            };
+            if !caller.may_use(user) {
                 return Err(ServiceError::Backend(BackendError::NotFound(
                     id.to_string(),
                 )));

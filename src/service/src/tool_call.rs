@@ -212,7 +212,9 @@ impl Service {
     }
 
     /// Records what the gateway saw of a server's tools in sandbox `id`: how a judged call
-    /// ended, a call refused before it was judged, a tool pinned or found changed.
+    /// ended (queued on the log, not waited for: see [`Service::judge_tool_call`] for what is
+    /// on it before the call is forwarded), a call refused before it was judged, a tool pinned
+    /// or found changed (each on the log when this returns).
     pub async fn record_tool_event(
         &self,
         caller: &Caller,
@@ -235,6 +237,13 @@ impl Service {
             m.remove("event");
             m.insert("type".into(), event.kind().into());
             m.insert("sandbox".into(), id.as_str().into());
+        }
+        if matches!(event, ToolEvent::Result(_)) {
+            // What already happened, after its decision was on the log: queued, not waited
+            // for (the answer is not held up by the disk; a crash at that moment may lose it,
+            // never a decision).
+            self.audit.note(caller, record).await;
+            return Ok(());
         }
         self.audit.record(caller, record).await
     }

@@ -72,10 +72,7 @@ impl Peer {
 
     /// A tool call's result, checked to be no error.
     pub fn call(&mut self, tool: &str, arguments: Value) -> Value {
-        let r = self.request(
-            "tools/call",
-            json!({"name": tool, "arguments": arguments}),
-        );
+        let r = self.request("tools/call", json!({"name": tool, "arguments": arguments}));
         assert!(
             r["result"].is_object() && r["result"]["isError"] != true,
             "{tool}: {r}"
