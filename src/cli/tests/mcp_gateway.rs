@@ -827,3 +827,44 @@ net = ["registry.npmjs.org"]
     );
     assert_eq!(sandboxes(&g.e), Vec::<String>::new());
 }
+
+/// A server given its workspace read-only reads it and cannot change it, whatever its own
+/// tools offer.
+#[test]
+fn a_read_only_workspace_is_read_and_never_written() {
+    if !ready() {
+        return;
+    }
+    let g = gw(
+        &format!(
+            r#"
+[servers.fs]
+command = ["node", "/opt/mcp/node/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js", "/workspace"]
+backend = "process"
+workspace = "{{WS}}"
+read_only = true
+mounts = [{{ host = "{NODE_SERVERS}", at = "/opt/mcp/node" }}]
+"#
+        ),
+        "",
+    );
+    std::fs::write(g.e.ws.join("notes.txt"), "kept\n").unwrap();
+    let (s, _) = client(
+        &g,
+        false,
+        json!([
+            {"tool": "fs__read_text_file", "arguments": {"path": "/workspace/notes.txt"}},
+            {"tool": "fs__write_file", "arguments": {"path": "/workspace/notes.txt", "content": "changed\n"}},
+            {"tool": "fs__write_file", "arguments": {"path": "/workspace/new.txt", "content": "new\n"}},
+        ]),
+        &[],
+    );
+    assert_eq!(call(&s, 0), (false, "kept\n".into()));
+    assert!(call(&s, 1).0, "{:?}", call(&s, 1));
+    assert!(call(&s, 2).0, "{:?}", call(&s, 2));
+    assert_eq!(
+        std::fs::read_to_string(g.e.ws.join("notes.txt")).unwrap(),
+        "kept\n"
+    );
+    assert!(!g.e.ws.join("new.txt").exists());
+}

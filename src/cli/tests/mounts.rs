@@ -228,7 +228,7 @@ fn hostile_mounts_are_refused_before_anything_starts() {
         (&[mount_arg(&tree, "/etc/x")], "/etc"),
         (&[mount_arg(&tree, "/proc/x")], "/proc"),
         (&[mount_arg(&tree, "/usr/local/x")], "/usr"),
-        (&[mount_arg(&tree, "/workspace")], "/workspace"),
+        (&[mount_arg(&tree, "/workspace/x")], "/workspace"),
         (&[mount_arg(&tree, "../x")], "absolute"),
         (&[mount_arg(&tree, "opt/x")], "absolute"),
         (&[mount_arg(&tree, "/")], "root"),
@@ -259,6 +259,25 @@ fn hostile_mounts_are_refused_before_anything_starts() {
         let err = refused(&lg(&h.rt(), &args));
         assert!(err.contains(says), "{mounts:?}: {err}");
     }
+    // A mount at /workspace is a read-only workspace: not beside a workspace.
+    let ws = h.dir.path().join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    let both = mount_arg(&tree, "/workspace");
+    let err = refused(&lg(
+        &h.rt(),
+        &[
+            "run",
+            "--backend",
+            "process",
+            "--workspace",
+            ws.to_str().unwrap(),
+            "--mount",
+            &both,
+            "--",
+            "true",
+        ],
+    ));
+    assert!(err.contains("read-only workspace"), "{err}");
     let left: Vec<_> = std::fs::read_dir(h.rt().join("sandboxes"))
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();

@@ -87,8 +87,12 @@ impl fmt::Display for ReadOnlyMount {
     }
 }
 
+/// Where a sandbox's workspace is.
+pub const WORKSPACE_PATH: &str = "/workspace";
+
 /// Where a read-only mount may not be, nor lie inside, nor contain: the sandbox's own kernel
-/// interfaces and workspace, LuminaGuard's in-sandbox state, and the system directories the
+/// interfaces and workspace (except a mount *at* `/workspace` in a sandbox without one: a
+/// read-only workspace), LuminaGuard's in-sandbox state, and the system directories the
 /// process sandbox binds read-only from the host (a mount point cannot be made inside a
 /// read-only bind).
 pub const MOUNT_RESERVED: &[&str] = &[
@@ -306,6 +310,11 @@ impl SandboxSpec {
                 return Err(err(&m.at, "a mount cannot replace the sandbox's root"));
             }
             for r in MOUNT_RESERVED {
+                // A directory shared read-only as the workspace (the service refuses it beside
+                // a workspace).
+                if *r == WORKSPACE_PATH && m.at == Path::new(WORKSPACE_PATH) {
+                    continue;
+                }
                 let reason = if m.at.starts_with(r) {
                     "is or lies inside"
                 } else if Path::new(r).starts_with(&m.at) {
@@ -468,7 +477,6 @@ mod tests {
             "/proc/x",
             "/sys",
             "/dev/shm",
-            "/workspace",
             "/workspace/x",
             "/usr/local/lib/x",
             "/lib64/x",
@@ -484,6 +492,9 @@ mod tests {
                 "{at}"
             );
         }
+        // A mount at /workspace itself is a read-only workspace (the service refuses it beside
+        // a workspace).
+        assert!(with_mounts(&[("/a", "/workspace")]).is_ok());
         // Component-wise: /etcetera is not /etc.
         assert!(with_mounts(&[("/a", "/etcetera")]).is_ok());
     }

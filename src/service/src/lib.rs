@@ -330,6 +330,16 @@ impl Service {
             spec.backend = b;
         }
         spec.mounts.extend(opts.mounts.iter().cloned());
+        let at_workspace = spec
+            .mounts
+            .iter()
+            .any(|m| m.at == std::path::Path::new(luminaguard_core::spec::WORKSPACE_PATH));
+        if at_workspace && opts.workspace.is_some() {
+            return Err(ServiceError::InvalidSpec(format!(
+                "a mount at {} is a read-only workspace: give it or --workspace, not both",
+                luminaguard_core::spec::WORKSPACE_PATH
+            )));
+        }
         if !opts.net_allow.is_empty() {
             spec.network = NetworkPolicy::Egress {
                 allow: opts.net_allow.clone(),

@@ -181,29 +181,35 @@ fn spec(
     s: &ServerConfig,
     env: Vec<(String, String)>,
 ) -> Result<ServerSpec, GatewayError> {
-    if s.read_only {
-        return Err(GatewayError::Server {
-            server: name.to_owned(),
-            reason: "read_only workspaces are not supported yet: mount it with `mounts` instead"
-                .into(),
-        });
-    }
+    let mut mounts: Vec<luminaguard_core::ReadOnlyMount> = s
+        .mounts
+        .iter()
+        .map(|m| luminaguard_core::ReadOnlyMount {
+            host: m.host.clone(),
+            at: m.at.clone(),
+        })
+        .collect();
+    // A read-only workspace is the directory mounted read-only at /workspace (process
+    // sandboxes; a microVM refuses mounts).
+    let workspace = match (&s.workspace, s.read_only) {
+        (Some(ws), true) => {
+            mounts.push(luminaguard_core::ReadOnlyMount {
+                host: ws.clone(),
+                at: luminaguard_core::spec::WORKSPACE_PATH.into(),
+            });
+            None
+        }
+        (ws, _) => ws.clone(),
+    };
     let create = CreateOptions {
-        workspace: s.workspace.clone(),
+        workspace,
         memory: s.memory,
         pids: s.pids,
         cpus: s.cpus,
         backend: Some(s.backend),
         image: s.image.clone(),
         net_allow: s.network.clone(),
-        mounts: s
-            .mounts
-            .iter()
-            .map(|m| luminaguard_core::ReadOnlyMount {
-                host: m.host.clone(),
-                at: m.at.clone(),
-            })
-            .collect(),
+        mounts,
         ..CreateOptions::default()
     };
     Ok(ServerSpec {
