@@ -644,6 +644,170 @@ fn a_crashed_server_is_restarted() {
     assert_eq!(failed.len(), 1, "{failed:?}");
 }
 
+/// The servers' prompts and resources through the gateway: prompts named `SERVER__PROMPT`, a
+/// resource read from the server that lists it (or whose template matches it), an unknown URI
+/// refused; a get and a read judged by the policy's `mcp` rules (one denied by its argument)
+/// and on the record with their results. A server that serves neither (the probe) is left out.
+#[test]
+fn prompts_and_resources_are_served_judged_and_recorded() {
+    if !ready() {
+        return;
+    }
+    let g = gw(
+        &(format!(
+            r#"
+[servers.everything]
+command = ["node", "/opt/mcp/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"]
+backend = "process"
+mounts = [{{ host = "{NODE_SERVERS}", at = "/opt/mcp/node" }}]
+"#
+        ) + &probe("")),
+        r#"
+[[rule]]
+id = "no-blobs"
+decision = "deny"
+reason = "no blob resources"
+mcp = { server = "everything", tool = "resources/read", args = { "/uri" = "demo://resource/dynamic/blob/*" } }
+"#,
+    );
+    let reads = json!([
+        "demo://resource/dynamic/text/1",
+        "demo://nowhere/x",
+        "demo://resource/dynamic/blob/2",
+    ]);
+    let (s, out) = client(
+        &g,
+        false,
+        json!([]),
+        &[
+            ("LG_RESOURCES", "1"),
+            ("LG_PROMPT", "everything__simple-prompt"),
+            ("LG_READS", &reads.to_string()),
+        ],
+    );
+    let log = text(&out.stderr);
+    let prompts: Vec<&str> = s["prompts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{s}\n{log}"))
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        prompts.contains(&"everything__simple-prompt"),
+        "{prompts:?}"
+    );
+    assert!(
+        prompts.iter().all(|p| p.starts_with("everything__")),
+        "{prompts:?}"
+    );
+    let resources = s["resources"].as_array().unwrap();
+    assert!(!resources.is_empty(), "{s}");
+    assert!(
+        resources
+            .iter()
+            .all(|r| r["name"].as_str().unwrap().starts_with("everything__")
+                && r["uri"].as_str().unwrap().starts_with("demo://")),
+        "the servers' own URIs: {resources:?}"
+    );
+    let templates = s["templates"].as_array().unwrap();
+    assert!(
+        templates
+            .iter()
+            .any(|t| t["uriTemplate"] == "demo://resource/dynamic/text/{resourceId}"),
+        "{templates:?}"
+    );
+    assert_eq!(
+        s["prompt"]["texts"],
+        json!(["This is a simple prompt without arguments."]),
+        "{s}"
+    );
+    let read = s["reads"].as_array().unwrap();
+    assert_eq!(read.len(), 4, "{read:?}");
+    let listed = read[0]["uri"].as_str().unwrap().to_owned();
+    assert!(
+        read[0].get("rpcError").is_none() && !read[0]["texts"].as_array().unwrap().is_empty(),
+        "the first listed resource: {:?}",
+        read[0]
+    );
+    let dynamic = read[1]["texts"][0].as_str().unwrap_or_default();
+    assert!(
+        dynamic.starts_with("Resource 1: This is a plaintext resource"),
+        "routed by its template: {:?}",
+        read[1]
+    );
+    assert_eq!(read[2]["code"], -32602, "an unknown URI: {:?}", read[2]);
+    assert!(
+        read[2]["rpcError"]
+            .as_str()
+            .unwrap()
+            .contains("no server of the gateway serves resource"),
+        "{:?}",
+        read[2]
+    );
+    assert!(
+        read[3]["rpcError"]
+            .as_str()
+            .is_some_and(|e| e.contains("no-blobs")),
+        "denied by its argument: {:?}",
+        read[3]
+    );
+    // Each judged as a tool call of its server, with its result on the record; the unknown URI
+    // reached no server and no policy.
+    let records = records(&g.e);
+    let judged = |tool: &str| -> Vec<&Value> {
+        records
+            .iter()
+            .filter(|r| r["event"]["type"] == "tool-call" && r["event"]["tool"] == tool)
+            .collect()
+    };
+    let results = |tool: &str| -> Vec<&Value> {
+        records
+            .iter()
+            .filter(|r| r["event"]["type"] == "tool-result" && r["event"]["tool"] == tool)
+            .collect()
+    };
+    let gets = judged("prompts/get");
+    assert_eq!(gets.len(), 1, "{gets:?}");
+    assert_eq!(gets[0]["event"]["server"], "everything");
+    assert_eq!(gets[0]["event"]["arguments"]["name"], "simple-prompt");
+    assert_eq!(gets[0]["event"]["decision"]["verdict"], "allow");
+    let got = results("prompts/get");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0]["event"]["result_bytes"].as_u64().unwrap() > 0);
+    let judged_reads = judged("resources/read");
+    let uris: Vec<&str> = judged_reads
+        .iter()
+        .map(|r| r["event"]["arguments"]["uri"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        uris,
+        [
+            listed.as_str(),
+            "demo://resource/dynamic/text/1",
+            "demo://resource/dynamic/blob/2"
+        ],
+        "{judged_reads:?}"
+    );
+    assert_eq!(judged_reads[2]["event"]["decision"]["verdict"], "deny");
+    let read_results = results("resources/read");
+    assert_eq!(
+        read_results.len(),
+        2,
+        "the denied read was never forwarded: {read_results:?}"
+    );
+    assert!(
+        read_results
+            .iter()
+            .all(|r| r["event"]["server"] == "everything"
+                && r["event"]["result_bytes"].as_u64().unwrap() > 0
+                && r["event"]["failed"].is_null()),
+        "{read_results:?}"
+    );
+    let verify = lg(&g.e, &["audit", "verify"]);
+    assert!(verify.status.success(), "{}", text(&verify.stderr));
+    assert_eq!(sandboxes(&g.e), Vec::<String>::new(), "{log}");
+}
+
 /// Through the daemon, a call the policy asks about is put to the MCP client's user
 /// (elicitation): approved it runs, denied it never reaches the server.
 #[test]

@@ -8,9 +8,12 @@ use luminaguard_core::SandboxId;
 use luminaguard_front::{Front, FrontError, Held};
 use luminaguard_service::{ExecOptions, ExecOutput, ExitReport};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    InitializeRequestParams, InitializeResult, InputRequests, InputRequiredResult, ListToolsResult,
-    PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
+    GetPromptResponse, Implementation, InitializeRequestParams, InitializeResult, InputRequests,
+    InputRequiredResult, ListPromptsRequestMethod, ListPromptsResult,
+    ListResourceTemplatesRequestMethod, ListResourceTemplatesResult, ListResourcesRequestMethod,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
+    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler, ServiceExt};
@@ -19,7 +22,9 @@ use serde::de::DeserializeOwned;
 
 use crate::approve::{self, Shared};
 use crate::bounded::Bounded;
-use crate::flight::{Asking, Cancelled, Flight, Step, Track, Watch};
+use crate::flight::{Asking, Cancelled, Flight, Step, Track, Watch, Work};
+use crate::gateway::Gateway;
+use crate::gateway::servers::{Refusal, Servers};
 use crate::tools::{self, *};
 use crate::{ServeError, Settings};
 
@@ -1112,30 +1117,43 @@ impl Server {
         }
     }
 
-    /// The gateway's servers' tools for session `s`: listing them starts the servers not yet
-    /// running, and a server's start may be asked about (its command is judged like any other):
-    /// watched like a call, so the question reaches the client's user (or, with nobody to ask
-    /// in-process, the server is refused and its tools are not listed).
+    /// The gateway's servers' tools for session `s` (see [`Server::gateway_flight`]).
     async fn gateway_tools(
-        gw: &Arc<crate::gateway::Gateway>,
+        gw: &Arc<Gateway>,
         s: &Arc<Session>,
         context: &RequestContext<RoleServer>,
     ) -> Result<Vec<Tool>, ErrorData> {
-        let (gw, session) = (Arc::clone(gw), Arc::clone(s));
-        let work = async move {
-            Ok(match &session.servers {
-                Some(servers) => servers.tools(&gw, &session.front, &session.shared).await,
-                None => Vec::new(),
-            })
-        };
+        Self::gateway_flight(gw, s, context, "tools/list", |gw, s| async move {
+            Ok(servers(&s)?.tools(&gw, &s.front, &s.shared).await)
+        })
+        .await
+    }
+
+    /// `work` on the gateway's servers for session `s` — a listing (which starts the servers
+    /// not yet running), a prompt's get, a resource's read — watched like a call: a server's
+    /// start may be asked about (its command is judged like any other), and so may a get or a
+    /// read, so the question reaches the client's user (or, with nobody to ask in-process, the
+    /// server or the action is refused).
+    async fn gateway_flight<T, Fut>(
+        gw: &Arc<Gateway>,
+        s: &Arc<Session>,
+        context: &RequestContext<RoleServer>,
+        what: &str,
+        work: impl FnOnce(Arc<Gateway>, Arc<Session>) -> Fut,
+    ) -> Result<T, ErrorData>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Work<T>> + Send + 'static,
+    {
         let mut flight = Flight::start(
-            "tools/list".into(),
+            what.to_owned(),
             None,
             None,
             Arc::new(Track::default()),
-            work,
+            work(Arc::clone(gw), Arc::clone(s)),
         );
-        // A listing cannot answer with a question: the client is asked on the side, or nobody.
+        // These requests cannot answer with a question: the client is asked on the side, or
+        // nobody.
         let asking = match Self::asking(s, context) {
             Asking::InputRequired => Asking::Nobody,
             a => a,
@@ -1151,11 +1169,11 @@ impl Server {
         match flight.watch(&watch).await {
             Ok(Step::Done(done)) => done,
             Ok(_) => Err(ErrorData::internal_error(
-                "listing the tools stopped at a question it cannot ask",
+                format!("{what} stopped at a question it cannot ask"),
                 None,
             )),
             Err(Cancelled) => Err(ErrorData::invalid_request(
-                "tools/list: cancelled by the client",
+                format!("{what}: cancelled by the client"),
                 None,
             )),
         }
@@ -1227,6 +1245,22 @@ impl Server {
 
 /// The key of the question in an input-required result.
 const APPROVAL_INPUT: &str = "approval";
+
+/// A gateway session's servers.
+fn servers(s: &Session) -> Result<&Servers, ErrorData> {
+    s.servers
+        .as_ref()
+        .ok_or_else(|| ErrorData::internal_error("a gateway session without servers", None))
+}
+
+/// A prompt or resource the gateway did not serve, as the client's error.
+fn refusal(r: Refusal) -> ErrorData {
+    match r {
+        Refusal::Unknown(t) => ErrorData::invalid_params(t, None),
+        Refusal::Refused(t) => ErrorData::invalid_request(t, None),
+        Refusal::Failed(t) => ErrorData::internal_error(t, None),
+    }
+}
 
 impl Session {
     /// Keeps `flight` in the session; returns its `requestState` handle.
@@ -1324,12 +1358,15 @@ fn resumed(tool: &str, done: CallToolResult) -> CallToolResult {
 
 impl ServerHandler for Server {
     fn get_info(&self) -> ServerConfig {
-        let instructions = if self.0.hub.settings.gateway.is_some() {
+        let gateway = self.0.hub.settings.gateway.is_some();
+        let instructions = if gateway {
             "LuminaGuard's MCP gateway: the tools of third-party MCP servers, each server in a \
-             sandbox of its own, named SERVER__TOOL. The policy judges every call: a denied one \
-             is refused with the rule that denied it; one it asks about waits for a person's \
-             approval (a call that waits too long answers pending_approval: approval_wait \
-             resumes it). Secrets are kept out of arguments and results."
+             sandbox of its own, named SERVER__TOOL (their prompts SERVER__PROMPT; their \
+             resources under the servers' own URIs). The policy judges every call, prompt get \
+             and resource read: a denied one is refused with the rule that denied it; one it \
+             asks about waits for a person's approval (a call that waits too long answers \
+             pending_approval: approval_wait resumes it). Secrets are kept out of arguments \
+             and results."
         } else {
             "LuminaGuard runs these tools in a disposable sandbox of this session (state \
              kept between calls; /workspace is the shared workspace). The policy judges \
@@ -1337,8 +1374,16 @@ impl ServerHandler for Server {
              denied it; one it asks about waits for a person's approval (a call that waits \
              too long answers pending_approval: approval_wait resumes it)."
         };
-        let mut info = InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
-            .with_instructions(instructions);
+        let capabilities = if gateway {
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_prompts()
+                .enable_resources()
+                .build()
+        } else {
+            ServerCapabilities::builder().enable_tools().build()
+        };
+        let mut info = InitializeResult::new(capabilities).with_instructions(instructions);
         info.server_info = Implementation::new("luminaguard", env!("CARGO_PKG_VERSION"));
         info.protocol_version = ProtocolVersion::V_2025_11_25;
         info
@@ -1393,6 +1438,121 @@ impl ServerHandler for Server {
             tools.extend(Self::gateway_tools(gw, &s, &context).await?);
         }
         Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    /// The gateway's servers' prompts (`SERVER__PROMPT`).
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let Some(gw) = &self.0.hub.settings.gateway else {
+            return Err(ErrorData::method_not_found::<ListPromptsRequestMethod>());
+        };
+        let s = self.session(&context)?;
+        let prompts = Self::gateway_flight(gw, &s, &context, "prompts/list", |gw, s| async move {
+            Ok(servers(&s)?.prompts(&gw, &s.front, &s.shared).await)
+        })
+        .await?;
+        Ok(ListPromptsResult::with_all_items(prompts))
+    }
+
+    /// Prompt `SERVER__PROMPT` from its server: judged, scanned and recorded like a call.
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let Some(gw) = &self.0.hub.settings.gateway else {
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "unknown prompt {:?}: this server serves no prompts",
+                    request.name
+                ),
+                None,
+            ));
+        };
+        let s = self.session(&context)?;
+        let got = Self::gateway_flight(gw, &s, &context, "prompts/get", |gw, s| async move {
+            servers(&s)?
+                .get_prompt(&gw, &s.front, &s.shared, request)
+                .await
+                .map_err(refusal)
+        })
+        .await?;
+        Ok(got.into())
+    }
+
+    /// The gateway's servers' resources, under their own URIs.
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let Some(gw) = &self.0.hub.settings.gateway else {
+            return Err(ErrorData::method_not_found::<ListResourcesRequestMethod>());
+        };
+        let s = self.session(&context)?;
+        let resources =
+            Self::gateway_flight(gw, &s, &context, "resources/list", |gw, s| async move {
+                Ok(servers(&s)?.resources(&gw, &s.front, &s.shared).await)
+            })
+            .await?;
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    /// The gateway's servers' resource templates.
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let Some(gw) = &self.0.hub.settings.gateway else {
+            return Err(ErrorData::method_not_found::<
+                ListResourceTemplatesRequestMethod,
+            >());
+        };
+        let s = self.session(&context)?;
+        let templates = Self::gateway_flight(
+            gw,
+            &s,
+            &context,
+            "resources/templates/list",
+            |gw, s| async move {
+                Ok(servers(&s)?
+                    .resource_templates(&gw, &s.front, &s.shared)
+                    .await)
+            },
+        )
+        .await?;
+        Ok(ListResourceTemplatesResult::with_all_items(templates))
+    }
+
+    /// A resource from the server that lists it (an unknown URI is invalid params): judged,
+    /// scanned and recorded like a call.
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let Some(gw) = &self.0.hub.settings.gateway else {
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "unknown resource {:?}: this server serves no resources",
+                    request.uri
+                ),
+                None,
+            ));
+        };
+        let s = self.session(&context)?;
+        let read = Self::gateway_flight(gw, &s, &context, "resources/read", |gw, s| async move {
+            servers(&s)?
+                .read_resource(&gw, &s.front, &s.shared, request.uri)
+                .await
+                .map_err(refusal)
+        })
+        .await?;
+        Ok(read.into())
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {

@@ -7,6 +7,12 @@ client declares elicitation and answers every question so. It lists the tools, m
 in order (a JSON-RPC error is reported, not raised), and prints one JSON line: the tools (name,
 description, input schema) and each call's result (isError, text, structured content). The Rust
 side asserts.
+
+With LG_RESOURCES=1 it also lists the prompts, resources and resource templates, gets one prompt
+(LG_PROMPT names it; else the first listed that needs no argument) and reads the first resource
+listed, then the URIs of LG_READS (a JSON array), and adds them to its JSON: `prompts`, `resources`
+(URI and name), `templates`, `prompt` (its messages' texts, or the JSON-RPC error) and `reads`
+(each read's texts, or the JSON-RPC error).
 """
 
 import asyncio
@@ -32,6 +38,39 @@ async def elicit(context, params):
 
 
 asked = []
+
+
+def rpc_error(e):
+    return {"rpcError": e.error.message, "code": e.error.code}
+
+
+async def resources(session, out):
+    prompts = (await session.list_prompts()).prompts
+    out["prompts"] = [p.name for p in prompts]
+    listed = (await session.list_resources()).resources
+    out["resources"] = [{"uri": str(r.uri), "name": r.name} for r in listed]
+    templates = (await session.list_resource_templates()).resourceTemplates
+    out["templates"] = [{"uriTemplate": t.uriTemplate, "name": t.name} for t in templates]
+    name = os.environ.get("LG_PROMPT") or next(
+        p.name for p in prompts if not any(a.required for a in p.arguments or [])
+    )
+    try:
+        got = await session.get_prompt(name)
+        out["prompt"] = {
+            "name": name,
+            "texts": [m.content.text for m in got.messages if isinstance(m.content, types.TextContent)],
+        }
+    except McpError as e:
+        out["prompt"] = {"name": name, **rpc_error(e)}
+    uris = [str(listed[0].uri)] + json.loads(os.environ.get("LG_READS", "[]"))
+    out["reads"] = []
+    for uri in uris:
+        try:
+            read = await session.read_resource(uri)
+            texts = [c.text for c in read.contents if isinstance(c, types.TextResourceContents)]
+            out["reads"].append({"uri": uri, "texts": texts})
+        except McpError as e:
+            out["reads"].append({"uri": uri, **rpc_error(e)})
 
 
 async def main():
@@ -62,6 +101,8 @@ async def main():
                     out["calls"].append(
                         {"tool": c["tool"], "rpcError": e.error.message, "code": e.error.code}
                     )
+            if os.environ.get("LG_RESOURCES"):
+                await resources(session, out)
             if os.environ.get("LG_LIST_AGAIN"):
                 listed = await session.list_tools()
                 out["tools_after"] = [t.name for t in listed.tools]

@@ -12,7 +12,9 @@ use luminaguard_front::{Execution, Front, FrontError, Held, StdinWriter};
 use luminaguard_service::{CreateOptions, ExecOptions, ExecOutput, ExitReport};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, ClientConfig,
-    Implementation, Tool,
+    GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation, Prompt,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+    ResourceTemplate, ServerCapabilities, Tool,
 };
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
@@ -96,6 +98,9 @@ pub enum DownstreamError {
     /// The server answered with an MCP error.
     #[error("MCP server {server}: {message}")]
     Remote { server: String, message: String },
+    /// The request could not be made of what the scanner left of its arguments.
+    #[error("MCP server {server}: the request could not be made: {reason}")]
+    Request { server: String, reason: String },
 }
 
 fn stderr_note(stderr: &str) -> String {
@@ -327,14 +332,95 @@ impl Downstream {
     /// Its tools, as it lists them now.
     pub async fn list_tools(&self, timeout: Duration) -> Result<Vec<Tool>, DownstreamError> {
         self.tools_changed.store(false, Ordering::Relaxed);
-        match tokio::time::timeout(timeout, self.client.peer().list_all_tools()).await {
-            Ok(Ok(tools)) => Ok(tools),
-            Ok(Err(e)) => Err(self.failed(e)),
-            Err(_) => Err(DownstreamError::Timeout {
-                server: self.name.clone(),
-                tool: "tools/list".into(),
-                after: timeout,
-            }),
+        self.within("tools/list", timeout, self.client.peer().list_all_tools())
+            .await
+    }
+
+    /// What it declared it serves (`initialize`).
+    fn declares(&self, what: impl Fn(&ServerCapabilities) -> bool) -> bool {
+        self.client
+            .peer_info()
+            .is_some_and(|i| what(&i.capabilities))
+    }
+
+    /// Its prompts (none when it did not declare the prompts capability).
+    pub async fn list_prompts(&self, timeout: Duration) -> Result<Vec<Prompt>, DownstreamError> {
+        if !self.declares(|c| c.prompts.is_some()) {
+            return Ok(Vec::new());
+        }
+        self.within(
+            "prompts/list",
+            timeout,
+            self.client.peer().list_all_prompts(),
+        )
+        .await
+    }
+
+    /// Its resources (none when it did not declare the resources capability).
+    pub async fn list_resources(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<Resource>, DownstreamError> {
+        if !self.declares(|c| c.resources.is_some()) {
+            return Ok(Vec::new());
+        }
+        self.within(
+            "resources/list",
+            timeout,
+            self.client.peer().list_all_resources(),
+        )
+        .await
+    }
+
+    /// Its resource templates (none when it did not declare the resources capability).
+    pub async fn list_resource_templates(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<ResourceTemplate>, DownstreamError> {
+        if !self.declares(|c| c.resources.is_some()) {
+            return Ok(Vec::new());
+        }
+        self.within(
+            "resources/templates/list",
+            timeout,
+            self.client.peer().list_all_resource_templates(),
+        )
+        .await
+    }
+
+    /// Gets prompt `params.name` (the server's own name for it).
+    pub async fn get_prompt(
+        &self,
+        params: GetPromptRequestParams,
+        timeout: Duration,
+    ) -> Result<GetPromptResult, DownstreamError> {
+        let what = format!("prompts/get {}", params.name);
+        match self
+            .within(&what, timeout, self.client.peer().get_prompt_once(params))
+            .await?
+        {
+            GetPromptResponse::Complete(result) => Ok(result),
+            _ => Err(self.unforwarded(&what)),
+        }
+    }
+
+    /// Reads resource `params.uri`.
+    pub async fn read_resource(
+        &self,
+        params: ReadResourceRequestParams,
+        timeout: Duration,
+    ) -> Result<ReadResourceResult, DownstreamError> {
+        let what = format!("resources/read {}", params.uri);
+        match self
+            .within(
+                &what,
+                timeout,
+                self.client.peer().read_resource_once(params),
+            )
+            .await?
+        {
+            ReadResourceResponse::Complete(result) => Ok(result),
+            _ => Err(self.unforwarded(&what)),
         }
     }
 
@@ -345,21 +431,50 @@ impl Downstream {
         timeout: Duration,
     ) -> Result<CallToolResult, DownstreamError> {
         let tool = params.name.to_string();
-        match tokio::time::timeout(timeout, self.client.peer().call_tool_once(params)).await {
-            Ok(Ok(CallToolResponse::Complete(result))) => Ok(result),
-            Ok(Ok(_)) => Err(DownstreamError::Remote {
-                server: self.name.clone(),
-                message: format!(
-                    "{tool} answered with an input request or a task, which the gateway does \
-                     not forward"
-                ),
-            }),
+        match self
+            .within(&tool, timeout, self.client.peer().call_tool_once(params))
+            .await?
+        {
+            CallToolResponse::Complete(result) => Ok(result),
+            _ => Err(self.unforwarded(&tool)),
+        }
+    }
+
+    /// Request `what`'s answer within `timeout` (a request that takes longer is cancelled at
+    /// the server: the future that sent it is dropped), its failure mapped.
+    async fn within<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        request: impl Future<Output = Result<T, rmcp::ServiceError>>,
+    ) -> Result<T, DownstreamError> {
+        match tokio::time::timeout(timeout, request).await {
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(self.failed(e)),
             Err(_) => Err(DownstreamError::Timeout {
                 server: self.name.clone(),
-                tool,
+                tool: what.to_owned(),
                 after: timeout,
             }),
+        }
+    }
+
+    /// A request that could not be made of what the scanner left of its arguments.
+    pub fn unmade(&self, reason: impl std::fmt::Display) -> DownstreamError {
+        DownstreamError::Request {
+            server: self.name.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// An answer the gateway does not forward (an input request, a task).
+    fn unforwarded(&self, what: &str) -> DownstreamError {
+        DownstreamError::Remote {
+            server: self.name.clone(),
+            message: format!(
+                "{what} answered with an input request or a task, which the gateway does not \
+                 forward"
+            ),
         }
     }
 
