@@ -1538,3 +1538,209 @@ fn the_systemd_units_verify_and_name_the_socket_the_cli_looks_for() {
     let service = std::fs::read_to_string(units.join("luminaguard.service")).unwrap();
     assert!(service.contains("Type=notify"), "{service}");
 }
+
+/// The MCP gateway's routes as a hostile client would use them: a call the policy denies is a
+/// 403 naming the rule; one it asks about waits for a person's answer on a card that shows the
+/// server, tool and arguments; oversized and malformed bodies are refused with clear errors;
+/// another user's sandbox does not exist for them; what is judged and recorded is on the log.
+#[test]
+fn the_tool_call_routes_judge_refuse_and_record() {
+    if !privileged("the daemon test") {
+        return;
+    }
+    let e = env();
+    let policy = e.runtime.with_extension("policy.toml");
+    std::fs::write(
+        &policy,
+        r#"version = 1
+default = "ask"
+
+[[rule]]
+id = "probe-calls"
+decision = "allow"
+reason = "the probe's calls"
+mcp = { server = "probe", tool = "*" }
+
+[[rule]]
+id = "no-danger"
+decision = "deny"
+reason = "dangerous"
+mcp = { server = "probe", tool = "danger" }
+
+[[rule]]
+id = "ask-care"
+decision = "ask"
+reason = "careful"
+mcp = { server = "probe", tool = "care" }
+"#,
+    )
+    .unwrap();
+    let audit = e.runtime.with_extension("audit");
+    // (Top-level keys before BASE's tables.)
+    let d = Daemon::start(
+        Path::new(BIN),
+        &e.runtime,
+        &format!(
+            "policy = \"{}\"\naudit_dir = \"{}\"\n{BASE}[daemon]\ngroup = \"nogroup\"\n",
+            policy.display(),
+            audit.display()
+        ),
+    );
+    let sock = &d.socket;
+    let id = create(sock, json!({"name": "tc"}));
+    let judge = |body: Value| {
+        curl(
+            sock,
+            "POST",
+            &format!("/v1/sandboxes/{id}/tool-calls"),
+            Some(&body.to_string()),
+        )
+    };
+
+    let r = judge(json!({"server": "probe", "tool": "echo", "arguments": {"text": "hi"}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["verdict"], "allow");
+    let r = judge(json!({"server": "probe", "tool": "danger", "arguments": {}}));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("no-danger"), "{}", r.body);
+
+    // Hostile bodies: each a clear client error, and the daemon serves on.
+    let big = "x".repeat(2 << 20);
+    for (body, status) in [
+        (
+            json!({"server": "probe", "tool": "echo", "arguments": {"t": big}}).to_string(),
+            413,
+        ),
+        ("{\"server\": 1}".to_owned(), 400),
+        ("not json".to_owned(), 400),
+        (json!({"server": "probe"}).to_string(), 400),
+    ] {
+        let r = curl(
+            sock,
+            "POST",
+            &format!("/v1/sandboxes/{id}/tool-calls"),
+            Some(&body),
+        );
+        assert!(
+            r.status == status || (status == 400 && r.status == 422),
+            "{}: {} {}",
+            &body[..body.len().min(60)],
+            r.status,
+            r.body
+        );
+    }
+    let r = curl(
+        sock,
+        "POST",
+        &format!("/v1/sandboxes/{id}/tool-events"),
+        Some(&json!({"event": "nonsense", "server": "probe", "tool": "x"}).to_string()),
+    );
+    assert!(
+        r.status == 400 || r.status == 422,
+        "{} {}",
+        r.status,
+        r.body
+    );
+    let r = curl(
+        sock,
+        "POST",
+        "/v1/sandboxes/..%2f..%2fetc/tool-calls",
+        Some(&json!({"server": "probe", "tool": "echo"}).to_string()),
+    );
+    assert!(
+        r.status == 400 || r.status == 404,
+        "{} {}",
+        r.status,
+        r.body
+    );
+    healthy(sock);
+
+    // Another user cannot judge calls in, or put events on, root's sandbox.
+    for route in ["tool-calls", "tool-events"] {
+        let body = json!({"event": "refused", "server": "probe", "tool": "echo", "reason": "x"});
+        let r = reply(curl_as(
+            sock,
+            "POST",
+            &format!("/v1/sandboxes/{id}/{route}"),
+            Some(body.to_string().as_bytes()),
+            Some((1000, 65534)),
+        ));
+        assert_eq!(r.status, 404, "{route}: {}", r.body);
+    }
+
+    // Asked: the request waits on a card a person answers.
+    let mut waiting = raw(
+        sock,
+        "POST",
+        &format!("/v1/sandboxes/{id}/tool-calls"),
+        &json!({"server": "probe", "tool": "care", "arguments": {"path": "/etc/hosts"}})
+            .to_string(),
+    );
+    let mut card = Value::Null;
+    eventually(Duration::from_secs(10), "the card", || {
+        let r = curl(sock, "GET", "/v1/approvals", None);
+        card = r
+            .json()
+            .as_array()
+            .unwrap()
+            .first()
+            .cloned()
+            .unwrap_or(Value::Null);
+        !card.is_null()
+    });
+    let action = &card["card"]["action"];
+    assert_eq!(action["kind"], "tool-call", "{card}");
+    assert_eq!(action["tool"]["server"], "probe");
+    assert_eq!(action["tool"]["tool"], "care");
+    assert_eq!(action["tool"]["arguments"]["path"], "/etc/hosts");
+    let approval = card["id"].as_str().unwrap().to_owned();
+    let r = curl(
+        sock,
+        "POST",
+        &format!("/v1/approvals/{approval}"),
+        Some(&json!({"decision": "approve"}).to_string()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answer = read_until(&mut waiting, "}");
+    assert!(answer.contains(" 200 "), "{answer}");
+    assert!(
+        answer.contains(&approval),
+        "cleared under the approval: {answer}"
+    );
+
+    let r = curl(
+        sock,
+        "POST",
+        &format!("/v1/sandboxes/{id}/tool-events"),
+        Some(
+            &json!({"event": "result", "server": "probe", "tool": "care", "approval": approval,
+                "duration_ms": 3, "result_bytes": 42, "is_error": false, "redacted": 0})
+            .to_string(),
+        ),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    drop(d);
+
+    let ls = Command::new(BIN)
+        .args(["audit", "ls", "--json"])
+        .env("LUMINAGUARD_AUDIT_DIR", &audit)
+        .output()
+        .unwrap();
+    assert!(ls.status.success(), "{}", text(&ls.stderr));
+    let records: Vec<Value> = text(&ls.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let judged: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["event"]["type"] == "tool-call")
+        .collect();
+    assert_eq!(judged.len(), 3, "echo, danger and care: {judged:?}");
+    assert!(records.iter().any(
+        |r| r["event"]["type"] == "tool-result" && r["event"]["approval"] == approval.as_str()
+    ));
+    assert!(
+        !records.iter().any(|r| r["event"]["type"] == "tool-refused"),
+        "another user's event was not recorded"
+    );
+}
