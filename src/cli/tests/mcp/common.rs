@@ -39,17 +39,19 @@ pub fn python() -> Option<PathBuf> {
     python_at(
         std::env::var_os("LUMINAGUARD_TEST_PYTHON")
             .map_or_else(|| PathBuf::from(PYTHON), PathBuf::from),
+        "import mcp, jsonschema, httpx",
     )
 }
 
 /// The Python with the `mcp` SDK 2.x.
 pub fn python_modern() -> Option<PathBuf> {
-    python_at(PathBuf::from(PYTHON_MODERN))
+    python_at(PathBuf::from(PYTHON_MODERN), "import mcp, jsonschema")
 }
 
-fn python_at(p: PathBuf) -> Option<PathBuf> {
+/// `p`, if it runs `imports`.
+fn python_at(p: PathBuf, imports: &str) -> Option<PathBuf> {
     let ok = Command::new(&p)
-        .args(["-c", "import mcp, jsonschema, httpx"])
+        .args(["-c", imports])
         .output()
         .is_ok_and(|o| o.status.success());
     prerequisite(&format!("the Python MCP SDK ({})", p.display()), ok).then_some(p)
