@@ -1032,3 +1032,39 @@ mounts = [{{ host = "{NODE_SERVERS}", at = "/opt/mcp/node" }}]
     );
     assert!(!g.e.ws.join("new.txt").exists());
 }
+
+/// Several calls are in flight on one server at once: a call made while a long one runs comes
+/// back first (order, not timing, is asserted).
+#[test]
+fn calls_to_one_server_are_in_flight_together() {
+    if !ready() {
+        return;
+    }
+    let g = gw(
+        &format!(
+            r#"
+[servers.everything]
+command = ["node", "/opt/mcp/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"]
+backend = "process"
+mounts = [{{ host = "{NODE_SERVERS}", at = "/opt/mcp/node" }}]
+"#
+        ),
+        "",
+    );
+    let (s, _) = client(
+        &g,
+        false,
+        json!([
+            {"tool": "everything__trigger-long-running-operation", "arguments": {"duration": 3, "steps": 3}},
+            {"tool": "everything__echo", "arguments": {"message": "meanwhile"}},
+        ]),
+        &[("LG_CONCURRENT", "1")],
+    );
+    assert!(!call(&s, 0).0, "{:?}", call(&s, 0));
+    assert_eq!(call(&s, 1), (false, "Echo: meanwhile".into()));
+    assert_eq!(
+        s["finished"],
+        json!([1, 0]),
+        "the echo came back while the long call ran"
+    );
+}

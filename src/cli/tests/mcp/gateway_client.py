@@ -2,7 +2,8 @@
 
 Run by src/cli/tests/mcp_gateway.rs as `python gateway_client.py`, with the gateway's command
 line as a JSON array in LG_SERVER and the calls to make as a JSON array in LG_CALLS
-(`[{"tool": NAME, "arguments": {...}}, ...]`). With LG_ELICIT set (`approve` or `deny`) the
+(`[{"tool": NAME, "arguments": {...}}, ...]`; with LG_CONCURRENT set, made all at once, and
+`finished` says in which order their results came back). With LG_ELICIT set (`approve` or `deny`) the
 client declares elicitation and answers every question so. It lists the tools, makes the calls
 in order (a JSON-RPC error is reported, not raised), and prints one JSON line: the tools (name,
 description, input schema) and each call's result (isError, text, structured content). The Rust
@@ -86,21 +87,29 @@ async def main():
                 {"name": t.name, "description": t.description, "inputSchema": t.inputSchema}
                 for t in listed.tools
             ]
-            for c in CALLS:
+            finished = []
+
+            async def one(i, c):
                 try:
                     result = await session.call_tool(c["tool"], c.get("arguments") or {})
-                    out["calls"].append(
-                        {
-                            "tool": c["tool"],
-                            "isError": bool(result.isError),
-                            "text": text_of(result),
-                            "structured": result.structuredContent,
-                        }
-                    )
+                    done = {
+                        "tool": c["tool"],
+                        "isError": bool(result.isError),
+                        "text": text_of(result),
+                        "structured": result.structuredContent,
+                    }
                 except McpError as e:
-                    out["calls"].append(
-                        {"tool": c["tool"], "rpcError": e.error.message, "code": e.error.code}
-                    )
+                    done = {"tool": c["tool"], "rpcError": e.error.message, "code": e.error.code}
+                finished.append(i)
+                return done
+
+            if os.environ.get("LG_CONCURRENT"):
+                # All at once; `finished` says in which order they came back.
+                out["calls"] = list(await asyncio.gather(*(one(i, c) for i, c in enumerate(CALLS))))
+            else:
+                for i, c in enumerate(CALLS):
+                    out["calls"].append(await one(i, c))
+            out["finished"] = finished
             if os.environ.get("LG_RESOURCES"):
                 await resources(session, out)
             if os.environ.get("LG_LIST_AGAIN"):
