@@ -181,20 +181,44 @@ impl Downstream {
         spec: &ServerSpec,
         shared: &Shared,
     ) -> Result<Self, DownstreamError> {
-        let sandbox = |source| DownstreamError::Sandbox {
-            server: spec.name.clone(),
-            source,
-        };
         let mut create = spec.create.clone();
         let id = SandboxId::generate();
         create.id = Some(id.clone());
         shared.track(&id);
         let held = match front.hold(create).await {
             Ok(held) => held,
-            Err(e) => {
+            Err(source) => {
                 shared.untrack(&id);
-                return Err(sandbox(e));
+                return Err(DownstreamError::Sandbox {
+                    server: spec.name.clone(),
+                    source,
+                });
             }
+        };
+        // Whatever fails from here, the sandbox goes with it (one place).
+        match Self::connect(front, spec, id.clone()).await {
+            Ok(d) => {
+                *lock(&d.held) = Some(held);
+                Ok(d)
+            }
+            Err(e) => {
+                let _ = front.release(held).await;
+                shared.untrack(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the server's command in sandbox `id` and says hello to it (its sandbox is the
+    /// caller's to keep or release).
+    async fn connect(
+        front: &Front,
+        spec: &ServerSpec,
+        id: SandboxId,
+    ) -> Result<Self, DownstreamError> {
+        let sandbox = |source| DownstreamError::Sandbox {
+            server: spec.name.clone(),
+            source,
         };
         let opts = ExecOptions {
             argv: spec.command.clone(),
@@ -203,21 +227,12 @@ impl Downstream {
             timeout: Some(SERVER_LIFETIME),
             stdin: true,
         };
-        let mut exec = match front.exec(&id, opts).await {
-            Ok(exec) => exec,
-            Err(e) => {
-                let _ = front.release(held).await;
-                shared.untrack(&id);
-                return Err(sandbox(e));
-            }
-        };
-        let Some(stdin) = exec.take_stdin() else {
-            let _ = front.release(held).await;
-            shared.untrack(&id);
-            return Err(sandbox(FrontError::Protocol(
+        let mut exec = front.exec(&id, opts).await.map_err(sandbox)?;
+        let stdin = exec.take_stdin().ok_or_else(|| {
+            sandbox(FrontError::Protocol(
                 "the server's command has no stdin to write to".into(),
-            )));
-        };
+            ))
+        })?;
         let (client_read, server_out) = tokio::io::duplex(PIPE);
         let (client_write, server_in) = tokio::io::duplex(PIPE);
         let ended = Arc::new(Mutex::new(None));
@@ -239,32 +254,24 @@ impl Downstream {
             handler.serve((client_read, client_write)),
         )
         .await;
-        let fail = |reason: String| DownstreamError::Handshake {
-            server: spec.name.clone(),
-            reason,
-            stderr: lock(&stderr).text(),
-        };
         let client = match hello {
             Ok(Ok(client)) => client,
-            Ok(Err(e)) => {
-                let why = lock(&ended).clone().unwrap_or_else(|| e.to_string());
+            failed => {
                 for p in &pumps {
                     p.abort();
                 }
-                let _ = front.release(held).await;
-                shared.untrack(&id);
-                return Err(fail(why));
-            }
-            Err(_) => {
-                for p in &pumps {
-                    p.abort();
-                }
-                let _ = front.release(held).await;
-                shared.untrack(&id);
-                return Err(fail(format!(
-                    "no answer to `initialize` within {} s",
-                    spec.start_timeout.as_secs()
-                )));
+                let reason = match failed {
+                    Ok(Err(e)) => lock(&ended).clone().unwrap_or_else(|| e.to_string()),
+                    _ => format!(
+                        "no answer to `initialize` within {} s",
+                        spec.start_timeout.as_secs()
+                    ),
+                };
+                return Err(DownstreamError::Handshake {
+                    server: spec.name.clone(),
+                    reason,
+                    stderr: lock(&stderr).text(),
+                });
             }
         };
         if let Some(info) = client.peer_info() {
@@ -284,7 +291,7 @@ impl Downstream {
         }
         Ok(Self {
             name: spec.name.clone(),
-            held: Mutex::new(Some(held)),
+            held: Mutex::new(None),
             id,
             client,
             tools_changed,
