@@ -203,6 +203,32 @@ fn probe_calls(g: &Gw) -> Vec<String> {
         .collect()
 }
 
+/// `server-everything`'s table, in a process sandbox with the npm cache mounted.
+fn everything() -> String {
+    format!(
+        r#"
+[servers.everything]
+command = ["node", "/opt/mcp/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"]
+backend = "process"
+mounts = [{{ host = "{NODE_SERVERS}", at = "/opt/mcp/node" }}]
+"#
+    )
+}
+
+/// `server-filesystem`'s table, allowed `root`, on the workspace; `extra` adds keys.
+fn filesystem(root: &str, extra: &str) -> String {
+    format!(
+        r#"
+[servers.fs]
+command = ["node", "/opt/mcp/node/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js", "{root}"]
+backend = "process"
+workspace = "{{WS}}"
+mounts = [{{ host = "{NODE_SERVERS}", at = "/opt/mcp/node" }}]
+{extra}
+"#
+    )
+}
+
 fn ready() -> bool {
     privileged("the MCP gateway test") && python().is_some() && servers_installed()
 }
@@ -213,19 +239,10 @@ fn the_four_real_servers_are_listed_and_called_in_process_sandboxes() {
         return;
     }
     let g = gw(
-        &format!(
-            r#"
-[servers.everything]
-command = ["node", "/opt/mcp/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"]
-backend = "process"
-mounts = [{{ host = "{NODE_SERVERS}", at = "/opt/mcp/node" }}]
-
-[servers.fs]
-command = ["node", "/opt/mcp/node/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js", "/workspace"]
-backend = "process"
-workspace = "{{WS}}"
-mounts = [{{ host = "{NODE_SERVERS}", at = "/opt/mcp/node" }}]
-
+        &(everything()
+            + &filesystem("/workspace", "")
+            + &format!(
+                r#"
 [servers.git]
 command = ["/opt/mcp/python/bin/python", "-m", "mcp_server_git", "--repository", "/workspace"]
 backend = "process"
@@ -237,7 +254,7 @@ command = ["/opt/mcp/python/bin/python", "-m", "mcp_server_time"]
 backend = "process"
 mounts = [{{ host = "{PYTHON_SERVERS}", at = "/opt/mcp/python" }}]
 "#
-        ),
+            )),
         "",
     );
     std::fs::remove_dir_all(g.e.ws.join(".git")).unwrap();
@@ -338,18 +355,7 @@ fn isolation_holds_even_where_a_server_would_allow_more() {
     if !ready() {
         return;
     }
-    let g = gw(
-        &(format!(
-            r#"
-[servers.fs]
-command = ["node", "/opt/mcp/node/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js", "/"]
-backend = "process"
-workspace = "{{WS}}"
-mounts = [{{ host = "{NODE_SERVERS}", at = "/opt/mcp/node" }}]
-"#
-        ) + &probe("")),
-        "",
-    );
+    let g = gw(&(filesystem("/", "") + &probe("")), "");
     let outside = g.e.dir.path().join("host-only.txt");
     std::fs::write(&outside, "host-only content\n").unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -654,14 +660,7 @@ fn prompts_and_resources_are_served_judged_and_recorded() {
         return;
     }
     let g = gw(
-        &(format!(
-            r#"
-[servers.everything]
-command = ["node", "/opt/mcp/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"]
-backend = "process"
-mounts = [{{ host = "{NODE_SERVERS}", at = "/opt/mcp/node" }}]
-"#
-        ) + &probe("")),
+        &(everything() + &probe("")),
         r#"
 [[rule]]
 id = "no-blobs"
@@ -999,19 +998,7 @@ fn a_read_only_workspace_is_read_and_never_written() {
     if !ready() {
         return;
     }
-    let g = gw(
-        &format!(
-            r#"
-[servers.fs]
-command = ["node", "/opt/mcp/node/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js", "/workspace"]
-backend = "process"
-workspace = "{{WS}}"
-read_only = true
-mounts = [{{ host = "{NODE_SERVERS}", at = "/opt/mcp/node" }}]
-"#
-        ),
-        "",
-    );
+    let g = gw(&filesystem("/workspace", "read_only = true"), "");
     std::fs::write(g.e.ws.join("notes.txt"), "kept\n").unwrap();
     let (s, _) = client(
         &g,
@@ -1040,17 +1027,7 @@ fn calls_to_one_server_are_in_flight_together() {
     if !ready() {
         return;
     }
-    let g = gw(
-        &format!(
-            r#"
-[servers.everything]
-command = ["node", "/opt/mcp/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"]
-backend = "process"
-mounts = [{{ host = "{NODE_SERVERS}", at = "/opt/mcp/node" }}]
-"#
-        ),
-        "",
-    );
+    let g = gw(&everything(), "");
     let (s, _) = client(
         &g,
         false,
