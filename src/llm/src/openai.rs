@@ -469,7 +469,11 @@ impl StreamDecoder for Decoder {
     fn finish(&mut self) -> Result<Vec<StreamEvent>, LlmError> {
         let mut out = Vec::new();
         if let Some(event) = self.sse.finish()? {
-            self.on_data(&event.data, &mut out)?;
+            // An event without its blank line is whole if it parses; otherwise it was cut.
+            self.on_data(&event.data, &mut out).map_err(|e| match e {
+                LlmError::Malformed { .. } => LlmError::StreamCut { provider: PROVIDER },
+                other => other,
+            })?;
         }
         if !self.over {
             return Err(LlmError::StreamCut { provider: PROVIDER });

@@ -168,7 +168,7 @@ impl SseParser {
         } = self;
         let provider = lines.provider;
         let limit = lines.limit;
-        lines.push(input, |line| {
+        let result = lines.push(input, |line| {
             if line.is_empty() {
                 if std::mem::take(has_data) {
                     on_event(std::mem::take(pending))?;
@@ -199,17 +199,22 @@ impl SseParser {
                 _ => {}
             }
             Ok(())
-        })
+        });
+        // The event so far and its unfinished line share the one cap.
+        if result.is_ok() && lines.partial.len() + pending.data.len() > limit {
+            lines.partial = Vec::new();
+            *pending = SseEvent::default();
+            *has_data = false;
+            return Err(LlmError::LineTooLong { provider, limit });
+        }
+        result
     }
 
-    /// The body ended: the last event if it lacked its blank line, or `Err(StreamCut)` if the
-    /// body ended mid-line.
+    /// The body ended: the last event if it lacked its blank line (its last line may lack its
+    /// newline too; if it was cut, the caller's parse of it fails and that is a cut stream).
     pub(crate) fn finish(&mut self) -> Result<Option<SseEvent>, LlmError> {
         if self.lines.has_partial() {
-            self.lines.partial = Vec::new();
-            return Err(LlmError::StreamCut {
-                provider: self.lines.provider,
-            });
+            self.push(b"\n", |_| Ok(()))?;
         }
         Ok(std::mem::take(&mut self.has_data).then(|| std::mem::take(&mut self.pending)))
     }
