@@ -340,3 +340,57 @@ pub fn decode_all(
     assembler.extend(decoder.finish()?);
     assembler.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_without_a_start_are_an_error() {
+        let mut a = Assembler::new(Provider::OpenAi);
+        a.push(StreamEvent::ToolCallArgs {
+            index: 3,
+            fragment: "{}".into(),
+        });
+        let e = a.finish().unwrap_err();
+        assert_eq!(e.code(), "llm_stream_orphan_tool_arguments");
+        assert!(e.to_string().contains("#3"), "{e}");
+    }
+
+    #[test]
+    fn nothing_after_the_terminal_event_counts() {
+        let mut a = Assembler::new(Provider::Anthropic);
+        a.push(StreamEvent::TextDelta("a".into()));
+        a.push(StreamEvent::Done {
+            stop_reason: StopReason::EndTurn,
+            usage: Usage::default(),
+        });
+        a.push(StreamEvent::TextDelta("b".into()));
+        a.push(StreamEvent::ProviderError {
+            kind: None,
+            message: "late".into(),
+        });
+        let turn = a.finish().unwrap();
+        assert_eq!(turn.text, "a");
+        assert_eq!(turn.stop_reason, StopReason::EndTurn);
+    }
+
+    #[test]
+    fn empty_arguments_are_an_empty_object_and_tool_calls_mean_tool_use() {
+        let mut a = Assembler::new(Provider::Ollama);
+        a.extend([
+            StreamEvent::ToolCallStarted {
+                index: 0,
+                id: "c".into(),
+                name: "list_files".into(),
+            },
+            StreamEvent::Done {
+                stop_reason: StopReason::EndTurn,
+                usage: Usage::default(),
+            },
+        ]);
+        let turn = a.finish().unwrap();
+        assert_eq!(turn.tool_calls[0].arguments, serde_json::json!({}));
+        assert_eq!(turn.stop_reason, StopReason::ToolUse);
+    }
+}
