@@ -1,0 +1,32 @@
+//! The wire formats of the three LLM providers the agent loop speaks — OpenAI-compatible chat
+//! completions ([`openai`]), Anthropic Messages ([`anthropic`]) and Ollama's native chat API
+//! ([`ollama`]) — over one provider-neutral conversation model ([`model`]).
+//!
+//! Each provider module has serde types for its request (built by its `request` function from
+//! [`Message`]s and [`ToolSpec`]s), its non-streamed answer (`parse_response` → [`Turn`]) and an
+//! incremental, bounded stream `Decoder` ([`StreamDecoder`]) whose [`StreamEvent`]s an
+//! [`Assembler`] turns into a [`Turn`]. [`status_error`] types a non-success HTTP answer.
+//!
+//! The crate is pure and synchronous: no HTTP client, no I/O. It never sees API keys.
+
+pub mod anthropic;
+pub mod error;
+pub mod http_error;
+pub mod model;
+pub mod ollama;
+pub mod openai;
+pub mod stream;
+
+pub use error::LlmError;
+pub use http_error::{parse_retry_after, status_error};
+pub use model::{Message, Provider, StopReason, ToolCall, ToolSpec, Turn, Usage};
+pub use stream::{Assembler, DEFAULT_LINE_LIMIT, StreamDecoder, StreamEvent, decode_all};
+
+/// A fresh stream decoder for `provider` with the default cap.
+pub fn decoder(provider: Provider) -> Box<dyn StreamDecoder + Send> {
+    match provider {
+        Provider::OpenAi => Box::new(openai::Decoder::default()),
+        Provider::Anthropic => Box::new(anthropic::Decoder::default()),
+        Provider::Ollama => Box::new(ollama::Decoder::default()),
+    }
+}
