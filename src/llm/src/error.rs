@@ -38,16 +38,6 @@ pub enum LlmError {
         /// The parser's complaint.
         detail: String,
     },
-    /// The model's arguments for a tool call are not a JSON value.
-    #[error("the arguments of tool call {call_id} ({tool}) are not valid JSON: {detail}")]
-    MalformedToolArguments {
-        /// The tool the model called.
-        tool: String,
-        /// The call's id.
-        call_id: String,
-        /// The JSON parser's complaint.
-        detail: String,
-    },
     /// The stream's tool-call fragments did not fit together (arguments for a call never started).
     #[error("{provider} stream: arguments for tool call #{index}, which never started")]
     OrphanToolArguments {
@@ -108,7 +98,6 @@ impl LlmError {
             Self::LineTooLong { .. } => "llm_stream_line_too_long",
             Self::InvalidUtf8 { .. } => "llm_stream_invalid_utf8",
             Self::Malformed { .. } => "llm_malformed_response",
-            Self::MalformedToolArguments { .. } => "llm_tool_arguments_malformed",
             Self::OrphanToolArguments { .. } => "llm_stream_orphan_tool_arguments",
             Self::Provider { .. } => "llm_provider_error",
             Self::RateLimited { .. } => "llm_rate_limited",

@@ -66,8 +66,12 @@ pub struct ToolCall {
     pub id: String,
     /// The tool's name.
     pub name: String,
-    /// The arguments, parsed from the model's JSON.
+    /// The arguments, parsed from the model's JSON (`{}` when they did not parse).
     pub arguments: serde_json::Value,
+    /// Why the model's arguments did not parse as JSON, when they did not: the call is kept
+    /// (so the conversation stays whole) and answered with this as its error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub malformed: Option<String>,
 }
 
 /// Why the model stopped.

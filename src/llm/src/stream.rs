@@ -280,9 +280,9 @@ impl Assembler {
     }
 
     /// The answer: its tool calls' arguments parsed (empty arguments are `{}`; a plain end of
-    /// turn with tool calls is [`StopReason::ToolUse`]). Fails with the
-    /// provider's error, [`LlmError::StreamCut`] without a terminal event, or
-    /// [`LlmError::MalformedToolArguments`] naming the tool and call id.
+    /// turn with tool calls is [`StopReason::ToolUse`]; arguments that are not JSON are `{}`
+    /// with [`ToolCall::malformed`] saying why, for the loop to answer that call with).
+    /// Fails with the provider's error, or [`LlmError::StreamCut`] without a terminal event.
     pub fn finish(self) -> Result<Turn, LlmError> {
         if let Some(error) = self.error {
             return Err(error);
@@ -292,28 +292,29 @@ impl Assembler {
                 provider: self.provider,
             });
         };
-        let mut tool_calls = Vec::with_capacity(self.calls.len());
-        for (id, name, args) in self.calls.into_values() {
-            let arguments = if args.trim().is_empty() {
-                serde_json::Value::Object(serde_json::Map::new())
-            } else {
-                match serde_json::from_str(&args) {
-                    Ok(value) => value,
-                    Err(e) => {
-                        return Err(LlmError::MalformedToolArguments {
-                            tool: name,
-                            call_id: id,
-                            detail: e.to_string(),
-                        });
+        let tool_calls: Vec<ToolCall> = self
+            .calls
+            .into_values()
+            .map(|(id, name, args)| {
+                let (arguments, malformed) = if args.trim().is_empty() {
+                    (serde_json::Value::Object(serde_json::Map::new()), None)
+                } else {
+                    match serde_json::from_str(&args) {
+                        Ok(value) => (value, None),
+                        Err(e) => (
+                            serde_json::Value::Object(serde_json::Map::new()),
+                            Some(e.to_string()),
+                        ),
                     }
+                };
+                ToolCall {
+                    id,
+                    name,
+                    arguments,
+                    malformed,
                 }
-            };
-            tool_calls.push(ToolCall {
-                id,
-                name,
-                arguments,
-            });
-        }
+            })
+            .collect();
         // Some servers (Ollama, older llama.cpp) say `stop` when the model called tools.
         let stop_reason = match stop_reason {
             StopReason::EndTurn if !tool_calls.is_empty() => StopReason::ToolUse,

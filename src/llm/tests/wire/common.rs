@@ -89,11 +89,13 @@ pub fn tools_turn(provider: Provider) -> Turn {
                 id: ids[0].to_owned(),
                 name: "write_file".to_owned(),
                 arguments: json!({"path": "hello.py", "content": "print('héllo')\n"}),
+                malformed: None,
             },
             ToolCall {
                 id: ids[1].to_owned(),
                 name: "shell".to_owned(),
                 arguments: json!({"command": ["python3", "hello.py"]}),
+                malformed: None,
             },
         ],
         stop_reason: StopReason::ToolUse,

@@ -96,6 +96,7 @@ fn stream(provider: Provider, texts: &[String], arg: &str, pieces: usize) -> (Ve
             id: "call_1".into(),
             name: "read_file".into(),
             arguments: json!({"path": arg}),
+            malformed: None,
         }],
         stop_reason: StopReason::ToolUse,
         usage: luminaguard_llm::Usage {

@@ -12,11 +12,13 @@ fn conversation() -> (Vec<Message>, Vec<ToolSpec>) {
                     id: "c1".into(),
                     name: "write_file".into(),
                     arguments: json!({"path": "hello.py", "content": "print(1)\n"}),
+                    malformed: None,
                 },
                 ToolCall {
                     id: "c2".into(),
                     name: "shell".into(),
                     arguments: json!({"command": ["python3", "hello.py"]}),
+                    malformed: None,
                 },
             ],
         },
