@@ -38,7 +38,7 @@ pub enum OnExit {
     Exit,
 }
 
-/// Command line of the agent (also `luminaguard agent`).
+/// Command line of the agent (also the hidden `luminaguard guest-agent`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
     /// Where to listen: unix:PATH, fd:N (an inherited socket) or vsock:PORT. Repeatable.
@@ -264,7 +264,7 @@ pub fn init_tracing(default: &str) {
         .try_init();
 }
 
-/// Entry point shared by `luminaguard-agent` and `luminaguard agent`: runs, then exits or powers
+/// Entry point shared by `luminaguard-agent` and `luminaguard guest-agent`: runs, then exits or powers
 /// off. Never returns as PID 1 (PID 1 returning would panic the kernel).
 pub fn main_with(args: AgentArgs) -> std::process::ExitCode {
     main_inner(args, None)

@@ -89,8 +89,9 @@ enum Command {
     /// LuminaGuard as an MCP server: `mcp serve` (stdio) gives any MCP host sandboxed tools.
     #[command(subcommand)]
     Mcp(mcp::McpCommand),
-    /// Run the guest agent (what runs inside every sandbox).
-    Agent(luminaguard_agent::AgentArgs),
+    /// Run the guest agent (what runs inside every sandbox; also the `luminaguard-agent` binary).
+    #[command(hide = true, name = "guest-agent")]
+    GuestAgent(luminaguard_agent::AgentArgs),
     /// First process of a process sandbox (started by `run`, not by hand).
     #[command(hide = true)]
     SandboxInit { config_json: String },
@@ -180,7 +181,7 @@ fn load_config_from(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Agent(args) => {
+        Command::GuestAgent(args) => {
             luminaguard_agent::init_tracing("info");
             return luminaguard_agent::main_with(args);
         }
@@ -307,7 +308,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Agent(_) | Command::SandboxInit { .. } | Command::DnsResolver { .. } => {
+        Command::GuestAgent(_) | Command::SandboxInit { .. } | Command::DnsResolver { .. } => {
             unreachable_agent()
         }
     }
@@ -333,7 +334,7 @@ fn with_runtime<T>(job: impl Future<Output = anyhow::Result<T>>) -> anyhow::Resu
     code
 }
 
-/// `agent` is dispatched before configuration is loaded (it runs inside sandboxes, where host
+/// `guest-agent` is dispatched before configuration is loaded (it runs inside sandboxes, where host
 /// configuration does not apply).
 fn unreachable_agent() -> anyhow::Result<ExitCode> {
     anyhow::bail!("internal error: agent command reached the host dispatcher")

@@ -1,5 +1,5 @@
 //! The `luminaguard` binary end to end: version, config layering, and `debug` against a real agent
-//! started as `luminaguard agent`.
+//! started as `luminaguard guest-agent`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -33,7 +33,7 @@ impl Drop for AgentProc {
 /// Starts an agent; `debug` waits for its socket by itself.
 fn start_agent(sock: &Path) -> AgentProc {
     let child = Command::new(BIN)
-        .args(["agent", "--on-exit=exit", "--listen"])
+        .args(["guest-agent", "--on-exit=exit", "--listen"])
         .arg(format!("unix:{}", sock.display()))
         .env("RUST_LOG", "warn")
         .spawn()

@@ -26,11 +26,12 @@
 //! stdout is the MCP channel on stdio; over HTTP nothing is written to it. Logs go to stderr.
 
 mod approve;
-mod bounded;
+pub mod bounded;
 mod flight;
 pub mod gateway;
 pub mod hosts;
 pub mod http;
+pub mod ops;
 mod server;
 mod stdio;
 pub mod tools;

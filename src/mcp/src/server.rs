@@ -23,11 +23,12 @@ use serde::de::DeserializeOwned;
 use crate::approve::{self, Shared};
 use crate::bounded::Bounded;
 use crate::flight::{Asking, Cancelled, Flight, Step, Track, Watch};
+use crate::ops::{
+    approvals_line, delete_argv, in_sandbox, list_argv, parse_listing, render_command,
+    render_listing,
+};
 use crate::tools::{self, *};
 use crate::{ServeError, Settings};
-
-/// Entries `list_files` returns at most.
-const MAX_ENTRIES: usize = 10_000;
 
 /// The MCP server of one session: what rmcp serves, one per MCP session (on stdio, the one
 /// session; over HTTP, made by the session factory for each `initialize`). Its `Session` is
@@ -702,19 +703,8 @@ impl Session {
     async fn list_files(&self, a: ListFiles, track: &Track) -> Outcome<(Listing, String)> {
         let id = self.sandbox(a.sandbox_id.as_deref()).await?;
         let path = in_sandbox(a.path.as_deref().unwrap_or("/workspace"));
-        // find prints each entry as "kind size mode name" ending in a NUL byte: a name may hold
-        // any byte but NUL and '/'.
         let opts = ExecOptions {
-            argv: vec![
-                "find".into(),
-                path.clone(),
-                "-mindepth".into(),
-                "1".into(),
-                "-maxdepth".into(),
-                "1".into(),
-                "-printf".into(),
-                "%y %s %m %f\\0".into(),
-            ],
+            argv: list_argv(&path),
             ..ExecOptions::default()
         };
         // Each entry is short: the limit bounds the listing's memory as well.
@@ -726,45 +716,8 @@ impl Session {
                 err.text().trim()
             )));
         }
-        let raw = out.text();
-        let mut entries: Vec<Entry> = raw
-            .split('\0')
-            .filter_map(|line| {
-                let mut parts = line.splitn(4, ' ');
-                let (kind, size, mode, name) =
-                    (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-                Some(Entry {
-                    name: name.to_owned(),
-                    kind: match kind {
-                        "f" => "file",
-                        "d" => "dir",
-                        "l" => "symlink",
-                        _ => "other",
-                    }
-                    .to_owned(),
-                    size: size.parse().unwrap_or(0),
-                    mode: mode.to_owned(),
-                })
-            })
-            .collect();
-        let truncated = out.truncated() || entries.len() > MAX_ENTRIES;
-        if truncated {
-            // The entry cut by the marker is not listed.
-            entries.retain(|e| !e.name.contains("[... "));
-        }
-        entries.truncate(MAX_ENTRIES);
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut text = entries
-            .iter()
-            .map(|e| format!("{:<7} {:>5} {:>10}  {}", e.kind, e.mode, e.size, e.name))
-            .collect::<Vec<_>>()
-            .join("\n");
-        if entries.is_empty() {
-            text = format!("{path} is empty");
-        }
-        if truncated {
-            text.push_str("\n(more entries than listed)");
-        }
+        let (entries, truncated) = parse_listing(&out.text(), out.truncated());
+        let text = render_listing(&path, &entries, truncated);
         Ok((
             Listing {
                 path,
@@ -842,15 +795,6 @@ impl Session {
     }
 }
 
-/// A path as the sandbox sees it: relative ones are under /workspace.
-fn in_sandbox(path: &str) -> String {
-    if path.starts_with('/') {
-        path.to_owned()
-    } else {
-        format!("/workspace/{path}")
-    }
-}
-
 /// An MCP session as the audit log names it: `mcp-` and 8 random hex digits, and the client.
 fn session_name(client: &str, version: &str) -> String {
     let clean = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).take(64).collect() };
@@ -867,61 +811,10 @@ fn session_id() -> String {
     format!("mcp-{id}")
 }
 
-/// The command a delete of `path` is sent as.
-fn delete_argv(path: &str) -> Vec<String> {
-    vec!["rm".to_owned(), "--".to_owned(), path.to_owned()]
-}
-
 /// A failure, with the approvals the call met on the way.
 fn with_approvals(mut fail: Fail, approvals: &[String]) -> Fail {
     fail.0.push_str(&approvals_line(approvals));
     fail
-}
-
-fn approvals_line(approvals: &[String]) -> String {
-    if approvals.is_empty() {
-        String::new()
-    } else {
-        format!("\napprovals: {}", approvals.join("; "))
-    }
-}
-
-fn render_command(r: &CommandResult, report: &ExitReport) -> String {
-    let mut t = String::new();
-    match (r.exit_code, r.signal) {
-        (Some(c), _) => t.push_str(&format!("exit code {c}")),
-        (None, Some(s)) => t.push_str(&format!("killed by signal {s}")),
-        (None, None) => t.push_str("no exit status"),
-    }
-    if r.timed_out {
-        t.push_str(" (timed out)");
-    }
-    if report.oom_killed {
-        t.push_str(" (out of memory)");
-    }
-    if let Some(e) = &report.error {
-        t.push_str(&format!(": {e}"));
-    }
-    t.push_str(&format!(" in {} ms", r.duration_ms));
-    if !report.seccomp_denied.is_empty() {
-        let calls: Vec<String> = report
-            .seccomp_denied
-            .iter()
-            .map(|(c, n)| format!("{c} ×{n}"))
-            .collect();
-        t.push_str(&format!("; system calls refused: {}", calls.join(", ")));
-    }
-    if !r.stdout.is_empty() {
-        t.push_str(&format!("\n--- stdout ---\n{}", r.stdout));
-    }
-    if !r.stderr.is_empty() {
-        t.push_str(&format!("\n--- stderr ---\n{}", r.stderr));
-    }
-    if r.truncated {
-        t.push_str("\n(output truncated: the middle was dropped)");
-    }
-    t.push_str(&approvals_line(&r.approvals));
-    t
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -1556,12 +1449,6 @@ mod tests {
         ] {
             assert_eq!(base64(raw), b64);
         }
-    }
-
-    #[test]
-    fn relative_paths_are_in_the_workspace() {
-        assert_eq!(in_sandbox("a/b"), "/workspace/a/b");
-        assert_eq!(in_sandbox("/etc/x"), "/etc/x");
     }
 
     #[test]
