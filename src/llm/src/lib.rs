@@ -30,3 +30,25 @@ pub fn decoder(provider: Provider) -> Box<dyn StreamDecoder + Send> {
         Provider::Ollama => Box::new(ollama::Decoder::default()),
     }
 }
+
+/// The body of a request to `provider` for `model`: its typed request, serialized.
+pub fn request_body(
+    provider: Provider,
+    model: &str,
+    messages: &[Message],
+    tools: &[ToolSpec],
+    max_tokens: u32,
+    stream: bool,
+) -> Result<Vec<u8>, serde_json::Error> {
+    match provider {
+        Provider::OpenAi => {
+            serde_json::to_vec(&openai::request(model, messages, tools, max_tokens, stream))
+        }
+        Provider::Anthropic => serde_json::to_vec(&anthropic::request(
+            model, messages, tools, max_tokens, stream,
+        )),
+        Provider::Ollama => {
+            serde_json::to_vec(&ollama::request(model, messages, tools, max_tokens, stream))
+        }
+    }
+}

@@ -2,9 +2,68 @@
 //! commands that list and delete, and the text a model reads of a command's end. Shared by the
 //! MCP server's tools and the agent loop's, so that both speak of a sandbox the same way.
 
-use luminaguard_service::ExitReport;
+use luminaguard_core::SandboxId;
+use luminaguard_front::{Front, FrontError};
+use luminaguard_service::{ExecOptions, ExecOutput, ExitReport};
 
+use crate::bounded::Bounded;
 use crate::tools::{CommandResult, Entry};
+
+/// Runs `opts` in sandbox `id` (feeding it `stdin`, then closing it), keeping at most `limit`
+/// bytes of each of stdout and stderr (head and tail); `seen` is told the size of each piece
+/// of output as it arrives.
+pub async fn run_bounded(
+    front: &Front,
+    id: &SandboxId,
+    mut opts: ExecOptions,
+    stdin: Option<Vec<u8>>,
+    limit: usize,
+    seen: &(dyn Fn(usize) + Sync),
+) -> Result<(ExitReport, Bounded, Bounded), FrontError> {
+    opts.stdin = stdin.is_some();
+    let mut stdin = stdin;
+    let mut exec = front.exec(id, opts).await?;
+    let (mut out, mut err) = (Bounded::new(limit), Bounded::new(limit));
+    loop {
+        match exec.next().await? {
+            Some(ExecOutput::Started { .. }) => {
+                if let Some(data) = stdin.take() {
+                    exec.write_stdin(&data).await?;
+                    exec.close_stdin().await?;
+                }
+            }
+            Some(ExecOutput::Stdout(b)) => {
+                seen(b.len());
+                out.push(&b);
+            }
+            Some(ExecOutput::Stderr(b)) => {
+                seen(b.len());
+                err.push(&b);
+            }
+            Some(ExecOutput::Exit(report)) => return Ok((report, out, err)),
+            None => {
+                return Err(FrontError::Protocol(
+                    "the command's output ended without its exit status".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// A front's error as a tool's failure says it: its code first, then the whole chain
+/// ("forbidden: starting the sandbox: denied by policy: …").
+pub fn error_text(e: &FrontError) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    match e.code() {
+        Some(code) => format!("{code}: {text}"),
+        None => text,
+    }
+}
 
 /// The most entries a listing gives.
 pub const MAX_ENTRIES: usize = 10_000;

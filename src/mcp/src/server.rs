@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use luminaguard_core::SandboxId;
 use luminaguard_front::{Front, FrontError, Held};
-use luminaguard_service::{ExecOptions, ExecOutput, ExitReport};
+use luminaguard_service::{ExecOptions, ExitReport};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
     GetPromptResponse, Implementation, InitializeRequestParams, InitializeResult, InputRequests,
@@ -25,7 +25,7 @@ use crate::bounded::Bounded;
 use crate::flight::{Asking, Cancelled, Flight, Step, Track, Watch};
 use crate::ops::{
     approvals_line, delete_argv, in_sandbox, list_argv, parse_listing, render_command,
-    render_listing,
+    render_listing, run_bounded,
 };
 use crate::tools::{self, *};
 use crate::{ServeError, Settings};
@@ -341,26 +341,11 @@ struct Fail(String);
 
 impl From<FrontError> for Fail {
     fn from(e: FrontError) -> Self {
-        // The whole chain: "starting the sandbox: denied by policy: …".
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            text.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        Self(match e.code() {
-            Some(code) => format!("{code}: {text}"),
-            None => text,
-        })
+        Self(crate::ops::error_text(&e))
     }
 }
 
 type Outcome<T> = Result<T, Fail>;
-
-/// A front's error as a tool's failure says it (the whole chain, its code first).
-pub(crate) fn fail_text(e: FrontError) -> String {
-    Fail::from(e).0
-}
 
 pub(crate) async fn serve_stdio(front: Front, settings: Settings) -> Result<(), ServeError> {
     let hub = Hub::new(front, settings);
@@ -528,39 +513,18 @@ impl Session {
         stdin: Option<Vec<u8>>,
         track: &Track,
     ) -> Outcome<(ExitReport, Bounded, Bounded, Vec<String>)> {
-        let limit = self.settings.output_limit;
-        let call = async {
-            let mut opts = opts;
-            opts.stdin = stdin.is_some();
-            let mut stdin = stdin;
-            let mut exec = self.front.exec(id, opts).await?;
-            let (mut out, mut err) = (Bounded::new(limit), Bounded::new(limit));
-            loop {
-                match exec.next().await? {
-                    Some(ExecOutput::Started { .. }) => {
-                        if let Some(data) = stdin.take() {
-                            exec.write_stdin(&data).await?;
-                            exec.close_stdin().await?;
-                        }
-                    }
-                    Some(ExecOutput::Stdout(b)) => {
-                        track.output.fetch_add(b.len() as u64, Ordering::Relaxed);
-                        out.push(&b);
-                    }
-                    Some(ExecOutput::Stderr(b)) => {
-                        track.output.fetch_add(b.len() as u64, Ordering::Relaxed);
-                        err.push(&b);
-                    }
-                    Some(ExecOutput::Exit(report)) => return Ok((report, out, err)),
-                    None => {
-                        return Err(FrontError::Protocol(
-                            "the command's output ended without its exit status".into(),
-                        ));
-                    }
-                }
-            }
+        let seen = |n: usize| {
+            track.output.fetch_add(n as u64, Ordering::Relaxed);
         };
-        let done = call.await;
+        let done = run_bounded(
+            &self.front,
+            id,
+            opts,
+            stdin,
+            self.settings.output_limit,
+            &seen,
+        )
+        .await;
         let approvals = self.met(track).await;
         match done {
             Ok((report, out, err)) => Ok((report, out, err, approvals)),

@@ -727,7 +727,7 @@ where
     let cleared = front
         .judge_tool_call(d.sandbox(), &call)
         .await
-        .map_err(|e| Refusal::Refused(crate::server::fail_text(e)))?;
+        .map_err(|e| Refusal::Refused(crate::ops::error_text(&e)))?;
     let started = Instant::now();
     let answered = send(arguments).await;
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
