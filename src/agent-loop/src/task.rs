@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use luminaguard_llm::{Message, StopReason, ToolSpec, Usage};
+use luminaguard_llm::{Message, StopReason, ToolSpec, Turn, Usage};
 
 use crate::client::{Client, Progress};
 use crate::tools::Toolbox;
@@ -47,45 +47,175 @@ pub trait Observer: Send {
     fn entry(&mut self, entry: &Entry);
 }
 
-/// Runs `task` to its end, writing its transcript to `writer`; the summary it ends with.
-///
-/// A transcript that cannot be written stops the task (nothing runs unrecorded).
-pub async fn run(
-    client: &Client,
-    tools: &Toolbox,
-    specs: &[ToolSpec],
-    task: &str,
+/// How a request of the person ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// The model answered without calling a tool: its answer.
+    Answered(String),
+    /// A bound or an error ended the task.
+    Stopped(Status, String),
+}
+
+/// One task in progress: the conversation, its counts, its transcript.
+pub struct Agent<'a> {
+    client: &'a Client,
+    tools: &'a Toolbox,
+    specs: &'a [ToolSpec],
     limits: Limits,
-    writer: &mut Writer,
-    observer: &mut dyn Observer,
-) -> Result<Summary, TranscriptError> {
-    let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + limits.wall;
-    let mut messages = vec![Message::system(SYSTEM_PROMPT), Message::user(task)];
-    let entry = Entry::Started {
-        at_ms: now_ms(),
-        task: task.to_owned(),
-        system: SYSTEM_PROMPT.to_owned(),
-        provider: client.config().provider.to_string(),
-        model: client.config().model.clone(),
-        endpoint: client.url().to_owned(),
-        sandbox: tools.sandbox().to_string(),
-        tools: specs.iter().map(|s| s.name.clone()).collect(),
-    };
-    record(writer, observer, entry).await?;
-    let mut usage = Usage::default();
-    let mut step = 0;
-    let (status, message) = loop {
-        if step >= limits.max_steps {
-            break (
-                Status::MaxSteps,
-                format!("stopped after {step} steps (--max-steps)"),
-            );
+    writer: &'a mut Writer,
+    observer: &'a mut dyn Observer,
+    messages: Vec<Message>,
+    usage: Usage,
+    steps: u32,
+    started: Instant,
+    deadline: tokio::time::Instant,
+}
+
+impl std::fmt::Debug for Agent<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("sandbox", self.tools.sandbox())
+            .field("steps", &self.steps)
+            .field("usage", &self.usage)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Agent<'a> {
+    /// Begins a task: its `Started` entry is written (the task itself is sent by [`Agent::say`]).
+    pub async fn start(
+        client: &'a Client,
+        tools: &'a Toolbox,
+        specs: &'a [ToolSpec],
+        limits: Limits,
+        writer: &'a mut Writer,
+        observer: &'a mut dyn Observer,
+    ) -> Result<Self, TranscriptError> {
+        let mut agent = Self {
+            client,
+            tools,
+            specs,
+            limits,
+            writer,
+            observer,
+            messages: vec![Message::system(SYSTEM_PROMPT)],
+            usage: Usage::default(),
+            steps: 0,
+            started: Instant::now(),
+            deadline: tokio::time::Instant::now() + limits.wall,
+        };
+        let entry = Entry::Started {
+            at_ms: now_ms(),
+            task: agent.writer.summary().task.clone(),
+            system: SYSTEM_PROMPT.to_owned(),
+            provider: client.config().provider.to_string(),
+            model: client.config().model.clone(),
+            endpoint: client.url().to_owned(),
+            sandbox: tools.sandbox().to_string(),
+            tools: specs.iter().map(|s| s.name.clone()).collect(),
+        };
+        agent.record(entry).await?;
+        Ok(agent)
+    }
+
+    /// Sends the person's `text` and runs the model's tool calls until it answers without
+    /// one, or a bound stops the task.
+    pub async fn say(&mut self, text: &str) -> Result<Reply, TranscriptError> {
+        // The first request is the task, on the `Started` entry already.
+        if self
+            .messages
+            .iter()
+            .any(|m| matches!(m, Message::User { .. }))
+        {
+            self.record(Entry::User {
+                text: text.to_owned(),
+            })
+            .await?;
         }
-        step += 1;
+        self.messages.push(Message::user(text));
+        loop {
+            if let Some(stop) = self.bounds_reached() {
+                return Ok(stop);
+            }
+            self.steps += 1;
+            let step = self.steps;
+            let turn = match self.ask_model(step).await? {
+                Ok(turn) => turn,
+                Err(stop) => return Ok(stop),
+            };
+            if turn.tool_calls.is_empty() {
+                return Ok(Reply::Answered(match turn.stop_reason {
+                    StopReason::MaxTokens => format!(
+                        "{}\n(the answer was cut at the per-answer token cap)",
+                        turn.text
+                    ),
+                    _ => turn.text,
+                }));
+            }
+            for call in &turn.tool_calls {
+                let Ok(outcome) =
+                    tokio::time::timeout_at(self.deadline, self.tools.call(call)).await
+                else {
+                    return Ok(self.out_of_time());
+                };
+                let entry = Entry::ToolResult {
+                    step,
+                    call_id: call.id.clone(),
+                    tool: call.name.clone(),
+                    decision: outcome.decision,
+                    is_error: outcome.is_error,
+                    content: outcome.content.clone(),
+                    approval: outcome.approval,
+                    asked: outcome.asked,
+                    duration_ms: outcome.duration.as_millis() as u64,
+                };
+                self.record(entry).await?;
+                self.messages.push(Message::ToolResult {
+                    call_id: call.id.clone(),
+                    content: outcome.content,
+                    is_error: outcome.is_error,
+                });
+            }
+        }
+    }
+
+    /// A stop for the first bound reached, if one is.
+    fn bounds_reached(&self) -> Option<Reply> {
+        let used = self.usage.input_tokens + self.usage.output_tokens;
+        if self.steps >= self.limits.max_steps {
+            Some(Reply::Stopped(
+                Status::MaxSteps,
+                format!("stopped after {} steps (--max-steps)", self.steps),
+            ))
+        } else if used >= self.limits.max_tokens {
+            Some(Reply::Stopped(
+                Status::MaxTokens,
+                format!(
+                    "stopped after {used} tokens, over the budget of {} (--max-tokens)",
+                    self.limits.max_tokens
+                ),
+            ))
+        } else {
+            None
+        }
+    }
+
+    fn out_of_time(&self) -> Reply {
+        Reply::Stopped(
+            Status::WallTime,
+            format!(
+                "stopped after {}s of wall time (--wall-time)",
+                self.limits.wall.as_secs()
+            ),
+        )
+    }
+
+    /// One model call, its retries and answer recorded; `Err` when the task must stop.
+    async fn ask_model(&mut self, step: u32) -> Result<Result<Turn, Reply>, TranscriptError> {
         let asked = Instant::now();
         let mut retries = Vec::new();
         let answer = {
+            let observer = &mut *self.observer;
             let mut progress = |p: Progress| match p {
                 Progress::Text(t) => observer.text(&t),
                 Progress::Retrying {
@@ -105,18 +235,27 @@ pub async fn run(
                     retries.push(entry);
                 }
             };
-            tokio::time::timeout_at(deadline, client.turn(&messages, specs, &mut progress)).await
+            tokio::time::timeout_at(
+                self.deadline,
+                self.client.turn(&self.messages, self.specs, &mut progress),
+            )
+            .await
         };
         for entry in &retries {
-            writer.append(entry).await?;
+            self.writer.append(entry).await?;
         }
         let turn = match answer {
-            Err(_) => break (Status::WallTime, wall_message(limits.wall)),
-            Ok(Err(e)) => break (Status::ModelError, format!("{}: {e}", e.code())),
+            Err(_) => return Ok(Err(self.out_of_time())),
+            Ok(Err(e)) => {
+                return Ok(Err(Reply::Stopped(
+                    Status::ModelError,
+                    format!("{}: {e}", e.code()),
+                )));
+            }
             Ok(Ok(turn)) => turn,
         };
-        usage.input_tokens += turn.usage.input_tokens;
-        usage.output_tokens += turn.usage.output_tokens;
+        self.usage.input_tokens += turn.usage.input_tokens;
+        self.usage.output_tokens += turn.usage.output_tokens;
         let entry = Entry::Turn {
             step,
             text: turn.text.clone(),
@@ -125,87 +264,56 @@ pub async fn run(
             usage: turn.usage,
             duration_ms: asked.elapsed().as_millis() as u64,
         };
-        record(writer, observer, entry).await?;
-        messages.push(turn.to_message());
-        if turn.tool_calls.is_empty() {
-            let message = match turn.stop_reason {
-                StopReason::MaxTokens => format!(
-                    "the answer was cut at the per-answer token cap: {}",
-                    turn.text
-                ),
-                _ => turn.text,
-            };
-            break (Status::Done, message);
-        }
-        let mut out_of_time = false;
-        for call in &turn.tool_calls {
-            let outcome = match tokio::time::timeout_at(deadline, tools.call(call)).await {
-                Ok(o) => o,
-                Err(_) => {
-                    out_of_time = true;
-                    break;
-                }
-            };
-            let entry = Entry::ToolResult {
-                step,
-                call_id: call.id.clone(),
-                tool: call.name.clone(),
-                decision: outcome.decision,
-                is_error: outcome.is_error,
-                content: outcome.content.clone(),
-                approval: outcome.approval,
-                duration_ms: outcome.duration.as_millis() as u64,
-            };
-            record(writer, observer, entry).await?;
-            messages.push(Message::ToolResult {
-                call_id: call.id.clone(),
-                content: outcome.content,
-                is_error: outcome.is_error,
-            });
-        }
-        if out_of_time {
-            break (Status::WallTime, wall_message(limits.wall));
-        }
-        let used = usage.input_tokens + usage.output_tokens;
-        if used >= limits.max_tokens {
-            break (
-                Status::MaxTokens,
-                format!(
-                    "stopped after {used} tokens, over the budget of {} (--max-tokens)",
-                    limits.max_tokens
-                ),
-            );
-        }
-    };
-    let entry = Entry::Finished {
-        status,
-        message: message.clone(),
-        steps: step,
-        usage,
-        duration_ms: started.elapsed().as_millis() as u64,
-    };
-    record(writer, observer, entry).await?;
-    writer.sync().await?;
-    let summary = writer.summary_mut();
-    summary.status = status;
-    summary.message = message;
-    summary.steps = step;
-    summary.usage = usage;
-    summary.ended_ms = Some(now_ms());
-    writer.save_summary().await?;
-    Ok(writer.summary().clone())
+        self.record(entry).await?;
+        self.messages.push(turn.to_message());
+        Ok(Ok(turn))
+    }
+
+    /// Ends the task: its `Finished` entry and summary written.
+    pub async fn finish(self, status: Status, message: String) -> Result<Summary, TranscriptError> {
+        let entry = Entry::Finished {
+            status,
+            message: message.clone(),
+            steps: self.steps,
+            usage: self.usage,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+        };
+        self.writer.append(&entry).await?;
+        self.observer.entry(&entry);
+        self.writer.sync().await?;
+        let summary = self.writer.summary_mut();
+        summary.status = status;
+        summary.message = message;
+        summary.steps = self.steps;
+        summary.usage = self.usage;
+        summary.ended_ms = Some(now_ms());
+        self.writer.save_summary().await?;
+        Ok(self.writer.summary().clone())
+    }
+
+    async fn record(&mut self, entry: Entry) -> Result<(), TranscriptError> {
+        self.writer.append(&entry).await?;
+        self.observer.entry(&entry);
+        Ok(())
+    }
 }
 
-fn wall_message(wall: Duration) -> String {
-    format!("stopped after {}s of wall time (--timeout)", wall.as_secs())
-}
-
-async fn record(
+/// Runs `task` to its end, writing its transcript to `writer`; the summary it ends with.
+///
+/// A transcript that cannot be written stops the task (nothing runs unrecorded).
+pub async fn run(
+    client: &Client,
+    tools: &Toolbox,
+    specs: &[ToolSpec],
+    task: &str,
+    limits: Limits,
     writer: &mut Writer,
     observer: &mut dyn Observer,
-    entry: Entry,
-) -> Result<(), TranscriptError> {
-    writer.append(&entry).await?;
-    observer.entry(&entry);
-    Ok(())
+) -> Result<Summary, TranscriptError> {
+    let mut agent = Agent::start(client, tools, specs, limits, writer, observer).await?;
+    let (status, message) = match agent.say(task).await? {
+        Reply::Answered(text) => (Status::Done, text),
+        Reply::Stopped(status, message) => (status, message),
+    };
+    agent.finish(status, message).await
 }

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use luminaguard_api::types::ApprovalView;
 use luminaguard_core::SandboxId;
 use luminaguard_front::{Front, FrontError};
 use luminaguard_llm::{ToolCall, ToolSpec};
@@ -137,6 +138,8 @@ pub struct Outcome {
     pub decision: Decision,
     /// The Diff Card a person approved it under, when asked (writes).
     pub approval: Option<String>,
+    /// Approvals the call waited on (through the daemon, where they are seen waiting).
+    pub asked: Vec<String>,
     pub duration: Duration,
 }
 
@@ -167,7 +170,11 @@ pub struct Toolbox {
     front: Front,
     sandbox: SandboxId,
     limits: ToolLimits,
+    pending: Option<tokio::sync::mpsc::UnboundedSender<ApprovalView>>,
 }
+
+/// How often a call through the daemon looks for approvals it waits on.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
 
 type Result<T> = std::result::Result<T, (String, Decision)>;
 
@@ -210,6 +217,7 @@ impl Toolbox {
             front,
             sandbox,
             limits,
+            pending: None,
         }
     }
 
@@ -217,20 +225,44 @@ impl Toolbox {
         &self.sandbox
     }
 
+    /// Approvals a call waits on are sent to `to` as they are seen (through the daemon: the
+    /// person may answer here, or with `luminaguard approvals` and the console). In-process
+    /// the service asks at the terminal itself, or refuses when there is none.
+    pub fn report_pending(&mut self, to: tokio::sync::mpsc::UnboundedSender<ApprovalView>) {
+        self.pending = Some(to);
+    }
+
+    /// Runs `work`, meanwhile looking for approvals on this sandbox it waits on.
+    async fn watched<T>(&self, work: impl std::future::Future<Output = T>) -> (T, Vec<String>) {
+        if !self.front.answerable_elsewhere() {
+            return (work.await, Vec::new());
+        }
+        let mut seen = Vec::<String>::new();
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return (out, seen),
+                () = tokio::time::sleep(WATCH_EVERY) => {}
+            }
+            let Ok(list) = self.front.approvals().await else {
+                continue;
+            };
+            for a in list {
+                let ours = a.state == "pending" && a.card.sandbox == self.sandbox.as_str();
+                if ours && !seen.contains(&a.id) {
+                    seen.push(a.id.clone());
+                    if let Some(to) = &self.pending {
+                        let _ = to.send(a);
+                    }
+                }
+            }
+        }
+    }
+
     /// Runs `call`; whatever happens, the model gets a result to read.
     pub async fn call(&self, call: &ToolCall) -> Outcome {
         let started = Instant::now();
-        let done = match call.name.as_str() {
-            SHELL => self.shell(args(call)).await.map(|t| (t, None)),
-            READ_FILE => self.read_file(args(call)).await.map(|t| (t, None)),
-            WRITE_FILE => self.write_file(args(call)).await,
-            EDIT_FILE => self.edit_file(args(call)).await,
-            LIST_FILES => self.list_files(args(call)).await.map(|t| (t, None)),
-            other => Err(invalid(format!(
-                "there is no tool {other:?}; the tools are {SHELL}, {READ_FILE}, {WRITE_FILE}, \
-                 {EDIT_FILE} and {LIST_FILES}"
-            ))),
-        };
+        let (done, asked) = self.watched(self.dispatch(call)).await;
         let (content, is_error, decision, approval) = match done {
             Ok((text, approval)) => (text, false, Decision::Allowed, approval),
             Err((text, decision)) => (text, true, decision, None),
@@ -240,7 +272,22 @@ impl Toolbox {
             is_error,
             decision,
             approval,
+            asked,
             duration: started.elapsed(),
+        }
+    }
+
+    async fn dispatch(&self, call: &ToolCall) -> Result<(String, Option<String>)> {
+        match call.name.as_str() {
+            SHELL => self.shell(args(call)).await.map(|t| (t, None)),
+            READ_FILE => self.read_file(args(call)).await.map(|t| (t, None)),
+            WRITE_FILE => self.write_file(args(call)).await,
+            EDIT_FILE => self.edit_file(args(call)).await,
+            LIST_FILES => self.list_files(args(call)).await.map(|t| (t, None)),
+            other => Err(invalid(format!(
+                "there is no tool {other:?}; the tools are {SHELL}, {READ_FILE}, {WRITE_FILE}, \
+                 {EDIT_FILE} and {LIST_FILES}"
+            ))),
         }
     }
 

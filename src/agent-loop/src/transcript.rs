@@ -149,6 +149,8 @@ pub enum Entry {
         sandbox: String,
         tools: Vec<String>,
     },
+    /// The person said more (a chat's later requests; the first is `Started`'s task).
+    User { text: String },
     /// The model answered.
     Turn {
         step: u32,
@@ -168,6 +170,9 @@ pub enum Entry {
         content: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         approval: Option<String>,
+        /// Approvals it waited on.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        asked: Vec<String>,
         duration_ms: u64,
     },
     /// A model call failed and was tried again.

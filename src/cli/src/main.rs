@@ -2,6 +2,7 @@
 
 #[macro_use]
 mod out;
+mod agent;
 mod approvals;
 mod auditlog;
 mod daemon;
@@ -89,6 +90,10 @@ enum Command {
     /// LuminaGuard as an MCP server: `mcp serve` (stdio) gives any MCP host sandboxed tools.
     #[command(subcommand)]
     Mcp(mcp::McpCommand),
+    /// An agent loop on a real LLM provider whose every tool call runs in a sandbox: run, chat,
+    /// ls, show.
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
     /// Run the guest agent (what runs inside every sandbox; also the `luminaguard-agent` binary).
     #[command(hide = true, name = "guest-agent")]
     GuestAgent(luminaguard_agent::AgentArgs),
@@ -265,6 +270,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Mcp(cmd) => with_runtime(Box::pin(mcp::run(cmd, config, &daemon))),
+        Command::Agent(cmd) => with_runtime(Box::pin(agent::run(cmd, config, &daemon))),
         Command::Debug(args) => with_runtime(debug::run(args, &config)),
         Command::Doctor(args) => with_runtime(doctor::run(args, &config)),
         Command::Run(mut args) => {

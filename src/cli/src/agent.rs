@@ -1,0 +1,687 @@
+//! `luminaguard agent`: the agent loop on a real LLM provider, every tool call in a sandbox
+//! (docs/agent.md). A thin front over `luminaguard-agent-loop`: it reads the flags, makes the
+//! task's sandbox through the front, shows the task as it runs, and renders transcripts.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use luminaguard_agent_loop::client::{default_base_url, key_variable};
+use luminaguard_agent_loop::task::{Agent, Reply};
+use luminaguard_agent_loop::tools::{Decision, ToolLimits, Toolbox};
+use luminaguard_agent_loop::transcript::now_ms;
+use luminaguard_agent_loop::{
+    ApiKey, Client, Entry, Limits, ModelConfig, Observer, Retry, Status, Store, Summary, TaskId,
+};
+use luminaguard_api::types::ApprovalView;
+use luminaguard_core::Config;
+use luminaguard_llm::Provider;
+use luminaguard_service::Answer;
+
+use crate::front::Front;
+use crate::run::SandboxArgs;
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Run a task to its end: a model proposes tool calls, each runs in the task's sandbox
+    /// under the policy (asked about at this terminal, or through the daemon's approvals).
+    Run(RunArgs),
+    /// Talk with the agent: each line you type is a request in one conversation, one sandbox.
+    Chat(TaskArgs),
+    /// The tasks run so far, newest first.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A task's transcript: its requests, the model's answers, each tool call with its
+    /// decision and result.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ProviderArg {
+    /// OpenAI-compatible chat completions (OpenAI, vLLM, llama.cpp's server, LM Studio, …).
+    Openai,
+    /// Anthropic Messages.
+    Anthropic,
+    /// Ollama's native chat API.
+    Ollama,
+}
+
+impl From<ProviderArg> for Provider {
+    fn from(p: ProviderArg) -> Self {
+        match p {
+            ProviderArg::Openai => Provider::OpenAi,
+            ProviderArg::Anthropic => Provider::Anthropic,
+            ProviderArg::Ollama => Provider::Ollama,
+        }
+    }
+}
+
+/// What a task runs on, and its bounds.
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    /// The provider's wire format.
+    #[arg(
+        long,
+        value_enum,
+        env = "LUMINAGUARD_AGENT_PROVIDER",
+        default_value = "openai"
+    )]
+    provider: ProviderArg,
+    /// The model's name, as the provider knows it.
+    #[arg(long, env = "LUMINAGUARD_AGENT_MODEL")]
+    model: String,
+    /// The API's base URL (default: the provider's; `http://127.0.0.1:8000/v1` for a local
+    /// OpenAI-compatible server). The key is read from OPENAI_API_KEY, ANTHROPIC_API_KEY or
+    /// OLLAMA_API_KEY, never from a flag.
+    #[arg(long, env = "LUMINAGUARD_AGENT_BASE_URL", value_name = "URL")]
+    base_url: Option<String>,
+    /// Model answers at most.
+    #[arg(long, default_value_t = 50)]
+    max_steps: u32,
+    /// Tokens at most over the whole task, prompts and answers summed (as providers bill).
+    #[arg(long, default_value_t = 2_000_000)]
+    max_tokens: u64,
+    /// Tokens at most in one answer.
+    #[arg(long, default_value_t = 4096)]
+    max_output_tokens: u32,
+    /// The whole task's time.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    wall_time: Duration,
+    /// The most of one tool result the model is sent (its head and tail, the cut marked).
+    #[arg(long, default_value_t = 16 << 10, value_name = "BYTES")]
+    tool_output: usize,
+    /// Model calls tried at most (429s and 5xx are retried with backoff).
+    #[arg(long, default_value_t = 5, hide = true)]
+    retries: u32,
+    /// The first retry's wait (each next doubles; `retry-after` wins when given).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, hide = true)]
+    retry_base: Duration,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    task_args: TaskArgs,
+    /// Each transcript entry as a JSON line on stdout (the model's text too, as `text`).
+    #[arg(long)]
+    json: bool,
+    /// What to do.
+    task: String,
+}
+
+/// Exit status of a task a bound stopped (steps, tokens, time).
+const STOPPED: u8 = 3;
+
+pub async fn run(
+    cmd: AgentCommand,
+    config: Config,
+    choice: &crate::front::Choice,
+) -> anyhow::Result<ExitCode> {
+    let store = Store::for_config(&config);
+    match cmd {
+        AgentCommand::Ls { json } => list(&store, json).await,
+        AgentCommand::Show { id, json } => show(&store, &id, json).await,
+        AgentCommand::Run(args) => {
+            let front = crate::front(config, choice).await?;
+            let result = async {
+                let mut task = Task::begin(
+                    &args.task_args,
+                    front.clone(),
+                    &store,
+                    &args.task,
+                    args.json,
+                )
+                .await?;
+                let reply = task.say(&args.task).await;
+                task.end(reply).await
+            }
+            .await;
+            front.finish().await;
+            result
+        }
+        AgentCommand::Chat(args) => {
+            let front = crate::front(config, choice).await?;
+            let result = chat(&args, front.clone(), &store).await;
+            front.finish().await;
+            result
+        }
+    }
+}
+
+/// A task being run here: its client, sandbox and transcript.
+struct Task {
+    client: Client,
+    tools: Toolbox,
+    specs: Vec<luminaguard_llm::ToolSpec>,
+    limits: Limits,
+    writer: luminaguard_agent_loop::transcript::Writer,
+    display: Display,
+    front: Front,
+    held: Option<luminaguard_front::Held>,
+    asker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Task {
+    async fn begin(
+        a: &TaskArgs,
+        front: Front,
+        store: &Store,
+        title: &str,
+        json: bool,
+    ) -> anyhow::Result<Self> {
+        let provider = Provider::from(a.provider);
+        let base_url = a
+            .base_url
+            .clone()
+            .unwrap_or_else(|| default_base_url(provider).to_owned());
+        let api_key = std::env::var(key_variable(provider))
+            .ok()
+            .and_then(|k| ApiKey::new(&k));
+        if api_key.is_none() && a.base_url.is_none() && provider != Provider::Ollama {
+            anyhow::bail!(
+                "{provider} needs an API key: set {} (or give --base-url for a server that needs none)",
+                key_variable(provider)
+            );
+        }
+        let client = Client::new(
+            ModelConfig {
+                provider,
+                model: a.model.clone(),
+                base_url,
+                api_key,
+                max_tokens: a.max_output_tokens,
+            },
+            Retry {
+                attempts: a.retries.max(1),
+                base: a.retry_base,
+                ..Retry::default()
+            },
+        )?;
+        let id = TaskId::generate();
+        if let Some(service) = front.service() {
+            service.set_front_kind("agent");
+        }
+        // Every record made for this task names it.
+        let front = front.in_session(id.as_str());
+        let held = front
+            .hold(a.sandbox.options(None, false))
+            .await
+            .context("making the task's sandbox")?;
+        let writer = store
+            .create(Summary {
+                id: id.clone(),
+                task: title.to_owned(),
+                provider: provider.to_string(),
+                model: a.model.clone(),
+                sandbox: held.id().to_string(),
+                status: Status::Running,
+                message: String::new(),
+                steps: 0,
+                usage: Default::default(),
+                started_ms: now_ms(),
+                ended_ms: None,
+                pid: std::process::id(),
+            })
+            .await;
+        let writer = match writer {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = front.release(held).await;
+                return Err(e).context("starting the task's transcript");
+            }
+        };
+        let mut tools = Toolbox::new(
+            front.clone(),
+            held.id().clone(),
+            ToolLimits {
+                output: a.tool_output.max(256),
+                ..ToolLimits::default()
+            },
+        );
+        let asker = front.answerable_elsewhere().then(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tools.report_pending(tx);
+            tokio::spawn(ask_pending(front.clone(), rx))
+        });
+        Ok(Self {
+            client,
+            tools,
+            specs: luminaguard_agent_loop::tools::builtin(),
+            limits: Limits {
+                max_steps: a.max_steps,
+                max_tokens: a.max_tokens,
+                wall: a.wall_time,
+            },
+            writer,
+            display: Display::new(json, id),
+            front,
+            held: Some(held),
+            asker,
+        })
+    }
+
+    /// Runs the task from the start for one request (run), the whole conversation (chat).
+    async fn say(&mut self, text: &str) -> anyhow::Result<(Status, String)> {
+        let mut agent = Agent::start(
+            &self.client,
+            &self.tools,
+            &self.specs,
+            self.limits,
+            &mut self.writer,
+            &mut self.display,
+        )
+        .await?;
+        let reply = tokio::select! {
+            r = agent.say(text) => r?,
+            _ = tokio::signal::ctrl_c() => Reply::Stopped(Status::Interrupted, "interrupted (Ctrl-C)".into()),
+        };
+        let (status, message) = match reply {
+            Reply::Answered(t) => (Status::Done, t),
+            Reply::Stopped(s, m) => (s, m),
+        };
+        agent.finish(status, message.clone()).await?;
+        Ok((status, message))
+    }
+
+    /// Releases the sandbox; the exit status the task ended with.
+    async fn end(mut self, reply: anyhow::Result<(Status, String)>) -> anyhow::Result<ExitCode> {
+        if let Some(a) = self.asker.take() {
+            a.abort();
+        }
+        if let Some(held) = self.held.take() {
+            let id = held.id().clone();
+            if let Err(e) = self.front.release(held).await {
+                eprintln!("luminaguard: destroying the task's sandbox {id}: {e}");
+            }
+        }
+        let (status, _) = reply?;
+        Ok(match status {
+            Status::Done => ExitCode::SUCCESS,
+            Status::MaxSteps | Status::MaxTokens | Status::WallTime => ExitCode::from(STOPPED),
+            _ => ExitCode::from(1),
+        })
+    }
+}
+
+async fn chat(a: &TaskArgs, front: Front, store: &Store) -> anyhow::Result<ExitCode> {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let prompt = || eprint!("› ");
+    prompt();
+    let Some(first) = next_request(&mut lines).await? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let mut task = Task::begin(a, front, store, &first, false).await?;
+    let result = async {
+        let mut agent = Agent::start(
+            &task.client,
+            &task.tools,
+            &task.specs,
+            task.limits,
+            &mut task.writer,
+            &mut task.display,
+        )
+        .await?;
+        let mut request = first;
+        let (status, message) = loop {
+            let reply = tokio::select! {
+                r = agent.say(&request) => r?,
+                _ = tokio::signal::ctrl_c() => Reply::Stopped(Status::Interrupted, "interrupted (Ctrl-C)".into()),
+            };
+            if let Reply::Stopped(s, m) = reply {
+                break (s, m);
+            }
+            outln!("");
+            prompt();
+            match next_request(&mut lines).await? {
+                Some(next) => request = next,
+                None => break (Status::Done, "the person ended the chat".to_owned()),
+            }
+        };
+        agent.finish(status, message.clone()).await?;
+        Ok((status, message))
+    }
+    .await;
+    task.end(result).await
+}
+
+/// The next non-empty line (`None` at the end of input or `/exit`).
+async fn next_request(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::io::Stdin>>,
+) -> anyhow::Result<Option<String>> {
+    while let Some(line) = lines.next_line().await.context("reading your request")? {
+        let line = line.trim();
+        if line == "/exit" || line == "/quit" {
+            return Ok(None);
+        }
+        if !line.is_empty() {
+            return Ok(Some(line.to_owned()));
+        }
+    }
+    Ok(None)
+}
+
+/// Puts approvals a call waits on (through the daemon) to the person at this terminal, or
+/// says how to answer them when there is none.
+async fn ask_pending(front: Front, mut rx: tokio::sync::mpsc::UnboundedReceiver<ApprovalView>) {
+    let tty = std::io::stdin().is_terminal() || std::path::Path::new("/dev/tty").exists();
+    while let Some(a) = rx.recv().await {
+        eprintln!(
+            "\nluminaguard: approval {} waits for a person (`luminaguard approvals approve|deny {}`, or the console)",
+            a.id, a.id
+        );
+        if !tty {
+            continue;
+        }
+        let question = format!("{}Allow it? [y]es / [N]o ", a.card.text);
+        let asked = tokio::task::spawn_blocking(move || crate::tty::ask(&question)).await;
+        let answer = match asked {
+            Ok(crate::tty::Asked::Yes | crate::tty::Asked::Session | crate::tty::Asked::Always) => {
+                Answer::Approve
+            }
+            Ok(crate::tty::Asked::No) => Answer::Deny,
+            Ok(crate::tty::Asked::NoTerminal(_)) | Err(_) => continue,
+        };
+        if let Err(e) = front.answer(&a.id, answer, None, a.card.digest()).await {
+            // Answered elsewhere first, or expired: the call's result says how it ended.
+            tracing::info!(approval = %a.id, error = %e, "answering at the terminal");
+        }
+    }
+}
+
+/// The task as it runs, on stdout: the model's text as it streams, each tool call and result;
+/// or every entry as a JSON line.
+struct Display {
+    json: bool,
+    id: TaskId,
+    mid_line: bool,
+}
+
+impl Display {
+    fn new(json: bool, id: TaskId) -> Self {
+        Self {
+            json,
+            id,
+            mid_line: false,
+        }
+    }
+
+    fn end_line(&mut self) {
+        if self.mid_line {
+            outln!("");
+            self.mid_line = false;
+        }
+    }
+}
+
+impl Observer for Display {
+    fn text(&mut self, text: &str) {
+        if self.json {
+            outln!("{}", serde_json::json!({"type": "text", "text": text}));
+        } else {
+            out!("{text}");
+            self.mid_line = !text.ends_with('\n');
+        }
+    }
+
+    fn entry(&mut self, entry: &Entry) {
+        if self.json {
+            if let Ok(line) = serde_json::to_string(entry) {
+                outln!("{line}");
+            }
+            return;
+        }
+        match entry {
+            Entry::Started {
+                model,
+                endpoint,
+                sandbox,
+                ..
+            } => eprintln!(
+                "luminaguard: {} · {model} at {endpoint} · sandbox {sandbox}",
+                self.id
+            ),
+            Entry::Turn { tool_calls, .. } => {
+                self.end_line();
+                for call in tool_calls {
+                    outln!("▸ {} {}", call.name, call_summary(call));
+                }
+            }
+            Entry::ToolResult {
+                decision,
+                is_error,
+                content,
+                ..
+            } => {
+                let mark = match (decision, is_error) {
+                    (Decision::Refused, _) => "✗ refused",
+                    (Decision::Invalid, _) => "✗ invalid",
+                    (_, true) => "✗",
+                    (_, false) => "✓",
+                };
+                outln!("  {mark} {}", indent(&head(content, 12)));
+            }
+            Entry::Retry {
+                message,
+                wait_ms,
+                attempt,
+                ..
+            } => {
+                self.end_line();
+                eprintln!(
+                    "luminaguard: {message}; try {} in {:.1}s",
+                    attempt + 1,
+                    *wait_ms as f64 / 1000.0
+                );
+            }
+            Entry::Finished {
+                status,
+                message,
+                steps,
+                usage,
+                duration_ms,
+            } => {
+                self.end_line();
+                if *status != Status::Done {
+                    eprintln!("luminaguard: {message}");
+                }
+                eprintln!(
+                    "luminaguard: {} {} · {steps} steps · {} tokens · {:.1}s · luminaguard agent show {}",
+                    self.id,
+                    status.as_str(),
+                    usage.input_tokens + usage.output_tokens,
+                    *duration_ms as f64 / 1000.0,
+                    self.id
+                );
+            }
+            Entry::User { .. } => {}
+        }
+    }
+}
+
+/// A call's arguments in a line: the command, the path, else compact JSON.
+fn call_summary(call: &luminaguard_llm::ToolCall) -> String {
+    if let Some(why) = &call.malformed {
+        return format!("(arguments not JSON: {why})");
+    }
+    let a = &call.arguments;
+    let s = |k: &str| a.get(k).and_then(serde_json::Value::as_str);
+    let text = match (s("command"), s("path")) {
+        (Some(c), _) => c.to_owned(),
+        (None, Some(p)) => match s("content") {
+            Some(c) => format!("{p} ({} bytes)", c.len()),
+            None => p.to_owned(),
+        },
+        _ if a.as_object().is_some_and(serde_json::Map::is_empty) => "(no arguments)".to_owned(),
+        _ => a.to_string(),
+    };
+    let mut text: String = text.replace('\n', "⏎");
+    if text.chars().count() > 200 {
+        text = text.chars().take(200).collect::<String>() + "…";
+    }
+    text
+}
+
+fn head(text: &str, lines: usize) -> String {
+    let mut out: Vec<&str> = text.lines().take(lines).collect();
+    let total = text.lines().count();
+    let more = format!("… ({} more lines)", total.saturating_sub(lines));
+    if total > lines {
+        out.push(&more);
+        return out.join("\n");
+    }
+    out.join("\n")
+}
+
+fn indent(text: &str) -> String {
+    text.replace('\n', "\n    ")
+}
+
+async fn list(store: &Store, json: bool) -> anyhow::Result<ExitCode> {
+    let tasks = store.list().await?;
+    if json {
+        let rows: Vec<serde_json::Value> = tasks
+            .iter()
+            .map(|t| {
+                let mut v = serde_json::to_value(t).unwrap_or_default();
+                v["status"] = serde_json::json!(t.status_now().as_str());
+                v
+            })
+            .collect();
+        outln!("{}", serde_json::to_string(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if tasks.is_empty() {
+        eprintln!("luminaguard: no tasks yet (in {})", store.dir().display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!(
+        "{:<17}  {:<11}  {:>5}  {:>9}  {:<20}  TASK",
+        "ID",
+        "STATUS",
+        "STEPS",
+        "TOKENS",
+        "STARTED"
+    );
+    for t in tasks {
+        let started = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_millis(t.started_ms),
+        );
+        let title: String = t.task.replace('\n', " ").chars().take(60).collect();
+        outln!(
+            "{:<17}  {:<11}  {:>5}  {:>9}  {:<20}  {title}",
+            t.id,
+            t.status_now().as_str(),
+            t.steps,
+            t.usage.input_tokens + t.usage.output_tokens,
+            started
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let id = TaskId::try_from(id.to_owned())?;
+    let summary = store.summary(&id).await?;
+    let entries = store.entries(&id).await?;
+    if json {
+        let mut s = serde_json::to_value(&summary)?;
+        s["status"] = serde_json::json!(summary.status_now().as_str());
+        outln!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({"task": s, "entries": entries}))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!(
+        "{} · {} · {} ({})",
+        id,
+        summary.status_now().as_str(),
+        summary.model,
+        summary.provider
+    );
+    for e in &entries {
+        match e {
+            Entry::Started {
+                task,
+                sandbox,
+                endpoint,
+                ..
+            } => {
+                outln!("endpoint {endpoint} · sandbox {sandbox}");
+                outln!("\n» {task}");
+            }
+            Entry::User { text } => outln!("\n» {text}"),
+            Entry::Turn {
+                step,
+                text,
+                tool_calls,
+                usage,
+                ..
+            } => {
+                outln!(
+                    "\n[step {step} · {} tokens]",
+                    usage.input_tokens + usage.output_tokens
+                );
+                if !text.is_empty() {
+                    outln!("{text}");
+                }
+                for c in tool_calls {
+                    outln!("▸ {} {}", c.name, call_summary(c));
+                }
+            }
+            Entry::ToolResult {
+                tool,
+                decision,
+                content,
+                approval,
+                asked,
+                duration_ms,
+                ..
+            } => {
+                let mut how = format!("{decision:?}").to_lowercase();
+                if let Some(a) = approval {
+                    how.push_str(&format!(", approved ({a})"));
+                }
+                if !asked.is_empty() {
+                    how.push_str(&format!(", asked {}", asked.join(" ")));
+                }
+                outln!("  {tool}: {how} · {duration_ms} ms");
+                outln!("    {}", indent(&head(content, 20)));
+            }
+            Entry::Retry {
+                message, wait_ms, ..
+            } => {
+                outln!("  (retry after {wait_ms} ms: {message})");
+            }
+            Entry::Finished {
+                status,
+                message,
+                steps,
+                usage,
+                duration_ms,
+            } => {
+                outln!(
+                    "\n— {} · {steps} steps · {} tokens · {:.1}s",
+                    status.as_str(),
+                    usage.input_tokens + usage.output_tokens,
+                    *duration_ms as f64 / 1000.0
+                );
+                if *status != Status::Done {
+                    outln!("{message}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
