@@ -105,6 +105,7 @@ impl<'a> Agent<'a> {
             deadline: tokio::time::Instant::now() + limits.wall,
         };
         let entry = Entry::Started {
+            task_id: agent.writer.summary().id.clone(),
             at_ms: now_ms(),
             task: agent.writer.summary().task.clone(),
             system: SYSTEM_PROMPT.to_owned(),

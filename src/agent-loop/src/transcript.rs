@@ -140,6 +140,7 @@ impl Summary {
 pub enum Entry {
     /// The task began: what the model is told.
     Started {
+        task_id: TaskId,
         at_ms: u64,
         task: String,
         system: String,

@@ -104,6 +104,9 @@ pub struct TaskArgs {
     /// The first retry's wait (each next doubles; `retry-after` wins when given).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, hide = true)]
     retry_base: Duration,
+    /// The longest silence of the provider inside an answer before the try fails.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration, hide = true)]
+    idle_timeout: Duration,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
@@ -204,6 +207,7 @@ impl Task {
             Retry {
                 attempts: a.retries.max(1),
                 base: a.retry_base,
+                idle: a.idle_timeout,
                 ..Retry::default()
             },
         )?;
@@ -463,9 +467,9 @@ impl Observer for Display {
                 content,
                 ..
             } => {
+                // A refusal's text says so itself.
                 let mark = match (decision, is_error) {
-                    (Decision::Refused, _) => "✗ refused",
-                    (Decision::Invalid, _) => "✗ invalid",
+                    (Decision::Invalid, _) => "✗ invalid:",
                     (_, true) => "✗",
                     (_, false) => "✓",
                 };

@@ -1,0 +1,425 @@
+//! `luminaguard agent`: the agent loop against a scripted provider (tests/agent/
+//! scripted_provider.py: a local HTTP server speaking OpenAI chat completions, Anthropic
+//! Messages and Ollama's chat API, streaming, that replays a script and records what it
+//! received). The loop, its HTTP client, the sandbox and the policy are the real ones; only the
+//! model is scripted. What is asserted is what a user relies on: a task does its work in the
+//! workspace and every step is on the transcript and the audit log; the provider gets the
+//! tool results in its own format; a hostile model is refused and the key goes nowhere; a
+//! provider's errors are retried or reported, never a hang; the bounds hold; an asked call waits
+//! for a person.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)] // test code
+
+#[path = "mcp/common.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, Env, env, lg, path, records, sandboxes, wait_until};
+use luminaguard_testkit::{privileged, text};
+use serde_json::{Value, json};
+
+/// The key the tests give the loop: it must reach the provider's header and nothing else.
+const KEY: &str = "sk-lgtest-9f8e7d6c5b4a39281706f5e4d3c2b1a0";
+
+/// The scripted provider: a process serving on a local port, its request log.
+struct Provider {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Provider {
+    fn start(steps: Value) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("script.json");
+        std::fs::write(&script, json!({ "steps": steps }).to_string()).unwrap();
+        let log = dir.path().join("requests.jsonl");
+        let port_file = dir.path().join("port");
+        let child = Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agent/scripted_provider.py"))
+            .args([&script, &log, &port_file])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("the scripted provider", Duration::from_secs(20), || {
+            port_file.exists()
+        });
+        let port = std::fs::read_to_string(&port_file)
+            .unwrap()
+            .parse()
+            .unwrap();
+        Self {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn base_url(&self, provider: &str) -> String {
+        match provider {
+            "openai" => format!("http://127.0.0.1:{}/v1", self.port),
+            _ => format!("http://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The requests received: path, headers, body.
+    fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The variable a provider's key is read from.
+fn key_var(provider: &str) -> &'static str {
+    match provider {
+        "openai" => "OPENAI_API_KEY",
+        "anthropic" => "ANTHROPIC_API_KEY",
+        _ => "OLLAMA_API_KEY",
+    }
+}
+
+/// The command of `luminaguard agent run` against `p` with the test's directories.
+fn agent_cmd(e: &Env, p: &Provider, provider: &str, policy: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--runtime-dir")
+        .arg(&e.rt)
+        .args(["--policy", policy, "agent", "run", "--provider", provider])
+        .args([
+            "--model",
+            "scripted-model",
+            "--base-url",
+            &p.base_url(provider),
+        ])
+        .args([
+            "--workspace",
+            &path(&e.ws),
+            "--retry-base",
+            "50ms",
+            "--json",
+        ])
+        .args(extra)
+        .env("LUMINAGUARD_AUDIT_DIR", &e.audit)
+        .env(key_var(provider), KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs a task; its output.
+fn agent(e: &Env, p: &Provider, provider: &str, policy: &str, extra: &[&str]) -> Output {
+    agent_cmd(e, p, provider, policy, extra).output().unwrap()
+}
+
+/// The entries a `--json` run printed (the text deltas left out).
+fn entries(out: &Output) -> Vec<Value> {
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["type"] != "text")
+        .collect()
+}
+
+fn of_type<'a>(entries: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    entries.iter().filter(|e| e["type"] == kind).collect()
+}
+
+/// `agent show ID --json`.
+fn show(e: &Env, id: &str) -> Value {
+    let out = lg(e, &["agent", "show", id, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The task id a `--json` run printed (on its `started` entry).
+fn task_id(out: &Output) -> String {
+    let printed = entries(out);
+    let started = of_type(&printed, "started");
+    assert_eq!(
+        started.len(),
+        1,
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    started[0]["task_id"].as_str().unwrap().to_owned()
+}
+
+/// A policy file: the default preset, plus `extra` rules.
+fn policy(e: &Env, extra: &str) -> String {
+    let preset = lg(e, &["policy", "show", "default"]);
+    assert!(preset.status.success());
+    let file = e.dir.path().join("policy.toml");
+    std::fs::write(&file, format!("{}\n{extra}", text(&preset.stdout))).unwrap();
+    path(&file)
+}
+
+/// Every file under `dir` (the provider's own log is elsewhere).
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in rd.flatten() {
+        let p = entry.path();
+        if p.is_dir() && !p.is_symlink() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The key is in no output and no file of the test (transcripts, audit log, workspace).
+fn assert_key_nowhere(e: &Env, outputs: &[&Output]) {
+    for out in outputs {
+        assert!(!text(&out.stdout).contains(KEY), "the key on stdout");
+        assert!(!text(&out.stderr).contains(KEY), "the key on stderr");
+    }
+    let all = files(e.dir.path());
+    assert!(
+        all.iter().any(|f| f.ends_with("transcript.jsonl")),
+        "no transcript among {all:?}"
+    );
+    for f in all {
+        if let Ok(bytes) = std::fs::read(&f) {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(KEY),
+                "the key is in {}",
+                f.display()
+            );
+        }
+    }
+}
+
+/// The key reached the provider in its header, and in no request body.
+fn assert_key_only_in_headers(p: &Provider, provider: &str) {
+    for r in p.requests() {
+        assert!(
+            !r["body"].to_string().contains(KEY),
+            "the key in a request body"
+        );
+        let h = &r["headers"];
+        match provider {
+            "anthropic" => {
+                assert_eq!(h["x-api-key"], KEY);
+                assert_eq!(h["anthropic-version"], "2023-06-01");
+            }
+            _ => assert_eq!(h["authorization"], format!("Bearer {KEY}")),
+        }
+    }
+}
+
+/// The tool results a request carried, in the provider's own format: `(call id, content)`.
+fn tool_results(provider: &str, request: &Value) -> Vec<(String, String)> {
+    let messages = request["body"]["messages"].as_array().unwrap();
+    let mut out = Vec::new();
+    for m in messages {
+        match provider {
+            "openai" if m["role"] == "tool" => out.push((
+                m["tool_call_id"].as_str().unwrap().to_owned(),
+                m["content"].as_str().unwrap().to_owned(),
+            )),
+            "anthropic" if m["role"] == "user" => {
+                for b in m["content"].as_array().into_iter().flatten() {
+                    if b["type"] == "tool_result" {
+                        out.push((
+                            b["tool_use_id"].as_str().unwrap().to_owned(),
+                            b["content"].as_str().unwrap().to_owned(),
+                        ));
+                    }
+                }
+            }
+            "ollama" if m["role"] == "tool" => out.push((
+                m["tool_name"].as_str().unwrap_or_default().to_owned(),
+                m["content"].as_str().unwrap().to_owned(),
+            )),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The task every wire format runs: write a script, run it as the test command, read what it
+/// wrote, finish.
+fn write_run_read_script() -> Value {
+    json!([
+        {"say": "I'll write the script first.", "calls": [
+            {"name": "write_file", "arguments": {"path": "hello.py", "content": "print('hello from the agent')\n"}}]},
+        {"calls": [{"name": "shell", "arguments": {"command": "python3 hello.py | tee out.txt"}}]},
+        {"calls": [
+            {"name": "read_file", "arguments": {"path": "out.txt"}},
+            {"name": "list_files", "arguments": {}}]},
+        {"say": "Done: hello.py prints its greeting and out.txt holds it."}
+    ])
+}
+
+const RUN_HELLO: &str = r#"
+[[rule]]
+id = "run-hello"
+decision = "allow"
+reason = "the test's script"
+exec = ["python3", "hello.py"]
+examples = ["python3 hello.py"]
+"#;
+
+fn scripted_task(provider: &str) {
+    if !privileged("the agent loop's scripted task") {
+        return;
+    }
+    let e = env();
+    let p = Provider::start(write_run_read_script());
+    let policy = policy(&e, RUN_HELLO);
+    let out = agent(&e, &p, provider, &policy, &["write hello.py and run it"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    // The work is in the workspace.
+    assert_eq!(
+        std::fs::read_to_string(e.ws.join("hello.py")).unwrap(),
+        "print('hello from the agent')\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(e.ws.join("out.txt")).unwrap(),
+        "hello from the agent\n"
+    );
+    // Every step, as it ran.
+    let printed = entries(&out);
+    assert_eq!(of_type(&printed, "turn").len(), 4, "{printed:#?}");
+    let results = of_type(&printed, "tool_result");
+    assert_eq!(results.len(), 4);
+    assert!(
+        results
+            .iter()
+            .all(|r| r["decision"] == "allowed" && r["is_error"] == false)
+    );
+    assert!(
+        results[1]["content"]
+            .as_str()
+            .unwrap()
+            .contains("hello from the agent")
+    );
+    let finished = of_type(&printed, "finished")[0];
+    assert_eq!(finished["status"], "done");
+    assert_eq!(finished["steps"], 4);
+    assert_eq!(finished["usage"]["input_tokens"], 400);
+
+    // The transcript has the same, and the listing shows the task.
+    let id = task_id(&out);
+    let shown = show(&e, &id);
+    assert_eq!(shown["task"]["status"], "done");
+    assert_eq!(shown["task"]["task"], "write hello.py and run it");
+    assert_eq!(shown["entries"].as_array().unwrap(), &printed);
+    let ls = lg(&e, &["agent", "ls", "--json"]);
+    let ls: Vec<Value> = serde_json::from_slice(&ls.stdout).unwrap();
+    assert_eq!(ls[0]["id"], id.as_str());
+
+    // The audit log has each action, made for this task.
+    let recs = records(&e);
+    let ours: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["actor"]["session"] == id.as_str())
+        .collect();
+    let has = |f: &dyn Fn(&Value) -> bool| ours.iter().any(|r| f(&r["event"]));
+    assert!(has(
+        &|v| v["type"] == "write" && v["path"] == "/workspace/hello.py"
+    ));
+    assert!(has(&|v| v["type"] == "exec"
+        && v["argv"]
+            == json!(["sh", "-c", "python3 hello.py | tee out.txt"])));
+    assert!(has(
+        &|v| v["type"] == "read" && v["path"] == "/workspace/out.txt"
+    ));
+    assert!(has(&|v| v["type"] == "destroy"));
+    assert!(ours.iter().all(|r| r["actor"]["kind"] == "agent"));
+
+    // What the provider received: the tools, streamed, and each result in its format.
+    let reqs = p.requests();
+    assert_eq!(reqs.len(), 4);
+    let first = &reqs[0]["body"];
+    assert_eq!(first["model"], "scripted-model");
+    assert_eq!(first["stream"], true);
+    let tools: Vec<String> = first["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            t.pointer("/function/name")
+                .or_else(|| t.get("name"))
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        tools,
+        [
+            "shell",
+            "read_file",
+            "write_file",
+            "edit_file",
+            "list_files"
+        ]
+    );
+    let second = tool_results(provider, &reqs[1]);
+    assert_eq!(second.len(), 1, "{:#}", reqs[1]);
+    assert!(
+        second[0]
+            .1
+            .contains("wrote 30 bytes to /workspace/hello.py")
+    );
+    let third = tool_results(provider, &reqs[2]);
+    assert!(third[1].1.contains("hello from the agent"), "{third:?}");
+    let fourth = tool_results(provider, &reqs[3]);
+    assert_eq!(fourth.len(), 4);
+    assert!(fourth[3].1.contains("out.txt"));
+    // Each result answers the call the model made (ids where the format has them).
+    if provider != "ollama" {
+        let printed_calls = of_type(&printed, "turn")[0]["tool_calls"][0]["id"].clone();
+        assert_eq!(second[0].0, printed_calls.as_str().unwrap());
+    } else {
+        assert_eq!(second[0].0, "write_file");
+    }
+    assert_key_only_in_headers(&p, provider);
+    assert_key_nowhere(&e, &[&out]);
+    assert!(sandboxes(&e).is_empty(), "the task's sandbox is left");
+}
+
+#[test]
+fn a_scripted_task_on_the_openai_wire_format() {
+    scripted_task("openai");
+}
+
+#[test]
+fn a_scripted_task_on_the_anthropic_wire_format() {
+    scripted_task("anthropic");
+}
+
+#[test]
+fn a_scripted_task_on_the_ollama_wire_format() {
+    scripted_task("ollama");
+}
