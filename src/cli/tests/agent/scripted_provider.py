@@ -205,7 +205,11 @@ class Handler(BaseHTTPRequestHandler):
             frames = [line + "\n" for line in ollama_lines(step, model)]
             err = json.dumps(ERROR_BODY["ollama"](None, "scripted stream error")) + "\n"
         if step.get("garbage"):
-            frames = frames[:1] + ["data: {not json\n\n" if provider != "ollama" else "{not json\n"]
+            # After the stream's opening event (Ollama has none: its first line is garbage).
+            if provider == "ollama":
+                frames = ["{not json\n"]
+            else:
+                frames = frames[:1] + ["data: {not json\n\n"]
         if step.get("stream_error"):
             frames = frames[:2] + [err]
         cut = step.get("cut", False)
