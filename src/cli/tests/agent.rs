@@ -99,10 +99,14 @@ fn key_var(provider: &str) -> &'static str {
 
 /// The command of `luminaguard agent run` against `p` with the test's directories.
 fn agent_cmd(e: &Env, p: &Provider, provider: &str, policy: &str, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--runtime-dir")
-        .arg(&e.rt)
-        .args(["--policy", policy, "agent", "run", "--provider", provider])
+    // No controlling terminal (setsid): nobody to ask here, as in CI.
+    let mut cmd = Command::new("setsid");
+    cmd.arg(BIN).arg("--runtime-dir").arg(&e.rt);
+    if !policy.is_empty() {
+        // (Through the daemon the daemon's policy judges.)
+        cmd.args(["--policy", policy]);
+    }
+    cmd.args(["agent", "run", "--provider", provider])
         .args([
             "--model",
             "scripted-model",
@@ -724,4 +728,94 @@ fn hostile_ids_and_a_missing_key_are_refused() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Through the daemon an asked call waits for a person: the agent says where to answer, one
+/// is approved with `luminaguard approvals approve` and runs, one is denied and does not, one
+/// nobody answers is denied when its card expires. The model reads each outcome; the transcript
+/// names the approvals.
+#[test]
+fn asked_calls_wait_for_a_person_through_the_daemon() {
+    if !privileged("the agent through the daemon") {
+        return;
+    }
+    let e = env();
+    std::fs::write(e.ws.join("hello.py"), "print('approved and ran')\n").unwrap();
+    let policy = policy(&e, "");
+    let _daemon = luminaguard_testkit::daemon::Daemon::start(
+        Path::new(BIN),
+        &e.rt,
+        &format!(
+            "audit_dir = \"{}\"\npolicy = \"{policy}\"\n[defaults]\nbackend = \"process\"\n\
+             [review]\ncard_expiry = \"4s\"\n",
+            e.audit.display()
+        ),
+    );
+    let p = Provider::start(json!([
+        {"calls": [{"name": "shell", "arguments": {"command": "python3 hello.py"}}]},
+        {"calls": [{"name": "shell", "arguments": {"command": "python3 hello.py > second.txt"}}]},
+        {"calls": [{"name": "write_file", "arguments": {"path": ".git/config", "content": "[core]\n"}}]},
+        {"say": "Two of three were refused."}
+    ]));
+    let mut child = agent_cmd(&e, &p, "openai", "", &["run the script"])
+        .spawn()
+        .unwrap();
+    // A person answers once the agent says what waits (as they would at its terminal).
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("luminaguard: approval ") {
+                let _ = tx.send(rest.split(' ').next().unwrap().to_owned());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let mut answered = Vec::new();
+    for answer in ["approve", "deny"] {
+        let id = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        let out = lg(&e, &["approvals", answer, &id]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        answered.push(Value::from(id));
+    }
+    // The third waits until its card expires.
+    let expired = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = reader.join().unwrap();
+    assert!(out.status.success(), "{err}");
+    assert!(!answered.contains(&Value::from(expired)));
+    let printed = entries(&out);
+    let results = of_type(&printed, "tool_result");
+    assert_eq!(results.len(), 3, "{printed:#?}");
+    assert_eq!(results[0]["decision"], "allowed");
+    assert_eq!(results[0]["asked"], json!([answered[0]]));
+    assert!(
+        results[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("approved and ran")
+    );
+    assert_eq!(results[1]["decision"], "refused");
+    assert_eq!(results[1]["asked"], json!([answered[1]]));
+    assert_eq!(results[2]["decision"], "refused");
+    assert!(
+        results[2]["content"]
+            .as_str()
+            .unwrap()
+            .contains("nobody answered in time"),
+        "{}",
+        results[2]["content"]
+    );
+    assert!(!e.ws.join("second.txt").exists());
+    assert!(!e.ws.join(".git/config").exists());
+    // The model was told each outcome.
+    let told = tool_results("openai", &p.requests()[3]);
+    assert!(told[1].1.contains("refused"), "{told:?}");
+    assert_key_nowhere(&e, &[&out]);
+    assert!(sandboxes(&e).is_empty());
 }
