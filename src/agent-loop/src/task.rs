@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use luminaguard_llm::{Message, StopReason, ToolSpec, Turn, Usage};
 
+use luminaguard_service::agent_event::{AgentEvent, ProposedCall};
+
 use crate::client::{Client, Progress};
 use crate::tools::Toolbox;
 use crate::transcript::{Entry, Status, Summary, TranscriptError, Writer, now_ms};
@@ -266,12 +268,54 @@ impl<'a> Agent<'a> {
             duration_ms: asked.elapsed().as_millis() as u64,
         };
         self.record(entry).await?;
+        // On the audit log before any of its calls runs.
+        let event = AgentEvent::Step {
+            task: self.writer.summary().id.to_string(),
+            step,
+            provider: self.client.config().provider.to_string(),
+            model: self.client.config().model.clone(),
+            stop_reason: stop_reason_text(&turn.stop_reason),
+            input_tokens: turn.usage.input_tokens,
+            output_tokens: turn.usage.output_tokens,
+            text_sha256: sha256(turn.text.as_bytes()),
+            text_bytes: turn.text.len() as u64,
+            tool_calls: turn
+                .tool_calls
+                .iter()
+                .map(|c| ProposedCall {
+                    id: c.id.clone(),
+                    tool: c.name.clone(),
+                    arguments_sha256: sha256(c.arguments.to_string().as_bytes()),
+                    malformed: c.malformed.is_some(),
+                })
+                .collect(),
+        };
+        if let Err(e) = self.tools.record(&event).await {
+            return Ok(Err(Reply::Stopped(
+                Status::Failed,
+                format!(
+                    "step {step} could not be put on the audit log, so its calls did not run: {}",
+                    luminaguard_mcp::ops::error_text(&e)
+                ),
+            )));
+        }
         self.messages.push(turn.to_message());
         Ok(Ok(turn))
     }
 
-    /// Ends the task: its `Finished` entry and summary written.
+    /// Ends the task: its `Finished` entry and summary written, its end on the audit log.
     pub async fn finish(self, status: Status, message: String) -> Result<Summary, TranscriptError> {
+        let event = AgentEvent::Finished {
+            task: self.writer.summary().id.to_string(),
+            status: status.as_str().to_owned(),
+            steps: self.steps,
+            input_tokens: self.usage.input_tokens,
+            output_tokens: self.usage.output_tokens,
+        };
+        if let Err(e) = self.tools.record(&event).await {
+            // The transcript still says how it ended.
+            tracing::warn!(error = %e, "putting the task's end on the audit log");
+        }
         let entry = Entry::Finished {
             status,
             message: message.clone(),
@@ -317,4 +361,22 @@ pub async fn run(
         Reply::Stopped(status, message) => (status, message),
     };
     agent.finish(status, message).await
+}
+
+/// How a stop reason is spelled on the record.
+fn stop_reason_text(r: &StopReason) -> String {
+    match serde_json::to_value(r) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "unknown".to_owned(),
+    }
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -14,6 +14,7 @@ use luminaguard_mcp::ops::{
 };
 use luminaguard_mcp::tools::CommandResult;
 use luminaguard_service::ExecOptions;
+use luminaguard_service::agent_event::AgentEvent;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -223,6 +224,11 @@ impl Toolbox {
 
     pub fn sandbox(&self) -> &SandboxId {
         &self.sandbox
+    }
+
+    /// Records `event` on the audit log against the task's sandbox.
+    pub async fn record(&self, event: &AgentEvent) -> std::result::Result<(), FrontError> {
+        self.front.record_agent_event(&self.sandbox, event).await
     }
 
     /// Approvals a call waits on are sent to `to` as they are seen (through the daemon: the

@@ -86,6 +86,9 @@ pub enum Status {
     ModelError,
     /// Its process ended without finishing it (killed, or an interrupt).
     Interrupted,
+    /// It could not go on: a step could not be put on the audit log (nothing runs
+    /// unrecorded), or the sandbox failed.
+    Failed,
 }
 
 impl Status {
@@ -98,6 +101,7 @@ impl Status {
             Self::WallTime => "wall_time",
             Self::ModelError => "model_error",
             Self::Interrupted => "interrupted",
+            Self::Failed => "failed",
         }
     }
 }

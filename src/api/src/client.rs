@@ -338,6 +338,21 @@ impl Client {
         Ok(())
     }
 
+    /// Records an agent task's step or end against sandbox `id`.
+    pub async fn record_agent_event(
+        &self,
+        id: &str,
+        event: &impl Serialize,
+    ) -> Result<(), ClientError> {
+        let req = json_request(
+            Method::POST,
+            &sandbox_path(id, "/agent-events"),
+            Some(event),
+        )?;
+        self.send(req).await?;
+        Ok(())
+    }
+
     /// [`Client::write_file`] with the permission bits a new file gets.
     pub async fn write_file_mode<R: AsyncRead + Send + Sync + 'static>(
         &self,

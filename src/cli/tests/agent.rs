@@ -88,6 +88,14 @@ impl Drop for Provider {
     }
 }
 
+fn sha256(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The variable a provider's key is read from.
 fn key_var(provider: &str) -> &'static str {
     match provider {
@@ -359,6 +367,47 @@ fn scripted_task(provider: &str) {
     ));
     assert!(has(&|v| v["type"] == "destroy"));
     assert!(ours.iter().all(|r| r["actor"]["kind"] == "agent"));
+    // Each model answer is on the log before its calls ran, with digests of what the
+    // transcript holds; and how the task ended.
+    let steps: Vec<&Value> = ours
+        .iter()
+        .map(|r| &r["event"])
+        .filter(|v| v["type"] == "agent-step")
+        .collect();
+    assert_eq!(steps.len(), 4);
+    let turns = of_type(&printed, "turn");
+    for (step, turn) in steps.iter().zip(&turns) {
+        assert_eq!(step["step"], turn["step"]);
+        assert_eq!(step["task"], id.as_str());
+        assert_eq!(step["model"], "scripted-model");
+        assert_eq!(step["text_sha256"], sha256(turn["text"].as_str().unwrap()));
+        let calls = turn["tool_calls"].as_array().unwrap();
+        assert_eq!(step["tool_calls"].as_array().unwrap().len(), calls.len());
+        for (rec, call) in step["tool_calls"].as_array().unwrap().iter().zip(calls) {
+            assert_eq!(rec["tool"], call["name"]);
+            assert_eq!(
+                rec["arguments_sha256"],
+                sha256(&call["arguments"].to_string())
+            );
+        }
+    }
+    let seq = |f: &dyn Fn(&Value) -> bool| {
+        ours.iter().find(|r| f(&r["event"])).unwrap()["seq"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(
+        seq(&|v| v["type"] == "agent-step" && v["step"] == 1)
+            < seq(&|v| v["type"] == "write" && v["path"] == "/workspace/hello.py")
+    );
+    let finished: Vec<&Value> = ours
+        .iter()
+        .filter(|r| r["event"]["type"] == "agent-finished")
+        .copied()
+        .collect();
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0]["event"]["status"], "done");
+    assert_eq!(finished[0]["event"]["steps"], 4);
 
     // What the provider received: the tools, streamed, and each result in its format.
     let reqs = p.requests();

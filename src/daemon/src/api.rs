@@ -63,7 +63,8 @@ use crate::execs::{self, After, StdinPlan};
         crate::approvals::decide,
         crate::approvals::review,
         crate::tool_calls::judge,
-        crate::tool_calls::record
+        crate::tool_calls::record,
+        crate::tool_calls::record_agent
     ),
     components(schemas(
         Health,
@@ -117,6 +118,10 @@ pub fn router(st: AppState) -> Router {
         .route(
             "/v1/sandboxes/{id}/tool-events",
             post(crate::tool_calls::record),
+        )
+        .route(
+            "/v1/sandboxes/{id}/agent-events",
+            post(crate::tool_calls::record_agent),
         )
         .route("/v1/approvals", get(crate::approvals::list))
         .route(

@@ -1,11 +1,13 @@
 //! The MCP gateway's calls: judged before they are forwarded to a server in a sandbox, and
-//! recorded when they end. The gateway forwards them itself; these routes are where the
-//! service's policy, Approval Cliff and audit log see them.
+//! recorded when they end; and the agent loop's steps, recorded before their calls run. The
+//! gateway forwards its calls itself; these routes are where the service's policy, Approval
+//! Cliff and audit log see them.
 
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use luminaguard_api::types::{ErrorBody, ToolCallBody, ToolCallCleared};
 use luminaguard_service::Caller;
+use luminaguard_service::agent_event::AgentEvent;
 use luminaguard_service::tool_call::{ToolCall, ToolEvent};
 
 use crate::AppState;
@@ -55,5 +57,23 @@ pub async fn record(
 ) -> Result<StatusCode, ApiError> {
     let id = sandbox_id(&id)?;
     st.service.record_tool_event(&caller, &id, &event).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Record an agent task's event: a model's answer before the calls it proposes run
+/// (`step`: its tool calls with their arguments' digests, its tokens) or how the task ended
+/// (`finished`). The caller must own the sandbox the task runs in.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/agent-events",
+    params(("id" = String, Path)),
+    request_body(content = Object, description = "An agent event: `{\"event\": \"step\", \"task\", \"step\", \"provider\", \"model\", \"stop_reason\", \"input_tokens\", \"output_tokens\", \"text_sha256\", \"text_bytes\", \"tool_calls\": [{\"id\", \"tool\", \"arguments_sha256\", \"malformed\"}]}` or `{\"event\": \"finished\", \"task\", \"status\", \"steps\", \"input_tokens\", \"output_tokens\"}`"),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn record_agent(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    JsonBody(event): JsonBody<AgentEvent>,
+) -> Result<StatusCode, ApiError> {
+    let id = sandbox_id(&id)?;
+    st.service.record_agent_event(&caller, &id, &event).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1133,6 +1133,20 @@ impl Front {
         }
     }
 
+    /// Records an agent task's step or end against sandbox `id` (durable when it returns).
+    pub async fn record_agent_event(
+        &self,
+        id: &SandboxId,
+        event: &luminaguard_service::agent_event::AgentEvent,
+    ) -> Result<()> {
+        match self {
+            Self::Local(service, caller) => {
+                Ok(service.record_agent_event(caller, id, event).await?)
+            }
+            Self::Daemon(client) => Ok(client.record_agent_event(id.as_str(), event).await?),
+        }
+    }
+
     /// File `path` of sandbox `id`, whole, if it is at most `max` bytes.
     pub async fn read(&self, id: &SandboxId, path: &str, max: u64) -> Result<Vec<u8>> {
         match self {

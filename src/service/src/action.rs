@@ -41,6 +41,10 @@ pub enum Action {
         server: String,
         tool: String,
     },
+    /// Record an agent task's step or end against the sandbox it runs in.
+    AgentEvent {
+        id: SandboxId,
+    },
     /// Look at what a speculative run changed (its Diff Card).
     Review {
         id: SandboxId,
@@ -79,6 +83,7 @@ impl Action {
             | Self::ReadFile { id, .. }
             | Self::WriteFile { id, .. }
             | Self::ToolCall { id, .. }
+            | Self::AgentEvent { id }
             | Self::Destroy { id }
             | Self::Review { id }
             | Self::ApplyChanges { id, .. }

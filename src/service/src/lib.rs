@@ -17,6 +17,7 @@
 //! - errors are [`ServiceError`]s with a stable [`ErrorCode`].
 
 mod action;
+pub mod agent_event;
 mod always;
 pub mod approvals;
 pub mod ask;
