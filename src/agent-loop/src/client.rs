@@ -176,6 +176,8 @@ pub struct Client {
     config: ModelConfig,
     retry: Retry,
     url: String,
+    /// The provider's own API (not a compatible server).
+    official: bool,
     headers: HeaderMap,
     http: reqwest::Client,
 }
@@ -201,6 +203,11 @@ impl Client {
                 "the base URL carries credentials: give the key in the environment instead".into(),
             ));
         }
+        let official = parsed.host_str()
+            == reqwest::Url::parse(default_base_url(provider))
+                .ok()
+                .as_ref()
+                .and_then(reqwest::Url::host_str);
         let mut headers = HeaderMap::new();
         headers.insert(
             reqwest::header::CONTENT_TYPE,
@@ -231,6 +238,7 @@ impl Client {
             config,
             retry,
             url,
+            official,
             headers,
             http,
         })
@@ -256,6 +264,7 @@ impl Client {
         let provider = self.config.provider;
         let body = luminaguard_llm::request_body(
             provider,
+            self.official,
             &self.config.model,
             messages,
             tools,

@@ -31,9 +31,12 @@ pub fn decoder(provider: Provider) -> Box<dyn StreamDecoder + Send> {
     }
 }
 
-/// The body of a request to `provider` for `model`: its typed request, serialized.
+/// The body of a request to `provider` for `model`: its typed request, serialized
+/// (`official`: the provider's own API, not a compatible server — OpenAI's takes the token
+/// cap under another name).
 pub fn request_body(
     provider: Provider,
+    official: bool,
     model: &str,
     messages: &[Message],
     tools: &[ToolSpec],
@@ -42,7 +45,12 @@ pub fn request_body(
 ) -> Result<Vec<u8>, serde_json::Error> {
     match provider {
         Provider::OpenAi => {
-            serde_json::to_vec(&openai::request(model, messages, tools, max_tokens, stream))
+            let request = openai::request(model, messages, tools, max_tokens, stream);
+            serde_json::to_vec(&if official {
+                request.for_openai()
+            } else {
+                request
+            })
         }
         Provider::Anthropic => serde_json::to_vec(&anthropic::request(
             model, messages, tools, max_tokens, stream,

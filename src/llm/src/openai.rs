@@ -25,14 +25,28 @@ pub struct ChatRequest {
     /// The tools offered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<ToolDef>,
-    /// The cap on generated tokens (`max_tokens`, which every compatible server accepts).
-    pub max_tokens: u32,
+    /// The cap on generated tokens as every compatible server takes it (`max_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// The same cap as OpenAI's own API now takes it (`max_completion_tokens`: its reasoning
+    /// models refuse `max_tokens`); see [`ChatRequest::for_openai`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
     /// Whether to stream the answer.
     #[serde(default)]
     pub stream: bool,
     /// Streaming options: asks for the usage chunk at the end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
+}
+
+impl ChatRequest {
+    /// The request as OpenAI's own API wants it: the cap as `max_completion_tokens`.
+    #[must_use]
+    pub fn for_openai(mut self) -> Self {
+        self.max_completion_tokens = self.max_tokens.take().or(self.max_completion_tokens);
+        self
+    }
 }
 
 /// `stream_options`.
@@ -179,7 +193,8 @@ pub fn request(
         model: model.to_owned(),
         messages: wire,
         tools: tools.iter().map(ToolDef::from).collect(),
-        max_tokens,
+        max_tokens: Some(max_tokens),
+        max_completion_tokens: None,
         stream,
         stream_options: stream.then_some(StreamOptions {
             include_usage: true,

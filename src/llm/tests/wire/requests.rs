@@ -1,4 +1,4 @@
-use luminaguard_llm::{Message, ToolCall, ToolSpec, anthropic, ollama, openai};
+use luminaguard_llm::{Message, Provider, ToolCall, ToolSpec, anthropic, ollama, openai};
 use serde_json::{Value, json};
 
 fn conversation() -> (Vec<Message>, Vec<ToolSpec>) {
@@ -150,4 +150,30 @@ fn requests_round_trip_through_serde() {
     );
     let m: Vec<Message> = serde_json::from_value(serde_json::to_value(&messages).unwrap()).unwrap();
     assert_eq!(m, messages);
+}
+
+#[test]
+fn openais_own_api_gets_the_cap_as_max_completion_tokens() {
+    let messages = [luminaguard_llm::Message::user("hi")];
+    let body = |official| -> serde_json::Value {
+        serde_json::from_slice(
+            &luminaguard_llm::request_body(
+                Provider::OpenAi,
+                official,
+                "m",
+                &messages,
+                &[],
+                77,
+                true,
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    let compatible = body(false);
+    assert_eq!(compatible["max_tokens"], 77);
+    assert!(compatible.get("max_completion_tokens").is_none());
+    let official = body(true);
+    assert_eq!(official["max_completion_tokens"], 77);
+    assert!(official.get("max_tokens").is_none());
 }
