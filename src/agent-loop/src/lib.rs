@@ -8,9 +8,13 @@
 //! - [`client`]: the provider over HTTP, streamed, with retries;
 //! - [`tools`]: the tools and how each runs in the sandbox;
 //! - [`task`]: the bounded loop;
-//! - [`transcript`]: every task's record in the state directory.
+//! - [`transcript`]: every task's record in the state directory;
+//! - [`launch`]: a task's start, the same for the CLI and the daemon;
+//! - [`host`]: the daemon's agent tasks (`/v1/agent/tasks`).
 
 pub mod client;
+pub mod host;
+pub mod launch;
 pub mod task;
 pub mod tools;
 pub mod transcript;

@@ -110,6 +110,9 @@ impl Status {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub id: TaskId,
+    /// Whose task it is, in a store several users' tasks share (the daemon's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
     pub task: String,
     pub provider: String,
     pub model: String,

@@ -543,3 +543,79 @@ pub struct DenialView {
     /// The first argument (e.g. the address family of a denied `socket`).
     pub arg0: u64,
 }
+
+/// `POST /v1/agent/tasks`: an agent task the daemon runs (docs/agent.md): a model on a
+/// provider proposes tool calls, each run in the task's sandbox under the daemon's policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTaskBody {
+    /// What to do.
+    pub task: String,
+    /// `openai` (OpenAI-compatible chat completions), `anthropic` or `ollama`.
+    pub provider: String,
+    /// The model's name, as the provider knows it.
+    pub model: String,
+    /// The API's base URL (default: the provider's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// The provider's key: held in the daemon's memory for the task, never written or logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    /// Model answers at most (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u32>,
+    /// Tokens at most over the task, prompts and answers summed (default 2 000 000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// Tokens at most in one answer (default 4096).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
+    /// The whole task's time, e.g. `30m` (the default).
+    #[schema(value_type = Option<String>)]
+    #[serde(
+        default,
+        with = "duration_text::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub wall_time: Option<Duration>,
+    /// The task's sandbox, as `POST /v1/sandboxes` takes it (its workspace, limits, network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<CreateSandbox>,
+}
+
+/// An agent task, as the daemon lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentTaskView {
+    /// `task-` and 12 hex digits.
+    pub id: String,
+    /// Whose task it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<u32>,
+    /// `running`, `done`, `max_steps`, `max_tokens`, `wall_time`, `model_error`,
+    /// `interrupted` (cancelled, or its process died), `failed`.
+    pub status: String,
+    pub task: String,
+    pub provider: String,
+    pub model: String,
+    /// Its sandbox.
+    pub sandbox: String,
+    pub steps: u32,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub started_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_unix_ms: Option<u64>,
+    /// How it ended, in words (the model's last answer when done).
+    #[serde(default)]
+    pub message: String,
+}
+
+/// `GET /v1/agent/tasks/{id}`: a task and its transcript.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AgentTaskDetail {
+    pub task: AgentTaskView,
+    /// Its transcript's entries (each an object tagged by `type`: `started`, `user`, `turn`,
+    /// `tool_result`, `retry`, `finished`).
+    #[schema(value_type = Vec<Object>)]
+    pub entries: Vec<serde_json::Value>,
+}

@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use luminaguard_agent_loop::client::{default_base_url, key_variable};
+use luminaguard_agent_loop::launch::{Launch, Prepared, prepare};
 use luminaguard_agent_loop::task::{Agent, Reply};
-use luminaguard_agent_loop::tools::{Decision, ToolLimits, Toolbox};
-use luminaguard_agent_loop::transcript::now_ms;
+use luminaguard_agent_loop::tools::{Decision, ToolLimits};
 use luminaguard_agent_loop::{
-    ApiKey, Client, Entry, Limits, ModelConfig, Observer, Retry, Status, Store, Summary, TaskId,
+    ApiKey, Entry, Limits, ModelConfig, Observer, Retry, Status, Store, TaskId,
 };
 use luminaguard_api::types::ApprovalView;
 use luminaguard_core::Config;
@@ -161,16 +161,10 @@ pub async fn run(
     }
 }
 
-/// A task being run here: its client, sandbox and transcript.
+/// A task being run here: its client, sandbox and transcript, and how it is shown.
 struct Task {
-    client: Client,
-    tools: Toolbox,
-    specs: Vec<luminaguard_llm::ToolSpec>,
-    limits: Limits,
-    writer: luminaguard_agent_loop::transcript::Writer,
+    prepared: Prepared,
     display: Display,
-    front: Front,
-    held: Option<luminaguard_front::Held>,
     asker: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -183,118 +177,66 @@ impl Task {
         json: bool,
     ) -> anyhow::Result<Self> {
         let provider = Provider::from(a.provider);
-        let base_url = a
-            .base_url
-            .clone()
-            .unwrap_or_else(|| default_base_url(provider).to_owned());
-        let api_key = std::env::var(key_variable(provider))
-            .ok()
-            .and_then(|k| ApiKey::new(&k));
-        if api_key.is_none() && a.base_url.is_none() && provider != Provider::Ollama {
-            anyhow::bail!(
-                "{provider} needs an API key: set {} (or give --base-url for a server that needs none)",
-                key_variable(provider)
-            );
+        if let Some(service) = front.service() {
+            service.set_front_kind("agent");
         }
-        let client = Client::new(
-            ModelConfig {
+        let launch = Launch {
+            model: ModelConfig {
                 provider,
                 model: a.model.clone(),
-                base_url,
-                api_key,
+                base_url: a
+                    .base_url
+                    .clone()
+                    .unwrap_or_else(|| default_base_url(provider).to_owned()),
+                api_key: std::env::var(key_variable(provider))
+                    .ok()
+                    .and_then(|k| ApiKey::new(&k)),
                 max_tokens: a.max_output_tokens,
             },
-            Retry {
+            retry: Retry {
                 attempts: a.retries.max(1),
                 base: a.retry_base,
                 idle: a.idle_timeout,
                 ..Retry::default()
             },
-        )?;
-        let id = TaskId::generate();
-        if let Some(service) = front.service() {
-            service.set_front_kind("agent");
-        }
-        // Every record made for this task names it.
-        let front = front.in_session(id.as_str());
-        let held = front
-            .hold(a.sandbox.options(None, false))
-            .await
-            .context("making the task's sandbox")?;
-        let writer = store
-            .create(Summary {
-                id: id.clone(),
-                task: title.to_owned(),
-                provider: provider.to_string(),
-                model: a.model.clone(),
-                sandbox: held.id().to_string(),
-                status: Status::Running,
-                message: String::new(),
-                steps: 0,
-                usage: Default::default(),
-                started_ms: now_ms(),
-                ended_ms: None,
-                pid: std::process::id(),
-            })
-            .await;
-        let writer = match writer {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = front.release(held).await;
-                return Err(e).context("starting the task's transcript");
-            }
-        };
-        let mut tools = Toolbox::new(
-            front.clone(),
-            held.id().clone(),
-            ToolLimits {
-                output: a.tool_output.max(256),
-                ..ToolLimits::default()
-            },
-        );
-        let asker = front.answerable_elsewhere().then(|| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            tools.report_pending(tx);
-            tokio::spawn(ask_pending(front.clone(), rx))
-        });
-        Ok(Self {
-            client,
-            tools,
-            specs: luminaguard_agent_loop::tools::builtin(),
             limits: Limits {
                 max_steps: a.max_steps,
                 max_tokens: a.max_tokens,
                 wall: a.wall_time,
             },
-            writer,
-            display: Display::new(json, id),
-            front,
-            held: Some(held),
+            tool_limits: ToolLimits {
+                output: a.tool_output.max(256),
+                ..ToolLimits::default()
+            },
+            sandbox: a.sandbox.options(None, false),
+            title: title.to_owned(),
+            uid: None,
+        };
+        let mut prepared = prepare(&front, store, launch).await?;
+        let asker = prepared.front.answerable_elsewhere().then(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            prepared.tools.report_pending(tx);
+            tokio::spawn(ask_pending(prepared.front.clone(), rx))
+        });
+        let display = Display::new(json, prepared.id.clone());
+        Ok(Self {
+            prepared,
+            display,
             asker,
         })
     }
 
-    /// Runs the task from the start for one request (run), the whole conversation (chat).
+    /// Runs the task for one request to its end (or Ctrl-C).
     async fn say(&mut self, text: &str) -> anyhow::Result<(Status, String)> {
-        let mut agent = Agent::start(
-            &self.client,
-            &self.tools,
-            &self.specs,
-            self.limits,
-            &mut self.writer,
-            &mut self.display,
-        )
-        .await?;
-        let reply = tokio::select! {
-            r = agent.say(text) => r?,
-            _ = tokio::signal::ctrl_c() => Reply::Stopped(Status::Interrupted, "interrupted (Ctrl-C)".into()),
+        let interrupted = async {
+            let _ = tokio::signal::ctrl_c().await;
+            "interrupted (Ctrl-C)".to_owned()
         };
-        let (status, message) = match reply {
-            Reply::Answered(t) => (Status::Done, t),
-            Reply::Stopped(s, m) => (s, m),
-        };
-        agent.finish(status, message.clone()).await?;
-        Ok((status, message))
+        let summary = self
+            .prepared
+            .run(&mut self.display, text, interrupted)
+            .await?;
+        Ok((summary.status, summary.message))
     }
 
     /// Releases the sandbox; the exit status the task ended with.
@@ -302,12 +244,7 @@ impl Task {
         if let Some(a) = self.asker.take() {
             a.abort();
         }
-        if let Some(held) = self.held.take() {
-            let id = held.id().clone();
-            if let Err(e) = self.front.release(held).await {
-                eprintln!("luminaguard: destroying the task's sandbox {id}: {e}");
-            }
-        }
+        self.prepared.release().await;
         let (status, _) = reply?;
         Ok(match status {
             Status::Done => ExitCode::SUCCESS,
@@ -327,15 +264,10 @@ async fn chat(a: &TaskArgs, front: Front, store: &Store) -> anyhow::Result<ExitC
     };
     let mut task = Task::begin(a, front, store, &first, false).await?;
     let result = async {
-        let mut agent = Agent::start(
-            &task.client,
-            &task.tools,
-            &task.specs,
-            task.limits,
-            &mut task.writer,
-            &mut task.display,
-        )
-        .await?;
+        let p = &mut task.prepared;
+        let mut agent =
+            Agent::start(&p.client, &p.tools, &p.specs, p.limits, &mut p.writer, &mut task.display)
+                .await?;
         let mut request = first;
         let (status, message) = loop {
             let reply = tokio::select! {

@@ -54,9 +54,15 @@ pub fn run(
             luminaguard_daemon::listen::bind_blocking(&socket, gid)
         })
         .await??;
+        // Agent tasks run here keep their transcripts beside the daemon's audit log.
+        let agents: std::sync::Arc<dyn luminaguard_daemon::agent_tasks::AgentHost> =
+            std::sync::Arc::new(luminaguard_agent_loop::host::Host::new(
+                luminaguard_agent_loop::Store::for_config(service.config()),
+            ));
         let (reloads, reloaded) = tokio::sync::mpsc::channel(1);
         let hangups = tokio::spawn(reload_on_hangup(std::sync::Arc::new(load), reloads));
-        let served = luminaguard_daemon::run(service, bound, stop_signal(), reloaded).await;
+        let served =
+            luminaguard_daemon::run(service, bound, stop_signal(), reloaded, Some(agents)).await;
         hangups.abort();
         served?;
         anyhow::Ok(())

@@ -64,7 +64,12 @@ use crate::execs::{self, After, StdinPlan};
         crate::approvals::review,
         crate::tool_calls::judge,
         crate::tool_calls::record,
-        crate::tool_calls::record_agent
+        crate::tool_calls::record_agent,
+        crate::agent_tasks::start,
+        crate::agent_tasks::list,
+        crate::agent_tasks::get,
+        crate::agent_tasks::events,
+        crate::agent_tasks::cancel
     ),
     components(schemas(
         Health,
@@ -88,6 +93,9 @@ use crate::execs::{self, After, StdinPlan};
         DecideBody,
         luminaguard_api::types::ToolCallBody,
         luminaguard_api::types::ToolCallCleared,
+        luminaguard_api::types::AgentTaskBody,
+        luminaguard_api::types::AgentTaskView,
+        luminaguard_api::types::AgentTaskDetail,
         luminaguard_api::chunk::Chunk
     ))
 )]
@@ -122,6 +130,18 @@ pub fn router(st: AppState) -> Router {
         .route(
             "/v1/sandboxes/{id}/agent-events",
             post(crate::tool_calls::record_agent),
+        )
+        .route(
+            "/v1/agent/tasks",
+            post(crate::agent_tasks::start).get(crate::agent_tasks::list),
+        )
+        .route(
+            "/v1/agent/tasks/{id}",
+            get(crate::agent_tasks::get).delete(crate::agent_tasks::cancel),
+        )
+        .route(
+            "/v1/agent/tasks/{id}/events",
+            get(crate::agent_tasks::events),
         )
         .route("/v1/approvals", get(crate::approvals::list))
         .route(
@@ -221,7 +241,7 @@ pub fn view(l: luminaguard_service::Listing) -> SandboxView {
 }
 
 /// What a create body asks the service for.
-fn options(body: CreateSandbox, persistent: bool) -> CreateOptions {
+pub(crate) fn options(body: CreateSandbox, persistent: bool) -> CreateOptions {
     CreateOptions {
         id: body.name,
         persistent,

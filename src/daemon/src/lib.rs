@@ -11,6 +11,7 @@
 //! Every request goes through the [`Service`], which applies the owner rule and everything
 //! else; the daemon adds transport, not policy.
 
+pub mod agent_tasks;
 pub mod api;
 pub mod approvals;
 pub mod auth;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub service: Service,
     pub execs: Arc<execs::Registry>,
     pub metrics: Arc<metrics::Metrics>,
+    /// What runs agent tasks (`/v1/agent/tasks`), when the binary supplies it.
+    pub agents: Option<Arc<dyn agent_tasks::AgentHost>>,
 }
 
 impl AppState {
@@ -41,7 +44,15 @@ impl AppState {
             service,
             execs: Arc::default(),
             metrics: Arc::default(),
+            agents: None,
         }
+    }
+
+    /// The same, running agent tasks with `host`.
+    #[must_use]
+    pub fn with_agents(mut self, host: Arc<dyn agent_tasks::AgentHost>) -> Self {
+        self.agents = Some(host);
+        self
     }
 }
 
@@ -57,6 +68,7 @@ pub async fn run(
     bound: listen::Bound,
     shutdown: impl Future<Output = ()>,
     reloads: tokio::sync::mpsc::Receiver<luminaguard_core::Config>,
+    agents: Option<Arc<dyn agent_tasks::AgentHost>>,
 ) -> std::io::Result<()> {
     let config = service.config().daemon.clone();
     let group = config.group.clone();
@@ -68,7 +80,8 @@ pub async fn run(
     bound.listener.set_nonblocking(true)?;
     let std_listener = bound.listener.try_clone()?;
     let listener = tokio::net::UnixListener::from_std(std_listener)?;
-    let st = AppState::new(service.clone());
+    let mut st = AppState::new(service.clone());
+    st.agents = agents;
     let housekeeping = tokio::spawn(housekeep(st.clone()));
     let idle = Arc::new(tokio::sync::Notify::new());
     let filling = tokio::spawn(fill_pools(
