@@ -289,7 +289,8 @@ impl AgentHost for Host {
     fn cancel<'a>(&'a self, caller: &'a Caller, id: &'a str) -> HostFuture<'a, ()> {
         Box::pin(async move {
             let summary = self.summary(caller, id).await?;
-            let Some(live) = self.live(&summary.id) else {
+            let live = self.live(&summary.id).filter(|l| !lock(&l.state).1);
+            let Some(live) = live else {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "conflict",

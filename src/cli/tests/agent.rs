@@ -868,3 +868,150 @@ fn asked_calls_wait_for_a_person_through_the_daemon() {
     assert_key_nowhere(&e, &[&out]);
     assert!(sandboxes(&e).is_empty());
 }
+
+/// The daemon runs agent tasks as an API: started with `POST /v1/agent/tasks` (the key in the
+/// body, held in memory), its entries streamed from `/events` until it ends, listed and shown
+/// for its owner only, cancelled with `DELETE` — its sandbox then gone. Bad requests get clear
+/// errors; the key is in no answer and no file.
+#[test]
+fn the_daemon_runs_agent_tasks_as_an_api() {
+    use luminaguard_testkit::http::{curl, curl_as, reply};
+    if !privileged("the daemon's agent tasks") {
+        return;
+    }
+    let e = env();
+    let rules = format!(
+        "{RUN_HELLO}\n[[rule]]\nid = \"sleep\"\ndecision = \"allow\"\nreason = \"the test's long command\"\nexec = [\"sleep\", \"600\"]\nexamples = [\"sleep 600\"]\n"
+    );
+    let policy = policy(&e, &rules);
+    let daemon = luminaguard_testkit::daemon::Daemon::start(
+        Path::new(BIN),
+        &e.rt,
+        &format!(
+            "audit_dir = \"{}\"\npolicy = \"{policy}\"\n[defaults]\nbackend = \"process\"\n\
+             [daemon]\ngroup = \"nogroup\"\n",
+            e.audit.display()
+        ),
+    );
+    let sock = &daemon.socket;
+    let p = Provider::start(json!([
+        {"calls": [{"name": "write_file", "arguments": {"path": "hello.py", "content": "print('hello from the daemon')\n"}}]},
+        {"calls": [{"name": "shell", "arguments": {"command": "python3 hello.py"}}]},
+        {"say": "It prints its greeting."},
+        {"calls": [{"name": "shell", "arguments": {"command": "sleep 600"}}]}
+    ]));
+    let body = |task: &str| {
+        json!({
+            "task": task, "provider": "anthropic", "model": "scripted-model",
+            "base_url": p.base_url("anthropic"), "api_key": KEY,
+            "sandbox": {"workspace": path(&e.ws)}
+        })
+        .to_string()
+    };
+    let started = curl(
+        sock,
+        "POST",
+        "/v1/agent/tasks",
+        Some(&body("write hello.py and run it")),
+    );
+    assert_eq!(started.status, 201, "{}", started.body);
+    let view = started.json();
+    let id = view["id"].as_str().unwrap().to_owned();
+    assert_eq!(view["status"], "running");
+    assert_eq!(view["user"], 0);
+    // The entries, streamed until the task ends.
+    let events = curl(sock, "GET", &format!("/v1/agent/tasks/{id}/events"), None);
+    assert_eq!(events.status, 200);
+    let entries: Vec<Value> = events
+        .body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries[0]["type"], "started");
+    assert_eq!(entries[0]["task_id"], id.as_str());
+    let last = entries.last().unwrap();
+    assert_eq!(last["type"], "finished", "{entries:#?}");
+    assert_eq!(last["status"], "done");
+    assert!(
+        of_type(&entries, "tool_result")[1]["content"]
+            .as_str()
+            .unwrap()
+            .contains("hello from the daemon")
+    );
+    assert_eq!(
+        std::fs::read_to_string(e.ws.join("hello.py")).unwrap(),
+        "print('hello from the daemon')\n"
+    );
+    // Shown whole, the same; listed; the stream of an ended task replays it.
+    let shown = curl(sock, "GET", &format!("/v1/agent/tasks/{id}"), None);
+    assert_eq!(shown.status, 200);
+    assert_eq!(shown.json()["entries"].as_array().unwrap(), &entries);
+    assert_eq!(shown.json()["task"]["status"], "done");
+    let again = curl(sock, "GET", &format!("/v1/agent/tasks/{id}/events"), None);
+    assert_eq!(again.body, events.body);
+    let list = curl(sock, "GET", "/v1/agent/tasks", None).json();
+    assert_eq!(list[0]["id"], id.as_str());
+    // Another user sees none of it.
+    let alice = Some((1000, 65534));
+    let theirs = reply(curl_as(sock, "GET", "/v1/agent/tasks", None, alice));
+    assert_eq!(theirs.status, 200);
+    assert_eq!(theirs.json(), json!([]));
+    for (method, route) in [
+        ("GET", format!("/v1/agent/tasks/{id}")),
+        ("GET", format!("/v1/agent/tasks/{id}/events")),
+        ("DELETE", format!("/v1/agent/tasks/{id}")),
+    ] {
+        let r = reply(curl_as(sock, method, &route, None, alice));
+        assert_eq!(r.status, 404, "{method} {route}: {}", r.body);
+    }
+    // Bad requests.
+    for (bad, status) in [
+        (
+            json!({"task": "x", "provider": "gemini", "model": "m"}).to_string(),
+            400,
+        ),
+        (
+            json!({"task": "x", "provider": "openai", "model": "m", "extra": 1}).to_string(),
+            400,
+        ),
+        (
+            json!({"task": "x", "provider": "anthropic", "model": "m"}).to_string(),
+            422,
+        ),
+        ("{not json".to_owned(), 400),
+    ] {
+        let r = curl(sock, "POST", "/v1/agent/tasks", Some(&bad));
+        assert_eq!(r.status, status, "{bad}: {}", r.body);
+    }
+    for bad in ["../../etc/passwd", "task-0123456789ab", "x%00y"] {
+        let r = curl(sock, "GET", &format!("/v1/agent/tasks/{bad}"), None);
+        assert!(r.status == 400 || r.status == 404, "{bad}: {}", r.status);
+    }
+    // A running task is cancelled: its sandbox goes, its transcript says so.
+    let long = curl(sock, "POST", "/v1/agent/tasks", Some(&body("sleep"))).json();
+    let long_id = long["id"].as_str().unwrap().to_owned();
+    wait_until("the long command runs", Duration::from_secs(60), || {
+        !luminaguard_testkit::live_processes_matching(&["sleep", "600"]).is_empty()
+    });
+    let gone = curl(sock, "DELETE", &format!("/v1/agent/tasks/{long_id}"), None);
+    assert_eq!(gone.status, 204, "{}", gone.body);
+    let shown = curl(sock, "GET", &format!("/v1/agent/tasks/{long_id}"), None).json();
+    assert_eq!(shown["task"]["status"], "interrupted");
+    assert!(
+        luminaguard_testkit::live_processes_matching(&["sleep", "600"]).is_empty(),
+        "the cancelled task's command lives on"
+    );
+    assert!(sandboxes(&e).is_empty());
+    let twice = curl(sock, "DELETE", &format!("/v1/agent/tasks/{long_id}"), None);
+    assert_eq!(twice.status, 409);
+    assert_key_only_in_headers(&p, "anthropic");
+    assert_key_nowhere(&e, &[]);
+    for body in [
+        &started.body,
+        &shown.to_string(),
+        &events.body,
+        &list.to_string(),
+    ] {
+        assert!(!body.contains(KEY));
+    }
+}
