@@ -176,6 +176,7 @@ impl Host {
             sandbox,
             title: body.task.clone(),
             uid: Some(caller.uid),
+            mcp: None,
         })
     }
 }

@@ -24,6 +24,8 @@ pub struct Launch {
     pub title: String,
     /// Whose task it is, when the store holds several users' (the daemon's).
     pub uid: Option<u32>,
+    /// MCP servers whose tools the model is also given (`--mcp-config`).
+    pub mcp: Option<std::sync::Arc<luminaguard_mcp::gateway::Gateway>>,
 }
 
 /// Why a task could not start.
@@ -116,12 +118,18 @@ pub async fn prepare(
             return Err(e.into());
         }
     };
-    let tools = Toolbox::new(front.clone(), held.id().clone(), launch.tool_limits);
+    let mut tools = Toolbox::new(front.clone(), held.id().clone(), launch.tool_limits);
+    let mut specs = crate::tools::builtin();
+    if let Some(gateway) = launch.mcp {
+        let mcp = std::sync::Arc::new(crate::mcp::McpTools::new(gateway));
+        specs.extend(mcp.specs(&front).await);
+        tools = tools.with_mcp(mcp);
+    }
     Ok(Prepared {
         id,
         client,
         tools,
-        specs: crate::tools::builtin(),
+        specs,
         limits: launch.limits,
         writer,
         front,
@@ -130,8 +138,11 @@ pub async fn prepare(
 }
 
 impl Prepared {
-    /// Destroys the task's sandbox.
+    /// Destroys the task's sandbox (and its MCP servers').
     pub async fn release(&mut self) {
+        if let Some(mcp) = self.tools.mcp() {
+            mcp.release(&self.front).await;
+        }
         if let Some(held) = self.held.take() {
             let id = held.id().clone();
             if let Err(e) = self.front.release(held).await {

@@ -15,6 +15,7 @@
 pub mod client;
 pub mod host;
 pub mod launch;
+pub mod mcp;
 pub mod task;
 pub mod tools;
 pub mod transcript;

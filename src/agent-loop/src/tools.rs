@@ -3,6 +3,7 @@
 //! write by its write rules with a Diff Card when asked) and records it on the audit log.
 //! Nothing here decides whether a call may run.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use luminaguard_api::types::ApprovalView;
@@ -16,6 +17,8 @@ use luminaguard_mcp::tools::CommandResult;
 use luminaguard_service::ExecOptions;
 use luminaguard_service::agent_event::AgentEvent;
 use schemars::JsonSchema;
+
+use crate::mcp::McpTools;
 use serde::{Deserialize, Serialize};
 
 /// The tools' names.
@@ -172,6 +175,7 @@ pub struct Toolbox {
     sandbox: SandboxId,
     limits: ToolLimits,
     pending: Option<tokio::sync::mpsc::UnboundedSender<ApprovalView>>,
+    mcp: Option<Arc<McpTools>>,
 }
 
 /// How often a call through the daemon looks for approvals it waits on.
@@ -219,7 +223,18 @@ impl Toolbox {
             sandbox,
             limits,
             pending: None,
+            mcp: None,
         }
+    }
+
+    /// Also offers the tools of the gateway's MCP servers.
+    pub fn with_mcp(mut self, mcp: Arc<McpTools>) -> Self {
+        self.mcp = Some(mcp);
+        self
+    }
+
+    pub fn mcp(&self) -> Option<&Arc<McpTools>> {
+        self.mcp.as_ref()
     }
 
     pub fn sandbox(&self) -> &SandboxId {
@@ -254,7 +269,9 @@ impl Toolbox {
                 continue;
             };
             for a in list {
-                let ours = a.state == "pending" && a.card.sandbox == self.sandbox.as_str();
+                let ours = a.state == "pending"
+                    && (a.card.sandbox == self.sandbox.as_str()
+                        || self.mcp.as_ref().is_some_and(|m| m.owns(&a.card.sandbox)));
                 if ours && !seen.contains(&a.id) {
                     seen.push(a.id.clone());
                     if let Some(to) = &self.pending {
@@ -290,9 +307,25 @@ impl Toolbox {
             WRITE_FILE => self.write_file(args(call)).await,
             EDIT_FILE => self.edit_file(args(call)).await,
             LIST_FILES => self.list_files(args(call)).await.map(|t| (t, None)),
+            name if self.mcp.as_ref().is_some_and(|m| m.serves(name)) => {
+                let mcp = self.mcp.as_ref().map(Arc::clone);
+                match (mcp, &call.malformed) {
+                    (_, Some(why)) => Err(invalid(format!(
+                        "the arguments of this {name} call are not valid JSON ({why}); call it \
+                         again with a JSON object"
+                    ))),
+                    (Some(mcp), None) => mcp.call(&self.front, call).await.map(|t| (t, None)),
+                    (None, None) => Err(invalid(format!("there is no tool {name:?}"))),
+                }
+            }
             other => Err(invalid(format!(
                 "there is no tool {other:?}; the tools are {SHELL}, {READ_FILE}, {WRITE_FILE}, \
-                 {EDIT_FILE} and {LIST_FILES}"
+                 {EDIT_FILE}, {LIST_FILES}{}",
+                if self.mcp.is_some() {
+                    " and the MCP servers' (SERVER__TOOL)"
+                } else {
+                    ""
+                }
             ))),
         }
     }

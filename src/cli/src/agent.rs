@@ -4,6 +4,7 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -18,6 +19,7 @@ use luminaguard_agent_loop::{
 use luminaguard_api::types::ApprovalView;
 use luminaguard_core::Config;
 use luminaguard_llm::Provider;
+use luminaguard_mcp::gateway::Gateway;
 use luminaguard_service::Answer;
 
 use crate::front::Front;
@@ -104,6 +106,10 @@ pub struct TaskArgs {
     /// The first retry's wait (each next doubles; `retry-after` wins when given).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, hide = true)]
     retry_base: Duration,
+    /// MCP servers whose tools the model is also given (`SERVER__TOOL`), each in a sandbox of
+    /// its own behind the gateway's checks: a gateway file as `luminaguard mcp gateway` takes.
+    #[arg(long, value_name = "FILE")]
+    mcp_config: Option<std::path::PathBuf>,
     /// The longest silence of the provider inside an answer before the try fails.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration, hide = true)]
     idle_timeout: Duration,
@@ -135,6 +141,7 @@ pub async fn run(
         AgentCommand::Ls { json } => list(&store, json).await,
         AgentCommand::Show { id, json } => show(&store, &id, json).await,
         AgentCommand::Run(args) => {
+            let mcp = gateway(&args.task_args, &config).await?;
             let front = crate::front(config, choice).await?;
             let result = async {
                 let mut task = Task::begin(
@@ -143,6 +150,7 @@ pub async fn run(
                     &store,
                     &args.task,
                     args.json,
+                    mcp,
                 )
                 .await?;
                 let reply = task.say(&args.task).await;
@@ -153,12 +161,24 @@ pub async fn run(
             result
         }
         AgentCommand::Chat(args) => {
+            let mcp = gateway(&args, &config).await?;
             let front = crate::front(config, choice).await?;
-            let result = chat(&args, front.clone(), &store).await;
+            let result = chat(&args, front.clone(), &store, mcp).await;
             front.finish().await;
             result
         }
     }
+}
+
+/// The gateway of `--mcp-config`, if given.
+async fn gateway(a: &TaskArgs, config: &Config) -> anyhow::Result<Option<Arc<Gateway>>> {
+    let Some(file) = &a.mcp_config else {
+        return Ok(None);
+    };
+    let pins = crate::mcp::pins_file(config);
+    Ok(Some(Arc::new(
+        crate::mcp::load_gateway(file.clone(), pins).await?,
+    )))
 }
 
 /// A task being run here: its client, sandbox and transcript, and how it is shown.
@@ -175,6 +195,7 @@ impl Task {
         store: &Store,
         title: &str,
         json: bool,
+        mcp: Option<Arc<Gateway>>,
     ) -> anyhow::Result<Self> {
         let provider = Provider::from(a.provider);
         if let Some(service) = front.service() {
@@ -211,6 +232,7 @@ impl Task {
             sandbox: a.sandbox.options(None, false),
             title: title.to_owned(),
             uid: None,
+            mcp,
         };
         let mut prepared = prepare(&front, store, launch).await?;
         let asker = prepared.front.answerable_elsewhere().then(|| {
@@ -254,7 +276,12 @@ impl Task {
     }
 }
 
-async fn chat(a: &TaskArgs, front: Front, store: &Store) -> anyhow::Result<ExitCode> {
+async fn chat(
+    a: &TaskArgs,
+    front: Front,
+    store: &Store,
+    mcp: Option<Arc<Gateway>>,
+) -> anyhow::Result<ExitCode> {
     use tokio::io::AsyncBufReadExt;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let prompt = || eprint!("› ");
@@ -262,7 +289,7 @@ async fn chat(a: &TaskArgs, front: Front, store: &Store) -> anyhow::Result<ExitC
     let Some(first) = next_request(&mut lines).await? else {
         return Ok(ExitCode::SUCCESS);
     };
-    let mut task = Task::begin(a, front, store, &first, false).await?;
+    let mut task = Task::begin(a, front, store, &first, false, mcp).await?;
     let result = async {
         let p = &mut task.prepared;
         let mut agent =

@@ -202,18 +202,8 @@ pub async fn run(cmd: McpCommand, config: Config, choice: &Choice) -> anyhow::Re
         }
         McpCommand::Gateway(args) => {
             let http = args.http.options(&config)?;
-            let gw_config = {
-                let path = args.servers.clone();
-                tokio::task::spawn_blocking(move || {
-                    luminaguard_mcp::gateway::config::GatewayConfig::load(&path)
-                })
-                .await??
-            };
             let pins = args.pins.clone().unwrap_or_else(|| pins_file(&config));
-            let gateway = tokio::task::spawn_blocking(move || {
-                luminaguard_mcp::gateway::Gateway::new(&gw_config, &pins, |k| std::env::var(k).ok())
-            })
-            .await??;
+            let gateway = load_gateway(args.servers.clone(), pins).await?;
             let front = Front::open(config, choice).await?;
             let settings = luminaguard_mcp::Settings {
                 pending_after: pending_after(args.pending_after),
@@ -230,6 +220,23 @@ pub async fn run(cmd: McpCommand, config: Config, choice: &Choice) -> anyhow::Re
 }
 
 /// The default pin store: beside the audit log.
+/// The gateway of configuration file `servers` with pins in `pins` (secrets from this
+/// process's environment or the configuration's secrets file).
+pub async fn load_gateway(
+    servers: std::path::PathBuf,
+    pins: std::path::PathBuf,
+) -> anyhow::Result<luminaguard_mcp::gateway::Gateway> {
+    tokio::task::spawn_blocking(move || {
+        let config = luminaguard_mcp::gateway::config::GatewayConfig::load(&servers)?;
+        anyhow::Ok(luminaguard_mcp::gateway::Gateway::new(
+            &config,
+            &pins,
+            |k| std::env::var(k).ok(),
+        )?)
+    })
+    .await?
+}
+
 pub fn pins_file(config: &Config) -> std::path::PathBuf {
     config
         .audit_dir

@@ -1015,3 +1015,106 @@ fn the_daemon_runs_agent_tasks_as_an_api() {
         assert!(!body.contains(KEY));
     }
 }
+
+/// With `--mcp-config` the model also gets the tools of MCP servers, each in a sandbox of its
+/// own behind the gateway: a real server from npm (`@modelcontextprotocol/server-everything`,
+/// installed by scripts/setup) is listed to the provider as `everything__TOOL`; an allowed
+/// call runs, one the policy's `mcp` rule denies by its arguments never reaches the server, a
+/// tool the server does not offer is refused; the server's sandbox goes with the task.
+#[test]
+fn the_model_gets_the_gateways_mcp_tools() {
+    const NODE_SERVERS: &str = "/var/cache/luminaguard/mcp-servers/node";
+    let installed = Path::new(NODE_SERVERS)
+        .join("node_modules/@modelcontextprotocol/server-everything/dist/index.js")
+        .exists();
+    if !privileged("the agent's MCP tools")
+        || !common::prerequisite(&format!("the MCP servers ({NODE_SERVERS})"), installed)
+    {
+        return;
+    }
+    let e = env();
+    let gateway = e.dir.path().join("gateway.toml");
+    std::fs::write(
+        &gateway,
+        format!(
+            r#"[servers.everything]
+command = ["node", "/opt/mcp/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"]
+backend = "process"
+mounts = [{{ host = "{NODE_SERVERS}", at = "/opt/mcp/node" }}]
+"#
+        ),
+    )
+    .unwrap();
+    let policy = policy(
+        &e,
+        r#"
+[[rule]]
+id = "everything-server"
+decision = "allow"
+reason = "the npm server"
+exec = ["node", "/opt/mcp/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"]
+examples = ["node /opt/mcp/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js stdio"]
+
+[[rule]]
+id = "echo"
+decision = "allow"
+reason = "echo is harmless"
+mcp = { server = "everything", tool = "echo" }
+
+[[rule]]
+id = "no-secrets-echoed"
+decision = "deny"
+reason = "no secret plans"
+mcp = { server = "everything", tool = "echo", args = { "/message" = "secret*" } }
+"#,
+    );
+    let p = Provider::start(json!([
+        {"calls": [{"name": "everything__echo", "arguments": {"message": "hello from the model"}}]},
+        {"calls": [{"name": "everything__echo", "arguments": {"message": "secret plans"}}]},
+        {"calls": [{"name": "everything__no-such-tool", "arguments": {}}]},
+        {"say": "done"}
+    ]));
+    let out = agent(
+        &e,
+        &p,
+        "openai",
+        &policy,
+        &["--mcp-config", &path(&gateway), "echo"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tools: Vec<String> = p.requests()[0]["body"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(tools.contains(&"everything__echo".to_owned()), "{tools:?}");
+    assert!(tools.contains(&"shell".to_owned()));
+    let printed = entries(&out);
+    let results = of_type(&printed, "tool_result");
+    assert_eq!(results[0]["decision"], "allowed", "{:#}", results[0]);
+    assert!(
+        results[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("hello from the model")
+    );
+    assert_eq!(results[1]["decision"], "refused", "{:#}", results[1]);
+    assert!(
+        results[1]["content"]
+            .as_str()
+            .unwrap()
+            .contains("no secret plans")
+    );
+    assert_eq!(results[2]["is_error"], true);
+    assert_ne!(results[2]["decision"], "allowed");
+    // The gateway's records: the denied call never reached the server.
+    let recs = records(&e);
+    let results_logged: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"]["type"] == "tool-result")
+        .collect();
+    assert_eq!(results_logged.len(), 1, "{results_logged:#?}");
+    assert!(sandboxes(&e).is_empty(), "the server's sandbox is left");
+    assert_key_nowhere(&e, &[&out]);
+}

@@ -70,6 +70,11 @@ impl Shared {
         lock(&self.sandboxes).remove(id);
     }
 
+    /// Whether sandbox `id` is one of this session's.
+    pub fn tracks(&self, id: &str) -> bool {
+        lock(&self.sandboxes).iter().any(|s| s.as_str() == id)
+    }
+
     /// The first pending approval of this session's sandboxes that no call has taken up yet,
     /// now taken up by the caller — preferring one whose command is `argv` (the caller's own).
     pub async fn claim_next(

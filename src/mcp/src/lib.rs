@@ -39,6 +39,7 @@ pub mod tools;
 use luminaguard_front::Front;
 use luminaguard_service::CreateOptions;
 
+pub use approve::Shared;
 pub use server::Server;
 
 /// What the server was started with.

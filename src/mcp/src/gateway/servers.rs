@@ -96,7 +96,8 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    fn text(self) -> String {
+    /// What it says.
+    pub fn text(self) -> String {
         match self {
             Self::Unknown(t) | Self::Refused(t) | Self::Failed(t) => t,
         }
@@ -554,16 +555,34 @@ impl Servers {
         shared: &Shared,
         req: CallToolRequestParams,
     ) -> CallToolResult {
+        self.call_tool(gw, front, shared, req)
+            .await
+            .unwrap_or_else(|r| error_result(r.text()))
+    }
+
+    /// Calls exposed tool `req.name`: the server's result, or why it was not called (or its
+    /// result withheld) — for a caller that tells a refusal from a failure (the agent loop).
+    pub async fn call_tool(
+        &self,
+        gw: &Gateway,
+        front: &Front,
+        shared: &Shared,
+        req: CallToolRequestParams,
+    ) -> Result<CallToolResult, Refusal> {
         let Some((server, tool)) = split(&req.name) else {
-            return error_result(format!(
+            return Err(Refusal::Unknown(format!(
                 "unknown tool {:?}: the gateway's tools are named SERVER{SEPARATOR}TOOL \
                  (tools/list lists them)",
                 req.name
-            ));
+            )));
         };
         let d = match self.running(gw, front, shared, server).await {
             Ok(d) => d,
-            Err(e) => return error_result(format!("MCP server {server} is unavailable: {e}")),
+            Err(e) => {
+                return Err(Refusal::Failed(format!(
+                    "MCP server {server} is unavailable: {e}"
+                )));
+            }
         };
         let (offered, withheld) = {
             let st = self.slots.get(server).map(|s| lock(&s.state));
@@ -577,11 +596,11 @@ impl Servers {
             let reason = withheld.unwrap_or_else(|| {
                 format!("server {server} offers no tool {tool:?} (tools/list lists them)")
             });
-            return error_result(refuse(front, &d, tool, reason).await);
+            return Err(Refusal::Refused(refuse(front, &d, tool, reason).await));
         }
         let arguments = serde_json::Value::Object(req.arguments.clone().unwrap_or_default());
         let timeout = gw.call_timeout(server);
-        let sent = forward(gw, front, &d, tool, arguments, |arguments| {
+        forward(gw, front, &d, tool, arguments, |arguments| {
             let mut params = req.clone();
             params.name = tool.to_owned().into();
             params.arguments = match arguments {
@@ -592,8 +611,7 @@ impl Servers {
             params.input_responses = None;
             d.call(params, timeout)
         })
-        .await;
-        sent.unwrap_or_else(|r| error_result(r.text()))
+        .await
     }
 
     /// Gets exposed prompt `params.name` (`SERVER__PROMPT`) — the work of one flight.
