@@ -69,20 +69,18 @@ impl From<ProviderArg> for Provider {
 /// What a task runs on, and its bounds.
 #[derive(Debug, Args)]
 pub struct TaskArgs {
-    /// The provider's wire format.
-    #[arg(
-        long,
-        value_enum,
-        env = "LUMINAGUARD_AGENT_PROVIDER",
-        default_value = "openai"
-    )]
-    provider: ProviderArg,
-    /// The model's name, as the provider knows it.
+    /// The provider's wire format (default: the configuration's `[agent] provider`, else
+    /// openai).
+    #[arg(long, value_enum, env = "LUMINAGUARD_AGENT_PROVIDER")]
+    provider: Option<ProviderArg>,
+    /// The model's name, as the provider knows it (default: the configuration's
+    /// `[agent] model`).
     #[arg(long, env = "LUMINAGUARD_AGENT_MODEL")]
-    model: String,
-    /// The API's base URL (default: the provider's; `http://127.0.0.1:8000/v1` for a local
-    /// OpenAI-compatible server). The key is read from OPENAI_API_KEY, ANTHROPIC_API_KEY or
-    /// OLLAMA_API_KEY, never from a flag.
+    model: Option<String>,
+    /// The API's base URL (default: the configuration's, else the provider's;
+    /// `http://127.0.0.1:8000/v1` for a local OpenAI-compatible server). The key is read from
+    /// OPENAI_API_KEY, ANTHROPIC_API_KEY or OLLAMA_API_KEY, else from the configuration's
+    /// `[agent] api_key_file` — never from a flag.
     #[arg(long, env = "LUMINAGUARD_AGENT_BASE_URL", value_name = "URL")]
     base_url: Option<String>,
     /// Model answers at most.
@@ -141,6 +139,7 @@ pub async fn run(
         AgentCommand::Ls { json } => list(&store, json).await,
         AgentCommand::Show { id, json } => show(&store, &id, json).await,
         AgentCommand::Run(args) => {
+            let model = model_config(&args.task_args, &config).await?;
             let mcp = gateway(&args.task_args, &config).await?;
             let front = crate::front(config, choice).await?;
             let result = async {
@@ -150,6 +149,7 @@ pub async fn run(
                     &store,
                     &args.task,
                     args.json,
+                    model,
                     mcp,
                 )
                 .await?;
@@ -161,13 +161,74 @@ pub async fn run(
             result
         }
         AgentCommand::Chat(args) => {
+            let model = model_config(&args, &config).await?;
             let mcp = gateway(&args, &config).await?;
             let front = crate::front(config, choice).await?;
-            let result = chat(&args, front.clone(), &store, mcp).await;
+            let result = chat(&args, front.clone(), &store, model, mcp).await;
             front.finish().await;
             result
         }
     }
+}
+
+/// The model a task runs on: flags (and their variables) first, then the configuration's
+/// `[agent]`; the key from the provider's variable, else `[agent] api_key_file`.
+async fn model_config(a: &TaskArgs, config: &Config) -> anyhow::Result<ModelConfig> {
+    let c = &config.agent;
+    let provider = match (a.provider, c.provider.as_deref()) {
+        (Some(p), _) => Provider::from(p),
+        (None, Some("anthropic")) => Provider::Anthropic,
+        (None, Some("ollama")) => Provider::Ollama,
+        (None, _) => Provider::OpenAi,
+    };
+    let model = a.model.clone().or_else(|| c.model.clone()).context(
+        "which model? give --model (or LUMINAGUARD_AGENT_MODEL, or `model` in the \
+         configuration's [agent])",
+    )?;
+    let base_url = a
+        .base_url
+        .clone()
+        .or_else(|| c.base_url.clone())
+        .unwrap_or_else(|| default_base_url(provider).to_owned());
+    let api_key = match std::env::var(key_variable(provider))
+        .ok()
+        .and_then(|k| ApiKey::new(&k))
+    {
+        Some(k) => Some(k),
+        None => match &c.api_key_file {
+            Some(file) => Some(read_key(file).await?),
+            None => None,
+        },
+    };
+    Ok(ModelConfig {
+        provider,
+        model,
+        base_url,
+        api_key,
+        max_tokens: a.max_output_tokens,
+    })
+}
+
+/// The key in `file`, which only its owner — this user — may read.
+async fn read_key(file: &std::path::Path) -> anyhow::Result<ApiKey> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = file.display();
+    let meta = tokio::fs::metadata(file)
+        .await
+        .with_context(|| format!("[agent] api_key_file {shown}"))?;
+    anyhow::ensure!(
+        meta.uid() == nix::unistd::geteuid().as_raw(),
+        "[agent] api_key_file {shown}: not owned by this user; refusing a key another user controls"
+    );
+    anyhow::ensure!(
+        meta.mode() & 0o077 == 0,
+        "[agent] api_key_file {shown}: others may read it (mode {:o}); chmod 600 it",
+        meta.mode() & 0o777
+    );
+    let text = tokio::fs::read_to_string(file)
+        .await
+        .with_context(|| format!("[agent] api_key_file {shown}"))?;
+    ApiKey::new(&text).with_context(|| format!("[agent] api_key_file {shown} is empty"))
 }
 
 /// The gateway of `--mcp-config`, if given.
@@ -195,25 +256,14 @@ impl Task {
         store: &Store,
         title: &str,
         json: bool,
+        model: ModelConfig,
         mcp: Option<Arc<Gateway>>,
     ) -> anyhow::Result<Self> {
-        let provider = Provider::from(a.provider);
         if let Some(service) = front.service() {
             service.set_front_kind("agent");
         }
         let launch = Launch {
-            model: ModelConfig {
-                provider,
-                model: a.model.clone(),
-                base_url: a
-                    .base_url
-                    .clone()
-                    .unwrap_or_else(|| default_base_url(provider).to_owned()),
-                api_key: std::env::var(key_variable(provider))
-                    .ok()
-                    .and_then(|k| ApiKey::new(&k)),
-                max_tokens: a.max_output_tokens,
-            },
+            model,
             retry: Retry {
                 attempts: a.retries.max(1),
                 base: a.retry_base,
@@ -280,6 +330,7 @@ async fn chat(
     a: &TaskArgs,
     front: Front,
     store: &Store,
+    model: ModelConfig,
     mcp: Option<Arc<Gateway>>,
 ) -> anyhow::Result<ExitCode> {
     use tokio::io::AsyncBufReadExt;
@@ -289,7 +340,7 @@ async fn chat(
     let Some(first) = next_request(&mut lines).await? else {
         return Ok(ExitCode::SUCCESS);
     };
-    let mut task = Task::begin(a, front, store, &first, false, mcp).await?;
+    let mut task = Task::begin(a, front, store, &first, false, model, mcp).await?;
     let result = async {
         let p = &mut task.prepared;
         let mut agent =

@@ -1118,3 +1118,72 @@ mcp = { server = "everything", tool = "echo", args = { "/message" = "secret*" } 
     assert!(sandboxes(&e).is_empty(), "the server's sandbox is left");
     assert_key_nowhere(&e, &[&out]);
 }
+
+/// The configuration's `[agent]` names the provider, model, base URL and a key file; the key
+/// file must be the user's alone, and `config show` shows its path, never the key.
+#[test]
+fn the_configuration_names_the_model_and_a_key_file() {
+    use std::os::unix::fs::PermissionsExt;
+    if !privileged("the agent's configuration") {
+        return;
+    }
+    let e = env();
+    let p = Provider::start(json!([{"say": "configured"}]));
+    let key_file = e.dir.path().join("anthropic.key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let config = e.dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nprovider = \"anthropic\"\nmodel = \"configured-model\"\nbase_url = \"{}\"\napi_key_file = \"{}\"\n",
+            p.base_url("anthropic"),
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let run = || {
+        Command::new("setsid")
+            .arg(BIN)
+            .arg("--runtime-dir")
+            .arg(&e.rt)
+            .arg("--config")
+            .arg(&config)
+            .args(["--policy", "default", "agent", "run", "--json", "hi"])
+            .env("LUMINAGUARD_AUDIT_DIR", &e.audit)
+            .env_remove("ANTHROPIC_API_KEY")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let loose = run();
+    assert_eq!(loose.status.code(), Some(1));
+    assert!(
+        text(&loose.stderr).contains("chmod 600"),
+        "{}",
+        text(&loose.stderr)
+    );
+    assert!(p.requests().is_empty());
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let reqs = p.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0]["path"], "/v1/messages");
+    assert_eq!(reqs[0]["body"]["model"], "configured-model");
+    assert_eq!(reqs[0]["headers"]["x-api-key"], KEY);
+    let shown = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["config", "show"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&shown.stdout).contains("anthropic.key"),
+        "{}",
+        text(&shown.stdout)
+    );
+    assert!(!text(&shown.stdout).contains(KEY));
+    std::fs::remove_file(&key_file).unwrap();
+    assert_key_nowhere(&e, &[&out, &loose, &shown]);
+}

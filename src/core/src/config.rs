@@ -76,6 +76,8 @@ pub struct ConfigLayer {
     pub review: ReviewLayer,
     #[serde(default)]
     pub daemon: DaemonLayer,
+    #[serde(default)]
+    pub agent: AgentLayer,
     /// Warm pools the daemon keeps (`[pools.NAME]`); a later layer's pool of the same name
     /// replaces an earlier one's whole.
     #[serde(default)]
@@ -256,6 +258,34 @@ pub struct CopyLayer {
     pub max_size: Option<ByteSize>,
 }
 
+/// The agent loop's defaults (`luminaguard agent`, docs/agent.md); its flags and
+/// `LUMINAGUARD_AGENT_*` variables come first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentLayer {
+    /// `openai`, `anthropic` or `ollama`.
+    pub provider: Option<String>,
+    /// The model's name, as the provider knows it.
+    pub model: Option<String>,
+    /// The API's base URL.
+    pub base_url: Option<String>,
+    /// A file holding the provider's key (only the user may read it: mode 0600 or stricter),
+    /// read when the provider's variable (`OPENAI_API_KEY`, …) is not set. Never the key
+    /// itself: a configuration file is shown by `config show`.
+    pub api_key_file: Option<PathBuf>,
+}
+
+impl AgentLayer {
+    fn merge(self, over: Self) -> Self {
+        Self {
+            provider: over.provider.or(self.provider),
+            model: over.model.or(self.model),
+            base_url: over.base_url.or(self.base_url),
+            api_key_file: over.api_key_file.or(self.api_key_file),
+        }
+    }
+}
+
 /// Speculative-run (`--review`) settings a layer may set.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -390,6 +420,7 @@ impl ConfigLayer {
                 card_expiry: over.review.card_expiry.or(self.review.card_expiry),
             },
             daemon: self.daemon.merge(over.daemon),
+            agent: self.agent.merge(over.agent),
             pools: {
                 let mut pools = self.pools;
                 pools.extend(over.pools);
@@ -457,6 +488,8 @@ pub struct Config {
     pub pools: BTreeMap<String, PoolConfig>,
     /// Where the host's programs and images are.
     pub host: HostConfig,
+    /// The agent loop's defaults.
+    pub agent: AgentLayer,
 }
 
 /// How `luminaguard daemon` serves its API.
@@ -622,8 +655,18 @@ impl Config {
             }
         }
         let host = merged.host.resolve()?;
+        if let Some(p) = merged.agent.provider.as_deref()
+            && !matches!(p, "openai" | "anthropic" | "ollama")
+        {
+            return Err(ConfigError::Value {
+                key: "agent.provider",
+                value: p.to_owned(),
+                reason: "openai, anthropic or ollama",
+            });
+        }
         Ok(Self {
             host,
+            agent: merged.agent.clone(),
             pools: merged.pools,
             audit_dir: merged.audit_dir.unwrap_or_else(|| {
                 if uid == 0 {
