@@ -1187,3 +1187,64 @@ fn the_configuration_names_the_model_and_a_key_file() {
     std::fs::remove_file(&key_file).unwrap();
     assert_key_nowhere(&e, &[&out, &loose, &shown]);
 }
+
+/// One real multi-step task against a real provider, when one is named: set
+/// `LUMINAGUARD_REAL_PROVIDER` (`openai`, `anthropic` or `ollama`), `LUMINAGUARD_REAL_MODEL`,
+/// the provider's key variable and, for a compatible server, `LUMINAGUARD_REAL_BASE_URL`. CI has
+/// no key (and may have none), so there it skips, saying so, like anywhere without one.
+#[test]
+fn a_real_task_on_a_real_provider() {
+    let (Ok(provider), Ok(model)) = (
+        std::env::var("LUMINAGUARD_REAL_PROVIDER"),
+        std::env::var("LUMINAGUARD_REAL_MODEL"),
+    ) else {
+        eprintln!(
+            "skipped: no real provider named (LUMINAGUARD_REAL_PROVIDER, LUMINAGUARD_REAL_MODEL \
+             and the provider's key)"
+        );
+        return;
+    };
+    if !privileged("the real agent task") {
+        return;
+    }
+    let e = env();
+    std::fs::write(e.ws.join("calc.py"), "def add(a, b):\n    return a - b\n").unwrap();
+    std::fs::write(
+        e.ws.join("test_calc.py"),
+        "from calc import add\nassert add(2, 3) == 5, 'add is wrong'\nprint('ok')\n",
+    )
+    .unwrap();
+    let policy = policy(
+        &e,
+        "[[rule]]\nid = \"tests\"\ndecision = \"allow\"\nreason = \"the task's test\"\nexec = [\"python3\", \"test_calc.py\"]\nexamples = [\"python3 test_calc.py\"]\n",
+    );
+    let mut cmd = Command::new("setsid");
+    cmd.arg(BIN)
+        .arg("--runtime-dir")
+        .arg(&e.rt)
+        .args(["--policy", &policy, "agent", "run", "--provider", &provider])
+        .args(["--model", &model, "--workspace", &path(&e.ws), "--json"])
+        .args(["--max-steps", "12", "--wall-time", "5m"])
+        .env("LUMINAGUARD_AUDIT_DIR", &e.audit)
+        .stdin(Stdio::null());
+    if let Ok(url) = std::env::var("LUMINAGUARD_REAL_BASE_URL") {
+        cmd.args(["--base-url", &url]);
+    }
+    let out = cmd
+        .arg(
+            "Run `python3 test_calc.py` in the workspace. It fails: fix calc.py so that it \
+             passes, then run it again to check.",
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed = entries(&out);
+    assert!(of_type(&printed, "tool_result").len() >= 2, "{printed:#?}");
+    let check = Command::new("python3")
+        .arg("test_calc.py")
+        .current_dir(&e.ws)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", text(&check.stderr));
+    eprintln!("real task: {}", of_type(&printed, "finished")[0]);
+}
