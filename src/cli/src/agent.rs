@@ -443,7 +443,7 @@ impl Observer for Display {
         if self.json {
             outln!("{}", serde_json::json!({"type": "text", "text": text}));
         } else {
-            out!("{text}");
+            out!("{}", safe(text));
             self.mid_line = !text.ends_with('\n');
         }
     }
@@ -468,7 +468,7 @@ impl Observer for Display {
             Entry::Turn { tool_calls, .. } => {
                 self.end_line();
                 for call in tool_calls {
-                    outln!("▸ {} {}", call.name, call_summary(call));
+                    outln!("▸ {} {}", safe(&call.name), call_summary(call));
                 }
             }
             Entry::ToolResult {
@@ -483,7 +483,7 @@ impl Observer for Display {
                     (_, true) => "✗",
                     (_, false) => "✓",
                 };
-                outln!("  {mark} {}", indent(&head(content, 12)));
+                outln!("  {mark} {}", indent(&safe(&head(content, 12))));
             }
             Entry::Retry {
                 message,
@@ -507,7 +507,7 @@ impl Observer for Display {
             } => {
                 self.end_line();
                 if *status != Status::Done {
-                    eprintln!("luminaguard: {message}");
+                    eprintln!("luminaguard: {}", safe(message));
                 }
                 eprintln!(
                     "luminaguard: {} {} · {steps} steps · {} tokens · {:.1}s · luminaguard agent show {}",
@@ -521,6 +521,12 @@ impl Observer for Display {
             Entry::User { .. } => {}
         }
     }
+}
+
+/// Text from the model or a tool, safe to print: no escape sequence, carriage return or
+/// disguising character reaches the terminal (each is shown as `\xNN`).
+fn safe(text: &str) -> String {
+    luminaguard_review::path::for_terminal(text)
 }
 
 /// A call's arguments in a line: the command, the path, else compact JSON.
@@ -539,7 +545,7 @@ fn call_summary(call: &luminaguard_llm::ToolCall) -> String {
         _ if a.as_object().is_some_and(serde_json::Map::is_empty) => "(no arguments)".to_owned(),
         _ => a.to_string(),
     };
-    let mut text: String = text.replace('\n', "⏎");
+    let mut text: String = safe(&text.replace('\n', "⏎"));
     if text.chars().count() > 200 {
         text = text.chars().take(200).collect::<String>() + "…";
     }
@@ -591,7 +597,7 @@ async fn list(store: &Store, json: bool) -> anyhow::Result<ExitCode> {
         let started = humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + Duration::from_millis(t.started_ms),
         );
-        let title: String = t.task.replace('\n', " ").chars().take(60).collect();
+        let title: String = safe(&t.task.replace('\n', " ")).chars().take(60).collect();
         outln!(
             "{:<17}  {:<11}  {:>5}  {:>9}  {:<20}  {title}",
             t.id,
@@ -633,9 +639,9 @@ async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<ExitCode> {
                 ..
             } => {
                 outln!("endpoint {endpoint} · sandbox {sandbox}");
-                outln!("\n» {task}");
+                outln!("\n» {}", safe(task));
             }
-            Entry::User { text } => outln!("\n» {text}"),
+            Entry::User { text } => outln!("\n» {}", safe(text)),
             Entry::Turn {
                 step,
                 text,
@@ -648,10 +654,10 @@ async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<ExitCode> {
                     usage.input_tokens + usage.output_tokens
                 );
                 if !text.is_empty() {
-                    outln!("{text}");
+                    outln!("{}", safe(text));
                 }
                 for c in tool_calls {
-                    outln!("▸ {} {}", c.name, call_summary(c));
+                    outln!("▸ {} {}", safe(&c.name), call_summary(c));
                 }
             }
             Entry::ToolResult {
@@ -670,13 +676,13 @@ async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<ExitCode> {
                 if !asked.is_empty() {
                     how.push_str(&format!(", asked {}", asked.join(" ")));
                 }
-                outln!("  {tool}: {how} · {duration_ms} ms");
-                outln!("    {}", indent(&head(content, 20)));
+                outln!("  {}: {how} · {duration_ms} ms", safe(tool));
+                outln!("    {}", indent(&safe(&head(content, 20))));
             }
             Entry::Retry {
                 message, wait_ms, ..
             } => {
-                outln!("  (retry after {wait_ms} ms: {message})");
+                outln!("  (retry after {wait_ms} ms: {})", safe(message));
             }
             Entry::Finished {
                 status,
@@ -692,7 +698,7 @@ async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<ExitCode> {
                     *duration_ms as f64 / 1000.0
                 );
                 if *status != Status::Done {
-                    outln!("{message}");
+                    outln!("{}", safe(message));
                 }
             }
         }

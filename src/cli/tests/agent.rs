@@ -1248,3 +1248,71 @@ fn a_real_task_on_a_real_provider() {
     assert!(check.status.success(), "{}", text(&check.stderr));
     eprintln!("real task: {}", of_type(&printed, "finished")[0]);
 }
+
+/// The model's words and its tools' output are untrusted: escape sequences in them (clearing
+/// the screen, retitling the terminal, moving the cursor over an approval prompt), carriage
+/// returns and bidi overrides reach the terminal shown as `\xNN`, in the live display and in
+/// `agent show` — while the transcript keeps them exactly.
+#[test]
+fn escape_sequences_never_reach_the_terminal() {
+    if !privileged("the agent's terminal display") {
+        return;
+    }
+    let e = env();
+    let nasty = "\u{1b}[2J\u{1b}]0;owned\u{7}\rApprove? [y]\u{202e}txt.exe";
+    std::fs::write(e.ws.join("notes.txt"), format!("notes {nasty}\n")).unwrap();
+    let p = Provider::start(json!([
+        {"say": format!("Reading {nasty}"), "calls": [{"name": "read_file", "arguments": {"path": "notes.txt"}}]},
+        {"say": format!("done {nasty}")}
+    ]));
+    let mut cmd = agent_cmd(&e, &p, "openai", "default", &["read the notes"]);
+    // The human display, not --json.
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .filter(|a| a != "--json")
+        .collect();
+    let out = Command::new("setsid")
+        .args(&args)
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let clean = |bytes: &[u8], what: &str| {
+        for bad in [0x1b_u8, 0x07, b'\r'] {
+            assert!(
+                !bytes.contains(&bad),
+                "{what} holds byte {bad:#x}: {}",
+                text(bytes)
+            );
+        }
+        assert!(
+            !text(bytes).contains('\u{202e}'),
+            "{what} holds a bidi override"
+        );
+    };
+    clean(&out.stdout, "the live display");
+    clean(&out.stderr, "stderr");
+    assert!(
+        text(&out.stdout).contains("\\x1b[2J"),
+        "{}",
+        text(&out.stdout)
+    );
+    let id = lg(&e, &["agent", "ls", "--json"]);
+    let id: Vec<Value> = serde_json::from_slice(&id.stdout).unwrap();
+    let id = id[0]["id"].as_str().unwrap().to_owned();
+    let shown = lg(&e, &["agent", "show", &id]);
+    clean(&shown.stdout, "agent show");
+    let listed = lg(&e, &["agent", "ls"]);
+    clean(&listed.stdout, "agent ls");
+    // The transcript keeps what the model said, exactly.
+    let json = show(&e, &id);
+    let turn = json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "turn")
+        .unwrap();
+    assert_eq!(turn["text"], format!("Reading {nasty}"));
+}

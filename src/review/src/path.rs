@@ -45,6 +45,23 @@ pub fn escape_bytes(bytes: &[u8], keep_tab: bool) -> String {
     out
 }
 
+/// Text from an untrusted source (a model's words, a tool's output) made safe to print on a
+/// terminal: lines and tabs stay, backslashes stay (it is for reading, not round-tripping);
+/// every other control character (escape sequences, carriage returns that overwrite a line,
+/// bells) and every character that disguises text becomes `\xNN`.
+pub fn for_terminal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c == '\n' || c == '\t' || !(c.is_control() || is_deceptive(c)) {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            push_hex(&mut out, c.encode_utf8(&mut buf).as_bytes());
+        }
+    }
+    out
+}
+
 /// Inverts [`escape_bytes`] (with `keep_tab == false`; a literal tab is accepted too).
 pub fn unescape(s: &str) -> Result<Vec<u8>, &'static str> {
     let b = s.as_bytes();
@@ -266,6 +283,8 @@ mod tests {
         fn escape_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let e = escape_bytes(&bytes, false);
             prop_assert!(!e.chars().any(|c| c.is_control()));
+            let t = for_terminal(&String::from_utf8_lossy(&bytes));
+            prop_assert!(!t.chars().any(|c| (c.is_control() && c != '\n' && c != '\t') || is_deceptive(c)));
             prop_assert_eq!(unescape(&e).unwrap(), bytes);
         }
 
