@@ -292,5 +292,54 @@ fn render(ask: &Ask, always: Option<&str>, origin: &str) -> String {
         ));
         t.push('\n');
     }
-    t
+    // What a person reads before answering: a command, a path or a tool's arguments come from
+    // an agent, and an escape sequence or carriage return in them must not redraw the card.
+    luminaguard_review::path::for_terminal(&t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An agent's command or path cannot redraw the card a person answers.
+    #[test]
+    fn a_card_carries_no_escape_sequence() {
+        let nasty = "\u{1b}[2J\u{1b}[1A\rWrite /workspace/ok\u{7}\u{202e}";
+        for (kind, argv, path) in [
+            (
+                "exec",
+                Some(vec![
+                    "sh".to_owned(),
+                    "-c".to_owned(),
+                    format!("echo {nasty}"),
+                ]),
+                None,
+            ),
+            ("write", None, Some(format!("/etc/{nasty}"))),
+        ] {
+            let ask = Ask {
+                sandbox: "sb-1".parse().unwrap(),
+                user: None,
+                workspace: None,
+                card: ActionCard {
+                    kind: kind.into(),
+                    argv,
+                    path,
+                    network: Vec::new(),
+                    tool: None,
+                    unpreviewable: "it writes the workspace".into(),
+                },
+                asked: vec![format!("ask: {nasty}")],
+                policy_actions: Vec::new(),
+            };
+            let text = render(&ask, None, "preset:default");
+            assert!(
+                !text
+                    .chars()
+                    .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+                "{text:?}"
+            );
+            assert!(text.contains("\\x1b[2J"), "{text}");
+        }
+    }
 }
