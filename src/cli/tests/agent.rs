@@ -1265,7 +1265,7 @@ fn escape_sequences_never_reach_the_terminal() {
         {"say": format!("Reading {nasty}"), "calls": [{"name": "read_file", "arguments": {"path": "notes.txt"}}]},
         {"say": format!("done {nasty}")}
     ]));
-    let mut cmd = agent_cmd(&e, &p, "openai", "default", &["read the notes"]);
+    let cmd = agent_cmd(&e, &p, "openai", "default", &["read the notes"]);
     // The human display, not --json.
     let args: Vec<String> = cmd
         .get_args()
