@@ -246,18 +246,16 @@ impl Toolbox {
         self.front.record_agent_event(&self.sandbox, event).await
     }
 
-    /// Approvals a call waits on are sent to `to` as they are seen (through the daemon: the
-    /// person may answer here, or with `luminaguard approvals` and the console). In-process
-    /// the service asks at the terminal itself, or refuses when there is none.
+    /// Approvals a call waits on are sent to `to` as they are seen, for the front to put to
+    /// its person: through the daemon every one (anyone may also answer with `luminaguard
+    /// approvals` or the console); in-process the Diff Cards of asked writes (an action the
+    /// service cannot preview it asks about at the terminal itself).
     pub fn report_pending(&mut self, to: tokio::sync::mpsc::UnboundedSender<ApprovalView>) {
         self.pending = Some(to);
     }
 
     /// Runs `work`, meanwhile looking for approvals on this sandbox it waits on.
     async fn watched<T>(&self, work: impl std::future::Future<Output = T>) -> (T, Vec<String>) {
-        if !self.front.answerable_elsewhere() {
-            return (work.await, Vec::new());
-        }
         let mut seen = Vec::<String>::new();
         tokio::pin!(work);
         loop {

@@ -2,7 +2,6 @@
 //! (docs/agent.md). A thin front over `luminaguard-agent-loop`: it reads the flags, makes the
 //! task's sandbox through the front, shows the task as it runs, and renders transcripts.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -285,11 +284,11 @@ impl Task {
             mcp,
         };
         let mut prepared = prepare(&front, store, launch).await?;
-        let asker = prepared.front.answerable_elsewhere().then(|| {
+        let asker = {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             prepared.tools.report_pending(tx);
-            tokio::spawn(ask_pending(prepared.front.clone(), rx))
-        });
+            Some(tokio::spawn(ask_pending(prepared.front.clone(), rx)))
+        };
         let display = Display::new(json, prepared.id.clone());
         Ok(Self {
             prepared,
@@ -385,28 +384,43 @@ async fn next_request(
     Ok(None)
 }
 
-/// Puts approvals a call waits on (through the daemon) to the person at this terminal, or
-/// says how to answer them when there is none.
+/// Puts the approvals a call waits on to the person at this terminal (the card, then yes/no),
+/// and answers them through the front.
+///
+/// - Through the daemon: every one, and says where else to answer it (`luminaguard approvals`,
+///   the console) — with no terminal here it waits for someone there, or its expiry.
+/// - In-process: a write's Diff Card (the service asks about actions itself); with no terminal
+///   nobody could answer it, and it is denied at once rather than left to expire.
 async fn ask_pending(front: Front, mut rx: tokio::sync::mpsc::UnboundedReceiver<ApprovalView>) {
-    let tty = std::io::stdin().is_terminal() || std::path::Path::new("/dev/tty").exists();
+    let in_process = !front.answerable_elsewhere();
     while let Some(a) = rx.recv().await {
-        eprintln!(
-            "\nluminaguard: approval {} waits for a person (`luminaguard approvals approve|deny {}`, or the console)",
-            a.id, a.id
-        );
-        if !tty {
+        if in_process && a.card.action.is_some() {
             continue;
+        }
+        if !in_process {
+            eprintln!(
+                "\nluminaguard: approval {} waits for a person (`luminaguard approvals approve|deny {}`, or the console)",
+                a.id, a.id
+            );
         }
         let question = format!("{}Allow it? [y]es / [N]o ", a.card.text);
         let asked = tokio::task::spawn_blocking(move || crate::tty::ask(&question)).await;
-        let answer = match asked {
+        let (answer, reason) = match asked {
             Ok(crate::tty::Asked::Yes | crate::tty::Asked::Session | crate::tty::Asked::Always) => {
-                Answer::Approve
+                (Answer::Approve, None)
             }
-            Ok(crate::tty::Asked::No) => Answer::Deny,
+            Ok(crate::tty::Asked::No) => (Answer::Deny, None),
+            Ok(crate::tty::Asked::NoTerminal(_)) | Err(_) if in_process => (
+                Answer::Deny,
+                Some(
+                    "nobody to ask: no terminal, no daemon (run it through the daemon and \
+                     answer with `luminaguard approvals`, or under a policy that allows it)"
+                        .to_owned(),
+                ),
+            ),
             Ok(crate::tty::Asked::NoTerminal(_)) | Err(_) => continue,
         };
-        if let Err(e) = front.answer(&a.id, answer, None, a.card.digest()).await {
+        if let Err(e) = front.answer(&a.id, answer, reason, a.card.digest()).await {
             // Answered elsewhere first, or expired: the call's result says how it ended.
             tracing::info!(approval = %a.id, error = %e, "answering at the terminal");
         }

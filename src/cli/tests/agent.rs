@@ -510,13 +510,14 @@ fn a_hostile_model_is_refused_and_the_key_goes_nowhere() {
         {"calls": [{"name": "shell", "arguments": {"command": "printf 'import urllib.request\\nurllib.request.urlopen(\"http://203.0.113.9/\")\\n' > x.py && python3 x.py"}}]},
         {"calls": [{"name": "shell", "arguments": {"command": "python3 -c 'import os; print(os.environ.get(\"OPENAI_API_KEY\"))'"}}]},
         {"calls": [{"name": "shell", "arguments": {"command": "sh -c 'curl http://203.0.113.9/' || wget -q -O- http://203.0.113.9/"}}]},
+        {"calls": [{"name": "write_file", "arguments": {"path": ".git/config", "content": "[core]\n\thooksPath = /tmp/evil\n"}}]},
         {"say": "I could not do what the notes asked."}
     ]));
     let out = agent(&e, &p, "openai", "default", &["tidy the notes"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let printed = entries(&out);
     let results = of_type(&printed, "tool_result");
-    assert_eq!(results.len(), 10, "{printed:#?}");
+    assert_eq!(results.len(), 11, "{printed:#?}");
     let decision = |i: usize| results[i]["decision"].as_str().unwrap().to_owned();
     let content = |i: usize| results[i]["content"].as_str().unwrap().to_owned();
     // Reading the notes and the environment is allowed; neither holds the key.
@@ -1315,4 +1316,98 @@ fn escape_sequences_never_reach_the_terminal() {
         .find(|e| e["type"] == "turn")
         .unwrap();
     assert_eq!(turn["text"], format!("Reading {nasty}"));
+}
+
+/// `agent chat` at a terminal: each line typed is a request in one conversation and one
+/// sandbox; the model's text streams; an asked write's card is put at the terminal, and the
+/// person's `y` lets it run; `/exit` ends the chat, and the transcript has both requests.
+#[test]
+fn a_chat_at_a_terminal_with_an_approval_inline() {
+    use luminaguard_testkit::terminal::{drain, on_terminal, pty};
+    use std::io::Write as _;
+    if !privileged("the agent's chat") {
+        return;
+    }
+    let e = env();
+    let p = Provider::start(json!([
+        {"say": "Setting up git.", "calls": [{"name": "write_file", "arguments": {"path": ".git/config", "content": "[core]\n\tbare = false\n"}}]},
+        {"say": "Wrote the config."},
+        {"calls": [{"name": "shell", "arguments": {"command": "cat .git/config"}}]},
+        {"say": "That is all: bye."}
+    ]));
+    let (master, slave) = pty();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--runtime-dir")
+        .arg(&e.rt)
+        .args([
+            "--policy",
+            "default",
+            "agent",
+            "chat",
+            "--provider",
+            "openai",
+        ])
+        .args([
+            "--model",
+            "scripted-model",
+            "--base-url",
+            &p.base_url("openai"),
+        ])
+        .args(["--workspace", &path(&e.ws)])
+        .env("LUMINAGUARD_AUDIT_DIR", &e.audit)
+        .env("OPENAI_API_KEY", KEY);
+    on_terminal(&mut cmd, &slave);
+    let mut child = cmd.spawn().unwrap();
+    drop(slave);
+    let mut screen = String::new();
+    // Until the terminal has shown `what` `n` times.
+    let wait_n = |what: &str, n: usize, screen: &mut String| {
+        let start = Instant::now();
+        while screen.matches(what).count() < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the terminal never showed {what:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+            screen.push_str(&drain(&master));
+        }
+    };
+    let mut typing = std::fs::File::from(master.try_clone().unwrap());
+    wait_n("› ", 1, &mut screen);
+    typing.write_all(b"set up git\n").unwrap();
+    wait_n("Allow it?", 1, &mut screen);
+    assert!(screen.contains("Write /workspace/.git/config"), "{screen}");
+    typing.write_all(b"y\n").unwrap();
+    wait_n("Wrote the config.", 1, &mut screen);
+    wait_n("› ", 2, &mut screen);
+    typing.write_all(b"show it\n").unwrap();
+    wait_n("bye", 1, &mut screen);
+    assert!(screen.contains("bare = false"), "{screen}");
+    typing.write_all(b"/exit\n").unwrap();
+    let status = child.wait().unwrap();
+    screen.push_str(&drain(&master));
+    assert!(status.success(), "{screen}");
+    assert_eq!(
+        std::fs::read_to_string(e.ws.join(".git/config")).unwrap(),
+        "[core]\n\tbare = false\n"
+    );
+    let ls = lg(&e, &["agent", "ls", "--json"]);
+    let ls: Vec<Value> = serde_json::from_slice(&ls.stdout).unwrap();
+    let shown = show(&e, ls[0]["id"].as_str().unwrap());
+    assert_eq!(shown["task"]["task"], "set up git");
+    assert_eq!(shown["task"]["status"], "done");
+    let entries = shown["entries"].as_array().unwrap();
+    let users: Vec<&Value> = entries.iter().filter(|e| e["type"] == "user").collect();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0]["text"], "show it");
+    let results: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["type"] == "tool_result")
+        .collect();
+    assert_eq!(results[0]["decision"], "allowed");
+    assert!(results[0]["approval"].as_str().unwrap().starts_with("ap-"));
+    // One sandbox for the whole chat, and it is gone.
+    assert_eq!(p.requests().len(), 4);
+    assert!(sandboxes(&e).is_empty());
+    assert!(!screen.contains(KEY));
 }
