@@ -11,9 +11,9 @@ use luminaguard_core::SandboxId;
 use luminaguard_front::{Front, FrontError};
 use luminaguard_llm::{ToolCall, ToolSpec};
 use luminaguard_mcp::ops::{
-    in_sandbox, list_argv, parse_listing, render_command, render_listing, run_bounded,
+    command_result, in_sandbox, list_argv, parse_listing, render_command, render_listing,
+    run_bounded,
 };
-use luminaguard_mcp::tools::CommandResult;
 use luminaguard_service::ExecOptions;
 use luminaguard_service::agent_event::AgentEvent;
 use schemars::JsonSchema;
@@ -350,17 +350,7 @@ impl Toolbox {
         )
         .await
         .map_err(|e| failed("the command did not run", e))?;
-        let result = CommandResult {
-            exit_code: report.code,
-            signal: report.signal,
-            truncated: out.truncated() || err.truncated() || report.output_truncated,
-            stdout: out.text(),
-            stderr: err.text(),
-            timed_out: report.timed_out,
-            duration_ms: report.duration_ms,
-            sandbox_id: self.sandbox.to_string(),
-            approvals: Vec::new(),
-        };
+        let result = command_result(&report, &out, &err, &self.sandbox, Vec::new());
         Ok(render_command(&result, &report))
     }
 

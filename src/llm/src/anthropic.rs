@@ -441,33 +441,29 @@ impl Decoder {
     }
 }
 
+impl crate::stream::SseDecoding for Decoder {
+    const PROVIDER: Provider = PROVIDER;
+
+    fn sse(&mut self) -> &mut SseParser {
+        &mut self.sse
+    }
+
+    fn on_data(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
+        Decoder::on_data(self, data, out)
+    }
+
+    fn over(&self) -> bool {
+        self.over
+    }
+}
+
 impl StreamDecoder for Decoder {
     fn feed(&mut self, bytes: &[u8]) -> Result<Vec<StreamEvent>, LlmError> {
-        let mut out = Vec::new();
-        let mut events = Vec::new();
-        self.sse.push(bytes, |event| {
-            events.push(event);
-            Ok(())
-        })?;
-        for event in events {
-            self.on_data(&event.data, &mut out)?;
-        }
-        Ok(out)
+        crate::stream::sse_feed(self, bytes)
     }
 
     fn finish(&mut self) -> Result<Vec<StreamEvent>, LlmError> {
-        let mut out = Vec::new();
-        if let Some(event) = self.sse.finish()? {
-            // An event without its blank line is whole if it parses; otherwise it was cut.
-            self.on_data(&event.data, &mut out).map_err(|e| match e {
-                LlmError::Malformed { .. } => LlmError::StreamCut { provider: PROVIDER },
-                other => other,
-            })?;
-        }
-        if !self.over {
-            return Err(LlmError::StreamCut { provider: PROVIDER });
-        }
-        Ok(out)
+        crate::stream::sse_finish(self)
     }
 
     fn buffered_len(&self) -> usize {

@@ -134,6 +134,56 @@ pub(crate) struct SseEvent {
     pub(crate) data: String,
 }
 
+/// What an SSE provider's decoder (OpenAI, Anthropic) supplies for [`sse_feed`] and
+/// [`sse_finish`], which are the same for both.
+pub(crate) trait SseDecoding {
+    /// Whose stream.
+    const PROVIDER: Provider;
+    /// The event framing.
+    fn sse(&mut self) -> &mut SseParser;
+    /// Decodes one event's data.
+    fn on_data(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<(), LlmError>;
+    /// Whether the terminal event has come.
+    fn over(&self) -> bool;
+}
+
+/// [`StreamDecoder::feed`] for an SSE decoder.
+pub(crate) fn sse_feed<D: SseDecoding>(
+    d: &mut D,
+    bytes: &[u8],
+) -> Result<Vec<StreamEvent>, LlmError> {
+    let mut out = Vec::new();
+    let mut events = Vec::new();
+    d.sse().push(bytes, |event| {
+        events.push(event);
+        Ok(())
+    })?;
+    for event in events {
+        d.on_data(&event.data, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// [`StreamDecoder::finish`] for an SSE decoder.
+pub(crate) fn sse_finish<D: SseDecoding>(d: &mut D) -> Result<Vec<StreamEvent>, LlmError> {
+    let mut out = Vec::new();
+    if let Some(event) = d.sse().finish()? {
+        // An event without its blank line is whole if it parses; otherwise it was cut.
+        d.on_data(&event.data, &mut out).map_err(|e| match e {
+            LlmError::Malformed { .. } => LlmError::StreamCut {
+                provider: D::PROVIDER,
+            },
+            other => other,
+        })?;
+    }
+    if !d.over() {
+        return Err(LlmError::StreamCut {
+            provider: D::PROVIDER,
+        });
+    }
+    Ok(out)
+}
+
 /// Server-sent-event framing over a [`LineBuffer`], each event bounded by the same cap.
 #[derive(Debug)]
 pub(crate) struct SseParser {

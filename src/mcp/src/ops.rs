@@ -157,6 +157,27 @@ pub fn approvals_line(approvals: &[String]) -> String {
     }
 }
 
+/// A command's end as a tool gives it back: its status and bounded output.
+pub fn command_result(
+    report: &ExitReport,
+    out: &Bounded,
+    err: &Bounded,
+    sandbox: &SandboxId,
+    approvals: Vec<String>,
+) -> CommandResult {
+    CommandResult {
+        exit_code: report.code,
+        signal: report.signal,
+        truncated: out.truncated() || err.truncated() || report.output_truncated,
+        stdout: out.text(),
+        stderr: err.text(),
+        timed_out: report.timed_out,
+        duration_ms: report.duration_ms,
+        sandbox_id: sandbox.to_string(),
+        approvals,
+    }
+}
+
 /// A command's end as text: its status, what the sandbox refused, its output.
 pub fn render_command(r: &CommandResult, report: &ExitReport) -> String {
     let mut t = String::new();

@@ -24,8 +24,8 @@ use crate::approve::{self, Shared};
 use crate::bounded::Bounded;
 use crate::flight::{Asking, Cancelled, Flight, Step, Track, Watch};
 use crate::ops::{
-    approvals_line, delete_argv, in_sandbox, list_argv, parse_listing, render_command,
-    render_listing, run_bounded,
+    approvals_line, command_result, delete_argv, in_sandbox, list_argv, parse_listing,
+    render_command, render_listing, run_bounded,
 };
 use crate::tools::{self, *};
 use crate::{ServeError, Settings};
@@ -563,17 +563,7 @@ impl Session {
             stdin: false,
         };
         let (report, out, err, approvals) = self.exec(&id, opts, None, track).await?;
-        let result = CommandResult {
-            exit_code: report.code,
-            signal: report.signal,
-            truncated: out.truncated() || err.truncated() || report.output_truncated,
-            stdout: out.text(),
-            stderr: err.text(),
-            timed_out: report.timed_out,
-            duration_ms: report.duration_ms,
-            sandbox_id: id.to_string(),
-            approvals,
-        };
+        let result = command_result(&report, &out, &err, &id, approvals);
         let text = render_command(&result, &report);
         Ok((result, text))
     }
