@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::LlmError;
 use crate::model::{Message, Provider, StopReason, ToolSpec, Turn, Usage};
-use crate::stream::{Assembler, DEFAULT_LINE_LIMIT, SseParser, StreamDecoder, StreamEvent};
+use crate::stream::{Assembler, DEFAULT_LINE_LIMIT, SseParser, StreamEvent};
 
 const PROVIDER: Provider = Provider::OpenAi;
 
@@ -481,18 +481,8 @@ impl crate::stream::SseDecoding for Decoder {
     fn over(&self) -> bool {
         self.over
     }
-}
 
-impl StreamDecoder for Decoder {
-    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<StreamEvent>, LlmError> {
-        crate::stream::sse_feed(self, bytes)
-    }
-
-    fn finish(&mut self) -> Result<Vec<StreamEvent>, LlmError> {
-        crate::stream::sse_finish(self)
-    }
-
-    fn buffered_len(&self) -> usize {
+    fn held(&self) -> usize {
         self.sse.buffered_len()
     }
 }

@@ -145,6 +145,22 @@ pub(crate) trait SseDecoding {
     fn on_data(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<(), LlmError>;
     /// Whether the terminal event has come.
     fn over(&self) -> bool;
+    /// Bytes the framing holds.
+    fn held(&self) -> usize;
+}
+
+impl<D: SseDecoding> StreamDecoder for D {
+    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<StreamEvent>, LlmError> {
+        sse_feed(self, bytes)
+    }
+
+    fn finish(&mut self) -> Result<Vec<StreamEvent>, LlmError> {
+        sse_finish(self)
+    }
+
+    fn buffered_len(&self) -> usize {
+        self.held()
+    }
 }
 
 /// [`StreamDecoder::feed`] for an SSE decoder.
