@@ -1,0 +1,60 @@
+//! The web console (`luminaguard daemon --console ADDR`): what a person approving an agent's
+//! actions wants to look at — the approvals waiting for them with their cards, and decisions
+//! made with a click. Server-side rendered HTML (askama templates, escaped by default), a
+//! little progressive JavaScript, every asset embedded: it works offline, and with JavaScript
+//! off for reading.
+//!
+//! A front-end like the CLI: it calls the daemon's service, which judges and records; it
+//! decides nothing. Its own job is who may use it ([`auth`]) and what a browser may be tricked
+//! into ([`guard`]).
+
+pub mod auth;
+pub mod guard;
+mod pages;
+
+use std::sync::Arc;
+
+use axum::Router;
+use luminaguard_service::Service;
+
+/// The console of one daemon.
+#[derive(Debug)]
+pub struct Console {
+    pub(crate) service: Service,
+    pub sessions: auth::Sessions,
+    /// The `Host` values it answers for (`127.0.0.1:PORT`, and `localhost:PORT` for a
+    /// loopback address).
+    pub(crate) hosts: Vec<String>,
+}
+
+impl Console {
+    /// A console for `service`, answering for the address `bound` (`IP:PORT`).
+    pub fn new(service: Service, bound: std::net::SocketAddr) -> Arc<Self> {
+        let mut hosts = vec![bound.to_string()];
+        if bound.ip().is_loopback() {
+            hosts.push(format!("localhost:{}", bound.port()));
+        }
+        Arc::new(Self {
+            service,
+            sessions: auth::Sessions::default(),
+            hosts,
+        })
+    }
+
+    /// The login link for a new session of `uid`, good once for [`auth::LINK_TTL`].
+    pub fn login_url(&self, uid: u32, gid: u32) -> Result<String, getrandom::Error> {
+        let t = self.sessions.mint(uid, gid)?;
+        let host = self.hosts.first().map(String::as_str).unwrap_or_default();
+        Ok(format!("http://{host}/login?token={t}"))
+    }
+}
+
+/// The console's routes, behind [`guard::guard`].
+pub fn router(console: Arc<Console>) -> Router {
+    pages::routes()
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&console),
+            guard::guard,
+        ))
+        .with_state(console)
+}
