@@ -338,6 +338,12 @@ impl Client {
         Ok(())
     }
 
+    /// A one-time login link to the daemon's web console, for this client's user.
+    pub async fn console_login(&self) -> Result<crate::types::ConsoleLink, ClientError> {
+        self.json(Method::POST, &format!("{V1}/console/login"), None::<&()>)
+            .await
+    }
+
     /// Records an agent task's step or end against sandbox `id`.
     pub async fn record_agent_event(
         &self,

@@ -619,3 +619,12 @@ pub struct AgentTaskDetail {
     #[schema(value_type = Vec<Object>)]
     pub entries: Vec<serde_json::Value>,
 }
+
+/// `POST /v1/console/login`: a one-time login link to the web console.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ConsoleLink {
+    /// Open it in a browser: it logs in once.
+    pub url: String,
+    /// Seconds it stays good.
+    pub expires_in_secs: u64,
+}

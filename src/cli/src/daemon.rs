@@ -15,6 +15,10 @@ pub struct DaemonArgs {
     /// Ignored when systemd passes the listening socket (socket activation).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Also serve the web console on this address (`127.0.0.1:PORT`; docs/console.md). Log in
+    /// with the link `luminaguard console url` prints.
+    #[arg(long, value_name = "ADDR")]
+    console: Option<std::net::SocketAddr>,
 }
 
 pub fn run(
@@ -59,11 +63,42 @@ pub fn run(
             std::sync::Arc::new(luminaguard_agent_loop::host::Host::new(
                 luminaguard_agent_loop::Store::for_config(service.config()),
             ));
+        let mut extensions = luminaguard_daemon::Extensions {
+            agents: Some(agents),
+            console: None,
+        };
+        let console = match args.console {
+            Some(addr) => {
+                if !addr.ip().is_loopback() {
+                    eprintln!(
+                        "luminaguard: WARNING: --console {addr}: not a loopback address; the \
+                         console is plain HTTP, reachable from the network"
+                    );
+                }
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the console to {addr}"))?;
+                let bound = listener.local_addr()?;
+                let console = luminaguard_console::Console::new(service.clone(), bound);
+                extensions.console = Some(console.clone());
+                let app = luminaguard_console::router(console);
+                tracing::info!(%bound, "serving the console");
+                Some(tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app).await {
+                        tracing::error!(error = %e, "the console stopped");
+                    }
+                }))
+            }
+            None => None,
+        };
         let (reloads, reloaded) = tokio::sync::mpsc::channel(1);
         let hangups = tokio::spawn(reload_on_hangup(std::sync::Arc::new(load), reloads));
         let served =
-            luminaguard_daemon::run(service, bound, stop_signal(), reloaded, Some(agents)).await;
+            luminaguard_daemon::run(service, bound, stop_signal(), reloaded, extensions).await;
         hangups.abort();
+        if let Some(c) = console {
+            c.abort();
+        }
         served?;
         anyhow::Ok(())
     })?;

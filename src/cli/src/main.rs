@@ -85,6 +85,9 @@ enum Command {
     /// The tamper-evident audit log of every decision and execution: ls, show, verify, prove.
     #[command(subcommand)]
     Audit(auditlog::AuditCommand),
+    /// The web console the daemon serves: `console url` prints a one-time login link.
+    #[command(subcommand)]
+    Console(ConsoleCommand),
     /// Serve the sandbox API on a Unix socket (HTTP/1.1 + JSON under /v1).
     Daemon(daemon::DaemonArgs),
     /// LuminaGuard as an MCP server: `mcp serve` (stdio) gives any MCP host sandboxed tools.
@@ -116,6 +119,12 @@ enum Command {
     /// Snapshots of booted Firecracker sandboxes to restore new ones from: create, ls, rm.
     #[command(subcommand)]
     Template(template::TemplateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConsoleCommand {
+    /// Print a one-time link that logs a browser into the daemon's console as you.
+    Url,
 }
 
 #[derive(Debug, Subcommand)]
@@ -257,6 +266,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             approvals::run(cmd, &front).await
         }),
         Command::Policy(cmd) => policy::run(cmd, &config),
+        Command::Console(ConsoleCommand::Url) => with_runtime(async {
+            let front = front::Front::open(config, &daemon).await?;
+            let front::Front::Daemon(client) = front else {
+                anyhow::bail!(
+                    "no daemon answers on its socket: the console is served by `luminaguard \
+                     daemon --console 127.0.0.1:PORT`"
+                );
+            };
+            let link = client.console_login().await?;
+            outln!("{}", link.url);
+            eprintln!(
+                "luminaguard: the link logs one browser in as you, once, within {}s",
+                link.expires_in_secs
+            );
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Daemon(args) => {
             let (file, runtime_dir, policy, verbose) =
                 (cli.config, cli.runtime_dir, cli.policy, cli.verbose);

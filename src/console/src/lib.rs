@@ -49,6 +49,25 @@ impl Console {
     }
 }
 
+impl luminaguard_daemon::console_links::ConsoleLinks for Console {
+    fn login_link(
+        &self,
+        caller: &luminaguard_service::Caller,
+    ) -> Result<luminaguard_api::types::ConsoleLink, luminaguard_daemon::error::ApiError> {
+        let url = self.login_url(caller.uid, caller.gid).map_err(|e| {
+            luminaguard_daemon::error::ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("no randomness for a login token: {e}"),
+            )
+        })?;
+        Ok(luminaguard_api::types::ConsoleLink {
+            url,
+            expires_in_secs: auth::LINK_TTL.as_secs(),
+        })
+    }
+}
+
 /// The console's routes, behind [`guard::guard`].
 pub fn router(console: Arc<Console>) -> Router {
     pages::routes()

@@ -69,7 +69,8 @@ use crate::execs::{self, After, StdinPlan};
         crate::agent_tasks::list,
         crate::agent_tasks::get,
         crate::agent_tasks::events,
-        crate::agent_tasks::cancel
+        crate::agent_tasks::cancel,
+        crate::console_links::login
     ),
     components(schemas(
         Health,
@@ -96,6 +97,7 @@ use crate::execs::{self, After, StdinPlan};
         luminaguard_api::types::AgentTaskBody,
         luminaguard_api::types::AgentTaskView,
         luminaguard_api::types::AgentTaskDetail,
+        luminaguard_api::types::ConsoleLink,
         luminaguard_api::chunk::Chunk
     ))
 )]
@@ -143,6 +145,7 @@ pub fn router(st: AppState) -> Router {
             "/v1/agent/tasks/{id}/events",
             get(crate::agent_tasks::events),
         )
+        .route("/v1/console/login", post(crate::console_links::login))
         .route("/v1/approvals", get(crate::approvals::list))
         .route(
             "/v1/approvals/{id}",

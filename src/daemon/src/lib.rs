@@ -15,6 +15,7 @@ pub mod agent_tasks;
 pub mod api;
 pub mod approvals;
 pub mod auth;
+pub mod console_links;
 pub mod error;
 pub mod execs;
 pub mod listen;
@@ -36,6 +37,15 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// What runs agent tasks (`/v1/agent/tasks`), when the binary supplies it.
     pub agents: Option<Arc<dyn agent_tasks::AgentHost>>,
+    /// The web console's login links (`/v1/console/login`), when it serves one.
+    pub console: Option<Arc<dyn console_links::ConsoleLinks>>,
+}
+
+/// What the binary hands the daemon beside its service.
+#[derive(Debug, Default, Clone)]
+pub struct Extensions {
+    pub agents: Option<Arc<dyn agent_tasks::AgentHost>>,
+    pub console: Option<Arc<dyn console_links::ConsoleLinks>>,
 }
 
 impl AppState {
@@ -45,6 +55,7 @@ impl AppState {
             execs: Arc::default(),
             metrics: Arc::default(),
             agents: None,
+            console: None,
         }
     }
 
@@ -68,7 +79,7 @@ pub async fn run(
     bound: listen::Bound,
     shutdown: impl Future<Output = ()>,
     reloads: tokio::sync::mpsc::Receiver<luminaguard_core::Config>,
-    agents: Option<Arc<dyn agent_tasks::AgentHost>>,
+    extensions: Extensions,
 ) -> std::io::Result<()> {
     let config = service.config().daemon.clone();
     let group = config.group.clone();
@@ -81,7 +92,8 @@ pub async fn run(
     let std_listener = bound.listener.try_clone()?;
     let listener = tokio::net::UnixListener::from_std(std_listener)?;
     let mut st = AppState::new(service.clone());
-    st.agents = agents;
+    st.agents = extensions.agents;
+    st.console = extensions.console;
     let housekeeping = tokio::spawn(housekeep(st.clone()));
     let idle = Arc::new(tokio::sync::Notify::new());
     let filling = tokio::spawn(fill_pools(
