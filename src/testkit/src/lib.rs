@@ -1,6 +1,7 @@
 #![allow(clippy::disallowed_methods, clippy::panic)] // test helpers: procfs read synchronously; failing the calling test is the point
 //! Helpers shared by LuminaGuard's integration tests.
 
+pub mod browser;
 pub mod daemon;
 pub mod http;
 pub mod netlab;
