@@ -26,5 +26,5 @@ pub use apply::{Applied, apply, apply_with_limits};
 pub use error::ReviewError;
 pub use model::{Change, ChangeKind, ChangeSet, FileKind, Limits, Meta, Summary};
 pub use path::{ByteString, RelPath};
-pub use render::{RenderOptions, render};
+pub use render::{RenderOptions, Style, classify, render};
 pub use scan::scan;

@@ -27,6 +27,108 @@ pub struct RenderOptions {
     pub limits: Limits,
 }
 
+/// What a line of a card is: how a terminal paints it, and how a front-end that shows the
+/// plain text (the web console) styles it again ([`classify`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Style {
+    /// The card's first line.
+    Title,
+    /// Entry lines: `A`, `M`, `D`, `T`, and `m`/`R`/`L` (mode, rename, hard link).
+    Added,
+    Modified,
+    Deleted,
+    TypeChanged,
+    Moved,
+    /// A refused entry, or the warning that the set cannot be applied.
+    Refused,
+    /// A remark of the card's own: summarised, diff cut.
+    Note,
+    /// A diff's `---`/`+++` lines, hunk headers, and its lines.
+    FileHeader,
+    Hunk,
+    Insert,
+    Remove,
+    Context,
+    /// Unpainted (counts, notes on unreadable or binary content, action cards).
+    Plain,
+}
+
+impl Style {
+    /// The ANSI SGR code a terminal card is painted with (`None`: not painted).
+    pub const fn ansi(self) -> Option<&'static str> {
+        Some(match self {
+            Self::Title | Self::FileHeader => "1",
+            Self::Added | Self::Insert => "32",
+            Self::Modified | Self::Note => "33",
+            Self::Deleted | Self::Remove => "31",
+            Self::TypeChanged => "35",
+            Self::Moved | Self::Hunk => "36",
+            Self::Refused => "1;31",
+            Self::Context => "0",
+            Self::Plain => return None,
+        })
+    }
+
+    /// A CSS class name for it.
+    pub const fn class(self) -> &'static str {
+        match self {
+            Self::Title => "title",
+            Self::Added => "added",
+            Self::Modified => "modified",
+            Self::Deleted => "deleted",
+            Self::TypeChanged => "type-changed",
+            Self::Moved => "moved",
+            Self::Refused => "refused",
+            Self::Note => "note",
+            Self::FileHeader => "file",
+            Self::Hunk => "hunk",
+            Self::Insert => "ins",
+            Self::Remove => "del",
+            Self::Context => "ctx",
+            Self::Plain => "plain",
+        }
+    }
+}
+
+/// The style of one line of an uncoloured card, as [`render`] painted it: the card's text is
+/// kept plain (the API's `text`), and a front-end colours it again from this, in one place
+/// with the renderer that wrote it.
+pub fn classify(line: &str) -> Style {
+    if let Some(d) = line.strip_prefix("    ") {
+        return if d.starts_with("--- a/") || d.starts_with("+++ b/") {
+            Style::FileHeader
+        } else if d.starts_with("... diff cut: ") {
+            Style::Note
+        } else {
+            match d.as_bytes().first() {
+                Some(b'+') => Style::Insert,
+                Some(b'-') => Style::Remove,
+                Some(b'@') => Style::Hunk,
+                Some(b' ' | b'\\') => Style::Context,
+                _ => Style::Plain,
+            }
+        };
+    }
+    if line.starts_with("Diff Card  ") {
+        return Style::Title;
+    }
+    if line.starts_with("card summarised: ") {
+        return Style::Note;
+    }
+    if line.ends_with(" refused entries: this change set cannot be applied") {
+        return Style::Refused;
+    }
+    match line.split_at_checked(2) {
+        Some(("A ", _)) => Style::Added,
+        Some(("M ", _)) => Style::Modified,
+        Some(("D ", _)) => Style::Deleted,
+        Some(("T ", _)) => Style::TypeChanged,
+        Some(("m " | "R " | "L ", _)) => Style::Moved,
+        Some(("! ", _)) => Style::Refused,
+        _ => Style::Plain,
+    }
+}
+
 /// How many directories the summary of a large card lists.
 const TOP_DIRS: usize = 10;
 
@@ -104,11 +206,10 @@ fn short(m: &Meta) -> String {
 }
 
 impl Card<'_> {
-    fn paint(&self, code: &str, s: &str) -> String {
-        if self.opts.color {
-            format!("\x1b[{code}m{s}\x1b[0m")
-        } else {
-            s.to_string()
+    fn paint(&self, style: Style, s: &str) -> String {
+        match style.ansi() {
+            Some(code) if self.opts.color => format!("\x1b[{code}m{s}\x1b[0m"),
+            _ => s.to_string(),
         }
     }
 
@@ -119,7 +220,7 @@ impl Card<'_> {
 
     fn header(&mut self, cs: &ChangeSet) {
         let title = self.paint(
-            "1",
+            Style::Title,
             &format!(
                 "Diff Card  {} changes  digest {}",
                 cs.entries.len(),
@@ -137,7 +238,7 @@ impl Card<'_> {
         self.line(&body);
         if s.refused > 0 {
             let warn = self.paint(
-                "1;31",
+                Style::Refused,
                 &format!(
                     "{} refused entries: this change set cannot be applied",
                     s.refused
@@ -153,7 +254,7 @@ impl Card<'_> {
             cs.entries.len(),
             self.opts.limits.max_shown
         );
-        let note = self.paint("33", &note);
+        let note = self.paint(Style::Note, &note);
         self.line(&note);
         let mut dirs: HashMap<Option<RelPath>, usize> = HashMap::new();
         for c in &cs.entries {
@@ -192,7 +293,7 @@ impl Card<'_> {
                     }) => format!(" -> {t}"),
                     _ => String::new(),
                 };
-                ("32", format!("A {p}{extra}"))
+                (Style::Added, format!("A {p}{extra}"))
             }
             ChangeKind::Modified => {
                 let extra = match (&c.before, &c.after) {
@@ -208,12 +309,12 @@ impl Card<'_> {
                     }
                     _ => mode_note(c),
                 };
-                ("33", format!("M {p}{extra}"))
+                (Style::Modified, format!("M {p}{extra}"))
             }
-            ChangeKind::ModeChanged => ("36", format!("m {p}{}", mode_note(c))),
+            ChangeKind::ModeChanged => (Style::Moved, format!("m {p}{}", mode_note(c))),
             ChangeKind::Deleted => {
                 let slash = if word(&c.before) == "dir" { "/" } else { "" };
-                ("31", format!("D {p}{slash}"))
+                (Style::Deleted, format!("D {p}{slash}"))
             }
             ChangeKind::TypeChanged => {
                 let target = match &c.after {
@@ -223,14 +324,18 @@ impl Card<'_> {
                     _ => String::new(),
                 };
                 (
-                    "35",
+                    Style::TypeChanged,
                     format!("T {p} ({} -> {}{target})", word(&c.before), word(&c.after)),
                 )
             }
-            ChangeKind::Renamed { from } => ("36", format!("R {from} -> {p}{}", mode_note(c))),
-            ChangeKind::HardLink { target } => ("36", format!("L {p} => {target} (hard link)")),
+            ChangeKind::Renamed { from } => {
+                (Style::Moved, format!("R {from} -> {p}{}", mode_note(c)))
+            }
+            ChangeKind::HardLink { target } => {
+                (Style::Moved, format!("L {p} => {target} (hard link)"))
+            }
             ChangeKind::Refused { reason } => (
-                "1;31",
+                Style::Refused,
                 format!(
                     "! {p} (refused: {})",
                     escape_bytes(reason.as_bytes(), false)
@@ -305,28 +410,89 @@ impl Card<'_> {
             .context_radius(3)
             .to_string();
         // Our own header: the paths are already escaped, the hunk lines are escaped below.
-        let header = self.paint("1", &format!("    --- a/{bp}\n    +++ b/{ap}"));
-        self.line(&header);
+        for header in [format!("    --- a/{bp}"), format!("    +++ b/{ap}")] {
+            let header = self.paint(Style::FileHeader, &header);
+            self.line(&header);
+        }
         let cap = self.opts.limits.max_diff_bytes_per_file.min(self.budget);
         let mut shown = 0;
         for l in text.lines() {
             let l = escape_bytes(l.as_bytes(), true);
             if shown + l.len() + 1 > cap {
                 let cut = format!("    ... diff cut: {shown} of {} bytes shown", text.len());
-                let cut = self.paint("33", &cut);
+                let cut = self.paint(Style::Note, &cut);
                 self.line(&cut);
                 break;
             }
             shown += l.len() + 1;
             let code = match l.as_bytes().first() {
-                Some(b'+') => "32",
-                Some(b'-') => "31",
-                Some(b'@') => "36",
-                _ => "0",
+                Some(b'+') => Style::Insert,
+                Some(b'-') => Style::Remove,
+                Some(b'@') => Style::Hunk,
+                _ => Style::Context,
             };
             let l = self.paint(code, &format!("    {l}"));
             self.line(&l);
         }
         self.budget -= shown.min(self.budget);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // test code
+    use super::*;
+
+    /// Every line of a coloured card is classified, from its plain text, as the style it was
+    /// painted with.
+    #[test]
+    fn classify_agrees_with_the_painter() {
+        let dir = tempfile::tempdir().unwrap();
+        let (upper, lower) = (dir.path().join("upper"), dir.path().join("lower"));
+        std::fs::create_dir_all(&upper).unwrap();
+        std::fs::create_dir_all(&lower).unwrap();
+        let body: String = (0..40).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(lower.join("a.txt"), &body).unwrap();
+        std::fs::write(
+            upper.join("a.txt"),
+            body.replace("line 3\n", "three\n+plus\n")
+                .replace("line 30\n", "-x\n"),
+        )
+        .unwrap();
+        std::fs::write(upper.join("new.txt"), "    --- a/looks like a header\n").unwrap();
+        std::fs::write(upper.join("bin"), b"\0\x01\x02").unwrap();
+        std::fs::create_dir(upper.join("d")).unwrap();
+        let cs = crate::scan(&upper, &lower, &Limits::default()).unwrap();
+        let opts = RenderOptions {
+            color: true,
+            limits: Limits::default(),
+        };
+        let card = render(&cs, &upper, &lower, &opts);
+        let mut seen = std::collections::HashSet::new();
+        for line in card.lines() {
+            let (code, plain) = match line.strip_prefix("\x1b[") {
+                Some(rest) => {
+                    let (code, rest) = rest.split_once('m').unwrap();
+                    (Some(code), rest.strip_suffix("\x1b[0m").unwrap())
+                }
+                None => (None, line),
+            };
+            let style = classify(plain);
+            assert_eq!(style.ansi(), code, "{plain:?} classified {style:?}");
+            seen.insert(style);
+        }
+        for s in [
+            Style::Title,
+            Style::Added,
+            Style::Modified,
+            Style::FileHeader,
+            Style::Hunk,
+            Style::Insert,
+            Style::Remove,
+            Style::Context,
+            Style::Plain,
+        ] {
+            assert!(seen.contains(&s), "{s:?} not in the card:\n{card}");
+        }
     }
 }
