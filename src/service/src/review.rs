@@ -267,10 +267,13 @@ impl Service {
                     .audit
                     .record(
                         caller,
-                        serde_json::json!({"type": "approve", "sandbox": sandbox,
-                            "approval": id, "action": w.approval.action, "by": decider,
-                            "scope": "always", "policy_entry": added,
-                            "policy": self.policy().digest()}),
+                        with_reason(
+                            serde_json::json!({"type": "approve", "sandbox": sandbox,
+                                "approval": id, "action": w.approval.action, "by": decider,
+                                "scope": "always", "policy_entry": added,
+                                "policy": self.policy().digest()}),
+                            reason.as_deref(),
+                        ),
                     )
                     .await
                 {
@@ -287,9 +290,12 @@ impl Service {
                     .audit
                     .record(
                         caller,
-                        serde_json::json!({"type": "approve", "sandbox": sandbox,
-                            "approval": id, "action": w.approval.action, "by": decider,
-                            "scope": if session { "session" } else { "once" }}),
+                        with_reason(
+                            serde_json::json!({"type": "approve", "sandbox": sandbox,
+                                "approval": id, "action": w.approval.action, "by": decider,
+                                "scope": if session { "session" } else { "once" }}),
+                            reason.as_deref(),
+                        ),
                     )
                     .await
                 {
@@ -313,7 +319,7 @@ impl Service {
             }
             // (A Diff Card is approved once: a session answer to one was refused above.)
             Answer::Approve | Answer::ApproveForSession | Answer::ApproveAlways => {
-                self.approve(caller, &w, decider).await
+                self.approve(caller, &w, decider, reason.as_deref()).await
             }
         };
         let done = self.approvals.finish(w, outcome);
@@ -323,7 +329,13 @@ impl Service {
     }
 
     /// Applies approved card `w`, its approval on the record first.
-    async fn approve(&self, caller: &Caller, w: &Waiting, by: Decider) -> Outcome {
+    async fn approve(
+        &self,
+        caller: &Caller,
+        w: &Waiting,
+        by: Decider,
+        reason: Option<&str>,
+    ) -> Outcome {
         let a = &w.approval;
         let refused = |code: &str, reason: String| Outcome::ApplyRefused {
             by: by.clone(),
@@ -357,8 +369,11 @@ impl Service {
             .audit
             .record(
                 caller,
-                serde_json::json!({"type": "approve", "sandbox": a.sandbox, "approval": a.id,
-                    "digest": a.changes.digest, "by": by}),
+                with_reason(
+                    serde_json::json!({"type": "approve", "sandbox": a.sandbox,
+                        "approval": a.id, "digest": a.changes.digest, "by": by}),
+                    reason,
+                ),
             )
             .await
         {
@@ -516,4 +531,12 @@ fn upper_of(dir: &Path) -> PathBuf {
 
 fn no_approval(id: &str) -> ServiceError {
     ServiceError::NotFound(format!("no approval {id}"))
+}
+
+/// An approval's record with the person's reason, when they gave one.
+fn with_reason(mut record: serde_json::Value, reason: Option<&str>) -> serde_json::Value {
+    if let (Some(r), Some(o)) = (reason, record.as_object_mut()) {
+        o.insert("reason".into(), r.into());
+    }
+    record
 }
