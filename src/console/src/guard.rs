@@ -44,7 +44,9 @@ pub async fn guard(State(console): State<Arc<Console>>, req: Request, next: Next
         (header::CONTENT_SECURITY_POLICY, CSP),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not `no-referrer`: under it a browser's form posts carry `Origin: null`, and the
+        // Origin check above would refuse the console's own forms (found by the browser test).
+        (header::REFERRER_POLICY, "same-origin"),
         (header::CACHE_CONTROL, "no-store"),
     ] {
         h.insert(name, HeaderValue::from_static(value));
