@@ -249,3 +249,227 @@ fn approvals_are_decided_in_the_console() {
     assert!(answers.len() >= 2, "{log}");
     assert!(log.contains("not today"));
 }
+
+/// A daemon serving the console, with a workspace for `run --review`.
+struct Served {
+    _dir: tempfile::TempDir,
+    rt: std::path::PathBuf,
+    audit: std::path::PathBuf,
+    ws: std::path::PathBuf,
+    host: String,
+    _daemon: Daemon,
+}
+
+impl Served {
+    fn start() -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let (rt, audit, ws) = (
+            dir.path().join("rt"),
+            dir.path().join("audit"),
+            dir.path().join("ws"),
+        );
+        std::fs::create_dir_all(&ws).unwrap();
+        let host = format!("127.0.0.1:{}", free_port());
+        let file = dir.path().join("daemon.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "audit_dir = \"{}\"\n[defaults]\nbackend = \"process\"\n",
+                audit.display()
+            ),
+        )
+        .unwrap();
+        let daemon = Daemon::start_with(Path::new(BIN), &rt, &file, |cmd| {
+            cmd.args(["--console", &host]);
+        });
+        Served {
+            _dir: dir,
+            rt,
+            audit,
+            ws,
+            host,
+            _daemon: daemon,
+        }
+    }
+
+    fn lg(&self, args: &[&str]) -> Output {
+        lg(&self.rt, &self.audit, args)
+    }
+
+    /// A one-time login link, through the daemon's socket.
+    fn login_url(&self) -> String {
+        let out = self.lg(&["console", "url"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).trim().to_owned()
+    }
+
+    /// `run --review -- sh -c SCRIPT` in the workspace, through the daemon: it waits on its
+    /// Diff Card.
+    fn review(&self, script: &str) -> std::process::Child {
+        Command::new("setsid")
+            .arg(BIN)
+            .arg("--runtime-dir")
+            .arg(&self.rt)
+            .args(["run", "--review", "--workspace"])
+            .arg(&self.ws)
+            .args(["--", "sh", "-c", script])
+            .env("LUMINAGUARD_AUDIT_DIR", &self.audit)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The ids of the approvals waiting, through the daemon (as the CLI sees them).
+    fn waiting(&self) -> Vec<String> {
+        let out = self.lg(&["approvals", "ls", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// The run's end, within a minute (a test that fails does not hang).
+fn finished(mut child: std::process::Child) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("the run did not end within 60s: {}", text(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Where a test's screenshots go: under the test's output directory, and also into
+/// `$LUMINAGUARD_SCREENSHOTS` when it is set (scripts/screenshots, for docs/console.md).
+fn screenshot(b: &luminaguard_testkit::browser::Browser, name: &str) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    b.screenshot(&path);
+    eprintln!("screenshot: {}", path.display());
+    if let Some(docs) = std::env::var_os("LUMINAGUARD_SCREENSHOTS") {
+        std::fs::copy(&path, Path::new(&docs).join(name)).unwrap();
+    }
+}
+
+/// The whole approvals flow in headless Chromium: log in with the link; a card made by a
+/// real `run --review` appears without a reload and is approved with the keyboard (the
+/// workspace changes); another is denied with a reason (nothing changes); one answered at
+/// the CLI leaves the open page by itself; the countdown runs; a narrow window needs no
+/// sideways scrolling; the audit log has the console's answers.
+#[test]
+fn approvals_in_a_real_browser() {
+    use luminaguard_testkit::browser::{Browser, browser_available};
+    if !privileged("the console in a browser") || !browser_available() {
+        return;
+    }
+    let s = Served::start();
+    let b = Browser::start();
+    let wait = Duration::from_secs(60);
+    // Without the link: the login page, 401.
+    b.goto(&format!("http://{}/approvals", s.host));
+    assert!(b.text_of("main").contains("luminaguard console url"));
+    b.goto(&s.login_url());
+    b.wait_for_text("h1", "Approvals", wait);
+    let session = b
+        .cookies()
+        .into_iter()
+        .find(|c| c.name == "lg_session")
+        .unwrap();
+    assert!(session.http_only, "{session:?}");
+    assert_eq!(session.same_site.as_deref(), Some("Strict"));
+    assert_eq!(b.execute("return document.cookie"), "");
+    b.wait_for_text("#live", "Live", wait);
+    assert!(b.text_of("#none").contains("Nothing waits"));
+    // This page is never reloaded until the first decision: a mark on it would go.
+    b.execute("window.__same_page = 1");
+
+    // 1. A card appears live, and is approved from the keyboard.
+    let run = s.review("printf 'hello\\nworld\\n' > note.txt");
+    b.wait_for(".card", wait);
+    assert_eq!(b.execute("return window.__same_page"), 1, "no reload");
+    let id = b.execute("return document.querySelector('.card').id");
+    let id = id.as_str().unwrap().to_owned();
+    assert!(id.starts_with("ap-"), "{id}");
+    let card = b.text_of(&format!("#{id}"));
+    assert!(card.contains("note.txt"), "{card}");
+    assert!(card.contains("+hello"), "the diff is shown: {card}");
+    assert!(
+        b.exists(&format!("#{id} pre.diff .ins")),
+        "diff lines are styled"
+    );
+    assert!(!b.exists("#none:not([hidden])"));
+    // The countdown runs, from the card's own expiry.
+    let left = b.wait_for_text(&format!("#{id} .left"), "in ", wait);
+    assert!(left.contains(':'), "{left}");
+    screenshot(&b, "approvals-pending.png");
+    b.fill(&format!("#reason-{id}"), "looks right");
+    b.press(&format!("#{id} button.approve"), "\u{E007}"); // Enter
+    let out = finished(run);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(s.ws.join("note.txt")).unwrap(),
+        "hello\nworld\n"
+    );
+    b.wait_for_text("#none", "Nothing waits", wait);
+
+    // 2. Another, denied with a reason: nothing changes.
+    let run = s.review("echo no > other.txt");
+    b.wait_for(".card", wait);
+    let id2 = b.execute("return document.querySelector('.card').id");
+    let id2 = id2.as_str().unwrap().to_owned();
+    b.fill(&format!("#reason-{id2}"), "not today");
+    b.click(&format!("#{id2} button.deny"));
+    let out = finished(run);
+    assert!(!out.status.success());
+    assert!(!s.ws.join("other.txt").exists());
+
+    // 3. One answered elsewhere (the CLI) leaves the open page by itself.
+    b.wait_for_text("#none", "Nothing waits", wait);
+    b.execute("window.__same_page = 2");
+    let run = s.review("echo cli > cli.txt");
+    b.wait_for(".card", wait);
+    let id3 = s.waiting().pop().unwrap();
+    assert!(b.exists(&format!("#{id3}")));
+    let out = s.lg(&["approvals", "deny", &id3, "--reason", "from the terminal"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until("the card answered at the CLI to leave the page", || {
+        !b.exists(&format!("#{id3}"))
+    });
+    assert_eq!(b.execute("return window.__same_page"), 2, "no reload");
+    let _ = finished(run);
+
+    // A narrow window: the page fits; only a long diff line scrolls, in its own box.
+    let run = s.review("echo 'a rather long line of text that would not fit a phone screen at all, not even sideways' > wide.txt");
+    b.wait_for(".card", wait);
+    b.resize(390, 844);
+    let fits = b.execute(
+        "return document.documentElement.scrollWidth <= document.documentElement.clientWidth",
+    );
+    assert_eq!(fits, true, "the page scrolls sideways in a narrow window");
+    screenshot(&b, "approvals-narrow.png");
+    b.resize(1280, 900);
+    let id4 = s.waiting().pop().unwrap();
+    assert!(s.lg(&["approvals", "deny", &id4]).status.success());
+    let _ = finished(run);
+
+    // The audit log names the console for the two answers given there.
+    let ls = s.lg(&["audit", "ls", "--json"]);
+    let log = text(&ls.stdout);
+    for (a, words) in [(&id, "looks right"), (&id2, "not today")] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(a.as_str()) && l.contains("\"console\"") && l.contains(words)),
+            "{a} answered in the console, {words:?}: {log}"
+        );
+    }
+}

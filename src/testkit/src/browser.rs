@@ -345,6 +345,23 @@ impl Browser {
         });
     }
 
+    /// Sends `keys` to the first element matching `css` as key events (WebDriver's special
+    /// keys as their code points, e.g. `"\u{E007}"` for Enter): what a keyboard user does.
+    pub fn press(&self, css: &str, keys: &str) {
+        let c = self.client();
+        self.run(format_args!("keys to {css:?}"), async {
+            c.find(Locator::Css(css)).await?.send_keys(keys).await
+        });
+    }
+
+    /// Resizes the browser's window (a narrow one: a phone, a side panel).
+    pub fn resize(&self, width: u32, height: u32) {
+        self.run(
+            format_args!("resize to {width}x{height}"),
+            self.client().set_window_size(width, height),
+        );
+    }
+
     /// Waits until an element matches the CSS selector `css`, polling; fails the test after
     /// `timeout`.
     pub fn wait_for(&self, css: &str, timeout: Duration) {

@@ -6,23 +6,59 @@ use std::sync::Arc;
 use askama::Template;
 use axum::extract::{Form, Path, State};
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
 use luminaguard_service::Answer;
+use luminaguard_service::approvals::Approval;
+use luminaguard_service::events::EventKind;
 use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
 
 use super::{Authed, render};
 use crate::Console;
 
 /// One waiting approval as the page shows it.
-struct Row {
+pub(crate) struct Row {
     id: String,
     kind: &'static str,
     sandbox: String,
-    text: String,
+    /// The card's text a line at a time, with the CSS class of each (as a terminal colours
+    /// it: [`luminaguard_review::classify`]).
+    lines: Vec<(&'static str, String)>,
     asked: Vec<String>,
     digest: String,
     expires_unix_ms: u64,
+    expires_rfc3339: String,
+    expires_at: String,
     network: Vec<String>,
+}
+
+impl Row {
+    fn new(a: Approval) -> Self {
+        let expires = std::time::UNIX_EPOCH + std::time::Duration::from_millis(a.expires_unix_ms);
+        let expires_rfc3339 = humantime::format_rfc3339_seconds(expires).to_string();
+        let expires_at = expires_rfc3339.replace('T', " ").replace('Z', " UTC");
+        Self {
+            kind: if a.action.is_some() {
+                "Action"
+            } else {
+                "Diff Card"
+            },
+            digest: a.changes.digest.clone(),
+            lines: a
+                .text
+                .lines()
+                .map(|l| (luminaguard_review::classify(l).class(), l.to_owned()))
+                .collect(),
+            id: a.id,
+            sandbox: a.sandbox.to_string(),
+            asked: a.asked,
+            expires_unix_ms: a.expires_unix_ms,
+            expires_rfc3339,
+            expires_at,
+            network: a.network_attempts,
+        }
+    }
 }
 
 #[derive(Template)]
@@ -32,31 +68,84 @@ struct ApprovalsPage {
     rows: Vec<Row>,
 }
 
+/// One card alone: what the live stream sends for a new approval.
+#[derive(Template)]
+#[template(path = "card.html")]
+struct Card {
+    csrf: String,
+    r: Row,
+}
+
 pub(crate) async fn page(State(console): State<Arc<Console>>, who: Authed) -> Response {
     let mut list = console.service.approvals(&who.caller()).await;
     // Newest first.
     list.sort_by_key(|a| std::cmp::Reverse(a.requested_unix_ms));
-    let rows = list
-        .into_iter()
-        .map(|a| Row {
-            kind: if a.action.is_some() {
-                "Action"
-            } else {
-                "Diff Card"
-            },
-            digest: a.changes.digest.clone(),
-            id: a.id,
-            sandbox: a.sandbox.to_string(),
-            text: a.text,
-            asked: a.asked,
-            expires_unix_ms: a.expires_unix_ms,
-            network: a.network_attempts,
-        })
-        .collect();
     render(&ApprovalsPage {
         csrf: who.session.csrf,
-        rows,
+        rows: list.into_iter().map(Row::new).collect(),
     })
+}
+
+/// The approvals as they change, as server-sent events: `card` (a new card's HTML, as the
+/// page renders it), `gone` (the id of one answered — here, at a terminal, over MCP — expired
+/// or withdrawn), `reload` (events were lost: the page should be fetched again). Only the
+/// session's user's approvals; the stream ends when the session does.
+pub(crate) async fn events(
+    State(console): State<Arc<Console>>,
+    who: Authed,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let rx = console.service.subscribe();
+    let caller = who.caller();
+    let stream = futures_util::stream::unfold(rx, move |mut rx| {
+        let (console, caller, sid, csrf) = (
+            Arc::clone(&console),
+            caller.clone(),
+            who.id.clone(),
+            who.session.csrf.clone(),
+        );
+        async move {
+            loop {
+                let e = match rx.recv().await {
+                    Ok(e) => e,
+                    Err(RecvError::Lagged(_)) => {
+                        return Some((Ok(Event::default().event("reload").data("lagged")), rx));
+                    }
+                    Err(RecvError::Closed) => return None,
+                };
+                // A logged-out session hears nothing more.
+                console.sessions.get(&sid)?;
+                if !caller.may_use(e.user) {
+                    continue;
+                }
+                let Some(id) = e.approval else { continue };
+                let event = match e.kind {
+                    EventKind::ApprovalRequested => {
+                        let Ok(a) = console.service.approval(&caller, &id).await else {
+                            continue;
+                        };
+                        if a.outcome.is_some() {
+                            continue;
+                        }
+                        let card = Card {
+                            csrf: csrf.clone(),
+                            r: Row::new(a),
+                        };
+                        match card.render() {
+                            Ok(html) => Event::default().event("card").data(html),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "rendering a live card");
+                                Event::default().event("reload").data("render")
+                            }
+                        }
+                    }
+                    EventKind::ApprovalDecided => Event::default().event("gone").data(id),
+                    _ => continue,
+                };
+                return Some((Ok(event), rx));
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 #[derive(Deserialize)]

@@ -14,6 +14,10 @@ pub(crate) async fn asset(_who: Authed, Path(name): Path<String>) -> Response {
             "text/css; charset=utf-8",
             include_str!("../../assets/console.css"),
         ),
+        "console.js" => (
+            "text/javascript; charset=utf-8",
+            include_str!("../../assets/console.js"),
+        ),
         _ => return (StatusCode::NOT_FOUND, "no such asset").into_response(),
     };
     ([(header::CONTENT_TYPE, kind)], body).into_response()

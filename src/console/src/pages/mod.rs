@@ -25,6 +25,7 @@ pub(crate) fn routes() -> Router<Arc<Console>> {
         .route("/login", get(login::login))
         .route("/logout", post(login::logout))
         .route("/approvals", get(approvals::page))
+        .route("/approvals/events", get(approvals::events))
         .route("/approvals/{id}", post(approvals::decide))
         .route("/assets/{name}", get(assets::asset))
 }
