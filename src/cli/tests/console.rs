@@ -249,3 +249,142 @@ fn approvals_are_decided_in_the_console() {
     assert!(answers.len() >= 2, "{log}");
     assert!(log.contains("not today"));
 }
+
+/// `curl` to the daemon's API over its socket, as the test's user: the status and the body.
+fn api(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "60",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+    ])
+    .arg("--unix-socket")
+    .arg(sock);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data", b]);
+    }
+    let out = cmd.arg(format!("http://lg{path}")).output().unwrap();
+    let all = text(&out.stdout);
+    let (body, code) = all.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+#[test]
+fn sandboxes_are_listed_and_destroyed_in_the_console_and_the_audit_page_shows_it() {
+    if !privileged("the console through the daemon") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, audit) = (dir.path().join("rt"), dir.path().join("audit"));
+    let port = free_port();
+    let host = format!("127.0.0.1:{port}");
+    let file = dir.path().join("daemon.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "audit_dir = \"{}\"\n[defaults]\nbackend = \"process\"\n",
+            audit.display()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start_with(Path::new(BIN), &rt, &file, |cmd| {
+        cmd.args(["--console", &host]);
+    });
+    let sock = daemon.socket.clone();
+    let out = lg(&rt, &audit, &["console", "url"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (code, head, _) = curl(&[text(&out.stdout).trim()]);
+    assert_eq!(code, 303, "{head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = |path: &str| {
+        let (code, _, body) = curl(&[
+            "-H",
+            &format!("Cookie: {cookie}"),
+            &format!("http://{host}{path}"),
+        ]);
+        assert_eq!(code, 200, "{path}: {body}");
+        body
+    };
+    let own = format!("http://{host}");
+    let destroy = |origin: &str, form: &str| {
+        curl(&[
+            "-H",
+            &format!("Cookie: {cookie}"),
+            "-H",
+            &format!("Origin: {origin}"),
+            "--data",
+            form,
+            &format!("http://{host}/sandboxes/cons-1/destroy"),
+        ])
+    };
+
+    // A sandbox made through the daemon's API is on the page, with its cgroup's figures.
+    let (code, body) = api(&sock, "POST", "/v1/sandboxes", Some(r#"{"name":"cons-1"}"#));
+    assert_eq!(code, 201, "{body}");
+    let list = page("/sandboxes");
+    assert!(list.contains("id=\"sb-cons-1\""), "{list}");
+    assert!(
+        list.contains(" of "),
+        "memory and processes against limits: {list}"
+    );
+    assert!(!list.contains("no cgroup"), "{list}");
+    assert!(list.contains("href=\"/sandboxes/cons-1/destroy\""));
+
+    // Destroy: a confirmation page, then the form it holds.
+    let confirm = page("/sandboxes/cons-1/destroy");
+    assert!(
+        confirm.contains("Destroy sandbox <code>cons-1</code>?"),
+        "{confirm}"
+    );
+    let c = confirm.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let csrf = confirm[c..c + 64].to_owned();
+    let form = format!("csrf={csrf}");
+    assert_eq!(destroy("http://evil.example", &form).0, 403);
+    assert_eq!(destroy(&own, "csrf=00").0, 403);
+    assert!(
+        page("/sandboxes").contains("id=\"sb-cons-1\""),
+        "refused: still there"
+    );
+    let (code, head, body) = destroy(&own, &form);
+    assert_eq!(code, 303, "{head}{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("location: /sandboxes"),
+        "{head}"
+    );
+
+    // Gone from the page and from the daemon's API.
+    assert!(!page("/sandboxes").contains("cons-1"));
+    let (code, body) = api(&sock, "GET", "/v1/sandboxes", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(!body.contains("cons-1"), "{body}");
+    assert_eq!(api(&sock, "GET", "/v1/sandboxes/cons-1", None).0, 404);
+
+    // The audit page shows the destroy, by the console, and the log verifies.
+    let mut audit_page = String::new();
+    wait_until("the destroy on the audit page", || {
+        audit_page = page("/audit?sandbox=cons-1&actor=console");
+        audit_page.contains("<td>destroy</td>")
+    });
+    assert!(audit_page.contains("class=\"verify ok\""), "{audit_page}");
+    assert!(audit_page.contains("hash chain intact"), "{audit_page}");
+    assert!(!audit_page.contains("<td>create</td>"), "filtered by actor");
+    let both = page("/audit?sandbox=cons-1");
+    assert!(
+        both.contains("<td>create</td>") && both.contains("<td>destroy</td>"),
+        "{both}"
+    );
+}
