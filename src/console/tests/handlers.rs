@@ -2,7 +2,12 @@
 //! session without a one-time link, no change without the session's CSRF token and the
 //! console's own Origin, no answer for another Host (DNS rebinding), and the security headers
 //! on every response.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)] // test code
 
 use std::sync::Arc;
 

@@ -76,7 +76,7 @@ pub(crate) async fn confirm(
 ) -> Response {
     let id = match sandbox_id(&id) {
         Ok(id) => id,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     // Another user's sandbox is not found, as through the API.
     match console.service.get(&who.caller(), &id).await {
@@ -109,7 +109,7 @@ pub(crate) async fn destroy(
     }
     let id = match sandbox_id(&id) {
         Ok(id) => id,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     match console.service.destroy(&who.caller(), &id).await {
         Ok(()) => Redirect::to("/sandboxes").into_response(),
@@ -117,10 +117,22 @@ pub(crate) async fn destroy(
     }
 }
 
-/// A path's id, or `400` saying why it is none (the same parse as the API's).
-fn sandbox_id(raw: &str) -> Result<SandboxId, Response> {
-    raw.parse()
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid sandbox id: {e}")).into_response())
+/// A path that names no sandbox: `400`, saying why.
+struct BadId(String);
+
+impl IntoResponse for BadId {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("invalid sandbox id: {}", self.0),
+        )
+            .into_response()
+    }
+}
+
+/// A path's id (the same parse as the API's).
+fn sandbox_id(raw: &str) -> Result<SandboxId, BadId> {
+    raw.parse::<SandboxId>().map_err(|e| BadId(e.to_string()))
 }
 
 /// The service's refusal with the API's status for it.
