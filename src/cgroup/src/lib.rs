@@ -310,6 +310,62 @@ impl Cgroup {
         Ok(all)
     }
 
+    /// What the group uses now, against its limits, read from the kernel's files: on v2
+    /// `memory.current`/`memory.max`, `pids.current`/`pids.max`, `cpu.stat`'s `usage_usec` and
+    /// `cpu.max`; on v1 `memory.usage_in_bytes`/`memory.limit_in_bytes`,
+    /// `pids.current`/`pids.max`, `cpuacct.usage` (when `cpuacct` is mounted with `cpu`) and
+    /// `cpu.cfs_quota_us`/`cpu.cfs_period_us`. A group whose directory is gone is an error (the
+    /// sandbox ended); a file a kernel does not offer leaves its figure `None`.
+    pub fn usage(&self) -> Result<Usage, CgroupError> {
+        let dir = |i: usize| {
+            self.dirs.get(i).ok_or_else(|| {
+                CgroupError::Unavailable(format!(
+                    "a v{} group with {} directories, not {}",
+                    self.version,
+                    self.dirs.len(),
+                    if self.version == 2 { 1 } else { 3 }
+                ))
+            })
+        };
+        if self.version == 2 {
+            let d = dir(0)?;
+            let cpu_max = read_opt(&d.join("cpu.max"))?;
+            Ok(Usage {
+                memory_bytes: number(&d.join("memory.current"))?,
+                memory_limit: limit(&d.join("memory.max"))?,
+                pids: number(&d.join("pids.current"))?,
+                pids_limit: limit(&d.join("pids.max"))?,
+                cpu_usec: read_opt(&d.join("cpu.stat"))?.and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("usage_usec "))
+                        .and_then(|n| n.trim().parse().ok())
+                }),
+                cpu_limit_millis: cpu_max.and_then(|t| {
+                    let mut f = t.split_whitespace();
+                    let (quota, period) = (f.next()?, f.next()?);
+                    cpu_millis(quota.parse().ok()?, period.parse().ok()?)
+                }),
+            })
+        } else {
+            let (mem, pids, cpu) = (dir(0)?, dir(1)?, dir(2)?);
+            let quota = read_opt(&cpu.join("cpu.cfs_quota_us"))?
+                .and_then(|t| t.trim().parse::<i64>().ok())
+                .and_then(|q| u64::try_from(q).ok());
+            let period = read_opt(&cpu.join("cpu.cfs_period_us"))?
+                .and_then(|t| t.trim().parse::<u64>().ok());
+            Ok(Usage {
+                memory_bytes: number(&mem.join("memory.usage_in_bytes"))?,
+                // v1 says "no limit" with a huge page-aligned number.
+                memory_limit: number(&mem.join("memory.limit_in_bytes"))?
+                    .filter(|&n| n < V1_UNLIMITED),
+                pids: number(&pids.join("pids.current"))?,
+                pids_limit: limit(&pids.join("pids.max"))?,
+                cpu_usec: number(&cpu.join("cpuacct.usage"))?.map(|ns| ns / 1000),
+                cpu_limit_millis: quota.zip(period).and_then(|(q, p)| cpu_millis(q, p)),
+            })
+        }
+    }
+
     /// How many times the kernel's OOM killer has killed in this group.
     pub fn oom_kills(&self) -> Result<u64, CgroupError> {
         let file = self.memory_dir().join(if self.version == 2 {
@@ -390,6 +446,58 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Between polls of a group that is emptying. Neither v1 nor (portably) v2 offers a blocking
 /// "group is empty" wait, so this is a bounded poll of the condition itself.
+/// A v1 memory limit at or above this is "unlimited" (the kernel writes `PAGE_COUNTER_MAX`
+/// pages, about 2^63 bytes).
+const V1_UNLIMITED: u64 = 1 << 62;
+
+/// What a sandbox's group uses now, and its limits (`None`: unlimited, or not offered by this
+/// kernel).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub memory_bytes: Option<u64>,
+    pub memory_limit: Option<u64>,
+    pub pids: Option<u64>,
+    pub pids_limit: Option<u64>,
+    /// CPU time used since the group was made, in microseconds (v1: only where `cpuacct` is
+    /// mounted with `cpu`).
+    pub cpu_usec: Option<u64>,
+    /// The CPU quota in thousandths of a CPU (`2000`: two CPUs).
+    pub cpu_limit_millis: Option<u64>,
+}
+
+/// A file's text; `None` if the kernel does not offer it. A group directory that is gone is an
+/// error.
+fn read_opt(path: &Path) -> Result<Option<String>, CgroupError> {
+    match fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match path.parent().map(Path::exists) {
+                Some(false) => Err(io("read", path)(e)),
+                _ => Ok(None),
+            }
+        }
+        Err(e) => Err(io("read", path)(e)),
+    }
+}
+
+/// A file holding one number.
+fn number(path: &Path) -> Result<Option<u64>, CgroupError> {
+    Ok(read_opt(path)?.and_then(|t| t.trim().parse().ok()))
+}
+
+/// A file holding a number or `max`.
+fn limit(path: &Path) -> Result<Option<u64>, CgroupError> {
+    Ok(read_opt(path)?.and_then(|t| match t.trim() {
+        "max" => None,
+        n => n.parse().ok(),
+    }))
+}
+
+/// `quota` per `period` microseconds, in thousandths of a CPU.
+fn cpu_millis(quota: u64, period: u64) -> Option<u64> {
+    (period > 0).then(|| quota.saturating_mul(1000) / period)
+}
+
 fn pause() {
     std::thread::sleep(Duration::from_millis(1));
 }
@@ -450,6 +558,87 @@ mod tests {
         let err = Hierarchy::from_proc("1 0 0:1 / / rw - ext4 /dev/vda rw", "0::/", |_| None)
             .unwrap_err();
         assert!(matches!(err, CgroupError::Unavailable(_)), "{err}");
+    }
+
+    #[test]
+    fn v2_usage_is_read_against_its_limits() {
+        let fake = tempfile::tempdir().unwrap();
+        let d = fake.path();
+        for (f, v) in [
+            ("memory.current", "1048576\n"),
+            ("memory.max", "67108864\n"),
+            ("pids.current", "3\n"),
+            ("pids.max", "max\n"),
+            ("cpu.stat", "usage_usec 2500000\nuser_usec 2000000\n"),
+            ("cpu.max", "150000 100000\n"),
+        ] {
+            fs::write(d.join(f), v).unwrap();
+        }
+        let u = Cgroup::from_dirs(2, vec![d.to_owned()]).usage().unwrap();
+        assert_eq!(
+            u,
+            Usage {
+                memory_bytes: Some(1 << 20),
+                memory_limit: Some(64 << 20),
+                pids: Some(3),
+                pids_limit: None,
+                cpu_usec: Some(2_500_000),
+                cpu_limit_millis: Some(1500),
+            }
+        );
+        fs::write(d.join("cpu.max"), "max 100000\n").unwrap();
+        assert_eq!(
+            Cgroup::from_dirs(2, vec![d.to_owned()])
+                .usage()
+                .unwrap()
+                .cpu_limit_millis,
+            None
+        );
+    }
+
+    #[test]
+    fn v1_usage_is_read_from_each_hierarchy() {
+        let fake = tempfile::tempdir().unwrap();
+        let (mem, pids, cpu) = (
+            fake.path().join("memory"),
+            fake.path().join("pids"),
+            fake.path().join("cpu"),
+        );
+        for d in [&mem, &pids, &cpu] {
+            fs::create_dir(d).unwrap();
+        }
+        fs::write(mem.join("memory.usage_in_bytes"), "4096\n").unwrap();
+        fs::write(mem.join("memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
+        fs::write(pids.join("pids.current"), "2\n").unwrap();
+        fs::write(pids.join("pids.max"), "64\n").unwrap();
+        fs::write(cpu.join("cpu.cfs_quota_us"), "200000\n").unwrap();
+        fs::write(cpu.join("cpu.cfs_period_us"), "100000\n").unwrap();
+        let cg = Cgroup::from_dirs(1, vec![mem.clone(), pids.clone(), cpu.clone()]);
+        let u = cg.usage().unwrap();
+        assert_eq!(
+            u,
+            Usage {
+                memory_bytes: Some(4096),
+                memory_limit: None,
+                pids: Some(2),
+                pids_limit: Some(64),
+                // No cpuacct.usage: cpuacct is not mounted with cpu.
+                cpu_usec: None,
+                cpu_limit_millis: Some(2000),
+            }
+        );
+        fs::write(cpu.join("cpuacct.usage"), "3000000\n").unwrap();
+        fs::write(cpu.join("cpu.cfs_quota_us"), "-1\n").unwrap();
+        let u = cg.usage().unwrap();
+        assert_eq!((u.cpu_usec, u.cpu_limit_millis), (Some(3000), None));
+        // A group that is gone is an error, not a sandbox using nothing.
+        fs::remove_dir_all(&pids).unwrap();
+        let err = cg.usage().unwrap_err();
+        assert!(err.to_string().contains("pids.current"), "{err}");
+        assert!(matches!(
+            Cgroup::from_dirs(1, vec![mem]).usage(),
+            Err(CgroupError::Unavailable(_))
+        ));
     }
 
     #[test]

@@ -57,6 +57,20 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The session cookie a login's answer sets, as `name=value`.
+fn session_cookie(head: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -73,34 +87,8 @@ fn approvals_are_decided_in_the_console() {
     if !privileged("the console through the daemon") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (rt, audit, ws) = (
-        dir.path().join("rt"),
-        dir.path().join("audit"),
-        dir.path().join("ws"),
-    );
-    std::fs::create_dir_all(&ws).unwrap();
-    let port = free_port();
-    let host = format!("127.0.0.1:{port}");
-    let _daemon = Daemon::start_with(
-        Path::new(BIN),
-        &rt,
-        &{
-            let file = dir.path().join("daemon.toml");
-            std::fs::write(
-                &file,
-                format!(
-                    "audit_dir = \"{}\"\n[defaults]\nbackend = \"process\"\n",
-                    audit.display()
-                ),
-            )
-            .unwrap();
-            file
-        },
-        |cmd| {
-            cmd.args(["--console", &host]);
-        },
-    );
+    let s = Served::start();
+    let (host, ws) = (s.host.clone(), s.ws.clone());
     // Nothing answers without a session.
     let (code, head, _) = curl(&[&format!("http://{host}/approvals")]);
     assert_eq!(code, 401);
@@ -109,51 +97,18 @@ fn approvals_are_decided_in_the_console() {
             .contains("content-security-policy")
     );
     // The link, through the daemon's socket, for this user.
-    let out = lg(&rt, &audit, &["console", "url"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let url = text(&out.stdout).trim().to_owned();
+    let url = s.login_url();
     assert!(
         url.starts_with(&format!("http://{host}/login?token=")),
         "{url}"
     );
     let (code, head, _) = curl(&[&url]);
     assert_eq!(code, 303, "{head}");
-    let cookie = head
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("set-cookie: ")
-                .or_else(|| l.strip_prefix("Set-Cookie: "))
-        })
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = session_cookie(&head);
     assert_eq!(curl(&[&url]).0, 401, "a link is good once");
 
     // A real speculative run through the daemon waits on its Diff Card.
-    let review = |script: &str| {
-        Command::new("setsid")
-            .arg(BIN)
-            .arg("--runtime-dir")
-            .arg(&rt)
-            .args([
-                "run",
-                "--review",
-                "--workspace",
-                ws.to_str().unwrap(),
-                "--",
-                "sh",
-                "-c",
-                script,
-            ])
-            .env("LUMINAGUARD_AUDIT_DIR", &audit)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let review = |script: &str| s.review(script);
     let page = |cookie: &str| {
         curl(&[
             "-H",
@@ -238,7 +193,7 @@ fn approvals_are_decided_in_the_console() {
     assert!(pending(&cookie).is_none(), "a decided card leaves the page");
 
     // The audit log names the console as where each answer came from.
-    let ls = lg(&rt, &audit, &["audit", "ls", "--json"]);
+    let ls = s.lg(&["audit", "ls", "--json"]);
     let log = text(&ls.stdout);
     let answers: Vec<serde_json::Value> = log
         .lines()
@@ -252,12 +207,13 @@ fn approvals_are_decided_in_the_console() {
 
 /// A daemon serving the console, with a workspace for `run --review`.
 struct Served {
+    /// First: dropped (stopped) before its directories go.
+    daemon: Daemon,
     _dir: tempfile::TempDir,
     rt: std::path::PathBuf,
     audit: std::path::PathBuf,
     ws: std::path::PathBuf,
     host: String,
-    _daemon: Daemon,
 }
 
 impl Served {
@@ -288,7 +244,7 @@ impl Served {
             audit,
             ws,
             host,
-            _daemon: daemon,
+            daemon,
         }
     }
 
@@ -301,6 +257,18 @@ impl Served {
         let out = self.lg(&["console", "url"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         text(&out.stdout).trim().to_owned()
+    }
+
+    /// The daemon's API socket.
+    fn socket(&self) -> std::path::PathBuf {
+        self.daemon.socket.clone()
+    }
+
+    /// Logs in with a new link as curl would: the session cookie (`name=value`).
+    fn login(&self) -> String {
+        let (code, head, _) = curl(&[&self.login_url()]);
+        assert_eq!(code, 303, "{head}");
+        session_cookie(&head)
     }
 
     /// `run --review -- sh -c SCRIPT` in the workspace, through the daemon: it waits on its
@@ -472,4 +440,153 @@ fn approvals_in_a_real_browser() {
             "{a} answered in the console, {words:?}: {log}"
         );
     }
+
+    // The sandboxes page: one that exists is there, one destroyed is not; destroyed from the
+    // page (its confirmation, then the button), it goes.
+    let sock = s.socket();
+    for name in ["live-1", "gone-1"] {
+        let (code, body) = api(
+            &sock,
+            "POST",
+            "/v1/sandboxes",
+            Some(&format!(r#"{{"name":"{name}"}}"#)),
+        );
+        assert_eq!(code, 201, "{body}");
+    }
+    assert_eq!(
+        api(&sock, "DELETE", "/v1/sandboxes/gone-1", None).0 / 100,
+        2
+    );
+    b.goto(&format!("http://{}/sandboxes", s.host));
+    b.wait_for("#sb-live-1", wait);
+    assert!(!b.exists("#sb-gone-1"), "a destroyed sandbox is not listed");
+    let row = b.text_of("#sb-live-1");
+    assert!(row.contains("process") && row.contains(" of "), "{row}");
+    screenshot(&b, "sandboxes.png");
+    b.click("a[href='/sandboxes/live-1/destroy']");
+    b.wait_for_text("h1", "Destroy sandbox", wait);
+    b.click("form.confirm button");
+    b.wait_for_text("h1", "Sandboxes", wait);
+    assert!(!b.exists("#sb-live-1"));
+    assert_eq!(api(&sock, "GET", "/v1/sandboxes/live-1", None).0, 404);
+
+    // The audit page: verified, and the console's answers on it.
+    b.goto(&format!("http://{}/audit", s.host));
+    b.wait_for(".verify.ok", wait);
+    let page = b.text_of("main");
+    assert!(
+        page.contains("looks right") && page.contains("not today"),
+        "{page}"
+    );
+    screenshot(&b, "audit.png");
+}
+
+/// `curl` to the daemon's API over its socket, as the test's user: the status and the body.
+fn api(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "60",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+    ])
+    .arg("--unix-socket")
+    .arg(sock);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data", b]);
+    }
+    let out = cmd.arg(format!("http://lg{path}")).output().unwrap();
+    let all = text(&out.stdout);
+    let (body, code) = all.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+#[test]
+fn sandboxes_are_listed_and_destroyed_in_the_console_and_the_audit_page_shows_it() {
+    if !privileged("the console through the daemon") {
+        return;
+    }
+    let s = Served::start();
+    let (host, sock) = (s.host.clone(), s.socket());
+    let cookie = s.login();
+    let page = |path: &str| {
+        let (code, _, body) = curl(&[
+            "-H",
+            &format!("Cookie: {cookie}"),
+            &format!("http://{host}{path}"),
+        ]);
+        assert_eq!(code, 200, "{path}: {body}");
+        body
+    };
+    let own = format!("http://{host}");
+    let destroy = |origin: &str, form: &str| {
+        curl(&[
+            "-H",
+            &format!("Cookie: {cookie}"),
+            "-H",
+            &format!("Origin: {origin}"),
+            "--data",
+            form,
+            &format!("http://{host}/sandboxes/cons-1/destroy"),
+        ])
+    };
+
+    // A sandbox made through the daemon's API is on the page, with its cgroup's figures.
+    let (code, body) = api(&sock, "POST", "/v1/sandboxes", Some(r#"{"name":"cons-1"}"#));
+    assert_eq!(code, 201, "{body}");
+    let list = page("/sandboxes");
+    assert!(list.contains("id=\"sb-cons-1\""), "{list}");
+    assert!(
+        list.contains(" of "),
+        "memory and processes against limits: {list}"
+    );
+    assert!(!list.contains("no cgroup"), "{list}");
+    assert!(list.contains("href=\"/sandboxes/cons-1/destroy\""));
+
+    // Destroy: a confirmation page, then the form it holds.
+    let confirm = page("/sandboxes/cons-1/destroy");
+    assert!(
+        confirm.contains("Destroy sandbox <code>cons-1</code>?"),
+        "{confirm}"
+    );
+    let c = confirm.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let csrf = confirm[c..c + 64].to_owned();
+    let form = format!("csrf={csrf}");
+    assert_eq!(destroy("http://evil.example", &form).0, 403);
+    assert_eq!(destroy(&own, "csrf=00").0, 403);
+    assert!(
+        page("/sandboxes").contains("id=\"sb-cons-1\""),
+        "refused: still there"
+    );
+    let (code, head, body) = destroy(&own, &form);
+    assert_eq!(code, 303, "{head}{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("location: /sandboxes"),
+        "{head}"
+    );
+
+    // Gone from the page and from the daemon's API.
+    assert!(!page("/sandboxes").contains("cons-1"));
+    let (code, body) = api(&sock, "GET", "/v1/sandboxes", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(!body.contains("cons-1"), "{body}");
+    assert_eq!(api(&sock, "GET", "/v1/sandboxes/cons-1", None).0, 404);
+
+    // The audit page shows the destroy, by the console, and the log verifies.
+    let mut audit_page = String::new();
+    wait_until("the destroy on the audit page", || {
+        audit_page = page("/audit?sandbox=cons-1&actor=console");
+        audit_page.contains("<td>destroy</td>")
+    });
+    assert!(audit_page.contains("class=\"verify ok\""), "{audit_page}");
+    assert!(audit_page.contains("hash chain intact"), "{audit_page}");
+    assert!(!audit_page.contains("<td>create</td>"), "filtered by actor");
+    let both = page("/audit?sandbox=cons-1");
+    assert!(
+        both.contains("<td>create</td>") && both.contains("<td>destroy</td>"),
+        "{both}"
+    );
 }

@@ -2,7 +2,12 @@
 //! session without a one-time link, no change without the session's CSRF token and the
 //! console's own Origin, no answer for another Host (DNS rebinding), and the security headers
 //! on every response.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)] // test code
 
 use std::sync::Arc;
 
@@ -86,9 +91,14 @@ fn post(path: &str, cookie: Option<&str>, origin: Option<&str>, form: &str) -> R
     b.body(Body::from(form.to_owned())).unwrap()
 }
 
-/// Logs in with a fresh link: the cookie to send, and the page's CSRF token.
+/// Logs in as root with a fresh link: the cookie to send, and the page's CSRF token.
 fn log_in(f: &Fixture) -> (String, String) {
-    let url = f.console.login_url(0, 0).unwrap();
+    log_in_as(f, 0)
+}
+
+/// Logs in as `uid` with a fresh link.
+fn log_in_as(f: &Fixture, uid: u32) -> (String, String) {
+    let url = f.console.login_url(uid, uid).unwrap();
     let path = url.strip_prefix(&format!("http://{HOST}")).unwrap();
     let r = send(&f.app, get(path, None));
     assert_eq!(r.status, StatusCode::SEE_OTHER);
@@ -269,4 +279,322 @@ fn a_change_needs_the_origin_and_the_csrf_token() {
         send(&f.app, get("/approvals", Some(&cookie))).status,
         StatusCode::UNAUTHORIZED
     );
+}
+
+/// The new pages and the form, each with a request that would be accepted with a session.
+const NEW_GETS: [&str; 4] = [
+    "/sandboxes",
+    "/audit",
+    "/audit?sandbox=a&actor=0&decision=deny",
+    "/sandboxes/sb-1/destroy",
+];
+
+#[test]
+fn the_sandbox_and_audit_pages_need_a_session_and_their_own_host() {
+    let f = fixture();
+    for path in NEW_GETS {
+        let r = send(&f.app, get(path, None));
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert!(r.headers.contains_key(header::CONTENT_SECURITY_POLICY));
+    }
+    let own = format!("http://{HOST}");
+    let (cookie, csrf) = log_in(&f);
+    let r = send(
+        &f.app,
+        post(
+            "/sandboxes/sb-1/destroy",
+            None,
+            Some(&own),
+            &format!("csrf={csrf}"),
+        ),
+    );
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    for path in NEW_GETS {
+        let req = Request::get(path)
+            .header(header::HOST, "evil.example:8787")
+            .header(header::COOKIE, &cookie)
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            send(&f.app, req).status,
+            StatusCode::MISDIRECTED_REQUEST,
+            "{path}"
+        );
+    }
+    let req = Request::post("/sandboxes/sb-1/destroy")
+        .header(header::HOST, "evil.example:8787")
+        .header(header::COOKIE, &cookie)
+        .header(header::ORIGIN, "http://evil.example:8787")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("csrf={csrf}")))
+        .unwrap();
+    assert_eq!(send(&f.app, req).status, StatusCode::MISDIRECTED_REQUEST);
+    // With the session: the pages, linked from every page's nav.
+    for path in ["/sandboxes", "/audit"] {
+        let r = send(&f.app, get(path, Some(&cookie)));
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+        for link in [
+            "href=\"/approvals\"",
+            "href=\"/sandboxes\"",
+            "href=\"/audit\"",
+        ] {
+            assert!(r.body.contains(link), "{path} lacks {link}");
+        }
+        assert!(!r.body.contains("style="), "{path}: no inline style (CSP)");
+    }
+    assert!(
+        send(&f.app, get("/sandboxes", Some(&cookie)))
+            .body
+            .contains("No sandboxes.")
+    );
+}
+
+#[test]
+fn destroying_needs_the_origin_and_the_csrf_token() {
+    let f = fixture();
+    let (cookie, csrf) = log_in(&f);
+    let own = format!("http://{HOST}");
+    let path = "/sandboxes/sb-1/destroy";
+    let form = format!("csrf={csrf}");
+    for origin in [None, Some("http://evil.example"), Some("null")] {
+        let r = send(&f.app, post(path, Some(&cookie), origin, &form));
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{origin:?}");
+    }
+    for bad in ["", "csrf=00", &format!("csrf={}", "0".repeat(64))] {
+        let r = send(&f.app, post(path, Some(&cookie), Some(&own), bad));
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{bad:?}: {}", r.body);
+    }
+    // All right: the service answers (no such sandbox).
+    let r = send(&f.app, post(path, Some(&cookie), Some(&own), &form));
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    assert!(r.body.contains("sb-1"), "{}", r.body);
+}
+
+#[test]
+fn hostile_sandbox_ids_are_a_clean_4xx() {
+    let f = fixture();
+    let (cookie, csrf) = log_in(&f);
+    let own = format!("http://{HOST}");
+    let long = "a".repeat(5000);
+    for id in [
+        "..%2Fx",
+        "%2E%2E",
+        "..",
+        "a%2Fb",
+        "%00",
+        "%C3%A9t%C3%A9",
+        "%F0%9F%92%A3",
+        "%FF%FE",
+        "-rf",
+        long.as_str(),
+    ] {
+        let path = format!("/sandboxes/{id}/destroy");
+        let page = send(&f.app, get(&path, Some(&cookie)));
+        let form = send(
+            &f.app,
+            post(&path, Some(&cookie), Some(&own), &format!("csrf={csrf}")),
+        );
+        for (what, r) in [("GET", page), ("POST", form)] {
+            assert!(
+                r.status == StatusCode::BAD_REQUEST || r.status == StatusCode::NOT_FOUND,
+                "{what} {}: {}",
+                &id[..id.len().min(40)],
+                r.status
+            );
+            assert!(r.body.len() < 2000, "the answer does not echo a long id");
+        }
+    }
+    let r = send(&f.app, get("/sandboxes/..%2Fx/destroy", Some(&cookie)));
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("invalid sandbox id"), "{}", r.body);
+}
+
+/// A sandbox's record, as a backend writes it, owned by `uid`, with no cgroup and no
+/// process (so nothing can be destroyed by accident).
+fn fake_sandbox(f: &Fixture, id: &str, uid: u32) {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = f._dir.path().join("rt").join("sandboxes").join(id);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let meta = serde_json::json!({
+        "id": id, "backend": "process",
+        "owner": {"pid": std::process::id(), "start": 0},
+        "persistent": true, "init": null, "cgroup_version": null,
+        "created_unix_ms": now - 90_000, "expires_unix_ms": now + 3_600_000,
+        "user": uid,
+    });
+    std::fs::write(dir.join("meta.json"), meta.to_string()).unwrap();
+}
+
+#[test]
+fn each_user_sees_only_their_sandboxes_and_another_s_is_not_found() {
+    let f = fixture();
+    fake_sandbox(&f, "mine-1", 1000);
+    fake_sandbox(&f, "theirs-1", 1001);
+    let (c1000, _) = log_in_as(&f, 1000);
+    let r = send(&f.app, get("/sandboxes", Some(&c1000)));
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body.contains("mine-1") && !r.body.contains("theirs-1"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("uid 1000"));
+    assert!(
+        r.body.contains("no cgroup"),
+        "the reason there are no figures"
+    );
+    assert!(r.body.contains("href=\"/sandboxes/mine-1/destroy\""));
+    assert!(r.body.contains("<caption") && r.body.contains("scope=\"col\""));
+    let confirm = send(&f.app, get("/sandboxes/mine-1/destroy", Some(&c1000)));
+    assert_eq!(confirm.status, StatusCode::OK);
+    assert!(
+        confirm
+            .body
+            .contains("Destroy sandbox <code>mine-1</code>?")
+    );
+    assert!(
+        confirm
+            .body
+            .contains("action=\"/sandboxes/mine-1/destroy\"")
+    );
+    assert!(confirm.body.contains("href=\"/sandboxes\">Cancel"));
+    // Another user's: not found, as through the API, whether looked at or destroyed.
+    let other = send(&f.app, get("/sandboxes/theirs-1/destroy", Some(&c1000)));
+    assert_eq!(other.status, StatusCode::NOT_FOUND, "{}", other.body);
+    let (c1000b, csrf) = log_in_as(&f, 1000);
+    let r = send(
+        &f.app,
+        post(
+            "/sandboxes/theirs-1/destroy",
+            Some(&c1000b),
+            Some(&format!("http://{HOST}")),
+            &format!("csrf={csrf}"),
+        ),
+    );
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    assert!(
+        f._dir
+            .path()
+            .join("rt/sandboxes/theirs-1/meta.json")
+            .exists()
+    );
+    // Root sees both.
+    let (root, _) = log_in(&f);
+    let r = send(&f.app, get("/sandboxes", Some(&root)));
+    assert!(r.body.contains("mine-1") && r.body.contains("theirs-1"));
+}
+
+/// A log in the fixture's audit dir with these records, closed (signed).
+fn write_log(f: &Fixture, records: &[(u32, serde_json::Value)]) {
+    use luminaguard_audit::{Actor, AuditConfig, AuditLog};
+    let log = AuditLog::open_blocking(AuditConfig::new(f._dir.path().join("audit"))).unwrap();
+    for (uid, event) in records {
+        let actor = Actor {
+            uid: *uid,
+            kind: "daemon".into(),
+            session: (*uid == 0).then(|| "console".to_owned()),
+        };
+        log.append_blocking(actor, event.clone()).unwrap();
+    }
+    log.close_blocking().unwrap();
+}
+
+fn rows(body: &str) -> usize {
+    body.matches("<th scope=\"row\">").count()
+}
+
+#[test]
+fn the_audit_page_filters_scopes_and_verifies() {
+    use serde_json::json;
+    let f = fixture();
+    write_log(
+        &f,
+        &[
+            (1000, json!({"type": "create", "sandbox": "a"})),
+            (1001, json!({"type": "create", "sandbox": "b"})),
+            (
+                1000,
+                json!({"type": "exec", "sandbox": "a", "argv": ["<script>alert(1)</script>"],
+                       "decision": {"verdict": "deny", "reason": "x".repeat(3000)}}),
+            ),
+            (0, json!({"type": "destroy", "sandbox": "a"})),
+            (1001, json!({"type": "destroy", "sandbox": "b"})),
+        ],
+    );
+    let (root, _) = log_in(&f);
+    let page = |cookie: &str, q: &str| {
+        let r = send(&f.app, get(&format!("/audit{q}"), Some(cookie)));
+        assert_eq!(r.status, StatusCode::OK, "{q}: {}", r.body);
+        r.body
+    };
+    let all = page(&root, "");
+    assert!(all.contains("class=\"verify ok\""), "{all}");
+    assert!(
+        all.contains("Verified:</strong> 5 record(s), hash chain intact"),
+        "{all}"
+    );
+    assert!(all.contains("last checkpoint signed by"), "{all}");
+    assert_eq!(rows(&all), 5);
+    // Newest first.
+    assert!(all.find("<th scope=\"row\">4</th>") < all.find("<th scope=\"row\">0</th>"));
+    // Escaped, never markup.
+    assert!(!all.contains("<script>alert"), "{all}");
+    assert!(all.contains("&#60;script&#62;"), "{all}");
+    // Each filter narrows; they combine.
+    assert_eq!(rows(&page(&root, "?sandbox=a")), 3);
+    assert_eq!(rows(&page(&root, "?decision=deny")), 1);
+    assert_eq!(rows(&page(&root, "?actor=1001")), 2);
+    assert_eq!(rows(&page(&root, "?actor=console")), 1);
+    assert_eq!(rows(&page(&root, "?sandbox=a&actor=1000")), 2);
+    assert_eq!(rows(&page(&root, "?sandbox=zz")), 0);
+    assert_eq!(rows(&page(&root, "?sandbox=&actor=&decision=")), 5);
+    let kept = page(&root, "?sandbox=a%22%3E%3Cb%3E");
+    assert!(
+        kept.contains("value=\"a&#34;&#62;&#60;b&#62;\""),
+        "the form keeps the filter, escaped"
+    );
+    // The form works without JavaScript: a GET form with a label for every field.
+    for id in ["f-sandbox", "f-actor", "f-decision"] {
+        assert!(all.contains(&format!("<label for=\"{id}\"")), "{id}");
+    }
+    assert!(all.contains("<form method=\"get\" action=\"/audit\""));
+    // A user reads what they caused and what happened to their sandboxes.
+    let (u1000, _) = log_in_as(&f, 1000);
+    let mine = page(&u1000, "");
+    assert_eq!(rows(&mine), 3, "{mine}");
+    assert!(mine.contains("You see the records you caused"));
+
+    // Tampered on disk: red, naming the record.
+    let seg = f._dir.path().join("audit").join("audit-000000.jsonl");
+    let text = std::fs::read_to_string(&seg).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[1] = lines[1].replace("\"uid\":1001", "\"uid\":1000");
+    std::fs::write(&seg, lines.join("\n") + "\n").unwrap();
+    let bad = page(&root, "");
+    assert!(bad.contains("class=\"verify bad\""), "{bad}");
+    assert!(!bad.contains("class=\"verify ok\""));
+    assert!(bad.contains("NOT VERIFIED"), "{bad}");
+    assert!(
+        bad.contains("audit-000000.jsonl line 2, seq 1: edited record"),
+        "{bad}"
+    );
+    assert!(bad.contains("Reading stopped at a bad record"), "{bad}");
+}
+
+#[test]
+fn no_audit_log_yet_is_said_not_hidden() {
+    let f = fixture();
+    let (root, _) = log_in(&f);
+    let r = send(&f.app, get("/audit", Some(&root)));
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("Could not verify the log"), "{}", r.body);
+    assert!(r.body.contains("0 record(s) match"), "{}", r.body);
 }

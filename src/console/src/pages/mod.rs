@@ -3,7 +3,9 @@
 
 mod approvals;
 mod assets;
+mod audit;
 mod login;
+mod sandboxes;
 
 use std::sync::Arc;
 
@@ -27,6 +29,13 @@ pub(crate) fn routes() -> Router<Arc<Console>> {
         .route("/approvals", get(approvals::page))
         .route("/approvals/events", get(approvals::events))
         .route("/approvals/{id}", post(approvals::decide))
+        // Sandboxes and the audit log.
+        .route("/sandboxes", get(sandboxes::page))
+        .route(
+            "/sandboxes/{id}/destroy",
+            get(sandboxes::confirm).post(sandboxes::destroy),
+        )
+        .route("/audit", get(audit::page))
         .route("/assets/{name}", get(assets::asset))
 }
 
