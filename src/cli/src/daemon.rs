@@ -64,7 +64,7 @@ pub fn run(
                 luminaguard_agent_loop::Store::for_config(service.config()),
             ));
         let mut extensions = luminaguard_daemon::Extensions {
-            agents: Some(agents),
+            agents: Some(agents.clone()),
             console: None,
         };
         let console = match args.console {
@@ -79,7 +79,8 @@ pub fn run(
                     .await
                     .with_context(|| format!("binding the console to {addr}"))?;
                 let bound = listener.local_addr()?;
-                let console = luminaguard_console::Console::new(service.clone(), bound);
+                let console =
+                    luminaguard_console::Console::new(service.clone(), Some(agents), bound);
                 extensions.console = Some(console.clone());
                 let app = luminaguard_console::router(console);
                 tracing::info!(%bound, "serving the console");

@@ -1411,3 +1411,125 @@ fn a_chat_at_a_terminal_with_an_approval_inline() {
     assert!(sandboxes(&e).is_empty());
     assert!(!screen.contains(KEY));
 }
+
+/// The daemon's agent tasks in the web console, in headless Chromium: a finished task and a
+/// running one are listed; the finished one's transcript shows its steps and tool results,
+/// and the model's words stay text (a `<script>` it writes is shown, never run); the running
+/// one is cancelled from its page (its command is gone, it ends `interrupted`). Screenshots
+/// under the test's output directory (and `$LUMINAGUARD_SCREENSHOTS`, for docs/console.md).
+#[test]
+fn agent_tasks_in_the_console() {
+    use luminaguard_testkit::browser::{Browser, browser_available};
+    use luminaguard_testkit::http::curl;
+    if !privileged("the console's agent tasks") || !browser_available() {
+        return;
+    }
+    let e = env();
+    let rules = format!(
+        "{RUN_HELLO}\n[[rule]]\nid = \"sleep\"\ndecision = \"allow\"\nreason = \"the test's long command\"\nexec = [\"sleep\", \"600\"]\nexamples = [\"sleep 600\"]\n"
+    );
+    let policy = policy(&e, &rules);
+    let host = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let config = e.dir.path().join("daemon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "audit_dir = \"{}\"\npolicy = \"{policy}\"\n[defaults]\nbackend = \"process\"\n",
+            e.audit.display()
+        ),
+    )
+    .unwrap();
+    let daemon =
+        luminaguard_testkit::daemon::Daemon::start_with(Path::new(BIN), &e.rt, &config, |c| {
+            c.args(["--console", &host]);
+        });
+    let sock = &daemon.socket;
+    let p = Provider::start(json!([
+        {"calls": [{"name": "write_file", "arguments": {"path": "hello.py", "content": "print('hello from the console')\n"}}]},
+        {"calls": [{"name": "shell", "arguments": {"command": "python3 hello.py"}}]},
+        {"say": "Done. <script id=\"evil\">document.title='owned'</script> It prints its greeting."},
+        {"calls": [{"name": "shell", "arguments": {"command": "sleep 600"}}]}
+    ]));
+    let start = |task: &str| {
+        let body = json!({
+            "task": task, "provider": "anthropic", "model": "scripted-model",
+            "base_url": p.base_url("anthropic"), "api_key": KEY,
+            "sandbox": {"workspace": path(&e.ws)}
+        })
+        .to_string();
+        let r = curl(sock, "POST", "/v1/agent/tasks", Some(&body));
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["id"].as_str().unwrap().to_owned()
+    };
+    let done = start("write hello.py and run it");
+    let ended = curl(sock, "GET", &format!("/v1/agent/tasks/{done}/events"), None);
+    assert!(ended.body.contains("\"finished\""), "{}", ended.body);
+    let long = start("sleep");
+    wait_until("the long command runs", Duration::from_secs(60), || {
+        !luminaguard_testkit::live_processes_matching(&["sleep", "600"]).is_empty()
+    });
+
+    let b = Browser::start();
+    let wait = Duration::from_secs(60);
+    let url = lg(&e, &["console", "url"]);
+    assert!(url.status.success(), "{}", text(&url.stderr));
+    b.goto(text(&url.stdout).trim());
+    b.wait_for_text("h1", "Approvals", wait);
+    b.click("nav a[href='/tasks']");
+    b.wait_for_text("h1", "Agent tasks", wait);
+    assert!(b.text_of(&format!("#{done}")).contains("done"));
+    assert!(b.text_of(&format!("#{long}")).contains("running"));
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let shot = |name: &str| {
+        b.screenshot(&shots.join(name));
+        if let Some(docs) = std::env::var_os("LUMINAGUARD_SCREENSHOTS") {
+            std::fs::copy(shots.join(name), Path::new(&docs).join(name)).unwrap();
+        }
+    };
+    shot("tasks.png");
+
+    // The finished task's transcript: its steps, the tools' results, the model's words as text.
+    b.click(&format!("a[href='/tasks/{done}']"));
+    b.wait_for_text("h1", &done, wait);
+    let page = b.text_of("ol.transcript");
+    assert!(page.contains("write hello.py and run it"), "{page}");
+    assert!(
+        page.contains("hello from the console"),
+        "the tool's output: {page}"
+    );
+    assert!(page.contains("shell: allowed"), "{page}");
+    assert!(
+        page.contains("<script id=\"evil\">"),
+        "shown as text: {page}"
+    );
+    assert!(!b.exists("script#evil"), "the model's words became markup");
+    assert_ne!(b.title(), "owned");
+    assert!(
+        !b.exists("form.confirm"),
+        "a finished task has nothing to cancel"
+    );
+    shot("task.png");
+
+    // The running one, cancelled from its page.
+    b.goto(&format!("http://{host}/tasks/{long}"));
+    b.wait_for("form.confirm button", wait);
+    b.click("form.confirm button");
+    b.wait_for_text("dl.facts", "interrupted", wait);
+    assert!(
+        luminaguard_testkit::live_processes_matching(&["sleep", "600"]).is_empty(),
+        "the cancelled task's command lives on"
+    );
+    // Another's task, or none: a clean 404.
+    b.goto(&format!("http://{host}/tasks/task-0123456789ab"));
+    assert!(b.text_of("body").contains("not"), "{}", b.text_of("body"));
+    drop(b);
+    drop(daemon);
+}

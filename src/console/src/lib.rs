@@ -21,6 +21,8 @@ use luminaguard_service::Service;
 #[derive(Debug)]
 pub struct Console {
     pub(crate) service: Service,
+    /// The daemon's agent tasks, when it runs them.
+    pub(crate) agents: Option<Arc<dyn luminaguard_daemon::agent_tasks::AgentHost>>,
     pub sessions: auth::Sessions,
     /// The `Host` values it answers for (`127.0.0.1:PORT`, and `localhost:PORT` for a
     /// loopback address).
@@ -28,14 +30,20 @@ pub struct Console {
 }
 
 impl Console {
-    /// A console for `service`, answering for the address `bound` (`IP:PORT`).
-    pub fn new(service: Service, bound: std::net::SocketAddr) -> Arc<Self> {
+    /// A console for `service` (and the daemon's agent tasks, if it runs them), answering for
+    /// the address `bound` (`IP:PORT`).
+    pub fn new(
+        service: Service,
+        agents: Option<Arc<dyn luminaguard_daemon::agent_tasks::AgentHost>>,
+        bound: std::net::SocketAddr,
+    ) -> Arc<Self> {
         let mut hosts = vec![bound.to_string()];
         if bound.ip().is_loopback() {
             hosts.push(format!("localhost:{}", bound.port()));
         }
         Arc::new(Self {
             service,
+            agents,
             sessions: auth::Sessions::default(),
             hosts,
         })

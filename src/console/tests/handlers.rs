@@ -37,7 +37,7 @@ fn fixture() -> Fixture {
     let layer = ConfigLayer::from_toml(&toml, std::path::Path::new("t.toml")).unwrap();
     let config = Config::resolve(0, None, [layer]).unwrap();
     let service = Service::new(config).unwrap();
-    let console = Console::new(service, HOST.parse().unwrap());
+    let console = Console::new(service, None, HOST.parse().unwrap());
     let app = router(Arc::clone(&console));
     Fixture {
         _dir: dir,
@@ -115,10 +115,15 @@ fn log_in_as(f: &Fixture, uid: u32) -> (String, String) {
 fn nothing_without_a_session_and_the_headers_always() {
     let f = fixture();
     for path in [
+        "/",
         "/approvals",
+        "/approvals/events",
         "/assets/console.css",
+        "/assets/console.js",
         "/login?token=00",
         "/login",
+        "/tasks",
+        "/tasks/task-0123456789ab",
     ] {
         let r = send(&f.app, get(path, None));
         assert!(
@@ -131,9 +136,57 @@ fn nothing_without_a_session_and_the_headers_always() {
         assert_eq!(r.headers[header::X_FRAME_OPTIONS], "DENY");
         assert_eq!(r.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
     }
+    // `/` only redirects; everything it leads to answers 401 above.
     let r = send(&f.app, get("/approvals", Some("lg_session=0123")));
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(r.body.contains("luminaguard console url"));
+    let r = send(
+        &f.app,
+        post(
+            "/tasks/task-0123456789ab/cancel",
+            None,
+            Some(&format!("http://{HOST}")),
+            "csrf=00",
+        ),
+    );
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+/// The agent tasks pages with a session, on a daemon that runs no tasks (the end-to-end test
+/// with tasks is in src/cli/tests/agent.rs): it says so; a task page is a clean 404, whatever
+/// the id; a cancel needs the CSRF token before anything else.
+#[test]
+fn agent_task_pages_without_tasks() {
+    let f = fixture();
+    let (cookie, csrf) = log_in(&f);
+    let r = send(&f.app, get("/tasks", Some(&cookie)));
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("runs no agent tasks"), "{}", r.body);
+    assert!(r.body.contains("href=\"/tasks\""));
+    for id in [
+        "task-0123456789ab",
+        "..%2F..%2Fetc",
+        "%00",
+        "x".repeat(5000).as_str(),
+    ] {
+        let r = send(&f.app, get(&format!("/tasks/{id}"), Some(&cookie)));
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{id}: {}", r.body);
+    }
+    let own = format!("http://{HOST}");
+    let cancel = |form: &str| {
+        send(
+            &f.app,
+            post(
+                "/tasks/task-0123456789ab/cancel",
+                Some(&cookie),
+                Some(&own),
+                form,
+            ),
+        )
+        .status
+    };
+    assert_eq!(cancel("csrf=00"), StatusCode::FORBIDDEN);
+    assert_eq!(cancel(&format!("csrf={csrf}")), StatusCode::NOT_FOUND);
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod audit;
 mod figures;
 mod login;
 mod sandboxes;
+mod tasks;
 
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ use crate::auth::{COOKIE, Session, cookie, same};
 
 pub(crate) fn routes() -> Router<Arc<Console>> {
     Router::new()
-        .route("/", get(|| async { Redirect::to("/approvals") }))
+        .route("/", get(|_: Authed| async { Redirect::to("/approvals") }))
         .route("/login", get(login::login))
         .route("/logout", post(login::logout))
         .route("/approvals", get(approvals::page))
@@ -37,6 +38,10 @@ pub(crate) fn routes() -> Router<Arc<Console>> {
             get(sandboxes::confirm).post(sandboxes::destroy),
         )
         .route("/audit", get(audit::page))
+        // Agent tasks.
+        .route("/tasks", get(tasks::list))
+        .route("/tasks/{id}", get(tasks::show))
+        .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/assets/{name}", get(assets::asset))
 }
 
