@@ -110,6 +110,15 @@ impl Sessions {
         Some(s.clone())
     }
 
+    /// Whether session `id` is live, without counting this as its use (an open page's event
+    /// stream does not keep an unattended session alive).
+    pub fn alive(&self, id: &str) -> bool {
+        let now = Instant::now();
+        lock(&self.sessions)
+            .iter()
+            .any(|(k, s)| same(k, id) && now.duration_since(s.last) < SESSION_IDLE)
+    }
+
     /// Ends session `id`.
     pub fn logout(&self, id: &str) {
         lock(&self.sessions).retain(|k, _| !same(k, id));

@@ -651,3 +651,44 @@ fn no_audit_log_yet_is_said_not_hidden() {
     assert!(r.body.contains("Could not verify the log"), "{}", r.body);
     assert!(r.body.contains("0 record(s) match"), "{}", r.body);
 }
+
+/// The approvals' event stream is the session's: `401` without it, and an open stream ends
+/// once the session is logged out (within the stream's recheck, 5 s), not at the next event.
+#[test]
+fn the_event_stream_ends_with_its_session() {
+    let f = fixture();
+    let (cookie, csrf) = log_in(&f);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let resp = f
+            .app
+            .clone()
+            .oneshot(get("/approvals/events", Some(&cookie)))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
+        let body = tokio::spawn(resp.into_body().collect());
+        let out = f
+            .app
+            .clone()
+            .oneshot(post(
+                "/logout",
+                Some(&cookie),
+                Some(&format!("http://{HOST}")),
+                &format!("csrf={csrf}"),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(out.status(), StatusCode::UNAUTHORIZED, "logged out");
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(20), body).await;
+        assert!(ended.is_ok(), "the stream outlived its session");
+    });
+    assert_eq!(
+        send(&f.app, get("/approvals/events", Some(&cookie))).status,
+        StatusCode::UNAUTHORIZED
+    );
+}

@@ -17,6 +17,9 @@ use tokio::sync::broadcast::error::RecvError;
 use super::{Authed, render};
 use crate::Console;
 
+/// How often an open event stream checks its session is still live.
+const SESSION_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One waiting approval as the page shows it.
 pub(crate) struct Row {
     id: String,
@@ -105,15 +108,20 @@ pub(crate) async fn events(
         );
         async move {
             loop {
-                let e = match rx.recv().await {
-                    Ok(e) => e,
-                    Err(RecvError::Lagged(_)) => {
+                // The session is looked at between events, and at least every
+                // SESSION_RECHECK: a logged-out (or expired) session's stream ends.
+                let next = tokio::time::timeout(SESSION_RECHECK, rx.recv()).await;
+                if !console.sessions.alive(&sid) {
+                    return None;
+                }
+                let e = match next {
+                    Err(_elapsed) => continue,
+                    Ok(Ok(e)) => e,
+                    Ok(Err(RecvError::Lagged(_))) => {
                         return Some((Ok(Event::default().event("reload").data("lagged")), rx));
                     }
-                    Err(RecvError::Closed) => return None,
+                    Ok(Err(RecvError::Closed)) => return None,
                 };
-                // A logged-out session hears nothing more.
-                console.sessions.get(&sid)?;
                 if !caller.may_use(e.user) {
                     continue;
                 }
