@@ -287,6 +287,12 @@ pub struct CardView {
     /// Why a person is asked: the policy's decisions that asked (empty: a review was asked for).
     #[serde(default)]
     pub asked: Vec<String>,
+    /// The head of the run's latest command's output (stdout and stderr as they came, lossy
+    /// UTF-8, at most 4 KiB); `output_cut`: there was more.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output_head: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub output_cut: bool,
     /// What the run tried on the network, refused (a preview has none): program, socket
     /// family and count; destinations are not known.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -160,6 +160,18 @@ fn print(a: &ApprovalView, json: bool, card: bool) -> anyhow::Result<()> {
         if diff_card {
             outln!("change set {}", a.card.digest());
         }
+        if !a.card.output_head.is_empty() {
+            // The command's own bytes: no escape sequence of theirs reaches the terminal.
+            let cut = if a.card.output_cut {
+                " (its first 4 KiB)"
+            } else {
+                ""
+            };
+            outln!("the command's output{cut}:");
+            for line in luminaguard_review::path::for_terminal(&a.card.output_head).lines() {
+                outln!("  | {line}");
+            }
+        }
         if a.outcome.is_none() {
             outln!(
                 "unanswered, it is denied in {}",

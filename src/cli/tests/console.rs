@@ -362,7 +362,8 @@ fn approvals_in_a_real_browser() {
     b.execute("window.__same_page = 1");
 
     // 1. A card appears live, and is approved from the keyboard.
-    let run = s.review("printf 'hello\\nworld\\n' > note.txt");
+    let run =
+        s.review("printf 'hello\\nworld\\n' > note.txt; echo wrote the note; echo on stderr >&2");
     b.wait_for(".card", wait);
     assert_eq!(b.execute("return window.__same_page"), 1, "no reload");
     let id = b.execute("return document.querySelector('.card').id");
@@ -374,6 +375,11 @@ fn approvals_in_a_real_browser() {
     assert!(
         b.exists(&format!("#{id} pre.diff .ins")),
         "diff lines are styled"
+    );
+    let output = b.text_of(&format!("#{id} details.output pre"));
+    assert!(
+        output.contains("wrote the note") && output.contains("on stderr"),
+        "the run's output head: {output}"
     );
     assert!(!b.exists("#none:not([hidden])"));
     // The countdown runs, from the card's own expiry.
@@ -404,10 +410,16 @@ fn approvals_in_a_real_browser() {
     // 3. One answered elsewhere (the CLI) leaves the open page by itself.
     b.wait_for_text("#none", "Nothing waits", wait);
     b.execute("window.__same_page = 2");
-    let run = s.review("echo cli > cli.txt");
+    let run = s.review("printf 'from the cli\\033[2J\\n'; echo cli > cli.txt");
     b.wait_for(".card", wait);
     let id3 = s.waiting().pop().unwrap();
     assert!(b.exists(&format!("#{id3}")));
+    // The CLI shows the run's output too, its escape sequence defused.
+    let shown = s.lg(&["approvals", "show", &id3]);
+    let shown = text(&shown.stdout);
+    assert!(shown.contains("the command's output:"), "{shown}");
+    assert!(shown.contains("from the cli\\x1b[2J"), "{shown}");
+    assert!(!shown.contains('\x1b'), "{shown}");
     let out = s.lg(&["approvals", "deny", &id3, "--reason", "from the terminal"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     wait_until("the card answered at the CLI to leave the page", || {

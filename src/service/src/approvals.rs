@@ -205,6 +205,13 @@ pub struct Approval {
     /// Why a person is asked: the policy's decisions that asked for the commands of the run
     /// (empty: the run was asked for as a review).
     pub asked: Vec<String>,
+    /// The head of the run's latest command's output (stdout and stderr as they came, lossy
+    /// UTF-8; empty for an action asked about before it runs, or a file write).
+    #[serde(default)]
+    pub output_head: String,
+    /// The output was longer than its head.
+    #[serde(default)]
+    pub output_cut: bool,
     /// The policy the card was shown under: it is applied only under the same one.
     pub policy_digest: String,
     pub requested_unix_ms: u64,
@@ -457,6 +464,8 @@ mod tests {
             policy_actions: vec![],
             text: String::new(),
             asked: vec![],
+            output_head: String::new(),
+            output_cut: false,
             policy_digest: "p".into(),
             requested_unix_ms: 0,
             expires_unix_ms: 0,

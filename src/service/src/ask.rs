@@ -120,6 +120,8 @@ impl Service {
                 policy_actions: ask.policy_actions,
                 text: text.clone(),
                 asked: ask.asked,
+                output_head: String::new(),
+                output_cut: false,
                 policy_digest: self.policy().digest().to_owned(),
                 requested_unix_ms: now_ms,
                 expires_unix_ms: now_ms

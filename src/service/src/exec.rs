@@ -163,6 +163,7 @@ impl Exec {
         } else {
             Some((oom_kills(&entry).await, denials(&entry).await))
         };
+        entry.clear_output();
         let stream = match sandbox.client().exec(req).await {
             Ok(stream) => stream,
             Err(e) => return Err(explain(&entry, e).await),
@@ -233,8 +234,14 @@ impl Exec {
         };
         Ok(Some(match event {
             Some(ExecEvent::Started { pid }) => ExecOutput::Started { pid },
-            Some(ExecEvent::Stdout(b)) => ExecOutput::Stdout(b),
-            Some(ExecEvent::Stderr(b)) => ExecOutput::Stderr(b),
+            Some(ExecEvent::Stdout(b)) => {
+                self.entry.keep_output(&b);
+                ExecOutput::Stdout(b)
+            }
+            Some(ExecEvent::Stderr(b)) => {
+                self.entry.keep_output(&b);
+                ExecOutput::Stderr(b)
+            }
             Some(ExecEvent::Exited(status)) => {
                 // Kept first: the report below awaits, and may be cancelled.
                 self.exited = Some(status.clone());

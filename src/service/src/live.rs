@@ -16,6 +16,19 @@ pub(crate) struct Entry {
     /// Nothing has run in it yet: every OOM kill or seccomp denial it counts is the first
     /// command's (its "before" counts need not be read).
     fresh: AtomicBool,
+    /// The head of the latest command's output, stdout and stderr as they came: what a
+    /// person answering the sandbox's Diff Card is shown of the run.
+    output_head: std::sync::Mutex<OutputHead>,
+}
+
+/// At most this much of a command's output is kept for its card.
+pub(crate) const OUTPUT_HEAD: usize = 4096;
+
+/// The first [`OUTPUT_HEAD`] bytes of a command's output, and whether there was more.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct OutputHead {
+    pub bytes: Vec<u8>,
+    pub cut: bool,
 }
 
 impl Entry {
@@ -23,7 +36,32 @@ impl Entry {
         Self {
             sandbox,
             fresh: AtomicBool::new(fresh),
+            output_head: std::sync::Mutex::default(),
         }
+    }
+
+    fn head(&self) -> std::sync::MutexGuard<'_, OutputHead> {
+        self.output_head
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A command starts: the head is its.
+    pub fn clear_output(&self) {
+        *self.head() = OutputHead::default();
+    }
+
+    /// Keeps what fits of `chunk` in the head.
+    pub fn keep_output(&self, chunk: &[u8]) {
+        let mut h = self.head();
+        let room = OUTPUT_HEAD.saturating_sub(h.bytes.len());
+        h.bytes.extend_from_slice(&chunk[..room.min(chunk.len())]);
+        h.cut |= chunk.len() > room;
+    }
+
+    /// The latest command's output head.
+    pub fn output(&self) -> OutputHead {
+        self.head().clone()
     }
 
     /// Whether this is the sandbox's first command (true once).

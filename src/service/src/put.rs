@@ -212,6 +212,8 @@ impl Service {
                 }],
                 text: card,
                 asked: asked.clone(),
+                output_head: String::new(),
+                output_cut: false,
                 policy_digest: self.policy().digest().to_owned(),
                 requested_unix_ms: now_ms,
                 expires_unix_ms: now_ms

@@ -34,6 +34,10 @@ pub struct Card {
     pub text: String,
     /// Why a person is asked (the policy decisions that asked; empty: a review was asked for).
     pub asked: Vec<String>,
+    /// The head of the run's latest command's output (stdout and stderr as they came, lossy
+    /// UTF-8, at most 4 KiB) and whether there was more.
+    pub output_head: String,
+    pub output_cut: bool,
     /// What the run tried on the network, refused (a preview has none): program, socket family
     /// and count — destinations are not known.
     pub network_attempts: Vec<String>,
@@ -101,7 +105,10 @@ impl Service {
         let expiry = self.config.review.card_expiry;
         let now_ms = luminaguard_backend::state::now_unix_ms();
         let text = text + &crate::attempts::render(&attempts);
+        let output = self.live.get(id).map(|e| e.output()).unwrap_or_default();
         let card = Card {
+            output_head: String::from_utf8_lossy(&output.bytes).into_owned(),
+            output_cut: output.cut,
             approval: approval.clone(),
             sandbox: id.clone(),
             workspace,
@@ -115,6 +122,7 @@ impl Service {
         };
         if let Some(approval) = approval {
             let (_, meta) = luminaguard_backend::record(&self.runtime, id).await?;
+
             let replaced = self.approvals.open(
                 Approval {
                     id: approval,
@@ -128,6 +136,8 @@ impl Service {
                     policy_actions: Vec::new(),
                     text: card.text.clone(),
                     asked: card.asked.clone(),
+                    output_head: card.output_head.clone(),
+                    output_cut: card.output_cut,
                     policy_digest: card.policy_digest.clone(),
                     requested_unix_ms: now_ms,
                     expires_unix_ms: card.expires_unix_ms,

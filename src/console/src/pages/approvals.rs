@@ -29,6 +29,9 @@ pub(crate) struct Row {
     /// it: [`luminaguard_review::classify`]).
     lines: Vec<(&'static str, String)>,
     asked: Vec<String>,
+    /// The head of the run's output (control characters shown as `\xNN`).
+    output: String,
+    output_cut: bool,
     digest: String,
     expires_unix_ms: u64,
     expires_rfc3339: String,
@@ -56,6 +59,8 @@ impl Row {
             id: a.id,
             sandbox: a.sandbox.to_string(),
             asked: a.asked,
+            output: luminaguard_review::path::for_terminal(&a.output_head),
+            output_cut: a.output_cut,
             expires_unix_ms: a.expires_unix_ms,
             expires_rfc3339,
             expires_at,
