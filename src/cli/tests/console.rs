@@ -386,6 +386,15 @@ fn approvals_in_a_real_browser() {
     let left = b.wait_for_text(&format!("#{id} .left"), "in ", wait);
     assert!(left.contains(':'), "{left}");
     screenshot(&b, "approvals-pending.png");
+    // Side by side: the same card, before and after in two columns.
+    b.click("a[href='/approvals?view=split']");
+    b.wait_for(&format!("#{id} table.split"), wait);
+    assert!(
+        b.text_of(&format!("#{id} table.split td.ins"))
+            .contains("hello")
+    );
+    assert!(b.text_of(".views").contains("side by side"));
+    screenshot(&b, "approvals-split.png");
     b.fill(&format!("#reason-{id}"), "looks right");
     b.press(&format!("#{id} button.approve"), "\u{E007}"); // Enter
     let out = finished(run);

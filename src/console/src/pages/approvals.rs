@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -14,6 +14,7 @@ use luminaguard_service::events::EventKind;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::diff::{SplitRow, split};
 use super::{Authed, render};
 use crate::Console;
 
@@ -28,6 +29,8 @@ pub(crate) struct Row {
     /// The card's text a line at a time, with the CSS class of each (as a terminal colours
     /// it: [`luminaguard_review::classify`]).
     lines: Vec<(&'static str, String)>,
+    /// The same, side by side (only when the page asks for it).
+    split: Option<Vec<SplitRow>>,
     asked: Vec<String>,
     /// The head of the run's output (control characters shown as `\xNN`).
     output: String,
@@ -40,7 +43,7 @@ pub(crate) struct Row {
 }
 
 impl Row {
-    fn new(a: Approval) -> Self {
+    fn new(a: Approval, view: View) -> Self {
         let expires = std::time::UNIX_EPOCH + std::time::Duration::from_millis(a.expires_unix_ms);
         let expires_rfc3339 = humantime::format_rfc3339_seconds(expires).to_string();
         let expires_at = expires_rfc3339.replace('T', " ").replace('Z', " UTC");
@@ -51,6 +54,7 @@ impl Row {
                 "Diff Card"
             },
             digest: a.changes.digest.clone(),
+            split: (view == View::Split && a.action.is_none()).then(|| split(&a.text)),
             lines: a
                 .text
                 .lines()
@@ -69,10 +73,35 @@ impl Row {
     }
 }
 
+/// How the page shows diffs: `?view=unified` (the default) or `?view=split`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum View {
+    #[default]
+    Unified,
+    Split,
+}
+
+impl View {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Unified => "unified",
+            Self::Split => "split",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ViewQuery {
+    #[serde(default)]
+    view: View,
+}
+
 #[derive(Template)]
 #[template(path = "approvals.html")]
 struct ApprovalsPage {
     csrf: String,
+    view: &'static str,
     rows: Vec<Row>,
 }
 
@@ -84,13 +113,18 @@ struct Card {
     r: Row,
 }
 
-pub(crate) async fn page(State(console): State<Arc<Console>>, who: Authed) -> Response {
+pub(crate) async fn page(
+    State(console): State<Arc<Console>>,
+    who: Authed,
+    Query(q): Query<ViewQuery>,
+) -> Response {
     let mut list = console.service.approvals(&who.caller()).await;
     // Newest first.
     list.sort_by_key(|a| std::cmp::Reverse(a.requested_unix_ms));
     render(&ApprovalsPage {
         csrf: who.session.csrf,
-        rows: list.into_iter().map(Row::new).collect(),
+        view: q.view.as_str(),
+        rows: list.into_iter().map(|a| Row::new(a, q.view)).collect(),
     })
 }
 
@@ -101,6 +135,7 @@ pub(crate) async fn page(State(console): State<Arc<Console>>, who: Authed) -> Re
 pub(crate) async fn events(
     State(console): State<Arc<Console>>,
     who: Authed,
+    Query(q): Query<ViewQuery>,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
     let rx = console.service.subscribe();
     let caller = who.caller();
@@ -141,7 +176,7 @@ pub(crate) async fn events(
                         }
                         let card = Card {
                             csrf: csrf.clone(),
-                            r: Row::new(a),
+                            r: Row::new(a, q.view),
                         };
                         match card.render() {
                             Ok(html) => Event::default().event("card").data(html),

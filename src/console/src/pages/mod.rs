@@ -4,6 +4,7 @@
 mod approvals;
 mod assets;
 mod audit;
+mod diff;
 mod figures;
 mod login;
 mod sandboxes;
