@@ -71,6 +71,19 @@ fn session_cookie(head: &str) -> String {
         .to_owned()
 }
 
+/// A form posted as a browser would: the session's cookie, an Origin, the body.
+fn post_form(cookie: &str, origin: &str, form: &str, url: &str) -> (u16, String, String) {
+    curl(&[
+        "-H",
+        &format!("Cookie: {cookie}"),
+        "-H",
+        &format!("Origin: {origin}"),
+        "--data",
+        form,
+        url,
+    ])
+}
+
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -128,15 +141,12 @@ fn approvals_are_decided_in_the_console() {
         Some((id, csrf, digest))
     };
     let decide = |cookie: &str, origin: &str, form: &str, id: &str| {
-        curl(&[
-            "-H",
-            &format!("Cookie: {cookie}"),
-            "-H",
-            &format!("Origin: {origin}"),
-            "--data",
+        post_form(
+            cookie,
+            origin,
             form,
             &format!("http://{host}/approvals/{id}"),
-        ])
+        )
     };
     let own = format!("http://{host}");
 
@@ -502,27 +512,10 @@ fn approvals_in_a_real_browser() {
     screenshot(&b, "audit.png");
 }
 
-/// `curl` to the daemon's API over its socket, as the test's user: the status and the body.
+/// A request to the daemon's API over its socket, as the test's user: the status and body.
 fn api(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "60",
-        "-w",
-        "\n%{http_code}",
-        "-X",
-        method,
-    ])
-    .arg("--unix-socket")
-    .arg(sock);
-    if let Some(b) = body {
-        cmd.args(["-H", "Content-Type: application/json", "--data", b]);
-    }
-    let out = cmd.arg(format!("http://lg{path}")).output().unwrap();
-    let all = text(&out.stdout);
-    let (body, code) = all.rsplit_once('\n').unwrap();
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    let r = luminaguard_testkit::http::curl(sock, method, path, body);
+    (r.status, r.body)
 }
 
 #[test]
@@ -544,15 +537,12 @@ fn sandboxes_are_listed_and_destroyed_in_the_console_and_the_audit_page_shows_it
     };
     let own = format!("http://{host}");
     let destroy = |origin: &str, form: &str| {
-        curl(&[
-            "-H",
-            &format!("Cookie: {cookie}"),
-            "-H",
-            &format!("Origin: {origin}"),
-            "--data",
+        post_form(
+            &cookie,
+            origin,
             form,
             &format!("http://{host}/sandboxes/cons-1/destroy"),
-        ])
+        )
     };
 
     // A sandbox made through the daemon's API is on the page, with its cgroup's figures.
