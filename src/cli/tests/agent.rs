@@ -1455,6 +1455,7 @@ fn agent_tasks_in_the_console() {
         {"calls": [{"name": "write_file", "arguments": {"path": "hello.py", "content": "print('hello from the console')\n"}}]},
         {"calls": [{"name": "shell", "arguments": {"command": "python3 hello.py"}}]},
         {"say": "Done. <script id=\"evil\">document.title='owned'</script> It prints its greeting."},
+        {"calls": [{"name": "shell", "arguments": {"command": "sleep 600"}}]},
         {"calls": [{"name": "shell", "arguments": {"command": "sleep 600"}}]}
     ]));
     let start = |task: &str| {
@@ -1518,8 +1519,29 @@ fn agent_tasks_in_the_console() {
     );
     shot("task.png");
 
-    // The running one, cancelled from its page.
+    // A running task's page follows it: cancelled elsewhere (the API), the page shows its end
+    // by itself.
     b.goto(&format!("http://{host}/tasks/{long}"));
+    b.wait_for("form.confirm button", wait);
+    b.execute("window.__before_its_end = 1");
+    let gone = curl(sock, "DELETE", &format!("/v1/agent/tasks/{long}"), None);
+    assert_eq!(gone.status, 204, "{}", gone.body);
+    b.wait_for_text("dl.facts", "interrupted", wait);
+    assert_eq!(
+        b.execute("return window.__before_its_end === undefined"),
+        true,
+        "reloaded at the task's end"
+    );
+    assert!(!b.exists("form.confirm"));
+
+    // Another running one, cancelled from its page.
+    let other = start("sleep again");
+    wait_until(
+        "the second long command runs",
+        Duration::from_secs(60),
+        || !luminaguard_testkit::live_processes_matching(&["sleep", "600"]).is_empty(),
+    );
+    b.goto(&format!("http://{host}/tasks/{other}"));
     b.wait_for("form.confirm button", wait);
     b.click("form.confirm button");
     b.wait_for_text("dl.facts", "interrupted", wait);

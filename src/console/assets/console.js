@@ -1,8 +1,26 @@
 // The console's only script: progressive, the pages work without it. It counts down to each
 // card's default deny and keeps the approvals page live over server-sent events (a new card
-// appears, one answered elsewhere goes). Served from the console itself; the CSP allows no
+// appears, one answered elsewhere goes), and a running agent task's transcript too (its
+// entries appear as they are written; at its end the page reloads for its final facts). Served from the console itself; the CSP allows no
 // other script and no inline one.
 "use strict";
+
+(function () {
+  const transcript = document.getElementById("transcript");
+  if (!transcript || !transcript.dataset.events || !window.EventSource) return;
+  const source = new EventSource(transcript.dataset.events);
+  source.addEventListener("entry", function (e) {
+    // The server rendered (and escaped) the entry exactly as the page renders it.
+    const t = document.createElement("template");
+    t.innerHTML = e.data;
+    const entry = t.content.querySelector(".entry");
+    if (entry) transcript.appendChild(entry);
+  });
+  source.addEventListener("end", function () {
+    source.close();
+    location.reload();
+  });
+})();
 
 (function () {
   const cards = document.getElementById("cards");

@@ -124,6 +124,7 @@ fn nothing_without_a_session_and_the_headers_always() {
         "/login",
         "/tasks",
         "/tasks/task-0123456789ab",
+        "/tasks/task-0123456789ab/events",
     ] {
         let r = send(&f.app, get(path, None));
         assert!(

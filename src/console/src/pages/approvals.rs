@@ -15,11 +15,8 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::diff::{SplitRow, split};
-use super::{Authed, render};
+use super::{Authed, SESSION_RECHECK, render};
 use crate::Console;
-
-/// How often an open event stream checks its session is still live.
-const SESSION_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One waiting approval as the page shows it.
 pub(crate) struct Row {

@@ -24,6 +24,9 @@ use luminaguard_service::Caller;
 use crate::Console;
 use crate::auth::{COOKIE, Session, cookie, same};
 
+/// How often an open event stream checks its session is still live.
+pub(crate) const SESSION_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) fn routes() -> Router<Arc<Console>> {
     Router::new()
         .route("/", get(|_: Authed| async { Redirect::to("/approvals") }))
@@ -42,6 +45,7 @@ pub(crate) fn routes() -> Router<Arc<Console>> {
         // Agent tasks.
         .route("/tasks", get(tasks::list))
         .route("/tasks/{id}", get(tasks::show))
+        .route("/tasks/{id}/events", get(tasks::events))
         .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/assets/{name}", get(assets::asset))
 }

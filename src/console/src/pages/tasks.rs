@@ -6,16 +6,19 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
+use futures_util::StreamExt;
 use luminaguard_agent_loop::Entry;
 use luminaguard_api::types::AgentTaskView;
 use luminaguard_daemon::agent_tasks::AgentHost;
 use luminaguard_daemon::error::ApiError;
+use serde::Deserialize;
 
 use super::figures::duration;
 use super::login::CsrfForm;
-use super::{Authed, render};
+use super::{Authed, SESSION_RECHECK, render};
 use crate::Console;
 
 /// A tool call's arguments are shown up to this many characters.
@@ -72,6 +75,19 @@ struct Block {
 }
 
 impl Block {
+    /// A transcript line as written; one of another version is shown as it is, not dropped.
+    fn of(v: serde_json::Value) -> Self {
+        match serde_json::from_value::<Entry>(v.clone()) {
+            Ok(e) => Block::new(e),
+            Err(_) => Block {
+                class: "note",
+                title: "Entry".into(),
+                text: v.to_string(),
+                calls: Vec::new(),
+            },
+        }
+    }
+
     fn new(e: Entry) -> Self {
         let block = |class, title: String, text: String| Block {
             class,
@@ -181,6 +197,13 @@ struct TasksPage {
     tasks: Vec<Task>,
 }
 
+/// One transcript entry alone: what a running task's live stream sends.
+#[derive(Template)]
+#[template(path = "entry.html")]
+struct EntryFragment {
+    b: Block,
+}
+
 #[derive(Template)]
 #[template(path = "task.html")]
 struct TaskPage {
@@ -235,25 +258,86 @@ pub(crate) async fn show(
         Ok(d) => d,
         Err(e) => return failed(e),
     };
-    let blocks = d
-        .entries
-        .into_iter()
-        .map(|v| match serde_json::from_value::<Entry>(v.clone()) {
-            Ok(e) => Block::new(e),
-            // A line of another version: shown as it is, not dropped.
-            Err(_) => Block {
-                class: "note",
-                title: "Entry".into(),
-                text: v.to_string(),
-                calls: Vec::new(),
-            },
-        })
-        .collect();
+    let blocks = d.entries.into_iter().map(Block::of).collect();
     render(&TaskPage {
         csrf: who.session.csrf,
         t: Task::new(d.task),
         blocks,
     })
+}
+
+#[derive(Deserialize)]
+pub(crate) struct After {
+    /// Entries the page has already (they are not sent again).
+    #[serde(default)]
+    after: usize,
+}
+
+/// A task's transcript as it is written, as server-sent events: `entry` (an entry's HTML, as
+/// the page renders it) for each after the first `after`, then `end` when the task has
+/// ended (the page reloads for its final facts). The stream also ends within
+/// [`SESSION_RECHECK`] of the session's end.
+pub(crate) async fn events(
+    State(console): State<Arc<Console>>,
+    who: Authed,
+    Path(id): Path<String>,
+    Query(q): Query<After>,
+) -> Response {
+    let host = match host(&console) {
+        Ok(h) => h,
+        Err(e) => return failed(e),
+    };
+    let entries = match host.events(&who.caller(), &id).await {
+        Ok(s) => s,
+        Err(e) => return failed(e),
+    };
+    let state = (entries, Arc::clone(&console), who.id, q.after, false);
+    let stream = futures_util::stream::unfold(
+        state,
+        |(mut entries, console, sid, mut skip, over)| async move {
+            if over {
+                return None;
+            }
+            loop {
+                let next = tokio::time::timeout(SESSION_RECHECK, entries.next()).await;
+                if !console.sessions.alive(&sid) {
+                    return None;
+                }
+                let chunk = match next {
+                    Err(_elapsed) => continue,
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => {
+                        let end = Event::default().event("end").data("ended");
+                        return Some((vec![end], (entries, console, sid, skip, true)));
+                    }
+                };
+                let mut events = Vec::new();
+                for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    if skip > 0 {
+                        skip -= 1;
+                        continue;
+                    }
+                    let v = serde_json::from_slice(line).unwrap_or_else(|_| {
+                        serde_json::Value::String(String::from_utf8_lossy(line).into_owned())
+                    });
+                    let html = EntryFragment { b: Block::of(v) }.render();
+                    events.push(match html {
+                        Ok(html) => Event::default().event("entry").data(html),
+                        Err(_) => Event::default().event("end").data("render"),
+                    });
+                }
+                if !events.is_empty() {
+                    return Some((events, (entries, console, sid, skip, false)));
+                }
+            }
+        },
+    );
+    let flat = stream.flat_map(|v| {
+        futures_util::stream::iter(v.into_iter().map(Ok::<_, std::convert::Infallible>))
+    });
+    Sse::new(flat)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 pub(crate) async fn cancel(
