@@ -11,7 +11,7 @@ use crate::stream::{Assembler, DEFAULT_LINE_LIMIT, SseParser, StreamEvent};
 
 const PROVIDER: Provider = Provider::Anthropic;
 
-/// The request path, under the base URL's host.
+/// The request path, joined to the base URL (`https://api.anthropic.com`).
 pub const PATH: &str = "/v1/messages";
 /// The `anthropic-version` header's value this format is.
 pub const API_VERSION: &str = "2023-06-01";

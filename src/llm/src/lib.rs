@@ -31,6 +31,15 @@ pub fn decoder(provider: Provider) -> Box<dyn StreamDecoder + Send> {
     }
 }
 
+/// The path a request to `provider` goes to, joined to its base URL: its module's `PATH`.
+pub fn path(provider: Provider) -> &'static str {
+    match provider {
+        Provider::OpenAi => openai::PATH,
+        Provider::Anthropic => anthropic::PATH,
+        Provider::Ollama => ollama::PATH,
+    }
+}
+
 /// The body of a request to `provider` for `model`: its typed request, serialized
 /// (`official`: the provider's own API, not a compatible server — OpenAI's takes the token
 /// cap under another name).

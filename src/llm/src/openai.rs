@@ -12,8 +12,10 @@ use crate::stream::{Assembler, DEFAULT_LINE_LIMIT, SseParser, StreamEvent};
 
 const PROVIDER: Provider = Provider::OpenAi;
 
-/// The request path, under the base URL's host.
-pub const PATH: &str = "/v1/chat/completions";
+/// The request path, joined to the base URL — which for these servers ends in the API
+/// version (`https://api.openai.com/v1`, `http://localhost:8000/v1`), so the request goes to
+/// `/v1/chat/completions`.
+pub const PATH: &str = "/chat/completions";
 
 /// The body of `POST /v1/chat/completions`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
