@@ -9,6 +9,7 @@
 //!
 //! The crate is pure and synchronous: no HTTP client, no I/O. It never sees API keys.
 
+mod answer;
 pub mod anthropic;
 pub mod error;
 pub mod http_error;
