@@ -586,11 +586,7 @@ async fn list(store: &Store, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         let rows: Vec<serde_json::Value> = tasks
             .iter()
-            .map(|t| {
-                let mut v = serde_json::to_value(t).unwrap_or_default();
-                v["status"] = serde_json::json!(t.status_now().as_str());
-                v
-            })
+            .map(|t| serde_json::to_value(t).unwrap_or_default())
             .collect();
         outln!("{}", serde_json::to_string(&rows)?);
         return Ok(ExitCode::SUCCESS);
@@ -615,7 +611,7 @@ async fn list(store: &Store, json: bool) -> anyhow::Result<ExitCode> {
         outln!(
             "{:<17}  {:<11}  {:>5}  {:>9}  {:<20}  {title}",
             t.id,
-            t.status_now().as_str(),
+            t.status.as_str(),
             t.steps,
             t.usage.input_tokens + t.usage.output_tokens,
             started
@@ -629,8 +625,7 @@ async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     let summary = store.summary(&id).await?;
     let entries = store.entries(&id).await?;
     if json {
-        let mut s = serde_json::to_value(&summary)?;
-        s["status"] = serde_json::json!(summary.status_now().as_str());
+        let s = serde_json::to_value(&summary)?;
         outln!(
             "{}",
             serde_json::to_string(&serde_json::json!({"task": s, "entries": entries}))?
@@ -640,7 +635,7 @@ async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     outln!(
         "{} · {} · {} ({})",
         id,
-        summary.status_now().as_str(),
+        summary.status.as_str(),
         summary.model,
         summary.provider
     );
