@@ -482,7 +482,7 @@ impl Observer for Display {
             Entry::Turn { tool_calls, .. } => {
                 self.end_line();
                 for call in tool_calls {
-                    outln!("▸ {} {}", safe(&call.name), call_summary(call));
+                    outln!("{}", call_line(call));
                 }
             }
             Entry::ToolResult {
@@ -497,7 +497,7 @@ impl Observer for Display {
                     (_, true) => "✗",
                     (_, false) => "✓",
                 };
-                outln!("  {mark} {}", indent(&safe(&head(content, 12))));
+                outln!("  {mark} {}", result_text(content, 12));
             }
             Entry::Retry {
                 message,
@@ -541,6 +541,16 @@ impl Observer for Display {
 /// disguising character reaches the terminal (each is shown as `\xNN`).
 fn safe(text: &str) -> String {
     luminaguard_review::path::for_terminal(text)
+}
+
+/// A tool call as the live display and `agent show` print it: `▸ name arguments`.
+fn call_line(call: &luminaguard_llm::ToolCall) -> String {
+    format!("▸ {} {}", safe(&call.name), call_summary(call))
+}
+
+/// A tool result's first `lines` lines, safe to print, indented under its call.
+fn result_text(content: &str, lines: usize) -> String {
+    indent(&safe(&head(content, lines)))
 }
 
 /// A call's arguments in a line: the command, the path, else compact JSON.
@@ -666,7 +676,7 @@ async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<ExitCode> {
                     outln!("{}", safe(text));
                 }
                 for c in tool_calls {
-                    outln!("▸ {} {}", safe(&c.name), call_summary(c));
+                    outln!("{}", call_line(c));
                 }
             }
             Entry::ToolResult {
@@ -686,7 +696,7 @@ async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<ExitCode> {
                     how.push_str(&format!(", asked {}", asked.join(" ")));
                 }
                 outln!("  {}: {how} · {duration_ms} ms", safe(tool));
-                outln!("    {}", indent(&safe(&head(content, 20))));
+                outln!("    {}", result_text(content, 20));
             }
             Entry::Retry {
                 message, wait_ms, ..
