@@ -192,11 +192,7 @@ impl Client {
         #[allow(deprecated)]
         let _ = rustls::crypto::ring::default_provider().install_default();
         let base = config.base_url.trim_end_matches('/');
-        let url = match provider {
-            Provider::OpenAi => format!("{base}/chat/completions"),
-            Provider::Anthropic => format!("{base}/v1/messages"),
-            Provider::Ollama => format!("{base}/api/chat"),
-        };
+        let url = format!("{base}{}", luminaguard_llm::path(provider));
         let parsed = reqwest::Url::parse(&url).map_err(|e| setup(format!("{url}: {e}")))?;
         if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err(setup(
@@ -216,7 +212,7 @@ impl Client {
         if provider == Provider::Anthropic {
             headers.insert(
                 HeaderName::from_static("anthropic-version"),
-                HeaderValue::from_static("2023-06-01"),
+                HeaderValue::from_static(luminaguard_llm::anthropic::API_VERSION),
             );
         }
         if let Some(key) = &config.api_key {
@@ -416,4 +412,55 @@ fn chunk_ended(events: &[StreamEvent]) -> bool {
             StreamEvent::Done { .. } | StreamEvent::ProviderError { .. }
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_is_the_base_url_joined_with_the_provider_path() {
+        for (provider, base, url) in [
+            (
+                Provider::OpenAi,
+                "https://api.openai.com/v1",
+                "https://api.openai.com/v1/chat/completions",
+            ),
+            (
+                Provider::OpenAi,
+                "http://127.0.0.1:8000/v1//",
+                "http://127.0.0.1:8000/v1/chat/completions",
+            ),
+            (
+                Provider::OpenAi,
+                "http://127.0.0.1:8000",
+                "http://127.0.0.1:8000/chat/completions",
+            ),
+            (
+                Provider::Anthropic,
+                "https://api.anthropic.com/",
+                "https://api.anthropic.com/v1/messages",
+            ),
+            (
+                Provider::Anthropic,
+                "http://127.0.0.1:8000/v1",
+                "http://127.0.0.1:8000/v1/v1/messages",
+            ),
+            (
+                Provider::Ollama,
+                "http://127.0.0.1:11434",
+                "http://127.0.0.1:11434/api/chat",
+            ),
+        ] {
+            let config = ModelConfig {
+                provider,
+                model: "m".into(),
+                base_url: base.into(),
+                api_key: None,
+                max_tokens: 1,
+            };
+            let client = Client::new(config, Retry::default()).unwrap();
+            assert_eq!(client.url(), url, "{provider} at {base}");
+        }
+    }
 }

@@ -97,7 +97,7 @@ pub fn view(s: &Summary) -> AgentTaskView {
     AgentTaskView {
         id: s.id.to_string(),
         user: s.uid,
-        status: s.status_now().as_str().to_owned(),
+        status: s.status.as_str().to_owned(),
         task: s.task.clone(),
         provider: s.provider.clone(),
         model: s.model.clone(),
@@ -295,7 +295,7 @@ impl AgentHost for Host {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "conflict",
-                    format!("task {id} has ended ({})", summary.status_now().as_str()),
+                    format!("task {id} has ended ({})", summary.status.as_str()),
                 ));
             };
             live.cancel.notify_one();

@@ -72,7 +72,8 @@ impl std::fmt::Display for TaskId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
-    /// Still running (or its process died: [`Summary::status_now`] tells).
+    /// Still running (a task whose process died reads as [`Status::Interrupted`] from the
+    /// [`Store`]).
     Running,
     /// The model finished its answer.
     Done,
@@ -117,6 +118,8 @@ pub struct Summary {
     pub provider: String,
     pub model: String,
     pub sandbox: String,
+    /// How it ended. As read from the [`Store`]: `interrupted` when `task.json` says running
+    /// but its process is gone.
     pub status: Status,
     /// Why it ended, in words (the model's last text when done; the error otherwise).
     #[serde(default)]
@@ -131,13 +134,13 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Its status, `interrupted` when it says running but its process is gone.
-    pub fn status_now(&self) -> Status {
+    /// The summary with its status as it is now: `interrupted` when it says running but its
+    /// process is gone. It looks at `/proc`: blocking, so only [`read_summary`] calls it.
+    fn with_status_now(mut self) -> Self {
         if self.status == Status::Running && !Path::new(&format!("/proc/{}", self.pid)).exists() {
-            Status::Interrupted
-        } else {
-            self.status
+            self.status = Status::Interrupted;
         }
+        self
     }
 }
 
@@ -323,21 +326,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Task `id`'s summary.
+    /// Task `id`'s summary, its status as it is now (`interrupted` when its process died),
+    /// read on a blocking thread.
     pub async fn summary(&self, id: &TaskId) -> Result<Summary, TranscriptError> {
         let path = self.dir.join(id.as_str()).join("task.json");
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(TranscriptError::NotFound(id.clone()));
-            }
-            Err(e) => return Err(io("reading", &path)(e)),
-        };
-        serde_json::from_slice(&bytes).map_err(|source| TranscriptError::Parse {
-            path,
-            line: 1,
-            source,
-        })
+        let (read, id) = (path.clone(), id.clone());
+        tokio::task::spawn_blocking(move || read_summary(read, id))
+            .await
+            .map_err(|e| io("reading", &path)(std::io::Error::other(e)))?
     }
 
     /// Task `id`'s transcript.
@@ -362,6 +358,26 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// A task's `task.json` at `path`, its status as it is now. Blocking (the file, `/proc`): for
+/// [`Store::summary`]'s blocking thread.
+#[allow(clippy::disallowed_methods)] // runs on a blocking thread (Store::summary)
+fn read_summary(path: PathBuf, id: TaskId) -> Result<Summary, TranscriptError> {
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(TranscriptError::NotFound(id));
+        }
+        Err(e) => return Err(io("reading", &path)(e)),
+    };
+    let summary: Summary =
+        serde_json::from_slice(&bytes).map_err(|source| TranscriptError::Parse {
+            path,
+            line: 1,
+            source,
+        })?;
+    Ok(summary.with_status_now())
 }
 
 /// Appends to one task's transcript.
@@ -447,5 +463,50 @@ mod tests {
         ] {
             assert!(TaskId::try_from(bad.to_owned()).is_err(), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_running_task_whose_process_is_gone_reads_as_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("tasks"));
+        // No process has this pid (pid_max is at most 2^22).
+        let cases = [
+            (Status::Running, std::process::id(), Status::Running),
+            (Status::Running, u32::MAX, Status::Interrupted),
+            (Status::Done, u32::MAX, Status::Done),
+        ];
+        let mut ids = Vec::new();
+        for (i, (status, pid, _)) in cases.iter().enumerate() {
+            let writer = store
+                .create(Summary {
+                    id: TaskId::generate(),
+                    uid: None,
+                    task: "t".into(),
+                    provider: "openai".into(),
+                    model: "m".into(),
+                    sandbox: "s".into(),
+                    status: *status,
+                    message: String::new(),
+                    steps: 0,
+                    usage: Usage::default(),
+                    started_ms: i as u64,
+                    ended_ms: None,
+                    pid: *pid,
+                })
+                .await
+                .unwrap();
+            ids.push(writer.summary().id.clone());
+        }
+        let listed = store.list().await.unwrap();
+        for ((_, _, now), id) in cases.iter().zip(&ids) {
+            assert_eq!(store.summary(id).await.unwrap().status, *now, "{id}");
+            let in_list = listed.iter().find(|s| &s.id == id).unwrap();
+            assert_eq!(in_list.status, *now, "{id}");
+        }
+        let missing = TaskId::generate();
+        assert!(matches!(
+            store.summary(&missing).await,
+            Err(TranscriptError::NotFound(id)) if id == missing
+        ));
     }
 }

@@ -15,6 +15,8 @@
     clippy::disallowed_methods
 )] // bench code
 
+#[path = "../tests/mcp/gateway_policy.rs"]
+mod gateway_policy;
 #[path = "common/peer.rs"]
 mod peer;
 
@@ -31,29 +33,10 @@ const NODE_SERVERS: &str = "/var/cache/luminaguard/mcp-servers/node";
 const EVERYTHING: &str = "node_modules/@modelcontextprotocol/server-everything/dist/index.js";
 
 /// The gateway's policy: the server's launch named, its calls allowed.
-const POLICY: &str = r#"version = 1
-default = "ask"
-
-[[rule]]
-id = "server"
-decision = "allow"
-reason = "the benchmarked server"
-exec = ["node", "/opt/mcp/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"]
-examples = ["node /opt/mcp/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js stdio"]
-
-[[rule]]
-id = "hold"
-decision = "allow"
-reason = "what holds a sandbox"
-exec = ["tail", "-f", "/dev/null"]
-examples = ["tail -f /dev/null"]
-
-[[rule]]
-id = "calls"
-decision = "allow"
-reason = "tool calls"
-mcp = { server = "*", tool = "*" }
-"#;
+fn bench_policy() -> String {
+    use gateway_policy::{EVERYTHING_SERVER, HEAD, HOLD, TOOL_CALLS};
+    [HEAD, EVERYTHING_SERVER, HOLD, TOOL_CALLS].concat()
+}
 
 /// `luminaguard mcp gateway` with `server-everything` on `backend` (and `extra` keys).
 fn gateway(dir: &Path, name: &str, backend: &str, extra: &str) -> Command {
@@ -67,7 +50,7 @@ fn gateway(dir: &Path, name: &str, backend: &str, extra: &str) -> Command {
     )
     .unwrap();
     let policy = dir.join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
+    std::fs::write(&policy, bench_policy()).unwrap();
     let mut cmd = Command::new(LG);
     cmd.arg("--runtime-dir")
         .arg(dir.join(format!("{name}-rt")))

@@ -482,7 +482,7 @@ impl Observer for Display {
             Entry::Turn { tool_calls, .. } => {
                 self.end_line();
                 for call in tool_calls {
-                    outln!("▸ {} {}", safe(&call.name), call_summary(call));
+                    outln!("{}", call_line(call));
                 }
             }
             Entry::ToolResult {
@@ -497,7 +497,7 @@ impl Observer for Display {
                     (_, true) => "✗",
                     (_, false) => "✓",
                 };
-                outln!("  {mark} {}", indent(&safe(&head(content, 12))));
+                outln!("  {mark} {}", result_text(content, 12));
             }
             Entry::Retry {
                 message,
@@ -543,6 +543,16 @@ fn safe(text: &str) -> String {
     luminaguard_review::path::for_terminal(text)
 }
 
+/// A tool call as the live display and `agent show` print it: `▸ name arguments`.
+fn call_line(call: &luminaguard_llm::ToolCall) -> String {
+    format!("▸ {} {}", safe(&call.name), call_summary(call))
+}
+
+/// A tool result's first `lines` lines, safe to print, indented under its call.
+fn result_text(content: &str, lines: usize) -> String {
+    indent(&safe(&head(content, lines)))
+}
+
 /// A call's arguments in a line: the command, the path, else compact JSON.
 fn call_summary(call: &luminaguard_llm::ToolCall) -> String {
     if let Some(why) = &call.malformed {
@@ -586,11 +596,7 @@ async fn list(store: &Store, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         let rows: Vec<serde_json::Value> = tasks
             .iter()
-            .map(|t| {
-                let mut v = serde_json::to_value(t).unwrap_or_default();
-                v["status"] = serde_json::json!(t.status_now().as_str());
-                v
-            })
+            .map(|t| serde_json::to_value(t).unwrap_or_default())
             .collect();
         outln!("{}", serde_json::to_string(&rows)?);
         return Ok(ExitCode::SUCCESS);
@@ -615,7 +621,7 @@ async fn list(store: &Store, json: bool) -> anyhow::Result<ExitCode> {
         outln!(
             "{:<17}  {:<11}  {:>5}  {:>9}  {:<20}  {title}",
             t.id,
-            t.status_now().as_str(),
+            t.status.as_str(),
             t.steps,
             t.usage.input_tokens + t.usage.output_tokens,
             started
@@ -629,8 +635,7 @@ async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     let summary = store.summary(&id).await?;
     let entries = store.entries(&id).await?;
     if json {
-        let mut s = serde_json::to_value(&summary)?;
-        s["status"] = serde_json::json!(summary.status_now().as_str());
+        let s = serde_json::to_value(&summary)?;
         outln!(
             "{}",
             serde_json::to_string(&serde_json::json!({"task": s, "entries": entries}))?
@@ -640,7 +645,7 @@ async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     outln!(
         "{} · {} · {} ({})",
         id,
-        summary.status_now().as_str(),
+        summary.status.as_str(),
         summary.model,
         summary.provider
     );
@@ -671,7 +676,7 @@ async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<ExitCode> {
                     outln!("{}", safe(text));
                 }
                 for c in tool_calls {
-                    outln!("▸ {} {}", safe(&c.name), call_summary(c));
+                    outln!("{}", call_line(c));
                 }
             }
             Entry::ToolResult {
@@ -691,7 +696,7 @@ async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<ExitCode> {
                     how.push_str(&format!(", asked {}", asked.join(" ")));
                 }
                 outln!("  {}: {how} · {duration_ms} ms", safe(tool));
-                outln!("    {}", indent(&safe(&head(content, 20))));
+                outln!("    {}", result_text(content, 20));
             }
             Entry::Retry {
                 message, wait_ms, ..

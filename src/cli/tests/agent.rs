@@ -16,6 +16,8 @@
 
 #[path = "mcp/common.rs"]
 mod common;
+#[path = "mcp/gateway_policy.rs"]
+mod gateway_policy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -1048,14 +1050,8 @@ mounts = [{{ host = "{NODE_SERVERS}", at = "/opt/mcp/node" }}]
     .unwrap();
     let policy = policy(
         &e,
-        r#"
-[[rule]]
-id = "everything-server"
-decision = "allow"
-reason = "the npm server"
-exec = ["node", "/opt/mcp/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"]
-examples = ["node /opt/mcp/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js stdio"]
-
+        &(gateway_policy::EVERYTHING_SERVER.to_owned()
+            + r#"
 [[rule]]
 id = "echo"
 decision = "allow"
@@ -1067,7 +1063,7 @@ id = "no-secrets-echoed"
 decision = "deny"
 reason = "no secret plans"
 mcp = { server = "everything", tool = "echo", args = { "/message" = "secret*" } }
-"#,
+"#),
     );
     let p = Provider::start(json!([
         {"calls": [{"name": "everything__echo", "arguments": {"message": "hello from the model"}}]},

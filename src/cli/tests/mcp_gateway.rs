@@ -16,6 +16,8 @@
 
 #[path = "mcp/common.rs"]
 mod common;
+#[path = "mcp/gateway_policy.rs"]
+mod gateway_policy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -40,12 +42,9 @@ fn servers_installed() -> bool {
     )
 }
 
-/// The policy every gateway test starts from: the servers' launches allowed by name (an
-/// interpreter running a script is asked about unless a rule names it), every tool call
-/// allowed; a test appends its own rules, which come first where they deny or ask.
-const BASE_POLICY: &str = r#"version = 1
-default = "ask"
-
+/// The launches of the servers the gateway tests run, allowed by name (an interpreter running a
+/// script is asked about unless a rule names it).
+const SERVER_LAUNCHES: &str = r#"
 [[rule]]
 id = "node-servers"
 decision = "allow"
@@ -66,20 +65,14 @@ decision = "allow"
 reason = "the probe server"
 exec = ["python3", "/opt/probe/probe_server.py"]
 examples = ["python3 /opt/probe/probe_server.py"]
-
-[[rule]]
-id = "hold"
-decision = "allow"
-reason = "what holds a sandbox through the daemon (the presets allow it: it reads files)"
-exec = ["tail", "-f", "/dev/null"]
-examples = ["tail -f /dev/null"]
-
-[[rule]]
-id = "tool-calls"
-decision = "allow"
-reason = "tool calls"
-mcp = { server = "*", tool = "*" }
 "#;
+
+/// The policy every gateway test starts from: the servers' launches allowed, every tool call
+/// allowed; a test appends its own rules, which come first where they deny or ask.
+fn base_policy() -> String {
+    use gateway_policy::{HEAD, HOLD, TOOL_CALLS};
+    [HEAD, SERVER_LAUNCHES, HOLD, TOOL_CALLS].concat()
+}
 
 /// A gateway's test: its directories, configuration, policy and pins.
 struct Gw {
@@ -96,7 +89,7 @@ fn gw(servers: &str, rules: &str) -> Gw {
     let config = e.dir.path().join("gateway.toml");
     std::fs::write(&config, servers.replace("{WS}", &path(&e.ws))).unwrap();
     let policy = e.dir.path().join("policy.toml");
-    std::fs::write(&policy, format!("{BASE_POLICY}\n{rules}")).unwrap();
+    std::fs::write(&policy, format!("{}\n{rules}", base_policy())).unwrap();
     let pins = e.dir.path().join("pins.json");
     Gw {
         e,

@@ -11,7 +11,7 @@ use crate::stream::{Assembler, DEFAULT_LINE_LIMIT, SseParser, StreamEvent};
 
 const PROVIDER: Provider = Provider::Anthropic;
 
-/// The request path, under the base URL's host.
+/// The request path, joined to the base URL (`https://api.anthropic.com`).
 pub const PATH: &str = "/v1/messages";
 /// The `anthropic-version` header's value this format is.
 pub const API_VERSION: &str = "2023-06-01";
@@ -245,20 +245,13 @@ impl MessagesResponse {
 
 /// Parses a non-streamed answer body (HTTP 200) into a [`Turn`].
 pub fn parse_response(body: &[u8]) -> Result<Turn, LlmError> {
-    if let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(body) {
-        return Err(LlmError::Provider {
-            provider: PROVIDER,
-            kind: error.kind,
-            message: error.message,
-        });
+    crate::answer::parse::<ErrorBody, _>(PROVIDER, body, MessagesResponse::into_turn)
+}
+
+impl crate::answer::ErrorBody for ErrorBody {
+    fn into_parts(self) -> (Option<String>, String) {
+        (self.error.kind, self.error.message)
     }
-    serde_json::from_slice::<MessagesResponse>(body)
-        .map_err(|e| LlmError::Malformed {
-            provider: PROVIDER,
-            what: "answer",
-            detail: e.to_string(),
-        })?
-        .into_turn()
 }
 
 /// Maps `stop_reason`.

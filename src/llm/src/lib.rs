@@ -9,6 +9,7 @@
 //!
 //! The crate is pure and synchronous: no HTTP client, no I/O. It never sees API keys.
 
+mod answer;
 pub mod anthropic;
 pub mod error;
 pub mod http_error;
@@ -28,6 +29,15 @@ pub fn decoder(provider: Provider) -> Box<dyn StreamDecoder + Send> {
         Provider::OpenAi => Box::new(openai::Decoder::default()),
         Provider::Anthropic => Box::new(anthropic::Decoder::default()),
         Provider::Ollama => Box::new(ollama::Decoder::default()),
+    }
+}
+
+/// The path a request to `provider` goes to, joined to its base URL: its module's `PATH`.
+pub fn path(provider: Provider) -> &'static str {
+    match provider {
+        Provider::OpenAi => openai::PATH,
+        Provider::Anthropic => anthropic::PATH,
+        Provider::Ollama => ollama::PATH,
     }
 }
 

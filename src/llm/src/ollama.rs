@@ -10,7 +10,7 @@ use crate::stream::{Assembler, DEFAULT_LINE_LIMIT, LineBuffer, StreamDecoder, St
 
 const PROVIDER: Provider = Provider::Ollama;
 
-/// The request path, under the base URL's host.
+/// The request path, joined to the base URL (`http://127.0.0.1:11434`).
 pub const PATH: &str = "/api/chat";
 
 /// The body of `POST /api/chat`.

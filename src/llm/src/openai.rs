@@ -12,8 +12,10 @@ use crate::stream::{Assembler, DEFAULT_LINE_LIMIT, SseParser, StreamEvent};
 
 const PROVIDER: Provider = Provider::OpenAi;
 
-/// The request path, under the base URL's host.
-pub const PATH: &str = "/v1/chat/completions";
+/// The request path, joined to the base URL — which for these servers ends in the API
+/// version (`https://api.openai.com/v1`, `http://localhost:8000/v1`), so the request goes to
+/// `/v1/chat/completions`.
+pub const PATH: &str = "/chat/completions";
 
 /// The body of `POST /v1/chat/completions`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -309,20 +311,13 @@ impl ChatResponse {
 
 /// Parses a non-streamed answer body (HTTP 200) into a [`Turn`].
 pub fn parse_response(body: &[u8]) -> Result<Turn, LlmError> {
-    if let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(body) {
-        return Err(LlmError::Provider {
-            provider: PROVIDER,
-            kind: error.kind,
-            message: error.message,
-        });
+    crate::answer::parse::<ErrorBody, _>(PROVIDER, body, ChatResponse::into_turn)
+}
+
+impl crate::answer::ErrorBody for ErrorBody {
+    fn into_parts(self) -> (Option<String>, String) {
+        (self.error.kind, self.error.message)
     }
-    serde_json::from_slice::<ChatResponse>(body)
-        .map_err(|e| LlmError::Malformed {
-            provider: PROVIDER,
-            what: "answer",
-            detail: e.to_string(),
-        })?
-        .into_turn()
 }
 
 /// Maps `finish_reason`.

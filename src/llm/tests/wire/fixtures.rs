@@ -236,3 +236,45 @@ fn openai_tolerates_nulls_and_crlf() {
     assert_eq!(turn.text, "hi");
     assert_eq!(turn.stop_reason, StopReason::MaxTokens);
 }
+
+/// A provider's `parse_response`.
+type Parse = fn(&[u8]) -> Result<luminaguard_llm::Turn, LlmError>;
+
+#[test]
+fn answer_bodies_that_are_errors_or_neither_are_typed() {
+    let errors = [
+        (
+            Provider::OpenAi,
+            openai::parse_response as Parse,
+            r#"{"error": {"message": "The model does not exist", "type": "invalid_request_error", "code": "model_not_found"}}"#,
+            Some("invalid_request_error"),
+            "The model does not exist",
+        ),
+        (
+            Provider::Anthropic,
+            anthropic::parse_response,
+            r#"{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}"#,
+            Some("overloaded_error"),
+            "Overloaded",
+        ),
+    ];
+    for (provider, parse, body, kind, message) in errors {
+        assert_eq!(
+            parse(body.as_bytes()).unwrap_err(),
+            LlmError::Provider {
+                provider,
+                kind: kind.map(str::to_owned),
+                message: message.to_owned()
+            }
+        );
+        let malformed = parse(br#"{"choices": 3, "content": 3}"#).unwrap_err();
+        assert!(
+            matches!(
+                &malformed,
+                LlmError::Malformed { provider: p, what: "answer", .. } if *p == provider
+            ),
+            "{malformed:?}"
+        );
+        assert_eq!(malformed.code(), "llm_malformed_response");
+    }
+}
