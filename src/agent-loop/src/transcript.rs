@@ -204,6 +204,19 @@ pub enum Entry {
     },
 }
 
+/// How a tool call went, in a line for a person: `allowed`, `refused, approved (ap-…)`,
+/// `allowed, asked ap-… ap-…`.
+pub fn how_it_went(decision: Decision, approval: Option<&str>, asked: &[String]) -> String {
+    let mut how = format!("{decision:?}").to_lowercase();
+    if let Some(a) = approval {
+        how.push_str(&format!(", approved ({a})"));
+    }
+    if !asked.is_empty() {
+        how.push_str(&format!(", asked {}", asked.join(" ")));
+    }
+    how
+}
+
 /// Why the transcripts could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum TranscriptError {

@@ -688,14 +688,12 @@ async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<ExitCode> {
                 duration_ms,
                 ..
             } => {
-                let mut how = format!("{decision:?}").to_lowercase();
-                if let Some(a) = approval {
-                    how.push_str(&format!(", approved ({a})"));
-                }
-                if !asked.is_empty() {
-                    how.push_str(&format!(", asked {}", asked.join(" ")));
-                }
-                outln!("  {}: {how} · {duration_ms} ms", safe(tool));
+                let how = luminaguard_agent_loop::transcript::how_it_went(
+                    *decision,
+                    approval.as_deref(),
+                    asked,
+                );
+                outln!("  {}: {} · {duration_ms} ms", safe(tool), safe(&how));
                 outln!("    {}", result_text(content, 20));
             }
             Entry::Retry {

@@ -30,6 +30,16 @@ use serde_json::{Value, json};
 /// The key the tests give the loop: it must reach the provider's header and nothing else.
 const KEY: &str = "sk-lgtest-9f8e7d6c5b4a39281706f5e4d3c2b1a0";
 
+/// A rule allowing `sleep SECS`, the long command of the tests that stop one. Each such test
+/// sleeps a length of its own: they run at once, and one's check that its command is gone
+/// must not see another's.
+fn long_rule(secs: u32) -> String {
+    format!(
+        "[[rule]]\nid = \"sleep\"\ndecision = \"allow\"\nreason = \"the test's long command\"\n\
+         exec = [\"sleep\", \"{secs}\"]\nexamples = [\"sleep {secs}\"]\n"
+    )
+}
+
 /// The scripted provider: a process serving on a local port, its request log.
 struct Provider {
     child: Child,
@@ -718,12 +728,9 @@ fn the_bounds_stop_a_task() {
     }
     let e = env();
     let p = Provider::start(json!([
-        {"calls": [{"name": "shell", "arguments": {"command": "sleep 600"}}]}
+        {"calls": [{"name": "shell", "arguments": {"command": "sleep 601"}}]}
     ]));
-    let policy = policy(
-        &e,
-        "[[rule]]\nid = \"sleep\"\ndecision = \"allow\"\nreason = \"the test's long command\"\nexec = [\"sleep\", \"600\"]\nexamples = [\"sleep 600\"]\n",
-    );
+    let policy = policy(&e, &long_rule(601));
     let started = Instant::now();
     let out = agent(&e, &p, "openai", &policy, &["--wall-time", "3s", "sleep"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
@@ -732,7 +739,7 @@ fn the_bounds_stop_a_task() {
     assert_eq!(of_type(&printed, "finished")[0]["status"], "wall_time");
     assert!(sandboxes(&e).is_empty());
     assert!(
-        luminaguard_testkit::live_processes_matching(&["sleep", "600"]).is_empty(),
+        luminaguard_testkit::live_processes_matching(&["sleep", "601"]).is_empty(),
         "the command outlived its task"
     );
 }
@@ -883,9 +890,7 @@ fn the_daemon_runs_agent_tasks_as_an_api() {
         return;
     }
     let e = env();
-    let rules = format!(
-        "{RUN_HELLO}\n[[rule]]\nid = \"sleep\"\ndecision = \"allow\"\nreason = \"the test's long command\"\nexec = [\"sleep\", \"600\"]\nexamples = [\"sleep 600\"]\n"
-    );
+    let rules = format!("{RUN_HELLO}\n{}", long_rule(602));
     let policy = policy(&e, &rules);
     let daemon = luminaguard_testkit::daemon::Daemon::start(
         Path::new(BIN),
@@ -901,7 +906,7 @@ fn the_daemon_runs_agent_tasks_as_an_api() {
         {"calls": [{"name": "write_file", "arguments": {"path": "hello.py", "content": "print('hello from the daemon')\n"}}]},
         {"calls": [{"name": "shell", "arguments": {"command": "python3 hello.py"}}]},
         {"say": "It prints its greeting."},
-        {"calls": [{"name": "shell", "arguments": {"command": "sleep 600"}}]}
+        {"calls": [{"name": "shell", "arguments": {"command": "sleep 602"}}]}
     ]));
     let body = |task: &str| {
         json!({
@@ -994,14 +999,14 @@ fn the_daemon_runs_agent_tasks_as_an_api() {
     let long = curl(sock, "POST", "/v1/agent/tasks", Some(&body("sleep"))).json();
     let long_id = long["id"].as_str().unwrap().to_owned();
     wait_until("the long command runs", Duration::from_secs(60), || {
-        !luminaguard_testkit::live_processes_matching(&["sleep", "600"]).is_empty()
+        !luminaguard_testkit::live_processes_matching(&["sleep", "602"]).is_empty()
     });
     let gone = curl(sock, "DELETE", &format!("/v1/agent/tasks/{long_id}"), None);
     assert_eq!(gone.status, 204, "{}", gone.body);
     let shown = curl(sock, "GET", &format!("/v1/agent/tasks/{long_id}"), None).json();
     assert_eq!(shown["task"]["status"], "interrupted");
     assert!(
-        luminaguard_testkit::live_processes_matching(&["sleep", "600"]).is_empty(),
+        luminaguard_testkit::live_processes_matching(&["sleep", "602"]).is_empty(),
         "the cancelled task's command lives on"
     );
     assert!(sandboxes(&e).is_empty());
@@ -1421,9 +1426,7 @@ fn agent_tasks_in_the_console() {
         return;
     }
     let e = env();
-    let rules = format!(
-        "{RUN_HELLO}\n[[rule]]\nid = \"sleep\"\ndecision = \"allow\"\nreason = \"the test's long command\"\nexec = [\"sleep\", \"600\"]\nexamples = [\"sleep 600\"]\n"
-    );
+    let rules = format!("{RUN_HELLO}\n{}", long_rule(603));
     let policy = policy(&e, &rules);
     let host = format!(
         "127.0.0.1:{}",
@@ -1451,8 +1454,8 @@ fn agent_tasks_in_the_console() {
         {"calls": [{"name": "write_file", "arguments": {"path": "hello.py", "content": "print('hello from the console')\n"}}]},
         {"calls": [{"name": "shell", "arguments": {"command": "python3 hello.py"}}]},
         {"say": "Done. <script id=\"evil\">document.title='owned'</script> It prints its greeting."},
-        {"calls": [{"name": "shell", "arguments": {"command": "sleep 600"}}]},
-        {"calls": [{"name": "shell", "arguments": {"command": "sleep 600"}}]}
+        {"calls": [{"name": "shell", "arguments": {"command": "sleep 603"}}]},
+        {"calls": [{"name": "shell", "arguments": {"command": "sleep 603"}}]}
     ]));
     let start = |task: &str| {
         let body = json!({
@@ -1470,7 +1473,7 @@ fn agent_tasks_in_the_console() {
     assert!(ended.body.contains("\"finished\""), "{}", ended.body);
     let long = start("sleep");
     wait_until("the long command runs", Duration::from_secs(60), || {
-        !luminaguard_testkit::live_processes_matching(&["sleep", "600"]).is_empty()
+        !luminaguard_testkit::live_processes_matching(&["sleep", "603"]).is_empty()
     });
 
     let b = Browser::start();
@@ -1535,14 +1538,14 @@ fn agent_tasks_in_the_console() {
     wait_until(
         "the second long command runs",
         Duration::from_secs(60),
-        || !luminaguard_testkit::live_processes_matching(&["sleep", "600"]).is_empty(),
+        || !luminaguard_testkit::live_processes_matching(&["sleep", "603"]).is_empty(),
     );
     b.goto(&format!("http://{host}/tasks/{other}"));
     b.wait_for("form.confirm button", wait);
     b.click("form.confirm button");
     b.wait_for_text("dl.facts", "interrupted", wait);
     assert!(
-        luminaguard_testkit::live_processes_matching(&["sleep", "600"]).is_empty(),
+        luminaguard_testkit::live_processes_matching(&["sleep", "603"]).is_empty(),
         "the cancelled task's command lives on"
     );
     // Another's task, or none: a clean 404.

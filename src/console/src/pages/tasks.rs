@@ -143,18 +143,17 @@ impl Block {
                 duration_ms,
                 ..
             } => {
-                let mut how = format!("{decision:?}").to_lowercase();
-                if let Some(a) = approval {
-                    how.push_str(&format!(", approved ({a})"));
-                }
-                if !asked.is_empty() {
-                    how.push_str(&format!(", asked {}", asked.join(" ")));
-                }
-                let class = if how.starts_with("allowed") && !is_error {
-                    "tool"
-                } else {
-                    "refused"
-                };
+                let how = luminaguard_agent_loop::transcript::how_it_went(
+                    decision,
+                    approval.as_deref(),
+                    &asked,
+                );
+                let class =
+                    if decision == luminaguard_agent_loop::tools::Decision::Allowed && !is_error {
+                        "tool"
+                    } else {
+                        "refused"
+                    };
                 block(class, format!("{tool}: {how} · {duration_ms} ms"), content)
             }
             Entry::Retry {
