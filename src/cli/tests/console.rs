@@ -209,7 +209,7 @@ fn approvals_are_decided_in_the_console() {
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|r| r["event"]["approval"] == id.as_str() || r["event"]["approval"] == id2.as_str())
-        .filter(|r| r.to_string().contains("\"console\""))
+        .filter(|r| r["actor"]["kind"] == "console" && r["event"]["by"]["via"] == "console")
         .collect();
     assert!(answers.len() >= 2, "{log}");
     assert!(log.contains("not today"));
@@ -466,8 +466,9 @@ fn approvals_in_a_real_browser() {
     let log = text(&ls.stdout);
     for (a, words) in [(&id, "looks right"), (&id2, "not today")] {
         assert!(
-            log.lines()
-                .any(|l| l.contains(a.as_str()) && l.contains("\"console\"") && l.contains(words)),
+            log.lines().any(|l| l.contains(a.as_str())
+                && l.contains("\"kind\":\"console\"")
+                && l.contains(words)),
             "{a} answered in the console, {words:?}: {log}"
         );
     }
@@ -546,8 +547,30 @@ fn sandboxes_are_listed_and_destroyed_in_the_console_and_the_audit_page_shows_it
     };
 
     // A sandbox made through the daemon's API is on the page, with its cgroup's figures.
-    let (code, body) = api(&sock, "POST", "/v1/sandboxes", Some(r#"{"name":"cons-1"}"#));
-    assert_eq!(code, 201, "{body}");
+    // Made by an API client that labels its session `console` (see the records below).
+    let made = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "60",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["-X", "POST", "-H", "x-luminaguard-session: console"])
+        .args([
+            "-H",
+            "content-type: application/json",
+            "--data",
+            r#"{"name":"cons-1"}"#,
+        ])
+        .arg("--unix-socket")
+        .arg(&sock)
+        .arg("http://lg/v1/sandboxes")
+        .output()
+        .unwrap();
+    assert_eq!(text(&made.stdout), "201", "{}", text(&made.stderr));
     let list = page("/sandboxes");
     assert!(list.contains("id=\"sb-cons-1\""), "{list}");
     assert!(
@@ -594,7 +617,40 @@ fn sandboxes_are_listed_and_destroyed_in_the_console_and_the_audit_page_shows_it
     });
     assert!(audit_page.contains("class=\"verify ok\""), "{audit_page}");
     assert!(audit_page.contains("hash chain intact"), "{audit_page}");
-    assert!(!audit_page.contains("<td>create</td>"), "filtered by actor");
+    // (`actor` matches a kind or a session label: here both name the console.)
+    let by_daemon = page("/audit?sandbox=cons-1&actor=daemon");
+    assert!(
+        by_daemon.contains("<td>create</td>") && !by_daemon.contains("<td>destroy</td>"),
+        "filtered by actor: {by_daemon}"
+    );
+    // On the records, the console is the actor's kind, which the daemon sets; an API client
+    // that labels its session `console` is still the daemon's kind, its label a session.
+    let log = text(&s.lg(&["audit", "ls", "--json"]).stdout);
+    let kinds = |t: &str| -> Vec<(String, String)> {
+        log.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["event"]["type"] == t && r["event"]["sandbox"] == "cons-1")
+            .map(|r| {
+                (
+                    r["actor"]["kind"].as_str().unwrap_or_default().to_owned(),
+                    r["actor"]["session"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        kinds("create"),
+        [("daemon".to_owned(), "console".to_owned())],
+        "{log}"
+    );
+    assert_eq!(
+        kinds("destroy"),
+        [("console".to_owned(), String::new())],
+        "{log}"
+    );
     let both = page("/audit?sandbox=cons-1");
     assert!(
         both.contains("<td>create</td>") && both.contains("<td>destroy</td>"),

@@ -553,8 +553,8 @@ fn write_log(f: &Fixture, records: &[(u32, serde_json::Value)]) {
     for (uid, event) in records {
         let actor = Actor {
             uid: *uid,
-            kind: "daemon".into(),
-            session: (*uid == 0).then(|| "console".to_owned()),
+            kind: if *uid == 0 { "console" } else { "daemon" }.into(),
+            session: None,
         };
         log.append_blocking(actor, event.clone()).unwrap();
     }

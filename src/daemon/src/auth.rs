@@ -53,6 +53,7 @@ impl Authorizer {
             gid,
             pid,
             session: None,
+            front: None,
         };
         if uid == 0 || uid == self.euid {
             return Ok(caller);

@@ -144,6 +144,7 @@ async fn housekeep(st: AppState) {
         gid: nix::unistd::getegid().as_raw(),
         pid: None,
         session: None,
+        front: None,
     };
     // The first round collects at once what a crashed predecessor left (its one-shot
     // sandboxes, their network objects).

@@ -64,6 +64,7 @@ fn send(method: Method, uri: &str, body: Vec<u8>) -> Option<(StatusCode, Vec<u8>
         gid: 4242,
         pid: None,
         session: None,
+        front: None,
     });
     f.rt.block_on(async {
         let resp = f.router.clone().oneshot(req).await.unwrap();

@@ -87,11 +87,13 @@ impl Audit {
     fn actor(&self, caller: &Caller) -> Actor {
         Actor {
             uid: caller.uid,
-            kind: self
-                .kind
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone(),
+            // The daemon's own front-end that took the request, else the process's kind.
+            kind: caller.front.map(str::to_owned).unwrap_or_else(|| {
+                self.kind
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+            }),
             // The caller's own session first (one of several this process serves), else the
             // service-wide one.
             session: caller.session.as_deref().map(str::to_owned).or_else(|| {

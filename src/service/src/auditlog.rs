@@ -186,6 +186,7 @@ mod tests {
             gid: uid,
             pid: None,
             session: None,
+            front: None,
         }
     }
 

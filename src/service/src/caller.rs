@@ -17,6 +17,11 @@ pub struct Caller {
     /// is told so that it asks that session's person. Never used for decisions.
     #[serde(skip)]
     pub session: Option<std::sync::Arc<str>>,
+    /// The daemon's own front-end that took the request (`console`), set by the daemon's code
+    /// and never by a client: the audit records' actor `kind`. (A session is a label a client
+    /// chooses; this is not.)
+    #[serde(skip)]
+    pub front: Option<&'static str>,
 }
 
 impl Caller {
@@ -27,6 +32,7 @@ impl Caller {
             gid: nix::unistd::getegid().as_raw(),
             pid: i32::try_from(std::process::id()).ok(),
             session: None,
+            front: None,
         }
     }
 
@@ -61,12 +67,14 @@ mod tests {
             gid: 1000,
             pid: None,
             session: None,
+            front: None,
         };
         let root = Caller {
             uid: 0,
             gid: 0,
             pid: None,
             session: None,
+            front: None,
         };
         assert!(user.may_use(Some(1000)));
         assert!(!user.may_use(Some(1001)));

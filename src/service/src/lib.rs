@@ -182,6 +182,7 @@ impl Pending {
             gid: 0,
             pid: None,
             session: self.session.clone(),
+            front: None,
         };
         let spec = meta.spec.as_ref();
         // Queued, not waited for: the sandbox changes nothing by existing, and whatever runs in

@@ -288,6 +288,7 @@ impl Service {
             gid: nix::unistd::getegid().as_raw(),
             pid: None,
             session: None,
+            front: None,
         };
         let opts = member_options(def, self.config.defaults.lifetime);
         let mut sandbox = self.create_unpooled(&me, opts).await?.sandbox;

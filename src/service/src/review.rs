@@ -503,6 +503,7 @@ impl Service {
             gid: 0,
             pid: None,
             session,
+            front: None,
         };
         let reason = match &outcome {
             Outcome::Expired => "timed out".to_owned(),

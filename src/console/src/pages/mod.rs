@@ -90,13 +90,15 @@ pub(crate) struct Authed {
 }
 
 impl Authed {
-    /// Whom the service hears from: the session's user, named `console` on the records.
+    /// Whom the service hears from: the session's user, through the console (the records'
+    /// actor kind: set here, not a label a client could choose).
     pub fn caller(&self) -> Caller {
         Caller {
             uid: self.session.uid,
             gid: self.session.gid,
             pid: None,
-            session: Some("console".into()),
+            session: None,
+            front: Some("console"),
         }
     }
 
