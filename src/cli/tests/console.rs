@@ -657,3 +657,97 @@ fn sandboxes_are_listed_and_destroyed_in_the_console_and_the_audit_page_shows_it
         "{both}"
     );
 }
+
+/// Hostile clients of the console's port: bytes that are not HTTP, a header line of 1 MiB,
+/// a connection that sends half a request and waits, a form body of 8 MiB with a good session
+/// and Origin, a thousand pipelined requests with made-up cookies. Each gets a clear refusal
+/// or a closed connection; afterwards the console still serves its pages and the daemon its
+/// API.
+#[test]
+fn hostile_clients_of_the_console_change_nothing() {
+    use std::io::{Read, Write};
+    if !privileged("the console through the daemon") {
+        return;
+    }
+    let s = Served::start();
+    let (host, sock) = (s.host.clone(), s.socket());
+    let cookie = s.login();
+    let connect = || {
+        let c = std::net::TcpStream::connect(&host).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c
+    };
+    let raw = |bytes: &[u8]| -> String {
+        let mut c = connect();
+        // The server may close before reading everything: that is a refusal too.
+        let _ = c.write_all(bytes);
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let junk: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let answer = raw(&junk);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+    let long = format!(
+        "GET /approvals HTTP/1.1\r\nHost: {host}\r\nX-Long: {}\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    let answer = raw(long.as_bytes());
+    assert!(
+        answer.is_empty()
+            || answer.starts_with("HTTP/1.1 431")
+            || answer.starts_with("HTTP/1.1 400"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    // Half a request, left open while the rest goes on.
+    let mut half = connect();
+    half.write_all(b"GET /approvals HTTP/1.1\r\nHost: ")
+        .unwrap();
+    // A body far over what a form needs.
+    let big = s.ws.with_file_name("big.form");
+    std::fs::write(&big, format!("csrf={}", "0".repeat(8 << 20))).unwrap();
+    let (code, _, _) = curl(&[
+        "-H",
+        &format!("Cookie: {cookie}"),
+        "-H",
+        &format!("Origin: http://{host}"),
+        "-H",
+        "Content-Type: application/x-www-form-urlencoded",
+        "--data-binary",
+        &format!("@{}", big.display()),
+        &format!("http://{host}/approvals/ap-0123456789abcdef"),
+    ]);
+    assert_eq!(code, 413, "an 8 MiB form");
+    // A thousand made-up sessions, pipelined on one connection: a 401 each.
+    let mut c = connect();
+    let many: String = (0..1000)
+        .map(|i| {
+            format!(
+                "GET /approvals HTTP/1.1\r\nHost: {host}\r\nCookie: lg_session={i:064x}\r\n\r\n"
+            )
+        })
+        .collect();
+    c.write_all(many.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    let answers = |got: &[u8], what: &str| String::from_utf8_lossy(got).matches(what).count();
+    while answers(&got, "HTTP/1.1 401") < 1000 {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {} answers", answers(&got, "HTTP/1.1 "));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(answers(&got, "HTTP/1.1 "), 1000, "only 401s");
+    // Still serving: the console its pages, the daemon its API.
+    let (code, _, body) = curl(&[
+        "-H",
+        &format!("Cookie: {cookie}"),
+        &format!("http://{host}/approvals"),
+    ]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(api(&sock, "GET", "/v1/health", None).0, 200);
+    drop(half);
+}
