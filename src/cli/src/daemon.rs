@@ -82,13 +82,13 @@ pub fn run(
                 let console =
                     luminaguard_console::Console::new(service.clone(), Some(agents), bound);
                 extensions.console = Some(console.clone());
-                let app = luminaguard_console::router(console);
                 tracing::info!(%bound, "serving the console");
-                Some(tokio::spawn(async move {
-                    if let Err(e) = axum::serve(listener, app).await {
-                        tracing::error!(error = %e, "the console stopped");
-                    }
-                }))
+                let head_timeout = service.config().daemon.request_timeout;
+                Some(tokio::spawn(luminaguard_console::serve(
+                    listener,
+                    console,
+                    head_timeout,
+                )))
             }
             None => None,
         };

@@ -240,7 +240,8 @@ impl Served {
         std::fs::write(
             &file,
             format!(
-                "audit_dir = \"{}\"\n[defaults]\nbackend = \"process\"\n",
+                "audit_dir = \"{}\"\n[defaults]\nbackend = \"process\"\n\
+                 [daemon]\nrequest_timeout = \"5s\"\n",
                 audit.display()
             ),
         )
@@ -703,7 +704,7 @@ fn hostile_clients_of_the_console_change_nothing() {
         "{}",
         &answer[..answer.len().min(200)]
     );
-    // Half a request, left open while the rest goes on.
+    // Half a request, left open while the rest goes on (a slow-loris client).
     let mut half = connect();
     half.write_all(b"GET /approvals HTTP/1.1\r\nHost: ")
         .unwrap();
@@ -749,5 +750,13 @@ fn hostile_clients_of_the_console_change_nothing() {
     ]);
     assert_eq!(code, 200, "{body}");
     assert_eq!(api(&sock, "GET", "/v1/health", None).0, 200);
-    drop(half);
+    // The half request is cut off once the head timeout (here 5 s) passes.
+    let held = Instant::now();
+    let mut rest = Vec::new();
+    let _ = half.read_to_end(&mut rest);
+    assert!(
+        held.elapsed() < Duration::from_secs(25),
+        "the half request was held {:?}",
+        held.elapsed()
+    );
 }

@@ -85,3 +85,40 @@ pub fn router(console: Arc<Console>) -> Router {
         ))
         .with_state(console)
 }
+
+/// Serves the console on `listener` until the future is dropped (its connections with it):
+/// each connection as the daemon serves its socket's ([`luminaguard_api::serve::connection`]),
+/// a request head that has not arrived within `head_timeout` (the daemon's
+/// `request_timeout`) cut off.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    console: Arc<Console>,
+    head_timeout: std::time::Duration,
+) {
+    let app = router(console);
+    // Never turned: connections end with their clients, or with this future.
+    let (_stop, stopping) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors and the like: the next accept may succeed.
+                tracing::warn!(error = %e, "accepting a console connection");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        while conns.try_join_next().is_some() {}
+        let svc = hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
+            app.clone(),
+            |r: axum::http::Request<hyper::body::Incoming>| r.map(axum::body::Body::new),
+        ));
+        conns.spawn(luminaguard_api::serve::connection(
+            stream,
+            svc,
+            head_timeout,
+            stopping.clone(),
+        ));
+    }
+}

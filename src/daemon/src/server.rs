@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use luminaguard_service::Caller;
 use tokio::net::{UnixListener, UnixStream};
@@ -98,15 +97,6 @@ pub async fn serve(
     }
 }
 
-/// Resolves once the server stops.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    while !*stop.borrow_and_update() {
-        if stop.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 /// Serves one connection: as its peer's user, or (not admitted) with a 403 for every request.
 async fn connection(
     stream: UnixStream,
@@ -114,7 +104,7 @@ async fn connection(
     auth: &Authorizer,
     metrics: &Arc<Metrics>,
     limits: &Limits,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let caller = match stream.peer_cred() {
         Ok(cred) => {
@@ -176,22 +166,11 @@ async fn connection(
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.request_timeout)
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "connection ended");
-            }
-        }
-        () = stopped(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended");
-            }
-        }
-    }
+    luminaguard_api::serve::connection(
+        stream,
+        TowerToHyperService::new(svc),
+        limits.request_timeout,
+        stop,
+    )
+    .await;
 }

@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use luminaguard_front::Front;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -463,20 +462,11 @@ async fn accept_one(listener: &Bound) -> std::io::Result<(Box<dyn Io>, Gate)> {
     }
 }
 
-/// Resolves once the server stops.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    while !*stop.borrow_and_update() {
-        if stop.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 async fn connection(
     io: Box<dyn Io>,
     gate: Gate,
     router: axum::Router,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
         let (router, gate) = (router.clone(), gate.clone());
@@ -492,24 +482,7 @@ async fn connection(
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "connection ended");
-            }
-        }
-        () = stopped(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended");
-            }
-        }
-    }
+    luminaguard_api::serve::connection(io, TowerToHyperService::new(svc), HEAD_TIMEOUT, stop).await;
 }
 
 /// The principal `req` acts as, or the status and reason refusing it.
