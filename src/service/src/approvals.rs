@@ -243,8 +243,20 @@ struct Inner {
     /// Why commands of each speculative sandbox were asked about (shown on its next card).
     asked: HashMap<SandboxId, Vec<String>>,
     decided: VecDeque<Approval>,
+    /// Approvals taken out to be decided, not yet decided (their answer is being recorded):
+    /// still found, and still waited on, so that nobody looking in between is told there is
+    /// no such approval.
+    deciding: HashMap<String, Deciding>,
     /// Actions approved for the rest of each sandbox's session.
     grants: HashMap<SandboxId, Vec<Grant>>,
+}
+
+/// An approval being decided: what it is, and how to wait for its outcome.
+#[derive(Debug)]
+struct Deciding {
+    approval: Approval,
+    outcome: watch::Receiver<Option<Outcome>>,
+    deadline: Instant,
 }
 
 /// The registry.
@@ -316,6 +328,14 @@ impl Approvals {
         if inner.by_sandbox.get(&w.approval.sandbox) == Some(&w.approval.id) {
             inner.by_sandbox.remove(&w.approval.sandbox);
         }
+        inner.deciding.insert(
+            w.approval.id.clone(),
+            Deciding {
+                approval: w.approval.clone(),
+                outcome: w.tx.subscribe(),
+                deadline: w.deadline,
+            },
+        );
         Some(w)
     }
 
@@ -358,6 +378,7 @@ impl Approvals {
     /// Puts a taken approval back, undecided (an answer to it failed before it decided).
     pub(crate) fn restore(&self, w: Waiting) {
         let mut inner = self.lock();
+        inner.deciding.remove(&w.approval.id);
         if w.approval.action.is_none() && w.approval.staged.is_none() {
             inner
                 .by_sandbox
@@ -383,13 +404,17 @@ impl Approvals {
     pub(crate) fn finish(&self, w: Waiting, outcome: Outcome) -> Approval {
         let mut approval = w.approval;
         approval.outcome = Some(outcome.clone());
-        // Nobody waiting is fine: the outcome is remembered below.
-        let _ = w.tx.send(Some(outcome));
-        let mut inner = self.lock();
-        if inner.decided.len() >= REMEMBERED {
-            inner.decided.pop_front();
+        {
+            // Remembered first: whoever the outcome wakes finds the approval decided.
+            let mut inner = self.lock();
+            inner.deciding.remove(&approval.id);
+            if inner.decided.len() >= REMEMBERED {
+                inner.decided.pop_front();
+            }
+            inner.decided.push_back(approval.clone());
         }
-        inner.decided.push_back(approval.clone());
+        // Nobody waiting is fine: the outcome is remembered.
+        let _ = w.tx.send(Some(outcome));
         approval
     }
 
@@ -411,6 +436,9 @@ impl Approvals {
         if let Some(w) = inner.waiting.get(id) {
             return Some(w.approval.clone());
         }
+        if let Some(d) = inner.deciding.get(id) {
+            return Some(d.approval.clone());
+        }
         inner.decided.iter().rev().find(|a| a.id == id).cloned()
     }
 
@@ -419,6 +447,9 @@ impl Approvals {
         let inner = self.lock();
         if let Some(w) = inner.waiting.get(id) {
             return Some(Standing::Waiting(w.tx.subscribe(), w.deadline));
+        }
+        if let Some(d) = inner.deciding.get(id) {
+            return Some(Standing::Waiting(d.outcome.clone(), d.deadline));
         }
         inner
             .decided
@@ -485,6 +516,31 @@ mod tests {
         assert_eq!(done.outcome, Some(Outcome::Expired));
         assert!(matches!(r.standing("ap-1"), Some(Standing::Decided)));
         assert!(r.waiting().is_empty());
+    }
+
+    /// Between being taken to be decided and being decided (its answer on the record), an
+    /// approval is still there: found, and waited on until its outcome — not "no approval"
+    /// to someone who looks just then (an agent's write whose card was answered at once).
+    #[test]
+    fn an_approval_being_decided_is_still_found_and_waited_on() {
+        let r = Approvals::default();
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        r.open(approval("ap-1", "s1"), later, false);
+        let w = r.take("ap-1").unwrap();
+        assert_eq!(r.get("ap-1").map(|a| a.outcome), Some(None));
+        let Some(Standing::Waiting(mut rx, _)) = r.standing("ap-1") else {
+            panic!("not waited on while being decided");
+        };
+        assert!(r.waiting().is_empty(), "not listed as waiting");
+        r.finish(w, Outcome::Expired);
+        assert_eq!(*rx.borrow_and_update(), Some(Outcome::Expired));
+        assert!(matches!(r.standing("ap-1"), Some(Standing::Decided)));
+        // Put back undecided, it waits again.
+        r.open(approval("ap-2", "s1"), later, false);
+        let w = r.take("ap-2").unwrap();
+        r.restore(w);
+        assert_eq!(r.waiting().len(), 1);
+        assert!(r.take("ap-2").is_some());
     }
 
     #[test]
