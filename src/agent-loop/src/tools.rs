@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use luminaguard_api::types::ApprovalView;
 use luminaguard_core::SandboxId;
-use luminaguard_front::{Front, FrontError};
+use luminaguard_front::{Front, FrontError, Requested};
 use luminaguard_llm::{ToolCall, ToolSpec};
 use luminaguard_mcp::ops::{
     command_result, in_sandbox, list_argv, parse_listing, render_command, render_listing,
@@ -178,7 +178,7 @@ pub struct Toolbox {
     mcp: Option<Arc<McpTools>>,
 }
 
-/// How often a call through the daemon looks for approvals it waits on.
+/// How often a call looks for approvals it waits on when the service's events cannot be had.
 const WATCH_EVERY: Duration = Duration::from_millis(250);
 
 type Result<T> = std::result::Result<T, (String, Decision)>;
@@ -254,28 +254,77 @@ impl Toolbox {
         self.pending = Some(to);
     }
 
-    /// Runs `work`, meanwhile looking for approvals on this sandbox it waits on.
+    /// Runs `work`, meanwhile watching for approvals on this sandbox (or its MCP servers')
+    /// that it waits on: as the service announces them, or — if its events cannot be had —
+    /// by listing the waiting approvals every [`WATCH_EVERY`].
     async fn watched<T>(&self, work: impl std::future::Future<Output = T>) -> (T, Vec<String>) {
         let mut seen = Vec::<String>::new();
-        tokio::pin!(work);
+        // Subscribing runs beside the work (through the daemon it is a request of its own);
+        // once subscribed, one look finds what was asked meanwhile.
+        let subscribe = self.front.approval_requests();
+        let mut requests: Option<luminaguard_front::ApprovalRequests> = None;
+        let mut subscribed = false;
+        tokio::pin!(work, subscribe);
         loop {
-            tokio::select! {
+            let got = tokio::select! {
                 out = &mut work => return (out, seen),
-                () = tokio::time::sleep(WATCH_EVERY) => {}
-            }
-            let Ok(list) = self.front.approvals().await else {
-                continue;
+                r = &mut subscribe, if !subscribed => {
+                    subscribed = true;
+                    requests = r.ok();
+                    self.look(&mut seen).await;
+                    continue;
+                }
+                got = async {
+                    match requests.as_mut() {
+                        Some(r) => r.next().await,
+                        None => {
+                            tokio::time::sleep(WATCH_EVERY).await;
+                            Some(Requested::Missed)
+                        }
+                    }
+                }, if subscribed => got,
             };
-            for a in list {
-                let ours = a.state == "pending"
-                    && (a.card.sandbox == self.sandbox.as_str()
-                        || self.mcp.as_ref().is_some_and(|m| m.owns(&a.card.sandbox)));
-                if ours && !seen.contains(&a.id) {
-                    seen.push(a.id.clone());
-                    if let Some(to) = &self.pending {
-                        let _ = to.send(a);
+            match got {
+                Some(Requested::Approval(id, sandbox)) => {
+                    if self.ours(&sandbox)
+                        && !seen.contains(&id)
+                        && let Ok(a) = self.front.approval(&id, false).await
+                    {
+                        self.report(a, &mut seen);
                     }
                 }
+                Some(Requested::Missed) => self.look(&mut seen).await,
+                None => {
+                    // The stream ended (a daemon restarting, say): list from now on.
+                    requests = None;
+                    self.look(&mut seen).await;
+                }
+            }
+        }
+    }
+
+    /// Whether `sandbox` is the task's, or one of its MCP servers'.
+    fn ours(&self, sandbox: &str) -> bool {
+        sandbox == self.sandbox.as_str() || self.mcp.as_ref().is_some_and(|m| m.owns(sandbox))
+    }
+
+    /// Lists the waiting approvals and reports those of ours not seen yet.
+    async fn look(&self, seen: &mut Vec<String>) {
+        if let Ok(list) = self.front.approvals().await {
+            for a in list {
+                if self.ours(&a.card.sandbox) {
+                    self.report(a, seen);
+                }
+            }
+        }
+    }
+
+    /// Reports pending approval `a` once.
+    fn report(&self, a: ApprovalView, seen: &mut Vec<String>) {
+        if a.state == "pending" && !seen.contains(&a.id) {
+            seen.push(a.id.clone());
+            if let Some(to) = &self.pending {
+                let _ = to.send(a);
             }
         }
     }

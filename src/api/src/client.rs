@@ -191,6 +191,17 @@ impl Client {
         Ok(ExecEvents::new(self.send(req).await?.into_body()))
     }
 
+    /// What happens to the caller's sandboxes (root: everyone's) from now on
+    /// (`GET /v1/events`).
+    pub async fn events(&self) -> Result<Events, ClientError> {
+        let req = Self::request(Method::GET, &format!("{V1}/events"), Body::default())?;
+        Ok(Events {
+            body: self.send(req).await?.into_body(),
+            sse: crate::sse::Sse::default(),
+            done: false,
+        })
+    }
+
     /// The Diff Card of speculative sandbox `id`'s changes so far, put up for an answer.
     pub async fn review(&self, id: &str) -> Result<CardView, ClientError> {
         self.json(Method::POST, &sandbox_path(id, "/review"), None::<&()>)
@@ -466,6 +477,53 @@ fn default_code(status: StatusCode) -> &'static str {
         StatusCode::PAYLOAD_TOO_LARGE => "too-large",
         s if s.is_client_error() => "bad-request",
         _ => "internal",
+    }
+}
+
+/// One of the daemon's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DaemonEvent {
+    Happened(crate::types::EventView),
+    /// The stream fell behind and lost this many events: what they said must be read anew.
+    Lagged(u64),
+}
+
+/// The daemon's event stream (`GET /v1/events`).
+#[derive(Debug)]
+pub struct Events {
+    body: Incoming,
+    sse: crate::sse::Sse,
+    done: bool,
+}
+
+impl Events {
+    /// The next event; `Ok(None)` once the daemon has ended the stream.
+    pub async fn next(&mut self) -> Result<Option<DaemonEvent>, ClientError> {
+        loop {
+            match self.sse.next_event() {
+                Some(Ok(e)) if e.event == "lagged" => {
+                    return Ok(Some(DaemonEvent::Lagged(
+                        e.data.trim().parse().unwrap_or(0),
+                    )));
+                }
+                Some(Ok(e)) => {
+                    return serde_json::from_str(&e.data)
+                        .map(|v| Some(DaemonEvent::Happened(v)))
+                        .map_err(|err| ClientError::Protocol(format!("bad event: {err}")));
+                }
+                Some(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
+                None if self.done => return Ok(None),
+                None => {}
+            }
+            match self.body.frame().await {
+                None => self.done = true,
+                Some(frame) => {
+                    if let Ok(data) = frame?.into_data() {
+                        self.sse.push(&data);
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod chunk;
 pub mod client;
 pub mod serve;
+pub mod sse;
 pub mod types;
 
 pub use client::{Client, ClientError};

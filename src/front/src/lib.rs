@@ -23,6 +23,65 @@ use luminaguard_service::{
 };
 use tokio::io::{AsyncWriteExt, DuplexStream};
 
+/// Approvals being asked for, as [`Front::approval_requests`] sees them.
+#[derive(Debug)]
+pub enum ApprovalRequests {
+    Local(
+        tokio::sync::broadcast::Receiver<luminaguard_service::Event>,
+        Caller,
+    ),
+    Daemon(luminaguard_api::client::Events),
+}
+
+/// What [`ApprovalRequests::next`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requested {
+    /// Approval `0` of sandbox `1` is asked for.
+    Approval(String, String),
+    /// Some events were lost: the waiting approvals must be listed anew.
+    Missed,
+}
+
+impl ApprovalRequests {
+    /// The next approval asked for; `None` once the stream has ended (or failed: the caller
+    /// then lists the approvals instead).
+    pub async fn next(&mut self) -> Option<Requested> {
+        use luminaguard_api::client::DaemonEvent;
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match self {
+                Self::Local(rx, caller) => match rx.recv().await {
+                    Ok(e) => {
+                        if e.kind == luminaguard_service::EventKind::ApprovalRequested
+                            && caller.may_use(e.user)
+                            && let Some(id) = e.approval
+                        {
+                            return Some(Requested::Approval(id, e.sandbox.to_string()));
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => return Some(Requested::Missed),
+                    Err(RecvError::Closed) => return None,
+                },
+                Self::Daemon(events) => match events.next().await {
+                    Ok(Some(DaemonEvent::Happened(e))) => {
+                        if e.kind == "approval-requested"
+                            && let Some(id) = e.approval
+                        {
+                            return Some(Requested::Approval(id, e.sandbox));
+                        }
+                    }
+                    Ok(Some(DaemonEvent::Lagged(_))) => return Some(Requested::Missed),
+                    Ok(None) => return None,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the daemon's event stream");
+                        return None;
+                    }
+                },
+            }
+        }
+    }
+}
+
 /// Why a request through the front failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FrontError {
@@ -360,6 +419,17 @@ impl Front {
                 .collect()),
             Self::Daemon(client) => Ok(client.approvals().await?),
         }
+    }
+
+    /// The approvals asked for from now on of the caller's sandboxes (root: everyone's), as
+    /// they are asked: a front watches these instead of polling the list.
+    pub async fn approval_requests(&self) -> Result<ApprovalRequests> {
+        Ok(match self {
+            Self::Local(service, caller) => {
+                ApprovalRequests::Local(service.subscribe(), caller.clone())
+            }
+            Self::Daemon(client) => ApprovalRequests::Daemon(client.events().await?),
+        })
     }
 
     /// Approval `id` (with `wait`: once decided).

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use crate::approve::{self, Shared};
 
 /// First look at the approvals after a call starts (a quicker call never looks), then how
-/// often while it runs.
+/// often while it runs; an approval the service announces is looked at at once.
 const FIRST_LOOK: Duration = Duration::from_millis(100);
 const LOOK: Duration = Duration::from_millis(200);
 /// Progress notices: at most one a second while output arrives, and one every few seconds
@@ -168,6 +168,13 @@ impl<T: Send + 'static> Flight<T> {
         let mut tick = tokio::time::interval_at(start + PROGRESS_TICK, PROGRESS_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut notices = Notices::default();
+        // The service's announcements of approvals asked for: each makes the next look now,
+        // not at its tick (the ticks stay, for answers given elsewhere and a lost stream).
+        // Subscribing runs beside the call (through the daemon it is a request of its own).
+        let subscribe = w.front.approval_requests();
+        tokio::pin!(subscribe);
+        let mut subscribed = false;
+        let mut requests = None;
         // Since when a person keeps this request waiting.
         let mut held_since: Option<tokio::time::Instant> = self.waiting.as_ref().map(|_| start);
         loop {
@@ -221,6 +228,14 @@ impl<T: Send + 'static> Flight<T> {
                         }
                     }
                 }
+                r = &mut subscribe, if !subscribed => {
+                    subscribed = true;
+                    requests = r.ok();
+                }
+                got = next_request(&mut requests) => match got {
+                    Some(_) => look.reset_immediately(),
+                    None => requests = None,
+                },
                 _ = tick.tick(), if w.progress.is_some() => {
                     notices.send(w, self).await;
                 }
@@ -335,5 +350,15 @@ impl Notices {
         if let Err(e) = peer.notify_progress(notice).await {
             tracing::debug!(error = %e, "sending a progress notice");
         }
+    }
+}
+
+/// The next approval asked for, or never when there is no stream to hear it from.
+async fn next_request(
+    requests: &mut Option<luminaguard_front::ApprovalRequests>,
+) -> Option<luminaguard_front::Requested> {
+    match requests {
+        Some(r) => r.next().await,
+        None => std::future::pending().await,
     }
 }
