@@ -40,6 +40,25 @@ fn long_rule(secs: u32) -> String {
     )
 }
 
+/// Waits until no `sleep SECS` (a test's long command) runs, as it must not once its task or
+/// sandbox is gone; a killed process may take a moment to leave. Fails after 10 s, naming what
+/// still runs.
+fn long_command_gone(secs: u32, what: &str) {
+    let needle = format!("sleep {secs} ");
+    let start = Instant::now();
+    loop {
+        let left = luminaguard_testkit::live_processes_matching(&[&needle]);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{what}: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The scripted provider: a process serving on a local port, its request log.
 struct Provider {
     child: Child,
@@ -738,10 +757,7 @@ fn the_bounds_stop_a_task() {
     let printed = entries(&out);
     assert_eq!(of_type(&printed, "finished")[0]["status"], "wall_time");
     assert!(sandboxes(&e).is_empty());
-    assert!(
-        luminaguard_testkit::live_processes_matching(&["sleep", "601"]).is_empty(),
-        "the command outlived its task"
-    );
+    long_command_gone(601, "the command outlived its task");
 }
 
 /// `agent show` takes only task ids; a provider that needs a key and has none is refused before
@@ -1005,10 +1021,7 @@ fn the_daemon_runs_agent_tasks_as_an_api() {
     assert_eq!(gone.status, 204, "{}", gone.body);
     let shown = curl(sock, "GET", &format!("/v1/agent/tasks/{long_id}"), None).json();
     assert_eq!(shown["task"]["status"], "interrupted");
-    assert!(
-        luminaguard_testkit::live_processes_matching(&["sleep", "602"]).is_empty(),
-        "the cancelled task's command lives on"
-    );
+    long_command_gone(602, "the cancelled task's command lives on");
     assert!(sandboxes(&e).is_empty());
     let twice = curl(sock, "DELETE", &format!("/v1/agent/tasks/{long_id}"), None);
     assert_eq!(twice.status, 409);
@@ -1544,10 +1557,7 @@ fn agent_tasks_in_the_console() {
     b.wait_for("form.confirm button", wait);
     b.click("form.confirm button");
     b.wait_for_text("dl.facts", "interrupted", wait);
-    assert!(
-        luminaguard_testkit::live_processes_matching(&["sleep", "603"]).is_empty(),
-        "the cancelled task's command lives on"
-    );
+    long_command_gone(603, "the cancelled task's command lives on");
     // Another's task, or none: a clean 404.
     b.goto(&format!("http://{host}/tasks/task-0123456789ab"));
     assert!(b.text_of("body").contains("not"), "{}", b.text_of("body"));
