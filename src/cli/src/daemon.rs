@@ -83,11 +83,13 @@ pub fn run(
                     luminaguard_console::Console::new(service.clone(), Some(agents), bound);
                 extensions.console = Some(console.clone());
                 tracing::info!(%bound, "serving the console");
-                let head_timeout = service.config().daemon.request_timeout;
+                let d = &service.config().daemon;
+                let limits = luminaguard_console::Limits {
+                    head_timeout: d.request_timeout,
+                    max_connections: usize::try_from(d.max_connections).unwrap_or(usize::MAX),
+                };
                 Some(tokio::spawn(luminaguard_console::serve(
-                    listener,
-                    console,
-                    head_timeout,
+                    listener, console, limits,
                 )))
             }
             None => None,

@@ -228,6 +228,11 @@ struct Served {
 
 impl Served {
     fn start() -> Served {
+        Self::start_with("")
+    }
+
+    /// The same with more `[daemon]` settings (TOML lines).
+    fn start_with(daemon: &str) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let (rt, audit, ws) = (
             dir.path().join("rt"),
@@ -241,7 +246,7 @@ impl Served {
             &file,
             format!(
                 "audit_dir = \"{}\"\n[defaults]\nbackend = \"process\"\n\
-                 [daemon]\nrequest_timeout = \"5s\"\n",
+                 [daemon]\nrequest_timeout = \"5s\"\n{daemon}",
                 audit.display()
             ),
         )
@@ -759,4 +764,47 @@ fn hostile_clients_of_the_console_change_nothing() {
         "the half request was held {:?}",
         held.elapsed()
     );
+}
+
+/// Anyone on the machine can connect to the console before it asks for a session. A flood of
+/// idle connections must not take the daemon's descriptors (its API's accepts would fail with
+/// them): beyond `max_connections` they wait unaccepted, and the API answers throughout.
+/// (Once they go, the queue drains at the head timeout's pace: not waited for here.)
+#[test]
+fn a_flood_of_connections_does_not_starve_the_daemon() {
+    if !privileged("the console through the daemon") {
+        return;
+    }
+    let s = Served::start_with("max_connections = 32\n");
+    let pid = s.daemon.child.id().to_string();
+    // The daemon gets 512 descriptors; the flood is more.
+    let limited = Command::new("prlimit")
+        .args(["--nofile=512:512", "--pid", &pid])
+        .status()
+        .unwrap();
+    assert!(limited.success());
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    let flood: Vec<std::net::TcpStream> = (0..700)
+        .map(|_| std::net::TcpStream::connect(&s.host).unwrap())
+        .collect();
+    // Until the daemon has taken what it will: its descriptors stop changing.
+    let mut last = (fds(), 0);
+    wait_until("the daemon's descriptors to settle", || {
+        let now = fds();
+        last = if now == last.0 {
+            (now, last.1 + 1)
+        } else {
+            (now, 0)
+        };
+        now >= before + 16 && last.1 >= 5
+    });
+    let (code, body) = api(&s.socket(), "GET", "/v1/health", None);
+    assert_eq!(code, 200, "the API while the console is flooded: {body}");
+    assert!(fds() < 512, "the flood took the daemon's descriptors");
+    drop(flood);
 }

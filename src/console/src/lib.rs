@@ -86,20 +86,30 @@ pub fn router(console: Arc<Console>) -> Router {
         .with_state(console)
 }
 
+/// How the console serves its connections (the daemon's `[daemon]` limits).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A request head that has not arrived by then is cut off (`request_timeout`).
+    pub head_timeout: std::time::Duration,
+    /// Connections open at once; more wait unaccepted (`max_connections`). Anyone on the
+    /// machine can connect before a session is asked for, so without a bound they could
+    /// take every descriptor of the daemon, its API's included.
+    pub max_connections: usize,
+}
+
 /// Serves the console on `listener` until the future is dropped (its connections with it):
 /// each connection as the daemon serves its socket's ([`luminaguard_api::serve::connection`]),
-/// a request head that has not arrived within `head_timeout` (the daemon's
-/// `request_timeout`) cut off.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    console: Arc<Console>,
-    head_timeout: std::time::Duration,
-) {
+/// within `limits`.
+pub async fn serve(listener: tokio::net::TcpListener, console: Arc<Console>, limits: Limits) {
     let app = router(console);
     // Never turned: connections end with their clients, or with this future.
     let (_stop, stopping) = tokio::sync::watch::channel(false);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let mut conns = tokio::task::JoinSet::new();
     loop {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
@@ -114,11 +124,10 @@ pub async fn serve(
             app.clone(),
             |r: axum::http::Request<hyper::body::Incoming>| r.map(axum::body::Body::new),
         ));
-        conns.spawn(luminaguard_api::serve::connection(
-            stream,
-            svc,
-            head_timeout,
-            stopping.clone(),
-        ));
+        let stopping = stopping.clone();
+        conns.spawn(async move {
+            luminaguard_api::serve::connection(stream, svc, limits.head_timeout, stopping).await;
+            drop(permit);
+        });
     }
 }
